@@ -1,0 +1,1 @@
+/* generated protobuf-c code goes here (make proto) */

@@ -1,0 +1,1 @@
+// FeatureEngine: see its issue; filled in by its owner.

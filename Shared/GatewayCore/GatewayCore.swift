@@ -1,0 +1,1 @@
+// GatewayCore: see its issue; filled in by its owner.

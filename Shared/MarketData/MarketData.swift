@@ -1,0 +1,1 @@
+// MarketData: see its issue; filled in by its owner.

@@ -1,0 +1,1 @@
+// ServiceKit: see its issue; filled in by its owner.

@@ -1,0 +1,1 @@
+// Strategies: see its issue; filled in by its owner.

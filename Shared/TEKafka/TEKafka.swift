@@ -1,0 +1,1 @@
+// TEKafka: see its issue; filled in by its owner.

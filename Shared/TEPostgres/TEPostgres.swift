@@ -1,0 +1,1 @@
+// TEPostgres: see its issue; filled in by its owner.

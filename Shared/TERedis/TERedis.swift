@@ -1,0 +1,1 @@
+// TERedis: see its issue; filled in by its owner.

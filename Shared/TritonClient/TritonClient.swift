@@ -1,0 +1,1 @@
+// TritonClient: see its issue; filled in by its owner.
