@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Starts every backing server locally without Docker, on private ports under .dev/, and writes .dev/env.
+# Idempotent: a server that already answers is left alone. `scripts/dev-down.sh` stops what this started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEV=$ROOT/.dev
+mkdir -p "$DEV/logs" "$DEV/run"
+
+REDIS_PORT=${DEV_REDIS_PORT:-16379}
+PG_PORT=${DEV_PG_PORT:-15432}
+TRITON_GRPC_PORT=${DEV_TRITON_GRPC_PORT:-18001}
+TRITON_HTTP_PORT=${DEV_TRITON_HTTP_PORT:-18000}
+TRITON_METRICS_PORT=${DEV_TRITON_METRICS_PORT:-18002}
+WITH_TRITON=${DEV_WITH_TRITON:-1}
+WITH_KAFKA=${DEV_WITH_KAFKA:-1}
+
+log() { printf 'dev-up: %s\n' "$*" >&2; }
+
+scripts/install-deps.sh
+
+# --- Redis ---------------------------------------------------------------------------------------
+if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+  log "redis already up on $REDIS_PORT"
+else
+  mkdir -p "$DEV/redis"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$DEV/redis" --daemonize yes \
+    --pidfile "$DEV/run/redis.pid" --logfile "$DEV/logs/redis.log" --save "" --appendonly yes
+  for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  redis-cli -p "$REDIS_PORT" ping >/dev/null || { log "redis did not start (see .dev/logs/redis.log)"; exit 1; }
+  log "redis up on $REDIS_PORT"
+fi
+
+# --- PostgreSQL (private cluster; runs as the unprivileged 'postgres' user when we are root) ------
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+PGDATA=$DEV/pg
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if "$PGBIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT" -q 2>/dev/null; then
+  log "postgres already up on $PG_PORT"
+else
+  if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    mkdir -p "$PGDATA"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$PGDATA" "$DEV/logs"
+    echo te > "$DEV/pg.pw"; [ "$(id -u)" = 0 ] && chown postgres "$DEV/pg.pw"
+    as_pg "$PGBIN/initdb" -D "$PGDATA" -U te --pwfile="$DEV/pg.pw" -A scram-sha-256 >"$DEV/logs/initdb.log" 2>&1
+  fi
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$DEV/logs" && touch "$DEV/logs/postgres.log" && chown postgres "$DEV/logs/postgres.log"
+  as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$DEV/logs/postgres.log" -w \
+    -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null
+  log "postgres up on $PG_PORT"
+fi
+PGPASSWORD=te psql -h 127.0.0.1 -p "$PG_PORT" -U te -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='te'" | grep -q 1 \
+  || PGPASSWORD=te psql -h 127.0.0.1 -p "$PG_PORT" -U te -d postgres -qc "CREATE DATABASE te"
+
+{
+  echo "export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
+  echo "export POSTGRES_URL=postgres://te:te@127.0.0.1:$PG_PORT/te"
+  echo "export KAFKA_TOPIC=ticks"
+  echo "export MODEL_NAME=trade_eligibility"
+} > "$DEV/env.new"
+
+# --- Kafka: librdkafka's mock cluster hosted by our dev-broker -----------------------------------
+if [ "$WITH_KAFKA" = 1 ]; then
+  scripts/dev-kafka.sh >> "$DEV/env.new"
+fi
+
+# --- Triton (real server from the nvidia-pytriton wheel, CPU, Python backend) ----------------------
+if [ "$WITH_TRITON" = 1 ] && [ -d deploy/triton/model_repository ]; then
+  scripts/dev-triton.sh "$TRITON_GRPC_PORT" "$TRITON_HTTP_PORT" "$TRITON_METRICS_PORT"
+  echo "export TRITON_URL=127.0.0.1:$TRITON_GRPC_PORT" >> "$DEV/env.new"
+  echo "export TRITON_HTTP_URL=127.0.0.1:$TRITON_HTTP_PORT" >> "$DEV/env.new"
+fi
+
+mv "$DEV/env.new" "$DEV/env"
+log "wrote .dev/env:"
+sed 's/^/  /' "$DEV/env" >&2
