@@ -96,9 +96,9 @@ public struct JSONLogHandler: LogHandler {
 
     /// RFC 3339 UTC with milliseconds: `2024-08-09T00:34:14.087Z`.
     static func timestamp(_ date: Date) -> String {
-        let t = date.timeIntervalSince1970
-        var seconds = time_t(t.rounded(.down))
-        let millis = Int((t - Double(seconds)) * 1000)
+        let totalMillis = Int64((date.timeIntervalSince1970 * 1000).rounded())
+        var seconds = time_t(totalMillis / 1000)
+        let millis = Int(totalMillis % 1000)
         var parts = tm()
         gmtime_r(&seconds, &parts)
         func pad(_ n: Int32, _ width: Int) -> String {

@@ -68,6 +68,7 @@ struct StreamWorkerTests {
     init() throws {
         redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "worker-test")
         logger.logLevel = .warning
+        ServiceBootstrap.metrics()
     }
 
     func configuration(consumer: String = "alive", maxDeliveries: Int = 3) -> StreamWorkerConfiguration {
@@ -184,6 +185,12 @@ struct StreamWorkerTests {
         #expect(payload == ["v": "1", "n": "2", "tag": "poison"])
         // Tried alone exactly 3 times (once more inside the first, mixed batch).
         #expect(log.handled.filter { $0 == [2] }.count == 3)
+        let metrics = ServiceBootstrap.registry.emitToString()
+        #expect(metrics.contains("te_stream_dlq_total{stage=\"copy\",reason=\"max_deliveries\"}"))
+        #expect(metrics.contains("te_stream_entries_failed_total{stage=\"copy\"}"))
+        #expect(metrics.contains("te_stream_entries_processed_total{stage=\"copy\"}"))
+        #expect(metrics.contains("te_stream_batch_duration_seconds_bucket{stage=\"copy\""))
+        #expect(metrics.contains("te_stream_pending_entries{stream=\"\(input)\",group=\"copy\"}"))
         #expect(try await redis.xpending(input, group: group).count == 0)
         await cleanup()
     }
