@@ -100,7 +100,7 @@ struct AggregatorServiceTests {
         try await redis.add(signals, to: streams.signals)
 
         let service = try RunningService.start(
-            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 300, extra: ["STREAM_BATCH_SIZE": "16"]))
+            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000, extra: ["STREAM_BATCH_SIZE": "16"]))
         let got = try await output(redis, streams, count: expected.count, process: service.process)
         #expect(got == expected)
 
@@ -142,7 +142,7 @@ struct AggregatorServiceTests {
 
         // While it is down: the rest of the window, and `b` again (an upstream redelivery).
         try await redis.add([c, b, d], to: streams.signals)
-        let second = try RunningService.start("opportunity-aggregator", environment: environment(streams, idleCloseMs: 300))
+        let second = try RunningService.start("opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000))
         let all = try await output(redis, streams, count: 4, process: second.process)
         #expect(all.map(\.emitReason) == ["first", "upgrade", "upgrade", "close"])
         #expect(Set(all.map(\.id)) == ["BTCUSDT:buy:\(ts(0)):rise"])
@@ -183,7 +183,7 @@ struct AggregatorServiceTests {
 
         // A last, clean run closes the open windows on idleness.
         let final = try RunningService.start(
-            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 300, extra: extra))
+            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000, extra: extra))
         let got = try await output(redis, streams, count: expected.count, process: final.process)
         #expect(got.count == expected.count, "last killed run's output:\n\(last?.output() ?? "")")
         #expect(got == expected)
