@@ -97,12 +97,38 @@ public enum FixedPoint {
     public static func quantize(_ x: Double, scale: Double, limit: Double) -> Int128 {
         guard x.isFinite else { return 0 }
         let clamped = x > limit ? limit : (x < -limit ? -limit : x)
-        return Int128((clamped * scale).rounded(.toNearestOrEven))
+        return int128(integral: (clamped * scale).rounded(.toNearestOrEven))
     }
 
+    /// A sum in units back to a Double, correctly rounded (as `Double(units) / scale`).
     @inlinable
     public static func double(_ units: Int128, scale: Double) -> Double {
-        Double(units) / scale
+        double(units) / scale
+    }
+
+    /// `Int128(v)` for an integral `v` with |v| < 2^126, without the generic conversion (which is
+    /// unspecialised and costs most of a quote's time).
+    @inlinable
+    public static func int128(integral v: Double) -> Int128 {
+        if v.magnitude < 0x1p62 { return Int128(Int64(v)) }
+        // v = high·2^64 + low with 0 ≤ low < 2^64; both parts are exact doubles (v has 53 significant bits).
+        let high = (v * 0x1p-64).rounded(.down)
+        let low = v - high * 0x1p64
+        return Int128(Int64(high)) << 64 | Int128(UInt64(low))
+    }
+
+    /// `Double(x)`, correctly rounded (round to nearest, ties to even), without the generic conversion.
+    @inlinable
+    public static func double(_ x: Int128) -> Double {
+        if x >= -0x4000_0000_0000_0000 && x < 0x4000_0000_0000_0000 { return Double(Int64(truncatingIfNeeded: x)) }
+        // Keep 62 significant bits plus a sticky bit for everything shifted out: rounding those to 53
+        // bits gives the same result as rounding x itself, and the final scaling by 2^shift is exact.
+        let magnitude = x.magnitude
+        let shift = 128 - magnitude.leadingZeroBitCount - 62
+        let kept = magnitude >> shift
+        let sticky: UInt128 = (magnitude & ((1 << shift) - 1)) != 0 ? 1 : 0
+        let value = Double(UInt64(truncatingIfNeeded: kept | sticky)) * Double(sign: .plus, exponent: shift, significand: 1)
+        return x < 0 ? -value : value
     }
 }
 

@@ -74,3 +74,32 @@ struct FeatureCSVAndCoverageTests {
         }
     }
 }
+
+@Suite("FixedPoint conversions")
+struct FixedPointTests {
+    @Test("fast conversions equal the standard library's, including rounding of wide sums")
+    func conversions() {
+        var rng = SeededGenerator(seed: 3)
+        var samples: [Int128] = [0, 1, -1, Int128(Int64.max), Int128(Int64.min), 1 << 62, -(1 << 62), (1 << 62) - 1]
+        for bits in 60...126 {
+            let base: Int128 = 1 << bits
+            samples += [base, -base, base - 1, base + 1, -(base + 1), base | (1 << (bits - 53)), base | (1 << (bits - 54))]
+        }
+        for _ in 0..<20_000 {
+            let high = Int64.random(in: Int64.min / 4...Int64.max / 4, using: &rng) >> Int.random(in: 0...62, using: &rng)
+            let low = UInt64.random(in: 0...UInt64.max, using: &rng)
+            samples.append(Int128(high) << 64 | Int128(low))
+        }
+        for x in samples {
+            #expect(FixedPoint.double(x).bitPattern == Double(x).bitPattern, "\(x)")
+        }
+        for _ in 0..<20_000 {
+            let v = (Double.random(in: -1...1, using: &rng) * 0x1p104 / Double(1 << Int.random(in: 0...60, using: &rng)))
+                .rounded()
+            #expect(FixedPoint.int128(integral: v) == Int128(v), "\(v)")
+        }
+        #expect(FixedPoint.int128(integral: -0x1p100) == -(Int128(1) << 100))
+        #expect(FixedPoint.int128(integral: 0x1p62) == Int128(1) << 62)
+        #expect(FixedPoint.int128(integral: -0x1p62 - 2048) == -(Int128(1) << 62) - 2048)
+    }
+}
