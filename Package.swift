@@ -21,6 +21,8 @@ let package = Package(
         .executable(name: "audit-writer", targets: ["AuditWriter"]),
         .executable(name: "te", targets: ["TE"]),
         .executable(name: "dev-broker", targets: ["DevBroker"]),
+        .library(name: "TERedis", targets: ["TERedis"]),
+        .library(name: "ServiceKit", targets: ["ServiceKit"]),
         .library(name: "TEModels", targets: ["TEModels"]),
         .library(name: "FeatureEngine", targets: ["FeatureEngine"]),
     ],
