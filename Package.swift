@@ -144,6 +144,9 @@ let package = Package(
             name: "RedisTests", dependencies: ["TERedis", "ServiceKit", "TestSupport"], path: "Tests/RedisTests",
             swiftSettings: swiftSettings),
         .testTarget(
+            name: "MarketDataTests", dependencies: ["MarketData"], path: "Tests/MarketDataTests",
+            swiftSettings: swiftSettings),
+        .testTarget(
             name: "KafkaTests", dependencies: ["TEKafka", "MarketData", "ServiceKit", "TestSupport"],
             path: "Tests/KafkaTests", swiftSettings: swiftSettings),
         .testTarget(
