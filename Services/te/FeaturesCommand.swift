@@ -1,6 +1,7 @@
 import ArgumentParser
 import FeatureEngine
 import Foundation
+import MarketData
 import TEModels
 
 /// `te features FILE…`: the feature engine offline over recordings, for training and backtests.
@@ -46,8 +47,9 @@ struct FeaturesCommand: AsyncParsableCommand {
         let sink = try CSVSink(path: output)
         if !noHeader { sink.write(FeatureCSV.header) }
         var stats = (ticks: 0, rows: 0, dropped: 0, rejected: 0)
+        var source = OfflineTicks()
         for file in files {
-            try OfflineTicks.forEach(in: file) { tick in
+            try source.forEach(in: file) { tick in
                 if let symbol, tick.symbol != symbol { return }
                 stats.ticks += 1
                 switch engine.apply(tick) {
@@ -64,7 +66,7 @@ struct FeaturesCommand: AsyncParsableCommand {
         sink.close()
         FileHandle.standardError.write(
             Data(
-                "te features: \(stats.ticks) ticks, \(stats.rows) rows, \(stats.dropped) out of order dropped, \(stats.rejected) rejected\n"
+                "te features: \(source.summary); \(stats.ticks) ticks, \(stats.rows) rows, \(stats.dropped) out of order dropped, \(stats.rejected) rejected by the engine\n"
                     .utf8))
     }
 

@@ -1,49 +1,35 @@
 import Foundation
+import MarketData
 import TEModels
 
-/// The ticks of a recording, in file order, for `te features`.
-///
-/// JSON lines of normalized Tick are read here (DESIGN "te replay" formats: the same Codable `Tick`
-/// that `ingest` writes, validated the same way). Venue recordings (Binance `<ts_ns> <json>` gzip,
-/// cryptofeed zstd) need the MarketData normaliser that `ingest` runs; see `venueRecording`.
-enum OfflineTicks {
-    struct ReadError: Error, CustomStringConvertible {
-        let description: String
-    }
+/// The ticks of recordings, normalised by MarketData exactly as `ingest` normalises what `te replay`
+/// publishes: each recorded message with its recorded receive time as `ts_ns` (the replayed `ts_ns`
+/// header) and its key, through ONE `MarketNormalizer` over all files in order (it keeps the books).
+struct OfflineTicks {
+    private var normalizer = MarketNormalizer()
+    private(set) var messages = 0
+    private(set) var ignored = 0
+    private(set) var rejected: [String: Int] = [:]
 
-    /// Calls `body` with each valid tick of `path`; lines that are not valid ticks are counted and
-    /// reported on stderr (as `ingest` would dead-letter them), never fatal.
-    static func forEach(in path: String, _ body: (Tick) throws -> Void) throws {
-        if path.hasSuffix(".gz") || path.hasSuffix(".zst") {
-            throw ReadError(description: venueRecording(path))
-        }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ReadError(description: "cannot read \(path)")
-        }
-        let decoder = JSONDecoder()
-        var invalid = 0
-        var lineNumber = 0
-        var firstProblem: String?
-        for line in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true) {
-            lineNumber += 1
-            do {
-                let tick = try decoder.decode(Tick.self, from: Data(line)).validated()
-                try body(tick)
-            } catch let error as DecodingError {
-                invalid += 1
-                if firstProblem == nil { firstProblem = "line \(lineNumber): \(MessageDecodingError(error))" }
-            } catch let error as MessageDecodingError {
-                invalid += 1
-                if firstProblem == nil { firstProblem = "line \(lineNumber): \(error)" }
+    /// Calls `body` with each tick of `path`, in order. What the normaliser rejects is counted by
+    /// reason (ingest would dead-letter it), never fatal.
+    mutating func forEach(in path: String, _ body: (Tick) throws -> Void) throws {
+        let reader = try RecordingReader(path: path)
+        while let message = try reader.next() {
+            messages += 1
+            switch normalizer.normalize(payload: message.payload, receiveTsNs: message.tsNs, key: message.key) {
+            case .ticks(let ticks):
+                for tick in ticks { try body(tick) }
+            case .ignored:
+                ignored += 1
+            case .rejected(let rejection):
+                rejected[rejection.code, default: 0] += 1
             }
         }
-        if invalid > 0 {
-            FileHandle.standardError.write(
-                Data("te features: \(path): \(invalid) lines skipped (first: \(firstProblem ?? ""))\n".utf8))
-        }
     }
 
-    static func venueRecording(_ path: String) -> String {
-        "\(path): venue recordings are normalised by the MarketData module (the code ingest runs), which this build does not have yet; give JSON lines of Tick"
+    var summary: String {
+        let reasons = rejected.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        return "\(messages) messages, \(ignored) ignored, \(rejected.values.reduce(0, +)) rejected\(reasons.isEmpty ? "" : " (\(reasons))")"
     }
 }

@@ -26,7 +26,7 @@ import Darwin
 /// history of additions and removals), and a service that rebuilt its window after a restart gives
 /// bit-identical numbers to one that never stopped. Compensated (Kahan/Neumaier) running sums would
 /// bound the drift but still depend on history in the last bits; periodic recomputation would cost a
-/// rescan. The quantum (2^-56 for sizes, 2^-96 for squared returns) is far below one ulp of any sum
+/// rescan. The quantum (2^-72 for sizes, 2^-96 for squared returns) is far below one ulp of any sum
 /// that matters, so the features equal the definition to double precision.
 public struct FeatureEngine: Sendable {
     public enum Outcome: Sendable, Equatable {
@@ -83,10 +83,13 @@ public struct FeatureEngine: Sendable {
 /// A term is rounded once to a multiple of its quantum (`quantize`), clamped to a bound that keeps any
 /// realistic window sum far inside Int128, then summed exactly. `double(_:_:)` rounds a sum back.
 public enum FixedPoint {
-    /// Sizes (OFI terms, depth, trade volume): quantum 2^-56 (≈1.4e-17), one size clamped to 2^48
-    /// (≈2.8e14): 2^23 clamped terms still fit.
-    public static let sizeScale: Double = 0x1p56
-    public static let sizeLimit: Double = 0x1p48
+    /// Sizes (OFI terms, depth, trade volume): quantum 2^-72 (≈2e-22), so every size ≥ 2^-20 (≈1e-6)
+    /// is represented exactly and a window of one trade of 0.02 sums to exactly 0.02; one size is
+    /// clamped to 2^44 (≈1.8e13). Sums up to 2^55 (≈3.6e16) are exact. Beyond that (thousands of
+    /// clamped sizes in one window) the sum wraps — garbage for that window, never a crash — and,
+    /// because removals mirror additions, is exact again once the window is back in range.
+    public static let sizeScale: Double = 0x1p72
+    public static let sizeLimit: Double = 0x1p44
     /// Squared log returns: quantum 2^-96 (a squared return of one tick of BTC is ≈2^-47, so the
     /// rounding is below 2^-49 of it); one term clamped to 64 (|r| ≤ 8, a factor of ~3000 in a quote).
     public static let squaredReturnScale: Double = 0x1p96
@@ -179,7 +182,7 @@ struct SymbolWindow {
             latestTsNs = tick.tsNs
             let units = FixedPoint.quantize(size, scale: FixedPoint.sizeScale, limit: FixedPoint.sizeLimit)
             trades.append(TradeTerm(tsNs: tick.tsNs, size: units, price: price))
-            tradeSizeSum += units
+            tradeSizeSum &+= units
             // Later quotes have ts ≥ this trade's, so trades at or before ts − W are out of every future
             // window; evicting here bounds memory on a symbol that trades without quoting.
             evictTrades(through: tick.tsNs &- windowNs)
@@ -209,10 +212,10 @@ struct SymbolWindow {
         var ofi: Int128 = 0
         var squaredReturn: Int128 = 0
         if let p = previous {
-            if bid >= p.bid { ofi += bidUnits }
-            if bid <= p.bid { ofi -= p.bidSize }
-            if ask <= p.ask { ofi -= askUnits }
-            if ask >= p.ask { ofi += p.askSize }
+            if bid >= p.bid { ofi &+= bidUnits }
+            if bid <= p.bid { ofi &-= p.bidSize }
+            if ask <= p.ask { ofi &-= askUnits }
+            if ask >= p.ask { ofi &+= p.askSize }
             let r = p.mid == 0 ? 0 : log(mid / p.mid)
             squaredReturn = FixedPoint.quantize(
                 r * r, scale: FixedPoint.squaredReturnScale, limit: FixedPoint.squaredReturnLimit)
@@ -220,18 +223,18 @@ struct SymbolWindow {
         if firstQuoteTsNs == nil { firstQuoteTsNs = t }
         previous = PreviousQuote(bid: bid, bidSize: bidUnits, ask: ask, askSize: askUnits, mid: mid)
 
-        let depth = bidUnits + askUnits
+        let depth = bidUnits &+ askUnits
         quotes.append(QuoteTerm(tsNs: t, ofi: ofi, depth: depth, squaredReturn: squaredReturn, mid: mid))
-        ofiSum += ofi
-        depthSum += depth
-        squaredReturnSum += squaredReturn
+        ofiSum &+= ofi
+        depthSum &+= depth
+        squaredReturnSum &+= squaredReturn
 
         // Window (t − W, t]: a quote exactly W old is out.
         let edge = t &- windowNs
         while let oldest = quotes.first, oldest.tsNs <= edge {
-            ofiSum -= oldest.ofi
-            depthSum -= oldest.depth
-            squaredReturnSum -= oldest.squaredReturn
+            ofiSum &-= oldest.ofi
+            depthSum &-= oldest.depth
+            squaredReturnSum &-= oldest.squaredReturn
             quotes.removeFirst()
         }
         evictTrades(through: edge)
@@ -254,7 +257,7 @@ struct SymbolWindow {
 
     private mutating func evictTrades(through edge: Int64) {
         while let oldest = trades.first, oldest.tsNs <= edge {
-            tradeSizeSum -= oldest.size
+            tradeSizeSum &-= oldest.size
             trades.removeFirst()
         }
     }

@@ -48,7 +48,7 @@ struct NaiveFeatures {
         var squaredReturns: Int128 = 0
         for i in inWindow {
             let c = quotes[i]
-            depth += Self.units(c.bidSize!) + Self.units(c.askSize!)
+            depth &+= Self.units(c.bidSize!) &+ Self.units(c.askSize!)
             guard i > 0 else { continue }  // the symbol's first quote has no term
             let p = quotes[i - 1]
             if c.bid! >= p.bid! { ofi += Self.units(c.bidSize!) }

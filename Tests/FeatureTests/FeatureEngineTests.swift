@@ -149,6 +149,10 @@ struct FeatureEngineTests {
         #expect(empty.nTrades == 0)
         #expect(empty.tradeVolume == 0)
         #expect(empty.lastPrice == 101.5)
+        // Sums are exact: one trade of 0.02 is a volume of exactly 0.02, not a rounded neighbour.
+        _ = engine.apply(tr(1.8, 101, 0.02))
+        let small = try #require(engine.apply(q(1.9, 100, 1, 103, 1)).snapshot)
+        #expect(small.tradeVolume == 0.02)
     }
 
     @Test("zero denominators give 0")

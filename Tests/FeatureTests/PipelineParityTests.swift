@@ -1,5 +1,6 @@
 import FeatureEngine
 import Foundation
+import MarketData
 import ServiceKit
 import TEModels
 import TERedis
@@ -28,49 +29,18 @@ struct RecordingNotFound: Error, CustomStringConvertible {
     var description: String { "recording \(relative) not found: set TE_DATA_DIR to ../shared/data" }
 }
 
-/// Binance `<ts_ns> <combined-stream JSON>` lines → quote ticks (bookTicker) and trade ticks, ts_ns =
-/// receive time. A TEST FIXTURE standing in for MarketData (the ingest normaliser, not on main yet):
-/// both paths of the parity test get these same ticks, so it checks the feature computation, not the
-/// normalisation. Depth updates are skipped.
-enum BinanceTopOfBookFixture {
-    struct Line: Decodable {
-        struct Payload: Decodable {
-            var s: String?
-            var b: String?
-            var B: String?
-            var a: String?
-            var A: String?
-            var p: String?
-            var q: String?
-            var m: Bool?
-        }
-        var stream: String?
-        var data: Payload?
-    }
-
-    static func ticks(gzipFile path: String) throws -> [Tick] {
-        let gunzip = Process()
-        gunzip.executableURL = URL(fileURLWithPath: "/bin/sh")
-        gunzip.arguments = ["-c", "gzip -dc \"$0\"", path]
-        let pipe = Pipe()
-        gunzip.standardOutput = pipe
-        try gunzip.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        gunzip.waitUntilExit()
-        let decoder = JSONDecoder()
+/// A recording's ticks as `ingest` produces them: MarketData's reader and normaliser, each message
+/// with its recorded receive time (the `ts_ns` header `te replay` sets) and key.
+enum NormalizedRecording {
+    static func ticks(_ path: String) throws -> [Tick] {
+        let reader = try RecordingReader(path: path)
+        var normalizer = MarketNormalizer()
         var out: [Tick] = []
-        for line in data.split(separator: UInt8(ascii: "\n")) {
-            guard let space = line.firstIndex(of: UInt8(ascii: " ")),
-                let ts = Int64(String(decoding: line[line.startIndex..<space], as: UTF8.self)),
-                let message = try? decoder.decode(Line.self, from: Data(line[(space + 1)...])),
-                let stream = message.stream, let d = message.data, let symbol = d.s
-            else { continue }
-            if stream.hasSuffix("@bookTicker"), let b = d.b.flatMap(Double.init), let bs = d.B.flatMap(Double.init),
-                let a = d.a.flatMap(Double.init), let asz = d.A.flatMap(Double.init)
+        while let message = try reader.next() {
+            if case .ticks(let ticks) = normalizer.normalize(
+                payload: message.payload, receiveTsNs: message.tsNs, key: message.key)
             {
-                out.append(.quote(symbol: symbol, tsNs: ts, bid: b, bidSize: bs, ask: a, askSize: asz, venue: "binance"))
-            } else if stream.hasSuffix("@trade"), let p = d.p.flatMap(Double.init), let q = d.q.flatMap(Double.init) {
-                out.append(.trade(symbol: symbol, tsNs: ts, price: p, size: q, side: d.m == true ? .sell : .buy))
+                out += ticks
             }
         }
         return out
@@ -79,28 +49,25 @@ enum BinanceTopOfBookFixture {
 
 @Suite("feature-pipeline equals te features", .serialized)
 struct PipelineParityTests {
-    /// spot_ethusdt_20240808 through te:ticks → feature-pipeline (SIGKILLed a third of the way and
-    /// restarted, so the rebuild from te:ticks is on the path) → te:features, against `te features` on
-    /// the same ticks: every row, every feature, bit for bit, and the same warm flags.
+    /// spot_ethusdt_20240808 normalised by MarketData (as ingest does) and written to te:ticks →
+    /// feature-pipeline (SIGKILLed a third of the way and restarted, so the rebuild from te:ticks is on
+    /// the path) → te:features, against `te features` on the recording file itself: every row, every
+    /// feature, bit for bit, and the same warm flags. (Once ingest is on main, the te:ticks side can come
+    /// from `te replay` → Kafka → ingest instead of writing the normalised ticks directly.)
     @Test("streaming and offline give identical rows, across a SIGKILL and restart", .timeLimit(.minutes(5)))
     func parityAcrossRestart() async throws {
-        let ticks = try BinanceTopOfBookFixture.ticks(gzipFile: try RecordedData.file("binance/spot_ethusdt_20240808.gz"))
+        let recording = try RecordedData.file("binance/spot_ethusdt_20240808.gz")
+        let ticks = try NormalizedRecording.ticks(recording)
         #expect(ticks.count > 25_000)
+        #expect(ticks.contains { $0.bids != nil && $0.bids!.count > 1 })  // real depth from the synced book
 
-        // The offline side: `te features` over the ticks as JSON lines.
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(TestEnv.uniqueName("features").replacingOccurrences(of: ":", with: "-"))
+        // The offline side: `te features` over the recording file.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
+            TestEnv.uniqueName("features").replacingOccurrences(of: ":", with: "-"))
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let jsonl = dir.appendingPathComponent("ticks.jsonl")
-        let encoder = JSONEncoder()
-        var lines = Data()
-        for tick in ticks {
-            lines.append(try encoder.encode(tick))
-            lines.append(UInt8(ascii: "\n"))
-        }
-        try lines.write(to: jsonl)
         let csvPath = dir.appendingPathComponent("features.csv").path
-        let offline = try ChildProcess.built("te", arguments: ["features", jsonl.path, "--output", csvPath])
+        let offline = try ChildProcess.built("te", arguments: ["features", recording, "--output", csvPath])
         #expect(try await offline.waitForExit(timeout: .seconds(120)) == 0, "\(offline.output())")
         let csv = try String(contentsOfFile: csvPath, encoding: .utf8)
         let rows = csv.split(separator: "\n").dropFirst().map { FeatureCSV.parse($0) }
