@@ -24,6 +24,7 @@ let package = Package(
         .library(name: "TERedis", targets: ["TERedis"]),
         .library(name: "ServiceKit", targets: ["ServiceKit"]),
         .library(name: "TEModels", targets: ["TEModels"]),
+        .library(name: "FeatureEngine", targets: ["FeatureEngine"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
