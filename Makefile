@@ -37,6 +37,7 @@ test: deps
 	set -a; source .dev/env; set +a; \
 	  export TE_BIN_DIR="$$($(SWIFT) build --show-bin-path)"; \
 	  $(SWIFT) test --skip-build
+	@scripts/check-deploy.sh
 
 demo:
 	@scripts/demo.sh
