@@ -21,6 +21,7 @@ let package = Package(
         .executable(name: "audit-writer", targets: ["AuditWriter"]),
         .executable(name: "te", targets: ["TE"]),
         .executable(name: "dev-broker", targets: ["DevBroker"]),
+        .library(name: "TritonClient", targets: ["TritonClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
