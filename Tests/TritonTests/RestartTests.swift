@@ -37,15 +37,27 @@ private struct PrivateTriton {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
         }
+        // The test process's threads block signals; without a reset the server would inherit the mask and
+        // never see SIGTERM.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, script, nil, nil, argv, envp)
+        let rc = posix_spawn(&pid, script, nil, &attributes, argv, envp)
         try #require(rc == 0, "posix_spawn dev-triton.sh: \(rc)")
         var status: Int32 = 0
         while waitpid(pid, &status, WNOHANG) == 0 { try await Task.sleep(for: .milliseconds(50)) }
         try #require(status == 0, "dev-triton.sh failed (\(status)); see \(state.path)/logs/triton.log")
     }
 
-    /// SIGTERM, then waits until the process is gone (SIGKILL after 20 s).
+    /// SIGTERM, then waits until the process is gone (SIGKILL after 20 s). Also the test's cleanup.
     func stop() throws {
         let text = try String(contentsOf: pidFile, encoding: .utf8)
         guard let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return }
@@ -64,7 +76,10 @@ struct RestartTests {
         _ = try tritonURL()  // the shared dev server must exist too: its venv is the one we reuse
         let server = try PrivateTriton()
         try await server.start()
-        defer { try? server.stop() }
+        defer {
+            try? server.stop()
+            try? FileManager.default.removeItem(at: server.state)
+        }
         let client = try TritonClient(url: "127.0.0.1:\(server.grpcPort)")
         let weights = try ModelWeights.load(version: "1")
         let row = sampleRows(1, seed: 11, weights: weights)
