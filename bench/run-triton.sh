@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-[ -f .dev/env ] && source .dev/env
+[ -z "${TRITON_URL:-}" ] && [ -f .dev/env ] && source .dev/env
 URL=${TRITON_URL:?TRITON_URL is not set (make dev-up)}
 MODEL=${MODEL_NAME:-trade_eligibility}
 VERSION=${MODEL_VERSION:-1}
