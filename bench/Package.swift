@@ -14,6 +14,7 @@ let package = Package(
     products: [
         .executable(name: "redis-bench", targets: ["RedisBench"]),
         .executable(name: "feature-bench", targets: ["FeatureBench"]),
+        .executable(name: "triton-bench", targets: ["TritonBench"]),
     ],
     dependencies: [
         .package(path: ".."),
@@ -39,5 +40,13 @@ let package = Package(
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ],
             path: "Sources/FeatureBench", swiftSettings: [.swiftLanguageMode(.v6)]),
+        .executableTarget(
+            name: "TritonBench",
+            dependencies: [
+                .product(name: "TritonClient", package: root),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Sources/triton-bench",
+            swiftSettings: [.swiftLanguageMode(.v6)]),
     ]
 )

@@ -26,6 +26,12 @@ public struct TensorMetadata: Sendable, Equatable {
     /// KServe datatype name, e.g. "FP32".
     public let datatype: String
     public let shape: [Int64]
+
+    public init(name: String, datatype: String, shape: [Int64]) {
+        self.name = name
+        self.datatype = datatype
+        self.shape = shape
+    }
 }
 
 public struct ModelMetadata: Sendable, Equatable {
@@ -48,6 +54,12 @@ public struct ModelConfig: Sendable, Equatable {
         /// model_config.proto DataType value, e.g. 11 = TYPE_FP32.
         public let dataType: Int
         public let dims: [Int64]
+
+        public init(name: String, dataType: Int, dims: [Int64]) {
+            self.name = name
+            self.dataType = dataType
+            self.dims = dims
+        }
     }
     public let name: String
     public let platform: String

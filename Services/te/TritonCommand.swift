@@ -1,0 +1,102 @@
+import ArgumentParser
+import Foundation
+import TritonClient
+
+/// `te triton`: operator checks against the Triton gRPC endpoint in TRITON_URL.
+struct TritonCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "triton",
+        abstract: "Talk to Triton over gRPC (TRITON_URL): health, model metadata and hashes, one inference.",
+        subcommands: [Health.self, Metadata.self, Infer.self])
+
+    struct Options: ParsableArguments {
+        @Option(help: "Triton gRPC endpoint host:port. Default: $TRITON_URL.")
+        var url: String?
+
+        @Option(help: "Model name. Default: $MODEL_NAME or trade_eligibility.")
+        var model: String?
+
+        @Option(help: "Per-call timeout in milliseconds.")
+        var timeoutMs: Int = 2000
+
+        func client() throws -> TritonClient {
+            guard let url = url ?? ProcessInfo.processInfo.environment["TRITON_URL"], !url.isEmpty else {
+                throw ValidationError("TRITON_URL is not set (or pass --url host:port)")
+            }
+            return try TritonClient(url: url)
+        }
+        var modelName: String { model ?? ProcessInfo.processInfo.environment["MODEL_NAME"] ?? "trade_eligibility" }
+        var deadline: ContinuousClock.Instant { .now + .milliseconds(timeoutMs) }
+    }
+
+    struct Health: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Server live/ready and model readiness per version.")
+        @OptionGroup var options: Options
+        @Option(help: "Versions to check.") var versions: [String] = ["1", "2"]
+
+        func run() async throws {
+            let client = try options.client()
+            defer { client.close() }
+            var healthy = true
+            let live = try await client.serverLive(deadline: options.deadline)
+            let ready = try await client.serverReady(deadline: options.deadline)
+            print("server live=\(live) ready=\(ready)")
+            healthy = live && ready
+            for version in versions {
+                let modelReady: Bool
+                do {
+                    modelReady = try await client.modelReady(model: options.modelName, version: version, deadline: options.deadline)
+                } catch let error as TritonError {
+                    print("model \(options.modelName) version \(version) error: \(error.message)")
+                    healthy = false
+                    continue
+                }
+                print("model \(options.modelName) version \(version) ready=\(modelReady)")
+                healthy = healthy && modelReady
+            }
+            if !healthy { throw ExitCode(1) }
+        }
+    }
+
+    struct Metadata: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Model metadata, version policy and each version's artefact hash (sha256 of its weights).")
+        @OptionGroup var options: Options
+
+        func run() async throws {
+            let client = try options.client()
+            defer { client.close() }
+            let metadata = try await client.modelMetadata(model: options.modelName, deadline: options.deadline)
+            let config = try await client.modelConfig(model: options.modelName, deadline: options.deadline)
+            print("model \(metadata.name) platform=\(metadata.platform) backend=\(config.backend) versions=\(metadata.versions.joined(separator: ","))")
+            print("max_batch_size \(config.maxBatchSize) version_policy \(config.versionPolicy)")
+            for t in metadata.inputs { print("input  \(t.name) \(t.datatype) \(t.shape)") }
+            for t in metadata.outputs { print("output \(t.name) \(t.datatype) \(t.shape)") }
+            for version in metadata.versions.sorted() {
+                print("version \(version) artefact_sha256 \(config.artefactHash(version: version) ?? "(missing)")")
+            }
+        }
+    }
+
+    struct Infer: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Score one feature vector.")
+        @OptionGroup var options: Options
+        @Option(help: "Model version.") var version: String = "1"
+        @Option(help: "The 8 features in model order, comma-separated.") var features: String
+
+        func run() async throws {
+            let values = features.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
+            guard values.count == 8, values.allSatisfy({ $0 != nil && $0!.isFinite }) else {
+                throw ValidationError("--features needs 8 finite comma-separated numbers, got '\(features)'")
+            }
+            let client = try options.client()
+            defer { client.close() }
+            let start = ContinuousClock.now
+            let scores = try await client.infer(
+                model: options.modelName, version: version, rows: values.map { $0! }, rowCount: 1,
+                deadline: options.deadline)
+            let elapsed = ContinuousClock.now - start
+            print("score \(scores[0]) (model \(options.modelName) version \(version), \(elapsed))")
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import Foundation
+import Testing
+import TritonClient
+
+/// A private tritonserver (own ports, own state dir) that this test stops and restarts, so the shared server is
+/// never disturbed. Started through scripts/dev-triton.sh, the same path `make dev-up` uses.
+private struct PrivateTriton {
+    let grpcPort: Int
+    let httpPort: Int
+    let metricsPort: Int
+    let state: URL
+
+    init() throws {
+        grpcPort = try freePort()
+        httpPort = try freePort()
+        metricsPort = try freePort()
+        state = FileManager.default.temporaryDirectory.appendingPathComponent("triton-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
+    }
+
+    var pidFile: URL { state.appendingPathComponent("run/triton.pid") }
+
+    /// Runs scripts/dev-triton.sh for this server. posix_spawn + waitpid rather than Foundation's Process:
+    /// Process notices the child's exit through a descriptor that the backgrounded tritonserver inherits, so it
+    /// would wait for the server to exit too.
+    func start() async throws {
+        var env = ProcessInfo.processInfo.environment
+        env["TRITON_STATE"] = state.path
+        if env["TRITON_VENV"] == nil { env["TRITON_VENV"] = repositoryRoot.appendingPathComponent(".dev/venv").path }
+        let script = repositoryRoot.appendingPathComponent("scripts/dev-triton.sh").path
+        let arguments: [String] = [script, String(grpcPort), String(httpPort), String(metricsPort)]
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) }
+        argv.append(nil)
+        var envp: [UnsafeMutablePointer<CChar>?] = env.map { (key: String, value: String) in strdup(key + "=" + value) }
+        envp.append(nil)
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        // The test process's threads block signals; without a reset the server would inherit the mask and
+        // never see SIGTERM.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, script, nil, &attributes, argv, envp)
+        try #require(rc == 0, "posix_spawn dev-triton.sh: \(rc)")
+        var status: Int32 = 0
+        while waitpid(pid, &status, WNOHANG) == 0 { try await Task.sleep(for: .milliseconds(50)) }
+        try #require(status == 0, "dev-triton.sh failed (\(status)); see \(state.path)/logs/triton.log")
+    }
+
+    /// SIGTERM, then waits until the process is gone (SIGKILL after 20 s). Also the test's cleanup.
+    func stop() throws {
+        let text = try String(contentsOf: pidFile, encoding: .utf8)
+        guard let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return }
+        kill(pid, SIGTERM)
+        for _ in 0..<200 where kill(pid, 0) == 0 { usleep(100_000) }
+        if kill(pid, 0) == 0 {
+            kill(pid, SIGKILL)
+            usleep(200_000)
+        }
+    }
+}
+
+@Suite(.timeLimit(.minutes(3)))
+struct RestartTests {
+    @Test func stoppedServerFailsFastAndRestartedServerServesTheSameClient() async throws {
+        _ = try tritonURL()  // the shared dev server must exist too: its venv is the one we reuse
+        let server = try PrivateTriton()
+        try await server.start()
+        defer {
+            try? server.stop()
+            try? FileManager.default.removeItem(at: server.state)
+        }
+        let client = try TritonClient(url: "127.0.0.1:\(server.grpcPort)")
+        let weights = try ModelWeights.load(version: "1")
+        let row = sampleRows(1, seed: 11, weights: weights)
+        let before = try await client.infer(
+            model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(10)))
+        expectScores(before, rows: row, weights: weights)
+
+        try server.stop()
+        let start = ContinuousClock.now
+        do {
+            _ = try await client.infer(
+                model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(10)))
+            Issue.record("inference succeeded on a stopped server")
+        } catch let error as TritonError {
+            #expect(error.code == .connection, "got \(error)")
+        }
+        #expect(ContinuousClock.now - start < .seconds(2), "connection error took \(ContinuousClock.now - start)")
+
+        try await server.start()
+        var after: [Float] = []
+        let giveUp = ContinuousClock.now + .seconds(60)
+        while after.isEmpty && ContinuousClock.now < giveUp {
+            do {
+                after = try await client.infer(
+                    model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(10)))
+            } catch let error as TritonError where error.code == .connection || error.code == .unavailable {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        expectScores(after, rows: row, weights: weights)
+        #expect(after.count == 1)
+    }
+}

@@ -1,0 +1,231 @@
+import Foundation
+import Testing
+import TritonClient
+
+/// The repository root (tests read the committed model weights and run scripts/dev-triton.sh).
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
+let modelName = "trade_eligibility"
+
+func tritonURL() throws -> String {
+    try #require(
+        ProcessInfo.processInfo.environment["TRITON_URL"],
+        "TRITON_URL is not set: run `make dev-up` and source .dev/env (tests need a real Triton)")
+}
+
+/// The committed weights of one version, and the model's own math (model.py) in Double.
+struct ModelWeights: Decodable {
+    let mean: [Double]
+    let std: [Double]
+    let coef: [Double]
+    let intercept: Double
+
+    static func load(version: String) throws -> ModelWeights {
+        let url = repositoryRoot.appendingPathComponent("deploy/triton/model_repository/\(modelName)/\(version)/weights.json")
+        return try JSONDecoder().decode(ModelWeights.self, from: Data(contentsOf: url))
+    }
+
+    func score(_ row: ArraySlice<Float>) -> Double {
+        var z = intercept
+        for (i, x) in row.enumerated() { z += coef[i] * (Double(x) - mean[i]) / std[i] }
+        return 1 / (1 + exp(-z))
+    }
+}
+
+/// Deterministic feature rows spread around the training distribution (mean ± 2 std).
+func sampleRows(_ count: Int, seed: UInt64, weights: ModelWeights) -> [Float] {
+    var state = seed
+    var rows: [Float] = []
+    rows.reserveCapacity(count * 8)
+    for _ in 0..<count {
+        for f in 0..<8 {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            let u = Double(state >> 11) / Double(1 << 53) * 4 - 2
+            rows.append(Float(weights.mean[f] + u * weights.std[f]))
+        }
+    }
+    return rows
+}
+
+func expectScores(_ scores: [Float], rows: [Float], weights: ModelWeights, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(scores.count * 8 == rows.count, sourceLocation: sourceLocation)
+    for (i, score) in scores.enumerated() {
+        let expected = weights.score(rows[(i * 8)..<(i * 8 + 8)])
+        #expect(abs(Double(score) - expected) < 1e-5, "row \(i): \(score) vs \(expected)", sourceLocation: sourceLocation)
+    }
+}
+
+func deadline(_ d: Duration) -> ContinuousClock.Instant { .now + d }
+
+@Suite(.timeLimit(.minutes(2)))
+struct TritonServerTests {
+    @Test func healthAndMetadata() async throws {
+        let client = try TritonClient(url: try tritonURL())
+        #expect(try await client.serverLive())
+        #expect(try await client.serverReady())
+        #expect(try await client.modelReady(model: modelName, version: "1"))
+        #expect(try await client.modelReady(model: modelName, version: "2"))
+        let metadata = try await client.modelMetadata(model: modelName, version: "1")
+        #expect(metadata.name == modelName)
+        #expect(metadata.inputs == [TensorMetadata(name: "features", datatype: "FP32", shape: [-1, 8])])
+        #expect(metadata.outputs == [TensorMetadata(name: "score", datatype: "FP32", shape: [-1, 1])])
+        let config = try await client.modelConfig(model: modelName)
+        #expect(config.versionPolicy == .specific([1, 2]))
+        #expect(config.maxBatchSize == 256)
+    }
+
+    @Test(arguments: ["1", "2"])
+    func artefactHashIsTheSha256OfTheServedWeights(version: String) async throws {
+        let client = try TritonClient(url: try tritonURL())
+        let hash = try await client.artefactHash(model: modelName, version: version)
+        let path = repositoryRoot.appendingPathComponent("deploy/triton/model_repository/\(modelName)/\(version)/weights.json")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
+        process.arguments = [path.path]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        process.waitUntilExit()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(hash == String(output.prefix(64)))
+        #expect(hash.count == 64)
+    }
+
+    @Test(arguments: ["1", "2"])
+    func singleRowsMatchTheModelsMath(version: String) async throws {
+        let client = try TritonClient(url: try tritonURL())
+        let weights = try ModelWeights.load(version: version)
+        let rows = sampleRows(10, seed: 7, weights: weights)
+        for i in 0..<10 {
+            let row = Array(rows[(i * 8)..<(i * 8 + 8)])
+            let scores = try await client.infer(
+                model: modelName, version: version, rows: row, rowCount: 1, deadline: deadline(.seconds(10)))
+            expectScores(scores, rows: row, weights: weights)
+        }
+    }
+
+    @Test(arguments: [("1", 2), ("1", 64), ("2", 256)])
+    func batchesMatchTheModelsMath(version: String, rowCount: Int) async throws {
+        let client = try TritonClient(url: try tritonURL())
+        let weights = try ModelWeights.load(version: version)
+        let rows = sampleRows(rowCount, seed: UInt64(rowCount), weights: weights)
+        let scores = try await client.infer(
+            model: modelName, version: version, rows: rows, rowCount: rowCount, deadline: deadline(.seconds(10)))
+        expectScores(scores, rows: rows, weights: weights)
+    }
+
+    @Test func thousandConcurrentCallsOnOneConnection() async throws {
+        let client = try TritonClient(url: try tritonURL(), connections: 1)
+        let weights = try ModelWeights.load(version: "1")
+        let rows = sampleRows(1000, seed: 42, weights: weights)
+        let results = try await withThrowingTaskGroup(of: (Int, Float).self) { group in
+            for i in 0..<1000 {
+                group.addTask {
+                    let row = Array(rows[(i * 8)..<(i * 8 + 8)])
+                    let s = try await client.infer(
+                        model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(60)))
+                    return (i, s[0])
+                }
+            }
+            var scores = [Float](repeating: .nan, count: 1000)
+            for try await (i, s) in group { scores[i] = s }
+            return scores
+        }
+        expectScores(results, rows: rows, weights: weights)
+    }
+
+    @Test func deadlineShorterThanTheModelReturnsOnTimeAndTheConnectionStaysUsable() async throws {
+        let client = try TritonClient(url: try tritonURL(), connections: 1)
+        let weights = try ModelWeights.load(version: "1")
+        let row = sampleRows(1, seed: 3, weights: weights)
+        let start = ContinuousClock.now
+        do {
+            _ = try await client.infer(
+                model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.milliseconds(200)),
+                parameters: [("delay_ms", .int64(2000))])
+            Issue.record("a 2 s model call finished within a 200 ms deadline")
+        } catch let error as TritonError {
+            #expect(error.code == .deadlineExceeded)
+        }
+        let elapsed = ContinuousClock.now - start
+        #expect(elapsed < .milliseconds(1500), "deadline error came after \(elapsed)")
+        let scores = try await client.infer(
+            model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(10)))
+        expectScores(scores, rows: row, weights: weights)
+    }
+
+    @Test func taskCancellationEndsTheCall() async throws {
+        let client = try TritonClient(url: try tritonURL())
+        let row = [Float](repeating: 0, count: 8)
+        let task = Task {
+            try await client.infer(
+                model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(30)),
+                parameters: [("delay_ms", .int64(1000))])
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        task.cancel()
+        let result = await task.result
+        #expect(throws: TritonError.self) { try result.get() }
+        if case .failure(let error as TritonError) = result { #expect(error.code == .cancelled) }
+    }
+
+    @Test func unknownModelSurfacesTheServersError() async throws {
+        let client = try TritonClient(url: try tritonURL())
+        do {
+            _ = try await client.infer(
+                model: "no_such_model", version: "", rows: [Float](repeating: 0, count: 8), rowCount: 1,
+                deadline: deadline(.seconds(5)))
+            Issue.record("inference on an unknown model succeeded")
+        } catch let error as TritonError {
+            #expect(error.grpcStatus != nil && error.grpcStatus != 0)
+            #expect(error.message.contains("no_such_model"), "message: \(error.message)")
+            #expect(!error.isRetriable || error.code == .unavailable)
+        }
+    }
+
+    @Test func wrongShapeSurfacesTheServersError() async throws {
+        let client = try TritonClient(url: try tritonURL())
+        do {
+            _ = try await client.infer(
+                model: modelName, version: "1", rows: [Float](repeating: 0, count: 14), rowCount: 2, featureCount: 7,
+                deadline: deadline(.seconds(5)))
+            Issue.record("inference with 7 features succeeded")
+        } catch let error as TritonError {
+            #expect(error.code == .invalidArgument, "got \(error)")
+            #expect(!error.message.isEmpty)
+            #expect(error.file.hasSuffix("TritonServerTests.swift"))
+        }
+    }
+
+    @Test func unreachableEndpointFailsFastWithAConnectionError() async throws {
+        let port = try freePort()
+        let client = try TritonClient(url: "127.0.0.1:\(port)")
+        let start = ContinuousClock.now
+        do {
+            _ = try await client.serverLive(deadline: deadline(.seconds(10)))
+            Issue.record("serverLive on a closed port succeeded")
+        } catch let error as TritonError {
+            #expect(error.code == .connection)
+        }
+        #expect(ContinuousClock.now - start < .seconds(2))
+    }
+}
+
+/// A TCP port nobody listens on right now.
+func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    let rc = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    try #require(rc == 0)
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
