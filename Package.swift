@@ -62,7 +62,7 @@ let package = Package(
             path: "Shared/TEKafka", swiftSettings: swiftSettings),
         .target(
             name: "TEPostgres",
-            dependencies: ["CLibPQ", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CLibPQ", "TEModels", .product(name: "Logging", package: "swift-log")],
             path: "Shared/TEPostgres", swiftSettings: swiftSettings),
         .target(
             name: "TritonClient",
