@@ -118,7 +118,9 @@ let package = Package(
             dependencies: ["ServiceKit", "TritonClient", "FeatureEngine"],
             path: "Shared/GatewayCore", swiftSettings: swiftSettings),
         .executableTarget(
-            name: "AuditWriter", dependencies: ["ServiceKit", "TEPostgres"], path: "Services/audit-writer",
+            name: "AuditWriter",
+            dependencies: ["ServiceKit", "TEPostgres", .product(name: "Prometheus", package: "swift-prometheus")],
+            path: "Services/audit-writer",
             swiftSettings: swiftSettings),
         .executableTarget(
             name: "TE",
