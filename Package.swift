@@ -21,6 +21,10 @@ let package = Package(
         .executable(name: "audit-writer", targets: ["AuditWriter"]),
         .executable(name: "te", targets: ["TE"]),
         .executable(name: "dev-broker", targets: ["DevBroker"]),
+        .library(name: "TERedis", targets: ["TERedis"]),
+        .library(name: "ServiceKit", targets: ["ServiceKit"]),
+        .library(name: "TEModels", targets: ["TEModels"]),
+        .library(name: "FeatureEngine", targets: ["FeatureEngine"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -62,7 +66,7 @@ let package = Package(
             path: "Shared/TEKafka", swiftSettings: swiftSettings),
         .target(
             name: "TEPostgres",
-            dependencies: ["CLibPQ", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CLibPQ", "TEModels", .product(name: "Logging", package: "swift-log")],
             path: "Shared/TEPostgres", swiftSettings: swiftSettings),
         .target(
             name: "TritonClient",
@@ -118,7 +122,9 @@ let package = Package(
             dependencies: ["ServiceKit", "TritonClient", "FeatureEngine"],
             path: "Shared/GatewayCore", swiftSettings: swiftSettings),
         .executableTarget(
-            name: "AuditWriter", dependencies: ["ServiceKit", "TEPostgres"], path: "Services/audit-writer",
+            name: "AuditWriter",
+            dependencies: ["ServiceKit", "TEPostgres", .product(name: "Prometheus", package: "swift-prometheus")],
+            path: "Services/audit-writer",
             swiftSettings: swiftSettings),
         .executableTarget(
             name: "TE",
@@ -138,6 +144,9 @@ let package = Package(
             swiftSettings: swiftSettings),
         .testTarget(
             name: "RedisTests", dependencies: ["TERedis", "ServiceKit", "TestSupport"], path: "Tests/RedisTests",
+            swiftSettings: swiftSettings),
+        .testTarget(
+            name: "MarketDataTests", dependencies: ["MarketData"], path: "Tests/MarketDataTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "KafkaTests", dependencies: ["TEKafka", "MarketData", "ServiceKit", "TestSupport"],

@@ -1,0 +1,50 @@
+# Trade Eligibility — developer entry points. `make test` and `make demo` are the two that matter.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+SWIFT ?= swift
+export PATH := $(if $(wildcard /opt/swift/usr/bin),/opt/swift/usr/bin:,)$(PATH)
+
+.PHONY: help deps build release test unit-test dev-up dev-down demo bench clean
+
+help:
+	@echo "make demo      run the whole pipeline on real recorded market data (no Docker needed)"
+	@echo "make test      install and start what the tests need, then run every test"
+	@echo "make dev-up    start Redis, PostgreSQL, the Kafka dev broker and Triton locally; writes .dev/env"
+	@echo "make dev-down  stop what dev-up started"
+	@echo "make bench     run the benchmark suite (results in bench/results/)"
+	@echo "make up/down   docker compose stack (see deploy/README.md)"
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+dev-up: deps
+	@scripts/dev-up.sh
+
+dev-down:
+	@scripts/dev-down.sh
+
+# Builds everything (executables too: integration tests run the real binaries), starts the local
+# servers and runs the whole suite against them. Integration tests fail, never skip, when a server is missing.
+test: deps
+	$(SWIFT) build --build-tests
+	@scripts/dev-up.sh
+	set -a; source .dev/env; set +a; \
+	  export TE_BIN_DIR="$$($(SWIFT) build --show-bin-path)"; \
+	  $(SWIFT) test --skip-build
+
+demo:
+	@scripts/demo.sh
+
+bench:
+	@scripts/bench.sh
+
+clean:
+	rm -rf .build
+
+-include mk/*.mk

@@ -1,0 +1,43 @@
+// swift-tools-version: 6.1
+import Foundation
+import PackageDescription
+
+// A path dependency is known by its directory's name (the clone's, the worktree's), not by its
+// manifest's `name`: derive it so the products resolve wherever the repository is checked out.
+let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .lastPathComponent.lowercased()
+
+// Benchmarks, separate from the main package (../Package.swift) so its tests never build them.
+let package = Package(
+    name: "trade-eligibility-bench",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "redis-bench", targets: ["RedisBench"]),
+        .executable(name: "feature-bench", targets: ["FeatureBench"]),
+    ],
+    dependencies: [
+        .package(path: ".."),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.1"),
+    ],
+    targets: [
+        .executableTarget(
+            name: "RedisBench",
+            dependencies: [
+                .product(name: "TERedis", package: root),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Sources/RedisBench",
+            swiftSettings: [.swiftLanguageMode(.v6)]),
+        // Per-quote cost of FeatureEngine (ns/quote, allocations/quote) on a recording.
+        .executableTarget(
+            name: "FeatureBench",
+            dependencies: [
+                .product(name: "FeatureEngine", package: root),
+                .product(name: "TEModels", package: root),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+            ],
+            path: "Sources/FeatureBench", swiftSettings: [.swiftLanguageMode(.v6)]),
+    ]
+)

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Checks rendered Kubernetes manifests against the service contract (the schema check is separate).
+
+Every service has a Deployment whose container listens on its DESIGN.md port, probes /readyz
+(readiness) and /healthz (liveness) on it, has resource requests and limits, runs non-root with a
+read-only root filesystem, and has terminationGracePeriodSeconds >= 30 (the graceful drain); a
+Service and a PodDisruptionBudget select its pods; its environment (ConfigMap + env) covers every
+variable DESIGN.md lists; the gateway runs >= 2 replicas with an autoscaling/v2 HPA on a custom
+metric; every HPA custom/external metric is served by a prometheus-adapter rule.
+
+Usage: check_k8s.py RENDERED.yaml ADAPTER_RULES.yaml [--prod]
+"""
+from __future__ import annotations
+
+import sys
+
+import yaml
+
+PORTS = {"ingest": 9101, "feature-pipeline": 9102, "strategy-engine": 9103, "opportunity-aggregator": 9104,
+         "gateway": 8080, "audit-writer": 9106}
+REQUIRED_ENV = {
+    "common": ["REDIS_URL", "KAFKA_BROKERS", "KAFKA_TOPIC", "TRITON_URL", "TRITON_SECONDARY_URL", "MODEL_NAME",
+               "MODEL_VERSION", "CANARY_ENABLED", "CANARY_VERSION", "CANARY_FRACTION", "SHADOW_ENABLED",
+               "SCORE_TIMEOUT_MS", "SPREAD_TTL_SEC", "FEATURE_TTL_SEC", "FEATURE_WINDOW_MS", "STREAM_MAXLEN",
+               "LOG_LEVEL", "STRATEGIES_FILE"],
+    "gateway": ["GATEWAY_API_KEYS", "HTTP_PORT"],
+    "audit-writer": ["POSTGRES_URL"],
+}
+MIN_GRACE = 30
+
+
+def main(rendered: str, adapter: str, prod: bool) -> int:
+    docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+    by = {}
+    for d in docs:
+        by.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    errors: list[str] = []
+    configmaps = by.get("ConfigMap", {})
+    secrets = by.get("Secret", {})
+
+    for name, port in PORTS.items():
+        dep = by.get("Deployment", {}).get(name)
+        if dep is None:
+            errors.append(f"{name}: no Deployment")
+            continue
+        pod = dep["spec"]["template"]["spec"]
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        sel = dep["spec"]["selector"]["matchLabels"]
+        if any(labels.get(k) != v for k, v in sel.items()):
+            errors.append(f"{name}: selector does not match the pod labels")
+        if pod.get("terminationGracePeriodSeconds", 30) < MIN_GRACE:
+            errors.append(f"{name}: terminationGracePeriodSeconds below {MIN_GRACE}")
+        psc = pod.get("securityContext", {})
+        if not psc.get("runAsNonRoot") or not psc.get("runAsUser"):
+            errors.append(f"{name}: pod must set runAsNonRoot and a numeric runAsUser")
+        (c,) = [c for c in pod["containers"] if c["name"] == name] or [None]
+        if c is None:
+            errors.append(f"{name}: no container named {name}")
+            continue
+        if (c.get("args") or c.get("command") or [None])[0] != name:
+            errors.append(f"{name}: container args should start with {name} (the image entrypoint picks it)")
+        ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        if port not in ports.values():
+            errors.append(f"{name}: containerPort {port} missing")
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            get = (c.get(probe) or {}).get("httpGet") or {}
+            target = ports.get(get.get("port"), get.get("port"))
+            if get.get("path") != path or target != port:
+                errors.append(f"{name}: {probe} should GET {path} on {port}, is {get}")
+        res = c.get("resources", {})
+        for kind in ("requests", "limits"):
+            if not {"cpu", "memory"} <= set(res.get(kind, {})):
+                errors.append(f"{name}: resources.{kind} needs cpu and memory")
+        csc = c.get("securityContext", {})
+        if not csc.get("readOnlyRootFilesystem") or csc.get("allowPrivilegeEscalation") is not False:
+            errors.append(f"{name}: container needs readOnlyRootFilesystem and allowPrivilegeEscalation: false")
+        if "ALL" not in (csc.get("capabilities") or {}).get("drop", []):
+            errors.append(f"{name}: container should drop ALL capabilities")
+        # environment
+        env = {e["name"] for e in c.get("env", [])}
+        for ef in c.get("envFrom", []):
+            ref = ef.get("configMapRef", {}).get("name")
+            if ref is not None:
+                if ref not in configmaps:
+                    errors.append(f"{name}: envFrom ConfigMap {ref} not in the render")
+                else:
+                    env |= set(configmaps[ref].get("data", {}))
+        want = REQUIRED_ENV["common"] + REQUIRED_ENV.get(name, []) + ([] if name == "gateway" else ["METRICS_PORT"])
+        missing = [v for v in want if v not in env]
+        if missing:
+            errors.append(f"{name}: environment lacks {', '.join(missing)}")
+        for e in c.get("env", []):
+            port_var = "HTTP_PORT" if name == "gateway" else "METRICS_PORT"
+            if e["name"] == port_var and e.get("value") != str(port):
+                errors.append(f"{name}: {port_var} should be {port}")
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                s = secrets.get(ref["name"])
+                if prod and s is not None:
+                    errors.append(f"{name}: prod render must not contain Secret {ref['name']} (operator-managed)")
+                if not prod and (s is None or ref["key"] not in {**s.get("data", {}), **s.get("stringData", {})}):
+                    errors.append(f"{name}: Secret {ref['name']} lacks key {ref['key']}")
+        # service and PDB
+        def selects(obj_sel):
+            return obj_sel and all(labels.get(k) == v for k, v in obj_sel.items())
+        svcs = [s for s in by.get("Service", {}).values() if selects(s["spec"].get("selector"))]
+        if not any(p.get("port") == port for s in svcs for p in s["spec"]["ports"]):
+            errors.append(f"{name}: no Service exposing port {port}")
+        pdbs = [p for p in by.get("PodDisruptionBudget", {}).values() if selects(p["spec"]["selector"].get("matchLabels"))]
+        if not pdbs:
+            errors.append(f"{name}: no PodDisruptionBudget")
+
+    gw = by.get("Deployment", {}).get("gateway")
+    if gw and gw["spec"].get("replicas", 1) < 2:
+        errors.append("gateway: fewer than 2 replicas")
+
+    rules = yaml.safe_load(open(adapter))
+    custom = {r["name"]["as"] for r in rules.get("rules", [])}
+    external = {r["name"]["as"] for r in rules.get("externalRules", [])}
+    hpas = by.get("HorizontalPodAutoscaler", {})
+    if "gateway" not in hpas:
+        errors.append("gateway: no HorizontalPodAutoscaler")
+    elif hpas["gateway"]["spec"].get("minReplicas", 1) < 2:
+        errors.append("gateway: HPA minReplicas below 2")
+    for hname, h in hpas.items():
+        if h["apiVersion"] != "autoscaling/v2":
+            errors.append(f"HPA {hname}: apiVersion should be autoscaling/v2")
+        target = h["spec"]["scaleTargetRef"]["name"]
+        if target not in by.get("Deployment", {}):
+            errors.append(f"HPA {hname}: targets unknown Deployment {target}")
+        kinds = set()
+        for m in h["spec"]["metrics"]:
+            kinds.add(m["type"])
+            if m["type"] == "Pods" and m["pods"]["metric"]["name"] not in custom:
+                errors.append(f"HPA {hname}: Pods metric {m['pods']['metric']['name']} has no prometheus-adapter rule")
+            if m["type"] == "External" and m["external"]["metric"]["name"] not in external:
+                errors.append(f"HPA {hname}: External metric {m['external']['metric']['name']} has no prometheus-adapter externalRule")
+        if not kinds & {"Pods", "External", "Object"}:
+            errors.append(f"HPA {hname}: no custom or external metric")
+
+    for e in errors:
+        print(f"k8s ({rendered}): {e}", file=sys.stderr)
+    if errors:
+        return 1
+    print(f"k8s: {rendered}: {len(docs)} objects satisfy the service contract")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2], "--prod" in sys.argv[3:]))

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Checks every PromQL expression the deployment relies on.
+
+Sources: recording and alert rules (deploy/prometheus/rules), Grafana dashboards
+(deploy/grafana/dashboards), prometheus-adapter rules (deploy/k8s/prometheus-adapter/rules.yaml,
+templates expanded the way the adapter does).
+
+1. Each expression parses: they are written as recording rules into a temporary file and checked with
+   `promtool check rules` (Prometheus's own parser).
+2. Each metric an expression selects is known: a name in deploy/metrics.txt (histograms also as
+   _bucket/_sum/_count), a recording rule defined in deploy/prometheus/rules, or `up`.
+3. With TE_METRICS_URLS set (space- or comma-separated /metrics URLs of running services), every
+   te_*/canary_* metric the expressions use must be exported by at least one of them.
+4. Dashboards load as JSON, have a uid, unique panel ids, and use the provisioned datasource.
+
+Usage: check_promql.py REPO_ROOT
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import promql_parser
+import yaml
+
+GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "${__rate_interval}": "1m"}
+ALWAYS_KNOWN = {"up"}
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def contract(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, kind, *_ = line.split()
+            out[name] = kind
+    return out
+
+
+def series_names(contract_names: dict[str, str]) -> dict[str, str]:
+    """Sample name -> contract (family) name."""
+    out = {}
+    for name, kind in contract_names.items():
+        out[name] = name
+        if kind == "histogram":
+            for s in HISTOGRAM_SUFFIXES:
+                out[name + s] = name
+    return out
+
+
+def selected_metrics(expr: str) -> set[str]:
+    names: set[str] = set()
+
+    def visit(node):
+        if isinstance(node, promql_parser.VectorSelector):
+            if node.name:
+                names.add(node.name)
+            else:
+                for m in node.matchers.matchers if hasattr(node.matchers, "matchers") else []:
+                    if m.name == "__name__":
+                        names.add(m.value)
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
+
+
+def collect(root: Path, errors: list[str]) -> tuple[list[tuple[str, str]], set[str]]:
+    """Returns [(where, expr)] and the set of recorded metric names."""
+    exprs: list[tuple[str, str]] = []
+    recorded: set[str] = set()
+    for f in sorted((root / "deploy/prometheus/rules").glob("*.yml")):
+        for g in yaml.safe_load(f.read_text())["groups"]:
+            for r in g["rules"]:
+                label = r.get("record") or r.get("alert")
+                exprs.append((f"{f.relative_to(root)}:{label}", r["expr"]))
+                if "record" in r:
+                    recorded.add(r["record"])
+
+    ds_file = root / "deploy/grafana/provisioning/datasources/prometheus.yml"
+    ds_uids = {d["uid"] for d in yaml.safe_load(ds_file.read_text())["datasources"]}
+    for f in sorted((root / "deploy/grafana/dashboards").glob("*.json")):
+        try:
+            dash = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            errors.append(f"{f}: not JSON: {e}")
+            continue
+        if not dash.get("uid") or not dash.get("title"):
+            errors.append(f"{f}: dashboard needs uid and title")
+        panels = []
+        for p in dash.get("panels", []):
+            panels.append(p)
+            panels.extend(p.get("panels", []))
+        ids = [p.get("id") for p in panels]
+        if len(ids) != len(set(ids)) or None in ids:
+            errors.append(f"{f}: panel ids must be present and unique")
+        n = 0
+        for p in panels:
+            if p.get("type") == "row":
+                continue
+            if "gridPos" not in p:
+                errors.append(f"{f}: panel {p.get('title')!r} has no gridPos")
+            uid = (p.get("datasource") or {}).get("uid")
+            if uid not in ds_uids:
+                errors.append(f"{f}: panel {p.get('title')!r} uses datasource uid {uid!r}, provisioned: {sorted(ds_uids)}")
+            if not p.get("targets"):
+                errors.append(f"{f}: panel {p.get('title')!r} has no queries")
+            for t in p.get("targets", []):
+                expr = t.get("expr", "")
+                for var, value in GRAFANA_VARS.items():
+                    expr = expr.replace(var, value)
+                if "$" in expr:
+                    errors.append(f"{f}: panel {p.get('title')!r}: unknown Grafana variable in {t['expr']!r}")
+                exprs.append((f"{f.relative_to(root)}:{p.get('title')}/{t.get('refId')}", expr))
+                n += 1
+        if n == 0:
+            errors.append(f"{f}: no queries")
+
+    adapter = yaml.safe_load((root / "deploy/k8s/prometheus-adapter/rules.yaml").read_text())
+    for section in ("rules", "externalRules"):
+        for r in adapter.get(section, []):
+            series = selected_metrics(r["seriesQuery"])
+            (series_name,) = series or {"?"}
+            exprs.append((f"prometheus-adapter {section} seriesQuery {r['name']['as']}", r["seriesQuery"]))
+            overrides = r.get("resources", {}).get("overrides", {})
+            matchers = ",".join(f'{label}="x"' for label in overrides) or 'namespace="x"'
+            group_by = ",".join(label for label, res in overrides.items() if res.get("resource") != "namespace") or "namespace"
+            q = (r["metricsQuery"].replace("<<.Series>>", series_name).replace("<<.LabelMatchers>>", matchers)
+                 .replace("<<.GroupBy>>", group_by))
+            if "<<" in q:
+                errors.append(f"prometheus-adapter {r['name']['as']}: unexpanded template in {r['metricsQuery']!r}")
+            exprs.append((f"prometheus-adapter {section} metricsQuery {r['name']['as']}", q))
+    return exprs, recorded
+
+
+def promtool_parse(exprs: list[tuple[str, str]], errors: list[str]) -> None:
+    def run(items):
+        doc = {"groups": [{"name": "parse-check", "rules": [
+            {"record": f"parse_check:expr_{i}", "expr": e} for i, (_, e) in enumerate(items)]}]}
+        with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+            yaml.safe_dump(doc, f)
+        try:
+            return subprocess.run(["promtool", "check", "rules", f.name], capture_output=True, text=True)
+        finally:
+            os.unlink(f.name)
+
+    if run(exprs).returncode == 0:
+        return
+    for where, e in exprs:  # locate the offenders
+        r = run([(where, e)])
+        if r.returncode != 0:
+            msg = (r.stderr or r.stdout).strip().splitlines()
+            errors.append(f"{where}: promtool cannot parse {e!r}: {msg[-1] if msg else ''}")
+
+
+def live_names(urls: list[str], errors: list[str]) -> set[str]:
+    names: set[str] = set()
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode()
+        except Exception as e:
+            errors.append(f"live: cannot read {url}: {e}")
+            continue
+        for line in text.splitlines():
+            if line.startswith("# TYPE ") or line.startswith("# HELP "):
+                names.add(line.split()[2])
+            elif line and not line.startswith("#"):
+                names.add(re.split(r"[{\s]", line, maxsplit=1)[0])
+    return names
+
+
+def main(root: Path) -> int:
+    errors: list[str] = []
+    known = contract(root / "deploy/metrics.txt")
+    samples = series_names(known)
+    exprs, recorded = collect(root, errors)
+    promtool_parse(exprs, errors)
+
+    used_families: set[str] = set()
+    for where, e in exprs:
+        try:
+            names = selected_metrics(e)
+        except Exception as ex:  # promtool already reported the parse error
+            errors.append(f"{where}: promql-parser: {ex}")
+            continue
+        for n in names:
+            if n in samples:
+                used_families.add(samples[n])
+            elif n in recorded or n in ALWAYS_KNOWN:
+                pass
+            else:
+                errors.append(f"{where}: metric {n!r} is neither in deploy/metrics.txt nor a recording rule")
+
+    urls = [u for u in re.split(r"[\s,]+", os.environ.get("TE_METRICS_URLS", "")) if u]
+    if urls:
+        exported = live_names(urls, errors)
+        for family in sorted(used_families):
+            if family not in exported and not any(family + s in exported for s in HISTOGRAM_SUFFIXES):
+                errors.append(f"live: {family} is used by dashboards/rules but no service in TE_METRICS_URLS exports it")
+        unused_live = sorted(n for n in exported if n.startswith(("te_", "canary_")) and n not in samples)
+        for n in unused_live:
+            print(f"promql: note: live metric {n} is not in deploy/metrics.txt", file=sys.stderr)
+
+    for e in errors:
+        print(f"promql: {e}", file=sys.stderr)
+    if errors:
+        return 1
+    unused = sorted(set(known) - used_families)
+    print(f"promql: {len(exprs)} expressions parse and use known metrics"
+          + (f"; verified against {len(urls)} live /metrics endpoints" if urls else "; live check skipped (TE_METRICS_URLS unset)")
+          + (f"; contract metrics not charted or alerted on: {', '.join(unused)}" if unused else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()))
