@@ -1,1 +1,0 @@
-// Kafka integration tests: see the other files.
