@@ -24,6 +24,11 @@ struct IngestService: Service {
         var normalizer = MarketNormalizer(depthLevels: settings.depthLevels)
         var resyncsSeen: [String: Int] = [:]
         var lastLagUpdate = ContinuousClock.now
+        // Offsets whose messages are in Redis, committed at most every `commitInterval` (a synchronous commit
+        // per small batch would cap throughput at the coordinator's round trip).
+        var uncommitted: [String: KafkaOffset] = [:]
+        var lastCommit = ContinuousClock.now
+        let commitInterval = Duration.milliseconds(200)
         defer { redis.close() }
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let batch: [KafkaConsumerMessage]
@@ -37,6 +42,11 @@ struct IngestService: Service {
             if ContinuousClock.now - lastLagUpdate > .seconds(1) {
                 lastLagUpdate = .now
                 if let lag = try? await consumer.lag() { metrics.kafkaLag.record(Double(lag)) }
+            }
+            if !uncommitted.isEmpty, batch.isEmpty || ContinuousClock.now - lastCommit >= commitInterval {
+                await commit(consumer, Array(uncommitted.values))
+                uncommitted.removeAll(keepingCapacity: true)
+                lastCommit = .now
             }
             guard !batch.isEmpty else { continue }
             metrics.consumed.increment(by: Int64(batch.count))
@@ -85,8 +95,9 @@ struct IngestService: Service {
             for message in batch { metrics.recordLatency(message, writtenAt: written) }
             metrics.quotes.increment(by: Int64(quoteCount))
             metrics.trades.increment(by: Int64(tradeCount))
-            await commit(consumer, KafkaOffset.after(batch))
+            for offset in KafkaOffset.after(batch) { uncommitted["\(offset.topic)/\(offset.partition)"] = offset }
         }
+        if !uncommitted.isEmpty { await commit(consumer, Array(uncommitted.values)) }
         logger.info("ingest stopping: leaving the consumer group")
         await consumer.close()
     }
@@ -160,9 +171,10 @@ final class IngestMetrics: Sendable {
                 namespace: "te", subsystem: "ingest", metricName: "latency", unitName: "seconds",
                 helpText: "Kafka timestamp (or the replay's produced_ns header) to Redis write"),
             buckets: [
-                .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
-                .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
-                .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
+                .microseconds(100), .microseconds(250), .microseconds(500), .microseconds(750), .milliseconds(1),
+                .microseconds(1500), .milliseconds(2), .milliseconds(3), .milliseconds(5), .microseconds(7500),
+                .milliseconds(10), .milliseconds(15), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+                .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
             ])
     }
 
