@@ -20,7 +20,11 @@ for p in ingest te dev-broker; do swift build -c release --product $p >&2; done
 BIN=$(swift build -c release --show-bin-path)
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 "$BIN/dev-broker" --topic bench-max:3 --topic bench-paced:3 --bootstrap-file "$WORK/boot" >"$WORK/broker.log" 2>&1 &
@@ -32,7 +36,7 @@ RUN=bench:ingest:$$
 metric() { curl -s "localhost:$1/metrics" | awk -v m="$2" '$1==m {print $2}'; }
 
 run_ingest() { # topic port
-  KAFKA_TOPIC=$1 METRICS_PORT=$2 INGEST_TICKS_STREAM=$RUN:$1:ticks INGEST_DLQ_STREAM=$RUN:$1:dlq \
+  KAFKA_TOPIC=$1 KAFKA_GROUP=ingest-$1 METRICS_PORT=$2 INGEST_TICKS_STREAM=$RUN:$1:ticks INGEST_DLQ_STREAM=$RUN:$1:dlq \
     INGEST_SPREAD_PREFIX=$RUN:$1:spread: LOG_LEVEL=warning "$BIN/ingest" >"$WORK/ingest-$1.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do curl -sf "localhost:$2/healthz" >/dev/null && break; sleep 0.1; done

@@ -43,7 +43,10 @@ struct DevBroker: AsyncParsableCommand {
         }
         if let bootstrapFile { try? FileManager.default.removeItem(atPath: bootstrapFile) }
         log("dev-broker: stopping")
-        withExtendedLifetime(cluster) {}
+        // Nothing to flush: the mock cluster keeps no state worth saving, and destroying it while clients are
+        // still connected can block. Exit at once.
+        withExtendedLifetime((cluster, signals)) {}
+        Foundation.exit(0)
     }
 }
 
