@@ -67,7 +67,7 @@ let package = Package(
             path: "Shared/TEKafka", swiftSettings: swiftSettings),
         .target(
             name: "TEPostgres",
-            dependencies: ["CLibPQ", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CLibPQ", "TEModels", .product(name: "Logging", package: "swift-log")],
             path: "Shared/TEPostgres", swiftSettings: swiftSettings),
         .target(
             name: "TritonClient",
@@ -123,7 +123,9 @@ let package = Package(
             dependencies: ["ServiceKit", "TritonClient", "FeatureEngine"],
             path: "Shared/GatewayCore", swiftSettings: swiftSettings),
         .executableTarget(
-            name: "AuditWriter", dependencies: ["ServiceKit", "TEPostgres"], path: "Services/audit-writer",
+            name: "AuditWriter",
+            dependencies: ["ServiceKit", "TEPostgres", .product(name: "Prometheus", package: "swift-prometheus")],
+            path: "Services/audit-writer",
             swiftSettings: swiftSettings),
         .executableTarget(
             name: "TE",

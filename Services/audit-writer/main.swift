@@ -1,3 +1,74 @@
 import Foundation
-FileHandle.standardError.write(Data("audit-writer: not implemented yet\n".utf8))
-exit(2)
+import Logging
+import ServiceKit
+import ServiceLifecycle
+import TEModels
+import TEPostgres
+
+// audit-writer: te:audit (group `audit-writer`) → PostgreSQL `decisions`, idempotent on request_id.
+//
+// Environment: REDIS_URL, POSTGRES_URL (libpq URI; sslmode etc. pass through), AUDIT_BATCH_SIZE
+// (records per batch/transaction, default 500), METRICS_PORT (default 9106), the StreamWorker's
+// variables (STREAM_BLOCK_MS bounds how long a partial batch waits, CLAIM_MIN_IDLE_MS, …), and
+// AUDIT_TEST_CRASH_AFTER_COMMIT=1 (tests only: SIGKILL itself after the first COMMIT, before XACK).
+await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { resources in
+    let env = resources.env
+    let redis = try env.redis()
+    let postgresURL = try env.string("POSTGRES_URL", hint: "postgres://user:pass@host:port/db")
+    let postgres: PostgresConfiguration
+    do {
+        postgres = try PostgresConfiguration(url: postgresURL)
+    } catch {
+        throw ConfigurationError(variable: "POSTGRES_URL", problem: error.message)
+    }
+    var worker = try StreamWorkerConfiguration.fromEnvironment(env)
+    worker.batchSize = try env.int("AUDIT_BATCH_SIZE", default: 500, range: 1...10_000)
+    let crashAfterCommit = try env.bool("AUDIT_TEST_CRASH_AFTER_COMMIT", default: false)
+
+    let connection = PostgresConnection(configuration: postgres, logger: resources.logger)
+    // Readiness on its own connection: the writer's may be busy in a long COPY or a retry wait.
+    let probe = PostgresConnection(configuration: postgres, logger: resources.logger)
+    resources.readiness.add("postgres") { _ = try await probe.query("SELECT 1") }
+
+    let stage = AuditStage(
+        inputStream: StreamKey.audit, store: AuditStore(connection: connection),
+        metrics: AuditMetrics(registry: resources.registry), logger: resources.logger,
+        retryBackoff: worker.retryBackoff, retryBackoffMax: worker.retryBackoffMax, crashAfterCommit: crashAfterCommit)
+    return [
+        AuditWriterService(
+            store: stage.store,
+            worker: StreamWorker(
+                stage: stage, redis: redis, configuration: worker, readiness: resources.readiness,
+                logger: resources.logger),
+            logger: resources.logger)
+    ]
+}
+
+/// Applies the migrations (waiting for PostgreSQL with backoff if it is not up yet), then runs the
+/// stream worker.
+struct AuditWriterService: Service {
+    let store: AuditStore
+    let worker: StreamWorker<AuditStage>
+    let logger: Logger
+
+    func run() async throws {
+        var failures = 0
+        while true {
+            do {
+                try await store.migrate(logger: logger)
+                break
+            } catch let error as MigrationError where error.underlying.isRetriable {
+                failures += 1
+                logger.warning("postgres unavailable for migrations; retrying", metadata: ["error": "\(error)"])
+            } catch let error as PostgresError where error.isRetriable {
+                failures += 1
+                logger.warning("postgres unavailable for migrations; retrying", metadata: ["error": "\(error)"])
+            }
+            if Task.isShuttingDownGracefully || Task.isCancelled { return }
+            let delay = min(Duration.milliseconds(100) * (1 << min(failures - 1, 16)), .seconds(5))
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
+        }
+        try await worker.run()
+        await store.connection.close()
+    }
+}

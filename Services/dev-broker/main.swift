@@ -31,7 +31,9 @@ struct DevBroker: AsyncParsableCommand {
 
         signal(SIGTERM, SIG_IGN)
         signal(SIGINT, SIG_IGN)
-        let signals = [SIGTERM, SIGINT].map { DispatchSource.makeSignalSource(signal: $0, queue: .main) }
+        // A queue of its own: under an async main on Linux the main queue is not serviced.
+        let signalQueue = DispatchQueue(label: "dev-broker-signals")
+        let signals = [SIGTERM, SIGINT].map { DispatchSource.makeSignalSource(signal: $0, queue: signalQueue) }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let once = OnceFlag()
             for source in signals {
@@ -41,13 +43,16 @@ struct DevBroker: AsyncParsableCommand {
         }
         if let bootstrapFile { try? FileManager.default.removeItem(atPath: bootstrapFile) }
         log("dev-broker: stopping")
-        withExtendedLifetime(cluster) {}
+        // Nothing to flush: the mock cluster keeps no state worth saving, and destroying it while clients are
+        // still connected can block. Exit at once.
+        withExtendedLifetime((cluster, signals)) {}
+        Foundation.exit(0)
     }
 }
 
-/// Resumes the continuation once, whichever signal comes first (handlers run on the main queue).
+/// Resumes the continuation once, whichever signal comes first.
 final class OnceFlag: @unchecked Sendable {
-    // Only touched from DispatchQueue.main, which is serial.
+    // Only touched from the serial signal queue.
     private var done = false
     func claim() -> Bool {
         if done { return false }

@@ -1,3 +1,11 @@
-import Foundation
-FileHandle.standardError.write(Data("ingest: not implemented yet\n".utf8))
-exit(2)
+import ServiceKit
+import TERedis
+
+// ingest: Kafka topic `ticks` (group `ingest`) → te:ticks, te:spread_bps:{SYMBOL}, te:dlq. See IngestService.
+await ServiceRunner.run(service: "ingest", defaultMetricsPort: 9101) { resources in
+    let settings = try IngestSettings.fromEnvironment(resources.env)
+    let redis = try resources.env.redis()
+    let client = RedisClient(configuration: redis, name: "ingest", logger: resources.logger)
+    resources.readiness.add("redis") { try await client.ping() }
+    return [IngestService(settings: settings, redis: client, logger: resources.logger, metrics: IngestMetrics(registry: resources.registry))]
+}

@@ -64,7 +64,8 @@ public final class KafkaConsumer: @unchecked Sendable {
     private var closed = false  // guarded by `queue`
 
     /// Defaults: `enable.auto.commit=false` (offsets are committed only by `commit`),
-    /// `auto.offset.reset=earliest` (a new group starts at the beginning), `session.timeout.ms=10000`.
+    /// `auto.offset.reset=earliest` (a new group starts at the beginning), `session.timeout.ms=10000`,
+    /// `fetch.wait.max.ms=10`.
     public init(
         configuration: KafkaConfiguration, groupID: String, topics: [String], logger: Logger
     ) throws(KafkaError) {
@@ -78,6 +79,9 @@ public final class KafkaConsumer: @unchecked Sendable {
             "session.timeout.ms": "10000",
             "heartbeat.interval.ms": "1000",
             "enable.partition.eof": "false",
+            // librdkafka's mock cluster (the dev broker) holds a Fetch for the whole wait even when data
+            // arrives; a real broker answers as soon as data is there, so a short wait only costs idle fetches.
+            "fetch.wait.max.ms": "10",
         ])
         rebalance = Unmanaged.passRetained(RebalanceContext(logger: logger))
         rd_kafka_conf_set_opaque(conf, rebalance.toOpaque())

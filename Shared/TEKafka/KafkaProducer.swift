@@ -55,6 +55,8 @@ public final class KafkaProducer: @unchecked Sendable {
         self.logger = logger
         let conf = try configuration.makeConf(defaults: [
             "linger.ms": "5",
+            // The dev broker (mock cluster) keeps ~5 MB per partition; JSON compresses ~5x.
+            "compression.codec": "lz4",
             "enable.idempotence": "true",
             "message.timeout.ms": "60000",
             "queue.buffering.max.messages": "200000",

@@ -1,0 +1,93 @@
+import Foundation
+import Logging
+import Prometheus
+import ServiceKit
+import ServiceLifecycle
+import TEModels
+import TEPostgres
+
+/// `te:audit` → PostgreSQL `decisions`. One batch = one transaction (COPY into staging +
+/// INSERT … ON CONFLICT DO NOTHING); the worker acknowledges the batch only after `handle`
+/// returns, i.e. after COMMIT. Redelivered records are skipped by the primary key.
+struct AuditStage: StreamStage {
+    typealias Input = AuditRecord
+
+    let stage = "audit-writer"
+    let inputStream: String
+    let store: AuditStore
+    let metrics: AuditMetrics
+    let logger: Logger
+    /// Retry delays while PostgreSQL is unavailable: initial, doubling, capped.
+    let retryBackoff: Duration
+    let retryBackoffMax: Duration
+    /// Test-only (`AUDIT_TEST_CRASH_AFTER_COMMIT=1`): SIGKILL this process right after the first
+    /// COMMIT, before the worker's XACK, to prove redelivery adds no duplicates.
+    let crashAfterCommit: Bool
+
+    /// PostgreSQL being down must not cost records: the StreamWorker dead-letters an entry after
+    /// `MAX_DELIVERIES` failed `handle` calls, so a retriable error (connection refused/lost, server
+    /// shutting down) is retried here with backoff, holding the batch unacknowledged, until
+    /// PostgreSQL is back or the service shuts down (then the entries stay pending for the restart).
+    /// Records PostgreSQL rejects for their data (SQLSTATE class 22/23) become dead letters carrying
+    /// the database's message; the rest of the batch is inserted.
+    mutating func handle(_ batch: [StreamDelivery<AuditRecord>]) async throws -> StageOutput {
+        let records = batch.map(\.message)
+        var failures = 0
+        while true {
+            let start = ContinuousClock.now
+            do {
+                let (outcome, rejected) = try await store.insertIsolatingBadRecords(records)
+                metrics.commitDuration.record(ContinuousClock.now - start)
+                if crashAfterCommit {
+                    logger.critical("AUDIT_TEST_CRASH_AFTER_COMMIT: killing myself between COMMIT and XACK")
+                    kill(getpid(), SIGKILL)
+                }
+                metrics.batchRows.record(Double(records.count))
+                metrics.inserted.increment(by: Int64(outcome.inserted))
+                metrics.duplicates.increment(by: Int64(outcome.duplicates))
+                if failures > 0 { logger.info("postgres is back; batch written", metadata: ["retries": "\(failures)"]) }
+                var output = StageOutput()
+                for (index, error) in rejected {
+                    metrics.rejected.increment()
+                    output.deadLetter(id: batch[index].id, reason: "postgres rejected the record: \(error)")
+                }
+                return output
+            } catch let error as PostgresError where error.isRetriable {
+                failures += 1
+                metrics.retries.increment()
+                if Task.isShuttingDownGracefully || Task.isCancelled { throw error }
+                let delay = min(retryBackoff * (1 << min(failures - 1, 16)), retryBackoffMax)
+                logger.warning(
+                    "postgres unavailable; batch held unacknowledged, retrying",
+                    metadata: ["error": "\(error)", "records": "\(records.count)", "retry_in": "\(delay)"])
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
+            }
+        }
+    }
+}
+
+/// The te_audit_* metrics of COMMON.md.
+struct AuditMetrics: Sendable {
+    let inserted: Counter
+    let duplicates: Counter
+    let rejected: Counter
+    let retries: Counter
+    let batchRows: ValueHistogram
+    let commitDuration: DurationHistogram
+
+    init(registry: PrometheusCollectorRegistry) {
+        inserted = registry.makeCounter(name: "te_audit_rows_inserted_total")
+        duplicates = registry.makeCounter(name: "te_audit_duplicates_skipped_total")
+        rejected = registry.makeCounter(name: "te_audit_rows_rejected_total")
+        retries = registry.makeCounter(name: "te_audit_retries_total")
+        batchRows = registry.makeValueHistogram(
+            name: "te_audit_batch_rows", buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000])
+        commitDuration = registry.makeDurationHistogram(
+            name: "te_audit_commit_duration_seconds",
+            buckets: [
+                .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+                .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+                .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10),
+            ])
+    }
+}

@@ -1,0 +1,45 @@
+/// Builds the payload of `COPY … FROM STDIN` in PostgreSQL's text format: columns separated by
+/// tab, rows ended by newline, NULL as `\N`, and backslash, tab, newline and carriage return
+/// escaped inside values (the characters the format gives a meaning to).
+public struct CopyTextEncoder: Sendable {
+    public private(set) var bytes: [UInt8] = []
+    public private(set) var rowCount = 0
+    private var columnInRow = 0
+
+    public init(reservingCapacity capacity: Int = 0) {
+        bytes.reserveCapacity(capacity)
+    }
+
+    /// Appends one field of the current row; nil is SQL NULL.
+    public mutating func append(_ value: String?) {
+        if columnInRow > 0 { bytes.append(UInt8(ascii: "\t")) }
+        columnInRow += 1
+        guard let value else {
+            bytes.append(UInt8(ascii: "\\"))
+            bytes.append(UInt8(ascii: "N"))
+            return
+        }
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\\"): bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "\\"))
+            case UInt8(ascii: "\t"): bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "t"))
+            case UInt8(ascii: "\n"): bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "n"))
+            case UInt8(ascii: "\r"): bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "r"))
+            default: bytes.append(byte)
+            }
+        }
+    }
+
+    /// Ends the current row.
+    public mutating func endRow() {
+        bytes.append(UInt8(ascii: "\n"))
+        rowCount += 1
+        columnInRow = 0
+    }
+
+    /// Appends a whole row.
+    public mutating func appendRow(_ values: [String?]) {
+        for value in values { append(value) }
+        endRow()
+    }
+}

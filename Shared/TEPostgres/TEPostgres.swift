@@ -1,1 +1,0 @@
-// TEPostgres: see its issue; filled in by its owner.
