@@ -12,7 +12,8 @@ let package = Package(
     name: "trade-eligibility-bench",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "redis-bench", targets: ["RedisBench"])
+        .executable(name: "redis-bench", targets: ["RedisBench"]),
+        .executable(name: "strategies-bench", targets: ["StrategiesBench"]),
     ],
     dependencies: [
         .package(path: ".."),
@@ -26,6 +27,16 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Sources/RedisBench",
-            swiftSettings: [.swiftLanguageMode(.v6)])
+            swiftSettings: [.swiftLanguageMode(.v6)]),
+        // Drives the real strategy-engine and opportunity-aggregator binaries (built by run-strategies.sh).
+        .executableTarget(
+            name: "StrategiesBench",
+            dependencies: [
+                .product(name: "TERedis", package: root),
+                .product(name: "TEModels", package: root),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Sources/StrategiesBench",
+            swiftSettings: [.swiftLanguageMode(.v6)]),
     ]
 )
