@@ -160,11 +160,12 @@ func add<M: StreamMessage>(_ redis: RedisClient, _ messages: [M], to stream: Str
 }
 
 /// Waits for the group to start reading `stream` and to acknowledge all of it; the seconds in between.
-func drainTime(_ redis: RedisClient, stream: String, group: String, last: String) async throws -> Double {
+func drainTime(_ redis: RedisClient, stream: String, group: String, last: String, service: Process) async throws -> Double {
     let clock = ContinuousClock()
     var started: ContinuousClock.Instant?
     let deadline = clock.now + .seconds(600)
     while clock.now < deadline {
+        guard service.isRunning else { throw BenchError("\(group) exited (status \(service.terminationStatus)); see its log in \(NSTemporaryDirectory())") }
         if let info = try await redis.xinfoGroups(stream).first(where: { $0.name == group }) {
             if started == nil, info.lastDeliveredID != "0-0" { started = clock.now }
             if info.lastDeliveredID == last, info.pending == 0, let started { return seconds(clock.now - started) }
@@ -241,10 +242,10 @@ let aggregatorBin = "\(options.binDir)/opportunity-aggregator"
 let common = ["REDIS_URL": options.url, "LOG_LEVEL": "warning", "STREAM_BLOCK_MS": "50", "CONSUMER_NAME": "bench-\(pid)"]
 let engineEnv = common.merging(
     ["STRATEGIES_FILE": options.strategiesFile, "FEATURES_STREAM": features, "SIGNALS_STREAM": signalsStream,
-     "METRICS_PORT": String(29_000 + Int(pid % 1000))], uniquingKeysWith: { $1 })
+     "METRICS_PORT": "0"], uniquingKeysWith: { $1 })
 let aggregatorEnv = common.merging(
     ["SIGNALS_STREAM": signalsStream, "OPPORTUNITIES_STREAM": opportunities, "AGG_STATE_PREFIX": statePrefix,
-     "METRICS_PORT": String(30_000 + Int(pid % 1000)), "MAX_SIGNAL_AGE_MS": "86400000"], uniquingKeysWith: { $1 })
+     "METRICS_PORT": "0", "MAX_SIGNAL_AGE_MS": "86400000"], uniquingKeysWith: { $1 })
 
 func cleanUp() async throws {
     _ = try await redis.del([features, signalsStream, opportunities, "\(statePrefix):state"])
@@ -260,12 +261,12 @@ let snapshots = syntheticSnapshots(options.snapshots)
 try await add(redis, snapshots, to: features)
 let lastFeature = try await redis.xrevrange(features, count: 1).first!.id
 let engine = try startService(engineBin, environment: engineEnv)
-let engineSeconds = try await drainTime(redis, stream: features, group: "strategy-engine", last: lastFeature)
+let engineSeconds = try await drainTime(redis, stream: features, group: "strategy-engine", last: lastFeature, service: engine)
 stop(engine)
 let signalCount = try await redis.xlen(signalsStream)
 let lastSignal = try await redis.xrevrange(signalsStream, count: 1).first!.id
 let aggregator = try startService(aggregatorBin, environment: aggregatorEnv)
-let aggregatorSeconds = try await drainTime(redis, stream: signalsStream, group: "opportunity-aggregator", last: lastSignal)
+let aggregatorSeconds = try await drainTime(redis, stream: signalsStream, group: "opportunity-aggregator", last: lastSignal, service: aggregator)
 stop(aggregator)
 let opportunityCount = try await redis.xlen(opportunities)
 let throughput = [
