@@ -156,7 +156,7 @@ let package = Package(
             name: "FeatureTests", dependencies: ["FeatureEngine", "MarketData", "TestSupport"],
             path: "Tests/FeatureTests", swiftSettings: swiftSettings),
         .testTarget(
-            name: "StrategyTests", dependencies: ["Strategies", "TestSupport"], path: "Tests/StrategyTests",
+            name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport"], path: "Tests/StrategyTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "TritonTests", dependencies: ["TritonClient", "TestSupport"], path: "Tests/TritonTests",

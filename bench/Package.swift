@@ -13,6 +13,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "redis-bench", targets: ["RedisBench"]),
+        .executable(name: "strategies-bench", targets: ["StrategiesBench"]),
         .executable(name: "feature-bench", targets: ["FeatureBench"]),
         .executable(name: "triton-bench", targets: ["TritonBench"]),
     ],
@@ -29,6 +30,16 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Sources/RedisBench",
+            swiftSettings: [.swiftLanguageMode(.v6)]),
+        // Drives the real strategy-engine and opportunity-aggregator binaries (built by run-strategies.sh).
+        .executableTarget(
+            name: "StrategiesBench",
+            dependencies: [
+                .product(name: "TERedis", package: root),
+                .product(name: "TEModels", package: root),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Sources/StrategiesBench",
             swiftSettings: [.swiftLanguageMode(.v6)]),
         // Per-quote cost of FeatureEngine (ns/quote, allocations/quote) on a recording.
         .executableTarget(

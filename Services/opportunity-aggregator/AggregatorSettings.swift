@@ -4,7 +4,8 @@ import TEModels
 
 /// Settings of `opportunity-aggregator`, from the environment.
 struct AggregatorSettings: Sendable {
-    /// `COOLDOWN_MS` (default 5000), `MIN_CONFIDENCE` (default 0.5), `MAX_SIGNAL_AGE_MS` (default 30000).
+    /// `COOLDOWN_MS` (default 5000), `MIN_CONFIDENCE` (default 0.5), `MAX_SIGNAL_AGE_MS` (default 30000),
+    /// `UPGRADE_MIN_STEP` (default 0.05).
     var aggregation = OpportunityAggregator.Configuration()
     /// Windows of a symbol that has gone quiet close once the latest event time over all symbols is this far
     /// past their end. `CLOSE_GRACE_MS`; default 1000.
@@ -36,11 +37,13 @@ struct AggregatorSettings: Sendable {
         let minConfidence = try env.double("MIN_CONFIDENCE", default: d.aggregation.minConfidence, range: 0...1)
         let maxAgeMs = try env.int(
             "MAX_SIGNAL_AGE_MS", default: Int(d.aggregation.maxSignalAgeNs / ms), range: 0...86_400_000)
+        let upgradeStep = try env.double("UPGRADE_MIN_STEP", default: d.aggregation.minUpgradeStep, range: 0...1)
         let graceMs = try env.int("CLOSE_GRACE_MS", default: Int(d.closeGraceNs / ms), range: 0...86_400_000)
         let idleMs = try env.int("IDLE_CLOSE_MS", default: 10_000, range: 1...86_400_000)
         return AggregatorSettings(
             aggregation: .init(
-                cooldownNs: Int64(cooldownMs) * ms, minConfidence: minConfidence, maxSignalAgeNs: Int64(maxAgeMs) * ms),
+                cooldownNs: Int64(cooldownMs) * ms, minConfidence: minConfidence, maxSignalAgeNs: Int64(maxAgeMs) * ms,
+                minUpgradeStep: upgradeStep),
             closeGraceNs: Int64(graceMs) * ms,
             idleCloseAfter: .milliseconds(idleMs),
             seenTTLSeconds: try env.int("SEEN_TTL_SEC", default: d.seenTTLSeconds, range: 1...31_536_000),

@@ -3,7 +3,7 @@ import TEModels
 
 /// How the aggregator's state lives in one Redis hash (`{prefix}:state`), readable with `redis-cli HGETALL`:
 /// `version` → batches committed so far; `t:{SYMBOL}` → the symbol's event clock (ns);
-/// `w:{SYMBOL}:{buy|sell}` → the open window as Opportunity JSON. The service writes the changed fields in the
+/// `w:{SYMBOL}:{buy|sell}` → the open window as JSON (`{"opportunity": {…}, "emitted_confidence": …}`). The service writes the changed fields in the
 /// same MULTI/EXEC as the batch's output and acknowledgement, so state, output and ack move together.
 public enum AggregatorStateCoding {
     public static let versionField = "version"
@@ -23,16 +23,17 @@ public enum AggregatorStateCoding {
         for (symbol, tsNs) in changes.clocks {
             set.append((clockField(symbol), String(tsNs)))
         }
-        for opportunity in changes.upserted {
-            let key = OpportunityAggregator.WindowKey(symbol: opportunity.symbol, direction: opportunity.direction)
-            set.append((windowField(key), String(decoding: try encoder.encode(opportunity), as: UTF8.self)))
+        for window in changes.upserted {
+            let o = window.opportunity
+            let key = OpportunityAggregator.WindowKey(symbol: o.symbol, direction: o.direction)
+            set.append((windowField(key), String(decoding: try encoder.encode(window), as: UTF8.self)))
         }
         return (set, changes.closed.map(windowField))
     }
 
     public struct Decoded: Sendable {
         public var version: Int64
-        public var openWindows: [Opportunity]
+        public var openWindows: [OpportunityAggregator.OpenWindow]
         public var clocks: [String: Int64]
     }
 
@@ -54,7 +55,8 @@ public enum AggregatorStateCoding {
                 decoded.clocks[String(field.dropFirst(2))] = v
             } else if field.hasPrefix("w:") {
                 do {
-                    decoded.openWindows.append(try JSONDecoder().decode(Opportunity.self, from: Data(value.utf8)))
+                    decoded.openWindows.append(
+                        try JSONDecoder().decode(OpportunityAggregator.OpenWindow.self, from: Data(value.utf8)))
                 } catch {
                     throw CorruptState(field: field, reason: MessageDecodingError(error).description)
                 }

@@ -16,9 +16,9 @@ import TEModels
 /// 4. `clock − ts_ns > maxSignalAge` → dropped *stale*, counted (age is measured in event time against the
 ///    symbol's clock, not against the wall clock).
 /// 5. An open window for the same symbol and direction takes the signal (merge): count, signal ids, unique
-///    strategies in order of first appearance, `last_ts_ns`; when its confidence is above the window's, the
-///    window's confidence rises to it and the opportunity is emitted (`upgrade`). Merging a signal that does not
-///    raise the confidence emits nothing.
+///    strategies in order of first appearance, `last_ts_ns`, and the strongest confidence. The opportunity is
+///    emitted (`upgrade`) when its confidence has risen by at least `minUpgradeStep` since its last emission;
+///    any other merge emits nothing (the `close` entry carries the final state).
 /// 6. Otherwise the signal opens a window (emission `first`). When the opposite direction has a window open for
 ///    the symbol, the two are not merged: both are marked `conflict: true`, the new one in its `first`
 ///    emission and the other in its next emission (`upgrade` or `close`).
@@ -39,11 +39,18 @@ public struct OpportunityAggregator: Sendable {
         /// Signals older than this behind their symbol's event clock are dropped. Default: 30000 ms
         /// (`MAX_SIGNAL_AGE_MS`).
         public var maxSignalAgeNs: Int64
+        /// An `upgrade` is emitted when the confidence has risen by at least this much since the opportunity's
+        /// last emission (0: on any rise). Default: 0.05 (`UPGRADE_MIN_STEP`), so at most 10 upgrades from 0.5.
+        public var minUpgradeStep: Double
 
-        public init(cooldownNs: Int64 = 5_000_000_000, minConfidence: Double = 0.5, maxSignalAgeNs: Int64 = 30_000_000_000) {
+        public init(
+            cooldownNs: Int64 = 5_000_000_000, minConfidence: Double = 0.5, maxSignalAgeNs: Int64 = 30_000_000_000,
+            minUpgradeStep: Double = 0.05
+        ) {
             self.cooldownNs = cooldownNs
             self.minConfidence = minConfidence
             self.maxSignalAgeNs = maxSignalAgeNs
+            self.minUpgradeStep = minUpgradeStep
         }
     }
 
@@ -84,10 +91,26 @@ public struct OpportunityAggregator: Sendable {
         public var emissions: [Emission]
     }
 
+    /// An open window as persisted: the opportunity so far and the confidence it was last emitted with.
+    public struct OpenWindow: Sendable, Equatable, Codable {
+        public var opportunity: Opportunity
+        public var emittedConfidence: Double
+
+        public init(opportunity: Opportunity, emittedConfidence: Double) {
+            self.opportunity = opportunity
+            self.emittedConfidence = emittedConfidence
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case opportunity
+            case emittedConfidence = "emitted_confidence"
+        }
+    }
+
     /// State changed since the last `takeChanges()`, for the service to persist.
     public struct Changes: Sendable, Equatable {
         /// Open windows created or changed (current state).
-        public var upserted: [Opportunity] = []
+        public var upserted: [OpenWindow] = []
         /// Windows closed (and not reopened).
         public var closed: [WindowKey] = []
         /// Symbols' event clocks that moved.
@@ -103,13 +126,17 @@ public struct OpportunityAggregator: Sendable {
 
     private struct Window: Sendable {
         var opportunity: Opportunity
+        var emittedConfidence: Double
         /// The ids of `opportunity.signalIds`, for O(1) duplicate checks.
         var ids: Set<String>
 
-        init(_ opportunity: Opportunity) {
+        init(_ opportunity: Opportunity, emittedConfidence: Double) {
             self.opportunity = opportunity
+            self.emittedConfidence = emittedConfidence
             self.ids = Set(opportunity.signalIds)
         }
+
+        var persisted: OpenWindow { OpenWindow(opportunity: opportunity, emittedConfidence: emittedConfidence) }
     }
 
     public let configuration: Configuration
@@ -123,10 +150,12 @@ public struct OpportunityAggregator: Sendable {
     }
 
     /// Rebuilds the state the service persisted: open windows and symbols' event clocks.
-    public init(configuration: Configuration, openWindows: [Opportunity], clocks: [String: Int64]) {
+    public init(configuration: Configuration, openWindows: [OpenWindow], clocks: [String: Int64]) {
         self.configuration = configuration
-        for opportunity in openWindows {
-            windows[WindowKey(symbol: opportunity.symbol, direction: opportunity.direction)] = Window(opportunity)
+        for window in openWindows {
+            let o = window.opportunity
+            windows[WindowKey(symbol: o.symbol, direction: o.direction)] = Window(
+                o, emittedConfidence: window.emittedConfidence)
         }
         self.clocks = clocks
     }
@@ -165,10 +194,13 @@ public struct OpportunityAggregator: Sendable {
             o.count += 1
             o.firstTsNs = min(o.firstTsNs, signal.tsNs)
             o.lastTsNs = max(o.lastTsNs, signal.tsNs)
-            let upgraded = signal.confidence > o.confidence
+            o.confidence = max(o.confidence, signal.confidence)
+            let upgraded =
+                o.confidence > window.emittedConfidence
+                && o.confidence - window.emittedConfidence >= configuration.minUpgradeStep
             if upgraded {
-                o.confidence = signal.confidence
                 o.emitReason = EmitReason.upgrade.rawValue
+                window.emittedConfidence = o.confidence
                 emissions.append(Emission(reason: .upgrade, opportunity: o))
             }
             window.opportunity = o
@@ -187,7 +219,7 @@ public struct OpportunityAggregator: Sendable {
             confidence: signal.confidence, strategies: [signal.strategy], signalIds: [signal.id],
             firstTsNs: signal.tsNs, lastTsNs: signal.tsNs, count: 1, emitReason: EmitReason.first.rawValue,
             conflict: conflict ? true : nil)
-        windows[key] = Window(opened)
+        windows[key] = Window(opened, emittedConfidence: opened.confidence)
         dirtyWindows.insert(key)
         emissions.append(Emission(reason: .first, opportunity: opened))
         return Applied(disposition: .opened, emissions: emissions)
@@ -211,7 +243,7 @@ public struct OpportunityAggregator: Sendable {
         var changes = Changes()
         for key in dirtyWindows.sorted() {
             if let window = windows[key] {
-                changes.upserted.append(window.opportunity)
+                changes.upserted.append(window.persisted)
             } else {
                 changes.closed.append(key)
             }

@@ -78,6 +78,25 @@ struct OpportunityAggregatorTests {
         #expect(next.emissions[1].opportunity.id == "BTCUSDT:buy:\(ts(5001)):rise")
     }
 
+    @Test func upgradesNeedTheMinimumStepSinceTheLastEmission() {
+        var agg = OpportunityAggregator(configuration: configuration)  // step 0.05 (default)
+        _ = agg.apply(signal("a", .buy, 0.60, atMs: 0))
+        let small = agg.apply(signal("b", .buy, 0.63, atMs: 100))
+        #expect(small == .init(disposition: .merged, emissions: []))
+        #expect(agg.openWindows[0].confidence == 0.63)  // the strongest is kept even when not emitted
+        let enough = agg.apply(signal("c", .buy, 0.66, atMs: 200))  // 0.66 − 0.60 ≥ 0.05
+        #expect(enough.disposition == .upgraded)
+        #expect(enough.emissions.map(\.opportunity.confidence) == [0.66])
+        #expect(agg.apply(signal("d", .buy, 0.70, atMs: 300)).emissions.isEmpty)  // 0.04 since 0.66
+        #expect(agg.apply(signal("e", .buy, 0.72, atMs: 400)).emissions.map(\.reason) == [.upgrade])
+
+        var everyRise = OpportunityAggregator(
+            configuration: .init(cooldownNs: 5000 * ms, minConfidence: 0.5, maxSignalAgeNs: 2000 * ms, minUpgradeStep: 0))
+        _ = everyRise.apply(signal("a", .buy, 0.60, atMs: 0))
+        #expect(everyRise.apply(signal("b", .buy, 0.601, atMs: 100)).disposition == .upgraded)
+        #expect(everyRise.apply(signal("c", .buy, 0.601, atMs: 200)).disposition == .merged)
+    }
+
     @Test func duplicateInOpenWindowIsSuppressed() {
         var agg = OpportunityAggregator(configuration: configuration)
         let a = signal("rise", .buy, 0.6, atMs: 0)
@@ -136,7 +155,7 @@ struct OpportunityAggregatorTests {
         _ = agg.apply(signal("rise", .buy, 0.6, atMs: 0))
         _ = agg.apply(signal("fall", .sell, 0.6, atMs: 100))
         let changes = agg.takeChanges()
-        #expect(changes.upserted.map(\.direction) == [.buy, .sell])
+        #expect(changes.upserted.map(\.opportunity.direction) == [.buy, .sell])
         #expect(changes.clocks.map(\.tsNs) == [ts(100)])
         #expect(agg.takeChanges().isEmpty)
 
@@ -151,7 +170,7 @@ struct OpportunityAggregatorTests {
 
         // The buy window closed and a new one opened: persisted as an upsert; the sell window closed.
         let after = agg.takeChanges()
-        #expect(after.upserted.map(\.firstTsNs) == [ts(6000)])
+        #expect(after.upserted.map(\.opportunity.firstTsNs) == [ts(6000)])
         #expect(after.closed == [.init(symbol: "BTCUSDT", direction: .sell)])
         let encodedAfter = try AggregatorStateCoding.encode(after, version: 2)
         #expect(encodedAfter.delete == ["w:BTCUSDT:sell"])
