@@ -25,6 +25,7 @@ let package = Package(
         .library(name: "ServiceKit", targets: ["ServiceKit"]),
         .library(name: "TEModels", targets: ["TEModels"]),
         .library(name: "FeatureEngine", targets: ["FeatureEngine"]),
+        .library(name: "MarketData", targets: ["MarketData"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
