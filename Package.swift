@@ -26,6 +26,7 @@ let package = Package(
         .library(name: "TEModels", targets: ["TEModels"]),
         .library(name: "FeatureEngine", targets: ["FeatureEngine"]),
         .library(name: "TritonClient", targets: ["TritonClient"]),
+        .library(name: "MarketData", targets: ["MarketData"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),

@@ -41,12 +41,15 @@ let package = Package(
             ],
             path: "Sources/StrategiesBench",
             swiftSettings: [.swiftLanguageMode(.v6)]),
-        // Per-quote cost of FeatureEngine (ns/quote, allocations/quote) on a recording.
+        // Per-quote cost of FeatureEngine (ns/quote, allocations/quote) on a recording, and the
+        // throughput of feature-pipeline (quotes/s from te:ticks to te:features).
         .executableTarget(
             name: "FeatureBench",
             dependencies: [
                 .product(name: "FeatureEngine", package: root),
                 .product(name: "TEModels", package: root),
+                .product(name: "MarketData", package: root),
+                .product(name: "TERedis", package: root),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ],

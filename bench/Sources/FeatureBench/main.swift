@@ -2,17 +2,18 @@ import FeatureEngine
 import Foundation
 import Histogram
 import MallocInterposerSwift
+import MarketData
 import TEModels
 
 // feature-bench engine FILE [--passes N] [--json OUT]
-//   Per-quote cost of FeatureEngine over a Binance recording's ticks: ns/quote (whole passes, and
-//   per-quote latency p50/p99 from HdrHistogram), allocations/quote (malloc-interposer; run with
-//   LD_PRELOAD=libMallocInterposerSwift.so, or the count reads 0 and says so).
-// feature-bench ticks FILE
-//   The same ticks as JSON lines of Tick on stdout (input for the service throughput run).
-//
-// Until MarketData lands, `BinanceTopOfBook` below turns bookTicker/trade messages into Ticks (no
-// depth); it is a benchmark fixture, not the ingest normaliser.
+//   Per-quote cost of FeatureEngine over a recording's ticks (normalised by MarketData, as ingest
+//   does, so quotes carry the book's depth): ns/tick over whole passes, per-quote latency p50/p99
+//   (HdrHistogram), allocations/quote (malloc-interposer: run with
+//   LD_PRELOAD=libMallocInterposerSwift.so; a calibration says whether counting worked).
+// feature-bench service FILE --redis URL --pipeline PATH [--json OUT]
+//   Throughput of the feature-pipeline executable: the ticks are written to te:ticks of the given
+//   (empty, private) Redis first, then the service drains them; quotes/s from the first to the last
+//   te:features entry (their ids carry Redis' clock).
 
 let arguments = CommandLine.arguments
 guard arguments.count >= 3 else {
@@ -23,18 +24,19 @@ func option(_ name: String) -> String? {
     guard let i = arguments.firstIndex(of: name), i + 1 < arguments.count else { return nil }
     return arguments[i + 1]
 }
-let ticks = try BinanceTopOfBook.ticks(gzipFile: arguments[2])
+let ticks = try normalizedTicks(arguments[2])
 
 switch arguments[1] {
-case "ticks":
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.sortedKeys]
-    var out = Data()
-    for tick in ticks {
-        out.append(try encoder.encode(tick))
-        out.append(UInt8(ascii: "\n"))
+case "service":
+    guard let url = option("--redis"), let pipeline = option("--pipeline") else {
+        FileHandle.standardError.write(Data("service needs --redis URL and --pipeline PATH\n".utf8))
+        exit(2)
     }
-    FileHandle.standardOutput.write(out)
+    let result = try await ServiceThroughput.run(ticks: ticks, redisURL: url, pipeline: pipeline, input: arguments[2])
+    let json = try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys])
+    if let path = option("--json") { try json.write(to: URL(fileURLWithPath: path)) }
+    FileHandle.standardOutput.write(json)
+    FileHandle.standardOutput.write(Data("\n".utf8))
 case "engine":
     let passes = Int(option("--passes") ?? "20") ?? 20
     let quotes = ticks.count(where: { $0.kind == .quote })
@@ -123,51 +125,15 @@ default:
     exit(2)
 }
 
-/// Binance `<ts_ns> <combined-stream JSON>` lines → quote ticks (bookTicker) and trade ticks; ts_ns is
-/// the receive time (DESIGN "Tick"). Depth messages are skipped.
-enum BinanceTopOfBook {
-    struct Line: Decodable {
-        struct Payload: Decodable {
-            var e: String?
-            var s: String?
-            var b: String?
-            var B: String?
-            var a: String?
-            var A: String?
-            var p: String?
-            var q: String?
-            var m: Bool?
+/// A recording's ticks as ingest produces them (MarketData reader + normaliser).
+func normalizedTicks(_ path: String) throws -> [Tick] {
+    let reader = try RecordingReader(path: path)
+    var normalizer = MarketNormalizer()
+    var out: [Tick] = []
+    while let message = try reader.next() {
+        if case .ticks(let ticks) = normalizer.normalize(payload: message.payload, receiveTsNs: message.tsNs, key: message.key) {
+            out += ticks
         }
-        var stream: String?
-        var data: Payload?
     }
-
-    static func ticks(gzipFile path: String) throws -> [Tick] {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", "gzip -dc \"$0\"", path]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let decoder = JSONDecoder()
-        var out: [Tick] = []
-        for line in data.split(separator: UInt8(ascii: "\n")) {
-            guard let space = line.firstIndex(of: UInt8(ascii: " ")),
-                let ts = Int64(String(decoding: line[line.startIndex..<space], as: UTF8.self)),
-                let message = try? decoder.decode(Line.self, from: Data(line[(space + 1)...])),
-                let stream = message.stream, let d = message.data, let symbol = d.s
-            else { continue }
-            if stream.hasSuffix("@bookTicker"), let b = d.b.flatMap(Double.init), let bs = d.B.flatMap(Double.init),
-                let a = d.a.flatMap(Double.init), let asz = d.A.flatMap(Double.init)
-            {
-                out.append(.quote(symbol: symbol, tsNs: ts, bid: b, bidSize: bs, ask: a, askSize: asz, venue: "binance"))
-            } else if stream.hasSuffix("@trade"), let p = d.p.flatMap(Double.init), let q = d.q.flatMap(Double.init) {
-                // m: the buyer is the maker, so the aggressor sold.
-                out.append(.trade(symbol: symbol, tsNs: ts, price: p, size: q, side: d.m == true ? .sell : .buy, venue: "binance"))
-            }
-        }
-        return out
-    }
+    return out
 }
