@@ -24,6 +24,7 @@ let package = Package(
         .library(name: "TERedis", targets: ["TERedis"]),
         .library(name: "ServiceKit", targets: ["ServiceKit"]),
         .library(name: "TEModels", targets: ["TEModels"]),
+        .library(name: "FeatureEngine", targets: ["FeatureEngine"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -143,6 +144,9 @@ let package = Package(
             swiftSettings: swiftSettings),
         .testTarget(
             name: "RedisTests", dependencies: ["TERedis", "ServiceKit", "TestSupport"], path: "Tests/RedisTests",
+            swiftSettings: swiftSettings),
+        .testTarget(
+            name: "MarketDataTests", dependencies: ["MarketData"], path: "Tests/MarketDataTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "KafkaTests", dependencies: ["TEKafka", "MarketData", "ServiceKit", "TestSupport"],

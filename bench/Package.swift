@@ -12,11 +12,13 @@ let package = Package(
     name: "trade-eligibility-bench",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "redis-bench", targets: ["RedisBench"])
+        .executable(name: "redis-bench", targets: ["RedisBench"]),
+        .executable(name: "feature-bench", targets: ["FeatureBench"]),
     ],
     dependencies: [
         .package(path: ".."),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.1"),
     ],
     targets: [
         .executableTarget(
@@ -26,6 +28,16 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Sources/RedisBench",
-            swiftSettings: [.swiftLanguageMode(.v6)])
+            swiftSettings: [.swiftLanguageMode(.v6)]),
+        // Per-quote cost of FeatureEngine (ns/quote, allocations/quote) on a recording.
+        .executableTarget(
+            name: "FeatureBench",
+            dependencies: [
+                .product(name: "FeatureEngine", package: root),
+                .product(name: "TEModels", package: root),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+            ],
+            path: "Sources/FeatureBench", swiftSettings: [.swiftLanguageMode(.v6)]),
     ]
 )

@@ -1,0 +1,52 @@
+import ServiceKit
+import Strategies
+import TEModels
+
+/// Settings of `opportunity-aggregator`, from the environment.
+struct AggregatorSettings: Sendable {
+    /// `COOLDOWN_MS` (default 5000), `MIN_CONFIDENCE` (default 0.5), `MAX_SIGNAL_AGE_MS` (default 30000).
+    var aggregation = OpportunityAggregator.Configuration()
+    /// Windows of a symbol that has gone quiet close once the latest event time over all symbols is this far
+    /// past their end. `CLOSE_GRACE_MS`; default 1000.
+    var closeGraceNs: Int64 = 1_000_000_000
+    /// After this long (wall clock) without input, open windows are closed as if event time had moved on by
+    /// the idle time. `IDLE_CLOSE_MS`; default 10000.
+    var idleCloseAfter: Duration = .seconds(10)
+    /// How long the memory of a seen signal id lasts. `SEEN_TTL_SEC`; default 86400.
+    var seenTTLSeconds = 86_400
+    /// Input stream. `SIGNALS_STREAM`; default `te:signals`.
+    var inputStream = StreamKey.signals
+    /// Output stream. `OPPORTUNITIES_STREAM`; default `te:opportunities`.
+    var outputStream = StreamKey.opportunities
+    /// Prefix of the aggregator's own keys: `{prefix}:state` (hash) and `{prefix}:seen:{signal id}`.
+    /// `AGG_STATE_PREFIX`; default `te:agg`.
+    var statePrefix = "te:agg"
+    /// `MAXLEN ~` of the output stream. `STREAM_MAXLEN`; default 1000000.
+    var streamMaxLen = 1_000_000
+
+    var stateKey: String { "\(statePrefix):state" }
+    func seenKey(_ signalID: String) -> String { "\(statePrefix):seen:\(signalID)" }
+    /// The idle closer looks this often.
+    var idleCheckInterval: Duration { min(.seconds(1), max(.milliseconds(10), idleCloseAfter / 4)) }
+
+    static func fromEnvironment(_ env: Env) throws(ConfigurationError) -> AggregatorSettings {
+        let d = AggregatorSettings()
+        let ms: Int64 = 1_000_000
+        let cooldownMs = try env.int("COOLDOWN_MS", default: Int(d.aggregation.cooldownNs / ms), range: 1...86_400_000)
+        let minConfidence = try env.double("MIN_CONFIDENCE", default: d.aggregation.minConfidence, range: 0...1)
+        let maxAgeMs = try env.int(
+            "MAX_SIGNAL_AGE_MS", default: Int(d.aggregation.maxSignalAgeNs / ms), range: 0...86_400_000)
+        let graceMs = try env.int("CLOSE_GRACE_MS", default: Int(d.closeGraceNs / ms), range: 0...86_400_000)
+        let idleMs = try env.int("IDLE_CLOSE_MS", default: 10_000, range: 1...86_400_000)
+        return AggregatorSettings(
+            aggregation: .init(
+                cooldownNs: Int64(cooldownMs) * ms, minConfidence: minConfidence, maxSignalAgeNs: Int64(maxAgeMs) * ms),
+            closeGraceNs: Int64(graceMs) * ms,
+            idleCloseAfter: .milliseconds(idleMs),
+            seenTTLSeconds: try env.int("SEEN_TTL_SEC", default: d.seenTTLSeconds, range: 1...31_536_000),
+            inputStream: try env.string("SIGNALS_STREAM", default: d.inputStream),
+            outputStream: try env.string("OPPORTUNITIES_STREAM", default: d.outputStream),
+            statePrefix: try env.string("AGG_STATE_PREFIX", default: d.statePrefix),
+            streamMaxLen: try env.int("STREAM_MAXLEN", default: d.streamMaxLen, range: 1...Int.max))
+    }
+}

@@ -1,1 +1,0 @@
-// MarketData: see its issue; filled in by its owner.

@@ -1,1 +1,0 @@
-// Strategies: see its issue; filled in by its owner.

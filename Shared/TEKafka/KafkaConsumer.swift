@@ -1,0 +1,279 @@
+import CRdKafka
+import Foundation
+import Logging
+
+/// A consumed message, copied out of librdkafka's buffers.
+public struct KafkaConsumerMessage: Sendable {
+    public var topic: String
+    public var partition: Int32
+    public var offset: Int64
+    public var key: [UInt8]?
+    public var value: [UInt8]
+    /// Kafka message timestamp (ms since epoch), when the message has one.
+    public var timestampMs: Int64?
+    public var headers: [KafkaHeader]
+
+    public func header(_ key: String) -> [UInt8]? { headers.last(where: { $0.key == key })?.value }
+
+    /// `kafka:<topic>/<partition>@<offset>`, as dead letters name their source.
+    public var source: String { "kafka:\(topic)/\(partition)@\(offset)" }
+}
+
+/// The next offset to read for one partition: commit `processed offset + 1`.
+public struct KafkaOffset: Sendable, Hashable {
+    public var topic: String
+    public var partition: Int32
+    public var offset: Int64
+    public init(topic: String, partition: Int32, offset: Int64) {
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+    }
+
+    /// The offsets that mark every message of `messages` as done (highest per partition, plus one).
+    public static func after(_ messages: some Sequence<KafkaConsumerMessage>) -> [KafkaOffset] {
+        var next: [String: KafkaOffset] = [:]
+        for m in messages {
+            let id = "\(m.topic)\u{0}\(m.partition)"
+            if let known = next[id], known.offset > m.offset { continue }
+            next[id] = KafkaOffset(topic: m.topic, partition: m.partition, offset: m.offset + 1)
+        }
+        return Array(next.values)
+    }
+}
+
+/// What the rebalance callback needs; the consumer keeps it alive for the handle's lifetime.
+private final class RebalanceContext: Sendable {
+    let logger: Logger
+    init(logger: Logger) { self.logger = logger }
+}
+
+/// A consumer-group member with manual offset commits.
+///
+/// Every librdkafka call that can block (consumer poll, commit, close) runs on one serial DispatchQueue owned
+/// by this consumer — never on Swift's cooperative pool — and is bridged with a continuation. Rebalance
+/// callbacks run inside consumer poll on that queue; they log and apply the assignment.
+///
+/// `@unchecked Sendable`: the C handle is only used from `queue` (serial), except in `deinit`, which runs
+/// when nothing else can reach the consumer.
+public final class KafkaConsumer: @unchecked Sendable {
+    private let handle: OpaquePointer
+    private let queue: DispatchQueue
+    private let logger: Logger
+    private let rebalance: Unmanaged<RebalanceContext>
+    private var closed = false  // guarded by `queue`
+
+    /// Defaults: `enable.auto.commit=false` (offsets are committed only by `commit`),
+    /// `auto.offset.reset=earliest` (a new group starts at the beginning), `session.timeout.ms=10000`.
+    public init(
+        configuration: KafkaConfiguration, groupID: String, topics: [String], logger: Logger
+    ) throws(KafkaError) {
+        self.logger = logger
+        queue = DispatchQueue(label: "kafka-consumer-\(groupID)")
+        let conf = try configuration.makeConf(defaults: [
+            "group.id": groupID,
+            "enable.auto.commit": "false",
+            "enable.auto.offset.store": "false",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": "10000",
+            "heartbeat.interval.ms": "1000",
+            "enable.partition.eof": "false",
+        ])
+        rebalance = Unmanaged.passRetained(RebalanceContext(logger: logger))
+        rd_kafka_conf_set_opaque(conf, rebalance.toOpaque())
+        rd_kafka_conf_set_rebalance_cb(conf) { rk, err, partitions, opaque in
+            guard let rk, let opaque else { return }
+            let context = Unmanaged<RebalanceContext>.fromOpaque(opaque).takeUnretainedValue()
+            let names = describe(partitions)
+            let cooperative = String(cString: rd_kafka_rebalance_protocol(rk)) == "COOPERATIVE"
+            switch err {
+            case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+                context.logger.info("kafka partitions assigned", metadata: ["partitions": "\(names)"])
+                if cooperative {
+                    if let e = rd_kafka_incremental_assign(rk, partitions) { rd_kafka_error_destroy(e) }
+                } else {
+                    rd_kafka_assign(rk, partitions)
+                }
+            case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
+                context.logger.info("kafka partitions revoked", metadata: ["partitions": "\(names)"])
+                if cooperative {
+                    if let e = rd_kafka_incremental_unassign(rk, partitions) { rd_kafka_error_destroy(e) }
+                } else {
+                    rd_kafka_assign(rk, nil)
+                }
+            default:
+                context.logger.error("kafka rebalance failed", metadata: ["error": "\(String(cString: rd_kafka_err2str(err)))"])
+                rd_kafka_assign(rk, nil)
+            }
+        }
+        do {
+            handle = try makeClient(type: RD_KAFKA_CONSUMER, conf: conf)
+        } catch {
+            rebalance.release()
+            throw error
+        }
+        rd_kafka_poll_set_consumer(handle)
+        let list = rd_kafka_topic_partition_list_new(Int32(topics.count))
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        for topic in topics { rd_kafka_topic_partition_list_add(list, topic, RD_KAFKA_PARTITION_UA) }
+        let err = rd_kafka_subscribe(handle, list)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            rd_kafka_destroy(handle)
+            rebalance.release()
+            throw KafkaError(err, context: "subscribe to \(topics)")
+        }
+    }
+
+    deinit {
+        if !closed { rd_kafka_consumer_close(handle) }
+        rd_kafka_destroy(handle)
+        rebalance.release()
+    }
+
+    private func onQueue<T: Sendable>(_ body: @escaping @Sendable (OpaquePointer) throws(KafkaError) -> T) async throws(KafkaError) -> T {
+        let lent = KafkaHandle(pointer: handle)
+        let result: Result<T, KafkaError> = await withCheckedContinuation { continuation in
+            queue.async {
+                do throws(KafkaError) {
+                    continuation.resume(returning: .success(try body(lent.pointer)))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        return try result.get()
+    }
+
+    /// Up to `maxMessages`: waits up to `timeout` for the first, then takes whatever is already fetched.
+    /// Returns an empty batch on timeout. Throws only for fatal client errors; transient broker errors are
+    /// logged and librdkafka retries them.
+    public func poll(maxMessages: Int, timeout: Duration) async throws(KafkaError) -> [KafkaConsumerMessage] {
+        let timeoutMs = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let logger = self.logger
+        return try await onQueue { [self] (rk) throws(KafkaError) in
+            if closed { throw KafkaError(code: .destroyed, message: "consumer is closed", isRetriable: false) }
+            var batch: [KafkaConsumerMessage] = []
+            var wait = timeoutMs
+            while batch.count < maxMessages {
+                guard let raw = rd_kafka_consumer_poll(rk, wait) else { break }
+                defer { rd_kafka_message_destroy(raw) }
+                wait = 0
+                let m = raw.pointee
+                if m.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                    if m.err == RD_KAFKA_RESP_ERR__FATAL {
+                        var errstr = [CChar](repeating: 0, count: 512)
+                        let code = rd_kafka_fatal_error(rk, &errstr, errstr.count)
+                        throw KafkaError(
+                            code: KafkaErrorCode(rawValue: code.rawValue),
+                            message: "consumer fatal error: \(String(decoding: errstr.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self))", isRetriable: false, isFatal: true)
+                    }
+                    if m.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
+                        logger.warning("kafka consumer error", metadata: ["error": "\(KafkaError(m.err, context: "consume"))"])
+                    }
+                    continue
+                }
+                batch.append(copyMessage(raw))
+            }
+            return batch
+        }
+    }
+
+    /// Commits the given next-offsets synchronously (the broker has them when this returns).
+    public func commit(_ offsets: [KafkaOffset]) async throws(KafkaError) {
+        guard !offsets.isEmpty else { return }
+        try await onQueue { (rk) throws(KafkaError) in
+            let list = rd_kafka_topic_partition_list_new(Int32(offsets.count))!
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            for o in offsets {
+                rd_kafka_topic_partition_list_add(list, o.topic, o.partition).pointee.offset = o.offset
+            }
+            let err = rd_kafka_commit(rk, list, 0)
+            if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                throw KafkaError(err, context: "commit \(offsets.map { "\($0.topic)/\($0.partition)@\($0.offset)" })")
+            }
+            for i in 0..<Int(list.pointee.cnt) where list.pointee.elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                let e = list.pointee.elems[i]
+                throw KafkaError(e.err, context: "commit \(String(cString: e.topic))/\(e.partition)")
+            }
+        }
+    }
+
+    /// The assigned partitions.
+    public func assignment() async throws(KafkaError) -> [KafkaOffset] {
+        try await onQueue { (rk) throws(KafkaError) in
+            var list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+            let err = rd_kafka_assignment(rk, &list)
+            guard err == RD_KAFKA_RESP_ERR_NO_ERROR, let list else { throw KafkaError(err, context: "assignment") }
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            return (0..<Int(list.pointee.cnt)).map {
+                let e = list.pointee.elems[$0]
+                return KafkaOffset(topic: String(cString: e.topic), partition: e.partition, offset: e.offset)
+            }
+        }
+    }
+
+    /// Messages behind the end of the log over the assigned partitions: high watermark − position, from the
+    /// client's cached fetch state (no broker round trip). Partitions without a known position count 0.
+    public func lag() async throws(KafkaError) -> Int64 {
+        try await onQueue { (rk) throws(KafkaError) in
+            var list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+            guard rd_kafka_assignment(rk, &list) == RD_KAFKA_RESP_ERR_NO_ERROR, let list else { return 0 }
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            rd_kafka_position(rk, list)
+            var total: Int64 = 0
+            for i in 0..<Int(list.pointee.cnt) {
+                let e = list.pointee.elems[i]
+                var low: Int64 = 0
+                var high: Int64 = 0
+                guard e.offset >= 0,
+                    rd_kafka_get_watermark_offsets(rk, e.topic, e.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR,
+                    high >= e.offset
+                else { continue }
+                total += high - e.offset
+            }
+            return total
+        }
+    }
+
+    /// Leaves the group (revoking partitions through the rebalance callback). Idempotent.
+    public func close() async {
+        _ = try? await onQueue { [self] (rk) throws(KafkaError) in
+            if !closed {
+                closed = true
+                rd_kafka_consumer_close(rk)
+            }
+        }
+    }
+}
+
+private func copyMessage(_ raw: UnsafeMutablePointer<rd_kafka_message_t>) -> KafkaConsumerMessage {
+    let m = raw.pointee
+    let value = m.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: m.len)) } ?? []
+    let key = m.key.map { Array(UnsafeRawBufferPointer(start: $0, count: m.key_len)) }
+    var tsType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+    let ts = rd_kafka_message_timestamp(raw, &tsType)
+    var headers: [KafkaHeader] = []
+    var hdrs: OpaquePointer?
+    if rd_kafka_message_headers(raw, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
+        var index = 0
+        while true {
+            var name: UnsafePointer<CChar>?
+            var val: UnsafeRawPointer?
+            var size = 0
+            guard rd_kafka_header_get_all(hdrs, index, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR else { break }
+            let bytes = val.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []
+            headers.append(KafkaHeader(key: name.map { String(cString: $0) } ?? "", value: bytes))
+            index += 1
+        }
+    }
+    return KafkaConsumerMessage(
+        topic: String(cString: rd_kafka_topic_name(m.rkt)), partition: m.partition, offset: m.offset,
+        key: key, value: value, timestampMs: tsType == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? nil : ts, headers: headers)
+}
+
+private func describe(_ list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) -> String {
+    guard let list else { return "" }
+    return (0..<Int(list.pointee.cnt)).map {
+        "\(String(cString: list.pointee.elems[$0].topic))/\(list.pointee.elems[$0].partition)"
+    }.joined(separator: ",")
+}

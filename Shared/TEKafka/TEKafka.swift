@@ -1,1 +1,0 @@
-// TEKafka: see its issue; filled in by its owner.

@@ -1,0 +1,193 @@
+import Foundation
+import TEModels
+import TERedis
+import TestSupport
+import Testing
+
+@testable import Strategies
+
+/// What the service must produce for `signals` read in order: the pure state machine, with duplicate ids
+/// (anywhere in the sequence) ignored and every window closed at the end. One symbol, so the per-batch
+/// close tick cannot change the order.
+func referenceOpportunities(_ signals: [Signal], _ configuration: OpportunityAggregator.Configuration) -> [Opportunity] {
+    var aggregator = OpportunityAggregator(configuration: configuration)
+    var seen = Set<String>()
+    var out: [Opportunity] = []
+    for signal in signals where seen.insert(signal.id).inserted {
+        out += aggregator.apply(signal).emissions.map(\.opportunity)
+    }
+    return out + aggregator.tick(now: .max).map(\.opportunity)
+}
+
+/// A reproducible signal sequence for one symbol: runs of one direction, gaps of 50–1550 ms, confidences
+/// 0.4–1.0 (some below MIN_CONFIDENCE 0.55), about 5% repeats of an earlier signal (upstream redelivery)
+/// and 3% late signals 2.5–7.5 s behind (stale at MAX_SIGNAL_AGE_MS 2000).
+func signalSequence(count: Int, seed: UInt64) -> [Signal] {
+    var state = seed
+    func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
+    let strategies = ["rise", "fall", "ofi", "book"]
+    var atMs: Int64 = 0
+    var direction = Direction.buy
+    var out: [Signal] = []
+    while out.count < count {
+        let roll = unit()
+        if roll < 0.05, !out.isEmpty {
+            out.append(out[Int(next() % UInt64(out.count))])
+            continue
+        }
+        atMs += 50 + Int64(next() % 1500)
+        if unit() < 0.2 { direction = direction == .buy ? .sell : .buy }
+        let late = roll > 0.97 ? 2500 + Int64(next() % 5000) : 0
+        let confidence = ((0.4 + 0.6 * unit()) * 1000).rounded() / 1000
+        out.append(signal(strategies[Int(next() % 4)], direction, confidence, atMs: atMs - late))
+    }
+    return out
+}
+
+@Suite("opportunity-aggregator service (real binary, real Redis)", .timeLimit(.minutes(4)))
+struct AggregatorServiceTests {
+    let configuration = OpportunityAggregator.Configuration(
+        cooldownNs: 5000 * ms, minConfidence: 0.55, maxSignalAgeNs: 2000 * ms)
+
+    func environment(_ streams: TestStreams, idleCloseMs: Int, extra: [String: String] = [:]) -> [String: String] {
+        var env = [
+            "SIGNALS_STREAM": streams.signals, "OPPORTUNITIES_STREAM": streams.opportunities,
+            "AGG_STATE_PREFIX": streams.statePrefix, "CONSUMER_NAME": streams.consumer,
+            "COOLDOWN_MS": "5000", "MIN_CONFIDENCE": "0.55", "MAX_SIGNAL_AGE_MS": "2000", "CLOSE_GRACE_MS": "1000",
+            "IDLE_CLOSE_MS": String(idleCloseMs),
+        ]
+        for (k, v) in extra { env[k] = v }
+        return env
+    }
+
+    func cleanUp(_ redis: RedisClient, _ streams: TestStreams, ids: [String]) async {
+        _ = try? await redis.del(streams.keysToDelete)
+        for chunk in stride(from: 0, to: ids.count, by: 500) {
+            _ = try? await redis.del(ids[chunk..<min(chunk + 500, ids.count)].map { "\(streams.statePrefix):seen:\($0)" })
+        }
+    }
+
+    /// Waits until the output has `count` entries and then a little longer, to catch extra ones.
+    func output(_ redis: RedisClient, _ streams: TestStreams, count: Int, process: ChildProcess) async throws
+        -> [Opportunity]
+    {
+        let reached = try await TestEnv.eventually(timeout: .seconds(60)) {
+            try await redis.xlen(streams.opportunities) >= count
+        }
+        if !reached {
+            throw TestFailure(
+                "only \(try await redis.xlen(streams.opportunities)) of \(count) opportunities; output:\n\(process.output())")
+        }
+        try await Task.sleep(for: .milliseconds(800))
+        return try await redis.messages(Opportunity.self, in: streams.opportunities)
+    }
+
+    @Test func sameOpportunitiesAsTheStateMachineAndRedeliveredSignalsAreIgnored() async throws {
+        let redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "test")
+        defer { redis.close() }
+        let streams = TestStreams()
+        let signals = signalSequence(count: 400, seed: 7)
+        let expected = referenceOpportunities(signals, configuration)
+        #expect(expected.count > 40)
+        #expect(Set(expected.map(\.emitReason)) == ["first", "upgrade", "close"])
+        try await redis.add(signals, to: streams.signals)
+
+        let service = try RunningService.start(
+            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000, extra: ["STREAM_BATCH_SIZE": "16"]))
+        let got = try await output(redis, streams, count: expected.count, process: service.process)
+        #expect(got == expected)
+
+        // The same signals again (an upstream replay): all remembered, nothing new.
+        let duplicatesBefore = await service.metric("te_signals_duplicate_total") ?? 0
+        try await redis.add(Array(signals[0..<100]), to: streams.signals)
+        let drained = try await TestEnv.eventually(timeout: .seconds(30)) {
+            try await redis.drained(streams.signals, group: "opportunity-aggregator")
+        }
+        #expect(drained)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(try await redis.xlen(streams.opportunities) == expected.count)
+        let duplicatesAfter = await service.metric("te_signals_duplicate_total") ?? 0
+        #expect(duplicatesAfter - duplicatesBefore == 100)
+        let firsts = expected.filter { $0.emitReason == "first" }.count
+        #expect(await service.metric("te_opportunities_emitted_total", labels: ["reason=\"first\""]) == Double(firsts))
+        #expect((await service.metric("te_signals_stale_total") ?? 0) > 0)
+        #expect((await service.metric("te_signals_low_confidence_total") ?? 0) > 0)
+        #expect(try await service.stop() == 0)
+        await cleanUp(redis, streams, ids: signals.map(\.id))
+    }
+
+    @Test func restartInTheMiddleOfAWindowNeitherLosesNorDuplicates() async throws {
+        let redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "test")
+        defer { redis.close() }
+        let streams = TestStreams()
+        let a = signal("rise", .buy, 0.6, atMs: 0)
+        let b = signal("ofi", .buy, 0.7, atMs: 1000)
+        let c = signal("book", .buy, 0.65, atMs: 2000)
+        let d = signal("rise", .buy, 0.8, atMs: 3000)
+        try await redis.add([a, b], to: streams.signals)
+
+        // Never closes on idleness: the window is open when the process dies.
+        let first = try RunningService.start("opportunity-aggregator", environment: environment(streams, idleCloseMs: 600_000))
+        let before = try await output(redis, streams, count: 2, process: first.process)
+        #expect(before.map(\.emitReason) == ["first", "upgrade"])
+        first.process.kill9()
+        try await first.process.waitForExit()
+
+        // While it is down: the rest of the window, and `b` again (an upstream redelivery).
+        try await redis.add([c, b, d], to: streams.signals)
+        let second = try RunningService.start("opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000))
+        let all = try await output(redis, streams, count: 4, process: second.process)
+        #expect(all.map(\.emitReason) == ["first", "upgrade", "upgrade", "close"])
+        #expect(Set(all.map(\.id)) == ["BTCUSDT:buy:\(ts(0)):rise"])
+        #expect(all[3].signalIds == [a.id, b.id, c.id, d.id])
+        #expect(all[3].count == 4)
+        #expect(all[3].confidence == 0.8)
+        #expect(all[3].strategies == ["rise", "ofi", "book"])
+        #expect(all == referenceOpportunities([a, b, c, b, d], configuration))
+        #expect(try await second.stop() == 0)
+        await cleanUp(redis, streams, ids: [a, b, c, d].map(\.id))
+    }
+
+    @Test func repeatedSIGKILLsAtRandomPointsGiveExactlyTheUninterruptedOutput() async throws {
+        let redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "test")
+        defer { redis.close() }
+        let streams = TestStreams()
+        let signals = signalSequence(count: 4000, seed: 42)
+        let expected = referenceOpportunities(signals, configuration)
+        try await redis.add(signals, to: streams.signals)
+
+        // Small batches, killed every 30–200 ms until everything is acknowledged. MAX_DELIVERIES is raised
+        // so that a batch caught by several kills is not dead-lettered (not what this test is about).
+        let extra = ["STREAM_BATCH_SIZE": "2", "MAX_DELIVERIES": "1000"]
+        var kills = 0
+        var last: ChildProcess?
+        let deadline = ContinuousClock.now + .seconds(150)
+        while try await !redis.drained(streams.signals, group: "opportunity-aggregator") {
+            guard ContinuousClock.now < deadline else { throw TestFailure("input not drained after \(kills) kills") }
+            let service = try RunningService.start(
+                "opportunity-aggregator", environment: environment(streams, idleCloseMs: 600_000, extra: extra))
+            try await Task.sleep(for: .milliseconds(30 + Int.random(in: 0...170)))
+            service.process.kill9()
+            try await service.process.waitForExit()
+            last = service.process
+            kills += 1
+        }
+        #expect(kills >= 3, "the input drained before a second kill: the test did not exercise restarts")
+
+        // A last, clean run closes the open windows on idleness.
+        let final = try RunningService.start(
+            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000, extra: extra))
+        let got = try await output(redis, streams, count: expected.count, process: final.process)
+        #expect(got.count == expected.count, "last killed run's output:\n\(last?.output() ?? "")")
+        #expect(got == expected)
+        #expect(try await final.stop() == 0)
+        await cleanUp(redis, streams, ids: signals.map(\.id))
+    }
+}
