@@ -3,7 +3,7 @@ import ArgumentParser
 // The lead owns this file and lists every subcommand; this branch wires only `features`.
 struct TE: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "te", abstract: "Trade Eligibility operator CLI.", subcommands: [FeaturesCommand.self])
+        commandName: "te", abstract: "Trade Eligibility operator CLI.", subcommands: [FeaturesCommand.self, AuditCommand.self])
 }
 
 // main.swift cannot use @main, and here `AsyncParsableCommand.main()` resolves to the synchronous one;
