@@ -14,6 +14,7 @@ let package = Package(
     products: [
         .executable(name: "redis-bench", targets: ["RedisBench"]),
         .executable(name: "feature-bench", targets: ["FeatureBench"]),
+        .executable(name: "audit-bench", targets: ["AuditBench"]),
     ],
     dependencies: [
         .package(path: ".."),
@@ -39,5 +40,14 @@ let package = Package(
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ],
             path: "Sources/FeatureBench", swiftSettings: [.swiftLanguageMode(.v6)]),
+            // Rows/s through audit-writer next to a raw psql COPY of the same rows (bench/run-audit.sh).
+        .executableTarget(
+            name: "AuditBench",
+            dependencies: [
+                .product(name: "TERedis", package: root),
+                .product(name: "TEModels", package: root),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Sources/AuditBench", swiftSettings: [.swiftLanguageMode(.v6)]),
     ]
 )
