@@ -16,6 +16,7 @@ let package = Package(
         .executable(name: "strategies-bench", targets: ["StrategiesBench"]),
         .executable(name: "feature-bench", targets: ["FeatureBench"]),
         .executable(name: "triton-bench", targets: ["TritonBench"]),
+        .executable(name: "audit-bench", targets: ["AuditBench"]),
     ],
     dependencies: [
         .package(path: ".."),
@@ -62,5 +63,14 @@ let package = Package(
             ],
             path: "Sources/triton-bench",
             swiftSettings: [.swiftLanguageMode(.v6)]),
+        // Rows/s through audit-writer next to a raw psql COPY of the same rows (bench/run-audit.sh).
+        .executableTarget(
+            name: "AuditBench",
+            dependencies: [
+                .product(name: "TERedis", package: root),
+                .product(name: "TEModels", package: root),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Sources/AuditBench", swiftSettings: [.swiftLanguageMode(.v6)]),
     ]
 )

@@ -76,14 +76,21 @@ struct AuditMetrics: Sendable {
     let commitDuration: DurationHistogram
 
     init(registry: PrometheusCollectorRegistry) {
-        inserted = registry.makeCounter(name: "te_audit_rows_inserted_total")
-        duplicates = registry.makeCounter(name: "te_audit_duplicates_skipped_total")
-        rejected = registry.makeCounter(name: "te_audit_rows_rejected_total")
-        retries = registry.makeCounter(name: "te_audit_retries_total")
+        inserted = registry.makeCounter(
+            descriptor: .init(metricName: "te_audit_rows_inserted", unitName: "total", helpText: "Rows inserted into decisions."))
+        duplicates = registry.makeCounter(
+            descriptor: .init(metricName: "te_audit_duplicates_skipped", unitName: "total", helpText: "Records already in decisions (redeliveries), skipped."))
+        rejected = registry.makeCounter(
+            descriptor: .init(metricName: "te_audit_rows_rejected", unitName: "total", helpText: "Records PostgreSQL rejected for their data, dead-lettered."))
+        retries = registry.makeCounter(
+            descriptor: .init(metricName: "te_audit_retries", unitName: "total", helpText: "Batch writes retried because PostgreSQL was unavailable."))
         batchRows = registry.makeValueHistogram(
-            name: "te_audit_batch_rows", buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000])
+            descriptor: .init(metricName: "te_audit_batch", unitName: "rows", helpText: "Records per batch transaction."),
+            buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000])
         commitDuration = registry.makeDurationHistogram(
-            name: "te_audit_commit_duration_seconds",
+            descriptor: .init(
+                metricName: "te_audit_commit_duration", unitName: "seconds",
+                helpText: "Time to write one batch: BEGIN, COPY, INSERT … ON CONFLICT, COMMIT."),
             buckets: [
                 .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
                 .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),

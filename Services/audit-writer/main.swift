@@ -11,18 +11,21 @@ import TEPostgres
 // (records per batch/transaction, default 500), METRICS_PORT (default 9106), the StreamWorker's
 // variables (STREAM_BLOCK_MS bounds how long a partial batch waits, CLAIM_MIN_IDLE_MS, …), and
 // AUDIT_TEST_CRASH_AFTER_COMMIT=1 (tests only: SIGKILL itself after the first COMMIT, before XACK).
+// AUDIT_STREAM (default te:audit) and DLQ_STREAM (default te:dlq) let tests use streams of their own.
 await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { resources in
     let env = resources.env
     let redis = try env.redis()
     let postgresURL = try env.string("POSTGRES_URL", hint: "postgres://user:pass@host:port/db")
     let postgres: PostgresConfiguration
-    do {
+    do throws(PostgresError) {
         postgres = try PostgresConfiguration(url: postgresURL)
     } catch {
         throw ConfigurationError(variable: "POSTGRES_URL", problem: error.message)
     }
     var worker = try StreamWorkerConfiguration.fromEnvironment(env)
     worker.batchSize = try env.int("AUDIT_BATCH_SIZE", default: 500, range: 1...10_000)
+    worker.deadLetterStream = try env.string("DLQ_STREAM", default: StreamKey.dlq)
+    let inputStream = try env.string("AUDIT_STREAM", default: StreamKey.audit)
     let crashAfterCommit = try env.bool("AUDIT_TEST_CRASH_AFTER_COMMIT", default: false)
 
     let connection = PostgresConnection(configuration: postgres, logger: resources.logger)
@@ -31,7 +34,7 @@ await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { res
     resources.readiness.add("postgres") { _ = try await probe.query("SELECT 1") }
 
     let stage = AuditStage(
-        inputStream: StreamKey.audit, store: AuditStore(connection: connection),
+        inputStream: inputStream, store: AuditStore(connection: connection),
         metrics: AuditMetrics(registry: resources.registry), logger: resources.logger,
         retryBackoff: worker.retryBackoff, retryBackoffMax: worker.retryBackoffMax, crashAfterCommit: crashAfterCommit)
     return [

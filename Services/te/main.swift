@@ -1,27 +1,28 @@
 import ArgumentParser
 
-// The lead owns this file and lists every subcommand; this branch wires only `features`.
+/// The operator CLI. Each subcommand lives in its own file.
 struct TE: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "te", abstract: "Trade Eligibility operator CLI.", subcommands: [
-            FeaturesCommand.self, ReplayCommand.self, StreamsCommand.self, TailCommand.self, PendingCommand.self,
-            DLQCommand.self,
+        commandName: "te",
+        abstract: "Trade Eligibility operator CLI.",
+        discussion: "Connection settings come from the environment (REDIS_URL, KAFKA_BROKERS, POSTGRES_URL, TRITON_URL); `source .dev/env` after `make dev-up`.",
+        subcommands: [
+            ReplayCommand.self, StreamsCommand.self, TailCommand.self, PendingCommand.self, DLQCommand.self,
+            FeaturesCommand.self, TritonCommand.self, AuditCommand.self, ScoreCommand.self,
         ])
 }
 
-// main.swift cannot use @main, and here `AsyncParsableCommand.main()` resolves to the synchronous one;
-// parse and run by hand instead.
-func runAsync<Command: AsyncParsableCommand>(_ command: Command) async throws {
-    var command = command
-    try await command.run()
-}
+// In a main.swift, `TE.main()` resolves to ParsableCommand's synchronous entry point, which never runs an
+// async `run()`; parse and run by hand.
+func runAsync(_ command: inout some AsyncParsableCommand) async throws { try await command.run() }
 
 do {
-    var command = try TE.parseAsRoot()
-    if let asyncCommand = command as? any AsyncParsableCommand {
-        try await runAsync(asyncCommand)
+    let command = try TE.parseAsRoot()
+    if var asyncCommand = command as? any AsyncParsableCommand {
+        try await runAsync(&asyncCommand)
     } else {
-        try command.run()
+        var syncCommand = command
+        try syncCommand.run()
     }
 } catch {
     TE.exit(withError: error)

@@ -1,0 +1,122 @@
+import ArgumentParser
+import Foundation
+import Logging
+import TEPostgres
+
+/// `te audit`: what the gateway decided, from PostgreSQL `decisions` (POSTGRES_URL).
+struct AuditCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit", abstract: "Gateway decisions stored in PostgreSQL (POSTGRES_URL).",
+        subcommands: [Recent.self, Counts.self])
+
+    struct Recent: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The most recent decisions for a symbol.")
+
+        @Option(help: "Symbol, e.g. BTCUSDT.") var symbol: String
+        @Option(name: .short, help: "How many decisions.") var n: Int = 20
+
+        func run() async throws {
+            guard n > 0 else { throw ValidationError("-n must be positive") }
+            let store = try AuditCommand.store()
+            let decisions = try await store.recent(symbol: symbol, limit: n)
+            await store.connection.close()
+            if decisions.isEmpty {
+                print("no decisions for \(symbol)")
+                return
+            }
+            let rows = decisions.map { d -> [String] in
+                let r = d.record
+                let model = [r.modelName, r.modelVersion].compactMap { $0 }.joined(separator: ":")
+                let canary = r.canary.map { "v\($0.version)=\($0.score.map { AuditCommand.number($0) } ?? "-")" }
+                return [
+                    d.decidedAt, r.requestId, r.decision.rawValue, r.score.map { AuditCommand.number($0) } ?? "-",
+                    r.source.rawValue, model.isEmpty ? "-" : model, String(r.latencyUs),
+                    r.featureAgeMs.map { AuditCommand.number($0) } ?? "-", canary ?? "-", r.reason ?? "",
+                ]
+            }
+            print(TextTable.render(
+                header: ["decided_at", "request_id", "decision", "score", "source", "model", "latency_us", "feature_age_ms", "canary", "reason"],
+                rows: rows))
+        }
+    }
+
+    struct Counts: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Decisions counted by source, decision and model version over a time range.")
+
+        @Option(help: "Start: a duration back from now (30s, 15m, 1h, 7d) or a timestamp (2024-08-09 12:00:00+00).")
+        var since: String = "1h"
+        @Option(help: "End (exclusive), same forms as --since. Default: now.")
+        var until: String?
+
+        func run() async throws {
+            let since = try AuditCommand.timestamp(self.since, option: "--since")
+            let until = try self.until.map { try AuditCommand.timestamp($0, option: "--until") }
+            let store = try AuditCommand.store()
+            let counts = try await store.counts(since: since, until: until)
+            await store.connection.close()
+            let total = counts.reduce(0) { $0 + $1.count }
+            print("decisions from \(since) to \(until ?? "now"): \(total)")
+            guard !counts.isEmpty else { return }
+            print(TextTable.render(
+                header: ["source", "decision", "model_version", "count", "share"],
+                rows: counts.map {
+                    [$0.source, $0.decision, $0.modelVersion ?? "-", String($0.count),
+                     String(format: "%.1f%%", 100 * Double($0.count) / Double(total))]
+                },
+                rightAligned: [3, 4]))
+        }
+    }
+
+    static func store() throws -> AuditStore {
+        guard let url = ProcessInfo.processInfo.environment["POSTGRES_URL"], !url.isEmpty else {
+            throw ValidationError("POSTGRES_URL is not set (postgres://user:pass@host:port/db)")
+        }
+        let configuration: PostgresConfiguration
+        do {
+            configuration = try PostgresConfiguration(url: url)
+        } catch {
+            throw ValidationError("POSTGRES_URL: \(error)")
+        }
+        var logger = Logger(label: "te-audit")
+        logger.logLevel = .error
+        return AuditStore(connection: PostgresConnection(configuration: configuration, logger: logger))
+    }
+
+    /// `30s`/`15m`/`1h`/`7d` back from now as an ISO-8601 UTC timestamp; anything else is passed to
+    /// PostgreSQL as a timestamptz literal (it reports a malformed one).
+    static func timestamp(_ text: String, option: String) throws -> String {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+        if let unit = text.last, let scale = units[unit], let amount = Double(text.dropLast()), amount >= 0 {
+            let date = Date().addingTimeInterval(-amount * scale)
+            let formatter = ISO8601DateFormatter()
+            formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            return formatter.string(from: date)
+        }
+        guard !text.isEmpty else { throw ValidationError("\(option) is empty") }
+        return text
+    }
+
+    static func number(_ value: Double) -> String {
+        String(format: "%.4g", value)
+    }
+}
+
+/// Plain aligned columns for a terminal.
+enum TextTable {
+    static func render(header: [String], rows: [[String]], rightAligned: Set<Int> = []) -> String {
+        var widths = header.map(\.count)
+        for row in rows {
+            for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) }
+        }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { i, cell in
+                let pad = String(repeating: " ", count: max(0, widths[i] - cell.count))
+                return rightAligned.contains(i) ? pad + cell : cell + pad
+            }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+        }
+        var out = [line(header), line(widths.map { String(repeating: "-", count: $0) })]
+        out += rows.map(line)
+        return out.joined(separator: "\n")
+    }
+}

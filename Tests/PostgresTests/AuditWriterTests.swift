@@ -1,0 +1,148 @@
+import Foundation
+import TEModels
+import TEPostgres
+import TERedis
+import TestSupport
+import Testing
+
+/// `audit-writer` end to end: the built binary, real Redis, real PostgreSQL.
+@Suite("audit-writer end to end", .serialized, .timeLimit(.minutes(5)))
+struct AuditWriterTests {
+    static func redis() throws -> RedisClient {
+        RedisClient(configuration: try TestEnv.redisConfiguration(), name: "audit-test", logger: PostgresTestServer.logger)
+    }
+
+    static func expectStored(_ db: PostgresConnection, _ records: [AuditRecord]) async throws {
+        let stored = try await AuditStore(connection: db).all()
+        #expect(stored.count == records.count)
+        #expect(stored == records.sorted { ($0.tsNs, $0.requestId) < ($1.tsNs, $1.requestId) })
+    }
+
+    @Test func everyRecordOnceWithEveryFieldAndBadRecordsDeadLettered() async throws {
+        try await PostgresTestServer.withDatabase { db, configuration in
+            let harness = try AuditWriterHarness()
+            let redis = try Self.redis()
+            let url = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
+            let records = AuditRecords.make(400)
+            var bad = AuditRecords.make(2, startTsNs: 9)
+            bad[0].requestId = "not-a-uuid"
+            bad[1].requestId = "also bad"
+            try await harness.publish(Array(records[..<150]) + [bad[0]] + Array(records[150...]) + [bad[1]], redis: redis)
+            let writer = try harness.start(postgresURL: url)
+            let done = await TestEnv.eventually(timeout: .seconds(60)) { await rowCountIfReady(db) == records.count }
+            let rows = await rowCountIfReady(db)
+            #expect(done, "rows: \(rows); writer output:\n\(writer.output())")
+            try await Self.expectStored(db, records)
+
+            // Both bad records are dead letters carrying PostgreSQL's message; the rest was acknowledged.
+            let dlqDone = await TestEnv.eventually(timeout: .seconds(20)) { (try? await redis.xlen(harness.dlq)) == 2 }
+            #expect(dlqDone)
+            let letters = try await redis.xrange(harness.dlq).map {
+                try StreamFieldDecoder.decode(DeadLetter.self, from: $0.fields)
+            }
+            #expect(letters.map(\.stage) == ["audit-writer", "audit-writer"])
+            #expect(letters.allSatisfy { $0.reason.contains("22P02") && $0.reason.contains("invalid input syntax for type uuid") })
+            let pendingDone = await TestEnv.eventually(timeout: .seconds(20)) {
+                (try? await redis.xpending(harness.stream, group: "audit-writer").count) == 0
+            }
+            #expect(pendingDone)
+
+            // The same records delivered again (as new stream entries): still one row each.
+            try await harness.publish(records, redis: redis)
+            let skipped = await TestEnv.eventually(timeout: .seconds(60)) {
+                await harness.metric("te_audit_duplicates_skipped_total") == Double(records.count)
+            }
+            let duplicates = await harness.metric("te_audit_duplicates_skipped_total")
+            #expect(skipped, "duplicates metric: \(String(describing: duplicates))")
+            #expect(await harness.metric("te_audit_rows_inserted_total") == Double(records.count))
+            try await Self.expectStored(db, records)
+
+            writer.terminate()
+            #expect(try await writer.waitForExit(timeout: .seconds(20)) == 0)
+            await harness.cleanUp(redis: redis)
+        }
+    }
+
+    @Test func sigkillBetweenCommitAndAckThenRestartLosesAndDoublesNothing() async throws {
+        try await PostgresTestServer.withDatabase { db, configuration in
+            let harness = try AuditWriterHarness()
+            let redis = try Self.redis()
+            let url = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
+            let records = AuditRecords.make(300)
+            try await harness.publish(records, redis: redis)
+
+            // Dies by SIGKILL right after its first COMMIT: 50 rows in, nothing acknowledged.
+            let crashing = try harness.start(postgresURL: url, extra: ["AUDIT_TEST_CRASH_AFTER_COMMIT": "1"])
+            let status = try await crashing.waitForExit(timeout: .seconds(60))
+            #expect(status == SIGKILL, "exit status \(status); output:\n\(crashing.output())")
+            #expect(try await rowCount(db) == 50)
+            let pending = try await redis.xpending(harness.stream, group: "audit-writer")
+            #expect(pending.count == 50)
+
+            // The restart (same consumer name) re-reads its pending entries: they are duplicates now.
+            let writer = try harness.start(postgresURL: url)
+            let done = await TestEnv.eventually(timeout: .seconds(60)) {
+                let inserted = await harness.metric("te_audit_rows_inserted_total")
+                let pending = try? await redis.xpending(harness.stream, group: "audit-writer").count
+                return inserted == 250 && pending == 0
+            }
+            #expect(done, "writer output:\n\(writer.output())")
+            #expect(await harness.metric("te_audit_duplicates_skipped_total") == 50)
+            try await Self.expectStored(db, records)
+            writer.terminate()
+            #expect(try await writer.waitForExit(timeout: .seconds(20)) == 0)
+            await harness.cleanUp(redis: redis)
+        }
+    }
+
+    @Test func postgresStoppedForAWhileThenBackLosesNothing() async throws {
+        let cluster = try await PrivatePostgresCluster()
+        do {
+            try await postgresStoppedForAWhile(cluster)
+            await cluster.destroy()
+        } catch {
+            await cluster.destroy()
+            throw error
+        }
+    }
+
+    func postgresStoppedForAWhile(_ cluster: PrivatePostgresCluster) async throws {
+        let harness = try AuditWriterHarness()
+        let redis = try Self.redis()
+        let db = PostgresConnection(configuration: try PostgresConfiguration(url: cluster.url), logger: PostgresTestServer.logger)
+        let records = AuditRecords.make(600)
+        let writer = try harness.start(postgresURL: cluster.url)
+
+        try await harness.publish(Array(records[..<200]), redis: redis)
+        let first = await TestEnv.eventually(timeout: .seconds(60)) { await rowCountIfReady(db) == 200 }
+        #expect(first, "writer output:\n\(writer.output())")
+
+        try await cluster.stop()
+        try await harness.publish(Array(records[200...]), redis: redis)
+        // The writer keeps retrying, acknowledges nothing and stays up.
+        let retried = await TestEnv.eventually(timeout: .seconds(30)) {
+            (await harness.metric("te_audit_retries_total") ?? 0) >= 3
+        }
+        #expect(retried, "writer output:\n\(writer.output())")
+        #expect(writer.isRunning)
+        let pendingWhileDown = try await redis.xpending(harness.stream, group: "audit-writer").count
+        #expect(pendingWhileDown > 0)
+        #expect(try await redis.xlen(harness.dlq) == 0)
+
+        try await cluster.start()
+        let done = await TestEnv.eventually(timeout: .seconds(90)) { await rowCountIfReady(db) == records.count }
+        let rows = await rowCountIfReady(db)
+        #expect(done, "rows: \(rows); writer output:\n\(writer.output())")
+        try await Self.expectStored(db, records)
+        let acked = await TestEnv.eventually(timeout: .seconds(20)) {
+            (try? await redis.xpending(harness.stream, group: "audit-writer").count) == 0
+        }
+        #expect(acked)
+        #expect(try await redis.xlen(harness.dlq) == 0)
+
+        writer.terminate()
+        #expect(try await writer.waitForExit(timeout: .seconds(20)) == 0)
+        await db.close()
+        await harness.cleanUp(redis: redis)
+    }
+}
