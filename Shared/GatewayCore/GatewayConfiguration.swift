@@ -118,6 +118,11 @@ public struct GatewayConfiguration: Sendable {
 public struct ConfigurationError: Error, CustomStringConvertible, Equatable {
     public var variable: String
     public var reason: String
+
+    public init(variable: String, reason: String) {
+        self.variable = variable
+        self.reason = reason
+    }
     public var description: String { "configuration: \(variable) \(reason)" }
 }
 
