@@ -21,6 +21,9 @@ let package = Package(
         .executable(name: "audit-writer", targets: ["AuditWriter"]),
         .executable(name: "te", targets: ["TE"]),
         .executable(name: "dev-broker", targets: ["DevBroker"]),
+        .library(name: "TERedis", targets: ["TERedis"]),
+        .library(name: "ServiceKit", targets: ["ServiceKit"]),
+        .library(name: "TEModels", targets: ["TEModels"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),

@@ -1,1 +1,0 @@
-// ServiceKit: see its issue; filled in by its owner.

@@ -1,0 +1,74 @@
+import TEModels
+import TERedis
+
+/// A stage's business logic over one input stream. `StreamWorker` does everything else: the
+/// consumer group (named `stage`), reading, decoding, writing the outputs and acknowledging them
+/// atomically, retries, claiming entries of dead consumers, dead letters, metrics and shutdown.
+///
+/// Delivery is at-least-once: after a crash or a failed write, `handle` sees entries again.
+public protocol StreamStage: Sendable {
+    associatedtype Input: StreamMessage
+    /// The consumer group name and the `stage` of dead letters and metrics.
+    var stage: String { get }
+    var inputStream: String { get }
+    /// Called before the first batch (again if the consumer group had to be re-created), e.g. to
+    /// rebuild state from Redis. Default: nothing.
+    mutating func prepare(redis: RedisClient) async throws
+    /// The outputs of a batch, written with the batch's acknowledgements in one MULTI/EXEC.
+    /// Throwing leaves the entries pending: they are retried (one by one, to find a poison entry)
+    /// and dead-lettered after `maxDeliveries`; a throwing `handle` should leave the stage's state
+    /// as it was, since the same entries come again. Use `StageOutput.deadLetter` for input that can
+    /// never succeed.
+    mutating func handle(_ batch: [StreamDelivery<Input>]) async throws -> StageOutput
+}
+
+extension StreamStage {
+    public mutating func prepare(redis: RedisClient) async throws {}
+}
+
+/// One decoded entry handed to a stage.
+public struct StreamDelivery<Input: Sendable>: Sendable {
+    public let id: String
+    public let message: Input
+    /// 1 on first delivery.
+    public let deliveries: Int
+
+    public init(id: String, message: Input, deliveries: Int) {
+        self.id = id
+        self.message = message
+        self.deliveries = deliveries
+    }
+}
+
+/// What a batch produces.
+public struct StageOutput: Sendable {
+    /// Written, in order, in the same MULTI/EXEC as the batch's XACK.
+    public var commands: [RedisCommand]
+    /// Input entries (by id) to move to `te:dlq` with a reason; they are acknowledged too.
+    public var deadLetters: [(id: String, reason: String)]
+
+    public init(commands: [RedisCommand] = [], deadLetters: [(id: String, reason: String)] = []) {
+        self.commands = commands
+        self.deadLetters = deadLetters
+    }
+
+    public static var none: StageOutput { StageOutput() }
+
+    public mutating func append(_ command: RedisCommand) { commands.append(command) }
+
+    /// XADD of `message` to `stream` (`MAXLEN ~ maxLen` when given).
+    public mutating func add<M: StreamMessage>(_ message: M, to stream: String, maxLen: Int?) throws {
+        commands.append(try RedisCommand.xadd(stream, maxLen: maxLen, message: message))
+    }
+
+    public mutating func deadLetter(id: String, reason: String) {
+        deadLetters.append((id, reason))
+    }
+}
+
+extension RedisCommand {
+    /// XADD of a message's stream fields (`v` first).
+    public static func xadd<M: StreamMessage>(_ stream: String, maxLen: Int?, message: M) throws -> RedisCommand {
+        .xadd(stream, maxLen: maxLen, fields: try StreamFieldEncoder.encode(message))
+    }
+}

@@ -1,1 +1,0 @@
-// TERedis: see its issue; filled in by its owner.
