@@ -1,3 +1,69 @@
 #!/usr/bin/env bash
-# Starts Triton; written by the Triton work.
-exit 0
+# Starts a real Triton server (from the nvidia-pytriton wheel: CPU, Python backend) serving
+# deploy/triton/model_repository, and waits until trade_eligibility versions 1 and 2 are READY.
+# Usage: scripts/dev-triton.sh [GRPC_PORT HTTP_PORT METRICS_PORT]   (default 18001 18000 18002)
+# Idempotent: when the model already answers READY on HTTP_PORT, does nothing.
+# Env: TRITON_VENV (default .dev/venv), TRITON_STATE (dir for logs/ and run/, default .dev),
+#      TRITON_PID_NAME (default triton) — the test suite uses these to run a private server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+GRPC_PORT=${1:-18001}
+HTTP_PORT=${2:-18000}
+METRICS_PORT=${3:-18002}
+VENV=${TRITON_VENV:-$ROOT/.dev/venv}
+STATE=${TRITON_STATE:-$ROOT/.dev}
+NAME=${TRITON_PID_NAME:-triton}
+REPO=$ROOT/deploy/triton/model_repository
+MODEL=trade_eligibility
+log() { printf 'dev-triton: %s\n' "$*" >&2; }
+
+model_ready() {
+  for v in 1 2; do
+    curl -fs -o /dev/null "http://127.0.0.1:$HTTP_PORT/v2/models/$MODEL/versions/$v/ready" || return 1
+  done
+}
+
+if model_ready; then
+  log "triton already serving $MODEL 1,2 on grpc $GRPC_PORT / http $HTTP_PORT"
+  exit 0
+fi
+
+mkdir -p "$STATE/logs" "$STATE/run"
+if ! [ -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import pytriton, numpy' 2>/dev/null; then
+  log "creating venv $VENV (nvidia-pytriton, numpy)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q nvidia-pytriton numpy
+fi
+PYVER=$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+SITE=$VENV/lib/python$PYVER/site-packages
+TS=$SITE/pytriton/tritonserver
+# The wheel ships the Python backend stub per interpreter version; the backend expects it beside libtriton_python.so.
+if ! [ -x "$TS/backends/python/triton_python_backend_stub" ]; then
+  cp "$TS/python_backend_stubs/$PYVER/triton_python_backend_stub" "$TS/backends/python/"
+fi
+
+PIDFILE=$STATE/run/$NAME.pid
+if [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+  log "triton pid $(cat "$PIDFILE") is running but the model is not ready yet; waiting"
+else
+  LD_LIBRARY_PATH="$SITE/nvidia_pytriton.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" PATH="$VENV/bin:$PATH" \
+    nohup "$TS/bin/tritonserver" --model-repository="$REPO" --backend-directory="$TS/backends" \
+      --model-control-mode=none --grpc-port="$GRPC_PORT" --http-port="$HTTP_PORT" --metrics-port="$METRICS_PORT" \
+      --log-verbose=0 --exit-on-error=true >"$STATE/logs/$NAME.log" 2>&1 </dev/null &
+  echo $! > "$PIDFILE"
+  log "started tritonserver pid $(cat "$PIDFILE") (log $STATE/logs/$NAME.log)"
+fi
+
+for _ in $(seq 600); do
+  if model_ready; then
+    log "triton ready: $MODEL 1,2 on grpc $GRPC_PORT / http $HTTP_PORT"
+    exit 0
+  fi
+  if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+    log "tritonserver exited; last log lines:"; tail -20 "$STATE/logs/$NAME.log" >&2; exit 1
+  fi
+  sleep 0.2
+done
+log "timed out waiting for $MODEL to be ready (see $STATE/logs/$NAME.log)"
+exit 1

@@ -1,1 +1,197 @@
-// TritonClient: see its issue; filled in by its owner.
+import Logging
+import Synchronization
+
+/// Configuration of a `TritonClient`.
+public struct TritonClientConfiguration: Sendable {
+    /// gRPC endpoint host.
+    public var host: String
+    /// gRPC endpoint port.
+    public var port: Int
+    /// HTTP/2 connections, used round robin. Default: 1 (one connection multiplexes thousands of calls).
+    public var connections: Int = 1
+    /// Give up connecting after this long (calls with an earlier deadline fail at their deadline). Default: 1 s.
+    public var connectTimeout: Duration = .seconds(1)
+    /// After a failed connect, calls fail at once with `.connection` for this long instead of retrying the
+    /// connect on every call. Default: 100 ms.
+    public var reconnectBackoff: Duration = .milliseconds(100)
+    /// HTTP/2 SETTINGS_INITIAL_WINDOW_SIZE we announce (per stream). Default: 16 MiB.
+    public var initialWindowSize: Int32 = 16 << 20
+    /// Connection-level receive window, raised by WINDOW_UPDATE after the preface. Default: 1 GiB.
+    public var connectionWindowSize: Int32 = 1 << 30
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `TRITON_URL`-style endpoints: `host:port`, optionally prefixed with `grpc://` or `http://`.
+    public init(url: String) throws(TritonError) {
+        var rest = Substring(url.trimmingCharacters(in: " \t\n"))
+        for scheme in ["grpc://", "http://", "h2c://"] where rest.hasPrefix(scheme) { rest = rest.dropFirst(scheme.count) }
+        if rest.hasSuffix("/") { rest = rest.dropLast() }
+        guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]), port > 0,
+            port < 65536, colon != rest.startIndex
+        else {
+            throw TritonError(code: .invalidArgument, message: "Triton URL must be host:port, got '\(url)'")
+        }
+        var host = String(rest[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        self.init(host: host, port: port)
+    }
+}
+
+private extension String {
+    func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+/// Async client for Triton's KServe v2 gRPC API (`inference.GRPCInferenceService`) over HTTP/2 (nghttp2) with
+/// protobuf-c messages.
+///
+/// Calls are multiplexed as streams over `configuration.connections` connections, each driven by its own I/O
+/// thread. Every call has a deadline: when it passes the stream is reset (RST_STREAM) and the call throws
+/// `TritonError.Code.deadlineExceeded` at once. A lost connection fails its calls with `.connection`; the next call
+/// reconnects. Errors the server sends surface as `TritonError` with the server's `grpc-message`.
+public final class TritonClient: Sendable {
+    public let configuration: TritonClientConfiguration
+    private let connections: [HTTP2Connection]
+    private let nextConnection = Atomic<Int>(0)
+
+    public init(configuration: TritonClientConfiguration, logger: Logger = Logger(label: "triton-client")) {
+        self.configuration = configuration
+        let settings = ConnectionSettings(
+            host: configuration.host, port: configuration.port, connectTimeout: configuration.connectTimeout,
+            reconnectBackoff: configuration.reconnectBackoff, initialWindowSize: configuration.initialWindowSize,
+            connectionWindowSize: configuration.connectionWindowSize)
+        connections = (0..<max(1, configuration.connections)).map { _ in
+            HTTP2Connection(settings: settings, logger: logger)
+        }
+    }
+
+    /// A client for `url` (`host:port`, as in `TRITON_URL`).
+    public convenience init(url: String, connections: Int = 1, logger: Logger = Logger(label: "triton-client"))
+        throws(TritonError)
+    {
+        var configuration = try TritonClientConfiguration(url: url)
+        configuration.connections = connections
+        self.init(configuration: configuration, logger: logger)
+    }
+
+    deinit { close() }
+
+    /// Fails calls in flight with `.cancelled` and stops the I/O threads. Idempotent.
+    public func close() {
+        for connection in connections { connection.shutdown() }
+    }
+
+    // MARK: inference
+
+    /// Scores `rowCount` rows of the model's input (`rows` holds rowCount × featureCount FP32 values, row-major),
+    /// sent as one request (`features` FP32 [rowCount, featureCount] in raw_input_contents); returns one `score`
+    /// per row. `parameters` become the request's InferParameter map (e.g. the test model's `delay_ms`).
+    public func infer(
+        model: String, version: String, rows: [Float], rowCount: Int, featureCount: Int = 8,
+        deadline: ContinuousClock.Instant, parameters: [(String, InferParameterValue)] = [],
+        file: String = #fileID, line: Int = #line
+    ) async throws -> [Float] {
+        guard rowCount >= 0, rows.count == rowCount * featureCount else {
+            throw TritonError(
+                code: .invalidArgument,
+                message: "rows holds \(rows.count) values, expected \(rowCount) × \(featureCount)", file: file, line: line)
+        }
+        let request = rows.withUnsafeBufferPointer {
+            InferenceCodec.inferRequest(
+                model: model, version: version, rows: $0, rowCount: rowCount, featureCount: featureCount,
+                parameters: parameters)
+        }
+        let body = try await call(.modelInfer, request, deadline: deadline, file: file, line: line)
+        return try decode(file: file, line: line) { () throws(TritonError) in
+            try InferenceCodec.scores(from: body, expectedCount: rowCount)
+        }
+    }
+
+    // MARK: health and metadata
+
+    public func serverLive(
+        deadline: ContinuousClock.Instant = .now + .seconds(2), file: String = #fileID, line: Int = #line
+    ) async throws -> Bool {
+        let body = try await call(.serverLive, InferenceCodec.emptyRequest(), deadline: deadline, file: file, line: line)
+        return try decode(file: file, line: line) { () throws(TritonError) in try InferenceCodec.flag(from: body) }
+    }
+
+    public func serverReady(
+        deadline: ContinuousClock.Instant = .now + .seconds(2), file: String = #fileID, line: Int = #line
+    ) async throws -> Bool {
+        let body = try await call(.serverReady, InferenceCodec.emptyRequest(), deadline: deadline, file: file, line: line)
+        return try decode(file: file, line: line) { () throws(TritonError) in try InferenceCodec.flag(from: body) }
+    }
+
+    /// Whether `model` (version `version`; "" = the server's choice) is ready to serve.
+    public func modelReady(
+        model: String, version: String = "", deadline: ContinuousClock.Instant = .now + .seconds(2),
+        file: String = #fileID, line: Int = #line
+    ) async throws -> Bool {
+        let request = InferenceCodec.modelRequest(name: model, version: version)
+        let body = try await call(.modelReady, request, deadline: deadline, file: file, line: line)
+        return try decode(file: file, line: line) { () throws(TritonError) in try InferenceCodec.flag(from: body) }
+    }
+
+    public func modelMetadata(
+        model: String, version: String = "", deadline: ContinuousClock.Instant = .now + .seconds(2),
+        file: String = #fileID, line: Int = #line
+    ) async throws -> ModelMetadata {
+        let request = InferenceCodec.modelRequest(name: model, version: version)
+        let body = try await call(.modelMetadata, request, deadline: deadline, file: file, line: line)
+        return try decode(file: file, line: line) { () throws(TritonError) in
+            try InferenceCodec.modelMetadata(from: body)
+        }
+    }
+
+    public func modelConfig(
+        model: String, version: String = "", deadline: ContinuousClock.Instant = .now + .seconds(2),
+        file: String = #fileID, line: Int = #line
+    ) async throws -> ModelConfig {
+        let request = InferenceCodec.modelRequest(name: model, version: version)
+        let body = try await call(.modelConfig, request, deadline: deadline, file: file, line: line)
+        return try decode(file: file, line: line) { () throws(TritonError) in try InferenceCodec.modelConfig(from: body) }
+    }
+
+    /// The sha256 of the weights that `version` of `model` serves, as the server reports it: model config parameter
+    /// `artefact_sha256_v<version>` (the model refuses to load when its weights do not match it).
+    /// Throws `.notFound` when the model has no such parameter.
+    public func artefactHash(
+        model: String, version: String, deadline: ContinuousClock.Instant = .now + .seconds(2),
+        file: String = #fileID, line: Int = #line
+    ) async throws -> String {
+        let config = try await modelConfig(model: model, version: version, deadline: deadline, file: file, line: line)
+        guard let hash = config.artefactHash(version: version) else {
+            throw TritonError(
+                code: .notFound, message: "model \(model) has no config parameter artefact_sha256_v\(version)",
+                file: file, line: line)
+        }
+        return hash
+    }
+
+    // MARK: plumbing
+
+    private func call(
+        _ method: GRPCMethod, _ request: [UInt8], deadline: ContinuousClock.Instant, file: String, line: Int
+    ) async throws -> [UInt8] {
+        let index = connections.count == 1 ? 0 : nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue
+        let connection = connections[index % connections.count]
+        return try await connection.call(method, request: request, deadline: deadline, file: file, line: line)
+    }
+
+    /// Re-stamps decoding errors with the caller's site.
+    private func decode<T>(file: String, line: Int, _ body: () throws(TritonError) -> T) throws(TritonError) -> T {
+        do {
+            return try body()
+        } catch {
+            throw TritonError(code: error.code, message: error.message, grpcStatus: error.grpcStatus, file: file, line: line)
+        }
+    }
+}

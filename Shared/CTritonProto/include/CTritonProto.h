@@ -1,0 +1,1 @@
+#include "grpc_service.pb-c.h"

@@ -1,1 +1,0 @@
-/* generated protobuf-c code goes here (make proto) */
