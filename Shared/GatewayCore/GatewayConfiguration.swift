@@ -1,4 +1,6 @@
 import Foundation
+import ServiceKit
+import TEModels
 
 /// Everything the gateway reads from its environment. Every field documents its variable and default;
 /// `init(environment:)` fails with one line naming the variable when a value is missing or malformed.
@@ -70,6 +72,12 @@ public struct GatewayConfiguration: Sendable {
     /// into the next batch. Default: 2.
     public var batchMaxInFlight: Int = 2
 
+    /// Stream and key names (DESIGN.md); settable so tests use keys of their own.
+    public var featuresStream = StreamKey.features
+    public var auditStream = StreamKey.audit
+    public var opportunitiesStream = StreamKey.opportunities
+    public var onlineKeyPrefix = "te:online:"
+
     public init(redisURL: String, tritonURL: String) {
         self.redisURL = redisURL
         self.tritonURL = tritonURL
@@ -114,18 +122,6 @@ public struct GatewayConfiguration: Sendable {
     }
 }
 
-/// A missing or malformed environment variable; the description is one line naming it.
-public struct ConfigurationError: Error, CustomStringConvertible, Equatable {
-    public var variable: String
-    public var reason: String
-
-    public init(variable: String, reason: String) {
-        self.variable = variable
-        self.reason = reason
-    }
-    public var description: String { "configuration: \(variable) \(reason)" }
-}
-
 struct EnvironmentReader {
     let env: [String: String]
     init(_ env: [String: String]) { self.env = env }
@@ -136,14 +132,14 @@ struct EnvironmentReader {
     }
 
     func required(_ name: String) throws(ConfigurationError) -> String {
-        guard let value = string(name) else { throw ConfigurationError(variable: name, reason: "is required but not set") }
+        guard let value = string(name) else { throw ConfigurationError(variable: name, problem: "is required but not set") }
         return value
     }
 
     func int(_ name: String, range: ClosedRange<Int>) throws(ConfigurationError) -> Int? {
         guard let text = string(name) else { return nil }
         guard let value = Int(text), range.contains(value) else {
-            throw ConfigurationError(variable: name, reason: "must be an integer in \(range), got \"\(text)\"")
+            throw ConfigurationError(variable: name, problem: "must be an integer in \(range), got \"\(text)\"")
         }
         return value
     }
@@ -151,7 +147,7 @@ struct EnvironmentReader {
     func double(_ name: String, range: ClosedRange<Double>) throws(ConfigurationError) -> Double? {
         guard let text = string(name) else { return nil }
         guard let value = Double(text), value.isFinite, range.contains(value) else {
-            throw ConfigurationError(variable: name, reason: "must be a number in \(range), got \"\(text)\"")
+            throw ConfigurationError(variable: name, problem: "must be a number in \(range), got \"\(text)\"")
         }
         return value
     }
@@ -161,7 +157,7 @@ struct EnvironmentReader {
         switch text.lowercased() {
         case "1", "true", "yes", "on": return true
         case "0", "false", "no", "off": return false
-        default: throw ConfigurationError(variable: name, reason: "must be true or false, got \"\(text)\"")
+        default: throw ConfigurationError(variable: name, problem: "must be true or false, got \"\(text)\"")
         }
     }
 }

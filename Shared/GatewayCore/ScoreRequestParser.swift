@@ -51,6 +51,14 @@ public enum ScoreRequestParser {
         }.get()
     }
 
+    public static func parseResult(_ buffer: UnsafeRawBufferPointer) -> Result<ScoreRequest, RequestError> {
+        do {
+            return .success(try parse(buffer))
+        } catch {
+            return .failure(error)
+        }
+    }
+
     public static func parse(_ buffer: UnsafeRawBufferPointer) throws(RequestError) -> ScoreRequest {
         guard buffer.count <= maxBodyBytes else {
             throw RequestError(.bodyTooLarge, "body exceeds \(maxBodyBytes) bytes")

@@ -1,4 +1,5 @@
 import GatewayCore
+import ServiceKit
 import TEModels
 import Testing
 
@@ -140,7 +141,7 @@ import Testing
     }
 
     @Test func configurationNamesTheVariable() {
-        #expect(throws: ConfigurationError(variable: "REDIS_URL", reason: "is required but not set")) {
+        #expect(throws: ConfigurationError(variable: "REDIS_URL", problem: "is required but not set")) {
             try GatewayConfiguration(environment: ["TRITON_URL": "h:1"])
         }
         #expect(throws: ConfigurationError.self) {
