@@ -273,8 +273,8 @@ public struct IdentityRefresher: Service {
     }
 
     public func run() async throws {
-        await warmUp()
         try await cancelWhenGracefulShutdown {
+            await warmUp()
             while !Task.isCancelled {
                 await refresh()
                 // Until every version is known, retry sooner.
@@ -289,9 +289,14 @@ public struct IdentityRefresher: Service {
     func warmUp() async {
         let rows = [Float](repeating: 0, count: FeatureVector.count * 4)
         for endpoint in endpoints {
-            for version in versions {
+            versions: for version in versions {
                 for _ in 0..<3 {
-                    _ = try? await endpoint.infer(version: version, rows: rows, rowCount: 4, deadline: .now + .seconds(2))
+                    if Task.isCancelled { return }
+                    do throws(InferenceFailure) {
+                        _ = try await endpoint.infer(version: version, rows: rows, rowCount: 4, deadline: .now + .milliseconds(500))
+                    } catch {
+                        continue versions  // unreachable or unknown version: do not insist
+                    }
                 }
             }
         }

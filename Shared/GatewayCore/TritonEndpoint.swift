@@ -32,7 +32,7 @@ public final class TritonEndpoint: InferenceEndpoint {
 
     public func identity(version: String) async throws(InferenceFailure) -> ModelIdentity {
         do {
-            let hash = try await client.artefactHash(model: modelName, version: version, deadline: .now + .seconds(2))
+            let hash = try await client.artefactHash(model: modelName, version: version, deadline: .now + .seconds(1))
             return ModelIdentity(name: modelName, version: version, hash: hash)
         } catch {
             throw Self.failure(error)
