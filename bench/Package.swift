@@ -12,7 +12,8 @@ let package = Package(
     name: "trade-eligibility-bench",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "redis-bench", targets: ["RedisBench"])
+        .executable(name: "redis-bench", targets: ["RedisBench"]),
+        .executable(name: "gateway-bench", targets: ["GatewayBench"]),
     ],
     dependencies: [
         .package(path: ".."),
@@ -26,6 +27,11 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Sources/RedisBench",
-            swiftSettings: [.swiftLanguageMode(.v6)])
+            swiftSettings: [.swiftLanguageMode(.v6)]),
+        .executableTarget(
+            name: "GatewayBench",
+            dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")],
+            path: "Sources/GatewayBench",
+            swiftSettings: [.swiftLanguageMode(.v6)]),
     ]
 )
