@@ -13,8 +13,8 @@ DURATION=${BENCH_DURATION:-5}
 PORT=${BENCH_PORT:-18280}
 SYMBOL=BENCHUSDT
 mkdir -p bench/results
-swift build -c release --product gateway >&2
-(cd bench && swift build -c release --product gateway-bench >&2)
+[ -x .build/release/gateway ] || swift build -c release --product gateway >&2
+[ -x bench/.build/release/gateway-bench ] || (cd bench && swift build -c release --product gateway-bench >&2)
 BENCH=bench/.build/release/gateway-bench
 GATEWAY=.build/release/gateway
 
