@@ -121,7 +121,14 @@ let package = Package(
             path: "Services/gateway", swiftSettings: swiftSettings),
         .target(
             name: "GatewayCore",
-            dependencies: ["ServiceKit", "TritonClient", "FeatureEngine"],
+            dependencies: [
+                "ServiceKit", "TritonClient", "FeatureEngine", "TEModels", "TERedis",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             path: "Shared/GatewayCore", swiftSettings: swiftSettings),
         .executableTarget(
             name: "AuditWriter",
@@ -166,7 +173,8 @@ let package = Package(
             name: "PostgresTests", dependencies: ["TEPostgres", "ServiceKit", "TestSupport"],
             path: "Tests/PostgresTests", swiftSettings: swiftSettings),
         .testTarget(
-            name: "GatewayTests", dependencies: ["GatewayCore", "TestSupport"], path: "Tests/GatewayTests",
+            name: "GatewayTests",
+            dependencies: ["GatewayCore", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")], path: "Tests/GatewayTests",
             swiftSettings: swiftSettings),
         .target(
             name: "TestSupport", dependencies: ["TERedis", "ServiceKit"], path: "Tests/TestSupport",

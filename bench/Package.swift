@@ -17,6 +17,7 @@ let package = Package(
         .executable(name: "feature-bench", targets: ["FeatureBench"]),
         .executable(name: "triton-bench", targets: ["TritonBench"]),
         .executable(name: "audit-bench", targets: ["AuditBench"]),
+        .executable(name: "gateway-bench", targets: ["GatewayBench"]),
     ],
     dependencies: [
         .package(path: ".."),
@@ -72,5 +73,10 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Sources/AuditBench", swiftSettings: [.swiftLanguageMode(.v6)]),
+        .executableTarget(
+            name: "GatewayBench",
+            dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")],
+            path: "Sources/GatewayBench",
+            swiftSettings: [.swiftLanguageMode(.v6)]),
     ]
 )

@@ -1,0 +1,390 @@
+import Foundation
+import Logging
+import Synchronization
+import TEModels
+
+/// One Triton endpoint with its breaker and a batcher per model version.
+public final class EndpointLane: Sendable {
+    public let endpoint: any InferenceEndpoint
+    let batchers: [String: InferenceBatcher]
+    private let breaker: Mutex<CircuitBreaker>
+    let metrics: GatewayMetrics
+
+    init(endpoint: any InferenceEndpoint, versions: [String], config: GatewayConfiguration, metrics: GatewayMetrics) {
+        self.endpoint = endpoint
+        var batchers: [String: InferenceBatcher] = [:]
+        for v in versions {
+            batchers[v] = InferenceBatcher(
+                endpoint: endpoint, version: v, maxRows: config.batchMaxRows, maxInFlight: config.batchMaxInFlight)
+        }
+        self.batchers = batchers
+        breaker = Mutex(
+            CircuitBreaker(
+                failureThreshold: config.breakerFailures,
+                openDuration: .microseconds(Int64(config.breakerOpenMs * 1000))))
+        self.metrics = metrics
+        metrics.breaker(endpoint: endpoint.label, state: 0)
+    }
+
+    var label: String { endpoint.label }
+
+    public var breakerState: CircuitBreaker.State { breaker.withLock { $0.state } }
+
+    func acquire() -> CircuitBreaker.Permission {
+        let (permission, gauge) = breaker.withLock { b in (b.acquire(now: .now), b.gaugeValue) }
+        if permission == .probe { metrics.breaker(endpoint: label, state: gauge) }
+        return permission
+    }
+
+    func record(_ outcome: Result<Void, InferenceFailure>?, permission: CircuitBreaker.Permission) {
+        let gauge = breaker.withLock { b in
+            switch outcome {
+            case .success: b.recordSuccess()
+            case .failure(let f) where f.countsAgainstEndpoint: b.recordFailure(now: .now)
+            case .failure: b.recordAbandoned(permission: permission)
+            case nil: b.recordAbandoned(permission: permission)
+            }
+            return b.gaugeValue
+        }
+        metrics.breaker(endpoint: label, state: gauge)
+    }
+
+    func score(_ v: FeatureVector, version: String, deadline: ContinuousClock.Instant) async throws(InferenceFailure) -> Double {
+        guard let batcher = batchers[version] else { throw InferenceFailure(.modelError, "version \(version) not configured") }
+        return try await batcher.score(v, deadline: deadline)
+    }
+}
+
+/// Turns a validated request into a decision: features, the fallback chain under one deadline,
+/// canary/shadow, the audit record. Never throws: every failure ends in a safer source.
+public final class DecisionEngine: Sendable {
+    public let config: GatewayConfiguration
+    public let metrics: GatewayMetrics
+    public let features: FeatureMemory
+    public let cache: ScoreCache
+    public let identities: ModelIdentityStore
+    public let audit: AuditBuffer
+    public let canary: CanaryController
+    public let primary: EndpointLane
+    public let secondary: EndpointLane?
+    let coldStart: (@Sendable (String, ContinuousClock.Instant) async -> StoredFeatures?)?
+    let logger: Logger
+
+    public init(
+        config: GatewayConfiguration, metrics: GatewayMetrics, primary: any InferenceEndpoint,
+        secondary: (any InferenceEndpoint)?, features: FeatureMemory, audit: AuditBuffer,
+        identities: ModelIdentityStore, logger: Logger,
+        coldStart: (@Sendable (String, ContinuousClock.Instant) async -> StoredFeatures?)? = nil
+    ) {
+        self.config = config
+        self.metrics = metrics
+        self.features = features
+        self.audit = audit
+        self.identities = identities
+        self.logger = logger
+        self.coldStart = coldStart
+        cache = ScoreCache()
+        let versions = [config.modelVersion, config.canaryVersion]
+        self.primary = EndpointLane(endpoint: primary, versions: versions, config: config, metrics: metrics)
+        self.secondary = secondary.map { EndpointLane(endpoint: $0, versions: versions, config: config, metrics: metrics) }
+        canary = CanaryController(
+            version: config.canaryVersion, canaryEnabled: config.canaryEnabled, shadowEnabled: config.shadowEnabled,
+            fraction: config.canaryFraction,
+            limits: CanaryMonitor.Limits(
+                maxErrorRate: config.canaryMaxErrorRate, maxP99Ms: config.canaryMaxP99Ms,
+                maxDisagreeRate: config.canaryMaxDisagreeRate, window: config.canaryWindow,
+                minSamples: config.canaryMinSamples))
+    }
+
+    func decision(_ score: Double?) -> Decision {
+        guard let score else { return .abstain }
+        return score >= config.decisionThreshold ? .trade : .noTrade
+    }
+
+    struct ModelAnswer: Sendable {
+        var score: Double
+        var version: String
+        var latency: Duration
+    }
+
+    // MARK: - The chain
+
+    public func score(_ request: ScoreRequest, requestID: String, arrival: ContinuousClock.Instant) async -> ScoreResponse {
+        let timeout = Duration.microseconds(Int64(config.scoreTimeoutMs * 1000))
+        let hardDeadline = arrival + timeout
+        var reasons: [String] = []
+
+        // Features: the request's own, else memory, else te:online (cold start).
+        var vector: FeatureVector?
+        var ageMs: Double?
+        if let values = request.features {
+            vector = try? FeatureVector(values)
+            ageMs = 0
+        } else {
+            var stored = features.get(request.symbol)
+            if stored == nil, let coldStart { stored = await coldStart(request.symbol, hardDeadline) }
+            if let stored {
+                vector = stored.snapshot.features
+                ageMs = stored.ageMs(nowNs: wallClockNs())
+            }
+        }
+        let maxAge = request.freshnessMs.map(Double.init) ?? config.featureMaxAgeMs
+        let fresh: Bool
+        if vector == nil {
+            reasons.append("features_missing")
+            fresh = false
+        } else if let ageMs, ageMs > maxAge {
+            reasons.append("features_stale")
+            fresh = false
+        } else {
+            fresh = true
+        }
+
+        let useCanary = fresh && canary.routesToCanary(requestID: requestID)
+        var answer: ModelAnswer?
+        var canaryFailed = false
+        if fresh, let vector {
+            (answer, canaryFailed) = await raceModel(vector, useCanary: useCanary, deadline: hardDeadline, reasons: &reasons)
+        }
+
+        var score: Double?
+        var source: ScoreSource
+        var model: ModelIdentity?
+        if let answer {
+            score = answer.score
+            source = .model
+            let identity = identities.identity(version: answer.version)
+            model = identity
+            cache.put(request.symbol, score: answer.score, model: identity, at: .now)
+        } else if let cached = cache.get(request.symbol), ContinuousClock.now - cached.at <= .microseconds(Int64(config.cacheTTLMs * 1000)) {
+            score = cached.score
+            source = .cache
+            model = cached.model
+        } else {
+            reasons.append(cache.get(request.symbol) == nil ? "cache_miss" : "cache_expired")
+            if fresh, let vector {
+                score = RulesBaseline.score(vector)
+                source = .rules
+            } else {
+                source = .abstain
+            }
+        }
+
+        let decision = decision(score)
+        let latency = ContinuousClock.now - arrival
+        let latencyUs = latency.components.seconds * 1_000_000 + latency.components.attoseconds / 1_000_000_000_000
+        metrics.request(decision: decision, source: source)
+        metrics.requestDuration.record(latency)
+        for r in reasons { metrics.fallback(reason: r) }
+        let reason = reasons.isEmpty ? nil : reasons.joined(separator: ",")
+
+        let record = AuditRecord(
+            requestId: requestID, tsNs: wallClockNs(), symbol: request.symbol, decision: decision, score: score,
+            source: source, modelName: model?.name, modelVersion: model?.version, modelHash: model?.hash,
+            features: vector, featureAgeMs: ageMs, latencyUs: latencyUs, canary: nil, reason: reason)
+
+        // Shadow / canary comparison runs after the answer; the audit record waits for it, the client does not.
+        if let vector, let answer, answer.version == config.canaryVersion || (canary.shadowing && answer.version == config.modelVersion) {
+            let mode = answer.version == config.canaryVersion ? "canary" : "shadow"
+            Task { await self.compare(vector, answer: answer, mode: mode, record: record) }
+        } else {
+            var record = record
+            if canaryFailed { record.canary = CanaryResult(version: config.canaryVersion, score: nil, mode: "canary") }
+            audit.append(record)
+        }
+
+        return ScoreResponse(
+            requestId: requestID, symbol: request.symbol, decision: decision, score: score, source: source, model: model,
+            featureAgeMs: ageMs, latencyUs: latencyUs, reason: reason)
+    }
+
+    private enum RaceMessage: Sendable {
+        case leg(FallbackRace.Leg, Result<Double, InferenceFailure>, Duration)
+        case timer(FallbackRace.Event)
+    }
+
+    /// The model stage. Returns the answer, if any, and whether a canary attempt failed.
+    private func raceModel(
+        _ vector: FeatureVector, useCanary: Bool, deadline hardDeadline: ContinuousClock.Instant, reasons: inout [String]
+    ) async -> (ModelAnswer?, Bool) {
+        let jitter = { (self.config.timeoutJitter > 0) ? Double.random(in: 0...self.config.timeoutJitter) : 0 }
+        let timeoutUs = config.scoreTimeoutMs * 1000
+        // Reserve for the in-memory fallbacks and writing the answer.
+        let reserveUs = min(1000, timeoutUs * 0.1) * (1 + jitter())
+        let modelDeadline = hardDeadline - .microseconds(Int64(reserveUs))
+        let hedgeAt = hardDeadline - .microseconds(Int64(timeoutUs)) + .microseconds(Int64(config.hedgeAfter * 1000 * (1 - jitter())))
+
+        let primaryVersion = useCanary ? config.canaryVersion : config.modelVersion
+        // The canary's fallback leg is the primary version: on the secondary, else on the primary endpoint.
+        let secondLane: EndpointLane? = secondary ?? (useCanary ? primary : nil)
+        var race = FallbackRace(hasSecondary: secondLane != nil)
+        var permissions: [FallbackRace.Leg: CircuitBreaker.Permission] = [:]
+        var started: [FallbackRace.Leg: ContinuousClock.Instant] = [:]
+        var canaryFailed = false
+
+        return await withTaskGroup(of: RaceMessage.self) { group -> (ModelAnswer?, Bool) in
+            func lane(_ leg: FallbackRace.Leg) -> EndpointLane { leg == .primary ? primary : secondLane! }
+            func version(_ leg: FallbackRace.Leg) -> String { leg == .primary ? primaryVersion : config.modelVersion }
+
+            // Returns the action after trying to start the leg (a breaker may refuse it).
+            func start(_ leg: FallbackRace.Leg) -> FallbackRace.Action {
+                let l = lane(leg)
+                let permission = l.acquire()
+                guard permission != .rejected else { return race.on(.skipped(leg)) }
+                permissions[leg] = permission
+                started[leg] = .now
+                let v = version(leg)
+                group.addTask {
+                    let t0 = ContinuousClock.now
+                    do throws(InferenceFailure) {
+                        let s = try await l.score(vector, version: v, deadline: modelDeadline)
+                        return .leg(leg, .success(s), .now - t0)
+                    } catch {
+                        return .leg(leg, .failure(error), .now - t0)
+                    }
+                }
+                return .wait
+            }
+
+            func finishLeg(_ leg: FallbackRace.Leg, _ outcome: Result<Double, InferenceFailure>?, _ elapsed: Duration) {
+                guard let permission = permissions.removeValue(forKey: leg) else { return }
+                let l = lane(leg)
+                l.record(outcome.map { $0.map { _ in () } }, permission: permission)
+                if case .success = outcome { metrics.triton(endpoint: l.label, version: version(leg), duration: elapsed) }
+                if leg == .primary, useCanary {
+                    switch outcome {
+                    case .success: break  // judged with its disagreement in compare()
+                    case .failure, nil:
+                        canaryFailed = true
+                        metrics.canaryErrors.increment()
+                        observeCanary(.init(failed: true, latencyMs: elapsed.milliseconds, disagreed: nil))
+                    }
+                }
+            }
+
+            group.addTask {
+                try? await Task.sleep(until: modelDeadline, clock: .continuous)
+                return .timer(.deadline)
+            }
+            if secondLane != nil {
+                group.addTask {
+                    try? await Task.sleep(until: hedgeAt, clock: .continuous)
+                    return .timer(.hedgeDue)
+                }
+            }
+
+            var action = race.start()
+            var result: ModelAnswer?
+            loop: while true {
+                switch action {
+                case .start(let leg):
+                    action = start(leg)
+                    continue loop
+                case .answer, .giveUp:
+                    break loop
+                case .wait:
+                    break
+                }
+                guard let message = await group.next() else { break loop }
+                switch message {
+                case .timer(let event):
+                    action = race.on(event)
+                    if event == .deadline {
+                        for (leg, t0) in started where permissions[leg] != nil {
+                            finishLeg(leg, .failure(InferenceFailure(.timeout, "model deadline")), .now - t0)
+                        }
+                    }
+                case .leg(let leg, let outcome, let elapsed):
+                    switch outcome {
+                    case .success(let s):
+                        action = race.on(.succeeded(leg))
+                        if case .answer = action { result = ModelAnswer(score: s, version: version(leg), latency: elapsed) }
+                        finishLeg(leg, outcome, elapsed)
+                    case .failure(let f):
+                        action = race.on(.failed(leg, reason: f.kind == .cancelled ? "timeout" : f.kind.rawValue))
+                        finishLeg(leg, outcome, elapsed)
+                    }
+                }
+            }
+            // Legs still running lost the race to another leg: abandoned, not failed.
+            for (leg, t0) in started where permissions[leg] != nil { finishLeg(leg, nil, .now - t0) }
+            group.cancelAll()
+            reasons.append(contentsOf: race.reasons)
+            return (result, canaryFailed)
+        }
+    }
+
+    // MARK: - Shadow and canary
+
+    /// Scores the other version (canary beside a primary answer, or primary beside a canary answer),
+    /// records delta/disagreement for the canary, then writes the audit record with the canary result.
+    private func compare(_ vector: FeatureVector, answer: ModelAnswer, mode: String, record: AuditRecord) async {
+        var record = record
+        let otherVersion = mode == "canary" ? config.modelVersion : config.canaryVersion
+        let deadline = ContinuousClock.now + .microseconds(Int64(config.scoreTimeoutMs * 1000))
+        let t0 = ContinuousClock.now
+        let other: Result<Double, InferenceFailure>
+        if case .closed = primary.breakerState {
+            do throws(InferenceFailure) {
+                other = .success(try await primary.score(vector, version: otherVersion, deadline: deadline))
+            } catch {
+                other = .failure(error)
+            }
+        } else {
+            other = .failure(InferenceFailure(.unavailable, "primary breaker not closed"))
+        }
+        let elapsed = ContinuousClock.now - t0
+        let canaryScore: Double? = mode == "canary" ? answer.score : (try? other.get())
+        let primaryScore: Double? = mode == "canary" ? (try? other.get()) : answer.score
+        var disagreed: Bool?
+        if let canaryScore, let primaryScore {
+            metrics.canaryAbsDelta.record(abs(canaryScore - primaryScore))
+            disagreed = decision(canaryScore) != decision(primaryScore)
+            if disagreed == true { metrics.canaryDisagree.increment() }
+        }
+        switch mode {
+        case "canary":
+            observeCanary(.init(failed: false, latencyMs: answer.latency.milliseconds, disagreed: disagreed))
+        default:
+            if case .success = other {
+                metrics.triton(endpoint: primary.label, version: otherVersion, duration: elapsed)
+                observeCanary(.init(failed: false, latencyMs: elapsed.milliseconds, disagreed: disagreed))
+            } else if case .failure(let f) = other, f.kind != .unavailable || f.message != "primary breaker not closed" {
+                metrics.canaryErrors.increment()
+                observeCanary(.init(failed: true, latencyMs: elapsed.milliseconds, disagreed: nil))
+            }
+        }
+        record.canary = CanaryResult(version: config.canaryVersion, score: canaryScore, mode: mode)
+        audit.append(record)
+    }
+
+    private func observeCanary(_ observation: CanaryMonitor.Observation) {
+        guard let breach = canary.record(observation) else { return }
+        metrics.canaryRollbacks.increment()
+        let identity = identities.identity(version: config.canaryVersion)
+        logger.error(
+            "canary rolled back",
+            metadata: [
+                "canary_version": "\(config.canaryVersion)", "model_hash": "\(identity.hash)",
+                "breach": "\(breach)",
+            ])
+        audit.append(Self.rollbackRecord(identity: identity, breach: breach, config: config))
+    }
+
+    /// The audit event of an automatic canary rollback: not a decision but recorded beside them so the
+    /// `decisions` table shows when and why the canary stopped.
+    static func rollbackRecord(identity: ModelIdentity, breach: CanaryMonitor.Breach, config: GatewayConfiguration) -> AuditRecord {
+        AuditRecord(
+            requestId: UUID().uuidString.lowercased(), tsNs: wallClockNs(), symbol: "*", decision: .abstain, score: nil,
+            source: .abstain, modelName: identity.name, modelVersion: identity.version, modelHash: identity.hash,
+            features: nil, featureAgeMs: nil, latencyUs: 0,
+            canary: CanaryResult(version: config.canaryVersion, score: nil, mode: "rollback"),
+            reason: "canary_rollback:\(breach)")
+    }
+}
+
+extension Duration {
+    var milliseconds: Double {
+        Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15
+    }
+}

@@ -1,0 +1,332 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+import TEModels
+import TERedis
+
+/// Everything the HTTP layer needs, built once per process (or per test).
+public struct GatewayDependencies: Sendable {
+    public let config: GatewayConfiguration
+    public let engine: DecisionEngine
+    /// Opportunities, debug reads, readiness and cold starts.
+    public let redis: RedisClient
+    public let onlineLoader: OnlineFeatureLoader
+    public let services: [any Service]
+    public let logger: Logger
+}
+
+/// Builds the gateway's clients, state and background services from its configuration.
+public func buildDependencies(
+    _ config: GatewayConfiguration, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
+    logger: Logger = Logger(label: "gateway")
+) throws -> GatewayDependencies {
+    let redisConfiguration = try RedisConfiguration(url: config.redisURL)
+    let queryRedis = RedisClient(configuration: redisConfiguration, name: "gateway-query", logger: logger)
+    let feedRedis = RedisClient(configuration: redisConfiguration, name: "gateway-features", logger: logger)
+    let auditRedis = RedisClient(configuration: redisConfiguration, name: "gateway-audit", logger: logger)
+    let metrics = GatewayMetrics(registry: registry)
+    let primary = try TritonEndpoint(label: "primary", url: config.tritonURL, modelName: config.modelName)
+    let secondary = try config.tritonSecondaryURL.map {
+        try TritonEndpoint(label: "secondary", url: $0, modelName: config.modelName)
+    }
+    let memory = FeatureMemory()
+    let audit = AuditBuffer(capacity: config.auditBufferMax, metrics: metrics)
+    let identities = ModelIdentityStore(modelName: config.modelName)
+    let loader = OnlineFeatureLoader(redis: queryRedis, memory: memory, keyPrefix: config.onlineKeyPrefix, logger: logger)
+    let engine = DecisionEngine(
+        config: config, metrics: metrics, primary: primary, secondary: secondary, features: memory, audit: audit,
+        identities: identities, logger: logger,
+        coldStart: { symbol, deadline in await loader.load(symbol, deadline: deadline) })
+    var endpoints: [any InferenceEndpoint] = [primary]
+    if let secondary { endpoints.append(secondary) }
+    // Stopped in reverse order: the clients' closer first in the list, so it stops last.
+    let services: [any Service] = [
+        RedisClientsCloser(clients: [queryRedis, feedRedis, auditRedis]),
+        FeatureFeed(redis: feedRedis, memory: memory, stream: config.featuresStream, logger: logger),
+        AuditStreamWriter(
+            redis: auditRedis, buffer: audit, stream: config.auditStream, batchMax: config.auditBatchMax, maxLen: config.streamMaxLen, logger: logger),
+        IdentityRefresher(
+            endpoints: endpoints, versions: [config.modelVersion, config.canaryVersion], store: identities,
+            interval: .milliseconds(Int64(config.identityRefreshSeconds * 1000)), logger: logger),
+    ]
+    return GatewayDependencies(
+        config: config, engine: engine, redis: queryRedis, onlineLoader: loader, services: services, logger: logger)
+}
+
+/// The gateway application: router plus background services (feature feed, audit writer, identity refresher).
+public func buildApplication(_ config: GatewayConfiguration, logger: Logger = Logger(label: "gateway"))
+    throws -> some ApplicationProtocol
+{
+    let dependencies = try buildDependencies(config, logger: logger)
+    return buildApplication(dependencies)
+}
+
+public func buildApplication(_ dependencies: GatewayDependencies) -> some ApplicationProtocol {
+    let config = dependencies.config
+    return Application(
+        router: buildRouter(dependencies),
+        configuration: .init(address: .hostname(config.httpHost, port: config.httpPort), serverName: "te-gateway"),
+        services: dependencies.services,
+        logger: dependencies.logger)
+}
+
+public func buildRouter(_ d: GatewayDependencies) -> Router<BasicRequestContext> {
+    let router = Router()
+    if !d.config.apiKeys.isEmpty { router.add(middleware: APIKeyMiddleware(keys: d.config.apiKeys)) }
+    let api = GatewayAPI(d)
+    router.post("/v1/score") { request, context in try await api.score(request, context) }
+    router.get("/v1/opportunities") { request, _ in try await api.opportunities(request) }
+    router.get("/debug/features") { request, _ in try await api.debugFeatures(request) }
+    router.get("/debug/triton") { request, _ in try await api.debugTriton(request) }
+    router.get("/healthz") { _, _ in GatewayAPI.json(.ok, "{\"status\":\"ok\"}") }
+    router.get("/readyz") { _, _ in await api.readyz() }
+    router.get("/metrics") { _, _ in api.metrics() }
+    router.get("/openapi.yaml") { _, _ in
+        Response(
+            status: .ok, headers: [.contentType: "application/yaml"],
+            body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.yaml)))
+    }
+    return router
+}
+
+/// `/v1/*` and `/debug/*` need `Authorization: Bearer <key>` when `GATEWAY_API_KEYS` is set. Keys are
+/// compared in constant time and never logged.
+struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
+    let keys: [[UInt8]]
+
+    init(keys: Set<String>) { self.keys = keys.map { Array($0.utf8) } }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let path = request.uri.path
+        guard path.hasPrefix("/v1/") || path.hasPrefix("/debug/") else { return try await next(request, context) }
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer "),
+            authorized(Array(header.utf8.dropFirst(7)))
+        else {
+            var response = GatewayAPI.error(
+                .unauthorized, code: "unauthorized", message: "missing or invalid bearer token", field: nil)
+            response.headers[.wwwAuthenticate] = "Bearer"
+            return response
+        }
+        return try await next(request, context)
+    }
+
+    func authorized(_ presented: [UInt8]) -> Bool {
+        var match = false
+        for key in keys {
+            var diff = UInt8(key.count == presented.count ? 0 : 1)
+            for i in 0..<key.count { diff |= key[i] ^ (i < presented.count ? presented[i] : 0) }
+            if diff == 0 { match = true }
+        }
+        return match
+    }
+}
+
+struct GatewayAPI: Sendable {
+    let d: GatewayDependencies
+    init(_ d: GatewayDependencies) { self.d = d }
+
+    static func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+
+    static func error(_ status: HTTPResponse.Status, code: String, message: String, field: String?) -> Response {
+        let field = field.map { "\"\(JSONText.escape($0))\"" } ?? "null"
+        return json(
+            status,
+            "{\"error\":{\"code\":\"\(code)\",\"message\":\"\(JSONText.escape(message))\",\"field\":\(field)}}")
+    }
+
+    static func badRequest(_ e: RequestError) -> Response { json(.badRequest, e.json) }
+
+    // MARK: POST /v1/score
+
+    func score(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let arrival = ContinuousClock.now
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > ScoreRequestParser.maxBodyBytes {
+            return Self.badRequest(RequestError(.bodyTooLarge, "body exceeds \(ScoreRequestParser.maxBodyBytes) bytes"))
+        }
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: ScoreRequestParser.maxBodyBytes)
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            return Self.badRequest(RequestError(.bodyTooLarge, "body exceeds \(ScoreRequestParser.maxBodyBytes) bytes"))
+        }
+        let parsed: ScoreRequest
+        switch body.withUnsafeReadableBytes({ ScoreRequestParser.parseResult($0) }) {
+        case .success(let request): parsed = request
+        case .failure(let error): return Self.badRequest(error)
+        }
+        let requestID = Self.requestID(request.headers[.init("X-Request-Id")!])
+        let response = await d.engine.score(parsed, requestID: requestID, arrival: arrival)
+        return Self.json(.ok, ScoreResponseJSON.encode(response))
+    }
+
+    /// The client's `X-Request-Id` when it is a plausible id, else a new UUID.
+    static func requestID(_ header: String?) -> String {
+        if let header, (1...128).contains(header.utf8.count),
+            header.utf8.allSatisfy({ b in
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x5F
+            })
+        {
+            return header
+        }
+        return UUID().uuidString.lowercased()
+    }
+
+    // MARK: GET /v1/opportunities
+
+    func opportunities(_ request: Request) async throws -> Response {
+        let query = request.uri.queryParameters
+        let symbol = query["symbol"].map(String.init)
+        if let symbol, !Symbol.isValid(symbol) {
+            return Self.badRequest(RequestError(.invalidSymbol, "not a valid symbol", field: "symbol"))
+        }
+        var limit = 20
+        if let raw = query["limit"] {
+            guard let value = Int(raw), (1...1000).contains(value) else {
+                return Self.badRequest(RequestError(.invalidQuery, "limit must be an integer in 1...1000", field: "limit"))
+            }
+            limit = value
+        }
+        // Newest first; an opportunity appears once per emit (first/upgrade/close): keep its latest entry.
+        let scan = min(10_000, symbol == nil ? limit * 4 : limit * 50)
+        let entries: [StreamEntry]
+        do {
+            entries = try await d.redis.xrevrange(d.config.opportunitiesStream, count: scan)
+        } catch {
+            return Self.error(.serviceUnavailable, code: "redis_unavailable", message: "\(error)", field: nil)
+        }
+        var seen: Set<String> = []
+        var out: [Opportunity] = []
+        for entry in entries {
+            guard let o = try? StreamFieldDecoder.decode(Opportunity.self, from: entry.fields) else { continue }
+            if let symbol, o.symbol != symbol { continue }
+            guard seen.insert(o.id).inserted else { continue }
+            out.append(o)
+            if out.count >= limit { break }
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let items = String(decoding: try encoder.encode(out), as: UTF8.self)
+        return Self.json(.ok, "{\"opportunities\":\(items)}")
+    }
+
+    // MARK: GET /debug/features
+
+    func debugFeatures(_ request: Request) async throws -> Response {
+        guard let symbol = request.uri.queryParameters["symbol"].map(String.init) else {
+            return Self.badRequest(RequestError(.missingField, "query parameter symbol is required", field: "symbol"))
+        }
+        guard Symbol.isValid(symbol) else {
+            return Self.badRequest(RequestError(.invalidSymbol, "not a valid symbol", field: "symbol"))
+        }
+        var stored = d.engine.features.get(symbol)
+        var origin = "memory"
+        if stored == nil {
+            stored = await d.onlineLoader.fetch(symbol)
+            origin = "te:online"
+        }
+        guard let stored else {
+            return Self.error(.notFound, code: "no_features", message: "no features for \(symbol)", field: "symbol")
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let snapshot = String(decoding: try encoder.encode(stored.snapshot), as: UTF8.self)
+        let age = stored.ageMs(nowNs: wallClockNs())
+        return Self.json(
+            .ok,
+            "{\"symbol\":\"\(symbol)\",\"origin\":\"\(origin)\",\"written_at_ns\":\(stored.writtenAtNs),\"feature_age_ms\":\(age),\"snapshot\":\(snapshot)}"
+        )
+    }
+
+    // MARK: GET /debug/triton
+
+    func debugTriton(_ request: Request) async throws -> Response {
+        var n = 8
+        if let raw = request.uri.queryParameters["n"] {
+            guard let value = Int(raw), (1...1000).contains(value) else {
+                return Self.badRequest(RequestError(.invalidQuery, "n must be an integer in 1...1000", field: "n"))
+            }
+            n = value
+        }
+        let endpoint = d.engine.primary.endpoint
+        let version = d.config.modelVersion
+        let row = [Float](repeating: 0, count: FeatureVector.count)
+        var latencies: [Int64] = []
+        var errors: [String] = []
+        var lastScore: Float?
+        for _ in 0..<n {
+            let t0 = ContinuousClock.now
+            do throws(InferenceFailure) {
+                let scores = try await endpoint.infer(version: version, rows: row, rowCount: 1, deadline: .now + .seconds(2))
+                lastScore = scores.first
+                let elapsed = ContinuousClock.now - t0
+                latencies.append(elapsed.components.seconds * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000)
+            } catch {
+                errors.append("\(error)")
+            }
+        }
+        let sorted = latencies.sorted()
+        func pct(_ p: Double) -> String {
+            guard !sorted.isEmpty else { return "null" }
+            return String(sorted[min(sorted.count - 1, Int(Double(sorted.count - 1) * p))])
+        }
+        let identity = d.engine.identities.identity(version: version)
+        let errorList = errors.prefix(5).map { "\"\(JSONText.escape($0))\"" }.joined(separator: ",")
+        let body =
+            "{\"endpoint\":\"\(JSONText.escape(d.config.tritonURL))\",\"n\":\(n),\"ok\":\(latencies.count),"
+            + "\"latencies_us\":[\(latencies.map(String.init).joined(separator: ","))],"
+            + "\"p50_us\":\(pct(0.5)),\"max_us\":\(sorted.last.map(String.init) ?? "null"),"
+            + "\"score\":\(JSONText.number(lastScore.map(Double.init))),"
+            + "\"model\":\(ScoreResponseJSON.model(identity)),\"errors\":[\(errorList)]}"
+        return Self.json(errors.isEmpty ? .ok : .serviceUnavailable, body)
+    }
+
+    // MARK: health
+
+    func readyz() async -> Response {
+        async let redisOK: Bool = { () async -> Bool in
+            do {
+                try await d.redis.ping()
+                return true
+            } catch {
+                return false
+            }
+        }()
+        async let tritonOK = d.engine.primary.endpoint.isReady(version: d.config.modelVersion)
+        let (redis, triton) = await (redisOK, tritonOK)
+        let audit = d.engine.audit
+        let auditOK = !audit.degraded && audit.depth < audit.capacity
+        let ready = redis && triton && auditOK
+        let body =
+            "{\"ready\":\(ready),\"redis\":\(redis),\"triton_primary\":\(triton),"
+            + "\"audit\":{\"ok\":\(auditOK),\"buffer_depth\":\(audit.depth),\"capacity\":\(audit.capacity),\"dropped\":\(audit.dropped)},"
+            + "\"canary\":\(d.engine.canary.rollback.map { "\"rolled_back: \($0)\"" } ?? "\"active\"")}"
+        return Self.json(ready ? .ok : .serviceUnavailable, body)
+    }
+
+    func metrics() -> Response {
+        Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: d.engine.metrics.registry.emitToBuffer())))
+    }
+}
+
+/// Hand-written response JSON: the hot path, and a fixed shape.
+enum ScoreResponseJSON {
+    static func encode(_ r: ScoreResponse) -> String {
+        var s = "{\"request_id\":\"\(JSONText.escape(r.requestId))\",\"symbol\":\"\(JSONText.escape(r.symbol))\""
+        s += ",\"decision\":\"\(r.decision.rawValue)\",\"score\":\(JSONText.number(r.score))"
+        s += ",\"source\":\"\(r.source.rawValue)\",\"model\":\(r.model.map(model) ?? "null")"
+        s += ",\"feature_age_ms\":\(JSONText.number(r.featureAgeMs)),\"latency_us\":\(r.latencyUs)"
+        s += ",\"reason\":\(r.reason.map { "\"\(JSONText.escape($0))\"" } ?? "null")}"
+        return s
+    }
+
+    static func model(_ m: ModelIdentity) -> String {
+        "{\"name\":\"\(JSONText.escape(m.name))\",\"version\":\"\(JSONText.escape(m.version))\",\"hash\":\"\(JSONText.escape(m.hash))\"}"
+    }
+}

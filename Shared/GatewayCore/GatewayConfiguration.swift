@@ -1,0 +1,163 @@
+import Foundation
+import ServiceKit
+import TEModels
+
+/// Everything the gateway reads from its environment. Every field documents its variable and default;
+/// `init(environment:)` fails with one line naming the variable when a value is missing or malformed.
+public struct GatewayConfiguration: Sendable {
+    /// `HTTP_HOST`. Default: 0.0.0.0.
+    public var httpHost: String = "0.0.0.0"
+    /// `HTTP_PORT`: API, `/metrics`, `/healthz`, `/readyz`. Default: 8080.
+    public var httpPort: Int = 8080
+    /// `REDIS_URL` (required).
+    public var redisURL: String
+    /// `TRITON_URL` (required): host:port of the primary Triton gRPC endpoint.
+    public var tritonURL: String
+    /// `TRITON_SECONDARY_URL`: the replica tried once when the primary fails or is late. Default: none.
+    public var tritonSecondaryURL: String?
+    /// `MODEL_NAME`. Default: trade_eligibility.
+    public var modelName: String = "trade_eligibility"
+    /// `MODEL_VERSION`. Default: 1.
+    public var modelVersion: String = "1"
+    /// `CANARY_VERSION`. Default: 2.
+    public var canaryVersion: String = "2"
+    /// `CANARY_ENABLED`: answer `canaryFraction` of requests with the canary. Default: false.
+    public var canaryEnabled: Bool = false
+    /// `CANARY_FRACTION` in [0, 1]. Default: 0.
+    public var canaryFraction: Double = 0
+    /// `SHADOW_ENABLED`: score the canary beside the primary without changing the answer. Default: false.
+    public var shadowEnabled: Bool = false
+    /// `SCORE_TIMEOUT_MS`: the hard budget of one decision, from the request's arrival. Default: 20.
+    public var scoreTimeoutMs: Double = 20
+    /// `SCORE_TIMEOUT_JITTER`: fraction by which the per-attempt cut-offs (not the hard deadline) are
+    /// randomly shortened, so replicas that time out together do not retry in lock-step. Default: 0.1.
+    public var timeoutJitter: Double = 0.1
+    /// `HEDGE_AFTER_MS`: when the primary has not answered after this long, a hedged request goes to the
+    /// secondary. Default: 40 % of `SCORE_TIMEOUT_MS`.
+    public var hedgeAfterMs: Double?
+    /// `FEATURE_MAX_AGE_MS`: features older than this are stale (requests may ask for less with
+    /// `freshness_ms`). Default: 2000.
+    public var featureMaxAgeMs: Double = 2000
+    /// `CACHE_TTL_MS`: a symbol's last model score answers when the model cannot, if younger. Default: 1000.
+    public var cacheTTLMs: Double = 1000
+    /// `DECISION_THRESHOLD`: score ≥ threshold → `trade`. Default: 0.5.
+    public var decisionThreshold: Double = 0.5
+    /// `BREAKER_FAILURES`: consecutive failures that open an endpoint's breaker. Default: 5.
+    public var breakerFailures: Int = 5
+    /// `BREAKER_OPEN_MS`: how long an open breaker skips its endpoint before one probe. Default: 1000.
+    public var breakerOpenMs: Double = 1000
+    /// `CANARY_MAX_ERROR_RATE`. Default: 0.05.
+    public var canaryMaxErrorRate: Double = 0.05
+    /// `CANARY_MAX_P99_MS`. Default: 25.
+    public var canaryMaxP99Ms: Double = 25
+    /// `CANARY_MAX_DISAGREE_RATE`: share of decisions that differ from the primary's. Default: 0.2.
+    public var canaryMaxDisagreeRate: Double = 0.2
+    /// `CANARY_WINDOW`: number of most recent canary observations judged. Default: 200.
+    public var canaryWindow: Int = 200
+    /// `CANARY_MIN_SAMPLES`: observations needed before the canary is judged. Default: 20.
+    public var canaryMinSamples: Int = 20
+    /// `GATEWAY_API_KEYS`: comma-separated bearer keys for `/v1/*` and `/debug/*`; empty → open.
+    public var apiKeys: Set<String> = []
+    /// `AUDIT_BUFFER_MAX`: audit records held while Redis is unreachable. Default: 100000.
+    public var auditBufferMax: Int = 100_000
+    /// `AUDIT_BATCH_MAX`: records per pipelined write. Default: 512.
+    public var auditBatchMax: Int = 512
+    /// `STREAM_MAXLEN`: approximate cap of `te:audit` (XADD MAXLEN ~). Default: none.
+    public var streamMaxLen: Int?
+    /// `MODEL_IDENTITY_REFRESH_SEC`: how often name/version/hash are re-read from Triton. Default: 10.
+    public var identityRefreshSeconds: Double = 10
+    /// `BATCH_MAX_ROWS`: rows coalesced into one inference call. Default: 64.
+    public var batchMaxRows: Int = 64
+    /// `BATCH_MAX_IN_FLIGHT`: inference calls in flight per endpoint and version before requests queue
+    /// into the next batch. Default: 2.
+    public var batchMaxInFlight: Int = 2
+
+    /// Stream and key names (DESIGN.md); settable so tests use keys of their own.
+    public var featuresStream = StreamKey.features
+    public var auditStream = StreamKey.audit
+    public var opportunitiesStream = StreamKey.opportunities
+    public var onlineKeyPrefix = "te:online:"
+
+    public init(redisURL: String, tritonURL: String) {
+        self.redisURL = redisURL
+        self.tritonURL = tritonURL
+    }
+
+    public var hedgeAfter: Double { hedgeAfterMs ?? scoreTimeoutMs * 0.4 }
+
+    public init(environment env: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) {
+        let reader = EnvironmentReader(env)
+        self.init(redisURL: try reader.required("REDIS_URL"), tritonURL: try reader.required("TRITON_URL"))
+        httpHost = reader.string("HTTP_HOST") ?? httpHost
+        httpPort = try reader.int("HTTP_PORT", range: 0...65535) ?? httpPort
+        tritonSecondaryURL = reader.string("TRITON_SECONDARY_URL")
+        modelName = reader.string("MODEL_NAME") ?? modelName
+        modelVersion = reader.string("MODEL_VERSION") ?? modelVersion
+        canaryVersion = reader.string("CANARY_VERSION") ?? canaryVersion
+        canaryEnabled = try reader.bool("CANARY_ENABLED") ?? canaryEnabled
+        canaryFraction = try reader.double("CANARY_FRACTION", range: 0...1) ?? canaryFraction
+        shadowEnabled = try reader.bool("SHADOW_ENABLED") ?? shadowEnabled
+        scoreTimeoutMs = try reader.double("SCORE_TIMEOUT_MS", range: 0.1...60_000) ?? scoreTimeoutMs
+        timeoutJitter = try reader.double("SCORE_TIMEOUT_JITTER", range: 0...0.5) ?? timeoutJitter
+        hedgeAfterMs = try reader.double("HEDGE_AFTER_MS", range: 0...60_000)
+        featureMaxAgeMs = try reader.double("FEATURE_MAX_AGE_MS", range: 0...86_400_000) ?? featureMaxAgeMs
+        cacheTTLMs = try reader.double("CACHE_TTL_MS", range: 0...86_400_000) ?? cacheTTLMs
+        decisionThreshold = try reader.double("DECISION_THRESHOLD", range: 0...1) ?? decisionThreshold
+        breakerFailures = try reader.int("BREAKER_FAILURES", range: 1...1_000_000) ?? breakerFailures
+        breakerOpenMs = try reader.double("BREAKER_OPEN_MS", range: 1...3_600_000) ?? breakerOpenMs
+        canaryMaxErrorRate = try reader.double("CANARY_MAX_ERROR_RATE", range: 0...1) ?? canaryMaxErrorRate
+        canaryMaxP99Ms = try reader.double("CANARY_MAX_P99_MS", range: 0...60_000) ?? canaryMaxP99Ms
+        canaryMaxDisagreeRate = try reader.double("CANARY_MAX_DISAGREE_RATE", range: 0...1) ?? canaryMaxDisagreeRate
+        canaryWindow = try reader.int("CANARY_WINDOW", range: 1...1_000_000) ?? canaryWindow
+        canaryMinSamples = try reader.int("CANARY_MIN_SAMPLES", range: 1...1_000_000) ?? canaryMinSamples
+        if let keys = reader.string("GATEWAY_API_KEYS") {
+            apiKeys = Set(keys.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+        }
+        auditBufferMax = try reader.int("AUDIT_BUFFER_MAX", range: 1...100_000_000) ?? auditBufferMax
+        auditBatchMax = try reader.int("AUDIT_BATCH_MAX", range: 1...100_000) ?? auditBatchMax
+        streamMaxLen = try reader.int("STREAM_MAXLEN", range: 1...Int.max)
+        identityRefreshSeconds = try reader.double("MODEL_IDENTITY_REFRESH_SEC", range: 0.1...86_400) ?? identityRefreshSeconds
+        batchMaxRows = try reader.int("BATCH_MAX_ROWS", range: 1...4096) ?? batchMaxRows
+        batchMaxInFlight = try reader.int("BATCH_MAX_IN_FLIGHT", range: 1...64) ?? batchMaxInFlight
+    }
+}
+
+struct EnvironmentReader {
+    let env: [String: String]
+    init(_ env: [String: String]) { self.env = env }
+
+    func string(_ name: String) -> String? {
+        guard let value = env[name]?.trimmingCharacters(in: .whitespaces), !value.isEmpty else { return nil }
+        return value
+    }
+
+    func required(_ name: String) throws(ConfigurationError) -> String {
+        guard let value = string(name) else { throw ConfigurationError(variable: name, problem: "is required but not set") }
+        return value
+    }
+
+    func int(_ name: String, range: ClosedRange<Int>) throws(ConfigurationError) -> Int? {
+        guard let text = string(name) else { return nil }
+        guard let value = Int(text), range.contains(value) else {
+            throw ConfigurationError(variable: name, problem: "must be an integer in \(range), got \"\(text)\"")
+        }
+        return value
+    }
+
+    func double(_ name: String, range: ClosedRange<Double>) throws(ConfigurationError) -> Double? {
+        guard let text = string(name) else { return nil }
+        guard let value = Double(text), value.isFinite, range.contains(value) else {
+            throw ConfigurationError(variable: name, problem: "must be a number in \(range), got \"\(text)\"")
+        }
+        return value
+    }
+
+    func bool(_ name: String) throws(ConfigurationError) -> Bool? {
+        guard let text = string(name) else { return nil }
+        switch text.lowercased() {
+        case "1", "true", "yes", "on": return true
+        case "0", "false", "no", "off": return false
+        default: throw ConfigurationError(variable: name, problem: "must be true or false, got \"\(text)\"")
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// GatewayCore: see its issue; filled in by its owner.

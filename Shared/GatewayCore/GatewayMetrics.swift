@@ -1,0 +1,106 @@
+import Prometheus
+import Synchronization
+import TEModels
+
+/// The gateway's metrics (names are the contract with dashboards, see COMMON.md). Collectors are made
+/// once and looked up by index or small dictionaries so the request path does no registry lookups.
+public final class GatewayMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    let requestDuration: DurationHistogram
+    let auditBufferDepth: Gauge
+    let auditDropped: Counter
+    let auditWritten: Counter
+    let canaryAbsDelta: ValueHistogram
+    let canaryDisagree: Counter
+    let canaryRollbacks: Counter
+    let canaryErrors: Counter
+    private let requests: [String: Counter]  // "decision/source"
+    private let fallbacks = Mutex<[String: Counter]>([:])
+    private let tritonDurations = Mutex<[String: DurationHistogram]>([:])
+    private let breakerGauges = Mutex<[String: Gauge]>([:])
+
+    static let latencyBuckets: [Duration] = [
+        .microseconds(100), .microseconds(250), .microseconds(500), .microseconds(750), .milliseconds(1),
+        .microseconds(1500), .milliseconds(2), .milliseconds(3), .milliseconds(5), .milliseconds(10),
+        .milliseconds(20), .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1),
+    ]
+
+    static func name(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+    }
+
+    public init(registry: PrometheusCollectorRegistry) {
+        self.registry = registry
+        var requests: [String: Counter] = [:]
+        for decision in [Decision.trade, .noTrade, .abstain] {
+            for source in ScoreSource.allCases {
+                requests["\(decision.rawValue)/\(source.rawValue)"] = registry.makeCounter(
+                    descriptor: Self.name("te_gateway_requests_total", "Score decisions by decision and source"),
+                    labels: [("decision", decision.rawValue), ("source", source.rawValue)])
+            }
+        }
+        self.requests = requests
+        requestDuration = registry.makeDurationHistogram(
+            descriptor: Self.name("te_gateway_request_duration_seconds", "Score request duration, arrival to answer"),
+            labels: [], buckets: Self.latencyBuckets)
+        auditBufferDepth = registry.makeGauge(
+            descriptor: Self.name("te_gateway_audit_buffer_depth", "Audit records waiting to be written to te:audit"),
+            labels: [])
+        auditDropped = registry.makeCounter(
+            descriptor: Self.name("te_gateway_audit_dropped_total", "Audit records dropped because the buffer was full"),
+            labels: [])
+        auditWritten = registry.makeCounter(
+            descriptor: Self.name("te_gateway_audit_written_total", "Audit records written to te:audit"), labels: [])
+        canaryAbsDelta = registry.makeValueHistogram(
+            descriptor: Self.name("canary_abs_delta", "Absolute difference between canary and primary scores"),
+            labels: [], buckets: [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1])
+        canaryDisagree = registry.makeCounter(
+            descriptor: Self.name("canary_disagree_total", "Canary decisions that differ from the primary's"),
+            labels: [])
+        canaryRollbacks = registry.makeCounter(
+            descriptor: Self.name("canary_rollbacks_total", "Automatic canary rollbacks"), labels: [])
+        canaryErrors = registry.makeCounter(
+            descriptor: Self.name("te_gateway_canary_errors_total", "Canary inference calls that failed"), labels: [])
+    }
+
+    func request(decision: Decision, source: ScoreSource) {
+        requests["\(decision.rawValue)/\(source.rawValue)"]?.increment()
+    }
+
+    func fallback(reason: String) {
+        let counter = fallbacks.withLock { map in
+            if let c = map[reason] { return c }
+            let c = registry.makeCounter(
+                descriptor: Self.name("te_gateway_fallback_total", "Why a link of the fallback chain did not answer"),
+                labels: [("reason", reason)])
+            map[reason] = c
+            return c
+        }
+        counter.increment()
+    }
+
+    func triton(endpoint: String, version: String, duration: Duration) {
+        let key = "\(endpoint)/\(version)"
+        let histogram = tritonDurations.withLock { map in
+            if let h = map[key] { return h }
+            let h = registry.makeDurationHistogram(
+                descriptor: Self.name("te_gateway_triton_duration_seconds", "Triton inference call duration"),
+                labels: [("endpoint", endpoint), ("version", version)], buckets: Self.latencyBuckets)
+            map[key] = h
+            return h
+        }
+        histogram.record(duration)
+    }
+
+    func breaker(endpoint: String, state: Int) {
+        let gauge = breakerGauges.withLock { map in
+            if let g = map[endpoint] { return g }
+            let g = registry.makeGauge(
+                descriptor: Self.name("te_gateway_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open"),
+                labels: [("endpoint", endpoint)])
+            map[endpoint] = g
+            return g
+        }
+        gauge.set(Double(state))
+    }
+}

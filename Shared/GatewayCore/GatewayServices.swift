@@ -1,0 +1,334 @@
+import Logging
+import ServiceLifecycle
+import Synchronization
+import TEModels
+import TERedis
+
+/// Keeps `FeatureMemory` current from `te:features`: plain `XREAD BLOCK` from the tail (`$`), so every
+/// replica sees every snapshot, on a Redis connection of its own (a blocked read holds the connection).
+/// A snapshot's write time is its entry id's millisecond part (Redis' clock when the pipeline wrote it).
+public struct FeatureFeed: Service {
+    let redis: RedisClient
+    let memory: FeatureMemory
+    let stream: String
+    let logger: Logger
+
+    public init(redis: RedisClient, memory: FeatureMemory, stream: String = StreamKey.features, logger: Logger) {
+        self.redis = redis
+        self.memory = memory
+        self.stream = stream
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            var lastID = "$"
+            var backoff = Duration.milliseconds(50)
+            var decodeFailures = 0
+            while !Task.isCancelled {
+                do {
+                    let results = try await redis.xread(streams: [(stream, lastID)], count: 1000, block: .milliseconds(500))
+                    backoff = .milliseconds(50)
+                    for result in results {
+                        for entry in result.entries {
+                            lastID = entry.id
+                            guard let writtenAtNs = Self.entryTimeNs(entry.id) else { continue }
+                            do {
+                                let snapshot = try StreamFieldDecoder.decode(FeatureSnapshot.self, from: entry.fields)
+                                memory.put(StoredFeatures(snapshot: snapshot, writtenAtNs: writtenAtNs))
+                            } catch {
+                                decodeFailures += 1
+                                if decodeFailures.isPowerOf2 {
+                                    logger.warning(
+                                        "undecodable feature snapshot skipped",
+                                        metadata: ["id": "\(entry.id)", "error": "\(error)", "count": "\(decodeFailures)"])
+                                }
+                            }
+                        }
+                    }
+                } catch {
+                    if Task.isCancelled { break }
+                    logger.warning("reading te:features failed; retrying", metadata: ["error": "\(error)"])
+                    try? await Task.sleep(for: backoff)
+                    backoff = min(backoff * 2, .seconds(2))
+                }
+            }
+        }
+    }
+
+    /// The millisecond time of a stream entry id (`<ms>-<seq>`), in ns.
+    static func entryTimeNs(_ id: String) -> Int64? {
+        guard let dash = id.firstIndex(of: "-"), let ms = Int64(id[..<dash]) else { return nil }
+        return ms * 1_000_000
+    }
+}
+
+extension Int {
+    var isPowerOf2: Bool { self > 0 && (self & (self - 1)) == 0 }
+}
+
+/// Cold start of a symbol's features from `te:online:{SYMBOL}` (HGETALL) when memory has none. Misses
+/// are remembered for a second so unknown symbols do not cost a Redis round trip each.
+public final class OnlineFeatureLoader: Sendable {
+    let redis: RedisClient
+    let memory: FeatureMemory
+    let keyPrefix: String
+    let logger: Logger
+    private let misses = Mutex<[String: ContinuousClock.Instant]>([:])
+
+    public init(redis: RedisClient, memory: FeatureMemory, keyPrefix: String = "te:online:", logger: Logger) {
+        self.redis = redis
+        self.memory = memory
+        self.keyPrefix = keyPrefix
+        self.logger = logger
+    }
+
+    /// Loads the symbol's features, waiting at most until `deadline` (the load goes on in the background
+    /// and fills memory for the next request).
+    public func load(_ symbol: String, deadline: ContinuousClock.Instant) async -> StoredFeatures? {
+        let recentMiss = misses.withLock { map -> Bool in
+            guard let at = map[symbol] else { return false }
+            if ContinuousClock.now - at < .seconds(1) { return true }
+            map[symbol] = nil
+            return false
+        }
+        if recentMiss { return nil }
+        let slot = OneShot<StoredFeatures?>()
+        Task {
+            let loaded = await self.fetch(symbol)
+            slot.finish(loaded)
+        }
+        Task {
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            slot.finish(nil)
+        }
+        return await slot.wait()
+    }
+
+    func fetch(_ symbol: String) async -> StoredFeatures? {
+        do {
+            let fields = try await redis.hgetall(keyPrefix + symbol)
+            guard !fields.isEmpty else {
+                misses.withLock { $0[symbol] = .now }
+                return nil
+            }
+            let snapshot = try StreamFieldDecoder.decode(FeatureSnapshot.self, from: fields)
+            // `written_at_ns`, when the pipeline adds it, is when the hash was written; else the event time.
+            let writtenAt = fields["written_at_ns"].flatMap { Int64($0) } ?? snapshot.tsNs
+            let stored = StoredFeatures(snapshot: snapshot, writtenAtNs: writtenAt)
+            memory.put(stored)
+            return memory.get(symbol) ?? stored
+        } catch {
+            logger.warning("cold start of features failed", metadata: ["symbol": "\(symbol)", "error": "\(error)"])
+            misses.withLock { $0[symbol] = .now }
+            return nil
+        }
+    }
+}
+
+/// A value handed over once; `wait` returns the first `finish`.
+final class OneShot<Value: Sendable>: Sendable {
+    private enum State {
+        case empty
+        case waiting(CheckedContinuation<Value, Never>)
+        case done(Value)
+        case consumed
+    }
+
+    private let state = Mutex(State.empty)
+
+    func finish(_ value: Value) {
+        let c: CheckedContinuation<Value, Never>? = state.withLock { s in
+            switch s {
+            case .empty:
+                s = .done(value)
+                return nil
+            case .waiting(let c):
+                s = .consumed
+                return c
+            case .done, .consumed:
+                return nil
+            }
+        }
+        c?.resume(returning: value)
+    }
+
+    func wait() async -> Value {
+        await withCheckedContinuation { (c: CheckedContinuation<Value, Never>) in
+            let ready: Value? = state.withLock { s in
+                switch s {
+                case .empty:
+                    s = .waiting(c)
+                    return nil
+                case .done(let v):
+                    s = .consumed
+                    return v
+                case .waiting, .consumed:
+                    preconditionFailure("OneShot waited twice")
+                }
+            }
+            if let ready { c.resume(returning: ready) }
+        }
+    }
+}
+
+/// Writes buffered audit records to `te:audit`: batches of pipelined XADDs on a connection of its own.
+/// A failed write leaves the batch in the buffer and is retried with backoff (audit-writer inserts
+/// idempotently on request_id, so a batch written twice adds nothing). On shutdown it drains the buffer
+/// for up to `drainTimeout`.
+public struct AuditStreamWriter: Service {
+    let redis: RedisClient
+    let buffer: AuditBuffer
+    let stream: String
+    let batchMax: Int
+    let maxLen: Int?
+    let drainTimeout: Duration
+    let logger: Logger
+
+    public init(
+        redis: RedisClient, buffer: AuditBuffer, stream: String = StreamKey.audit, batchMax: Int, maxLen: Int?,
+        drainTimeout: Duration = .seconds(3), logger: Logger
+    ) {
+        self.redis = redis
+        self.buffer = buffer
+        self.stream = stream
+        self.batchMax = batchMax
+        self.maxLen = maxLen
+        self.drainTimeout = drainTimeout
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        await cancelWhenGracefulShutdownOrCancelled {
+            await writeLoop(until: nil)
+        }
+        // Drain what the last requests left.
+        await writeLoop(until: .now + drainTimeout)
+    }
+
+    private func cancelWhenGracefulShutdownOrCancelled(_ body: @escaping @Sendable () async -> Void) async {
+        _ = try? await cancelWhenGracefulShutdown { await body() }
+    }
+
+    func writeLoop(until deadline: ContinuousClock.Instant?) async {
+        var backoff = Duration.milliseconds(20)
+        var failures = 0
+        while true {
+            if let deadline {
+                if buffer.depth == 0 || ContinuousClock.now >= deadline { return }
+            } else if Task.isCancelled {
+                return
+            }
+            let batch = await buffer.nextBatch(max: batchMax)
+            if batch.isEmpty { continue }
+            do {
+                try await write(batch)
+                buffer.commit(count: batch.count)
+                if failures > 0 {
+                    logger.info("audit writes recovered", metadata: ["failed_attempts": "\(failures)", "depth": "\(buffer.depth)"])
+                }
+                failures = 0
+                backoff = .milliseconds(20)
+            } catch {
+                failures += 1
+                buffer.markFailed()
+                if failures.isPowerOf2 {
+                    logger.error(
+                        "writing te:audit failed; records kept in the buffer",
+                        metadata: ["error": "\(error)", "depth": "\(buffer.depth)", "dropped": "\(buffer.dropped)"])
+                }
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(1))
+            }
+        }
+    }
+
+    func write(_ batch: [AuditRecord]) async throws {
+        var commands: [RedisCommand] = []
+        commands.reserveCapacity(batch.count)
+        for record in batch {
+            commands.append(.xadd(stream, maxLen: maxLen, fields: try StreamFieldEncoder.encode(record)))
+        }
+        let replies = try await redis.pipeline(commands)
+        for reply in replies {
+            if case .error(let message) = reply { throw RedisError(.server, "XADD \(stream): \(message)") }
+        }
+    }
+}
+
+/// Re-reads model identity (name, version, artefact hash) from Triton periodically.
+public struct IdentityRefresher: Service {
+    let endpoints: [any InferenceEndpoint]
+    let versions: [String]
+    let store: ModelIdentityStore
+    let interval: Duration
+    let logger: Logger
+
+    public init(endpoints: [any InferenceEndpoint], versions: [String], store: ModelIdentityStore, interval: Duration, logger: Logger) {
+        self.endpoints = endpoints
+        self.versions = versions
+        self.store = store
+        self.interval = interval
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            await warmUp()
+            while !Task.isCancelled {
+                await refresh()
+                // Until every version is known, retry sooner.
+                let complete = versions.allSatisfy { store.known(version: $0) }
+                try? await Task.sleep(for: complete ? interval : min(interval, .milliseconds(500)))
+            }
+        }
+    }
+
+    /// A few inferences per endpoint and version at start, so the first requests do not pay for
+    /// connection set-up and the backend's first call.
+    func warmUp() async {
+        let rows = [Float](repeating: 0, count: FeatureVector.count * 4)
+        for endpoint in endpoints {
+            versions: for version in versions {
+                for _ in 0..<3 {
+                    if Task.isCancelled { return }
+                    do throws(InferenceFailure) {
+                        _ = try await endpoint.infer(version: version, rows: rows, rowCount: 4, deadline: .now + .milliseconds(500))
+                    } catch {
+                        continue versions  // unreachable or unknown version: do not insist
+                    }
+                }
+            }
+        }
+    }
+
+    public func refresh() async {
+        for version in versions {
+            for endpoint in endpoints {
+                do throws(InferenceFailure) {
+                    let identity = try await endpoint.identity(version: version)
+                    let previous = store.known(version: version) ? store.identity(version: version) : nil
+                    store.set(identity)
+                    if previous != identity {
+                        logger.info(
+                            "model identity",
+                            metadata: ["name": "\(identity.name)", "version": "\(identity.version)", "hash": "\(identity.hash)"])
+                    }
+                    break
+                } catch {
+                    continue
+                }
+            }
+        }
+    }
+}
+
+/// Closes the Redis clients last, after the other services (the service group stops in reverse order).
+struct RedisClientsCloser: Service {
+    let clients: [RedisClient]
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        for client in clients { client.close() }
+    }
+}

@@ -1,0 +1,183 @@
+import Synchronization
+import TEModels
+
+/// Coalesces concurrent requests for one (endpoint, version) into batched inference calls.
+///
+/// Adaptive window: a request that finds fewer than `maxInFlight` calls running is sent at once (no
+/// added latency when idle); otherwise it joins the queue, and the queue goes out as one batch (up to
+/// `maxRows`) as soon as a running call completes. Under load the window is thus the duration of an
+/// inference call, which is what amortises Triton's per-call overhead. Each waiter keeps its own
+/// deadline: it gives up on cancellation without affecting the batch it rode in.
+public final class InferenceBatcher: Sendable {
+    public let endpoint: any InferenceEndpoint
+    public let version: String
+    let maxRows: Int
+    let maxInFlight: Int
+
+    private struct Pending {
+        var row: FeatureVector
+        var deadline: ContinuousClock.Instant
+        var slot: ResultSlot
+    }
+
+    private struct State {
+        var inFlight = 0
+        var queue: [Pending] = []
+    }
+
+    private let state = Mutex(State())
+
+    public init(endpoint: any InferenceEndpoint, version: String, maxRows: Int, maxInFlight: Int) {
+        self.endpoint = endpoint
+        self.version = version
+        self.maxRows = max(1, maxRows)
+        self.maxInFlight = max(1, maxInFlight)
+    }
+
+    /// The model's score for one feature vector.
+    public func score(_ features: FeatureVector, deadline: ContinuousClock.Instant) async throws(InferenceFailure) -> Double {
+        let slot = ResultSlot()
+        let batch: [Pending]? = state.withLock { state in
+            state.queue.append(Pending(row: features, deadline: deadline, slot: slot))
+            guard state.inFlight < maxInFlight else { return nil }
+            state.inFlight += 1
+            return takeBatch(&state)
+        }
+        if let batch { launch(batch) }
+        return try await slot.wait()
+    }
+
+    private func takeBatch(_ state: inout State) -> [Pending] {
+        let n = min(maxRows, state.queue.count)
+        let batch = Array(state.queue.prefix(n))
+        state.queue.removeFirst(n)
+        return batch
+    }
+
+    private func launch(_ batch: [Pending]) {
+        Task { await self.run(batch) }
+    }
+
+    private func run(_ initial: [Pending]) async {
+        var batch = initial
+        while true {
+            // Waiters whose deadline passed or who gave up do not ride along.
+            let now = ContinuousClock.now
+            let live = batch.filter { !$0.slot.isFinished && $0.deadline > now }
+            for p in batch where p.deadline <= now {
+                p.slot.finish(.failure(InferenceFailure(.timeout, "deadline passed while queued")))
+            }
+            if !live.isEmpty { await call(live) }
+            let next: [Pending]? = state.withLock { state in
+                if state.queue.isEmpty {
+                    state.inFlight -= 1
+                    return nil
+                }
+                return takeBatch(&state)
+            }
+            guard let next else { return }
+            batch = next
+        }
+    }
+
+    private func call(_ batch: [Pending]) async {
+        var rows: [Float] = []
+        rows.reserveCapacity(batch.count * FeatureVector.count)
+        var deadline = batch[0].deadline
+        for p in batch {
+            let v = p.row
+            rows.append(Float(v.spreadBps))
+            rows.append(Float(v.imbalance))
+            rows.append(Float(v.depthImbalance))
+            rows.append(Float(v.ofiNorm))
+            rows.append(Float(v.realizedVolBps))
+            rows.append(Float(v.midReturnBps))
+            rows.append(Float(v.tickRate))
+            rows.append(Float(v.micropriceOffsetBps))
+            if p.deadline > deadline { deadline = p.deadline }
+        }
+        do {
+            let scores = try await endpoint.infer(version: version, rows: rows, rowCount: batch.count, deadline: deadline)
+            guard scores.count == batch.count else {
+                let failure = InferenceFailure(.modelError, "model returned \(scores.count) scores for \(batch.count) rows")
+                for p in batch { p.slot.finish(.failure(failure)) }
+                return
+            }
+            for (p, s) in zip(batch, scores) {
+                if s.isFinite {
+                    p.slot.finish(.success(Double(s)))
+                } else {
+                    p.slot.finish(.failure(InferenceFailure(.modelError, "model returned a non-finite score")))
+                }
+            }
+        } catch {
+            for p in batch { p.slot.finish(.failure(error)) }
+        }
+    }
+}
+
+/// A one-shot result handed from the batch task to the waiting request, whichever of (result,
+/// waiter, cancellation) comes first.
+final class ResultSlot: Sendable {
+    private enum State {
+        case empty
+        case waiting(CheckedContinuation<Double, any Error>)
+        case done(Result<Double, InferenceFailure>)
+        case consumed
+    }
+
+    private let state = Mutex(State.empty)
+
+    var isFinished: Bool {
+        state.withLock {
+            switch $0 {
+            case .done, .consumed: true
+            case .empty, .waiting: false
+            }
+        }
+    }
+
+    func finish(_ result: Result<Double, InferenceFailure>) {
+        let continuation: CheckedContinuation<Double, any Error>? = state.withLock { state in
+            switch state {
+            case .empty:
+                state = .done(result)
+                return nil
+            case .waiting(let c):
+                state = .consumed
+                return c
+            case .done, .consumed:
+                return nil
+            }
+        }
+        continuation?.resume(with: result.mapError { $0 as any Error })
+    }
+
+    func wait() async throws(InferenceFailure) -> Double {
+        do {
+            return try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (c: CheckedContinuation<Double, any Error>) in
+                    let ready: Result<Double, InferenceFailure>? = state.withLock { state in
+                        switch state {
+                        case .empty:
+                            state = .waiting(c)
+                            return nil
+                        case .done(let r):
+                            state = .consumed
+                            return r
+                        case .waiting, .consumed:
+                            return .failure(InferenceFailure(.cancelled, "waited twice"))
+                        }
+                    }
+                    if let ready { c.resume(with: ready.mapError { $0 as any Error }) }
+                }
+            } onCancel: {
+                finish(.failure(InferenceFailure(.cancelled, "request gave up")))
+            }
+        } catch let failure as InferenceFailure {
+            throw failure
+        } catch {
+            throw InferenceFailure(.cancelled, "\(error)")
+        }
+    }
+}

@@ -1,0 +1,218 @@
+import Foundation
+import GatewayCore
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import TEModels
+import TERedis
+import TestSupport
+
+enum GatewayTestEnv {
+    static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+
+    /// `TRITON_URL` from `.dev/env`, or an error that fails the test.
+    static func tritonURL() throws -> String {
+        guard let url = ProcessInfo.processInfo.environment["TRITON_URL"], !url.isEmpty else {
+            throw GatewayTestError(description: "TRITON_URL is not set: run the tests through `make test` (or `source .dev/env`), which starts Triton")
+        }
+        return url
+    }
+
+    /// A configuration on the shared servers, with streams and keys of the test's own.
+    static func config(_ name: String, triton: String? = nil, _ adjust: (inout GatewayConfiguration) -> Void = { _ in }) throws
+        -> GatewayConfiguration
+    {
+        var c = GatewayConfiguration(redisURL: try TestEnv.redisURL(), tritonURL: try triton ?? tritonURL())
+        c.httpPort = 0
+        let prefix = TestEnv.uniqueName("gateway-\(name)")
+        c.featuresStream = "\(prefix):features"
+        c.auditStream = "\(prefix):audit"
+        c.opportunitiesStream = "\(prefix):opportunities"
+        c.onlineKeyPrefix = "\(prefix):online:"
+        // Generous for debug builds on a shared 2-core machine; deadline tests set their own.
+        c.scoreTimeoutMs = 300
+        c.identityRefreshSeconds = 1
+        adjust(&c)
+        return c
+    }
+
+    static var logger: Logger {
+        var l = Logger(label: "gateway-test")
+        l.logLevel = .warning
+        return l
+    }
+
+    /// Runs `body` against a gateway (router test: no socket) with its background services running,
+    /// once the model identity of the primary version is known (or after 10 s).
+    static func withGateway<T: Sendable>(
+        _ config: GatewayConfiguration, waitForIdentity: Bool = true,
+        _ body: @Sendable (GatewayDependencies, any TestClientProtocol) async throws -> T
+    ) async throws -> T {
+        let deps = try buildDependencies(config, logger: logger)
+        let app = buildApplication(deps)
+        return try await app.test(.router) { client in
+            if waitForIdentity {
+                _ = await TestEnv.eventually(timeout: .seconds(10)) {
+                    deps.engine.identities.known(version: config.modelVersion)
+                }
+            }
+            return try await body(deps, client)
+        }
+    }
+
+    static let sampleFeatures: [Double] = [0.5, 0.3, 0.2, 1, 2, 0.1, 10, 0.05]
+
+    static func body(_ request: ScoreRequest) -> ByteBuffer {
+        var fields = ["\"symbol\":\"\(request.symbol)\""]
+        if let f = request.features { fields.append("\"features\":[\(f.map { "\($0)" }.joined(separator: ","))]") }
+        if let m = request.freshnessMs { fields.append("\"freshness_ms\":\(m)") }
+        return ByteBuffer(string: "{\(fields.joined(separator: ","))}")
+    }
+}
+
+extension TestClientProtocol {
+    /// POST /v1/score; returns the decoded response and the wall time it took.
+    func score(
+        _ request: ScoreRequest, requestID: String? = nil, authorization: String? = nil
+    ) async throws -> (ScoreResponse, Duration) {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let requestID { headers[HTTPField.Name("X-Request-Id")!] = requestID }
+        if let authorization { headers[.authorization] = authorization }
+        let t0 = ContinuousClock.now
+        let response = try await execute(
+            uri: "/v1/score", method: .post, headers: headers, body: GatewayTestEnv.body(request))
+        let elapsed = ContinuousClock.now - t0
+        guard response.status == .ok else {
+            throw ScoreCallError(status: response.status.code, body: String(buffer: response.body))
+        }
+        return (try JSONDecoder().decode(ScoreResponse.self, from: Data(buffer: response.body)), elapsed)
+    }
+}
+
+struct ScoreCallError: Error, CustomStringConvertible {
+    let status: Int
+    let body: String
+    var description: String { "HTTP \(status): \(body)" }
+}
+
+extension Data {
+    init(buffer: ByteBuffer) { self = Data(buffer.readableBytesView) }
+}
+
+/// A Triton server of the test's own (scripts/dev-triton.sh on private ports and state directory), so a
+/// test can stop and restart it.
+final class PrivateTriton: Sendable {
+    let grpcPort: Int
+    let httpPort: Int
+    let metricsPort: Int
+    let state: URL
+
+    var url: String { "127.0.0.1:\(grpcPort)" }
+
+    init() async throws {
+        grpcPort = try TestEnv.freePort()
+        httpPort = try TestEnv.freePort()
+        metricsPort = try TestEnv.freePort()
+        state = FileManager.default.temporaryDirectory.appendingPathComponent("gw-triton-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
+        try await start()
+    }
+
+    /// Runs scripts/dev-triton.sh (which returns once the model is ready). Spawned directly and polled
+    /// with WNOHANG: the script leaves tritonserver running in the background.
+    func start() async throws {
+        var env = ProcessInfo.processInfo.environment
+        env["TRITON_STATE"] = state.path
+        env["TRITON_PID_NAME"] = "triton"
+        if env["TRITON_VENV"] == nil {
+            env["TRITON_VENV"] = GatewayTestEnv.repoRoot.appendingPathComponent(".dev/venv").path
+        }
+        let log = state.appendingPathComponent("start.log").path
+        let script = GatewayTestEnv.repoRoot.appendingPathComponent("scripts/dev-triton.sh").path
+        let argv = ["/bin/bash", "-c", "exec \"$0\" \"$1\" \"$2\" \"$3\" >>\"$4\" 2>&1 </dev/null", script, "\(grpcPort)", "\(httpPort)", "\(metricsPort)", log]
+        let envp = env.map { "\($0.key)=\($0.value)" }
+        var pid: pid_t = 0
+        let cArgs = argv.map { strdup($0) } + [nil]
+        let cEnv = envp.map { strdup($0) } + [nil]
+        defer {
+            cArgs.forEach { free($0) }
+            cEnv.forEach { free($0) }
+        }
+        let rc = posix_spawn(&pid, "/bin/bash", nil, nil, cArgs, cEnv)
+        guard rc == 0 else { throw GatewayTestError(description: "posix_spawn dev-triton.sh: \(rc)") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, WNOHANG) == 0 { try await Task.sleep(for: .milliseconds(100)) }
+        guard status == 0 else {
+            throw GatewayTestError(description: "dev-triton.sh failed (\(status)): \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+        }
+    }
+
+    var pid: Int32? {
+        guard let text = try? String(contentsOf: state.appendingPathComponent("run/triton.pid"), encoding: .utf8) else { return nil }
+        return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// SIGKILL: the server is gone at once, as in a crash.
+    func stop() async {
+        guard let pid else { return }
+        kill(pid, SIGKILL)
+        _ = await TestEnv.eventually(timeout: .seconds(10)) { kill(pid, 0) != 0 }
+        _ = await TestEnv.eventually(timeout: .seconds(10)) { !Self.accepts(port: self.grpcPort) }
+    }
+
+    deinit {
+        if let pid { kill(pid, SIGKILL) }
+    }
+
+    static func accepts(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+}
+
+/// A TCP port that accepts connections (the kernel completes the handshake into the backlog) and never
+/// answers: a hung server, for deadline tests.
+final class SilentListener: Sendable {
+    let port: Int
+    private let fd: Int32
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        guard fd >= 0, bound == 0, listen(fd, 128) == 0 else { throw POSIXError(.EADDRINUSE) }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        self.fd = fd
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    var url: String { "127.0.0.1:\(port)" }
+
+    deinit { close(fd) }
+}
+
+/// A port nothing listens on: connections are refused at once.
+func closedPortURL() throws -> String { "127.0.0.1:\(try TestEnv.freePort())" }
+
+struct GatewayTestError: Error, CustomStringConvertible {
+    let description: String
+}
