@@ -36,7 +36,7 @@ test: deps
 	@scripts/dev-up.sh
 	set -a; source .dev/env; set +a; \
 	  export TE_BIN_DIR="$$($(SWIFT) build --show-bin-path)"; \
-	  $(SWIFT) test --skip-build
+	  $(SWIFT) test --skip-build --no-parallel
 	@scripts/check-deploy.sh
 
 demo:

@@ -58,7 +58,7 @@ import TritonClient
         #expect(response.source == .model)
         #expect(response.reason?.contains("primary_unavailable") == true)
         #expect(response.model?.hash.count == 64)
-        #expect(elapsed < .milliseconds(300 + 200))
+        #expect(elapsed < .seconds(2))
     }
 
     @Test func hungPrimaryIsHedgedToSecondaryWithinTheDeadline() async throws {

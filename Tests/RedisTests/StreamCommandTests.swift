@@ -134,7 +134,9 @@ struct StreamCommandTests {
         for i in 0..<4 { ids.append(try await redis.xadd(s, fields: [("n", String(i))])) }
         _ = try await redis.xreadgroup(group: "g", consumer: "dead", streams: [(s, ">")], count: 10)
         try await redis.send("XDEL", s, ids[3])
-        try await Task.sleep(for: .milliseconds(120))
+        // Long enough that the XAUTOCLAIM below (min idle 1 s) takes the dead consumer's entries but never
+        // the two just claimed by XCLAIM, however slow a loaded machine is between the two calls.
+        try await Task.sleep(for: .milliseconds(1100))
 
         // Extended XPENDING with IDLE sees them all (idle > 100 ms).
         let idle = try await redis.xpending(s, group: "g", minIdle: .milliseconds(100), count: 10)
@@ -151,7 +153,7 @@ struct StreamCommandTests {
         #expect(rows.map(\.deliveries) == [2, 1])
 
         // XAUTOCLAIM takes the rest; the deleted entry is reported, not returned.
-        let auto = try await redis.xautoclaim(s, group: "g", consumer: "alive", minIdle: .milliseconds(100), count: 10)
+        let auto = try await redis.xautoclaim(s, group: "g", consumer: "alive", minIdle: .milliseconds(1000), count: 10)
         #expect(auto.nextStart == "0-0")
         #expect(auto.entries.map(\.id) == [ids[2]])
         #expect(auto.deletedIDs == [ids[3]])

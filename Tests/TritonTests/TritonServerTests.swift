@@ -142,13 +142,14 @@ struct TritonServerTests {
         do {
             _ = try await client.infer(
                 model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.milliseconds(200)),
-                parameters: [("delay_ms", .int64(2000))])
-            Issue.record("a 2 s model call finished within a 200 ms deadline")
+                parameters: [("delay_ms", .int64(8000))])
+            Issue.record("an 8 s model call finished within a 200 ms deadline")
         } catch let error as TritonError {
             #expect(error.code == .deadlineExceeded)
         }
         let elapsed = ContinuousClock.now - start
-        #expect(elapsed < .milliseconds(1500), "deadline error came after \(elapsed)")
+        // Generous for a loaded machine, and still far below the model's 8 s.
+        #expect(elapsed < .seconds(5), "deadline error came after \(elapsed)")
         let scores = try await client.infer(
             model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(10)))
         expectScores(scores, rows: row, weights: weights)
@@ -207,7 +208,7 @@ struct TritonServerTests {
         } catch let error as TritonError {
             #expect(error.code == .connection)
         }
-        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(ContinuousClock.now - start < .seconds(6), "well before the 10 s deadline")
     }
 }
 
