@@ -38,6 +38,7 @@ test: deps
 	  export TE_BIN_DIR="$$($(SWIFT) build --show-bin-path)"; \
 	  $(SWIFT) test --skip-build --no-parallel
 	@scripts/check-deploy.sh
+	@TE_BIN_DIR="$$($(SWIFT) build --show-bin-path)" scripts/demo.sh --short
 
 demo:
 	@scripts/demo.sh

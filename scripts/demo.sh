@@ -57,7 +57,7 @@ cleanup() {
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   done
-  [ $STARTED_SERVERS = 1 ] && scripts/dev-down.sh
+  if [ $STARTED_SERVERS = 1 ]; then scripts/dev-down.sh; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -90,7 +90,7 @@ done
 rcli() { redis-cli -p "$REDIS_PORT" -n "${DEMO_REDIS_DB:-3}" "$@"; }
 xlen() { rcli XLEN "$1" 2>/dev/null || echo 0; }
 lag() { rcli XINFO GROUPS "$1" 2>/dev/null | awk -v g="$2" '$0==g{f=1} f&&$0=="lag"{getline; print; exit}'; }
-SYMBOLS=(BTCUSDT ETHUSDT)
+SYMBOLS=(BTCUSDT ETHUSDT BTCUSDT-PERP)
 : > "$DEV/demo-latency.txt"
 score_once() {
   local sym=$1 out
@@ -127,6 +127,13 @@ while [ $running = 1 ]; do
 done
 
 say "replay finished; draining the pipeline…"
+if [ $SHORT = 1 ]; then
+  # The short replay is over in a blink: score against the features it left behind (their age is
+  # measured from when they were written, so allow a minute).
+  prev=-1
+  for _ in $(seq 60); do now=$(xlen te:features); [ "$now" = "$prev" ] && [ "$now" -gt 0 ] && break; prev=$now; sleep 1; done
+  for _ in 1 2 3 4 5; do DEMO_FRESHNESS_MS=60000 score_once BTCUSDT >/dev/null; done
+fi
 for _ in $(seq 60); do
   pending=0
   for sg in "te:ticks feature-pipeline" "te:features strategy-engine" "te:signals opportunity-aggregator" "te:audit audit-writer"; do
@@ -156,6 +163,8 @@ if [ $SHORT = 1 ]; then
   for pair in "ticks:$ticks" "features:$feat" "signals:$sig" "opportunities:$opp" "audit:$audit" "decisions:$rows"; do
     [ "${pair#*:}" -gt 0 ] || { echo "demo check: no $pair output" >&2; fail=1; }
   done
+  model=$(psql "$POSTGRES_URL" -tAc "SELECT count(*) FROM decisions WHERE source = 'model'")
+  [ "$model" -gt 0 ] || { echo "demo check: no decision came from the model" >&2; fail=1; }
   [ "$rows" = "$audit" ] || { echo "demo check: decisions rows ($rows) != te:audit entries ($audit)" >&2; fail=1; }
   exit $fail
 fi
