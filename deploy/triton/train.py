@@ -188,7 +188,9 @@ def main():
         quotes = list(read_quotes(path))
         ts, mid, sp, X = features_from_quotes(quotes)
         if csv is not None:
-            sym = os.path.basename(path).split("_")[1].upper()
+            base = os.path.basename(path)
+            # ingest/te features name the USD-M perpetual BTCUSDT-PERP (a different instrument from spot).
+            sym = base.split("_")[1].upper() + ("-PERP" if base.startswith("usdm") else "")
             keep = [i for i, t in enumerate(ts) if (sym, int(t)) in csv]
             X = np.array([csv[(sym, int(ts[i]))] for i in keep])
             ts, mid, sp = ts[keep], mid[keep], sp[keep]
