@@ -3,6 +3,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import Prometheus
+import ServiceKit
 import ServiceLifecycle
 import TEModels
 import TERedis

@@ -114,6 +114,31 @@ public struct JSONLogHandler: LogHandler {
 public enum JSONText {
     public static func appendString(_ s: String, to out: inout String) {
         out += "\""
+        appendEscaped(s, to: &out)
+        out += "\""
+    }
+
+    /// The string's JSON escaping without quotes; returns `s` itself when nothing needs escaping.
+    public static func escape(_ s: String) -> String {
+        var needs = false
+        for b in s.utf8 where b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") {
+            needs = true
+            break
+        }
+        guard needs else { return s }
+        var out = ""
+        out.reserveCapacity(s.utf8.count + 8)
+        appendEscaped(s, to: &out)
+        return out
+    }
+
+    /// A finite number as JSON, `null` otherwise.
+    public static func number(_ value: Double?) -> String {
+        guard let value, value.isFinite else { return "null" }
+        return "\(value)"
+    }
+
+    private static func appendEscaped(_ s: String, to out: inout String) {
         for scalar in s.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""
@@ -127,7 +152,6 @@ public enum JSONText {
             default: out.unicodeScalars.append(scalar)
             }
         }
-        out += "\""
     }
 
     public static func quoted(_ s: String) -> String {
