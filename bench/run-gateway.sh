@@ -18,12 +18,14 @@ read -r T_GRPC T_HTTP T_METRICS <<<"${BENCH_TRITON_PORTS:-28501 28500 28502}"
 T_STATE=${BENCH_TRITON_STATE:-$ROOT/.dev/bench-triton}
 SYMBOL=BENCHUSDT
 mkdir -p bench/results
-[ -x .build/release/gateway ] || swift build -c release --product gateway >&2
+[ -x "${BENCH_GATEWAY:-.build/release/gateway}" ] || swift build -c release --product gateway >&2
 [ -x bench/.build/release/gateway-bench ] || (cd bench && swift build -c release --product gateway-bench >&2)
 BENCH=bench/.build/release/gateway-bench
-GATEWAY=.build/release/gateway
+GATEWAY=${BENCH_GATEWAY:-.build/release/gateway}  # another build (e.g. main's) for before/after tables
+TRITON_SCRIPT=${BENCH_TRITON_SCRIPT:-scripts/dev-triton.sh}  # another checkout's script serves its own model config
+OUT=${BENCH_OUT:-gateway}
 
-TRITON_STATE=$T_STATE TRITON_PID_NAME=bench-triton scripts/dev-triton.sh "$T_GRPC" "$T_HTTP" "$T_METRICS" >&2
+TRITON_STATE=$T_STATE TRITON_PID_NAME=bench-triton "$TRITON_SCRIPT" "$T_GRPC" "$T_HTTP" "$T_METRICS" >&2
 TRITON_PID=$(cat "$T_STATE/run/bench-triton.pid")
 stop_triton() {
   kill "$TRITON_PID" 2>/dev/null || true
@@ -47,7 +49,7 @@ start_gateway() {  # $1 = TRITON_URL
 }
 stop_gateway() { kill "$GW_PID"; wait "$GW_PID" || true; }
 
-RESULTS=bench/results/gateway.json.tmp
+RESULTS=bench/results/$OUT.json.tmp
 : > "$RESULTS"
 # CPU ticks (utime+stime) of a process and its children (Triton's Python stubs).
 ticks() { local t=0 v; for p in "$1" $(pgrep -P "$1" 2>/dev/null); do v=$(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0); t=$((t + v)); done; echo $t; }
@@ -112,24 +114,29 @@ for c in 1 32; do run --mode closed --connections "$c" --memory $SYMBOL --label 
 stop_gateway
 GW_PID=
 
-python3 - "$RESULTS" <<'PY'
+python3 - "$RESULTS" "$OUT" <<'PY'
 import json, sys, platform, os
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 out = {"benchmark": "gateway POST /v1/score", "machine": f"{os.cpu_count()} cores, {platform.machine()}",
        "runs": rows}
-json.dump(out, open("bench/results/gateway.json", "w"), indent=1)
+json.dump(out, open(f"bench/results/{sys.argv[2]}.json", "w"), indent=1)
 md = ["# Gateway benchmark", "", "Release build, HTTP/1.1 keep-alive, private local Triton (CPU, Python backend), "
       "gateway-bench (HdrHistogram; open loop corrected for coordinated omission). CPU columns: % of one core "
       "over the run (gateway; Triton server + Python stubs; whole machine = % of all cores busy, incl. the "
       "load generator and other users); load = 1-minute load average at the end of the run.", "",
-      "| path | mode | conns | target rps | throughput rps | p50 ms | p99 ms | p99.9 ms | errors | gateway CPU % | Triton CPU % | machine busy % | load |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+      "| path | mode | conns | target rps | throughput rps | p50 ms | p99 ms | p99.9 ms | errors | answered by | gateway CPU % | Triton CPU % | machine busy % | load |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def answered(r):
+    src = r.get("sources") or {}
+    n = sum(src.values())
+    if not n: return "-"
+    return ", ".join(f"{k} {100 * v / n:.1f}%" for k, v in sorted(src.items(), key=lambda kv: -kv[1]))
 for r in rows:
     dash = lambda v: "-" if v is None else v
     md.append(f"| {r['label']} | {r['mode']} | {r['connections']} | {r['target_rate'] or '-'} | {r['throughput_rps']:.0f} | "
-              f"{r['p50_ms']} | {r['p99_ms']} | {dash(r['p999_ms'])} | {r['errors']} | {dash(r['gateway_cpu_pct'])} | "
+              f"{r['p50_ms']} | {r['p99_ms']} | {dash(r['p999_ms'])} | {r['errors']} | {answered(r)} | {dash(r['gateway_cpu_pct'])} | "
               f"{r['triton_cpu_pct']} | {r['machine_busy_pct']} | {r['load1']} |")
-open("bench/results/gateway.md", "w").write("\n".join(md) + "\n")
+open(f"bench/results/{sys.argv[2]}.md", "w").write("\n".join(md) + "\n")
 print("\n".join(md))
 PY
 rm -f "$RESULTS"

@@ -140,8 +140,20 @@ public final class InferenceBatcher: Sendable {
                 }
             }
         } catch {
-            for p in batch { p.slot.finish(.failure(error)) }
+            let reporter = batch.firstIndex { !$0.slot.isFinished } ?? 0
+            let failures = Self.riderFailures(error, riders: batch.count, reporter: reporter)
+            for (p, f) in zip(batch, failures) { p.slot.finish(.failure(f)) }
         }
+    }
+}
+
+extension InferenceBatcher {
+    /// What each rider of a failed call is told: the same failure, but only `reporter` (the first rider
+    /// still waiting) carries it to the breaker — one failed call counts once.
+    public static func riderFailures(_ error: InferenceFailure, riders: Int, reporter: Int) -> [InferenceFailure] {
+        var shared = error
+        shared.sharedWithBatch = true
+        return (0..<riders).map { $0 == reporter ? error : shared }
     }
 }
 
