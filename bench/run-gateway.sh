@@ -67,7 +67,8 @@ r = json.loads(out)
 secs = (int(s1) - int(s0)) / 1e9
 (mb0, mt0), (mb1, mt1) = map(int, m0.split()), map(int, m1.split())
 r["gateway_cpu_pct"] = round((int(g1) - int(g0)) / int(hz) / secs * 100)
-r["triton_cpu_pct"] = round((int(t1) - int(t0)) / int(hz) / secs * 100)
+# Triton's processes vanish when it is stopped (or crashes) during a run: no figure then.
+r["triton_cpu_pct"] = round((int(t1) - int(t0)) / int(hz) / secs * 100) if int(t1) >= int(t0) > 0 else None
 r["machine_busy_pct"] = round((mb1 - mb0) / max(1, mt1 - mt0) * 100)
 r["load1"] = float(load)
 print(json.dumps(r, sort_keys=True))
@@ -135,7 +136,7 @@ for r in rows:
     dash = lambda v: "-" if v is None else v
     md.append(f"| {r['label']} | {r['mode']} | {r['connections']} | {r['target_rate'] or '-'} | {r['throughput_rps']:.0f} | "
               f"{r['p50_ms']} | {r['p99_ms']} | {dash(r['p999_ms'])} | {r['errors']} | {answered(r)} | {dash(r['gateway_cpu_pct'])} | "
-              f"{r['triton_cpu_pct']} | {r['machine_busy_pct']} | {r['load1']} |")
+              f"{dash(r['triton_cpu_pct'])} | {r['machine_busy_pct']} | {r['load1']} |")
 open(f"bench/results/{sys.argv[2]}.md", "w").write("\n".join(md) + "\n")
 print("\n".join(md))
 PY
