@@ -44,6 +44,21 @@ public final class LivePipeline: Sendable {
         try ChildProcess.built(product, environment: environment(extra))
     }
 
+    /// Starts `ingest` and returns once it holds the topic's partitions, so the replay that follows is
+    /// consumed as it is produced. (The mock cluster keeps a bounded log per partition and trims the oldest
+    /// messages beyond it: a whole recording replayed before anyone reads it can lose its head. Every
+    /// message of one symbol shares a partition.) The subscription creates the topic.
+    public func startIngest() async throws -> ChildProcess {
+        let ingest = try start("ingest", ["KAFKA_CONF_allow_auto_create_topics": "true"])
+        let assigned = await TestEnv.eventually(timeout: .seconds(60), every: .milliseconds(100)) {
+            ingest.output().contains("kafka partitions assigned")
+        }
+        guard assigned else {
+            throw ChildProcessError(description: "ingest got no partitions of \(topic):\n\(ingest.output().suffix(2000))")
+        }
+        return ingest
+    }
+
     /// `te replay FILE --speed max` into the pipeline's topic; returns when every message is delivered.
     public func replay(_ file: String) async throws {
         let replay = try ChildProcess.built(
