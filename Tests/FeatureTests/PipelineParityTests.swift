@@ -79,13 +79,13 @@ struct PipelineParityTests {
         #expect(expected.count == expectedWarm.count)
         #expect(expected.count > 20_000)
 
-        // The streaming side: the recording in Kafka first (the replay creates the topic), then the services.
+        // The streaming side: ingest subscribed first, feature-pipeline, then the replay.
         let pipeline = try await LivePipeline("parity")
         defer { Task { await pipeline.close() } }
         let redis = pipeline.redis
-        try await pipeline.replay(recording)
-        let ingest = try pipeline.start("ingest")
+        let ingest = try await pipeline.startIngest()
         let first = try pipeline.start("feature-pipeline", ["STREAM_BATCH_SIZE": "200", "FEATURE_TTL_SEC": "600"])
+        let replay = Task { try await pipeline.replay(recording) }
         let partway = try await TestEnv.eventually(timeout: .seconds(120)) {
             (try? await redis.xlen(StreamKey.features)) ?? 0 >= expected.count / 3
         }
@@ -94,6 +94,7 @@ struct PipelineParityTests {
         try await first.waitForExit()
 
         let second = try pipeline.start("feature-pipeline", ["STREAM_BATCH_SIZE": "200", "FEATURE_TTL_SEC": "600"])
+        try await replay.value
         let done = try await TestEnv.eventually(timeout: .seconds(180), every: .milliseconds(200)) {
             guard try await redis.xlen(StreamKey.ticks) >= ticks.count else { return false }
             return try await pipeline.drained(StreamKey.ticks, group: "feature-pipeline")
