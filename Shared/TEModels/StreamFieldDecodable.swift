@@ -28,6 +28,14 @@ enum FastField {
         return value
     }
 
+    /// An optional field: `.some(nil)` for `null` (decodeIfPresent reads it as absent), nil when `read`
+    /// declines.
+    static func optional<T>(_ text: String, _ read: (String) -> T?) -> T?? {
+        if text == "null" { return .some(nil) }
+        guard let value = read(text) else { return nil }
+        return .some(value)
+    }
+
     static func bool(_ text: String) -> Bool? {
         switch text {
         case "true", "1": return true
@@ -130,7 +138,6 @@ extension Tick: StreamFieldDecodable {
         var tick = Tick(symbol: "", tsNs: 0, kind: .quote)
         // An optional field reads as absent when its text is `null` (decodeIfPresent's rule).
         for (name, text) in fields {
-            let isNull = text == "null"
             switch name {
             case "v":
                 guard FastField.version(text, schemaVersion: schemaVersion) else { return nil }
@@ -143,31 +150,39 @@ extension Tick: StreamFieldDecodable {
                 guard let v = Kind(rawValue: text) else { return nil }
                 kind = v
             case "bid":
-                if isNull { tick.bid = nil } else { guard let v = FastField.double(text) else { return nil }; tick.bid = v }
+                guard let v = FastField.optional(text, FastField.double) else { return nil }
+                tick.bid = v
             case "bid_size":
-                if isNull { tick.bidSize = nil } else { guard let v = FastField.double(text) else { return nil }; tick.bidSize = v }
+                guard let v = FastField.optional(text, FastField.double) else { return nil }
+                tick.bidSize = v
             case "ask":
-                if isNull { tick.ask = nil } else { guard let v = FastField.double(text) else { return nil }; tick.ask = v }
+                guard let v = FastField.optional(text, FastField.double) else { return nil }
+                tick.ask = v
             case "ask_size":
-                if isNull { tick.askSize = nil } else { guard let v = FastField.double(text) else { return nil }; tick.askSize = v }
+                guard let v = FastField.optional(text, FastField.double) else { return nil }
+                tick.askSize = v
             case "price":
-                if isNull { tick.price = nil } else { guard let v = FastField.double(text) else { return nil }; tick.price = v }
+                guard let v = FastField.optional(text, FastField.double) else { return nil }
+                tick.price = v
             case "size":
-                if isNull { tick.size = nil } else { guard let v = FastField.double(text) else { return nil }; tick.size = v }
+                guard let v = FastField.optional(text, FastField.double) else { return nil }
+                tick.size = v
             case "bids":
-                if isNull { tick.bids = nil } else { guard let v = FastField.levels(text) else { return nil }; tick.bids = v }
+                guard let v = FastField.optional(text, FastField.levels) else { return nil }
+                tick.bids = v
             case "asks":
-                if isNull { tick.asks = nil } else { guard let v = FastField.levels(text) else { return nil }; tick.asks = v }
+                guard let v = FastField.optional(text, FastField.levels) else { return nil }
+                tick.asks = v
             case "side":
-                if isNull { tick.side = nil } else { guard let v = Side(rawValue: text) else { return nil }; tick.side = v }
-            case "venue": tick.venue = isNull ? nil : text
+                guard let v = FastField.optional(text, Side.init(rawValue:)) else { return nil }
+                tick.side = v
+            case "venue": tick.venue = text == "null" ? nil : text
             case "seq":
-                if isNull { tick.seq = nil } else { guard let v = FastField.int64(text) else { return nil }; tick.seq = v }
+                guard let v = FastField.optional(text, FastField.int64) else { return nil }
+                tick.seq = v
             case "exchange_ts_ns":
-                if isNull { tick.exchangeTsNs = nil } else {
-                    guard let v = FastField.int64(text) else { return nil }
-                    tick.exchangeTsNs = v
-                }
+                guard let v = FastField.optional(text, FastField.int64) else { return nil }
+                tick.exchangeTsNs = v
             default: continue
             }
         }
@@ -218,31 +233,40 @@ extension FeatureSnapshot: StreamFieldDecodable {
                 guard let v = FastField.double(text) else { return nil }
                 lastPrice = v
             case "warm":
-                if text == "null" { warm = true } else { guard let v = FastField.bool(text) else { return nil }; warm = v }
+                guard let v = FastField.optional(text, FastField.bool) else { return nil }
+                warm = v ?? true
             case "spread_bps":
                 guard let v = FastField.double(text) else { return nil }
-                f.0 = v; seen |= 1 << 0
+                f.0 = v
+                seen |= 1 << 0
             case "imbalance":
                 guard let v = FastField.double(text) else { return nil }
-                f.1 = v; seen |= 1 << 1
+                f.1 = v
+                seen |= 1 << 1
             case "depth_imbalance":
                 guard let v = FastField.double(text) else { return nil }
-                f.2 = v; seen |= 1 << 2
+                f.2 = v
+                seen |= 1 << 2
             case "ofi_norm":
                 guard let v = FastField.double(text) else { return nil }
-                f.3 = v; seen |= 1 << 3
+                f.3 = v
+                seen |= 1 << 3
             case "realized_vol_bps":
                 guard let v = FastField.double(text) else { return nil }
-                f.4 = v; seen |= 1 << 4
+                f.4 = v
+                seen |= 1 << 4
             case "mid_return_bps":
                 guard let v = FastField.double(text) else { return nil }
-                f.5 = v; seen |= 1 << 5
+                f.5 = v
+                seen |= 1 << 5
             case "tick_rate":
                 guard let v = FastField.double(text) else { return nil }
-                f.6 = v; seen |= 1 << 6
+                f.6 = v
+                seen |= 1 << 6
             case "microprice_offset_bps":
                 guard let v = FastField.double(text) else { return nil }
-                f.7 = v; seen |= 1 << 7
+                f.7 = v
+                seen |= 1 << 7
             default: continue
             }
         }
