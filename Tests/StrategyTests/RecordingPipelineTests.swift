@@ -93,8 +93,14 @@ struct RecordingPipelineTests {
         let tickCount = try recordingTicks(Self.recording).count
         #expect(tickCount > 60_000)
 
-        let first = try await run(tickCount: tickCount)
+        // Two independent runs (own topics, own redis-servers) at the same time: nothing is shared but the
+        // broker and the machine.
+        async let firstRun = run(tickCount: tickCount)
+        async let secondRun = run(tickCount: tickCount)
+        let first = try await firstRun
+        let second = try await secondRun
         let ids = Set(first.opportunities.map(\.id))
+        print("recording pipeline: \(tickCount) ticks → \(first.signals.count) signals → \(ids.count) opportunities (\(first.opportunities.count) entries)")
         // Plausible: some opportunities, not thousands per second of recording (~345 s).
         #expect(ids.count >= 5 && ids.count <= 1000, "\(ids.count) opportunities from \(first.signals.count) signals")
         // Each opportunity: one `first`, one `close`, upgrades in between, all under one id.
@@ -111,10 +117,8 @@ struct RecordingPipelineTests {
         let reference = referenceOpportunities(first.signals, OpportunityAggregator.Configuration())
         #expect(finalStates(first.opportunities) == finalStates(reference))
 
-        // A second run from the same input on a fresh topic and Redis: the same signals and the same
+        // The second run from the same input on a fresh topic and Redis: the same signals and the same
         // opportunities, entry for entry (the messages carry event times only, no wall-clock field).
-        print("recording pipeline: \(tickCount) ticks → \(first.signals.count) signals → \(ids.count) opportunities (\(first.opportunities.count) entries)")
-        let second = try await run(tickCount: tickCount)
         #expect(second.signals == first.signals)
         #expect(second.opportunities == first.opportunities)
     }
