@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # make bench: every benchmark under bench/ in turn (release builds, local servers from dev-up).
 # Each bench/run-<name>.sh writes bench/results/<name>.json and <name>.md; this script records the machine
-# (cores, load average before and after, duration) in each <name>.json under "bench_run" and in the overview
-# table, and joins the summaries into bench/results/summary.md. Nothing here asserts a figure.
-#   scripts/bench.sh [NAME…]   only these parts (e.g. `scripts/bench.sh pipeline gateway`)
+# (cores, load average before and after, duration) in each <name>.json under "bench_run" and next to each
+# part's figures, and joins every part's results into bench/results/summary.md. Nothing asserts a figure.
+#   scripts/bench.sh [NAME…]   only these parts (e.g. `scripts/bench.sh pipeline gateway`); the summary
+#                              still lists every part, with the run each figure came from
+#   scripts/bench.sh --summary only rewrite summary.md from the results
 # Exits non-zero if a part failed (the others still run; summary.md says which).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SUMMARY_ONLY=0
+[ "${1:-}" = "--summary" ] && SUMMARY_ONLY=1
+failed=()
+if [ $SUMMARY_ONLY = 0 ]; then
 scripts/dev-up.sh
 set -a; source .dev/env; set +a
 mkdir -p bench/results
@@ -15,42 +21,61 @@ echo "bench: building (release)…" >&2
 swift build -c release >&2
 swift build -c release --package-path bench >&2
 load() { cut -d' ' -f1-3 /proc/loadavg; }
-overview=(); sections=(); failed=()
-started=$(date -u +%Y-%m-%dT%H:%M:%SZ); t_all=$SECONDS
+t_all=$SECONDS
 for script in bench/run-*.sh; do
   name=$(basename "$script" .sh); name=${name#run-}
   if [ $# -gt 0 ] && [[ " $* " != *" $name "* ]]; then continue; fi
-  before=$(load); t0=$SECONDS
+  before=$(load); t0=$SECONDS; at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   echo "bench: $name (cores $(nproc), load average $before)" >&2
-  if bash "$script" >&2; then status=ok; else status=FAILED; failed+=("$name"); fi
-  after=$(load); dt=$((SECONDS - t0))
-  overview+=("| $name | $status | ${dt} s | $(nproc) | $before | $after |")
-  if [ $status = ok ] && [ -f "bench/results/$name.json" ]; then
-    python3 - "bench/results/$name.json" "$(nproc)" "$before" "$after" "$dt" <<'PY'
+  rm -f "bench/results/$name.failed"
+  if bash "$script" >&2 && [ -f "bench/results/$name.json" ]; then
+    python3 - "bench/results/$name.json" "$(nproc)" "$before" "$(load)" "$((SECONDS - t0))" "$at" <<'PY'
 import json, sys
-path, cores, before, after, seconds = sys.argv[1:]
+path, cores, before, after, seconds, at = sys.argv[1:]
 d = json.load(open(path))
-d["bench_run"] = {"cores": int(cores), "loadavg_before": before.split(), "loadavg_after": after.split(), "seconds": int(seconds)}
+d["bench_run"] = {"at": at, "cores": int(cores), "loadavg_before": before.split(), "loadavg_after": after.split(),
+                  "seconds": int(seconds)}
 json.dump(d, open(path, "w"), indent=2)
 PY
-  fi
-  if [ $status = ok ] && [ -f "bench/results/$name.md" ]; then
-    sections+=("$(cat "bench/results/$name.md")"$'\n\n'"_Machine for the figures above: $(nproc) cores, load average $before (before) → $after (after), ${dt} s._")
   else
-    sections+=("## $name: FAILED (see the make bench output)")
+    failed+=("$name"); echo "$at" > "bench/results/$name.failed"
   fi
 done
-{
-  echo "# Benchmark summary"
-  echo
-  echo "Run $started on $(uname -m), $(nproc) cores (shared with other work: figures are indicative), $((SECONDS - t_all)) s for the parts below after the builds."
-  echo "Load average = 1/5/15-minute averages from /proc/loadavg before and after each part."
-  echo
-  echo "| part | status | duration | cores | load average before | after |"
-  echo "| --- | --- | --- | --- | --- | --- |"
-  printf '%s\n' "${overview[@]}"
-  echo
-  for s in "${sections[@]}"; do printf '%s\n\n' "$s"; done
-} > bench/results/summary.md
+echo "bench: $((SECONDS - t_all)) s for the parts after the builds" >&2
+fi
+
+parts=()
+for script in bench/run-*.sh; do name=$(basename "$script" .sh); parts+=("${name#run-}"); done
+python3 - bench/results "${parts[@]}" <<'PY' > bench/results/summary.md
+import json, os, platform, sys
+results, *parts = sys.argv[1:]
+rows, sections = [], []
+for name in parts:
+    js, md, failed = (os.path.join(results, f"{name}.{e}") for e in ("json", "md", "failed"))
+    if os.path.exists(failed):
+        rows.append(f"| {name} | FAILED at {open(failed).read().strip()} | | | | |")
+        sections.append(f"## {name}: FAILED (see the make bench output)")
+        continue
+    if not os.path.exists(js):
+        rows.append(f"| {name} | not run | | | | |")
+        continue
+    run = json.load(open(js)).get("bench_run")
+    if run:
+        before, after = " ".join(run["loadavg_before"]), " ".join(run["loadavg_after"])
+        rows.append(f"| {name} | ok, {run.get('at', 'earlier')} | {run['seconds']} s | {run['cores']} | {before} | {after} |")
+        machine = f"_Machine for the figures above: {run['cores']} cores, load average {before} (before) → {after} (after); run {run.get('at', 'earlier')}, {run['seconds']} s._"
+    else:
+        rows.append(f"| {name} | results from an earlier run | | | | |")
+        machine = "_Machine: see the figures above (an earlier run, not through make bench)._"
+    text = open(md).read().strip() if os.path.exists(md) else f"## {name}\n\n(no Markdown summary)"
+    sections.append(f"{text}\n\n{machine}")
+print("# Benchmark summary\n")
+print(f"{platform.machine()}, {os.cpu_count()} cores shared with other work: figures are indicative. "
+      "Load average = the 1/5/15-minute averages of /proc/loadavg before and after each part.\n")
+print("| part | status, run at (UTC) | duration | cores | load average before | after |")
+print("| --- | --- | --- | --- | --- | --- |")
+print("\n".join(rows) + "\n")
+print("\n\n".join(sections))
+PY
 cat bench/results/summary.md
 if [ ${#failed[@]} -gt 0 ]; then echo "bench: failed: ${failed[*]}" >&2; exit 1; fi

@@ -7,7 +7,8 @@
 // ingest's te_ingest_latency_seconds starts from). Readers tail te:features and te:opportunities
 // (XREAD BLOCK); a snapshot's `ts_ns` and an opportunity's `last_ts_ns` name the recorded time of the
 // message that produced them, so latency = wall clock when the entry is readable − produce wall clock of
-// that message (HdrHistogram, µs). The first `--warmup` seconds are produced but not recorded.
+// that message (HdrHistogram, µs); also from the message's scheduled send time (coordinated omission
+// corrected). The first `--warmup` seconds are produced but not recorded.
 //
 // throughput: observes the streams while `te replay --speed max` (run by the script) floods the topic:
 // per stage, entries consumed per second over the span from its first to its last progress (XLEN of
@@ -80,14 +81,15 @@ func seconds(_ d: Duration) -> Double {
     return Double(s) + Double(atto) / 1e18
 }
 
-/// Recorded time (`ts_ns`) → produce wall clock of the first message with it; `measured` is false
-/// for warm-up messages.
+/// Recorded time (`ts_ns`) → produce wall clock and scheduled wall clock of the first message with it;
+/// `measured` is false for warm-up messages.
 final class ProduceTimes: Sendable {
-    private let times = Mutex<[Int64: (ns: Int64, measured: Bool)]>([:])
-    func put(_ ts: Int64, _ ns: Int64, measured: Bool) {
-        times.withLock { if $0[ts] == nil { $0[ts] = (ns, measured) } }
+    typealias Times = (produced: Int64, scheduled: Int64, measured: Bool)
+    private let times = Mutex<[Int64: Times]>([:])
+    func put(_ ts: Int64, _ t: Times) {
+        times.withLock { if $0[ts] == nil { $0[ts] = t } }
     }
-    func get(_ ts: Int64) -> (ns: Int64, measured: Bool)? { times.withLock { $0[ts] } }
+    func get(_ ts: Int64) -> Times? { times.withLock { $0[ts] } }
 }
 
 final class Flag: Sendable {
@@ -129,6 +131,11 @@ struct StreamLatency: Codable {
     var p99_us: UInt64 = 0
     var p999_us: UInt64 = 0
     var max_us: UInt64 = 0
+    /// From the time the open-loop schedule said the message was due (coordinated omission corrected:
+    /// a producer that fell behind cannot hide the wait).
+    var scheduled_p50_us: UInt64 = 0
+    var scheduled_p99_us: UInt64 = 0
+    var scheduled_p999_us: UInt64 = 0
 }
 
 /// Tails `stream` from the start until nothing new arrived for `idle` after `producerDone` is set.
@@ -138,6 +145,7 @@ func tail(
     let redis = RedisClient(configuration: try RedisConfiguration(url: url), name: "bench-\(stream)")
     defer { redis.close() }
     var histogram = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
+    var fromSchedule = histogram
     var out = StreamLatency()
     var cursor = "0-0"
     var lastNew = ContinuousClock.now
@@ -155,7 +163,8 @@ func tail(
                 continue
             }
             guard produced.measured else { continue }
-            _ = histogram.record(UInt64(max(0, now - produced.ns) / 1000))
+            _ = histogram.record(UInt64(max(0, now - produced.produced) / 1000))
+            _ = fromSchedule.record(UInt64(max(0, now - produced.scheduled) / 1000))
             out.measured += 1
         }
         if !entries.isEmpty { lastNew = .now }
@@ -165,6 +174,9 @@ func tail(
     out.p99_us = histogram.valueAtPercentile(99)
     out.p999_us = histogram.valueAtPercentile(99.9)
     out.max_us = histogram.max
+    out.scheduled_p50_us = fromSchedule.valueAtPercentile(50)
+    out.scheduled_p99_us = fromSchedule.valueAtPercentile(99)
+    out.scheduled_p999_us = fromSchedule.valueAtPercentile(99.9)
     return out
 }
 
@@ -211,6 +223,7 @@ func runLatency(_ o: Options) async throws -> LatencyReport {
 
     let clock = ContinuousClock()
     let start = clock.now
+    let wallStart = wallNs()
     let warmupCount = Int(o.warmup * Double(o.rate))
     var sent = 0
     var maxBehind = Duration.zero
@@ -225,7 +238,8 @@ func runLatency(_ o: Options) async throws -> LatencyReport {
         while sent < due {
             let m = messages[sent]
             let producedNs = wallNs()
-            times.put(m.tsNs, producedNs, measured: sent >= warmupCount)
+            let scheduledNs = wallStart + Int64(Double(sent) / Double(o.rate) * 1e9)
+            times.put(m.tsNs, (producedNs, scheduledNs, sent >= warmupCount))
             let out = KafkaOutgoingMessage(
                 topic: o.topic, key: m.key.map { Array($0.utf8) }, value: m.payload, timestampMs: m.tsNs / 1_000_000,
                 headers: [KafkaHeader(key: "ts_ns", string: String(m.tsNs)), KafkaHeader(key: "produced_ns", string: String(producedNs))])
