@@ -43,7 +43,7 @@ test: deps
 demo:
 	@scripts/demo.sh
 
-bench:
+bench: deps
 	@scripts/bench.sh
 
 clean:

@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "triton-bench", targets: ["TritonBench"]),
         .executable(name: "audit-bench", targets: ["AuditBench"]),
         .executable(name: "gateway-bench", targets: ["GatewayBench"]),
+        .executable(name: "pipeline-bench", targets: ["PipelineBench"]),
     ],
     dependencies: [
         .package(path: ".."),
@@ -73,6 +74,17 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Sources/AuditBench", swiftSettings: [.swiftLanguageMode(.v6)]),
+        // End-to-end latency Kafka produce → te:features / te:opportunities through the real services, and
+        // each stage's sustained throughput (bench/run-pipeline.sh starts the services).
+        .executableTarget(
+            name: "PipelineBench",
+            dependencies: [
+                .product(name: "TEKafka", package: root),
+                .product(name: "TERedis", package: root),
+                .product(name: "MarketData", package: root),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Sources/PipelineBench", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
             name: "GatewayBench",
             dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")],

@@ -11,6 +11,7 @@
 #   PromQL/Grafana  every expression parsed by promtool, metric names checked against deploy/metrics.txt
 #                   and, with TE_METRICS_URLS="http://host:port/metrics ...", against live services
 #   shell           shellcheck (Debian) on the entrypoint and this script
+# `check-deploy.sh --promql-only` runs only the PromQL check (demo.sh --short: against live services).
 # Installs what it needs (Debian packages if missing; a venv under .dev/venv-deploy from PyPI).
 # Ends with "N passed, M failed"; exits non-zero if anything failed.
 set -uo pipefail
@@ -48,6 +49,12 @@ if [ ! -x "$PY" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "${PIP_PKGS[*]}" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PKGS[@]}" || { log "pip install failed"; exit 1; }
   echo "${PIP_PKGS[*]}" > "$STAMP"
+fi
+
+# --promql-only: just the PromQL/metric-name check (scripts/demo.sh --short runs it with TE_METRICS_URLS
+# pointing at the services it started).
+if [ "${1:-}" = "--promql-only" ]; then
+  exec "$PY" "$CHECKS/check_promql.py" "$ROOT"
 fi
 
 # --- runner -------------------------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 # make demo: the whole pipeline on the shared Binance recordings, locally, without Docker.
 #   scripts/demo.sh            release build, all recordings at --speed ${DEMO_SPEED:-20}, live summary, report
 #   scripts/demo.sh --short    a few seconds of one recording, debug binaries, no live UI; exits non-zero
-#                              unless every stage produced output and the report agrees with Redis and PostgreSQL
+#                              unless every stage produced output, the report agrees with Redis and PostgreSQL
+#                              and every metric name in deploy/ (dashboards, alerts, adapter) is exported live
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SHORT=0
 [ "${1:-}" = "--short" ] && SHORT=1
 DATA=${DEMO_DATA:-$ROOT/../shared/data/binance}
+[ -d "$DATA" ] || DATA=/work/shared/data/binance  # a worktree beside the shared checkout
 DEV=$ROOT/.dev
 LOGS=$DEV/logs
 mkdir -p "$LOGS" "$DEV/run"
@@ -100,29 +102,40 @@ score_once() {
   cat "$DEV/demo-last.json" 2>/dev/null
 }
 
-prev_ticks=0; prev_feat=0; prev_sig=0; prev_opp=0
+# p50/p99 (ms) and count of the demo's own gateway calls so far (curl's time_total, µs per line).
+latency_summary() {
+  sort -n "$DEV/demo-latency.txt" | awk '{a[NR]=$1} END{if(NR==0){print "-", "-", 0; exit} i50=int(0.5*NR); if(i50<1)i50=1; i99=int(0.99*NR+0.999); if(i99>NR)i99=NR; printf "%.2f %.2f %d\n", a[i50]/1000, a[i99]/1000, NR}'
+}
+now_s() { date +%s.%N; }
+rate() { awk -v a="$1" -v b="$2" -v dt="$3" 'BEGIN{ if (dt > 0) printf "%.0f", (a-b)/dt; else print 0 }'; }
+
+prev_ticks=0; prev_feat=0; prev_sig=0; prev_opp=0; prev_audit=0; prev_t=$(now_s)
 running=1
 while [ $running = 1 ]; do
   running=0
   for p in "${REPLAY_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && running=1; done
   for sym in "${SYMBOLS[@]}"; do last=$(score_once "$sym"); done
   ticks=$(xlen te:ticks); feat=$(xlen te:features); sig=$(xlen te:signals); opp=$(xlen te:opportunities)
+  audit=$(xlen te:audit); t=$(now_s); dt=$(awk -v a="$t" -v b="$prev_t" 'BEGIN{print a-b}')
   if [ $SHORT = 0 ]; then
+    read -r gw50 gw99 gwn < <(latency_summary)
     printf '\033[2J\033[H'
     say "Trade Eligibility demo — replaying ${#FILES[@]} Binance recording(s) into Kafka topic $KAFKA_TOPIC"
-    printf '%-16s %10s %8s   %-14s\n' stream entries "/s" "group lag"
-    printf '%-16s %10s %8s   %-14s\n' te:ticks "$ticks" $((ticks-prev_ticks)) "$(lag te:ticks feature-pipeline)"
-    printf '%-16s %10s %8s   %-14s\n' te:features "$feat" $((feat-prev_feat)) "$(lag te:features strategy-engine)"
-    printf '%-16s %10s %8s   %-14s\n' te:signals "$sig" $((sig-prev_sig)) "$(lag te:signals opportunity-aggregator)"
-    printf '%-16s %10s %8s\n' te:opportunities "$opp" $((opp-prev_opp))
-    printf '%-16s %10s\n' te:audit "$(xlen te:audit)"
-    printf '%-16s %10s\n' te:dlq "$(xlen te:dlq)"
-    echo; echo "last gateway decision: $last"
+    printf '%-18s %-16s %10s %8s   %-14s\n' stage "output stream" entries "/s" "group lag"
+    printf '%-18s %-16s %10s %8s   %-14s\n' ingest te:ticks "$ticks" "$(rate "$ticks" "$prev_ticks" "$dt")" "$(lag te:ticks feature-pipeline)"
+    printf '%-18s %-16s %10s %8s   %-14s\n' feature-pipeline te:features "$feat" "$(rate "$feat" "$prev_feat" "$dt")" "$(lag te:features strategy-engine)"
+    printf '%-18s %-16s %10s %8s   %-14s\n' strategy-engine te:signals "$sig" "$(rate "$sig" "$prev_sig" "$dt")" "$(lag te:signals opportunity-aggregator)"
+    printf '%-18s %-16s %10s %8s\n' aggregator te:opportunities "$opp" "$(rate "$opp" "$prev_opp" "$dt")"
+    printf '%-18s %-16s %10s %8s   %-14s\n' gateway te:audit "$audit" "$(rate "$audit" "$prev_audit" "$dt")" "$(lag te:audit audit-writer)"
+    printf '%-18s %-16s %10s\n' "" te:dlq "$(xlen te:dlq)"
+    echo
+    echo "gateway decisions by this demo: $gwn, latency p50 $gw50 ms, p99 $gw99 ms (curl, end to end)"
+    echo "last gateway decision: $last"
     echo; echo "look next: gateway $GATEWAY/v1/score · metrics $GATEWAY/metrics, :9101-9106/metrics"
     echo "           REDIS_URL=$REDIS_URL $BIN/te streams · psql $POSTGRES_URL -c 'select source,count(*) from decisions group by 1'"
     echo "           Ctrl-C stops the demo"
   fi
-  prev_ticks=$ticks; prev_feat=$feat; prev_sig=$sig; prev_opp=$opp
+  prev_ticks=$ticks; prev_feat=$feat; prev_sig=$sig; prev_opp=$opp; prev_audit=$audit; prev_t=$t
   sleep 1
 done
 
@@ -143,6 +156,17 @@ for _ in $(seq 60); do
   sleep 1
 done
 sleep 2
+
+# Every metric name the dashboards, alerts and autoscaling rules use must be exported by a running service.
+live_metrics=0
+if [ $SHORT = 1 ]; then
+  # ingest 9101, feature-pipeline 9102, strategy-engine 9103, opportunity-aggregator 9104, audit-writer 9106;
+  # the gateway serves /metrics on its API port.
+  urls="$GATEWAY/metrics"
+  for port in 9101 9102 9103 9104 9106; do urls="$urls http://127.0.0.1:$port/metrics"; done
+  say "checking dashboard/alert metric names against live /metrics: $urls"
+  TE_METRICS_URLS=$urls scripts/check-deploy.sh --promql-only || live_metrics=1
+fi
 
 ticks=$(xlen te:ticks); feat=$(xlen te:features); sig=$(xlen te:signals); opp=$(xlen te:opportunities)
 audit=$(xlen te:audit); dlq=$(xlen te:dlq)
@@ -166,5 +190,6 @@ if [ $SHORT = 1 ]; then
   model=$(psql "$POSTGRES_URL" -tAc "SELECT count(*) FROM decisions WHERE source = 'model'")
   [ "$model" -gt 0 ] || { echo "demo check: no decision came from the model" >&2; fail=1; }
   [ "$rows" = "$audit" ] || { echo "demo check: decisions rows ($rows) != te:audit entries ($audit)" >&2; fail=1; }
+  [ $live_metrics = 0 ] || { echo "demo check: dashboards/alerts use metric names no running service exports (above)" >&2; fail=1; }
   exit $fail
 fi

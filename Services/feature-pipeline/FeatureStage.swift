@@ -198,6 +198,10 @@ struct FeatureMetrics: Sendable {
             let c = Metrics.Counter(label: "te_features_quotes_total", dimensions: [("symbol", symbol)])
             quotes[symbol] = c
             c.increment()
+            // A symbol's out-of-order series exists (at 0) from its first quote, so rate() has a series.
+            if outOfOrders[symbol] == nil {
+                outOfOrders[symbol] = Metrics.Counter(label: "te_features_out_of_order_total", dimensions: [("symbol", symbol)])
+            }
         }
     }
 

@@ -176,6 +176,8 @@ final class IngestMetrics: Sendable {
                 .milliseconds(10), .milliseconds(15), .milliseconds(25), .milliseconds(50), .milliseconds(100),
                 .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
             ])
+        // Registered at 0 so alerts on rate() have a series before the first dead letter.
+        for reason in NormalizeRejection.codes { _ = Counter(label: "te_ingest_dlq_total", dimensions: [("reason", reason)]) }
     }
 
     func deadLettered(reason: String) {

@@ -23,7 +23,7 @@ public final class EndpointLane: Sendable {
                 failureThreshold: config.breakerFailures,
                 openDuration: .microseconds(Int64(config.breakerOpenMs * 1000))))
         self.metrics = metrics
-        metrics.breaker(endpoint: endpoint.label, state: 0)
+        metrics.register(endpoint: endpoint.label)
     }
 
     var label: String { endpoint.label }

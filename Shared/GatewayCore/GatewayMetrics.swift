@@ -61,13 +61,31 @@ public final class GatewayMetrics: Sendable {
             descriptor: Self.name("canary_rollbacks_total", "Automatic canary rollbacks"), labels: [])
         canaryErrors = registry.makeCounter(
             descriptor: Self.name("te_gateway_canary_errors_total", "Canary inference calls that failed"), labels: [])
+        for reason in Self.chainFallbackReasons { fallback(reason: reason, by: 0) }
+    }
+
+    /// Fallback reasons of the cache/rules links, known up front: registered at 0 so that `rate()` in
+    /// alerts and dashboards has a series before the first fallback.
+    static let chainFallbackReasons = ["features_missing", "features_stale", "cache_miss", "cache_expired"]
+
+    /// The reasons `FallbackRace` can give for an endpoint's leg (`<leg>_<reason>`).
+    static func legFallbackReasons(_ leg: String) -> [String] {
+        var reasons = ["breaker_open", "timeout", "unavailable", "model_error"].map { "\(leg)_\($0)" }
+        if leg == FallbackRace.Leg.secondary.rawValue { reasons.append("primary_slow") }
+        return reasons
+    }
+
+    /// Registers an endpoint's series at their idle values: breaker closed, its fallback reasons at 0.
+    func register(endpoint: String) {
+        breaker(endpoint: endpoint, state: 0)
+        for reason in Self.legFallbackReasons(endpoint) { fallback(reason: reason, by: 0) }
     }
 
     func request(decision: Decision, source: ScoreSource) {
         requests["\(decision.rawValue)/\(source.rawValue)"]?.increment()
     }
 
-    func fallback(reason: String) {
+    func fallback(reason: String, by amount: Int64 = 1) {
         let counter = fallbacks.withLock { map in
             if let c = map[reason] { return c }
             let c = registry.makeCounter(
@@ -76,7 +94,7 @@ public final class GatewayMetrics: Sendable {
             map[reason] = c
             return c
         }
-        counter.increment()
+        if amount > 0 { counter.increment(by: amount) }
     }
 
     func triton(endpoint: String, version: String, duration: Duration) {

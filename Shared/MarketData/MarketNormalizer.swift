@@ -13,6 +13,11 @@ public struct NormalizeRejection: Error, Sendable, Equatable, CustomStringConver
     }
 
     public var description: String { "\(code): \(detail)" }
+
+    /// Every `code` the normalizer gives (metric label values known up front).
+    public static let codes = [
+        "bad_json", "unknown_format", "missing_field", "non_finite", "crossed_book", "negative_price", "invalid_value",
+    ]
 }
 
 public enum NormalizeResult: Sendable, Equatable {

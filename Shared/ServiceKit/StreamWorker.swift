@@ -104,6 +104,10 @@ struct WorkerLoop<Stage: StreamStage> {
         let groupDims = [("stream", stage.inputStream), ("group", stage.stage)]
         lagGauge = Gauge(label: "te_stream_consumer_lag_entries", dimensions: groupDims)
         pendingGauge = Gauge(label: "te_stream_pending_entries", dimensions: groupDims)
+        // Every dead-letter reason this worker can count, registered at 0: alerts on rate() need the series.
+        for reason in ["decode", "max_deliveries", "stage"] {
+            _ = Counter(label: "te_stream_dlq_total", dimensions: [("stage", stage.stage), ("reason", reason)])
+        }
     }
 
     static var shuttingDown: Bool { Task.isShuttingDownGracefully || Task.isCancelled }

@@ -10,7 +10,10 @@ templates expanded the way the adapter does).
 2. Each metric an expression selects is known: a name in deploy/metrics.txt (histograms also as
    _bucket/_sum/_count), a recording rule defined in deploy/prometheus/rules, or `up`.
 3. With TE_METRICS_URLS set (space- or comma-separated /metrics URLs of running services), every
-   te_*/canary_* metric the expressions use must be exported by at least one of them.
+   te_*/canary_* metric the expressions use must be exported by at least one of them (a family marked
+   `lazy` in deploy/metrics.txt — label values not known up front, e.g. per symbol — only gets a note),
+   and every exported te_*/canary_* family must follow Prometheus naming conventions (counters end in
+   _total, histograms in a unit, gauges not in _total).
 4. Dashboards load as JSON, have a uid, unique panel ids, and use the provisioned datasource.
 
 Usage: check_promql.py REPO_ROOT
@@ -34,14 +37,36 @@ ALWAYS_KNOWN = {"up"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
-def contract(path: Path) -> dict[str, str]:
-    out = {}
+def contract(path: Path) -> tuple[dict[str, str], set[str]]:
+    """Name -> type, and the names marked `lazy` (series appear with their first event)."""
+    out, lazy = {}, set()
     for line in path.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            name, kind, *_ = line.split()
+            name, kind, *rest = line.split()
             out[name] = kind
-    return out
+            if "lazy" in rest:
+                lazy.add(name)
+    return out, lazy
+
+
+HISTOGRAM_UNITS = ("_seconds", "_bytes", "_rows", "_entries", "_ratio")
+# DESIGN.md names the canary delta without a unit (it is a difference of two scores, unitless).
+CONVENTION_EXCEPTIONS = {"canary_abs_delta"}
+
+
+def convention_errors(types: dict[str, str]) -> list[str]:
+    errors = []
+    for name, kind in sorted(types.items()):
+        if not name.startswith(("te_", "canary_")) or name in CONVENTION_EXCEPTIONS:
+            continue
+        if kind == "counter" and not name.endswith("_total"):
+            errors.append(f"live: counter {name} does not end in _total")
+        elif kind != "counter" and name.endswith("_total"):
+            errors.append(f"live: {kind} {name} ends in _total (only counters may)")
+        elif kind == "histogram" and not name.endswith(HISTOGRAM_UNITS):
+            errors.append(f"live: histogram {name} has no unit suffix ({', '.join(HISTOGRAM_UNITS)})")
+    return errors
 
 
 def series_names(contract_names: dict[str, str]) -> dict[str, str]:
@@ -160,7 +185,7 @@ def promtool_parse(exprs: list[tuple[str, str]], errors: list[str]) -> None:
             errors.append(f"{where}: promtool cannot parse {e!r}: {msg[-1] if msg else ''}")
 
 
-def live_names(urls: list[str], errors: list[str]) -> set[str]:
+def live_names(urls: list[str], errors: list[str], types: dict[str, str]) -> set[str]:
     names: set[str] = set()
     for url in urls:
         try:
@@ -172,6 +197,8 @@ def live_names(urls: list[str], errors: list[str]) -> set[str]:
         for line in text.splitlines():
             if line.startswith("# TYPE ") or line.startswith("# HELP "):
                 names.add(line.split()[2])
+                if line.startswith("# TYPE "):
+                    types[line.split()[2]] = line.split()[3]
             elif line and not line.startswith("#"):
                 names.add(re.split(r"[{\s]", line, maxsplit=1)[0])
     return names
@@ -179,7 +206,7 @@ def live_names(urls: list[str], errors: list[str]) -> set[str]:
 
 def main(root: Path) -> int:
     errors: list[str] = []
-    known = contract(root / "deploy/metrics.txt")
+    known, lazy = contract(root / "deploy/metrics.txt")
     samples = series_names(known)
     exprs, recorded = collect(root, errors)
     promtool_parse(exprs, errors)
@@ -201,10 +228,15 @@ def main(root: Path) -> int:
 
     urls = [u for u in re.split(r"[\s,]+", os.environ.get("TE_METRICS_URLS", "")) if u]
     if urls:
-        exported = live_names(urls, errors)
+        types: dict[str, str] = {}
+        exported = live_names(urls, errors, types)
+        errors.extend(convention_errors(types))
         for family in sorted(used_families):
             if family not in exported and not any(family + s in exported for s in HISTOGRAM_SUFFIXES):
-                errors.append(f"live: {family} is used by dashboards/rules but no service in TE_METRICS_URLS exports it")
+                if family in lazy:
+                    print(f"promql: note: {family} (lazy: label values not known up front) has no series yet", file=sys.stderr)
+                else:
+                    errors.append(f"live: {family} is used by dashboards/rules but no service in TE_METRICS_URLS exports it")
         unused_live = sorted(n for n in exported if n.startswith(("te_", "canary_")) and n not in samples)
         for n in unused_live:
             print(f"promql: note: live metric {n} is not in deploy/metrics.txt", file=sys.stderr)
