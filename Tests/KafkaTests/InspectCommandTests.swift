@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import TEKafka
 import TEModels
 import TERedis
 import TestSupport
@@ -129,5 +131,52 @@ struct InspectCommandTests {
         #expect(again.status != 0)
         #expect(again.output.contains("not in \(StreamKey.dlq)"), "\(again.output)")
         #expect(try await redis.xlen(StreamKey.ticks) == before + 1)
+    }
+
+    @Test("an ingest dead letter: te dlq redrive produces the raw message to its topic again, exactly once")
+    func kafkaRedrive() async throws {
+        let h = try IngestHarness(partitions: 1)
+        defer { Task { await h.cleanup() } }
+        let ingest = try h.startIngest()
+        let garbage = #"{"stream":"btcusdt@bookTicker","data":{"u":7,"s":"BTCUSDT","b":"61838","B":"1","a":"61837","A":"1"}}"#
+        let producer = try KafkaProducer(configuration: KafkaConfiguration(brokers: h.cluster.bootstrapServers), logger: Logger(label: "test"))
+        let original = try await producer.send(KafkaOutgoingMessage(
+            topic: h.topic, key: Array("BTCUSDT".utf8), value: Array(garbage.utf8), timestampMs: 1_723_161_300_000,
+            headers: [KafkaHeader(key: "ts_ns", string: "1723161300000123456")]))
+        let environment = h.environment
+        #expect(await TestEnv.eventually(timeout: .seconds(30)) { ((try? await h.redis.xlen(h.dlq)) ?? 0) == 1 }, "\(ingest.output())")
+        let first = try #require(try await h.redis.xrange(h.dlq).first)
+        let letter = try StreamFieldDecoder.decode(DeadLetter.self, from: first.fields)
+        #expect(letter.stage == "ingest")
+        #expect(letter.source == "kafka:\(h.topic)/0@\(original.offset)")
+        #expect(letter.reason.hasPrefix("crossed_book"), "\(letter.reason)")
+
+        let show = try await runTe(["dlq", "show", first.id, "--stream", h.dlq], environment: environment)
+        #expect(show.status == 0, "\(show.output)")
+        #expect(show.output.contains("stage: ingest") && show.output.contains("payload: \(garbage)"), "\(show.output)")
+
+        let redrive = try await runTe(["dlq", "redrive", first.id, "--stream", h.dlq], environment: environment)
+        #expect(redrive.status == 0, "\(redrive.output)")
+        #expect(redrive.output.contains("\(first.id) → kafka topic \(h.topic)"), "\(redrive.output)")
+        // ingest reads the re-driven message (still crossed) and dead-letters it again: the new letter is
+        // the next offset of the same partition, with the same payload and recorded time.
+        #expect(await TestEnv.eventually(timeout: .seconds(30)) {
+            let ids = (try? await h.redis.xrange(h.dlq).map(\.id)) ?? []
+            return ids.count == 1 && ids != [first.id]
+        }, "\(ingest.output())")
+        let second = try #require(try await h.redis.xrange(h.dlq).first)
+        let again = try StreamFieldDecoder.decode(DeadLetter.self, from: second.fields)
+        #expect(again.source == "kafka:\(h.topic)/0@\(original.offset + 1)")
+        #expect(again.payload == garbage)
+        #expect(again.tsNs == 1_723_161_300_000_123_456)
+
+        // The first letter is gone: re-driving it again sends nothing.
+        let twice = try await runTe(["dlq", "redrive", first.id, "--stream", h.dlq], environment: environment)
+        #expect(twice.status != 0)
+        #expect(twice.output.contains("not in \(h.dlq)"), "\(twice.output)")
+        try await Task.sleep(for: .seconds(1))
+        #expect(try await h.redis.xrange(h.dlq).map(\.id) == [second.id])
+        ingest.terminate()
+        #expect(try await ingest.waitForExit(timeout: .seconds(20)) == 0)
     }
 }
