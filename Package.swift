@@ -27,6 +27,7 @@ let package = Package(
         .library(name: "FeatureEngine", targets: ["FeatureEngine"]),
         .library(name: "TritonClient", targets: ["TritonClient"]),
         .library(name: "MarketData", targets: ["MarketData"]),
+        .library(name: "TEKafka", targets: ["TEKafka"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
