@@ -62,7 +62,9 @@ struct DLQCommand: AsyncParsableCommand {
                 guard let source = letter.source else { throw CLIError("\(id) has no source to re-drive to") }
                 if source.hasPrefix("kafka:") {
                     if producer == nil { producer = try KafkaProducer(configuration: try KafkaConfiguration.fromEnvironment(), logger: Logger(label: "te")) }
-                    try await redriveToKafka(id: id, entry: e, letter: letter, source: source, redis: redis, producer: producer!)
+                    if try await !redriveToKafka(id: id, entry: e, letter: letter, source: source, redis: redis, producer: producer!) {
+                        missing.append(id)
+                    }
                 } else {
                     let fields = try Self.streamFields(ofPayload: letter.payload, id: id)
                     // XDEL and XADD in one script: only the caller whose XDEL removed the letter adds the
@@ -89,14 +91,15 @@ struct DLQCommand: AsyncParsableCommand {
 
     /// A Kafka letter: removed first (the XDEL that returns 1 owns the re-drive), then produced and
     /// awaited; if the broker refuses it, the letter is put back (under a new id) so nothing is lost.
+    /// False when another re-drive removed the letter first.
     func redriveToKafka(
         id: String, entry: StreamEntry, letter: DeadLetter, source: String, redis: RedisClient, producer: KafkaProducer
-    ) async throws {
+    ) async throws -> Bool {
         // kafka:<topic>/<partition>@<offset>
         let topic = String(source.dropFirst("kafka:".count).prefix(while: { $0 != "/" }))
         guard try await redis.send(RedisCommand(["XDEL", stream, id])).int == 1 else {
             print("\(id): already re-driven by someone else: nothing sent")
-            return
+            return false
         }
         do {
             try await producer.send(KafkaOutgoingMessage(
@@ -107,6 +110,7 @@ struct DLQCommand: AsyncParsableCommand {
             throw CLIError("\(id): producing to \(topic) failed (\(error)); the dead letter is back as \(restored)")
         }
         print("\(id) → kafka topic \(topic)")
+        return true
     }
 
     /// The stream fields a stage dead-lettered (a JSON object of strings), in their original order.

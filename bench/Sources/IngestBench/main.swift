@@ -74,6 +74,10 @@ func log(_ s: String) { FileHandle.standardError.write(Data("ingest-bench: \(s)\
 final class ProducerState: Sendable {
     let doneAtNs = Atomic<Int64>(0)
     let failures = Atomic<Int>(0)
+    /// When the first measured message was handed to librdkafka, and when the first delivery report came:
+    /// the producer's own start-up, apart from ingest.
+    let firstProducedNs = Atomic<Int64>(0)
+    let firstDeliveredNs = Atomic<Int64>(0)
 }
 
 struct Observed {
@@ -127,7 +131,10 @@ func produce(_ producer: KafkaProducer, _ message: KafkaOutgoingMessage, state: 
     while true {
         do {
             try producer.produce(message) { result in
-                if case .failure = result { state.failures.add(1, ordering: .relaxed) }
+                switch result {
+                case .failure: state.failures.add(1, ordering: .relaxed)
+                case .success: _ = state.firstDeliveredNs.compareExchange(expected: 0, desired: wallNs(), ordering: .relaxed)
+                }
             }
             return
         } catch let error where error.code == .queueFull {
@@ -180,6 +187,7 @@ while warmed < warmKeys.count {
 }
 if options.warmUp { try await Task.sleep(for: .seconds(1)) }
 
+state.firstDeliveredNs.store(0, ordering: .relaxed)
 let scheduleStart = wallNs() + 50_000_000
 let observer = Task { [startID] in
     try await observe(redis, stream: options.stream, after: startID, expected: expectedTicks, scheduleStartNs: scheduleStart, producer: state)
@@ -200,6 +208,7 @@ for (i, m) in recorded.enumerated() {
     } else {
         dueNs = wallNs()
     }
+    if i == 0 { state.firstProducedNs.store(wallNs(), ordering: .relaxed) }
     try await produce(
         producer,
         KafkaOutgoingMessage(
@@ -236,6 +245,7 @@ let result: [String: Any] = [
     "latency_produce_to_seen": summary(seen.latency),
     "latency_produce_to_redis_entry_id": summary(seen.serverLatency),
     "worst_seconds": worst,
+    "first_delivery_report_ms": Double((state.firstDeliveredNs.load(ordering: .relaxed) - state.firstProducedNs.load(ordering: .relaxed)) / 1000) / 1000,
     "warm_up": options.warmUp, "producer_prepared": options.prepare,
     "load_average_before": loadBefore, "load_average_after": loadAfter,
 ]
