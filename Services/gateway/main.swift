@@ -1,5 +1,8 @@
+import Foundation
 import GatewayCore
 import ServiceKit
+
+let onEventLoops = GatewayRuntime.installEventLoopExecutor(environment: ProcessInfo.processInfo.environment)
 
 // Configuration errors print one line naming the variable and exit 1 (ServiceRunner). The gateway
 // serves /metrics, /healthz and /readyz on its API port, so no separate health server.
@@ -13,7 +16,7 @@ await ServiceRunner.run(service: "gateway", defaultMetricsPort: nil) { resources
             "triton_secondary": "\(config.tritonSecondaryURL ?? "-")", "model_version": "\(config.modelVersion)",
             "canary": "\(config.canaryEnabled ? "\(config.canaryVersion)@\(config.canaryFraction)" : "off")",
             "shadow": "\(config.shadowEnabled)", "score_timeout_ms": "\(config.scoreTimeoutMs)",
-            "api_keys": "\(config.apiKeys.count)",
+            "api_keys": "\(config.apiKeys.count)", "event_loop_executor": "\(onEventLoops)",
         ])
     return [buildApplication(dependencies)]
 }

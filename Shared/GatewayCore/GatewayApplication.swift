@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
@@ -160,10 +161,12 @@ struct GatewayAPI: Sendable {
         case .success(let request): parsed = request
         case .failure(let error): return Self.badRequest(error)
         }
-        let requestID = Self.requestID(request.headers[.init("X-Request-Id")!])
+        let requestID = Self.requestID(request.headers[Self.requestIDHeader])
         let response = await d.engine.score(parsed, requestID: requestID, arrival: arrival)
         return Self.json(.ok, ScoreResponseJSON.encode(response))
     }
+
+    static let requestIDHeader = HTTPField.Name("X-Request-Id")!
 
     /// The client's `X-Request-Id` when it is a plausible id, else a new UUID.
     static func requestID(_ header: String?) -> String {
@@ -174,7 +177,7 @@ struct GatewayAPI: Sendable {
         {
             return header
         }
-        return UUID().uuidString.lowercased()
+        return RequestID.random()
     }
 
     // MARK: GET /v1/opportunities

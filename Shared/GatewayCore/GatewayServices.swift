@@ -183,12 +183,15 @@ public struct AuditStreamWriter: Service {
     let batchMax: Int
     let maxLen: Int?
     let drainTimeout: Duration
+    /// Pause after a partial batch, so low-rate traffic is written a few records at a time.
+    let linger: Duration
     let logger: Logger
 
     public init(
         redis: RedisClient, buffer: AuditBuffer, stream: String = StreamKey.audit, batchMax: Int, maxLen: Int?,
-        drainTimeout: Duration = .seconds(3), logger: Logger
+        drainTimeout: Duration = .seconds(3), linger: Duration = .milliseconds(2), logger: Logger
     ) {
+        self.linger = linger
         self.redis = redis
         self.buffer = buffer
         self.stream = stream
@@ -224,6 +227,10 @@ public struct AuditStreamWriter: Service {
             do {
                 try await write(batch)
                 buffer.commit(count: batch.count)
+                // A partial batch means the writer is keeping up record by record: linger so the next
+                // write carries several. At one connection this halves the audit path's thread wake-ups
+                // (writer task, Redis thread, reply) that compete with requests for the 2 cores.
+                if deadline == nil, (batch.count < batchMax), (linger > .zero) { try? await Task.sleep(for: linger) }
                 if failures > 0 {
                     logger.info("audit writes recovered", metadata: ["failed_attempts": "\(failures)", "depth": "\(buffer.depth)"])
                 }
@@ -247,7 +254,7 @@ public struct AuditStreamWriter: Service {
         var commands: [RedisCommand] = []
         commands.reserveCapacity(batch.count)
         for record in batch {
-            commands.append(.xadd(stream, maxLen: maxLen, fields: try StreamFieldEncoder.encode(record)))
+            commands.append(.xadd(stream, maxLen: maxLen, fields: try AuditFields.encode(record)))
         }
         let replies = try await redis.pipeline(commands)
         for reply in replies {

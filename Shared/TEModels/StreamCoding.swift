@@ -189,8 +189,20 @@ public enum StreamFieldDecoder {
         }
     }
 
+    /// Stream entries as read: a `StreamFieldDecodable` type's hand-written reader first (the hot path),
+    /// the Codable decoder when it declines.
     public static func decode<M: StreamMessage>(_ type: M.Type, from fields: [(String, String)]) throws(MessageDecodingError)
         -> M
+    {
+        if let fast = M.self as? any StreamFieldDecodable.Type, let message = fast.decodeFast(fields) as? M {
+            return message
+        }
+        return try decodeCodable(type, from: fields)
+    }
+
+    /// The Codable decoder alone (the reference the fast readers are tested against).
+    public static func decodeCodable<M: StreamMessage>(_ type: M.Type, from fields: [(String, String)])
+        throws(MessageDecodingError) -> M
     {
         var dict: [String: String] = [:]
         dict.reserveCapacity(fields.count)

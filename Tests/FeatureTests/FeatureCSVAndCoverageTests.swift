@@ -103,3 +103,37 @@ struct FixedPointTests {
         #expect(FixedPoint.int128(integral: -0x1p62 - 2048) == -(Int128(1) << 62) - 2048)
     }
 }
+
+@Suite("fast stream readers on a real recording")
+struct FastReaderRecordingTests {
+    /// Every tick of spot_ethusdt_20240808 as ingest writes it, and every snapshot of it as feature-pipeline
+    /// writes it: the hand-written readers take each entry and give the Codable decoder's value to the bit.
+    @Test func fastReadersEqualCodableOnEveryEntry() throws {
+        let ticks = try NormalizedRecording.ticks(try RecordedData.file("binance/spot_ethusdt_20240808.gz"))
+        var engine = FeatureEngine(windowMs: 5000)
+        var tickMismatches = 0
+        var snapshotMismatches = 0
+        for tick in ticks {
+            let fields = try StreamFieldEncoder.encode(tick)
+            let codable = try StreamFieldDecoder.decodeCodable(Tick.self, from: fields)
+            guard let fast = Tick.decodeFast(fields), fast == codable, fast.bids == codable.bids,
+                fast.bids.map({ $0.flatMap { $0.map(\.bitPattern) } }) == codable.bids.map({ $0.flatMap { $0.map(\.bitPattern) } }),
+                fast.asks.map({ $0.flatMap { $0.map(\.bitPattern) } }) == codable.asks.map({ $0.flatMap { $0.map(\.bitPattern) } })
+            else {
+                tickMismatches += 1
+                continue
+            }
+            if case .snapshot(let snapshot) = engine.apply(tick) {
+                let fields = try StreamFieldEncoder.encode(snapshot)
+                let codable = try StreamFieldDecoder.decodeCodable(FeatureSnapshot.self, from: fields)
+                let fast = FeatureSnapshot.decodeFast(fields)
+                if fast != codable || fast?.features.values.map(\.bitPattern) != codable.features.values.map(\.bitPattern) {
+                    snapshotMismatches += 1
+                }
+            }
+        }
+        #expect(ticks.count > 25_000)
+        #expect(tickMismatches == 0)
+        #expect(snapshotMismatches == 0)
+    }
+}

@@ -49,12 +49,11 @@ enum NormalizedRecording {
 
 @Suite("feature-pipeline equals te features", .serialized)
 struct PipelineParityTests {
-    /// spot_ethusdt_20240808 normalised by MarketData (as ingest does) and written to te:ticks →
-    /// feature-pipeline (SIGKILLed a third of the way and restarted, so the rebuild from te:ticks is on
-    /// the path) → te:features, against `te features` on the recording file itself: every row, every
-    /// feature, bit for bit, and the same warm flags. (Once ingest is on main, the te:ticks side can come
-    /// from `te replay` → Kafka → ingest instead of writing the normalised ticks directly.)
-    @Test("streaming and offline give identical rows, across a SIGKILL and restart", .timeLimit(.minutes(5)))
+    /// spot_ethusdt_20240808 through the real path — `te replay --speed max` into a topic of the test's own
+    /// → `ingest` → `te:ticks` → `feature-pipeline` (SIGKILLed a third of the way and restarted, so the
+    /// rebuild from te:ticks is on the path) → `te:features` — against `te features` on the recording file
+    /// itself: every row, every feature, bit for bit, and the same warm flags.
+    @Test("replay → ingest → feature-pipeline equals te features, across a SIGKILL and restart", .timeLimit(.minutes(5)))
     func parityAcrossRestart() async throws {
         let recording = try RecordedData.file("binance/spot_ethusdt_20240808.gz")
         let ticks = try NormalizedRecording.ticks(recording)
@@ -80,48 +79,37 @@ struct PipelineParityTests {
         #expect(expected.count == expectedWarm.count)
         #expect(expected.count > 20_000)
 
-        // The streaming side, on a Redis of its own (the service uses the real stream names).
-        let server = try await PrivateRedisServer()
-        let redis = RedisClient(configuration: try RedisConfiguration(url: server.url), name: "parity")
-        defer { redis.close() }
-        for chunk in stride(from: 0, to: ticks.count, by: 2_000) {
-            let commands = try ticks[chunk..<min(chunk + 2_000, ticks.count)].map {
-                try RedisCommand.xadd(StreamKey.ticks, maxLen: nil, message: $0)
-            }
-            _ = try await redis.pipeline(commands)
-        }
-        let environment = [
-            "REDIS_URL": server.url, "METRICS_PORT": String(try TestEnv.freePort()), "CONSUMER_NAME": "parity",
-            "STREAM_BATCH_SIZE": "200", "FEATURE_TTL_SEC": "600",
-        ]
-        let first = try ChildProcess.built("feature-pipeline", environment: environment)
+        // The streaming side: ingest subscribed first, feature-pipeline, then the replay.
+        let pipeline = try await LivePipeline("parity")
+        defer { Task { await pipeline.close() } }
+        let redis = pipeline.redis
+        let ingest = try await pipeline.startIngest()
+        let first = try pipeline.start("feature-pipeline", ["STREAM_BATCH_SIZE": "200", "FEATURE_TTL_SEC": "600"])
+        let replay = Task { try await pipeline.replay(recording) }
         let partway = try await TestEnv.eventually(timeout: .seconds(120)) {
-            try await redis.xlen(StreamKey.features) >= expected.count / 3
+            (try? await redis.xlen(StreamKey.features)) ?? 0 >= expected.count / 3
         }
-        #expect(partway, "\(first.output())")
+        #expect(partway, "feature-pipeline: \(first.output().suffix(2000))\ningest: \(ingest.output().suffix(2000))")
         first.kill9()
         try await first.waitForExit()
 
-        var environment2 = environment
-        environment2["METRICS_PORT"] = String(try TestEnv.freePort())
-        let second = try ChildProcess.built("feature-pipeline", environment: environment2)
+        let second = try pipeline.start("feature-pipeline", ["STREAM_BATCH_SIZE": "200", "FEATURE_TTL_SEC": "600"])
+        try await replay.value
         let done = try await TestEnv.eventually(timeout: .seconds(180), every: .milliseconds(200)) {
-            guard try await redis.xlen(StreamKey.features) >= expected.count else { return false }
-            return try await redis.xpending(StreamKey.ticks, group: "feature-pipeline").count == 0
+            guard try await redis.xlen(StreamKey.ticks) >= ticks.count else { return false }
+            return try await pipeline.drained(StreamKey.ticks, group: "feature-pipeline")
         }
-        #expect(done, "\(second.output())")
+        #expect(done, "feature-pipeline: \(second.output().suffix(2000))\ningest: \(ingest.output().suffix(2000))")
+        // ingest wrote exactly the recording's ticks (nothing lost, nothing twice, nothing dead-lettered).
+        #expect(try await redis.xlen(StreamKey.ticks) == ticks.count)
+        #expect(try await redis.xlen(StreamKey.dlq) == 0)
         second.terminate()
+        ingest.terminate()
         #expect(try await second.waitForExit() == 0)
+        #expect(try await ingest.waitForExit(timeout: .seconds(20)) == 0)
         #expect(second.output().contains("feature windows rebuilt from the stream"))
 
-        var streamed: [FeatureSnapshot] = []
-        var start = "-"
-        while true {
-            let page = try await redis.xrange(StreamKey.features, start: start, end: "+", count: 5_000)
-            guard let last = page.last else { break }
-            for entry in page { streamed.append(try StreamFieldDecoder.decode(FeatureSnapshot.self, from: entry.fields)) }
-            start = "(" + last.id
-        }
+        let streamed = try await pipeline.messages(FeatureSnapshot.self, in: StreamKey.features)
         #expect(streamed.count == expected.count)
         var mismatches = 0
         for (i, (s, row)) in zip(streamed, expected).enumerated() {

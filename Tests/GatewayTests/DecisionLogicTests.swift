@@ -155,3 +155,28 @@ import Testing
         #expect(c?.hedgeAfter == 6)
     }
 }
+
+/// A failed batched call counts once against its endpoint, however many requests rode in it.
+@Suite struct BatchFailureCountingTests {
+    @Test func oneRiderReportsTheCallsFailure() {
+        let failures = InferenceBatcher.riderFailures(InferenceFailure(.timeout, "deadline exceeded"), riders: 4, reporter: 1)
+        #expect(failures.count == 4)
+        #expect(failures.map(\.countsAgainstEndpoint) == [false, true, false, false])
+        #expect(failures.allSatisfy { $0.kind == .timeout && $0.message == "deadline exceeded" })
+    }
+
+    @Test func modelErrorsNeverCountEvenForTheReporter() {
+        let failures = InferenceBatcher.riderFailures(InferenceFailure(.modelError, "bad shape"), riders: 2, reporter: 0)
+        #expect(failures.map(\.countsAgainstEndpoint) == [false, false])
+    }
+
+    @Test func breakerOpensOnlyAfterFiveFailedCallsNotFiveRiders() {
+        var breaker = CircuitBreaker(failureThreshold: 5, openDuration: .milliseconds(100))
+        let t0 = ContinuousClock.now
+        // One call with 32 riders failed: one counted failure, 31 abandoned.
+        for f in InferenceBatcher.riderFailures(InferenceFailure(.timeout, "late"), riders: 32, reporter: 0) {
+            if f.countsAgainstEndpoint { breaker.recordFailure(now: t0) } else { breaker.recordAbandoned(permission: .allowed) }
+        }
+        #expect(breaker.state == .closed(consecutiveFailures: 1))
+    }
+}

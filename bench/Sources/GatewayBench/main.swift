@@ -76,6 +76,10 @@ final class Connection {
         precondition(rc == 0, "connect to \(host):\(port) failed: errno \(errno)")
     }
 
+    /// The `source` of the last answer (`model`, `cache`, `rules`, `abstain`), so a run can show which
+    /// path it actually measured.
+    var lastSource = "-"
+
     /// Sends the request and reads one response; returns the HTTP status.
     func roundTrip(_ request: [UInt8]) -> Int {
         var sent = 0
@@ -86,6 +90,7 @@ final class Connection {
         }
         while true {
             if let (status, length) = parse() {
+                lastSource = Self.source(in: pending[0..<length])
                 pending.removeFirst(length)
                 return status
             }
@@ -93,6 +98,22 @@ final class Connection {
             if n <= 0 { if n < 0 && errno == EINTR { continue }; return -1 }
             pending.append(contentsOf: buffer[0..<n])
         }
+    }
+
+    static let sourceKey = Array(#""source":""#.utf8)
+
+    static func source(in response: ArraySlice<UInt8>) -> String {
+        let bytes = Array(response)
+        guard bytes.count > sourceKey.count else { return "-" }
+        for i in 0...(bytes.count - sourceKey.count) where bytes[i] == sourceKey[0] {
+            if Array(bytes[i..<(i + sourceKey.count)]) == sourceKey {
+                let start = i + sourceKey.count
+                var end = start
+                while end < bytes.count, bytes[end] != UInt8(ascii: "\"") { end += 1 }
+                return String(decoding: bytes[start..<end], as: UTF8.self)
+            }
+        }
+        return "-"
     }
 
     /// (status, total length) of a complete response at the head of `pending`.
@@ -133,6 +154,7 @@ final class Worker: @unchecked Sendable {  // owned by its one thread until join
     var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
     var ok = 0
     var errors = 0
+    var sources: [String: Int] = [:]
     let done = DispatchSemaphore(value: 0)
 }
 
@@ -155,6 +177,7 @@ for (index, w) in workers.enumerated() {
                 let t1 = nowNs()
                 if intended >= start {
                     if status == 200 { w.ok += 1 } else { w.errors += 1 }
+                    w.sources[c.lastSource, default: 0] += 1
                     _ = w.histogram.record(t1 - intended)
                 }
                 intended += interval
@@ -167,6 +190,7 @@ for (index, w) in workers.enumerated() {
                 let t1 = nowNs()
                 if t0 >= start {
                     if status == 200 { w.ok += 1 } else { w.errors += 1 }
+                    w.sources[c.lastSource, default: 0] += 1
                     _ = w.histogram.record(t1 - t0)
                 }
             }
@@ -180,7 +204,9 @@ for w in workers { w.done.wait() }
 var total = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
 var ok = 0
 var errors = 0
+var sources: [String: Int] = [:]
 for w in workers {
+    sources.merge(w.sources, uniquingKeysWith: +)
     total.add(w.histogram)
     ok += w.ok
     errors += w.errors
@@ -191,6 +217,7 @@ let result: [String: Any] = [
     "target_rate": o.mode == "open" ? o.rate : 0, "duration_s": o.duration, "ok": ok, "errors": errors,
     "throughput_rps": (Double(ok + errors) / o.duration).rounded(),
     "p50_ms": ms(total.valueAtPercentile(50)), "p90_ms": ms(total.valueAtPercentile(90)),
+    "sources": sources,
     "p99_ms": ms(total.valueAtPercentile(99)), "p999_ms": ms(total.valueAtPercentile(99.9)), "max_ms": ms(total.max),
 ]
 let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])
