@@ -125,7 +125,7 @@ stall) → tick seen on the ticks stream (HdrHistogram). Reproduce: `bench/run-i
 Worst seconds of the run (second of the schedule, worst ms, ticks over 100 ms):
 {', '.join(f"{w['second']:.0f}: {w['max_ms']} ms / {w['over_100ms']:.0f}" for w in lat['worst_seconds'][:4])}.
 
-Where the first run's p99 of ~965 ms came from (cold start, not ingest): (1) a fresh librdkafka producer
+Findings of 2026-11-23 (fixed text, not this run's numbers). Where the first run's p99 of ~965 ms came from (cold start, not ingest): (1) a fresh librdkafka producer
 parks a topic's messages until its 1 s topic scan when it has no metadata yet — the first delivery report
 came ~1,000 ms after the first produce, ~5 ms once `KafkaProducer.prepare(topic:)` fetched the metadata
 first (te replay now does); (2) the mock cluster holds a new group's first join for 3 s, and the old
