@@ -26,8 +26,14 @@ BENCH_BIN=$(swift build -c release --package-path bench --show-bin-path)
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done
+  # Newest first: the ingests leave their group while the broker is still up (with the broker gone,
+  # librdkafka's consumer close waits for a coordinator that never answers); then anything left is killed.
+  for ((i=${#PIDS[@]}-1; i>=0; i--)); do
+    p=${PIDS[i]}
+    kill "$p" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
   # UNLINK frees the big streams off Redis's main thread (a DEL of 90k entries would stall everyone's Redis).
   redis-cli -u "$REDIS_URL" --scan --pattern "${RUN:-none}:*" | xargs -r redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
   rm -rf "$WORK"
