@@ -19,6 +19,7 @@ let package = Package(
         .executable(name: "audit-bench", targets: ["AuditBench"]),
         .executable(name: "gateway-bench", targets: ["GatewayBench"]),
         .executable(name: "pipeline-bench", targets: ["PipelineBench"]),
+        .executable(name: "ingest-bench", targets: ["IngestBench"]),
     ],
     dependencies: [
         .package(path: ".."),
@@ -85,6 +86,16 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Sources/PipelineBench", swiftSettings: [.swiftLanguageMode(.v6)]),
+        // Open-loop produce → ingest → Redis latency of a running ingest (bench/run-ingest.sh).
+        .executableTarget(
+            name: "IngestBench",
+            dependencies: [
+                .product(name: "TEKafka", package: root),
+                .product(name: "TERedis", package: root),
+                .product(name: "MarketData", package: root),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Sources/IngestBench", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
             name: "GatewayBench",
             dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")],

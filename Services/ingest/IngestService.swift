@@ -11,6 +11,27 @@ import TERedis
 /// Kafka `ticks` (group `ingest`) → normalize → one pipelined Redis write per batch (te:ticks, spread keys,
 /// te:dlq) → commit the batch's offsets. Offsets are committed only after Redis accepted the batch, so a
 /// crash or a Redis outage re-reads, never skips (at-least-once: a re-read batch is written again).
+///
+/// The duplicate window. What is in Redis but not yet committed is written a second time after a crash
+/// (or by the next owner of a partition after a rebalance). Offsets are committed at most every
+/// `commitInterval` (200 ms), checked once per loop turn after the next poll, so at a crash the uncommitted
+/// span is at most 200 ms of traffic plus one loop turn (poll + normalize + Redis write, ≤ `INGEST_BATCH_SIZE`
+/// = 500 messages): about rate × 0.2 s + 500 messages — ~1,500 at 5k msgs/s, ~2,800 at the 11.5k msgs/s of
+/// `--speed max`. A failed commit (retried 5×, then left to the next one) widens it until a commit
+/// succeeds. A second, crash-free source: a Redis write whose reply is lost (connection reset after Redis
+/// executed the pipeline) is retried by `write`, duplicating that one batch (≤ 500 messages).
+/// Duplicates are whole re-written ticks with the same `ts_ns`/`seq`; feature-pipeline would count them
+/// twice in its window (n_quotes, trade_volume), so they matter downstream.
+///
+/// Cheap fixes, not done: (1) committing every batch shrinks the window to one batch but costs a
+/// synchronous coordinator round trip per batch on the consumer's queue (≈ the throughput cap this
+/// interval exists to avoid) and still duplicates one batch. (2) Effectively-once into Redis: keep
+/// `topic/partition → last written offset` in a Redis hash updated in the same MULTI/EXEC as the batch's
+/// XADDs (a Lua script that skips offsets ≤ the stored one also makes the lost-reply retry safe), read it
+/// when partitions are assigned and skip messages at or below it; Kafka commits then only bound the
+/// re-read. Cost: one HSET per batch, MULTI/EXEC (or EVAL) instead of a plain pipeline — Redis runs the
+/// batch atomically, ~1 ms for 500 XADDs — and one HGETALL per assignment. Stream ids cannot be the
+/// idempotency key: te:ticks interleaves partitions, and XADD with an explicit id needs ids that only grow.
 struct IngestService: Service {
     let settings: IngestSettings
     let redis: RedisClient

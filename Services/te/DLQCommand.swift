@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import ServiceKit
 import TEKafka
 import TEModels
 import TERedis
@@ -12,7 +13,9 @@ struct DLQCommand: AsyncParsableCommand {
         discussion: """
             redrive sends an entry back where it came from: a stream stage's entry is added again to its input \
             stream with its original fields; an ingest entry is produced again to its Kafka topic \
-            (KAFKA_BROKERS). The dead letter is then deleted.
+            (KAFKA_BROKERS). The dead letter is then removed from te:dlq (the input stream now holds the \
+            entry; if it fails again it comes back as a new dead letter). Re-driving an id that is no longer \
+            in te:dlq sends nothing and exits non-zero, so a repeated re-drive never duplicates an entry.
             """)
 
     enum Action: String, ExpressibleByArgument { case list, show, redrive }
@@ -48,33 +51,84 @@ struct DLQCommand: AsyncParsableCommand {
             }
         case .redrive:
             var producer: KafkaProducer?
+            var missing: [String] = []
             for id in ids {
                 guard let e = try await redis.xrange(stream, start: id, end: id, count: 1).first else {
-                    throw CLIError("no entry \(id) in \(stream)")
+                    missing.append(id)
+                    print("\(id): not in \(stream) (already re-driven, trimmed, or never there): nothing sent")
+                    continue
                 }
                 let letter = try StreamFieldDecoder.decode(DeadLetter.self, from: e.fields)
                 guard let source = letter.source else { throw CLIError("\(id) has no source to re-drive to") }
                 if source.hasPrefix("kafka:") {
-                    // kafka:<topic>/<partition>@<offset>
-                    let topic = String(source.dropFirst("kafka:".count).prefix(while: { $0 != "/" }))
                     if producer == nil { producer = try KafkaProducer(configuration: try KafkaConfiguration.fromEnvironment(), logger: Logger(label: "te")) }
-                    let payload = Array(letter.payload.utf8)
-                    try await producer!.send(KafkaOutgoingMessage(
-                        topic: topic, key: Self.symbol(in: letter.payload).map { Array($0.utf8) }, value: payload,
-                        timestampMs: letter.tsNs / 1_000_000, headers: [KafkaHeader(key: "ts_ns", string: String(letter.tsNs))]))
-                    print("\(id) → kafka topic \(topic)")
-                } else {
-                    guard let object = try JSONSerialization.jsonObject(with: Data(letter.payload.utf8)) as? [String: Any] else {
-                        throw CLIError("\(id): payload is not a JSON object of stream fields")
+                    if try await !redriveToKafka(id: id, entry: e, letter: letter, source: source, redis: redis, producer: producer!) {
+                        missing.append(id)
                     }
-                    let fields = object.sorted { $0.key == "v" ? true : $1.key == "v" ? false : $0.key < $1.key }
-                        .map { ($0.key, $0.value as? String ?? "\($0.value)") }
-                    let newID = try await redis.xadd(source, fields: fields)
-                    print("\(id) → \(source) \(newID)")
+                } else {
+                    let fields = try Self.streamFields(ofPayload: letter.payload, id: id)
+                    // XDEL and XADD in one script: only the caller whose XDEL removed the letter adds the
+                    // payload, so a re-drive repeated (or run twice at once) never duplicates it.
+                    let reply = try await redis.send(RedisCommand(
+                        ["EVAL", Self.moveScript, "2", stream, source, id] + fields.flatMap { [$0.0, $0.1] }))
+                    if let newID = reply.string {
+                        print("\(id) → \(source) \(newID)")
+                    } else {
+                        missing.append(id)
+                        print("\(id): already re-driven by someone else: nothing sent")
+                    }
                 }
-                _ = try await redis.send(RedisCommand(["XDEL", stream, id]))
             }
+            if !missing.isEmpty { throw CLIError("not re-driven: \(missing.joined(separator: ", "))") }
         }
+    }
+
+    /// KEYS: dead-letter stream, input stream; ARGV: letter id, field, value, …
+    static let moveScript = """
+        if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return false end
+        return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+        """
+
+    /// A Kafka letter: removed first (the XDEL that returns 1 owns the re-drive), then produced and
+    /// awaited; if the broker refuses it, the letter is put back (under a new id) so nothing is lost.
+    /// False when another re-drive removed the letter first.
+    func redriveToKafka(
+        id: String, entry: StreamEntry, letter: DeadLetter, source: String, redis: RedisClient, producer: KafkaProducer
+    ) async throws -> Bool {
+        // kafka:<topic>/<partition>@<offset>
+        let topic = String(source.dropFirst("kafka:".count).prefix(while: { $0 != "/" }))
+        guard try await redis.send(RedisCommand(["XDEL", stream, id])).int == 1 else {
+            print("\(id): already re-driven by someone else: nothing sent")
+            return false
+        }
+        do {
+            try await producer.send(KafkaOutgoingMessage(
+                topic: topic, key: Self.symbol(in: letter.payload).map { Array($0.utf8) }, value: Array(letter.payload.utf8),
+                timestampMs: letter.tsNs / 1_000_000, headers: [KafkaHeader(key: "ts_ns", string: String(letter.tsNs))]))
+        } catch {
+            let restored = try await redis.xadd(stream, fields: entry.fields)
+            throw CLIError("\(id): producing to \(topic) failed (\(error)); the dead letter is back as \(restored)")
+        }
+        print("\(id) → kafka topic \(topic)")
+        return true
+    }
+
+    /// The stream fields a stage dead-lettered (a JSON object of strings), in their original order.
+    static func streamFields(ofPayload payload: String, id: String) throws -> [(String, String)] {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(payload.utf8)) as? [String: Any], !object.isEmpty else {
+            throw CLIError("\(id): payload is not a JSON object of stream fields")
+        }
+        // JSONSerialization forgets the order; each key occurs once as `"key":` in the text (inside a
+        // value its quotes would be escaped), so its position there restores the order (`v` first).
+        func position(_ key: String) -> Int {
+            var quoted = ""
+            JSONText.appendString(key, to: &quoted)
+            guard let r = payload.range(of: quoted + ":") else { return Int.max }
+            return payload.distance(from: payload.startIndex, to: r.lowerBound)
+        }
+        return object.map { (key: $0.key, value: $0.value as? String ?? "\($0.value)", at: position($0.key)) }
+            .sorted { $0.at < $1.at }
+            .map { ($0.key, $0.value) }
     }
 
     /// The `"s":"…"` or Kraken pair of a venue message, for the Kafka key.

@@ -36,6 +36,14 @@ struct ReplayCommand: AsyncParsableCommand {
         let kafka = try KafkaConfiguration.fromEnvironment()
         let topic = self.topic ?? ProcessInfo.processInfo.environment["KAFKA_TOPIC"] ?? "ticks"
         let producer = try KafkaProducer(configuration: kafka, logger: Logger(label: "te-replay"))
+        // Before the pacing clock starts: otherwise the first second of messages waits for librdkafka's
+        // topic scan and every one of them is late.
+        // Not fatal: without the metadata the messages still go out, only later.
+        do {
+            try await producer.prepare(topic: topic)
+        } catch {
+            FileHandle.standardError.write(Data("te replay: no metadata for \(topic) yet (\(error)); producing anyway\n".utf8))
+        }
         let factor: Double? = speed == "max" ? nil : 1 / Double(speed)!
         let progress = ReplayProgress(quiet: quiet, limit: limit)
         let outcome = DeliveryTally()
