@@ -8,30 +8,30 @@ import TEKafka
 import TEModels
 import TERedis
 
-/// Kafka `ticks` (group `ingest`) → normalize → one pipelined Redis write per batch (te:ticks, spread keys,
-/// te:dlq) → commit the batch's offsets. Offsets are committed only after Redis accepted the batch, so a
-/// crash or a Redis outage re-reads, never skips (at-least-once: a re-read batch is written again).
+/// Kafka `ticks` (group `ingest`) → normalize → one atomic Redis script per batch (te:ticks, spread keys,
+/// te:dlq, and the partitions' last written offsets) → commit the batch's Kafka offsets.
 ///
-/// The duplicate window. What is in Redis but not yet committed is written a second time after a crash
-/// (or by the next owner of a partition after a rebalance). Offsets are committed at most every
-/// `commitInterval` (200 ms), checked once per loop turn after the next poll, so at a crash the uncommitted
-/// span is at most 200 ms of traffic plus one loop turn (poll + normalize + Redis write, ≤ `INGEST_BATCH_SIZE`
-/// = 500 messages): about rate × 0.2 s + 500 messages — ~1,500 at 5k msgs/s, ~2,800 at the 11.5k msgs/s of
-/// `--speed max`. A failed commit (retried 5×, then left to the next one) widens it until a commit
-/// succeeds. A second, crash-free source: a Redis write whose reply is lost (connection reset after Redis
-/// executed the pipeline) is retried by `write`, duplicating that one batch (≤ 500 messages).
-/// Duplicates are whole re-written ticks with the same `ts_ns`/`seq`; feature-pipeline would count them
-/// twice in its window (n_quotes, trade_volume), so they matter downstream.
+/// Effectively-once into Redis. Kafka offsets are committed at most every `commitInterval` (200 ms) after
+/// Redis took the batch, so a crash, a rebalance or a Redis outage re-delivers up to rate × 0.2 s + one batch
+/// (≤ `INGEST_BATCH_SIZE`) of messages that are already in Redis. They are not written again: each batch goes
+/// to Redis as one `FencedBatch` script that writes a message's ticks / dead letter only if its offset is
+/// above the partition's last written offset in hash `te:ingest:offsets:{topic}` and stores the new offsets
+/// in the same atomic script run. The service also keeps those offsets locally (read when partitions are
+/// assigned) and skips redelivered messages before building commands; the script's own check makes the
+/// cases the local copy cannot see safe too: an EVAL retried after a lost reply, a zombie instance still
+/// writing a partition the group has moved, two groups reading one topic into the same stream. Kafka
+/// commits now only bound how much is re-read. Skips are counted in `te_ingest_redelivered_skipped_total`.
 ///
-/// Cheap fixes, not done: (1) committing every batch shrinks the window to one batch but costs a
-/// synchronous coordinator round trip per batch on the consumer's queue (≈ the throughput cap this
-/// interval exists to avoid) and still duplicates one batch. (2) Effectively-once into Redis: keep
-/// `topic/partition → last written offset` in a Redis hash updated in the same MULTI/EXEC as the batch's
-/// XADDs (a Lua script that skips offsets ≤ the stored one also makes the lost-reply retry safe), read it
-/// when partitions are assigned and skip messages at or below it; Kafka commits then only bound the
-/// re-read. Cost: one HSET per batch, MULTI/EXEC (or EVAL) instead of a plain pipeline — Redis runs the
-/// batch atomically, ~1 ms for 500 XADDs — and one HGETALL per assignment. Stream ids cannot be the
-/// idempotency key: te:ticks interleaves partitions, and XADD with an explicit id needs ids that only grow.
+/// Skipped messages still go through the normalizer (their output is dropped), so the order book a restart
+/// rebuilds from the re-read span is as complete as possible before the first fresh message.
+///
+/// A re-created topic starts its offsets again at 0, under the old stored offsets. When a partition is
+/// assigned, a stored offset at or above the partition's high watermark cannot belong to this topic's log
+/// (the message it names does not exist) and is deleted (compare-and-delete) with a warning. A topic
+/// re-created AND refilled past the old offset while no ingest was assigned cannot be told apart from the
+/// old one: whoever re-creates a topic must `DEL te:ingest:offsets:{topic}` (or use a new topic name).
+/// A running ingest sees the re-creation as a rebalance while the new partitions are still short, so the
+/// watermark check catches it there.
 struct IngestService: Service {
     let settings: IngestSettings
     let redis: RedisClient
@@ -50,6 +50,11 @@ struct IngestService: Service {
         var uncommitted: [String: KafkaOffset] = [:]
         var lastCommit = ContinuousClock.now
         let commitInterval = Duration.milliseconds(200)
+        // Partition → offset of its last message known to be in Redis; a partition missing here is read from
+        // Redis before its messages are written. Emptied on every assignment: a partition that was away may
+        // have been written by another instance meanwhile.
+        var lastWritten: [Int32: Int64] = [:]
+        var assignmentSeen = -1
         defer { redis.close() }
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let batch: [KafkaConsumerMessage]
@@ -72,21 +77,37 @@ struct IngestService: Service {
             guard !batch.isEmpty else { continue }
             metrics.consumed.increment(by: Int64(batch.count))
 
-            var commands: [RedisCommand] = []
-            commands.reserveCapacity(batch.count * 2)
+            if consumer.assignmentGeneration != assignmentSeen {
+                assignmentSeen = consumer.assignmentGeneration
+                lastWritten.removeAll(keepingCapacity: true)
+            }
+            for message in batch where lastWritten[message.partition] == nil {
+                guard let stored = await storedOffset(message.topic, message.partition, consumer) else { break }
+                lastWritten[message.partition] = stored
+            }
+            if Task.isShuttingDownGracefully { break }
+
+            var script = FencedBatch(offsetsKey: settings.offsetsKey, capacity: batch.count * 256)
             var quoteCount = 0
             var tradeCount = 0
+            var redelivered = 0
             for message in batch {
                 let receiveTsNs = Self.receiveTime(message)
-                switch normalizer.normalize(payload: message.value, receiveTsNs: receiveTsNs, key: message.key.map { String(decoding: $0, as: UTF8.self) }) {
+                let normalized = normalizer.normalize(payload: message.value, receiveTsNs: receiveTsNs, key: message.key.map { String(decoding: $0, as: UTF8.self) })
+                if message.offset <= lastWritten[message.partition, default: -1] {
+                    redelivered += 1
+                    continue
+                }
+                script.beginMessage(partition: message.partition, offset: message.offset)
+                switch normalized {
                 case .ticks(let ticks):
                     for tick in ticks {
                         guard let fields = try? StreamFieldEncoder.encode(tick) else { continue }
-                        commands.append(.xadd(settings.ticksStream, maxLen: settings.streamMaxLen, fields: fields))
+                        script.xadd(settings.ticksStream, maxLen: settings.streamMaxLen, fields: fields)
                         if tick.kind == .quote, let bid = tick.bid, let ask = tick.ask {
                             quoteCount += 1
                             let bps = (ask - bid) / ((ask + bid) / 2) * 1e4
-                            commands.append(.set(settings.spreadPrefix + tick.symbol, "\(bps)", expireSeconds: settings.spreadTTLSeconds))
+                            script.set(settings.spreadPrefix + tick.symbol, "\(bps)", expireSeconds: settings.spreadTTLSeconds)
                         } else {
                             tradeCount += 1
                         }
@@ -100,7 +121,7 @@ struct IngestService: Service {
                         payload: String(decoding: message.value, as: UTF8.self), source: message.source,
                         tsNs: receiveTsNs)
                     if let fields = try? StreamFieldEncoder.encode(letter) {
-                        commands.append(.xadd(settings.dlqStream, maxLen: 100_000, fields: fields))
+                        script.xadd(settings.dlqStream, maxLen: 100_000, fields: fields)
                     }
                     logger.debug("dead-lettered", metadata: ["source": "\(message.source)", "reason": "\(rejection)"])
                 }
@@ -111,9 +132,22 @@ struct IngestService: Service {
                 resyncsSeen[symbol] = count
             }
 
-            guard await write(commands) else { break }  // shutting down before Redis took the batch: not committed
-            let written = Date().timeIntervalSince1970
-            for message in batch { metrics.recordLatency(message, writtenAt: written) }
+            if script.messages > 0 {
+                // Shutting down before Redis took the batch: not committed, re-read (and fenced) after restart.
+                guard let outcome = await write(script) else { break }
+                redelivered += outcome.skipped
+                let written = Date().timeIntervalSince1970
+                for message in batch where message.offset > lastWritten[message.partition, default: -1] {
+                    metrics.recordLatency(message, writtenAt: written)
+                }
+            }
+            if redelivered > 0 {
+                metrics.redeliveredSkipped.increment(by: Int64(redelivered))
+                logger.debug("skipped redelivered messages already in redis", metadata: ["count": "\(redelivered)"])
+            }
+            for message in batch where message.offset > lastWritten[message.partition, default: -1] {
+                lastWritten[message.partition] = message.offset
+            }
             metrics.quotes.increment(by: Int64(quoteCount))
             metrics.trades.increment(by: Int64(tradeCount))
             for offset in KafkaOffset.after(batch) { uncommitted["\(offset.topic)/\(offset.partition)"] = offset }
@@ -132,29 +166,57 @@ struct IngestService: Service {
         return Int64(Date().timeIntervalSince1970 * 1e9)
     }
 
-    /// Writes until Redis accepts the batch, backing off while it is unreachable. False when a graceful
-    /// shutdown came first (the batch is then neither written nor committed: it is re-read after restart).
-    private func write(_ commands: [RedisCommand]) async -> Bool {
-        guard !commands.isEmpty else { return true }
+    /// Runs the batch script until Redis accepts it, backing off while Redis is unreachable. Retrying is safe
+    /// even when a lost reply hides that Redis ran it: the script skips what is already written. Nil when a
+    /// graceful shutdown came first (the batch is then neither written nor committed: it is re-read after
+    /// restart).
+    private func write(_ batch: FencedBatch) async -> FencedBatch.Outcome? {
         var backoff = Duration.milliseconds(100)
         while true {
             do {
-                let replies = try await redis.pipeline(commands)
-                for (i, reply) in replies.enumerated() {
-                    if case .error(let text) = reply {
-                        // Retrying cannot fix a refused command; log it and go on rather than stall the topic.
-                        logger.error("redis refused a command", metadata: ["command": "\(commands[i])", "error": "\(text)"])
-                    }
+                let outcome = try FencedBatch.outcome(try await redis.send(batch.command))
+                for error in outcome.errors {
+                    // Retrying cannot fix a refused command; log it and go on rather than stall the topic.
+                    logger.error("redis refused a command", metadata: ["error": "\(error)"])
                 }
-                return true
+                return outcome
             } catch {
                 metrics.redisRetries.increment()
                 logger.warning("redis write failed; retrying (offsets not committed)", metadata: ["error": "\(error)", "backoff": "\(backoff)"])
-                if Task.isShuttingDownGracefully { return false }
+                if Task.isShuttingDownGracefully { return nil }
                 try? await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, .seconds(5))
             }
         }
+    }
+
+    /// The partition's last written offset from Redis (-1 when none), or nil when shutting down first.
+    /// A stored offset at or above the partition's high watermark names a message this log does not have
+    /// (the topic was re-created): it is forgotten, so the new log is written from its start.
+    private func storedOffset(_ topic: String, _ partition: Int32, _ consumer: KafkaConsumer) async -> Int64? {
+        var backoff = Duration.milliseconds(100)
+        while !Task.isShuttingDownGracefully {
+            do {
+                let reply = try await redis.send("HGET", settings.offsetsKey, String(partition)).throwingError()
+                guard let text = reply.string else { return -1 }
+                guard let stored = Int64(text) else {
+                    logger.error("ignoring a stored offset that is not an integer", metadata: ["key": "\(settings.offsetsKey)", "partition": "\(partition)", "value": "\(text)"])
+                    return -1
+                }
+                let high = try await consumer.highWatermark(topic: topic, partition: partition)
+                if stored < high { return stored }
+                logger.warning(
+                    "stored ingest offset is beyond the partition's end (topic re-created?): forgetting it",
+                    metadata: ["key": "\(settings.offsetsKey)", "partition": "\(partition)", "stored": "\(stored)", "high_watermark": "\(high)"])
+                _ = try await redis.send(RedisCommand("EVAL", FencedBatch.forgetScript, "1", settings.offsetsKey, String(partition), text)).throwingError()
+                return -1
+            } catch {
+                logger.warning("reading the stored ingest offset failed; retrying", metadata: ["partition": "\(partition)", "error": "\(error)"])
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(5))
+            }
+        }
+        return nil
     }
 
     /// Commits after the batch is in Redis. A failed commit is retried a few times, then left to the next
@@ -184,6 +246,8 @@ final class IngestMetrics: Sendable {
     let kafkaLag = Gauge(label: "te_ingest_kafka_lag_messages")
     let redisRetries = Counter(label: "te_ingest_redis_retries_total")
     let commitFailures = Counter(label: "te_ingest_commit_failures_total")
+    /// Re-delivered messages (at or below the partition's stored last written offset) not written again.
+    let redeliveredSkipped = Counter(label: "te_ingest_redelivered_skipped_total")
     let latency: DurationHistogram
 
     init(registry: PrometheusCollectorRegistry) {

@@ -1,6 +1,7 @@
 import CRdKafka
 import Foundation
 import Logging
+import Synchronization
 
 /// A consumed message, copied out of librdkafka's buffers.
 public struct KafkaConsumerMessage: Sendable {
@@ -45,6 +46,8 @@ public struct KafkaOffset: Sendable, Hashable {
 /// What the rebalance callback needs; the consumer keeps it alive for the handle's lifetime.
 private final class RebalanceContext: Sendable {
     let logger: Logger
+    /// Bumped on every assignment, so a caller can tell that per-partition state it derived may be stale.
+    let assignments = Atomic<Int>(0)
     init(logger: Logger) { self.logger = logger }
 }
 
@@ -93,6 +96,7 @@ public final class KafkaConsumer: @unchecked Sendable {
             switch err {
             case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
                 context.logger.info("kafka partitions assigned", metadata: ["partitions": "\(names)"])
+                context.assignments.add(1, ordering: .sequentiallyConsistent)
                 if cooperative {
                     if let e = rd_kafka_incremental_assign(rk, partitions) { rd_kafka_error_destroy(e) }
                 } else {
@@ -213,6 +217,24 @@ public final class KafkaConsumer: @unchecked Sendable {
                 let e = list.pointee.elems[$0]
                 return KafkaOffset(topic: String(cString: e.topic), partition: e.partition, offset: e.offset)
             }
+        }
+    }
+
+    /// How many assignments (rebalance callbacks granting partitions) this consumer has seen. Assignments
+    /// happen inside `poll`, so a value read after a poll covers every message that poll returned.
+    public var assignmentGeneration: Int {
+        rebalance.takeUnretainedValue().assignments.load(ordering: .sequentiallyConsistent)
+    }
+
+    /// The partition's high watermark (the offset the next produced message gets), asked of the broker.
+    public func highWatermark(topic: String, partition: Int32, timeout: Duration = .seconds(5)) async throws(KafkaError) -> Int64 {
+        let timeoutMs = Int32(clamping: timeout.components.seconds * 1000)
+        return try await onQueue { (rk) throws(KafkaError) in
+            var low: Int64 = 0
+            var high: Int64 = 0
+            let err = rd_kafka_query_watermark_offsets(rk, topic, partition, &low, &high, timeoutMs)
+            if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "watermarks of \(topic)/\(partition)") }
+            return high
         }
     }
 
