@@ -1,3 +1,4 @@
+import TEKafka
 import TERedis
 
 /// One batch's Redis writes as a single EVAL of `FencedBatch.script`: Redis applies a message's writes only if
@@ -8,25 +9,29 @@ import TERedis
 /// reply was lost, two groups reading one topic into the same stream).
 ///
 /// Contract (DESIGN.md "Delivery guarantees"): hash `te:ingest:offsets:{topic}` (override
-/// `INGEST_OFFSETS_KEY`), field = partition number, value = offset of the last message of that partition
-/// whose ticks/dead letter are in the outputs. Keyed by topic and partition only, not by consumer group or
-/// instance, so it holds across rebalances and restarts. One hash per (topic, output streams) pair.
+/// `INGEST_OFFSETS_KEY`), field = partition number, value = `"<offset> <fingerprint>"`: the offset of the
+/// last message of that partition whose ticks/dead letter are in the outputs, and that message's
+/// fingerprint (`<kafka timestamp ms>:<FNV-1a 64 of key and value, hex>`), which tells a re-created topic's
+/// message at the same offset from the one written. Readers take the leading integer; a value may be a bare
+/// offset. Keyed by topic and partition only, not by consumer group or instance, so it holds across
+/// rebalances and restarts. One hash per (topic, output streams) pair.
 struct FencedBatch {
     /// ARGV is a flat list of items: `m partition offset` opens a message; `c argc arg…` is one command of
-    /// the open message, run only if that message is fresh. Command errors are collected, not raised: a
+    /// the open message, run only if that message is fresh; `f partition offset fingerprint` names the
+    /// fingerprint of a partition's last message, stored with its offset if that message was fresh. Command errors are collected, not raised: a
     /// refused command must not leave the batch half-applied without its offsets (Redis does not roll back
     /// a script's earlier writes). Offsets are stored as the original decimal text (Lua numbers are doubles
     /// and would print large offsets in exponent form). Returns {applied, skipped, {errors…}}.
     static let script = """
         local key = KEYS[1]
-        local stored, last, errors = {}, {}, {}
+        local stored, last, prints, errors = {}, {}, {}, {}
         local applied, skipped, fresh = 0, 0, false
         local i, n = 1, #ARGV
         while i <= n do
           if ARGV[i] == 'm' then
             local p, o = ARGV[i + 1], ARGV[i + 2]
             local s = stored[p]
-            if s == nil then s = tonumber(redis.call('HGET', key, p) or '-1') end
+            if s == nil then s = tonumber(string.match(redis.call('HGET', key, p) or '-1', '^%-?%d+') or '-1') end
             local offset = tonumber(o)
             fresh = offset > s
             if fresh then
@@ -38,6 +43,9 @@ struct FencedBatch {
               skipped = skipped + 1
             end
             i = i + 3
+          elseif ARGV[i] == 'f' then
+            if last[ARGV[i + 1]] == ARGV[i + 2] then prints[ARGV[i + 1]] = ARGV[i + 3] end
+            i = i + 4
           else
             local argc = tonumber(ARGV[i + 1])
             if fresh then
@@ -47,7 +55,9 @@ struct FencedBatch {
             i = i + 2 + argc
           end
         end
-        for p, o in pairs(last) do redis.call('HSET', key, p, o) end
+        for p, o in pairs(last) do
+          if prints[p] then redis.call('HSET', key, p, o .. ' ' .. prints[p]) else redis.call('HSET', key, p, o) end
+        end
         return {applied, skipped, errors}
         """
 
@@ -74,6 +84,30 @@ struct FencedBatch {
         command.append(String(partition))
         command.append(String(offset))
         messages += 1
+    }
+
+    /// The fingerprint of `message`, the last message of its partition in this batch; after every message.
+    mutating func fingerprint(of message: KafkaConsumerMessage) {
+        command.append("f")
+        command.append(String(message.partition))
+        command.append(String(message.offset))
+        command.append(Self.fingerprint(message))
+    }
+
+    /// `<kafka timestamp ms>:<FNV-1a 64 of key and value, hex>`.
+    static func fingerprint(_ message: KafkaConsumerMessage) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in message.key ?? [] { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        hash = (hash ^ 0xff) &* 0x100_0000_01b3  // key/value separator
+        for byte in message.value { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        return "\(message.timestampMs ?? 0):" + String(hash, radix: 16)
+    }
+
+    /// A stored value: its offset and, when present, the fingerprint of the message at that offset.
+    static func parseStored(_ text: String) -> (offset: Int64, fingerprint: Substring?)? {
+        let parts = text.split(separator: " ", maxSplits: 1)
+        guard let first = parts.first, let offset = Int64(first) else { return nil }
+        return (offset, parts.count > 1 ? parts[1] : nil)
     }
 
     /// `XADD stream MAXLEN ~ maxLen * field value …` for the open message.

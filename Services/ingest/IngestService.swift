@@ -25,13 +25,13 @@ import TERedis
 /// Skipped messages still go through the normalizer (their output is dropped), so the order book a restart
 /// rebuilds from the re-read span is as complete as possible before the first fresh message.
 ///
-/// A re-created topic starts its offsets again at 0, under the old stored offsets. When a partition is
-/// assigned, a stored offset at or above the partition's high watermark cannot belong to this topic's log
-/// (the message it names does not exist) and is deleted (compare-and-delete) with a warning. A topic
-/// re-created AND refilled past the old offset while no ingest was assigned cannot be told apart from the
-/// old one: whoever re-creates a topic must `DEL te:ingest:offsets:{topic}` (or use a new topic name).
-/// A running ingest sees the re-creation as a rebalance while the new partitions are still short, so the
-/// watermark check catches it there.
+/// A re-created topic starts its offsets again at 0, under the old stored offsets (the dev broker is an
+/// in-memory mock cluster: every restart re-creates `ticks`, while Redis keeps its data). So before a
+/// partition's stored offset is used, it must name the message that was written: it is below the high
+/// watermark and the message at that offset has the stored fingerprint (timestamp + hash of key and
+/// value, read once per partition and assignment). Otherwise it is deleted (compare-and-delete) with a
+/// warning and the partition is written from where the group reads. A stored offset below the low
+/// watermark (retention) is kept: the group cannot read anything at or below it any more.
 struct IngestService: Service {
     let settings: IngestSettings
     let redis: RedisClient
@@ -132,6 +132,11 @@ struct IngestService: Service {
                 resyncsSeen[symbol] = count
             }
 
+            var lastFresh: [Int32: Int] = [:]
+            for (i, message) in batch.enumerated() where message.offset > lastWritten[message.partition, default: -1] {
+                lastFresh[message.partition] = i
+            }
+            for i in lastFresh.values { script.fingerprint(of: batch[i]) }
             if script.messages > 0 {
                 // Shutting down before Redis took the batch: not committed, re-read (and fenced) after restart.
                 guard let outcome = await write(script) else { break }
@@ -191,23 +196,35 @@ struct IngestService: Service {
     }
 
     /// The partition's last written offset from Redis (-1 when none), or nil when shutting down first.
-    /// A stored offset at or above the partition's high watermark names a message this log does not have
-    /// (the topic was re-created): it is forgotten, so the new log is written from its start.
+    /// A stored offset that does not name the message written there belongs to an earlier log of the topic
+    /// (re-created: its offsets start again at 0) and is forgotten, so the new log is written from its start:
+    /// at or above the high watermark the message does not exist; inside the log, the message there must
+    /// have the stored fingerprint (one short read of that message per partition and assignment).
     private func storedOffset(_ topic: String, _ partition: Int32, _ consumer: KafkaConsumer) async -> Int64? {
         var backoff = Duration.milliseconds(100)
         while !Task.isShuttingDownGracefully {
             do {
                 let reply = try await redis.send("HGET", settings.offsetsKey, String(partition)).throwingError()
                 guard let text = reply.string else { return -1 }
-                guard let stored = Int64(text) else {
+                guard let stored = FencedBatch.parseStored(text) else {
                     logger.error("ignoring a stored offset that is not an integer", metadata: ["key": "\(settings.offsetsKey)", "partition": "\(partition)", "value": "\(text)"])
                     return -1
                 }
-                let high = try await consumer.highWatermark(topic: topic, partition: partition)
-                if stored < high { return stored }
+                let (low, high) = try await consumer.watermarks(topic: topic, partition: partition)
+                var stale: String?
+                if stored.offset >= high {
+                    stale = "stored ingest offset is beyond the partition's end (topic re-created?): forgetting it"
+                } else if let expected = stored.fingerprint, stored.offset >= low {
+                    let message = try await KafkaConsumer.message(
+                        at: stored.offset, topic: topic, partition: partition, configuration: settings.kafka)
+                    if message.map(FencedBatch.fingerprint) != String(expected) {
+                        stale = "the message at the stored ingest offset is not the one written (topic re-created?): forgetting it"
+                    }
+                }
+                guard let stale else { return stored.offset }
                 logger.warning(
-                    "stored ingest offset is beyond the partition's end (topic re-created?): forgetting it",
-                    metadata: ["key": "\(settings.offsetsKey)", "partition": "\(partition)", "stored": "\(stored)", "high_watermark": "\(high)"])
+                    "\(stale)",
+                    metadata: ["key": "\(settings.offsetsKey)", "partition": "\(partition)", "stored": "\(text)", "low_watermark": "\(low)", "high_watermark": "\(high)"])
                 _ = try await redis.send(RedisCommand("EVAL", FencedBatch.forgetScript, "1", settings.offsetsKey, String(partition), text)).throwingError()
                 return -1
             } catch {

@@ -226,16 +226,36 @@ public final class KafkaConsumer: @unchecked Sendable {
         rebalance.takeUnretainedValue().assignments.load(ordering: .sequentiallyConsistent)
     }
 
-    /// The partition's high watermark (the offset the next produced message gets), asked of the broker.
-    public func highWatermark(topic: String, partition: Int32, timeout: Duration = .seconds(5)) async throws(KafkaError) -> Int64 {
+    /// The partition's low and high watermarks (first offset still in the log; offset the next produced
+    /// message gets), asked of the broker.
+    public func watermarks(topic: String, partition: Int32, timeout: Duration = .seconds(5)) async throws(KafkaError) -> (low: Int64, high: Int64) {
         let timeoutMs = Int32(clamping: timeout.components.seconds * 1000)
         return try await onQueue { (rk) throws(KafkaError) in
             var low: Int64 = 0
             var high: Int64 = 0
             let err = rd_kafka_query_watermark_offsets(rk, topic, partition, &low, &high, timeoutMs)
             if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "watermarks of \(topic)/\(partition)") }
-            return high
+            return (low, high)
         }
+    }
+
+    /// The message at `offset` of one partition, read by a short-lived consumer of its own that joins no
+    /// group and commits nothing (on a queue of its own: the poll blocks); nil when the log has no message
+    /// there. A one-off per call (a client is created and destroyed): meant for rare checks, not for reading.
+    public static func message(
+        at offset: Int64, topic: String, partition: Int32, configuration: KafkaConfiguration, timeout: Duration = .seconds(10)
+    ) async throws(KafkaError) -> KafkaConsumerMessage? {
+        let timeoutMs = timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000
+        let result: Result<KafkaConsumerMessage?, KafkaError> = await withCheckedContinuation { continuation in
+            DispatchQueue(label: "kafka-read-one").async {
+                do throws(KafkaError) {
+                    continuation.resume(returning: .success(try readOne(offset, topic, partition, configuration, timeoutMs)))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        return try result.get()
     }
 
     /// Messages behind the end of the log over the assigned partitions: high watermark − position, from the
@@ -270,6 +290,43 @@ public final class KafkaConsumer: @unchecked Sendable {
             }
         }
     }
+}
+
+private func readOne(
+    _ offset: Int64, _ topic: String, _ partition: Int32, _ configuration: KafkaConfiguration, _ timeoutMs: Int64
+) throws(KafkaError) -> KafkaConsumerMessage? {
+    let conf = try configuration.makeConf(defaults: [
+        "group.id": "te-read-one", "enable.auto.commit": "false", "enable.auto.offset.store": "false",
+        // An offset outside the log must surface as an error, not be moved to one end of it.
+        "auto.offset.reset": "error", "enable.partition.eof": "true", "fetch.wait.max.ms": "10",
+    ])
+    let rk = try makeClient(type: RD_KAFKA_CONSUMER, conf: conf)
+    defer {
+        rd_kafka_consumer_close(rk)
+        rd_kafka_destroy(rk)
+    }
+    rd_kafka_poll_set_consumer(rk)
+    let list = rd_kafka_topic_partition_list_new(1)!
+    defer { rd_kafka_topic_partition_list_destroy(list) }
+    rd_kafka_topic_partition_list_add(list, topic, partition).pointee.offset = offset
+    let err = rd_kafka_assign(rk, list)
+    if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "assign \(topic)/\(partition)@\(offset)") }
+    let deadline = ContinuousClock.now + .milliseconds(timeoutMs)
+    while ContinuousClock.now < deadline {
+        guard let raw = rd_kafka_consumer_poll(rk, 100) else { continue }
+        defer { rd_kafka_message_destroy(raw) }
+        switch raw.pointee.err {
+        case RD_KAFKA_RESP_ERR_NO_ERROR:
+            let message = copyMessage(raw)
+            if message.offset == offset { return message }
+            if message.offset > offset { return nil }  // compacted away
+        case RD_KAFKA_RESP_ERR__PARTITION_EOF, RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET, RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE:
+            return nil
+        default:
+            continue  // transient: librdkafka retries
+        }
+    }
+    throw KafkaError(code: .timedOut, message: "no answer reading \(topic)/\(partition)@\(offset)", isRetriable: true)
 }
 
 private func copyMessage(_ raw: UnsafeMutablePointer<rd_kafka_message_t>) -> KafkaConsumerMessage {
