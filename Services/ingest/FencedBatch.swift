@@ -15,6 +15,13 @@ import TERedis
 /// message at the same offset from the one written. Readers take the leading integer; a value may be a bare
 /// offset. Keyed by topic and partition only, not by consumer group or instance, so it holds across
 /// rebalances and restarts. One hash per (topic, output streams) pair.
+///
+/// Cost, measured against a local redis-server 7.0 (50k quote ticks with 10-level depth in batches of 500,
+/// load ≈ 4): the script takes 4.4–5.3 ms of Redis time per batch, 13–15 µs per message end to end through
+/// `redis-cli --pipe`, against 7.5–9.7 µs for the plain pipeline of the same XADDs/SETs; the extra ~6 µs per
+/// message is Lua's argument marshalling and `redis.pcall`. Redis runs each batch without interleaving
+/// other clients for those ~5 ms (MULTI/EXEC would too, for ~2–3 ms). At ingest's ~13k msgs/s that is
+/// ~+3 ms on each batch's serial path (≈ 38 ms per 500 messages), i.e. an estimated ≤ 8 % throughput cost.
 struct FencedBatch {
     /// ARGV is a flat list of items: `m partition offset` opens a message; `c argc arg…` is one command of
     /// the open message, run only if that message is fresh; `f partition offset fingerprint` names the

@@ -22,6 +22,10 @@ import TERedis
 /// writing a partition the group has moved, two groups reading one topic into the same stream. Kafka
 /// commits now only bound how much is re-read. Skips are counted in `te_ingest_redelivered_skipped_total`.
 ///
+/// Metrics count what this instance decided to write: in the rare script-side skips (lost reply, zombie,
+/// racing group) `te_ingest_ticks_total` / `te_ingest_dlq_total` may count a message another writer wrote;
+/// the streams themselves hold it once.
+///
 /// Skipped messages still go through the normalizer (their output is dropped), so the order book a restart
 /// rebuilds from the re-read span is as complete as possible before the first fresh message.
 ///
