@@ -93,18 +93,28 @@ rcli() { redis-cli -p "$REDIS_PORT" -n "${DEMO_REDIS_DB:-3}" "$@"; }
 xlen() { rcli XLEN "$1" 2>/dev/null || echo 0; }
 lag() { rcli XINFO GROUPS "$1" 2>/dev/null | awk -v g="$2" '$0==g{f=1} f&&$0=="lag"{getline; print; exit}'; }
 SYMBOLS=(BTCUSDT ETHUSDT BTCUSDT-PERP)
-: > "$DEV/demo-latency.txt"
+: > "$DEV/demo-latency.txt"; : > "$DEV/demo-gateway-latency.txt"
+# The demo's decisions go through one persistent keep-alive client (scripts/score-client.py): one TCP
+# connection for the whole demo, so the latency is a decision's round trip, not a connection set-up (and a
+# curl process) per call.
+coproc SCORER { exec python3 "$ROOT/scripts/score-client.py" "$HTTP_PORT"; }
+PIDS+=("$SCORER_PID")
+LAST_DECISION=
+# Scores SYMBOL; the answer goes to LAST_DECISION, the client's round trip (µs) to demo-latency.txt and
+# the gateway's own decision time (the response's latency_us) to demo-gateway-latency.txt.
 score_once() {
-  local sym=$1 out
-  out=$(curl -s -o "$DEV/demo-last.json" -w '%{time_total}' -H 'content-type: application/json' \
-    -d "{\"symbol\":\"$sym\",\"freshness_ms\":${DEMO_FRESHNESS_MS:-2000}}" "$GATEWAY/v1/score" || echo "")
-  [ -n "$out" ] && awk -v t="$out" 'BEGIN{printf "%d\n", t*1e6}' >> "$DEV/demo-latency.txt"
-  cat "$DEV/demo-last.json" 2>/dev/null
+  local round_trip gateway_us body
+  [ -n "${SCORER[1]:-}" ] || return 0  # the client exited (its errors are on the demo's stderr)
+  printf '%s %s\n' "$1" "${DEMO_FRESHNESS_MS:-2000}" >&"${SCORER[1]}"
+  IFS=$'\t' read -r -t 15 round_trip gateway_us body <&"${SCORER[0]}" || return 0
+  LAST_DECISION=$body
+  [ "$round_trip" = - ] || echo "$round_trip" >> "$DEV/demo-latency.txt"
+  [ "$gateway_us" = - ] || echo "$gateway_us" >> "$DEV/demo-gateway-latency.txt"
 }
 
-# p50/p99 (ms) and count of the demo's own gateway calls so far (curl's time_total, µs per line).
+# p50/p99 (ms) and count of the demo's own gateway calls so far, from FILE (µs per line).
 latency_summary() {
-  sort -n "$DEV/demo-latency.txt" | awk '{a[NR]=$1} END{if(NR==0){print "-", "-", 0; exit} i50=int(0.5*NR); if(i50<1)i50=1; i99=int(0.99*NR+0.999); if(i99>NR)i99=NR; printf "%.2f %.2f %d\n", a[i50]/1000, a[i99]/1000, NR}'
+  sort -n "$1" | awk '{a[NR]=$1} END{if(NR==0){print "-", "-", 0; exit} i50=int(0.5*NR); if(i50<1)i50=1; i99=int(0.99*NR+0.999); if(i99>NR)i99=NR; printf "%.2f %.2f %d\n", a[i50]/1000, a[i99]/1000, NR}'
 }
 now_s() { date +%s.%N; }
 rate() { awk -v a="$1" -v b="$2" -v dt="$3" 'BEGIN{ if (dt > 0) printf "%.0f", (a-b)/dt; else print 0 }'; }
@@ -114,11 +124,13 @@ running=1
 while [ $running = 1 ]; do
   running=0
   for p in "${REPLAY_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && running=1; done
-  for sym in "${SYMBOLS[@]}"; do last=$(score_once "$sym"); done
+  for sym in "${SYMBOLS[@]}"; do score_once "$sym"; done
+  last=$LAST_DECISION
   ticks=$(xlen te:ticks); feat=$(xlen te:features); sig=$(xlen te:signals); opp=$(xlen te:opportunities)
   audit=$(xlen te:audit); t=$(now_s); dt=$(awk -v a="$t" -v b="$prev_t" 'BEGIN{print a-b}')
   if [ $SHORT = 0 ]; then
-    read -r gw50 gw99 gwn < <(latency_summary)
+    read -r gw50 gw99 gwn < <(latency_summary "$DEV/demo-latency.txt")
+    read -r in50 in99 _ < <(latency_summary "$DEV/demo-gateway-latency.txt")
     printf '\033[2J\033[H'
     say "Trade Eligibility demo — replaying ${#FILES[@]} Binance recording(s) into Kafka topic $KAFKA_TOPIC"
     printf '%-18s %-16s %10s %8s   %-14s\n' stage "output stream" entries "/s" "group lag"
@@ -129,7 +141,7 @@ while [ $running = 1 ]; do
     printf '%-18s %-16s %10s %8s   %-14s\n' gateway te:audit "$audit" "$(rate "$audit" "$prev_audit" "$dt")" "$(lag te:audit audit-writer)"
     printf '%-18s %-16s %10s\n' "" te:dlq "$(xlen te:dlq)"
     echo
-    echo "gateway decisions by this demo: $gwn, latency p50 $gw50 ms, p99 $gw99 ms (curl, end to end)"
+    echo "gateway decisions by this demo: $gwn, round trip p50 $gw50 ms, p99 $gw99 ms (keep-alive client); in the gateway p50 $in50 ms, p99 $in99 ms"
     echo "last gateway decision: $last"
     echo; echo "look next: gateway $GATEWAY/v1/score · metrics $GATEWAY/metrics, :9101-9106/metrics"
     echo "           REDIS_URL=$REDIS_URL $BIN/te streams · psql $POSTGRES_URL -c 'select source,count(*) from decisions group by 1'"
@@ -172,7 +184,9 @@ ticks=$(xlen te:ticks); feat=$(xlen te:features); sig=$(xlen te:signals); opp=$(
 audit=$(xlen te:audit); dlq=$(xlen te:dlq)
 rows=$(psql "$POSTGRES_URL" -tAc "SELECT count(*) FROM decisions")
 uniq_opp=$(rcli XRANGE te:opportunities - + | awk 'p{print; p=0} $0=="id"{p=1}' | sort -u | wc -l)
-read -r p50 p99 n < <(sort -n "$DEV/demo-latency.txt" | awk '{a[NR]=$1} END{if(NR==0){print 0,0,0; exit} i50=int(0.5*NR); if(i50<1)i50=1; i99=int(0.99*NR+0.999); if(i99>NR)i99=NR; print a[i50], a[i99], NR}')
+percentiles_us() { sort -n "$1" | awk '{a[NR]=$1} END{if(NR==0){print 0,0,0; exit} i50=int(0.5*NR); if(i50<1)i50=1; i99=int(0.99*NR+0.999); if(i99>NR)i99=NR; print a[i50], a[i99], NR}'; }
+read -r p50 p99 n < <(percentiles_us "$DEV/demo-latency.txt")
+read -r in_p50 in_p99 _ < <(percentiles_us "$DEV/demo-gateway-latency.txt")
 echo
 say "Report"
 printf '  %-34s %s\n' "ticks in te:ticks" "$ticks" "feature snapshots" "$feat" "signals" "$sig" \
@@ -180,7 +194,8 @@ printf '  %-34s %s\n' "ticks in te:ticks" "$ticks" "feature snapshots" "$feat" "
   "audit records on te:audit" "$audit" "rows in decisions" "$rows"
 echo "  decisions by source:"
 psql "$POSTGRES_URL" -tAc "SELECT source, decision, count(*) FROM decisions GROUP BY 1,2 ORDER BY 1,2" | sed 's/^/    /'
-printf '  gateway calls by the demo: %s, p50 %s µs, p99 %s µs (curl, end to end)\n' "$n" "$p50" "$p99"
+printf '  gateway calls by the demo: %s, round trip p50 %s µs, p99 %s µs (one keep-alive connection, Python client)\n' "$n" "$p50" "$p99"
+printf '  of which in the gateway (response latency_us): p50 %s µs, p99 %s µs\n' "$in_p50" "$in_p99"
 
 if [ $SHORT = 1 ]; then
   fail=0

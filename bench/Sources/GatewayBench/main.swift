@@ -79,6 +79,8 @@ final class Connection {
     /// The `source` of the last answer (`model`, `cache`, `rules`, `abstain`), so a run can show which
     /// path it actually measured.
     var lastSource = "-"
+    /// The `reason` of the last answer (why earlier sources of the chain did not answer), `-` when none.
+    var lastReason = "-"
 
     /// Sends the request and reads one response; returns the HTTP status.
     func roundTrip(_ request: [UInt8]) -> Int {
@@ -90,7 +92,8 @@ final class Connection {
         }
         while true {
             if let (status, length) = parse() {
-                lastSource = Self.source(in: pending[0..<length])
+                lastSource = Self.string(after: Self.sourceKey, in: pending[0..<length])
+                lastReason = Self.string(after: Self.reasonKey, in: pending[0..<length])
                 pending.removeFirst(length)
                 return status
             }
@@ -101,13 +104,15 @@ final class Connection {
     }
 
     static let sourceKey = Array(#""source":""#.utf8)
+    static let reasonKey = Array(#""reason":""#.utf8)
 
-    static func source(in response: ArraySlice<UInt8>) -> String {
+    /// The JSON string value after `key` (`"name":"`) in the response, `-` when absent (or null).
+    static func string(after key: [UInt8], in response: ArraySlice<UInt8>) -> String {
         let bytes = Array(response)
-        guard bytes.count > sourceKey.count else { return "-" }
-        for i in 0...(bytes.count - sourceKey.count) where bytes[i] == sourceKey[0] {
-            if Array(bytes[i..<(i + sourceKey.count)]) == sourceKey {
-                let start = i + sourceKey.count
+        guard bytes.count > key.count else { return "-" }
+        for i in 0...(bytes.count - key.count) where bytes[i] == key[0] {
+            if Array(bytes[i..<(i + key.count)]) == key {
+                let start = i + key.count
                 var end = start
                 while end < bytes.count, bytes[end] != UInt8(ascii: "\"") { end += 1 }
                 return String(decoding: bytes[start..<end], as: UTF8.self)
@@ -152,15 +157,26 @@ let request = Array(
 
 final class Worker: @unchecked Sendable {  // owned by its one thread until joined via `done`
     var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+    /// Open loop: how late each request left the generator (send time − intended time). Part of its
+    /// latency either way; high when the server is behind, and also when the generator's own thread woke
+    /// late (a loaded machine), which this separates from the server's share.
+    var sendLag = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
     var ok = 0
     var errors = 0
     var sources: [String: Int] = [:]
+    var reasons: [String: Int] = [:]
+    /// Open loop: requests due in the window that were never sent because the run hit its hard stop.
+    var unsent = 0
+    var lastCompletion: UInt64 = 0
     let done = DispatchSemaphore(value: 0)
 }
 
 let workers = (0..<o.connections).map { _ in Worker() }
 let start = nowNs() + UInt64(o.warmup * 1e9)
 let end = start + UInt64(o.duration * 1e9)
+// A saturated open loop falls ever further behind its schedule; past this point it stops sending and
+// counts what was still due as `unsent` (the run would otherwise last as long as the backlog).
+let hardStop = end + UInt64(max(2, o.duration) * 1e9)
 for (index, w) in workers.enumerated() {
     let thread = Thread {
         let c = Connection(host: o.host, port: o.port)
@@ -169,16 +185,27 @@ for (index, w) in workers.enumerated() {
             var intended = nowNs() + UInt64(index) * interval / UInt64(o.connections)
             while intended < end {
                 let now = nowNs()
+                if now >= hardStop {
+                    while intended < end {
+                        if intended >= start { w.unsent += 1 }
+                        intended += interval
+                    }
+                    break
+                }
                 if intended > now {
                     var ts = timespec(tv_sec: Int((intended - now) / 1_000_000_000), tv_nsec: Int((intended - now) % 1_000_000_000))
                     nanosleep(&ts, nil)
                 }
+                let sent = nowNs()
                 let status = c.roundTrip(request)
                 let t1 = nowNs()
                 if intended >= start {
                     if status == 200 { w.ok += 1 } else { w.errors += 1 }
                     w.sources[c.lastSource, default: 0] += 1
+                    if c.lastReason != "-" { w.reasons[c.lastReason, default: 0] += 1 }
                     _ = w.histogram.record(t1 - intended)
+                    _ = w.sendLag.record(sent > intended ? sent - intended : 0)
+                    w.lastCompletion = t1
                 }
                 intended += interval
             }
@@ -191,7 +218,9 @@ for (index, w) in workers.enumerated() {
                 if t0 >= start {
                     if status == 200 { w.ok += 1 } else { w.errors += 1 }
                     w.sources[c.lastSource, default: 0] += 1
+                    if c.lastReason != "-" { w.reasons[c.lastReason, default: 0] += 1 }
                     _ = w.histogram.record(t1 - t0)
+                    w.lastCompletion = t1
                 }
             }
         }
@@ -202,23 +231,39 @@ for (index, w) in workers.enumerated() {
 }
 for w in workers { w.done.wait() }
 var total = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+var sendLag = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
 var ok = 0
 var errors = 0
 var sources: [String: Int] = [:]
+var reasons: [String: Int] = [:]
+var unsent = 0
+var lastCompletion: UInt64 = end
 for w in workers {
     sources.merge(w.sources, uniquingKeysWith: +)
+    reasons.merge(w.reasons, uniquingKeysWith: +)
+    unsent += w.unsent
+    lastCompletion = max(lastCompletion, w.lastCompletion)
     total.add(w.histogram)
+    sendLag.add(w.sendLag)
     ok += w.ok
     errors += w.errors
 }
+// Achieved throughput: answers over the time it took to get them. An open loop that fell behind finishes
+// its window's requests late, so this is below the target rate exactly when the server could not keep up.
+let elapsed = Double(lastCompletion - start) / 1e9
 func ms(_ ns: UInt64) -> Double { (Double(ns) / 1e3).rounded() / 1e3 }
-let result: [String: Any] = [
+var result: [String: Any] = [
     "label": o.label, "mode": o.mode, "connections": o.connections, "features": o.withFeatures ? "request" : "memory",
     "target_rate": o.mode == "open" ? o.rate : 0, "duration_s": o.duration, "ok": ok, "errors": errors,
-    "throughput_rps": (Double(ok + errors) / o.duration).rounded(),
+    "throughput_rps": (Double(ok + errors) / elapsed).rounded(), "elapsed_s": (elapsed * 1000).rounded() / 1000,
+    "unsent": unsent,
     "p50_ms": ms(total.valueAtPercentile(50)), "p90_ms": ms(total.valueAtPercentile(90)),
-    "sources": sources,
+    "sources": sources, "reasons": reasons,
     "p99_ms": ms(total.valueAtPercentile(99)), "p999_ms": ms(total.valueAtPercentile(99.9)), "max_ms": ms(total.max),
 ]
+if o.mode == "open" {
+    result["send_lag_p50_ms"] = ms(sendLag.valueAtPercentile(50))
+    result["send_lag_p99_ms"] = ms(sendLag.valueAtPercentile(99))
+}
 let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])
 print(String(decoding: data, as: UTF8.self))
