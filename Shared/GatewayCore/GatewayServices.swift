@@ -21,7 +21,7 @@ public struct FeatureFeed: Service {
     }
 
     public func run() async throws {
-        try await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             var lastID = "$"
             var backoff = Duration.milliseconds(50)
             var decodeFailures = 0
@@ -210,7 +210,7 @@ public struct AuditStreamWriter: Service {
     }
 
     private func cancelWhenGracefulShutdownOrCancelled(_ body: @escaping @Sendable () async -> Void) async {
-        _ = try? await cancelWhenGracefulShutdown { await body() }
+        await cancelWhenGracefulShutdown { await body() }
     }
 
     func writeLoop(until deadline: ContinuousClock.Instant?) async {
@@ -280,7 +280,7 @@ public struct IdentityRefresher: Service {
     }
 
     public func run() async throws {
-        try await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             await warmUp()
             while !Task.isCancelled {
                 await refresh()

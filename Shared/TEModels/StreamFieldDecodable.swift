@@ -207,7 +207,9 @@ extension FeatureSnapshot: StreamFieldDecodable {
         var warm = true
         // Bit i set once feature i (model order) is read.
         var seen: UInt8 = 0
-        var f = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        var features = FeatureVector(
+            spreadBps: 0, imbalance: 0, depthImbalance: 0, ofiNorm: 0, realizedVolBps: 0, midReturnBps: 0,
+            tickRate: 0, micropriceOffsetBps: 0)
         for (name, text) in fields {
             switch name {
             case "v":
@@ -235,39 +237,11 @@ extension FeatureSnapshot: StreamFieldDecodable {
             case "warm":
                 guard let v = FastField.optional(text, FastField.bool) else { return nil }
                 warm = v ?? true
-            case "spread_bps":
+            default:
+                guard let feature = FeatureVector.fieldsByName[name] else { continue }
                 guard let v = FastField.double(text) else { return nil }
-                f.0 = v
-                seen |= 1 << 0
-            case "imbalance":
-                guard let v = FastField.double(text) else { return nil }
-                f.1 = v
-                seen |= 1 << 1
-            case "depth_imbalance":
-                guard let v = FastField.double(text) else { return nil }
-                f.2 = v
-                seen |= 1 << 2
-            case "ofi_norm":
-                guard let v = FastField.double(text) else { return nil }
-                f.3 = v
-                seen |= 1 << 3
-            case "realized_vol_bps":
-                guard let v = FastField.double(text) else { return nil }
-                f.4 = v
-                seen |= 1 << 4
-            case "mid_return_bps":
-                guard let v = FastField.double(text) else { return nil }
-                f.5 = v
-                seen |= 1 << 5
-            case "tick_rate":
-                guard let v = FastField.double(text) else { return nil }
-                f.6 = v
-                seen |= 1 << 6
-            case "microprice_offset_bps":
-                guard let v = FastField.double(text) else { return nil }
-                f.7 = v
-                seen |= 1 << 7
-            default: continue
+                features[keyPath: feature.path] = v
+                seen |= 1 << feature.index
             }
         }
         guard versioned, seen == 0xFF, let symbol, let tsNs, let windowMs, let nQuotes, let nTrades, let tradeVolume,
@@ -276,8 +250,20 @@ extension FeatureSnapshot: StreamFieldDecodable {
         return FeatureSnapshot(
             symbol: symbol, tsNs: tsNs, windowMs: windowMs, nQuotes: nQuotes, nTrades: nTrades,
             tradeVolume: tradeVolume, lastPrice: lastPrice, warm: warm,
-            features: FeatureVector(
-                spreadBps: f.0, imbalance: f.1, depthImbalance: f.2, ofiNorm: f.3, realizedVolBps: f.4,
-                midReturnBps: f.5, tickRate: f.6, micropriceOffsetBps: f.7))
+            features: features)
     }
+}
+
+extension FeatureVector {
+    /// Each feature's stream field name → its position in model order (`names`) and its property, so a
+    /// reader fills the vector by name without a case per feature.
+    static let fieldsByName: [String: (index: Int, path: WritableKeyPath<FeatureVector, Double> & Sendable)] = {
+        let paths: [WritableKeyPath<FeatureVector, Double> & Sendable] = [
+            \.spreadBps, \.imbalance, \.depthImbalance, \.ofiNorm, \.realizedVolBps, \.midReturnBps, \.tickRate,
+            \.micropriceOffsetBps,
+        ]
+        var byName: [String: (index: Int, path: WritableKeyPath<FeatureVector, Double> & Sendable)] = [:]
+        for (index, name) in names.enumerated() { byName[name] = (index, paths[index]) }
+        return byName
+    }()
 }
