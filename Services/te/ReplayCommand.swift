@@ -75,7 +75,7 @@ struct ReplayCommand: AsyncParsableCommand {
                                 KafkaHeader(key: "ts_ns", string: String(ts)),
                                 KafkaHeader(key: "produced_ns", string: String(Int64(Date().timeIntervalSince1970 * 1e9))),
                             ])
-                        try await Self.produce(out, producer: producer, outcome: outcome)
+                        try await producer.enqueue(out, retryEvery: .milliseconds(5)) { outcome.record($0) }
                         sent += 1
                         progress.tick(sent: sent, delivered: outcome.delivered)
                     }
@@ -89,23 +89,6 @@ struct ReplayCommand: AsyncParsableCommand {
         progress.finish(sent: sent, delivered: outcome.delivered, failed: outcome.failed, elapsed: elapsed)
         if outcome.failed > 0 {
             throw ValidationError("\(outcome.failed) messages were not delivered; first error: \(outcome.firstError ?? "?")")
-        }
-    }
-}
-
-extension ReplayCommand {
-    /// Enqueues, waiting while librdkafka's local queue is full (the broker sets the pace at --speed max).
-    static func produce(_ message: KafkaOutgoingMessage, producer: KafkaProducer, outcome: DeliveryTally) async throws {
-        while true {
-            let error: KafkaError
-            do {
-                try producer.produce(message) { outcome.record($0) }
-                return
-            } catch let e {
-                error = e
-            }
-            guard error.code == .queueFull else { throw error }
-            try await Task.sleep(for: .milliseconds(5))
         }
     }
 }

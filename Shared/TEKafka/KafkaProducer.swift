@@ -157,6 +157,22 @@ public final class KafkaProducer: @unchecked Sendable {
         }
     }
 
+    /// Enqueues `message` like `produce`, but waits `retryEvery` and retries while librdkafka's local queue is
+    /// full, so the broker sets the pace of a fast producer (replay at `--speed max`, load generators).
+    public func enqueue(
+        _ message: KafkaOutgoingMessage, retryEvery: Duration = .milliseconds(1),
+        completion: @escaping @Sendable (Result<KafkaDelivery, KafkaError>) -> Void
+    ) async throws {
+        while true {
+            do {
+                try produce(message, completion: completion)
+                return
+            } catch where error.code == .queueFull {
+                try await Task.sleep(for: retryEvery)
+            }
+        }
+    }
+
     /// Produces and waits for the delivery report. Waits and retries while the local queue is full.
     @discardableResult
     public func send(_ message: KafkaOutgoingMessage) async throws(KafkaError) -> KafkaDelivery {

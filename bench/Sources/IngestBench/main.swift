@@ -127,18 +127,12 @@ func observe(_ redis: RedisClient, stream: String, after startID: String, expect
     return out
 }
 
+/// Enqueues at the broker's pace, counting failed deliveries and the first delivery's wall time.
 func produce(_ producer: KafkaProducer, _ message: KafkaOutgoingMessage, state: ProducerState) async throws {
-    while true {
-        do {
-            try producer.produce(message) { result in
-                switch result {
-                case .failure: state.failures.add(1, ordering: .relaxed)
-                case .success: _ = state.firstDeliveredNs.compareExchange(expected: 0, desired: wallNs(), ordering: .relaxed)
-                }
-            }
-            return
-        } catch let error where error.code == .queueFull {
-            try await Task.sleep(for: .milliseconds(1))
+    try await producer.enqueue(message) { result in
+        switch result {
+        case .failure: state.failures.add(1, ordering: .relaxed)
+        case .success: _ = state.firstDeliveredNs.compareExchange(expected: 0, desired: wallNs(), ordering: .relaxed)
         }
     }
 }

@@ -193,21 +193,6 @@ struct LatencyReport: Codable {
     var opportunities: StreamLatency
 }
 
-/// Enqueues, waiting while librdkafka's local queue is full (as `te replay` does).
-func produce(_ message: KafkaOutgoingMessage, producer: KafkaProducer, deliveries: Deliveries) async throws {
-    while true {
-        let error: KafkaError
-        do {
-            try producer.produce(message) { deliveries.record($0) }
-            return
-        } catch let e {
-            error = e
-        }
-        guard error.code == .queueFull else { throw error }
-        try await Task.sleep(for: .milliseconds(1))
-    }
-}
-
 func runLatency(_ o: Options) async throws -> LatencyReport {
     let messages = try await load(o.recording, limit: o.messages)
     guard !messages.isEmpty else { throw BenchError("\(o.recording): no messages") }
@@ -243,7 +228,7 @@ func runLatency(_ o: Options) async throws -> LatencyReport {
             let out = KafkaOutgoingMessage(
                 topic: o.topic, key: m.key.map { Array($0.utf8) }, value: m.payload, timestampMs: m.tsNs / 1_000_000,
                 headers: [KafkaHeader(key: "ts_ns", string: String(m.tsNs)), KafkaHeader(key: "produced_ns", string: String(producedNs))])
-            try await produce(out, producer: producer, deliveries: deliveries)
+            try await producer.enqueue(out) { deliveries.record($0) }
             sent += 1
         }
         try await Task.sleep(for: .milliseconds(1))
