@@ -68,8 +68,12 @@ public func buildApplication(_ config: GatewayConfiguration, logger: Logger = Lo
 
 public func buildApplication(_ dependencies: GatewayDependencies) -> some ApplicationProtocol {
     let config = dependencies.config
+    let api = GatewayAPI(dependencies)
+    let fastPath = config.scoreFastPath
     return Application(
         router: buildRouter(dependencies),
+        server: .http1(
+            configuration: .init(additionalChannelHandlers: fastPath ? [ScoreFastPathHandler(api: api)] : [])),
         configuration: .init(address: .hostname(config.httpHost, port: config.httpPort), serverName: "te-gateway"),
         services: dependencies.services,
         logger: dependencies.logger)
@@ -77,8 +81,8 @@ public func buildApplication(_ dependencies: GatewayDependencies) -> some Applic
 
 public func buildRouter(_ d: GatewayDependencies) -> Router<BasicRequestContext> {
     let router = Router()
-    if !d.config.apiKeys.isEmpty { router.add(middleware: APIKeyMiddleware(keys: d.config.apiKeys)) }
     let api = GatewayAPI(d)
+    if !api.keys.isEmpty { router.add(middleware: APIKeyMiddleware(keys: api.keys)) }
     router.post("/v1/score") { request, context in try await api.score(request, context) }
     router.get("/v1/opportunities") { request, _ in try await api.opportunities(request) }
     router.get("/debug/features") { request, _ in try await api.debugFeatures(request) }
@@ -94,28 +98,36 @@ public func buildRouter(_ d: GatewayDependencies) -> Router<BasicRequestContext>
     return router
 }
 
-/// `/v1/*` and `/debug/*` need `Authorization: Bearer <key>` when `GATEWAY_API_KEYS` is set. Keys are
-/// compared in constant time and never logged.
+/// `/v1/*` and `/debug/*` need `Authorization: Bearer <key>` when `GATEWAY_API_KEYS` is set.
 struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
-    let keys: [[UInt8]]
-
-    init(keys: Set<String>) { self.keys = keys.map { Array($0.utf8) } }
+    let keys: APIKeys
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
         guard path.hasPrefix("/v1/") || path.hasPrefix("/debug/") else { return try await next(request, context) }
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer "),
-            authorized(Array(header.utf8.dropFirst(7)))
-        else {
-            var response = GatewayAPI.error(
-                .unauthorized, code: "unauthorized", message: "missing or invalid bearer token", field: nil)
+        guard keys.authorizes(request.headers[.authorization]) else {
+            var response = GatewayAPI.json(.unauthorized, GatewayAPI.unauthorizedBody)
             response.headers[.wwwAuthenticate] = "Bearer"
             return response
         }
         return try await next(request, context)
     }
+}
 
-    func authorized(_ presented: [UInt8]) -> Bool {
+/// The bearer keys of `GATEWAY_API_KEYS` (none: every request is authorized). Compared in constant
+/// time and never logged.
+struct APIKeys: Sendable {
+    let keys: [[UInt8]]
+
+    init(_ keys: Set<String>) { self.keys = keys.map { Array($0.utf8) } }
+
+    var isEmpty: Bool { keys.isEmpty }
+
+    /// Whether an `Authorization` header value carries one of the keys.
+    func authorizes(_ authorization: String?) -> Bool {
+        if keys.isEmpty { return true }
+        guard let authorization, authorization.hasPrefix("Bearer ") else { return false }
+        let presented = Array(authorization.utf8.dropFirst(7))
         var match = false
         for key in keys {
             var diff = UInt8(key.count == presented.count ? 0 : 1)
@@ -128,17 +140,21 @@ struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
 
 struct GatewayAPI: Sendable {
     let d: GatewayDependencies
-    init(_ d: GatewayDependencies) { self.d = d }
+    let keys: APIKeys
+    init(_ d: GatewayDependencies) {
+        self.d = d
+        keys = APIKeys(d.config.apiKeys)
+    }
+
+    static let unauthorizedBody = RequestError.json(code: "unauthorized", message: "missing or invalid bearer token", field: nil)
+    static let bodyTooLarge = RequestError(.bodyTooLarge, "body exceeds \(ScoreRequestParser.maxBodyBytes) bytes")
 
     static func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
         Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
     }
 
     static func error(_ status: HTTPResponse.Status, code: String, message: String, field: String?) -> Response {
-        let field = field.map { "\"\(JSONText.escape($0))\"" } ?? "null"
-        return json(
-            status,
-            "{\"error\":{\"code\":\"\(code)\",\"message\":\"\(JSONText.escape(message))\",\"field\":\(field)}}")
+        json(status, RequestError.json(code: code, message: message, field: field))
     }
 
     static func badRequest(_ e: RequestError) -> Response { json(.badRequest, e.json) }
@@ -148,13 +164,13 @@ struct GatewayAPI: Sendable {
     func score(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let arrival = ContinuousClock.now
         if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > ScoreRequestParser.maxBodyBytes {
-            return Self.badRequest(RequestError(.bodyTooLarge, "body exceeds \(ScoreRequestParser.maxBodyBytes) bytes"))
+            return Self.badRequest(Self.bodyTooLarge)
         }
         let body: ByteBuffer
         do {
             body = try await request.body.collect(upTo: ScoreRequestParser.maxBodyBytes)
         } catch let error as HTTPError where error.status == .contentTooLarge {
-            return Self.badRequest(RequestError(.bodyTooLarge, "body exceeds \(ScoreRequestParser.maxBodyBytes) bytes"))
+            return Self.badRequest(Self.bodyTooLarge)
         }
         let parsed: ScoreRequest
         switch body.withUnsafeReadableBytes({ ScoreRequestParser.parseResult($0) }) {

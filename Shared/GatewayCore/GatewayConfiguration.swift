@@ -74,6 +74,10 @@ public struct GatewayConfiguration: Sendable {
     /// 11 rows per call vs 6.6k with 2 in flight and 7 rows; 64 connections 8.1k vs 5.9k). An idle
     /// batcher still sends at once.
     public var batchMaxInFlight: Int = 1
+    /// `SCORE_FAST_PATH`: serve `POST /v1/score` on the event loop ahead of the router
+    /// (`ScoreFastPathHandler`); `false` sends it through Hummingbird's router like every other route.
+    /// Default: true.
+    public var scoreFastPath = true
 
     /// Stream and key names (DESIGN.md); settable so tests use keys of their own.
     public var featuresStream = StreamKey.features
@@ -122,6 +126,7 @@ public struct GatewayConfiguration: Sendable {
         identityRefreshSeconds = try reader.double("MODEL_IDENTITY_REFRESH_SEC", range: 0.1...86_400) ?? identityRefreshSeconds
         batchMaxRows = try reader.int("BATCH_MAX_ROWS", range: 1...4096) ?? batchMaxRows
         batchMaxInFlight = try reader.int("BATCH_MAX_IN_FLIGHT", range: 1...64) ?? batchMaxInFlight
+        scoreFastPath = try reader.bool("SCORE_FAST_PATH") ?? scoreFastPath
     }
 }
 

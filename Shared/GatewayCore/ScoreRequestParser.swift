@@ -27,9 +27,12 @@ public struct RequestError: Error, Equatable, Sendable {
         self.field = field
     }
 
-    public var json: String {
-        let field = self.field.map { "\"\(JSONText.escape($0))\"" } ?? "null"
-        return "{\"error\":{\"code\":\"\(code.rawValue)\",\"message\":\"\(JSONText.escape(message))\",\"field\":\(field)}}"
+    public var json: String { Self.json(code: code.rawValue, message: message, field: field) }
+
+    /// `{"error":{"code","message","field"}}`, the body of every client-error answer.
+    static func json(code: String, message: String, field: String?) -> String {
+        let field = field.map { "\"\(JSONText.escape($0))\"" } ?? "null"
+        return "{\"error\":{\"code\":\"\(code)\",\"message\":\"\(JSONText.escape(message))\",\"field\":\(field)}}"
     }
 }
 

@@ -317,8 +317,9 @@ import TritonClient
 
     // MARK: validation and auth over HTTP
 
-    @Test func everyValidationErrorIs400WithCodeAndField() async throws {
-        let config = try GatewayTestEnv.config("validation")
+    /// Both ways `POST /v1/score` is served: the event-loop fast path and Hummingbird's router.
+    @Test(arguments: [true, false]) func everyValidationErrorIs400WithCodeAndField(fastPath: Bool) async throws {
+        let config = try GatewayTestEnv.config("validation") { $0.scoreFastPath = fastPath }
         let cases: [(String, String, String?)] = [
             ("{", "malformed_json", nil),
             ("", "malformed_json", nil),
@@ -350,13 +351,16 @@ import TritonClient
         }
     }
 
-    @Test func authOnAndOff() async throws {
-        let open = try GatewayTestEnv.config("auth-off")
+    @Test(arguments: [true, false]) func authOnAndOff(fastPath: Bool) async throws {
+        let open = try GatewayTestEnv.config("auth-off") { $0.scoreFastPath = fastPath }
         try await GatewayTestEnv.withGateway(open, waitForIdentity: false) { _, client in
             let r = try await client.execute(uri: "/v1/opportunities", method: .get)
             #expect(r.status == .ok)
         }
-        let locked = try GatewayTestEnv.config("auth-on") { $0.apiKeys = ["k1-secret", "k2-secret"] }
+        let locked = try GatewayTestEnv.config("auth-on") {
+            $0.apiKeys = ["k1-secret", "k2-secret"]
+            $0.scoreFastPath = fastPath
+        }
         try await GatewayTestEnv.withGateway(locked, waitForIdentity: false) { _, client in
             for uri in ["/v1/opportunities", "/debug/features?symbol=BTCUSDT", "/debug/triton?n=1"] {
                 #expect(try await client.execute(uri: uri, method: .get).status == .unauthorized)
@@ -366,7 +370,11 @@ import TritonClient
                 uri: "/v1/score", method: .post, headers: [.authorization: "Basic k1-secret"],
                 body: ByteBuffer(string: #"{"symbol":"BTC"}"#))
             #expect(denied.status == .unauthorized)
+            #expect(denied.headers[.wwwAuthenticate] == "Bearer")
             #expect(String(buffer: denied.body).contains("\"code\":\"unauthorized\""))
+            let missing = try await client.execute(
+                uri: "/v1/score", method: .post, body: ByteBuffer(string: #"{"symbol":"BTC"}"#))
+            #expect(missing.status == .unauthorized)
             let allowed = try await client.score(ScoreRequest(symbol: "BTCUSDT", features: features), authorization: "Bearer k2-secret")
             #expect(allowed.0.source == .model || allowed.0.source == .rules)
             for uri in ["/healthz", "/metrics", "/openapi.yaml"] {

@@ -5,6 +5,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
+import NIOPosix
 import TEModels
 import TERedis
 import TestSupport
@@ -45,15 +46,16 @@ enum GatewayTestEnv {
         return l
     }
 
-    /// Runs `body` against a gateway (router test: no socket) with its background services running,
-    /// once the model identity of the primary version is known (or after 10 s).
+    /// Runs `body` against a gateway serving on a real socket (so requests cross the event-loop fast
+    /// path of `POST /v1/score` or, with `scoreFastPath` off, Hummingbird's router) with its background
+    /// services running, once the model identity of the primary version is known (or after 10 s).
     static func withGateway<T: Sendable>(
         _ config: GatewayConfiguration, waitForIdentity: Bool = true,
         _ body: @Sendable (GatewayDependencies, any TestClientProtocol) async throws -> T
     ) async throws -> T {
         let deps = try buildDependencies(config, logger: logger)
         let app = buildApplication(deps)
-        return try await app.test(.router) { client in
+        return try await app.test(.live) { client in
             if waitForIdentity {
                 _ = await TestEnv.eventually(timeout: .seconds(10)) {
                     deps.engine.identities.known(version: config.modelVersion)
@@ -89,6 +91,75 @@ extension TestClientProtocol {
             throw ScoreCallError(status: response.status.code, body: String(buffer: response.body))
         }
         return (try JSONDecoder().decode(ScoreResponse.self, from: Data(buffer: response.body)), elapsed)
+    }
+}
+
+/// One HTTP/1.1 response as read off the wire.
+struct RawResponse {
+    var status: Int
+    var headers: [String: String]  // lowercased names
+    var body: String
+}
+
+enum RawHTTP {
+    /// Writes `chunks` on one new connection to `port` (pausing `pause` between them, so the server
+    /// reads them separately), then reads until the server closes the connection: the last request
+    /// should carry `Connection: close`.
+    static func exchange(port: Int, _ chunks: [String], pause: Duration = .milliseconds(30)) async throws -> [RawResponse] {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        let text = try await channel.executeThenClose { inbound, outbound in
+            for (i, chunk) in chunks.enumerated() {
+                if i > 0 { try await Task.sleep(for: pause) }
+                try await outbound.write(ByteBuffer(string: chunk))
+            }
+            var text = ""
+            for try await buffer in inbound { text += String(buffer: buffer) }
+            return text
+        }
+        return try parse(text)
+    }
+
+    static func parse(_ text: String) throws -> [RawResponse] {
+        var rest = Substring(text)
+        var responses: [RawResponse] = []
+        while !rest.isEmpty {
+            guard let headEnd = rest.range(of: "\r\n\r\n") else {
+                throw GatewayTestError(description: "incomplete response head: \(rest.prefix(200))")
+            }
+            let lines = rest[..<headEnd.lowerBound].split(separator: "\r\n", omittingEmptySubsequences: false)
+            guard let statusLine = lines.first, statusLine.hasPrefix("HTTP/1.1 "), let status = Int(statusLine.dropFirst(9).prefix(3))
+            else { throw GatewayTestError(description: "bad status line: \(lines.first ?? "")") }
+            var headers: [String: String] = [:]
+            for line in lines.dropFirst() {
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+            let length = Int(headers["content-length"] ?? "0") ?? 0
+            let bodyStart = headEnd.upperBound
+            let utf8 = rest.utf8
+            guard utf8.distance(from: bodyStart, to: utf8.endIndex) >= length else {
+                throw GatewayTestError(description: "truncated body")
+            }
+            let bodyEnd = utf8.index(bodyStart, offsetBy: length)
+            responses.append(RawResponse(status: status, headers: headers, body: String(rest[bodyStart..<bodyEnd])))
+            rest = rest[bodyEnd...]
+        }
+        return responses
+    }
+
+    static func score(_ body: String, requestID: String? = nil, extraHeaders: String = "") -> String {
+        let id = requestID.map { "X-Request-Id: \($0)\r\n" } ?? ""
+        return "POST /v1/score HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n\(id)\(extraHeaders)"
+            + "Content-Length: \(body.utf8.count)\r\n\r\n\(body)"
+    }
+
+    static func get(_ path: String, extraHeaders: String = "") -> String {
+        "GET \(path) HTTP/1.1\r\nHost: gw\r\n\(extraHeaders)\r\n"
     }
 }
 
