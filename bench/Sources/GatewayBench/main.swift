@@ -26,6 +26,8 @@ struct Options {
     var symbol = "BTCUSDT"
     var withFeatures = true
     var label = ""
+    /// `GET <path>` instead of POST /v1/score: the HTTP server's own floor (e.g. `/healthz`).
+    var getPath: String?
 
     init() {
         var args = CommandLine.arguments.dropFirst().makeIterator()
@@ -43,6 +45,7 @@ struct Options {
                 withFeatures = false
                 symbol = args.next()!
             case "--label": label = args.next()!
+            case "--get": getPath = args.next()!
             default:
                 FileHandle.standardError.write(Data("unknown argument \(a)\n".utf8))
                 exit(2)
@@ -153,7 +156,8 @@ let body: String =
     ? #"{"symbol":"\#(o.symbol)","features":[0.5,0.3,0.2,1,2,0.1,10,0.05]}"#
     : #"{"symbol":"\#(o.symbol)","freshness_ms":600000}"#
 let request = Array(
-    "POST /v1/score HTTP/1.1\r\nHost: \(o.host)\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+    (o.getPath.map { "GET \($0) HTTP/1.1\r\nHost: \(o.host)\r\n\r\n" }
+        ?? "POST /v1/score HTTP/1.1\r\nHost: \(o.host)\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)").utf8)
 
 final class Worker: @unchecked Sendable {  // owned by its one thread until joined via `done`
     var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
