@@ -15,7 +15,9 @@ public final class EndpointLane: Sendable {
         var batchers: [String: InferenceBatcher] = [:]
         for v in versions {
             batchers[v] = InferenceBatcher(
-                endpoint: endpoint, version: v, maxRows: config.batchMaxRows, maxInFlight: config.batchMaxInFlight)
+                endpoint: endpoint, version: v, maxRows: config.batchMaxRows, maxInFlight: config.batchMaxInFlight,
+                linger: .microseconds(Int64(config.batchLingerUs)),
+                rowsPerCall: metrics.batchRows(endpoint: endpoint.label, version: v))
         }
         self.batchers = batchers
         breaker = Mutex(

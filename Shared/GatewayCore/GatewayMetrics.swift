@@ -110,6 +110,13 @@ public final class GatewayMetrics: Sendable {
         histogram.record(duration)
     }
 
+    /// Rows per inference call (how well requests coalesce), per endpoint and version.
+    func batchRows(endpoint: String, version: String) -> ValueHistogram {
+        registry.makeValueHistogram(
+            descriptor: Self.name("te_gateway_batch_rows", "Rows per batched Triton inference call"),
+            labels: [("endpoint", endpoint), ("version", version)], buckets: [1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256])
+    }
+
     func breaker(endpoint: String, state: Int) {
         let gauge = breakerGauges.withLock { map in
             if let g = map[endpoint] { return g }
