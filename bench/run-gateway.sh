@@ -111,6 +111,8 @@ PY
 
 perf_analyzer_c1
 start_gateway "127.0.0.1:$T_GRPC"
+# The HTTP server's own floor: GET /healthz through Hummingbird's router (no scoring, no audit).
+for c in 1 32; do run --mode closed --connections "$c" --get /healthz --label "floor/GET /healthz"; done
 # $1 = path label (model|fallback), $2 = open-loop rates.
 both_feature_sources() {
   local path=$1 rates=$2 c r
