@@ -14,7 +14,8 @@ public struct TritonClientConfiguration: Sendable {
     /// connections over the group's loops in order.
     public var connections: Int?
     /// The event loops that drive the connections. Default (nil): `MultiThreadedEventLoopGroup.singleton`, the
-    /// group the gateway serves HTTP on and runs Swift Concurrency on.
+    /// group the gateway serves HTTP on and runs Swift Concurrency on. A group of your own must outlive the client:
+    /// `close()` it before shutting the group down.
     public var eventLoopGroup: (any EventLoopGroup)?
     /// Give up connecting after this long (calls with an earlier deadline fail at their deadline). Default: 1 s.
     public var connectTimeout: Duration = .seconds(1)
@@ -60,8 +61,9 @@ private extension String {
 /// protobuf-c messages.
 ///
 /// Calls are multiplexed as streams over HTTP/2 connections, each a SwiftNIO channel on one event loop of
-/// `configuration.eventLoopGroup`. A call made on one of those loops uses that loop's connection and starts without a
-/// thread switch; other callers are handed to a connection's loop round robin. Every call has a deadline: when it passes the stream is reset (RST_STREAM) and the call throws
+/// `configuration.eventLoopGroup`. A call made on one of those loops uses that loop's connection and starts without
+/// a thread switch; other callers are handed to a connection's loop round robin. Every call has a deadline: when it
+/// passes the stream is reset (RST_STREAM) and the call throws
 /// `TritonError.Code.deadlineExceeded` at once. A lost connection fails its calls with `.connection`; the next call
 /// reconnects. Errors the server sends surface as `TritonError` with the server's `grpc-message`.
 public final class TritonClient: Sendable {
