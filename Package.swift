@@ -80,6 +80,8 @@ let package = Package(
             dependencies: [
                 "CNghttp2", "CProtobufC", "CTritonProto",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Shared/TritonClient", swiftSettings: swiftSettings),
 
@@ -176,7 +178,12 @@ let package = Package(
             name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport"], path: "Tests/StrategyTests",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "TritonTests", dependencies: ["TritonClient", "TestSupport"], path: "Tests/TritonTests",
+            name: "TritonTests",
+            dependencies: [
+                "TritonClient", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Tests/TritonTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "PostgresTests", dependencies: ["TEPostgres", "ServiceKit", "TestSupport"],

@@ -1,11 +1,8 @@
 import CNghttp2
-import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 import Synchronization
-
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The gRPC methods of `inference.GRPCInferenceService` this client calls.
 enum GRPCMethod: String, Sendable {
@@ -17,52 +14,6 @@ enum GRPCMethod: String, Sendable {
     case modelInfer = "/inference.GRPCInferenceService/ModelInfer"
 }
 
-/// One unary gRPC call.
-///
-/// `@unchecked Sendable` is safe because of a strict hand-over: the submitting task writes `continuation` before it
-/// enqueues the call through the connection's mailbox `Mutex` (whose lock/unlock orders that write before the I/O
-/// thread's reads); from then on every `var` is read and written only by the connection's I/O thread.
-/// The one field other threads touch afterwards, `cancelRequested`, is an `Atomic`.
-final class GRPCCall: @unchecked Sendable {
-    let method: GRPCMethod
-    let request: [UInt8]
-    let deadline: ContinuousClock.Instant
-    let file: String
-    let line: Int
-    let cancelRequested = Atomic<Bool>(false)
-
-    var continuation: CheckedContinuation<[UInt8], any Error>?
-    /// Set once the I/O thread has processed the call's start command.
-    var started = false
-    var streamID: Int32 = 0
-    var sent = 0
-    var body: [UInt8] = []
-    var httpStatus = 0
-    var grpcStatus: Int?
-    var grpcMessage: String?
-
-    init(method: GRPCMethod, request: [UInt8], deadline: ContinuousClock.Instant, file: String, line: Int) {
-        self.method = method
-        self.request = request
-        self.deadline = deadline
-        self.file = file
-        self.line = line
-    }
-
-    var isFinished: Bool { continuation == nil }
-
-    func succeed(_ body: [UInt8]) {
-        continuation?.resume(returning: body)
-        continuation = nil
-    }
-
-    func fail(_ code: TritonError.Code, _ message: String, grpcStatus: Int? = nil) {
-        continuation?.resume(throwing: TritonError(
-            code: code, message: message, grpcStatus: grpcStatus, file: file, line: line))
-        continuation = nil
-    }
-}
-
 struct ConnectionSettings: Sendable {
     var host: String
     var port: Int
@@ -72,224 +23,182 @@ struct ConnectionSettings: Sendable {
     var connectionWindowSize: Int32
 }
 
-/// One HTTP/2 (h2c, prior knowledge) connection to a Triton gRPC endpoint, multiplexing calls as streams.
+/// What changes while a call runs. Lives in `GRPCCall.progress`, so only the connection's event loop touches it.
+struct CallProgress: Sendable {
+    var continuation: CheckedContinuation<[UInt8], any Error>?
+    var finished = false
+    var cancelRequested = false
+    var streamID: Int32 = 0
+    var sent = 0
+    var body: [UInt8] = []
+    var httpStatus = 0
+    var grpcStatus: Int?
+    var grpcMessage: String?
+}
+
+/// One unary gRPC call, as the caller hands it to a connection's event loop.
 ///
-/// All nghttp2 state, the socket and the calls in flight belong to one dedicated I/O thread (`ConnectionLoop`),
-/// which polls the non-blocking socket and a wake-up pipe; no blocking call ever runs on Swift's cooperative pool.
-/// Other threads talk to it only through `mailbox`.
+/// Sendable without `@unchecked`: the request is immutable, and everything that changes while the call runs is in
+/// `progress`, a `NIOLoopBoundBox` that can only be read or written on the connection's event loop.
+final class GRPCCall: Sendable {
+    let method: GRPCMethod
+    let request: [UInt8]
+    let deadline: ContinuousClock.Instant
+    let file: String
+    let line: Int
+    let progress: NIOLoopBoundBox<CallProgress>
+
+    init(
+        method: GRPCMethod, request: [UInt8], deadline: ContinuousClock.Instant, file: String, line: Int,
+        eventLoop: any EventLoop
+    ) {
+        self.method = method
+        self.request = request
+        self.deadline = deadline
+        self.file = file
+        self.line = line
+        progress = .makeBoxSendingValue(CallProgress(), eventLoop: eventLoop)
+    }
+
+    // Everything below runs on the connection's event loop.
+
+    var isFinished: Bool { progress.value.finished }
+
+    func succeed() {
+        let (continuation, body): (CheckedContinuation<[UInt8], any Error>?, [UInt8]) = progress.withValue { p in
+            guard !p.finished else { return (nil, []) }
+            p.finished = true
+            defer { p.continuation = nil; p.body = [] }
+            return (p.continuation, p.body)
+        }
+        continuation?.resume(returning: body)
+    }
+
+    func fail(_ code: TritonError.Code, _ message: String, grpcStatus: Int? = nil) {
+        let continuation: CheckedContinuation<[UInt8], any Error>? = progress.withValue { p in
+            guard !p.finished else { return nil }
+            p.finished = true
+            defer { p.continuation = nil; p.body = [] }
+            return p.continuation
+        }
+        continuation?.resume(throwing: TritonError(
+            code: code, message: message, grpcStatus: grpcStatus, file: file, line: line))
+    }
+}
+
+/// Counters a test can read to see how calls were routed (plain relaxed atomics: they order nothing).
+final class ConnectionCounters: Sendable {
+    let callsStartedOnLoop = Atomic<Int>(0)
+    let callsHandedOver = Atomic<Int>(0)
+    let connectsStarted = Atomic<Int>(0)
+    let streamsReset = Atomic<Int>(0)
+}
+
+/// One HTTP/2 (h2c, prior knowledge) connection to a Triton gRPC endpoint, multiplexing calls as streams, driven
+/// by one SwiftNIO event loop: the socket is a NIO `Channel` on `eventLoop`, and the nghttp2 session, the calls in
+/// flight and the lifecycle (lazy connect, reconnect, deadlines) are confined to that loop.
+///
+/// A call made on `eventLoop` itself starts synchronously (no thread switch); from anywhere else it is handed over
+/// with `execute`. Completions resume the caller's continuation on `eventLoop`.
 final class HTTP2Connection: Sendable {
-    enum Command: Sendable {
-        case start(GRPCCall)
-        case cancel(GRPCCall)
-        case shutdown
-    }
-    struct Mailbox {
-        var commands: [Command] = []
-        var wakePending = false
-        var closed = false
-    }
+    let eventLoop: any EventLoop
+    let counters = ConnectionCounters()
+    private let core: NIOLoopBoundBox<ConnectionCore>
+    private let closed = Atomic<Bool>(false)
 
-    let mailbox = Mutex(Mailbox())
-    let wakeRead: Int32
-    let wakeWrite: Int32
-    let settings: ConnectionSettings
-
-    init(settings: ConnectionSettings, logger: Logger) {
-        var fds: [Int32] = [-1, -1]
-        precondition(pipe(&fds) == 0, "pipe() failed: errno \(errno)")
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        wakeRead = fds[0]
-        wakeWrite = fds[1]
-        self.settings = settings
-        let thread = Thread { [self] in
-            let loop = ConnectionLoop(connection: self, logger: logger)
-            loop.run()
-        }
-        thread.name = "triton-io \(settings.host):\(settings.port)"
-        thread.start()
+    init(eventLoop: any EventLoop, settings: ConnectionSettings, logger: Logger) {
+        self.eventLoop = eventLoop
+        core = .makeBoxSendingValue(
+            ConnectionCore(eventLoop: eventLoop, settings: settings, logger: logger, counters: counters),
+            eventLoop: eventLoop)
     }
 
-    /// Hands a command to the I/O thread; false when the connection is closed.
-    @discardableResult
-    func enqueue(_ command: Command) -> Bool {
-        let wake: Bool? = mailbox.withLock { box in
-            if box.closed { return nil }
-            box.commands.append(command)
-            if case .shutdown = command { box.closed = true }
-            if box.wakePending { return false }
-            box.wakePending = true
-            return true
-        }
-        guard let wake else { return false }
-        if wake {
-            var byte: UInt8 = 1
-            _ = write(wakeWrite, &byte, 1)
-        }
-        return true
-    }
-
-    /// Runs one unary call; the raw gRPC response body (framed) on success.
+    /// Runs one unary call; the raw gRPC response body (framed) on success. Runs isolated to the caller's actor
+    /// (`isolation`), so a caller already on `eventLoop` submits the stream without leaving the thread.
     func call(
-        _ method: GRPCMethod, request: [UInt8], deadline: ContinuousClock.Instant, file: String, line: Int
+        _ method: GRPCMethod, request: [UInt8], deadline: ContinuousClock.Instant, file: String, line: Int,
+        isolation: isolated (any Actor)? = #isolation
     ) async throws -> [UInt8] {
-        let call = GRPCCall(method: method, request: request, deadline: deadline, file: file, line: line)
+        if closed.load(ordering: .relaxed) {
+            throw TritonError(code: .cancelled, message: "Triton client is closed", file: file, line: line)
+        }
+        let call = GRPCCall(
+            method: method, request: request, deadline: deadline, file: file, line: line, eventLoop: eventLoop)
+        let eventLoop = self.eventLoop
+        let core = self.core
+        let counters = self.counters
         return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[UInt8], any Error>) in
-                call.continuation = continuation
-                if !enqueue(.start(call)) {
-                    call.continuation = nil
-                    continuation.resume(throwing: TritonError(
-                        code: .cancelled, message: "Triton client is closed", file: file, line: line))
+            // Capturing the isolated parameter isolates this closure to the caller's actor too; otherwise it would
+            // run on the global executor and the `inEventLoop` test below would never hold.
+            _ = isolation
+            return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[UInt8], any Error>) in
+                if eventLoop.inEventLoop {
+                    counters.callsStartedOnLoop.add(1, ordering: .relaxed)
+                    core.value.start(call, continuation)
+                } else {
+                    counters.callsHandedOver.add(1, ordering: .relaxed)
+                    eventLoop.execute { core.value.start(call, continuation) }
                 }
             }
         } onCancel: {
-            call.cancelRequested.store(true, ordering: .releasing)
-            enqueue(.cancel(call))
+            // Always through the loop's queue, even from the loop: cancellation can fire while the canceller is
+            // inside code that holds the session, and nghttp2 must not be re-entered.
+            eventLoop.execute { core.value.cancel(call) }
         }
     }
 
-    func shutdown() { enqueue(.shutdown) }
+    /// Fails calls in flight with `.cancelled` and closes the channel. Idempotent; later calls fail at once.
+    func shutdown() {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
+        if eventLoop.inEventLoop {
+            core.value.close()
+        } else {
+            let core = self.core
+            eventLoop.execute { core.value.close() }
+        }
+    }
 }
 
-/// The I/O thread's state: socket, nghttp2 session, calls. Touched only by that thread.
-private final class ConnectionLoop {
+/// The connection's lifecycle on its event loop: idle → connecting → ready(session) → idle (lost) … → closed.
+/// Owns the calls waiting for a connect and the single deadline timer of all the connection's calls.
+final class ConnectionCore {
     enum State {
         case idle
-        case connecting(giveUpAt: ContinuousClock.Instant)
-        case ready
+        case connecting
+        case ready(GRPCSessionHandler)
+        case closed
     }
 
-    let connection: HTTP2Connection
+    let eventLoop: any EventLoop
     let settings: ConnectionSettings
     let logger: Logger
+    let counters: ConnectionCounters
     let authority: String
     var state = State.idle
-    var fd: Int32 = -1
-    var session: OpaquePointer?
-    var callbacks: OpaquePointer?
     /// Calls waiting for the connection to come up.
     var waiting: [GRPCCall] = []
-    var streams: [Int32: GRPCCall] = [:]
     var lastConnectFailure: (at: ContinuousClock.Instant, reason: String)?
-    /// Bytes nghttp2 produced that the socket did not take yet.
-    var pendingOut: [UInt8] = []
-    var pendingOutOffset = 0
-    var drained: [Command] = []
-    var running = true
-    let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 16)
-    var headerBytes: [UInt8] = []
-    var headerRanges: [(Int, Int, Int, Int)] = []
-    typealias Command = HTTP2Connection.Command
+    /// One timer for all calls, armed at (or before) the earliest deadline of any unfinished call; when it fires it
+    /// expires what is due and re-arms for the next. Most calls finish first and never touch it again.
+    var deadlineTimer: Scheduled<Void>?
+    var timerDeadline: ContinuousClock.Instant?
 
-    init(connection: HTTP2Connection, logger: Logger) {
-        self.connection = connection
-        self.settings = connection.settings
+    init(eventLoop: any EventLoop, settings: ConnectionSettings, logger: Logger, counters: ConnectionCounters) {
+        self.eventLoop = eventLoop
+        self.settings = settings
         self.logger = logger
-        self.authority = "\(settings.host):\(settings.port)"
-        headerBytes.reserveCapacity(512)
-        installCallbacks()
-    }
-
-    deinit {
-        readBuffer.deallocate()
-        if let callbacks { nghttp2_session_callbacks_del(callbacks) }
-    }
-
-    // MARK: loop
-
-    func run() {
-        var fds = [pollfd](repeating: pollfd(), count: 2)
-        while running {
-            drainMailbox()
-            if !running { break }
-            expireDeadlines()
-            if case .ready = state { flush() }
-            if case .ready = state, let session, nghttp2_session_want_read(session) == 0,
-                nghttp2_session_want_write(session) == 0, pendingOutOffset >= pendingOut.count
-            {
-                disconnect(reason: "server ended the HTTP/2 session (GOAWAY)")
-            }
-
-            fds[0] = pollfd(fd: connection.wakeRead, events: Int16(POLLIN), revents: 0)
-            var count = 1
-            switch state {
-            case .idle:
-                break
-            case .connecting:
-                fds[1] = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                count = 2
-            case .ready:
-                let wantWrite = pendingOutOffset < pendingOut.count
-                fds[1] = pollfd(fd: fd, events: Int16(POLLIN) | (wantWrite ? Int16(POLLOUT) : 0), revents: 0)
-                count = 2
-            }
-            let timeout = pollTimeoutMilliseconds()
-            let n = poll(&fds, nfds_t(count), timeout)
-            if n < 0 {
-                if errno == EINTR { continue }
-                logger.error("poll failed", metadata: ["errno": "\(errno)"])
-                continue
-            }
-            if fds[0].revents != 0 { drainWakePipe() }
-            if count == 2 && fds[1].revents != 0 {
-                switch state {
-                case .idle: break
-                case .connecting: finishConnect()
-                case .ready: socketReady(revents: fds[1].revents)
-                }
-            }
-            if case .connecting(let giveUpAt) = state, ContinuousClock.now >= giveUpAt {
-                connectFailed("connect timed out after \(settings.connectTimeout)")
-            }
-        }
-        teardown()
-    }
-
-    func drainMailbox() {
-        connection.mailbox.withLock { box in
-            swap(&box.commands, &drained)
-            box.wakePending = false
-        }
-        for command in drained {
-            switch command {
-            case .start(let call): start(call)
-            case .cancel(let call): cancel(call)
-            case .shutdown: running = false
-            }
-        }
-        drained.removeAll(keepingCapacity: true)
-    }
-
-    func drainWakePipe() {
-        var sink = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-        while withUnsafeMutableBytes(of: &sink, { read(connection.wakeRead, $0.baseAddress, $0.count) }) > 0 {}
-    }
-
-    func pollTimeoutMilliseconds() -> Int32 {
-        var earliest: ContinuousClock.Instant?
-        for call in waiting where !call.isFinished {
-            if earliest == nil || call.deadline < earliest! { earliest = call.deadline }
-        }
-        for call in streams.values where !call.isFinished {
-            if earliest == nil || call.deadline < earliest! { earliest = call.deadline }
-        }
-        if case .connecting(let giveUpAt) = state, earliest == nil || giveUpAt < earliest! { earliest = giveUpAt }
-        guard let earliest else { return -1 }
-        let remaining = earliest - ContinuousClock.now
-        if remaining <= .zero { return 0 }
-        let (s, atto) = remaining.components
-        let ms = s * 1000 + (atto + 999_999_999_999_999) / 1_000_000_000_000_000
-        return Int32(clamping: ms)
+        self.counters = counters
+        authority = "\(settings.host):\(settings.port)"
     }
 
     // MARK: calls
 
-    func start(_ call: GRPCCall) {
-        call.started = true
-        if call.cancelRequested.load(ordering: .acquiring) {
+    func start(_ call: GRPCCall, _ continuation: CheckedContinuation<[UInt8], any Error>) {
+        let cancelled = call.progress.withValue { p in
+            p.continuation = continuation
+            return p.cancelRequested
+        }
+        if cancelled {
             call.fail(.cancelled, "call cancelled")
             return
         }
@@ -298,49 +207,287 @@ private final class ConnectionLoop {
             return
         }
         switch state {
-        case .ready:
-            submit(call)
+        case .ready(let session):
+            armDeadline(call.deadline)
+            session.submit(call)
         case .connecting:
+            armDeadline(call.deadline)
             waiting.append(call)
         case .idle:
             if let failure = lastConnectFailure, ContinuousClock.now - failure.at < settings.reconnectBackoff {
                 call.fail(.connection, "\(authority) unreachable: \(failure.reason)")
                 return
             }
+            armDeadline(call.deadline)
             waiting.append(call)
-            startConnect()
+            connect()
+        case .closed:
+            call.fail(.cancelled, "Triton client is closed")
         }
     }
 
     func cancel(_ call: GRPCCall) {
-        guard call.started, !call.isFinished else { return }
+        call.progress.value.cancelRequested = true
+        guard call.progress.value.continuation != nil, !call.isFinished else { return }
         call.fail(.cancelled, "call cancelled")
-        resetStream(of: call)
+        if case .ready(let session) = state { session.reset(call) }
     }
 
-    func resetStream(of call: GRPCCall) {
-        if call.streamID > 0, let session {
-            _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), call.streamID,
-                                          NGHTTP2_CANCEL.rawValue)
+    // MARK: deadlines
+
+    func armDeadline(_ deadline: ContinuousClock.Instant) {
+        if let armed = timerDeadline, armed <= deadline { return }
+        deadlineTimer?.cancel()
+        timerDeadline = deadline
+        // Rounded up to the microsecond so that the timer never fires before the deadline it serves.
+        let (s, atto) = (deadline - ContinuousClock.now).components
+        let micros = max(0, s * 1_000_000 + (atto + 999_999_999_999) / 1_000_000_000_000)
+        deadlineTimer = eventLoop.assumeIsolated().scheduleTask(in: .microseconds(micros)) { [self] in
+            deadlineTimerFired()
         }
     }
 
-    func expireDeadlines() {
+    func deadlineTimerFired() {
+        deadlineTimer = nil
+        timerDeadline = nil
         let now = ContinuousClock.now
+        var next: ContinuousClock.Instant?
         if !waiting.isEmpty {
-            for call in waiting where !call.isFinished && call.deadline <= now {
-                call.fail(.deadlineExceeded, "deadline passed while connecting to \(authority)")
+            for call in waiting where !call.isFinished {
+                if call.deadline <= now {
+                    call.fail(.deadlineExceeded, "deadline passed while connecting to \(authority)")
+                } else if next == nil || call.deadline < next! {
+                    next = call.deadline
+                }
             }
             waiting.removeAll { $0.isFinished }
         }
-        for call in streams.values where !call.isFinished && call.deadline <= now {
-            call.fail(.deadlineExceeded, "deadline passed; stream \(call.streamID) cancelled")
-            resetStream(of: call)
+        if case .ready(let session) = state { session.expire(now: now, next: &next) }
+        if let next { armDeadline(next) }
+    }
+
+    // MARK: connection lifecycle
+
+    func connect() {
+        state = .connecting
+        counters.connectsStarted.add(1, ordering: .relaxed)
+        let core = NIOLoopBound(self, eventLoop: eventLoop)
+        let (s, atto) = settings.connectTimeout.components
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(.nanoseconds(s * 1_000_000_000 + atto / 1_000_000_000))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(GRPCSessionHandler(core: core.value))
+                }
+            }
+        let connecting: EventLoopFuture<any Channel>
+        if let address = try? SocketAddress(ipAddress: settings.host, port: settings.port) {
+            connecting = bootstrap.connect(to: address)
+        } else {
+            connecting = bootstrap.connect(host: settings.host, port: settings.port)
+        }
+        connecting.assumeIsolated().whenComplete { [self] result in
+            switch result {
+            case .success(let channel):
+                // close() ran while connecting: the handler saw a closed core and closes the channel itself;
+                // this covers a channel that had not become active yet.
+                if case .closed = state { channel.close(promise: nil) }
+            case .failure(let error):
+                if case .connecting = state { connectFailed(Self.describe(error)) }
+            }
         }
     }
 
-    func submit(_ call: GRPCCall) {
+    func connectFailed(_ reason: String) {
+        state = .idle
+        lastConnectFailure = (ContinuousClock.now, reason)
+        logger.warning("triton connect failed", metadata: ["endpoint": "\(authority)", "reason": "\(reason)"])
+        let calls = waiting
+        waiting.removeAll()
+        for call in calls { call.fail(.connection, "connect to \(authority) failed: \(reason)") }
+    }
+
+    /// The session handler's channel is active and its SETTINGS are queued: send the waiting calls.
+    func sessionReady(_ session: GRPCSessionHandler) -> Bool {
+        guard case .connecting = state else { return false }
+        state = .ready(session)
+        lastConnectFailure = nil
+        logger.debug("triton connected", metadata: ["endpoint": "\(authority)"])
+        let calls = waiting
+        waiting.removeAll()
+        for call in calls where !call.isFinished { session.submit(call) }
+        return true
+    }
+
+    /// The session's channel went away; its calls have been failed. The next call reconnects.
+    func sessionEnded(_ session: GRPCSessionHandler, reason: String) {
+        guard case .ready(let current) = state, current === session else { return }
+        state = .idle
+        logger.warning("triton connection lost", metadata: ["endpoint": "\(authority)", "reason": "\(reason)"])
+    }
+
+    func close() {
+        let previous = state
+        state = .closed
+        deadlineTimer?.cancel()
+        deadlineTimer = nil
+        timerDeadline = nil
+        let calls = waiting
+        waiting.removeAll()
+        for call in calls { call.fail(.cancelled, "Triton client closed") }
+        if case .ready(let session) = previous { session.close(failing: "Triton client closed") }
+    }
+
+    var isClosed: Bool {
+        if case .closed = state { return true }
+        return false
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? IOError { return error.description }
+        if let error = error as? ChannelError, case .connectTimeout(let amount) = error {
+            return "connect timed out after \(Duration.nanoseconds(amount.nanoseconds))"
+        }
+        return "\(error)"
+    }
+}
+
+/// The HTTP/2 session of one channel: feeds received bytes to nghttp2 (`nghttp2_session_mem_recv`) and writes what
+/// `nghttp2_session_mem_send` produces, once per batch (end of a read, or one queued flush per event-loop tick).
+/// The nghttp2 session is created in `handlerAdded` and deleted in `handlerRemoved`.
+final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let core: ConnectionCore
+    var session: OpaquePointer?
+    var context: ChannelHandlerContext?
+    var streams: [Int32: GRPCCall] = [:]
+    var activated = false
+    var ended = false
+    var flushQueued = false
+    var closeReason: String?
+    var headerBytes: [UInt8] = []
+    var headerRanges: [(Int, Int, Int, Int)] = []
+
+    init(core: ConnectionCore) {
+        self.core = core
+        headerBytes.reserveCapacity(512)
+    }
+
+    // MARK: channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        var callbacks: OpaquePointer?
+        nghttp2_session_callbacks_new(&callbacks)
+        Self.install(callbacks)
+        var newSession: OpaquePointer?
+        // nghttp2 copies the callbacks: the table can go at once.
+        let rc = nghttp2_session_client_new(&newSession, callbacks, Unmanaged.passUnretained(self).toOpaque())
+        nghttp2_session_callbacks_del(callbacks)
+        guard rc == 0, let newSession else {
+            closeReason = "nghttp2_session_client_new: \(rc)"
+            context.close(promise: nil)
+            return
+        }
+        session = newSession
+        var entries = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
+            nghttp2_settings_entry(
+                settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue),
+                value: UInt32(core.settings.initialWindowSize)),
+        ]
+        _ = nghttp2_submit_settings(newSession, UInt8(NGHTTP2_FLAG_NONE.rawValue), &entries, entries.count)
+        // The connection-level window is not covered by SETTINGS: raise it with a WINDOW_UPDATE.
+        _ = nghttp2_session_set_local_window_size(
+            newSession, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, core.settings.connectionWindowSize)
+        if context.channel.isActive { activate() }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        activate()
+        context.fireChannelActive()
+    }
+
+    private func activate() {
+        guard !activated, session != nil, let context else { return }
+        activated = true
+        if !core.sessionReady(self) {
+            // The client was closed (or this connection superseded) while connecting.
+            closeReason = core.isClosed ? "Triton client closed" : "superseded connection"
+            context.close(promise: nil)
+            return
+        }
+        flush()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
         guard let session else { return }
+        let consumed = buffer.withUnsafeReadableBytes { bytes in
+            nghttp2_session_mem_recv(session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), bytes.count)
+        }
+        if consumed < 0 {
+            closeReason = "HTTP/2 protocol error: \(String(cString: nghttp2_strerror(Int32(consumed))))"
+            end(reason: closeReason!)
+            context.close(promise: nil)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        // SETTINGS/PING acks, WINDOW_UPDATEs and DATA the new window allows: one write for the whole read.
+        flush()
+        context.fireChannelReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        end(reason: closeReason ?? "closed by peer")
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if closeReason == nil { closeReason = ConnectionCore.describe(error) }
+        context.close(promise: nil)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        end(reason: closeReason ?? "channel closed")
+        if let session { nghttp2_session_del(session) }
+        session = nil
+        self.context = nil
+    }
+
+    /// Fails the calls still in flight with `.connection` and tells the core; idempotent.
+    private func end(reason: String) {
+        guard !ended else { return }
+        ended = true
+        let calls = streams.values
+        streams = [:]
+        for call in calls where !call.isFinished {
+            call.fail(.connection, "connection to \(core.authority) lost: \(reason)")
+        }
+        // A channel that never became active failed its connect: the connect future reports that, with the reason.
+        if activated { core.sessionEnded(self, reason: reason) }
+    }
+
+    /// close(): fails the calls in flight with `.cancelled`, then closes the channel.
+    func close(failing message: String) {
+        closeReason = message
+        let calls = streams.values
+        streams = [:]
+        for call in calls where !call.isFinished { call.fail(.cancelled, message) }
+        context?.close(promise: nil)
+    }
+
+    // MARK: calls
+
+    func submit(_ call: GRPCCall) {
+        guard let session else {
+            call.fail(.connection, "connection to \(core.authority) is gone")
+            return
+        }
         let timeout = GRPCFraming.timeoutHeader(call.deadline - ContinuousClock.now)
         headerBytes.removeAll(keepingCapacity: true)
         headerRanges.removeAll(keepingCapacity: true)
@@ -354,271 +501,151 @@ private final class ConnectionLoop {
         add(":method", "POST")
         add(":scheme", "http")
         add(":path", call.method.rawValue)
-        add(":authority", authority)
+        add(":authority", core.authority)
         add("content-type", "application/grpc")
         add("te", "trailers")
         add("grpc-timeout", timeout)
         add("user-agent", "te-triton-client/1.0")
         var provider = nghttp2_data_provider()
         provider.source.ptr = nil
-        provider.read_callback = { session, streamID, buffer, length, flags, _, userData in
-            let loop = Unmanaged<ConnectionLoop>.fromOpaque(userData!).takeUnretainedValue()
-            guard let call = loop.streams[streamID], let buffer else {
+        provider.read_callback = { _, streamID, buffer, length, flags, _, userData in
+            let handler = Unmanaged<GRPCSessionHandler>.fromOpaque(userData!).takeUnretainedValue()
+            guard let call = handler.streams[streamID], let buffer else {
                 flags!.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
                 return 0
             }
-            let n = min(length, call.request.count - call.sent)
+            let sent = call.progress.value.sent
+            let n = min(length, call.request.count - sent)
             call.request.withUnsafeBytes { bytes in
-                UnsafeMutableRawPointer(buffer).copyMemory(from: bytes.baseAddress! + call.sent, byteCount: n)
+                UnsafeMutableRawPointer(buffer).copyMemory(from: bytes.baseAddress! + sent, byteCount: n)
             }
-            call.sent += n
-            if call.sent == call.request.count { flags!.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue }
+            call.progress.value.sent = sent + n
+            if sent + n == call.request.count { flags!.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue }
             return n
         }
         let streamID: Int32 = headerBytes.withUnsafeMutableBufferPointer { bytes in
             let base = bytes.baseAddress!
             return withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: headerRanges.count) { nva in
                 for (i, r) in headerRanges.enumerated() {
-                    nva[i] = nghttp2_nv(name: base + r.0, value: base + r.2, namelen: r.1, valuelen: r.3,
-                                        flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+                    nva[i] = nghttp2_nv(
+                        name: base + r.0, value: base + r.2, namelen: r.1, valuelen: r.3,
+                        flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
                 }
                 return nghttp2_submit_request(session, nil, nva.baseAddress, headerRanges.count, &provider, nil)
             }
         }
         if streamID < 0 {
-            // Stream IDs exhausted or session going away: this connection can take no more; a new one will.
-            call.fail(.connection, "cannot open a stream on \(authority): \(String(cString: nghttp2_strerror(streamID)))")
+            // Stream IDs exhausted or session going away (GOAWAY): this connection can take no more; a new one will.
+            call.fail(
+                .connection, "cannot open a stream on \(core.authority): \(String(cString: nghttp2_strerror(streamID)))")
+            if nghttp2_session_want_read(session) == 0 || streamID == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE.rawValue {
+                context?.close(promise: nil)
+            }
             return
         }
-        call.streamID = streamID
-        call.body.reserveCapacity(64)
+        call.progress.withValue { p in
+            p.streamID = streamID
+            p.body.reserveCapacity(64)
+        }
         streams[streamID] = call
+        queueFlush()
     }
 
-    // MARK: socket
-
-    func startConnect() {
-        var hints = addrinfo()
-        hints.ai_family = AF_UNSPEC
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var result: UnsafeMutablePointer<addrinfo>?
-        let rc = getaddrinfo(settings.host, String(settings.port), &hints, &result)
-        guard rc == 0, let info = result else {
-            connectFailed("cannot resolve \(settings.host): \(String(cString: gai_strerror(rc)))")
-            return
-        }
-        defer { freeaddrinfo(result) }
-        let s = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
-                       | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard s >= 0 else {
-            connectFailed("socket(): \(String(cString: strerror(errno)))")
-            return
-        }
-        var one: Int32 = 1
-        _ = setsockopt(s, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        fd = s
-        if connect(s, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 {
-            connected()
-        } else if errno == EINPROGRESS {
-            state = .connecting(giveUpAt: ContinuousClock.now + settings.connectTimeout)
-        } else {
-            connectFailed(String(cString: strerror(errno)))
-        }
+    /// RST_STREAM for a call that was failed locally (cancelled, deadline).
+    func reset(_ call: GRPCCall) {
+        let streamID = call.progress.value.streamID
+        guard streamID > 0, let session, streams[streamID] != nil else { return }
+        _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, NGHTTP2_CANCEL.rawValue)
+        core.counters.streamsReset.add(1, ordering: .relaxed)
+        queueFlush()
     }
 
-    func finishConnect() {
-        var error: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        _ = getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
-        if error == 0 { connected() } else { connectFailed(String(cString: strerror(error))) }
-    }
-
-    func connectFailed(_ reason: String) {
-        if fd >= 0 { close(fd); fd = -1 }
-        state = .idle
-        lastConnectFailure = (ContinuousClock.now, reason)
-        logger.warning("triton connect failed", metadata: ["endpoint": "\(authority)", "reason": "\(reason)"])
-        for call in waiting { call.fail(.connection, "connect to \(authority) failed: \(reason)") }
-        waiting.removeAll()
-    }
-
-    func connected() {
-        var newSession: OpaquePointer?
-        let rc = nghttp2_session_client_new(&newSession, callbacks, Unmanaged.passUnretained(self).toOpaque())
-        guard rc == 0, let newSession else {
-            connectFailed("nghttp2_session_client_new: \(rc)")
-            return
-        }
-        session = newSession
-        var entries = [
-            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
-            nghttp2_settings_entry(
-                settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue),
-                value: UInt32(settings.initialWindowSize)),
-        ]
-        _ = nghttp2_submit_settings(newSession, UInt8(NGHTTP2_FLAG_NONE.rawValue), &entries, entries.count)
-        // The connection-level window is not covered by SETTINGS: raise it with a WINDOW_UPDATE.
-        _ = nghttp2_session_set_local_window_size(
-            newSession, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, settings.connectionWindowSize)
-        state = .ready
-        lastConnectFailure = nil
-        pendingOut.removeAll(keepingCapacity: true)
-        pendingOutOffset = 0
-        logger.debug("triton connected", metadata: ["endpoint": "\(authority)"])
-        let calls = waiting
-        waiting.removeAll()
-        for call in calls where !call.isFinished { submit(call) }
-    }
-
-    /// Fails every call in flight and drops the socket; the next call reconnects.
-    func disconnect(reason: String) {
-        let calls = streams.values
-        streams = [:]
-        for call in calls where !call.isFinished {
-            call.fail(.connection, "connection to \(authority) lost: \(reason)")
-        }
-        if let session { nghttp2_session_del(session) }
-        session = nil
-        if fd >= 0 { close(fd); fd = -1 }
-        state = .idle
-        pendingOut.removeAll(keepingCapacity: true)
-        pendingOutOffset = 0
-        logger.warning("triton connection lost", metadata: ["endpoint": "\(authority)", "reason": "\(reason)"])
-    }
-
-    func socketReady(revents: Int16) {
-        if revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
-            guard receive() else { return }
-        }
-        if revents & Int16(POLLOUT) != 0 { flush() }
-    }
-
-    /// Reads everything available and feeds nghttp2; false when the connection went away.
-    func receive() -> Bool {
-        while true {
-            let n = read(fd, readBuffer.baseAddress, readBuffer.count)
-            if n > 0 {
-                let consumed = nghttp2_session_mem_recv(
-                    session, readBuffer.baseAddress!.assumingMemoryBound(to: UInt8.self), n)
-                if consumed < 0 {
-                    disconnect(reason: "HTTP/2 protocol error: \(String(cString: nghttp2_strerror(Int32(consumed))))")
-                    return false
-                }
-                if n < readBuffer.count { return true }
-            } else if n == 0 {
-                disconnect(reason: "closed by peer")
-                return false
-            } else {
-                if errno == EINTR { continue }
-                if errno == EAGAIN || errno == EWOULDBLOCK { return true }
-                disconnect(reason: String(cString: strerror(errno)))
-                return false
+    func expire(now: ContinuousClock.Instant, next: inout ContinuousClock.Instant?) {
+        for call in streams.values where !call.isFinished {
+            if call.deadline <= now {
+                call.fail(.deadlineExceeded, "deadline passed; stream \(call.progress.value.streamID) cancelled")
+                reset(call)
+            } else if next == nil || call.deadline < next! {
+                next = call.deadline
             }
         }
     }
 
-    /// Writes what nghttp2 wants to send until the socket would block.
-    func flush() {
-        guard case .ready = state, let session else { return }
+    // MARK: output
+
+    /// Coalesces the frames of everything submitted during this tick into one write.
+    private func queueFlush() {
+        guard !flushQueued, let context else { return }
+        flushQueued = true
+        context.eventLoop.assumeIsolated().execute { [self] in flush() }
+    }
+
+    private func flush() {
+        flushQueued = false
+        guard let session, let context, activated, !ended else { return }
+        var out: ByteBuffer?
         while true {
-            if pendingOutOffset < pendingOut.count {
-                let n = pendingOut.withUnsafeBytes { bytes in
-                    send(fd, bytes.baseAddress! + pendingOutOffset, bytes.count - pendingOutOffset, Int32(MSG_NOSIGNAL))
-                }
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    if errno == EAGAIN || errno == EWOULDBLOCK { return }
-                    disconnect(reason: String(cString: strerror(errno)))
-                    return
-                }
-                pendingOutOffset += n
-                if pendingOutOffset < pendingOut.count { return }
-                pendingOut.removeAll(keepingCapacity: true)
-                pendingOutOffset = 0
-            }
             var data: UnsafePointer<UInt8>?
             let length = nghttp2_session_mem_send(session, &data)
             if length < 0 {
-                disconnect(reason: "nghttp2 send error: \(String(cString: nghttp2_strerror(Int32(length))))")
+                closeReason = "nghttp2 send error: \(String(cString: nghttp2_strerror(Int32(length))))"
+                context.close(promise: nil)
                 return
             }
-            if length == 0 { return }
-            var written = 0
-            while written < length {
-                let n = send(fd, data! + written, length - written, Int32(MSG_NOSIGNAL))
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    if errno == EAGAIN || errno == EWOULDBLOCK { break }
-                    disconnect(reason: String(cString: strerror(errno)))
-                    return
-                }
-                written += n
-            }
-            if written < length {
-                // nghttp2's buffer is only valid until the next mem_send: keep the rest ourselves.
-                pendingOut.append(contentsOf: UnsafeBufferPointer(start: data! + written, count: length - written))
-            }
+            guard length > 0, let data else { break }
+            if out == nil { out = context.channel.allocator.buffer(capacity: max(length, 512)) }
+            // nghttp2's buffer is only valid until the next mem_send: copy.
+            out!.writeBytes(UnsafeRawBufferPointer(start: data, count: length))
+        }
+        if let out { context.writeAndFlush(wrapOutboundOut(out), promise: nil) }
+        if nghttp2_session_want_read(session) == 0, nghttp2_session_want_write(session) == 0 {
+            closeReason = "server ended the HTTP/2 session (GOAWAY)"
+            context.close(promise: nil)
         }
     }
 
-    func teardown() {
-        for call in waiting where !call.isFinished { call.fail(.cancelled, "Triton client closed") }
-        waiting.removeAll()
-        let calls = streams.values
-        streams = [:]
-        for call in calls where !call.isFinished { call.fail(.cancelled, "Triton client closed") }
-        if let session { nghttp2_session_del(session) }
-        session = nil
-        if fd >= 0 { close(fd); fd = -1 }
-        // Commands that raced with shutdown.
-        connection.mailbox.withLock { box in swap(&box.commands, &drained) }
-        for case .start(let call) in drained where !call.isFinished { call.fail(.cancelled, "Triton client closed") }
-        close(connection.wakeRead)
-        close(connection.wakeWrite)
-    }
+    // MARK: nghttp2 callbacks (called from mem_recv/mem_send, i.e. on the event loop)
 
-    // MARK: nghttp2 callbacks
-
-    func installCallbacks() {
-        var cbs: OpaquePointer?
-        nghttp2_session_callbacks_new(&cbs)
+    private static func install(_ cbs: OpaquePointer?) {
         nghttp2_session_callbacks_set_on_header_callback(cbs) { _, frame, name, nameLength, value, valueLength, _, userData in
             guard let frame, let name, let value else { return 0 }
-            let loop = Unmanaged<ConnectionLoop>.fromOpaque(userData!).takeUnretainedValue()
+            let handler = Unmanaged<GRPCSessionHandler>.fromOpaque(userData!).takeUnretainedValue()
             guard UInt32(frame.pointee.hd.type) == NGHTTP2_HEADERS.rawValue,
-                let call = loop.streams[frame.pointee.hd.stream_id]
+                let call = handler.streams[frame.pointee.hd.stream_id]
             else { return 0 }
             let n = UnsafeBufferPointer(start: name, count: nameLength)
             let v = UnsafeBufferPointer(start: value, count: valueLength)
             if n.elementsEqual(":status".utf8) {
-                call.httpStatus = Int(String(decoding: v, as: UTF8.self)) ?? 0
+                call.progress.value.httpStatus = Int(String(decoding: v, as: UTF8.self)) ?? 0
             } else if n.elementsEqual("grpc-status".utf8) {
-                call.grpcStatus = Int(String(decoding: v, as: UTF8.self)) ?? 2
+                call.progress.value.grpcStatus = Int(String(decoding: v, as: UTF8.self)) ?? 2
             } else if n.elementsEqual("grpc-message".utf8) {
-                call.grpcMessage = GRPCFraming.decodeMessage(v)
+                call.progress.value.grpcMessage = GRPCFraming.decodeMessage(v)
             }
             return 0
         }
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs) { _, _, streamID, data, length, userData in
-            let loop = Unmanaged<ConnectionLoop>.fromOpaque(userData!).takeUnretainedValue()
-            if let call = loop.streams[streamID], !call.isFinished, let data {
-                call.body.append(contentsOf: UnsafeBufferPointer(start: data, count: length))
+            let handler = Unmanaged<GRPCSessionHandler>.fromOpaque(userData!).takeUnretainedValue()
+            if let call = handler.streams[streamID], let data {
+                call.progress.withValue { p in
+                    if !p.finished { p.body.append(contentsOf: UnsafeBufferPointer(start: data, count: length)) }
+                }
             }
             return 0
         }
         nghttp2_session_callbacks_set_on_stream_close_callback(cbs) { _, streamID, errorCode, userData in
-            let loop = Unmanaged<ConnectionLoop>.fromOpaque(userData!).takeUnretainedValue()
-            guard let call = loop.streams.removeValue(forKey: streamID), !call.isFinished else { return 0 }
-            if let failure = GRPCFraming.outcome(
-                httpStatus: call.httpStatus, grpcStatus: call.grpcStatus, grpcMessage: call.grpcMessage,
-                resetCode: errorCode)
-            {
+            let handler = Unmanaged<GRPCSessionHandler>.fromOpaque(userData!).takeUnretainedValue()
+            guard let call = handler.streams.removeValue(forKey: streamID), !call.isFinished else { return 0 }
+            let failure = call.progress.withValue { p in
+                GRPCFraming.outcome(
+                    httpStatus: p.httpStatus, grpcStatus: p.grpcStatus, grpcMessage: p.grpcMessage, resetCode: errorCode)
+            }
+            if let failure {
                 call.fail(failure.code, failure.message, grpcStatus: failure.grpcStatus)
             } else {
-                call.succeed(call.body)
+                call.succeed()
             }
             return 0
         }
-        callbacks = cbs
     }
 }

@@ -1,4 +1,6 @@
 import Logging
+import NIOCore
+import NIOPosix
 import Synchronization
 
 /// Configuration of a `TritonClient`.
@@ -7,8 +9,14 @@ public struct TritonClientConfiguration: Sendable {
     public var host: String
     /// gRPC endpoint port.
     public var port: Int
-    /// HTTP/2 connections, used round robin. Default: 1 (one connection multiplexes thousands of calls).
-    public var connections: Int = 1
+    /// HTTP/2 connections. Default (nil): one per event loop of `eventLoopGroup`, so that a caller running on
+    /// one of those loops uses that loop's connection without a thread switch. An explicit count spreads the
+    /// connections over the group's loops in order.
+    public var connections: Int?
+    /// The event loops that drive the connections. Default (nil): `MultiThreadedEventLoopGroup.singleton`, the
+    /// group the gateway serves HTTP on and runs Swift Concurrency on. A group of your own must outlive the client:
+    /// `close()` it before shutting the group down.
+    public var eventLoopGroup: (any EventLoopGroup)?
     /// Give up connecting after this long (calls with an earlier deadline fail at their deadline). Default: 1 s.
     public var connectTimeout: Duration = .seconds(1)
     /// After a failed connect, calls fail at once with `.connection` for this long instead of retrying the
@@ -52,8 +60,10 @@ private extension String {
 /// Async client for Triton's KServe v2 gRPC API (`inference.GRPCInferenceService`) over HTTP/2 (nghttp2) with
 /// protobuf-c messages.
 ///
-/// Calls are multiplexed as streams over `configuration.connections` connections, each driven by its own I/O
-/// thread. Every call has a deadline: when it passes the stream is reset (RST_STREAM) and the call throws
+/// Calls are multiplexed as streams over HTTP/2 connections, each a SwiftNIO channel on one event loop of
+/// `configuration.eventLoopGroup`. A call made on one of those loops uses that loop's connection and starts without
+/// a thread switch; other callers are handed to a connection's loop round robin. Every call has a deadline: when it
+/// passes the stream is reset (RST_STREAM) and the call throws
 /// `TritonError.Code.deadlineExceeded` at once. A lost connection fails its calls with `.connection`; the next call
 /// reconnects. Errors the server sends surface as `TritonError` with the server's `grpc-message`.
 public final class TritonClient: Sendable {
@@ -67,13 +77,18 @@ public final class TritonClient: Sendable {
             host: configuration.host, port: configuration.port, connectTimeout: configuration.connectTimeout,
             reconnectBackoff: configuration.reconnectBackoff, initialWindowSize: configuration.initialWindowSize,
             connectionWindowSize: configuration.connectionWindowSize)
-        connections = (0..<max(1, configuration.connections)).map { _ in
-            HTTP2Connection(settings: settings, logger: logger)
+        let group = configuration.eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
+        var loops = Array(group.makeIterator())
+        if loops.isEmpty { loops = [group.next()] }
+        let count = configuration.connections.map { max(1, $0) } ?? loops.count
+        connections = (0..<count).map { i in
+            HTTP2Connection(eventLoop: loops[i % loops.count], settings: settings, logger: logger)
         }
     }
 
-    /// A client for `url` (`host:port`, as in `TRITON_URL`).
-    public convenience init(url: String, connections: Int = 1, logger: Logger = Logger(label: "triton-client"))
+    /// A client for `url` (`host:port`, as in `TRITON_URL`); `connections` nil = one per event loop of the
+    /// singleton group.
+    public convenience init(url: String, connections: Int? = nil, logger: Logger = Logger(label: "triton-client"))
         throws(TritonError)
     {
         var configuration = try TritonClientConfiguration(url: url)
@@ -83,7 +98,8 @@ public final class TritonClient: Sendable {
 
     deinit { close() }
 
-    /// Fails calls in flight with `.cancelled` and stops the I/O threads. Idempotent.
+    /// Fails calls in flight with `.cancelled` and closes the connections. Idempotent; later calls fail with
+    /// `.cancelled`.
     public func close() {
         for connection in connections { connection.shutdown() }
     }
@@ -93,7 +109,7 @@ public final class TritonClient: Sendable {
     /// Scores `rowCount` rows of the model's input (`rows` holds rowCount × featureCount FP32 values, row-major),
     /// sent as one request (`features` FP32 [rowCount, featureCount] in raw_input_contents); returns one `score`
     /// per row. `parameters` become the request's InferParameter map (e.g. the test model's `delay_ms`).
-    public func infer(
+    nonisolated(nonsending) public func infer(
         model: String, version: String, rows: [Float], rowCount: Int, featureCount: Int = 8,
         deadline: ContinuousClock.Instant, parameters: [(String, InferParameterValue)] = [],
         file: String = #fileID, line: Int = #line
@@ -116,14 +132,14 @@ public final class TritonClient: Sendable {
 
     // MARK: health and metadata
 
-    public func serverLive(
+    nonisolated(nonsending) public func serverLive(
         deadline: ContinuousClock.Instant = .now + .seconds(2), file: String = #fileID, line: Int = #line
     ) async throws -> Bool {
         let body = try await call(.serverLive, InferenceCodec.emptyRequest(), deadline: deadline, file: file, line: line)
         return try decode(file: file, line: line) { () throws(TritonError) in try InferenceCodec.flag(from: body) }
     }
 
-    public func serverReady(
+    nonisolated(nonsending) public func serverReady(
         deadline: ContinuousClock.Instant = .now + .seconds(2), file: String = #fileID, line: Int = #line
     ) async throws -> Bool {
         let body = try await call(.serverReady, InferenceCodec.emptyRequest(), deadline: deadline, file: file, line: line)
@@ -131,7 +147,7 @@ public final class TritonClient: Sendable {
     }
 
     /// Whether `model` (version `version`; "" = the server's choice) is ready to serve.
-    public func modelReady(
+    nonisolated(nonsending) public func modelReady(
         model: String, version: String = "", deadline: ContinuousClock.Instant = .now + .seconds(2),
         file: String = #fileID, line: Int = #line
     ) async throws -> Bool {
@@ -140,7 +156,7 @@ public final class TritonClient: Sendable {
         return try decode(file: file, line: line) { () throws(TritonError) in try InferenceCodec.flag(from: body) }
     }
 
-    public func modelMetadata(
+    nonisolated(nonsending) public func modelMetadata(
         model: String, version: String = "", deadline: ContinuousClock.Instant = .now + .seconds(2),
         file: String = #fileID, line: Int = #line
     ) async throws -> ModelMetadata {
@@ -151,7 +167,7 @@ public final class TritonClient: Sendable {
         }
     }
 
-    public func modelConfig(
+    nonisolated(nonsending) public func modelConfig(
         model: String, version: String = "", deadline: ContinuousClock.Instant = .now + .seconds(2),
         file: String = #fileID, line: Int = #line
     ) async throws -> ModelConfig {
@@ -163,7 +179,7 @@ public final class TritonClient: Sendable {
     /// The sha256 of the weights that `version` of `model` serves, as the server reports it: model config parameter
     /// `artefact_sha256_v<version>` (the model refuses to load when its weights do not match it).
     /// Throws `.notFound` when the model has no such parameter.
-    public func artefactHash(
+    nonisolated(nonsending) public func artefactHash(
         model: String, version: String, deadline: ContinuousClock.Instant = .now + .seconds(2),
         file: String = #fileID, line: Int = #line
     ) async throws -> String {
@@ -178,12 +194,47 @@ public final class TritonClient: Sendable {
 
     // MARK: plumbing
 
-    private func call(
+    /// Runs on the caller's executor (`nonisolated(nonsending)` all the way down), so that a caller on an event
+    /// loop of the group is still on it when the connection is chosen and the stream submitted.
+    nonisolated(nonsending) private func call(
         _ method: GRPCMethod, _ request: [UInt8], deadline: ContinuousClock.Instant, file: String, line: Int
     ) async throws -> [UInt8] {
-        let index = connections.count == 1 ? 0 : nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue
-        let connection = connections[index % connections.count]
-        return try await connection.call(method, request: request, deadline: deadline, file: file, line: line)
+        try await connection().call(method, request: request, deadline: deadline, file: file, line: line)
+    }
+
+    /// The connection on the current event loop if there is one, else the next one round robin.
+    private func connection() -> HTTP2Connection {
+        for connection in connections where connection.eventLoop.inEventLoop { return connection }
+        if connections.count == 1 { return connections[0] }
+        let index = nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue
+        return connections[Int(UInt(bitPattern: index) % UInt(connections.count))]
+    }
+
+    // MARK: diagnostics
+
+    /// How one connection has been used, for tests and debugging (counters since the client was created).
+    public struct ConnectionStatistics: Sendable {
+        /// The event loop that drives the connection.
+        public let eventLoop: any EventLoop
+        /// Calls made on `eventLoop` itself, started without a thread switch.
+        public let callsStartedOnLoop: Int
+        /// Calls made elsewhere and handed to `eventLoop`.
+        public let callsHandedOver: Int
+        /// TCP connects attempted (the first call connects; a lost connection reconnects on the next call).
+        public let connectsStarted: Int
+        /// Streams this client reset (RST_STREAM) because their call was cancelled or passed its deadline.
+        public let streamsReset: Int
+    }
+
+    /// One entry per connection, in order.
+    public var connectionStatistics: [ConnectionStatistics] {
+        connections.map { c in
+            ConnectionStatistics(
+                eventLoop: c.eventLoop, callsStartedOnLoop: c.counters.callsStartedOnLoop.load(ordering: .relaxed),
+                callsHandedOver: c.counters.callsHandedOver.load(ordering: .relaxed),
+                connectsStarted: c.counters.connectsStarted.load(ordering: .relaxed),
+                streamsReset: c.counters.streamsReset.load(ordering: .relaxed))
+        }
     }
 
     /// Re-stamps decoding errors with the caller's site.
