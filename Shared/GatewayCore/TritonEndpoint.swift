@@ -8,8 +8,9 @@ public final class TritonEndpoint: InferenceEndpoint {
     public let modelName: String
     let client: TritonClient
 
-    /// `connections`: HTTP/2 connections multiplexed by the client (streams spread over them).
-    public init(label: String, url: String, modelName: String, connections: Int = 1) throws {
+    /// `connections`: HTTP/2 connections multiplexed by the client (streams spread over them). Default:
+    /// one per event loop, so a request served on a loop calls Triton from that loop without a thread hop.
+    public init(label: String, url: String, modelName: String, connections: Int? = nil) throws {
         self.label = label
         self.url = url
         self.modelName = modelName
