@@ -16,7 +16,6 @@ public final class EndpointLane: Sendable {
         for v in versions {
             batchers[v] = InferenceBatcher(
                 endpoint: endpoint, version: v, maxRows: config.batchMaxRows, maxInFlight: config.batchMaxInFlight,
-                linger: .microseconds(Int64(config.batchLingerUs)),
                 rowsPerCall: metrics.batchRows(endpoint: endpoint.label, version: v))
         }
         self.batchers = batchers

@@ -74,9 +74,6 @@ public struct GatewayConfiguration: Sendable {
     /// 11 rows per call vs 6.6k with 2 in flight and 7 rows; 64 connections 8.1k vs 5.9k). An idle
     /// batcher still sends at once.
     public var batchMaxInFlight: Int = 1
-    /// `BATCH_LINGER_US`: how long a batch may wait for the riders the last cycle had (see
-    /// `InferenceBatcher`); 0 sends at once. Default: 0.
-    public var batchLingerUs: Double = 0
     /// `SCORE_FAST_PATH`: serve `POST /v1/score` on the event loop ahead of the router
     /// (`ScoreFastPathHandler`); `false` sends it through Hummingbird's router like every other route.
     /// Default: true.
@@ -130,7 +127,6 @@ public struct GatewayConfiguration: Sendable {
         batchMaxRows = try reader.int("BATCH_MAX_ROWS", range: 1...4096) ?? batchMaxRows
         batchMaxInFlight = try reader.int("BATCH_MAX_IN_FLIGHT", range: 1...64) ?? batchMaxInFlight
         scoreFastPath = try reader.bool("SCORE_FAST_PATH") ?? scoreFastPath
-        batchLingerUs = try reader.double("BATCH_LINGER_US", range: 0...100_000) ?? batchLingerUs
     }
 }
 

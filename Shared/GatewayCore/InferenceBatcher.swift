@@ -1,5 +1,3 @@
-import NIOCore
-import NIOPosix
 import Prometheus
 import Synchronization
 import TEModels
@@ -13,13 +11,6 @@ import TEModels
 /// EARLIEST deadline of its riders, so nobody waits past their own deadline (riders that arrived later
 /// may time out up to one queueing interval early: conservative, the chain then falls back in budget).
 ///
-/// Linger (`linger` > 0): with one call in flight, N closed-loop clients split into two groups that
-/// take turns — the riders of a call are answered, and their next requests queue behind the call the
-/// other group rides — so calls carry N/2 rows. The batcher therefore remembers how many riders the
-/// last cycle saw (in flight + queued) and, when fewer are queued right after a call or right after an
-/// idle spell of less than `busyWindow`, waits up to `linger` for the rest before sending. At one
-/// connection that count is 1, so nothing ever waits; under open-loop load it is the arrivals per call.
-///
 /// `score(_:deadline:inline:)` with `inline: true` makes the caller's own task send the call it
 /// starts, saving a task hop per request at low load (measured: ~10–40 µs per hop on this 2-core
 /// machine); the queue that built up meanwhile is handed to a new task. Only callers whose task is not
@@ -30,8 +21,6 @@ public final class InferenceBatcher: Sendable {
     public let version: String
     let maxRows: Int
     let maxInFlight: Int
-    let linger: Duration
-    let busyWindow: Duration
     let rowsPerCall: ValueHistogram?
 
     private struct Pending {
@@ -42,37 +31,19 @@ public final class InferenceBatcher: Sendable {
 
     private struct State {
         var inFlight = 0
-        var inFlightRows = 0
         var queue: [Pending] = []
-        /// Most riders (in flight + queued) seen since the last call completed, and the figure of the
-        /// cycle before: how many to wait for.
-        var cyclePeak = 0
-        var expectedRiders = 0
-        var lastCompletion: ContinuousClock.Instant?
-        /// A linger timer is armed (generation `lingerGeneration`); a stale one finds another number.
-        var lingering = false
-        var lingerGeneration = 0
     }
 
     private let state = Mutex(State())
 
     public init(
-        endpoint: any InferenceEndpoint, version: String, maxRows: Int, maxInFlight: Int,
-        linger: Duration = .zero, busyWindow: Duration = .milliseconds(5), rowsPerCall: ValueHistogram? = nil
+        endpoint: any InferenceEndpoint, version: String, maxRows: Int, maxInFlight: Int, rowsPerCall: ValueHistogram? = nil
     ) {
         self.endpoint = endpoint
         self.version = version
         self.maxRows = max(1, maxRows)
         self.maxInFlight = max(1, maxInFlight)
-        self.linger = linger
-        self.busyWindow = busyWindow
         self.rowsPerCall = rowsPerCall
-    }
-
-    private enum Admission {
-        case send([Pending])
-        case wait
-        case waitAndArm(generation: Int)
     }
 
     /// The model's score for one feature vector.
@@ -80,93 +51,38 @@ public final class InferenceBatcher: Sendable {
         async throws(InferenceFailure) -> Double
     {
         let slot = ResultSlot()
-        let now = ContinuousClock.now
-        let admission: Admission = state.withLock { state in
+        let batch: [Pending]? = state.withLock { state in
             state.queue.append(Pending(row: features, deadline: deadline, slot: slot))
-            state.cyclePeak = max(state.cyclePeak, state.inFlightRows + state.queue.count)
-            guard state.inFlight < maxInFlight else { return .wait }
-            if shouldLinger(state, now: now) {
-                if state.lingering { return .wait }
-                return .waitAndArm(generation: arm(&state))
-            }
+            guard state.inFlight < maxInFlight else { return nil }
             state.inFlight += 1
-            return .send(takeBatch(&state))
+            return takeBatch(&state)
         }
-        switch admission {
-        case .send(let batch):
+        if let batch {
             if inline {
                 await send(batch)
-                if let next = nextBatchOrIdle(completed: batch.count) { launch(next) }
+                if let next = nextBatchOrIdle() { launch(next) }
             } else {
                 launch(batch)
             }
-        case .waitAndArm(let generation):
-            scheduleLingerEnd(generation)
-        case .wait:
-            break
         }
         return try await slot.wait()
     }
 
-    /// Whether the queue should wait for more riders: fewer queued than the last cycle saw, and a call
-    /// completed within `busyWindow` (otherwise this is a fresh start after an idle spell).
-    private func shouldLinger(_ state: State, now: ContinuousClock.Instant) -> Bool {
-        guard linger > .zero, state.queue.count < min(maxRows, state.expectedRiders),
-            let last = state.lastCompletion, now - last < busyWindow
-        else { return false }
-        return true
-    }
-
-    private func arm(_ state: inout State) -> Int {
-        state.lingering = true
-        state.lingerGeneration &+= 1
-        return state.lingerGeneration
-    }
-
-    private func scheduleLingerEnd(_ generation: Int) {
-        let nanoseconds = linger.components.seconds * 1_000_000_000 + linger.components.attoseconds / 1_000_000_000
-        MultiThreadedEventLoopGroup.singleton.next().scheduleTask(in: .nanoseconds(nanoseconds)) {
-            self.lingerEnded(generation)
-        }
-    }
-
-    /// The linger timer fired: whatever queued goes out now.
-    private func lingerEnded(_ generation: Int) {
-        let batch: [Pending]? = state.withLock { state in
-            guard state.lingering, state.lingerGeneration == generation else { return nil }
-            state.lingering = false
-            guard !state.queue.isEmpty, state.inFlight < maxInFlight else { return nil }
-            state.inFlight += 1
+    /// The next queued batch, keeping the in-flight slot; nil (slot released) when the queue is empty.
+    private func nextBatchOrIdle() -> [Pending]? {
+        state.withLock { state in
+            if state.queue.isEmpty {
+                state.inFlight -= 1
+                return nil
+            }
             return takeBatch(&state)
         }
-        if let batch { launch(batch) }
-    }
-
-    /// After a call of `completed` rows: the next queued batch, keeping the in-flight slot; nil (slot
-    /// released) when the queue is empty or lingers for more riders.
-    private func nextBatchOrIdle(completed: Int) -> [Pending]? {
-        let now = ContinuousClock.now
-        var armed: Int?
-        let batch: [Pending]? = state.withLock { state in
-            state.inFlightRows -= completed
-            state.expectedRiders = state.cyclePeak
-            state.cyclePeak = state.inFlightRows + state.queue.count
-            state.lastCompletion = now
-            if !state.queue.isEmpty, !shouldLinger(state, now: now) { return takeBatch(&state) }
-            state.inFlight -= 1
-            if !state.queue.isEmpty, !state.lingering { armed = arm(&state) }
-            return nil
-        }
-        if let armed { scheduleLingerEnd(armed) }
-        return batch
     }
 
     private func takeBatch(_ state: inout State) -> [Pending] {
         let n = min(maxRows, state.queue.count)
         let batch = Array(state.queue.prefix(n))
         state.queue.removeFirst(n)
-        state.inFlightRows += n
-        state.lingering = false
         return batch
     }
 
@@ -178,7 +94,7 @@ public final class InferenceBatcher: Sendable {
         var batch = initial
         while true {
             await send(batch)
-            guard let next = nextBatchOrIdle(completed: batch.count) else { return }
+            guard let next = nextBatchOrIdle() else { return }
             batch = next
         }
     }

@@ -28,40 +28,31 @@ final class CallSizeRecorder: InferenceEndpoint {
     static let clients = 8
     static let rounds = 25
 
-    /// `clients` closed-loop callers, `rounds` requests each; returns the size of every call made.
-    func run(linger: Duration) async throws -> [Int] {
-        let endpoint = CallSizeRecorder(try TritonEndpoint(label: "primary", url: try GatewayTestEnv.tritonURL(), modelName: "trade_eligibility"))
-        let batcher = InferenceBatcher(endpoint: endpoint, version: "1", maxRows: 64, maxInFlight: 1, linger: linger)
+    /// `clients` closed-loop callers, `rounds` requests each: every request is answered with the model's
+    /// score, and the calls the batcher made carry exactly the requests, each in one call.
+    @Test func concurrentCallersCoalesceAndEveryRequestIsAnsweredOnce() async throws {
+        let endpoint = CallSizeRecorder(
+            try TritonEndpoint(label: "primary", url: try GatewayTestEnv.tritonURL(), modelName: "trade_eligibility"))
+        let batcher = InferenceBatcher(endpoint: endpoint, version: "1", maxRows: 64, maxInFlight: 1)
         let vector = try FeatureVector(GatewayTestEnv.sampleFeatures)
+        let expected = try await endpoint.infer(
+            version: "1", rows: vector.values.map(Float.init), rowCount: 1, deadline: .now + .seconds(5))[0]
+        endpoint.sizes.withLock { $0.removeAll() }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<Self.clients {
                 group.addTask {
                     for _ in 0..<Self.rounds {
                         let score = try await batcher.score(vector, deadline: .now + .seconds(5), inline: true)
-                        #expect(score > 0 && score < 1)
+                        #expect(abs(score - Double(expected)) < 1e-6)
                     }
                 }
             }
             try await group.waitForAll()
         }
-        return endpoint.sizes.withLock { $0 }
-    }
-
-    @Test func everyRequestIsAnsweredOnceWithAndWithoutLinger() async throws {
-        for linger in [Duration.zero, .microseconds(200)] {
-            let sizes = try await run(linger: linger)
-            #expect(sizes.reduce(0, +) == Self.clients * Self.rounds, "linger \(linger)")
-            #expect(sizes.allSatisfy { (1...Self.clients).contains($0) })
-        }
-    }
-
-    /// With a linger far longer than a Triton call, every caller's next request arrives before the
-    /// batch leaves: after the first cycles, each call carries all `clients` rows (without linger the
-    /// callers split into groups that take turns).
-    @Test func lingerGathersEveryCallerIntoOneCall() async throws {
-        let sizes = try await run(linger: .seconds(1))
-        let steady = sizes.dropFirst(3)
-        #expect(!steady.isEmpty)
-        #expect(steady.dropLast().allSatisfy { $0 == Self.clients }, "call sizes \(sizes)")
+        let sizes = endpoint.sizes.withLock { $0 }
+        #expect(sizes.reduce(0, +) == Self.clients * Self.rounds)
+        #expect(sizes.allSatisfy { (1...Self.clients).contains($0) })
+        // With one call in flight, callers that arrive meanwhile share the next call.
+        #expect(sizes.count < Self.clients * Self.rounds, "call sizes \(sizes)")
     }
 }
