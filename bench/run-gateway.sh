@@ -50,7 +50,10 @@ redis-cli -p "$REDIS_PORT" HSET "te:online:$SYMBOL" v 1 symbol $SYMBOL ts_ns "$N
 
 GW_PID=
 start_gateway() {  # $1 = TRITON_URL
-  HTTP_PORT=$PORT TRITON_URL=$1 LOG_LEVEL=warning "$GATEWAY" 2>>bench/results/gateway-server.log.tmp &
+  # te:audit capped: nothing consumes it during the bench, and an ever-growing stream in the dev Redis
+  # (append-only file on) made its AOF rewrites fork gigabytes mid-run (14 M entries after a few runs).
+  HTTP_PORT=$PORT TRITON_URL=$1 LOG_LEVEL=warning STREAM_MAXLEN=${BENCH_AUDIT_MAXLEN:-100000} "$GATEWAY" \
+    2>>bench/results/gateway-server.log.tmp &
   GW_PID=$!
   for _ in $(seq 100); do curl -fs "localhost:$PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   sleep 1  # identity + warm-up
