@@ -19,6 +19,11 @@ import TEModels
 /// request goes to Hummingbird's own `/v1/score` route: same code, slower). While its own answer is
 /// pending, later pipelined parts wait in `held` and the channel stops reading; they are replayed once
 /// the answer is written.
+///
+/// Graceful shutdown: Hummingbird's connection-state handler (after this one) closes a connection on
+/// `ChannelShouldQuiesceEvent` unless a request it saw is in progress, and it never sees this handler's.
+/// So the event is held while a score request is being read or answered; the answer then goes out with
+/// `Connection: close` and the connection closes after it.
 final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -41,6 +46,8 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var forwardedUnanswered = 0
     private var held = CircularBuffer<HTTPRequestPart>()
     private var readHeld = false
+    /// The server is shutting down: close after the pending answer.
+    private var quiescing = false
 
     init(api: GatewayAPI) { self.api = api }
 
@@ -97,6 +104,19 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         return path == "/v1/score" || path.hasPrefix("/v1/score?")
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            switch phase {
+            case .collecting, .answering:
+                quiescing = true
+                return
+            case .idle, .forwarding:
+                break
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     private func answer(_ head: HTTPRequest, body: ByteBuffer?, arrival: ContinuousClock.Instant, context: ChannelHandlerContext) {
         let closeAfter = head.headerFields[.connection]?.lowercased() == "close"
         if !api.keys.authorizes(head.headerFields[.authorization]) {
@@ -133,7 +153,8 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     /// Writes a score answer, then replays what was held back while it was computed.
-    private func write(_ status: HTTPResponse.Status, _ json: String, closeAfter: Bool, context: ChannelHandlerContext) {
+    private func write(_ status: HTTPResponse.Status, _ json: String, closeAfter requested: Bool, context: ChannelHandlerContext) {
+        let closeAfter = requested || quiescing
         var body = context.channel.allocator.buffer(capacity: json.utf8.count)
         body.writeString(json)
         var fields = HTTPFields()

@@ -102,4 +102,26 @@ import Testing
         #expect(answers[0].decision == answers[1].decision)
         #expect(answers[0].model == answers[1].model)
     }
+
+    /// Graceful shutdown while a score is waiting on the model: the answer still goes out (with
+    /// `Connection: close`) before the connection closes, as on Hummingbird's router path.
+    @Test func inFlightAnswerSurvivesGracefulShutdown() async throws {
+        let silent = try SilentListener()  // a Triton that accepts and never answers: the call runs to its deadline
+        let config = try GatewayTestEnv.config("fastpath-drain", triton: silent.url) { $0.scoreTimeoutMs = 1500 }
+        let valid = self.valid
+        let pending = try await GatewayTestEnv.withGateway(config, waitForIdentity: false) { _, client in
+            let port = try #require(client.port)
+            let exchange = Task { try await RawHTTP.exchange(port: port, [RawHTTP.score(valid, requestID: "drain")]) }
+            try await Task.sleep(for: .milliseconds(300))  // the request now waits on the model
+            return exchange
+        }
+        // The server has shut down gracefully by now.
+        let responses = try await pending.value
+        try #require(responses.count == 1, "the connection closed without the answer")
+        let response = try scored(responses[0], requestID: "drain")
+        #expect(response.source == .rules)
+        #expect(response.reason?.contains("primary_timeout") == true)
+        #expect(responses[0].headers["connection"] == "close")
+        withExtendedLifetime(silent) {}
+    }
 }
