@@ -163,23 +163,30 @@ struct GatewayAPI: Sendable {
 
     func score(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let arrival = ContinuousClock.now
-        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > ScoreRequestParser.maxBodyBytes {
-            return Self.badRequest(Self.bodyTooLarge)
+        var body: ByteBuffer?  // nil: over the limit, declared or found while reading
+        let declared = request.headers[.contentLength].flatMap { Int($0) } ?? 0
+        if declared <= ScoreRequestParser.maxBodyBytes {
+            do {
+                body = try await request.body.collect(upTo: ScoreRequestParser.maxBodyBytes)
+            } catch let error as HTTPError where error.status == .contentTooLarge {
+                body = nil
+            }
         }
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: ScoreRequestParser.maxBodyBytes)
-        } catch let error as HTTPError where error.status == .contentTooLarge {
-            return Self.badRequest(Self.bodyTooLarge)
-        }
-        let parsed: ScoreRequest
-        switch body.withUnsafeReadableBytes({ ScoreRequestParser.parseResult($0) }) {
-        case .success(let request): parsed = request
+        switch Self.admitScore(body: body, headers: request.headers) {
         case .failure(let error): return Self.badRequest(error)
+        case .success(let (parsed, requestID)):
+            let response = await d.engine.score(parsed, requestID: requestID, arrival: arrival)
+            return Self.json(.ok, ScoreResponseJSON.encode(response))
         }
-        let requestID = Self.requestID(request.headers[Self.requestIDHeader])
-        let response = await d.engine.score(parsed, requestID: requestID, arrival: arrival)
-        return Self.json(.ok, ScoreResponseJSON.encode(response))
+    }
+
+    /// A score request's validated body and its request id, or the client error to answer; `body` nil =
+    /// over the size limit. Shared by the router's route and the event-loop fast path.
+    static func admitScore(body: ByteBuffer?, headers: HTTPFields) -> Result<(ScoreRequest, String), RequestError> {
+        guard let body else { return .failure(bodyTooLarge) }
+        return body.withUnsafeReadableBytes { ScoreRequestParser.parseResult($0) }.map {
+            ($0, requestID(headers[requestIDHeader]))
+        }
     }
 
     static let requestIDHeader = HTTPField.Name("X-Request-Id")!

@@ -123,18 +123,14 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
             write(.unauthorized, GatewayAPI.unauthorizedBody, closeAfter: closeAfter, context: context)
             return
         }
-        guard let body else {
-            write(.badRequest, GatewayAPI.bodyTooLarge.json, closeAfter: closeAfter, context: context)
-            return
-        }
         let request: ScoreRequest
-        switch body.withUnsafeReadableBytes({ ScoreRequestParser.parseResult($0) }) {
-        case .success(let r): request = r
+        let requestID: String
+        switch GatewayAPI.admitScore(body: body, headers: head.headerFields) {
+        case .success(let (r, id)): (request, requestID) = (r, id)
         case .failure(let error):
             write(.badRequest, error.json, closeAfter: closeAfter, context: context)
             return
         }
-        let requestID = GatewayAPI.requestID(head.headerFields[GatewayAPI.requestIDHeader])
         let engine = api.d.engine
         let eventLoop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: eventLoop)
