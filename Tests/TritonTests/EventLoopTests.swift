@@ -19,6 +19,15 @@ private actor EventLoopCaller {
     }
 }
 
+/// A call the test model holds for a second (`delay_ms`), so it is still in flight when the test acts on it.
+private func slowCall(_ client: TritonClient) -> Task<[Float], any Error> {
+    Task {
+        try await client.infer(
+            model: modelName, version: "1", rows: [Float](repeating: 0, count: 8), rowCount: 1,
+            deadline: deadline(.seconds(30)), parameters: [("delay_ms", .int64(1000))])
+    }
+}
+
 /// Waits (polling) until `condition` holds or `limit` passes; the condition's last value.
 private func eventually(within limit: Duration = .seconds(5), _ condition: () -> Bool) async throws -> Bool {
     let giveUp = ContinuousClock.now + limit
@@ -67,12 +76,7 @@ struct EventLoopTests {
     @Test func cancellingTheCallingTaskResetsItsStreamAndTheConnectionStaysUsable() async throws {
         let client = try TritonClient(url: try tritonURL(), connections: 1)
         #expect(try await client.serverLive())  // connected, so the next call's stream opens at once
-        let row = [Float](repeating: 0, count: 8)
-        let task = Task {
-            try await client.infer(
-                model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(30)),
-                parameters: [("delay_ms", .int64(1000))])
-        }
+        let task = slowCall(client)
         // The call is submitted once it is counted; give the stream a moment to reach the server.
         #expect(try await eventually { client.connectionStatistics[0].callsHandedOver == 2 })
         try await Task.sleep(for: .milliseconds(50))
@@ -97,14 +101,7 @@ struct EventLoopTests {
     @Test func closeFailsCallsInFlightWithCancelled() async throws {
         let client = try TritonClient(url: try tritonURL(), connections: 1)
         #expect(try await client.serverLive())
-        let row = [Float](repeating: 0, count: 8)
-        let calls = (0..<2).map { _ in
-            Task {
-                try await client.infer(
-                    model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(30)),
-                    parameters: [("delay_ms", .int64(1000))])
-            }
-        }
+        let calls = (0..<2).map { _ in slowCall(client) }
         #expect(try await eventually { client.connectionStatistics[0].callsHandedOver == 3 })
         try await Task.sleep(for: .milliseconds(50))
         client.close()
