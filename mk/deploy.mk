@@ -1,12 +1,17 @@
 # Deployment targets, included from the top-level Makefile.
 #   make up / make down    the whole system in docker-compose (needs a Docker engine)
+#   make up-canary-demo    the same with shadow scoring on, to watch the canary being rolled back
 #   make check-deploy      validates Dockerfile, compose, Kubernetes, Prometheus and Grafana files
 #                          offline (installs its validators; TE_METRICS_URLS="url ..." adds live checks)
 COMPOSE ?= docker compose
 
-.PHONY: up down logs check-deploy
+.PHONY: up up-canary-demo down logs check-deploy
 up:
 	$(COMPOSE) up -d --build
+
+# The same stack with the gateway scoring v2 in shadow: a canary rollback on purpose (docker-compose.canary-demo.yml).
+up-canary-demo:
+	$(COMPOSE) -f docker-compose.yml -f docker-compose.canary-demo.yml up -d --build
 
 down:
 	$(COMPOSE) down
@@ -16,3 +21,8 @@ logs:
 
 check-deploy:
 	scripts/check-deploy.sh
+
+# deploy/k8s/monitoring/prometheusrule.yaml from deploy/prometheus/rules (committed; check-deploy checks it).
+.PHONY: k8s-rules
+k8s-rules:
+	python3 scripts/gen-prometheusrule.py

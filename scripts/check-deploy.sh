@@ -79,6 +79,8 @@ check "shellcheck entrypoint and scripts" shellcheck deploy/docker-entrypoint.sh
 check "docker-compose.yml against the Compose spec schema" \
   "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
 check "docker-compose.yml contract and strict parse" "$PY" "$CHECKS/check_compose.py" docker-compose.yml
+check "docker-compose.canary-demo.yml against the Compose spec schema" \
+  "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.canary-demo.yml
 
 # --- Prometheus -----------------------------------------------------------------------------------------
 check "promtool check config" promtool check config deploy/prometheus/prometheus.yml
@@ -106,14 +108,19 @@ validate() {  # validate FILE: strict schema validation for each Kubernetes vers
     fi
   done
 }
-for k in base overlays/prod prometheus-adapter; do
+for k in base overlays/prod prometheus-adapter monitoring; do
   slug=${k//\//-}
   check "kustomize renders deploy/k8s/$k" render "deploy/k8s/$k" "$TMP/$slug.yaml"
-  if [ -s "$TMP/$slug.yaml" ]; then
+  # monitoring holds Prometheus Operator custom resources, which the Kubernetes schemas do not know:
+  # its contract check below is what validates it.
+  if [ -s "$TMP/$slug.yaml" ] && [ "$k" != monitoring ]; then
     check "deploy/k8s/$k against Kubernetes ${K8S_VERSIONS[*]} schemas (strict)" validate "$TMP/$slug.yaml"
   fi
 done
-check "deploy/k8s/base service contract" "$PY" "$CHECKS/check_k8s.py" "$TMP/base.yaml" deploy/k8s/prometheus-adapter/rules.yaml
+check "deploy/k8s/base service contract (+ monitoring)" "$PY" "$CHECKS/check_k8s.py" "$TMP/base.yaml" \
+  deploy/k8s/prometheus-adapter/rules.yaml --monitoring "$TMP/monitoring.yaml" deploy/prometheus/rules
+check "deploy/k8s/monitoring/prometheusrule.yaml is generated from deploy/prometheus/rules" \
+  "$PY" scripts/gen-prometheusrule.py --check
 check "deploy/k8s/overlays/prod service contract" "$PY" "$CHECKS/check_k8s.py" "$TMP/overlays-prod.yaml" deploy/k8s/prometheus-adapter/rules.yaml --prod
 
 # --- PromQL, Grafana, metric names --------------------------------------------------------------------

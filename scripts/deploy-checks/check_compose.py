@@ -39,9 +39,7 @@ REQUIRED_ENV = [  # DESIGN.md "Environment" plus the strategies file
 BACKING = ["redpanda", "redis", "postgres", "triton", "prometheus", "grafana"]
 ONE_SHOTS = {"redpanda-init", "replay"}
 # Services with no health check, and why (anything else without one fails the check).
-NO_HEALTHCHECK_OK = {
-    "redpanda-console": "UI only; nothing depends on it and its image's tooling is not part of our contract",
-}
+NO_HEALTHCHECK_OK: dict[str, str] = {}
 
 _VAR = re.compile(r"\$(?:\$|\{(?P<braced>[^}]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 

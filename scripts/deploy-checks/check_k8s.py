@@ -6,13 +6,17 @@ Every service has a Deployment whose container listens on its DESIGN.md port, pr
 read-only root filesystem, and has terminationGracePeriodSeconds >= 30 (the graceful drain); a
 Service and a PodDisruptionBudget select its pods; its environment (ConfigMap + env) covers every
 variable DESIGN.md lists; the gateway runs >= 2 replicas with an autoscaling/v2 HPA on a custom
-metric; every HPA custom/external metric is served by a prometheus-adapter rule.
+metric; every HPA custom/external metric is served by a prometheus-adapter rule. Every pod carries the
+label `service: <name>` that the Prometheus rules and the dashboard select on. With --monitoring, the
+rendered deploy/k8s/monitoring: a PodMonitor that selects every service's pods on their metrics port and
+copies `service` (podTargetLabels), and a PrometheusRule holding exactly deploy/prometheus/rules.
 
-Usage: check_k8s.py RENDERED.yaml ADAPTER_RULES.yaml [--prod]
+Usage: check_k8s.py RENDERED.yaml ADAPTER_RULES.yaml [--prod] [--monitoring MONITORING.yaml RULES_DIR]
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -29,13 +33,15 @@ REQUIRED_ENV = {
 MIN_GRACE = 30
 
 
-def main(rendered: str, adapter: str, prod: bool) -> int:
+def main(rendered: str, adapter: str, prod: bool, monitoring: tuple[str, str] | None = None) -> int:
     docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
     by = {}
     for d in docs:
         by.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
     errors: list[str] = []
     configmaps = by.get("ConfigMap", {})
+    pod_labels: dict[str, dict] = {}
+    pod_ports: dict[str, set[str]] = {}
     secrets = by.get("Secret", {})
 
     for name, port in PORTS.items():
@@ -48,6 +54,9 @@ def main(rendered: str, adapter: str, prod: bool) -> int:
         sel = dep["spec"]["selector"]["matchLabels"]
         if any(labels.get(k) != v for k, v in sel.items()):
             errors.append(f"{name}: selector does not match the pod labels")
+        if labels.get("service") != name:
+            errors.append(f"{name}: pod label service={name} missing (Prometheus rules select on it)")
+        pod_labels[name] = labels
         if pod.get("terminationGracePeriodSeconds", 30) < MIN_GRACE:
             errors.append(f"{name}: terminationGracePeriodSeconds below {MIN_GRACE}")
         psc = pod.get("securityContext", {})
@@ -60,6 +69,7 @@ def main(rendered: str, adapter: str, prod: bool) -> int:
         if (c.get("args") or c.get("command") or [None])[0] != name:
             errors.append(f"{name}: container args should start with {name} (the image entrypoint picks it)")
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        pod_ports[name] = {n for n, p in ports.items() if p == port}
         if port not in ports.values():
             errors.append(f"{name}: containerPort {port} missing")
         for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
@@ -138,6 +148,9 @@ def main(rendered: str, adapter: str, prod: bool) -> int:
         if not kinds & {"Pods", "External", "Object"}:
             errors.append(f"HPA {hname}: no custom or external metric")
 
+    if monitoring:
+        errors.extend(monitoring_errors(monitoring, pod_labels, pod_ports))
+
     for e in errors:
         print(f"k8s ({rendered}): {e}", file=sys.stderr)
     if errors:
@@ -146,5 +159,37 @@ def main(rendered: str, adapter: str, prod: bool) -> int:
     return 0
 
 
+def monitoring_errors(files: tuple[str, str], pod_labels: dict[str, dict], pod_ports: dict[str, set[str]]) -> list[str]:
+    rendered, rules_dir = files
+    errors = []
+    docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+    monitors = [d for d in docs if d["kind"] == "PodMonitor"]
+    if not monitors:
+        errors.append("monitoring: no PodMonitor")
+    for name, labels in pod_labels.items():
+        covering = [m for m in monitors
+                    if all(labels.get(k) == v for k, v in m["spec"]["selector"].get("matchLabels", {}).items())]
+        if not covering:
+            errors.append(f"monitoring: no PodMonitor selects the {name} pods")
+        for m in covering:
+            if "service" not in m["spec"].get("podTargetLabels", []):
+                errors.append(f"monitoring: PodMonitor {m['metadata']['name']} does not copy the service label")
+            scraped = {e.get("port") for e in m["spec"].get("podMetricsEndpoints", [])}
+            if not scraped & pod_ports.get(name, set()):
+                errors.append(f"monitoring: PodMonitor {m['metadata']['name']} scrapes none of {name}'s metrics port names")
+    want = []
+    for f in sorted(Path(rules_dir).glob("*.yml")):
+        want.extend(yaml.safe_load(f.read_text())["groups"])
+    got = [g for d in docs if d["kind"] == "PrometheusRule" for g in d["spec"]["groups"]]
+    if got != want:
+        errors.append(f"monitoring: PrometheusRule groups differ from {rules_dir} (run `make k8s-rules`)")
+    return errors
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2], "--prod" in sys.argv[3:]))
+    args = sys.argv[3:]
+    mon = None
+    if "--monitoring" in args:
+        i = args.index("--monitoring")
+        mon = (args[i + 1], args[i + 2])
+    sys.exit(main(sys.argv[1], sys.argv[2], "--prod" in args, mon))

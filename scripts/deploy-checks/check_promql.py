@@ -14,7 +14,10 @@ templates expanded the way the adapter does).
    `lazy` in deploy/metrics.txt — label values not known up front, e.g. per symbol — only gets a note),
    and every exported te_*/canary_* family must follow Prometheus naming conventions (counters end in
    _total, histograms in a unit, gauges not in _total).
-4. Dashboards load as JSON, have a uid, unique panel ids, and use the provisioned datasource.
+4. Dashboards load as JSON, have a uid, unique panel ids, and use the provisioned datasource or a
+   `datasource` template variable of type prometheus (so the dashboard imports into any Grafana); their
+   query variables are `namespace` and `pod` (Kubernetes; "All" also matches compose's unlabelled series),
+   and every te_*/canary_* selector of a panel is scoped by them.
 
 Usage: check_promql.py REPO_ROOT
 """
@@ -33,6 +36,8 @@ import promql_parser
 import yaml
 
 GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "${__rate_interval}": "1m"}
+# The dashboard's own template variables (multi-value with an `All` of ".*"), as Grafana expands them.
+DASHBOARD_VARS = {"namespace": ".*", "pod": ".*"}
 ALWAYS_KNOWN = {"up"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
@@ -126,6 +131,21 @@ def collect(root: Path, errors: list[str]) -> tuple[list[tuple[str, str]], set[s
         ids = [p.get("id") for p in panels]
         if len(ids) != len(set(ids)) or None in ids:
             errors.append(f"{f}: panel ids must be present and unique")
+        variables = {v.get("name"): v for v in (dash.get("templating") or {}).get("list", [])}
+        ds_var = variables.get("datasource")
+        allowed_uids = set(ds_uids)
+        if ds_var and ds_var.get("type") == "datasource" and ds_var.get("query") == "prometheus":
+            allowed_uids.add("${datasource}")
+        for name in DASHBOARD_VARS:
+            if name not in variables:
+                errors.append(f"{f}: no `{name}` template variable")
+        for name, v in variables.items():
+            if v.get("type") == "query":
+                q = (v.get("query") or {}).get("query", "") if isinstance(v.get("query"), dict) else v.get("query", "")
+                inner = q.removeprefix("label_values(").rsplit(",", 1)[0] if q.startswith("label_values(") else q
+                for var, value in DASHBOARD_VARS.items():
+                    inner = inner.replace("$" + var, value)
+                exprs.append((f"{f.relative_to(root)}:variable {name}", inner))
         n = 0
         for p in panels:
             if p.get("type") == "row":
@@ -133,14 +153,19 @@ def collect(root: Path, errors: list[str]) -> tuple[list[tuple[str, str]], set[s
             if "gridPos" not in p:
                 errors.append(f"{f}: panel {p.get('title')!r} has no gridPos")
             uid = (p.get("datasource") or {}).get("uid")
-            if uid not in ds_uids:
-                errors.append(f"{f}: panel {p.get('title')!r} uses datasource uid {uid!r}, provisioned: {sorted(ds_uids)}")
+            if uid not in allowed_uids:
+                errors.append(f"{f}: panel {p.get('title')!r} uses datasource uid {uid!r}, allowed: {sorted(allowed_uids)}")
             if not p.get("targets"):
                 errors.append(f"{f}: panel {p.get('title')!r} has no queries")
             for t in p.get("targets", []):
                 expr = t.get("expr", "")
                 for var, value in GRAFANA_VARS.items():
                     expr = expr.replace(var, value)
+                for var, value in DASHBOARD_VARS.items():
+                    expr = expr.replace("$" + var, value)
+                for sel in re.finditer(r"\b((?:te|canary)_[a-z0-9_]+|service:[a-z0-9_]+:[a-z0-9_]+)(\{[^}]*\})?", t.get("expr", "")):
+                    if 'namespace=~"$namespace"' not in (sel.group(2) or ""):
+                        errors.append(f"{f}: panel {p.get('title')!r}: {sel.group(1)} is not scoped by $namespace")
                 if "$" in expr:
                     errors.append(f"{f}: panel {p.get('title')!r}: unknown Grafana variable in {t['expr']!r}")
                 exprs.append((f"{f.relative_to(root)}:{p.get('title')}/{t.get('refId')}", expr))
