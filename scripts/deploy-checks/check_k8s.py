@@ -6,7 +6,9 @@ Every service has a Deployment whose container listens on its DESIGN.md port, pr
 read-only root filesystem, and has terminationGracePeriodSeconds >= 30 (the graceful drain); a
 Service and a PodDisruptionBudget select its pods; its environment (ConfigMap + env) covers every
 variable DESIGN.md lists; the gateway runs >= 2 replicas with an autoscaling/v2 HPA on a custom
-metric; every HPA custom/external metric is served by a prometheus-adapter rule. Every pod carries the
+metric; every HPA custom/external metric is served by a prometheus-adapter rule. NetworkPolicies deny
+by default; clients reach only the gateway's API port; Prometheus (namespace monitoring) reaches the
+metrics ports; each service's egress is exactly DNS plus the stores it uses (EGRESS). Every pod carries the
 label `service: <name>` that the Prometheus rules and the dashboard select on. With --monitoring, the
 rendered deploy/k8s/monitoring: a PodMonitor that selects every service's pods on their metrics port and
 copies `service` (podTargetLabels), and a PrometheusRule holding exactly deploy/prometheus/rules.
@@ -31,6 +33,64 @@ REQUIRED_ENV = {
     "audit-writer": ["POSTGRES_URL"],
 }
 MIN_GRACE = 30
+# What each service may reach (NetworkPolicy egress ports): DNS and the stores and peers it uses.
+EGRESS = {
+    "ingest": {53, 6379, 9092},
+    "feature-pipeline": {53, 6379},
+    "strategy-engine": {53, 6379},
+    "opportunity-aggregator": {53, 6379},
+    "gateway": {53, 6379, 8001},
+    "audit-writer": {53, 6379, 5432},
+}
+
+
+def selector_matches(selector: dict, labels: dict) -> bool:
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        value, op = labels.get(e["key"]), e["operator"]
+        if (op == "In" and value not in e["values"]) or (op == "NotIn" and value in e["values"]) \
+                or (op == "Exists" and value is None) or (op == "DoesNotExist" and value is not None):
+            return False
+    return True
+
+
+def network_errors(name: str, labels: dict, port: int, policies: list[dict]) -> list[str]:
+    """Default deny, clients only to the gateway's API, Prometheus to the metrics port, egress as EGRESS."""
+    errors = []
+    mine = [p for p in policies if selector_matches(p["spec"]["podSelector"], labels)]
+    types = {t for p in mine for t in p["spec"].get("policyTypes", [])}
+    if not {"Ingress", "Egress"} <= types:
+        errors.append(f"{name}: not isolated by NetworkPolicies in both directions (default deny missing)")
+    egress_ports: set[int] = set()
+    for p in mine:
+        for rule in p["spec"].get("ingress", []):
+            ports = {x["port"] for x in rule.get("ports", [])}
+            if not rule.get("from"):
+                if not (name == "gateway" and ports == {port}):
+                    errors.append(f"{name}: {p['metadata']['name']} admits any source on {sorted(ports) or 'every port'}")
+            else:
+                for peer in rule["from"]:
+                    ns = (peer.get("namespaceSelector") or {}).get("matchLabels", {})
+                    if ns.get("kubernetes.io/metadata.name") != "monitoring" or "ipBlock" in peer:
+                        errors.append(f"{name}: {p['metadata']['name']} admits {peer} (only Prometheus may)")
+                if port not in ports and name != "gateway":
+                    errors.append(f"{name}: {p['metadata']['name']} does not open the metrics port {port}")
+        for rule in p["spec"].get("egress", []):
+            if not rule.get("to"):
+                errors.append(f"{name}: {p['metadata']['name']} allows egress to anywhere")
+            ports = {x["port"] for x in rule.get("ports", [])}
+            if not ports:
+                errors.append(f"{name}: {p['metadata']['name']} allows egress on every port")
+            egress_ports |= ports
+    if not any(not r.get("from") for p in mine for r in p["spec"].get("ingress", [])) and name == "gateway":
+        errors.append("gateway: clients cannot reach the API port (no ingress rule for it)")
+    if name != "gateway" and not any(r.get("from") for p in mine for r in p["spec"].get("ingress", [])):
+        errors.append(f"{name}: Prometheus cannot reach the metrics port")
+    want = EGRESS.get(name, set())
+    if egress_ports != want:
+        errors.append(f"{name}: egress ports {sorted(egress_ports)}, expected exactly {sorted(want)}")
+    return errors
 
 
 def main(rendered: str, adapter: str, prod: bool, monitoring: tuple[str, str] | None = None) -> int:
@@ -57,6 +117,7 @@ def main(rendered: str, adapter: str, prod: bool, monitoring: tuple[str, str] | 
         if labels.get("service") != name:
             errors.append(f"{name}: pod label service={name} missing (Prometheus rules select on it)")
         pod_labels[name] = labels
+        errors.extend(network_errors(name, labels, port, list(by.get("NetworkPolicy", {}).values())))
         if pod.get("terminationGracePeriodSeconds", 30) < MIN_GRACE:
             errors.append(f"{name}: terminationGracePeriodSeconds below {MIN_GRACE}")
         psc = pod.get("securityContext", {})
