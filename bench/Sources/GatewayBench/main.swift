@@ -153,7 +153,8 @@ final class Connection {
 let o = Options()
 let body: String =
     o.withFeatures
-    ? #"{"symbol":"\#(o.symbol)","features":[0.5,0.3,0.2,1,2,0.1,10,0.05]}"#
+    // ts_ns and freshness_ms too: the Python peer gateway (../shared/peers/fastapi_gateway) requires both.
+    ? #"{"symbol":"\#(o.symbol)","ts_ns":1722470400000000000,"features":[0.5,0.3,0.2,1,2,0.1,10,0.05],"freshness_ms":10}"#
     : #"{"symbol":"\#(o.symbol)","freshness_ms":600000}"#
 let request = Array(
     (o.getPath.map { "GET \($0) HTTP/1.1\r\nHost: \(o.host)\r\n\r\n" }
