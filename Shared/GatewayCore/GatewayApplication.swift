@@ -345,7 +345,9 @@ struct GatewayAPI: Sendable {
         async let tritonFailures = d.tritonProbes.failures()
         let (redisDown, tritonDown) = await (redisFailures, tritonFailures)
         let audit = d.engine.audit
-        let auditOK = !audit.degraded && !audit.isFull
+        // A failed last write counts only while records wait: once Redis answers again an idle (unready,
+        // so trafficless) replica has nothing to write that would clear the flag.
+        let auditOK = !(audit.degraded && audit.depth > 0) && !audit.isFull
         let redisError = redisDown.first?.reason
         let ready = redisError == nil && auditOK
         func triton(_ name: String) -> String {

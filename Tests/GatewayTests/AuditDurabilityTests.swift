@@ -31,7 +31,7 @@ import Testing
     /// Sync: every 200 (32 concurrent requests) finds its record already in te:audit when it arrives,
     /// keyed by its decision_id; without X-Request-Id, request_id = decision_id. Redis killed: 503
     /// `audit_unavailable` after the wait, the record withdrawn (it never appears later); /readyz 503
-    /// saying why. Redis back: 200 again.
+    /// saying why. Redis back: ready again without any request, then 200s.
     @Test func syncAnswersOnlyAuditedDecisionsAndRefusesWhileRedisIsDown() async throws {
         let server = try await PrivateRedisServer()
         let config = try GatewayTestEnv.config("sync") {
@@ -89,6 +89,10 @@ import Testing
             #expect((readyBody["redis_error"] as? String)?.isEmpty == false)
 
             let restarted = try await PrivateRedisServer(port: server.port)
+            // Ready again with no traffic at all (an unready replica gets none on Kubernetes).
+            #expect(await TestEnv.eventually(timeout: .seconds(20)) {
+                (try? await client.execute(uri: "/readyz", method: .get).status) == .ok
+            })
             let back = await TestEnv.eventually(timeout: .seconds(20)) {
                 (try? await client.score(ScoreRequest(symbol: "BTCUSDT", features: features), requestID: "back-1")) != nil
             }
@@ -98,7 +102,6 @@ import Testing
             let after = try Self.decode(try await fresh.xrange(config.auditStream))
             #expect(after.contains { $0.requestId == "back-1" })
             #expect(!after.contains { $0.requestId == "refused-1" })
-            #expect(try await client.execute(uri: "/readyz", method: .get).status == .ok)
             try await restarted.kill()
         }
     }
