@@ -7,7 +7,7 @@ import TEModels
 import TEPostgres
 
 /// `te:audit` → PostgreSQL `decisions`. One batch = one transaction (COPY into staging +
-/// INSERT … ON CONFLICT DO NOTHING); the worker acknowledges the batch only after `handle`
+/// INSERT … ON CONFLICT (decision_id) DO NOTHING); the worker acknowledges the batch only after `handle`
 /// returns, i.e. after COMMIT. Redelivered records are skipped by the primary key.
 struct AuditStage: StreamStage {
     typealias Input = AuditRecord
@@ -28,8 +28,9 @@ struct AuditStage: StreamStage {
     /// `MAX_DELIVERIES` failed `handle` calls, so a retriable error (connection refused/lost, server
     /// shutting down) is retried here with backoff, holding the batch unacknowledged, until
     /// PostgreSQL is back or the service shuts down (then the entries stay pending for the restart).
-    /// Records PostgreSQL rejects for their data (SQLSTATE class 22/23) become dead letters carrying
-    /// the database's message; the rest of the batch is inserted.
+    /// Records PostgreSQL would reject (found before the COPY) or does reject for their data (SQLSTATE
+    /// class 22/23, isolated by bisection) become dead letters carrying the reason; the rest of the
+    /// batch is inserted.
     mutating func handle(_ batch: [StreamDelivery<AuditRecord>]) async throws -> StageOutput {
         let records = batch.map(\.message)
         var failures = 0
@@ -47,9 +48,9 @@ struct AuditStage: StreamStage {
                 metrics.duplicates.increment(by: Int64(outcome.duplicates))
                 if failures > 0 { logger.info("postgres is back; batch written", metadata: ["retries": "\(failures)"]) }
                 var output = StageOutput()
-                for (index, error) in rejected {
+                for (index, reason) in rejected {
                     metrics.rejected.increment()
-                    output.deadLetter(id: batch[index].id, reason: "postgres rejected the record: \(error)")
+                    output.deadLetter(id: batch[index].id, reason: reason)
                 }
                 return output
             } catch let error as PostgresError where error.isRetriable {

@@ -5,7 +5,7 @@ import ServiceLifecycle
 import TEModels
 import TEPostgres
 
-// audit-writer: te:audit (group `audit-writer`) → PostgreSQL `decisions`, idempotent on request_id.
+// audit-writer: te:audit (group `audit-writer`) → PostgreSQL `decisions`, idempotent on decision_id.
 //
 // Environment: REDIS_URL, POSTGRES_URL (libpq URI; sslmode etc. pass through), AUDIT_BATCH_SIZE
 // (records per batch/transaction, default 500), METRICS_PORT (default 9106), the StreamWorker's

@@ -29,13 +29,13 @@ struct AuditCommand: AsyncParsableCommand {
                 let model = [r.modelName, r.modelVersion].compactMap { $0 }.joined(separator: ":")
                 let canary = r.canary.map { "v\($0.version)=\($0.score.map { AuditCommand.number($0) } ?? "-")" }
                 return [
-                    d.decidedAt, r.requestId, r.decision.rawValue, r.score.map { AuditCommand.number($0) } ?? "-",
+                    d.decidedAt, r.decisionId, r.requestId, r.decision.rawValue, r.score.map { AuditCommand.number($0) } ?? "-",
                     r.source.rawValue, model.isEmpty ? "-" : model, String(r.latencyUs),
                     r.featureAgeMs.map { AuditCommand.number($0) } ?? "-", canary ?? "-", r.reason ?? "",
                 ]
             }
             print(TextTable.render(
-                header: ["decided_at", "request_id", "decision", "score", "source", "model", "latency_us", "feature_age_ms", "canary", "reason"],
+                header: ["decided_at", "decision_id", "request_id", "decision", "score", "source", "model", "latency_us", "feature_age_ms", "canary", "reason"],
                 rows: rows))
         }
     }

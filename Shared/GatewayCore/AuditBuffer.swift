@@ -3,14 +3,43 @@ import Synchronization
 import TEModels
 
 /// Audit records waiting for the background writer. Bounded: when full (Redis unreachable for long),
-/// new records are dropped, counted (`te_gateway_audit_dropped_total`) and reported by `/readyz`;
+/// new records are refused, counted (`te_gateway_audit_dropped_total`) and reported by `/readyz`;
 /// nothing is dropped silently. The request path only appends under a lock and signals the writer.
+///
+/// `AUDIT_DURABILITY=sync`: `appendDurable` also waits until the writer's XADD of the record is
+/// acknowledged (`commit`). Every record appended while a write is in flight goes out in the writer's
+/// next pipeline, so concurrent requests share one Redis round trip (group commit). A waiter whose
+/// deadline passes is answered false by `expireWaiters`, and its record is withdrawn unless a write of
+/// it is already in flight.
 public final class AuditBuffer: Sendable {
+    struct Entry {
+        var record: AuditRecord
+        /// Its request gave up waiting before the record was taken for a write: never written.
+        var withdrawn = false
+    }
+
+    struct Waiter {
+        var seq: UInt64
+        var deadline: ContinuousClock.Instant
+        var continuation: CheckedContinuation<Bool, Never>
+    }
+
     private struct State {
-        var records: Deque<AuditRecord> = []
-        var dropped: Int = 0
-        var waiter: CheckedContinuation<Void, Never>?
+        var entries: Deque<Entry> = []
+        /// Sequence number of `entries.first` (records ever removed by `commit`).
+        var headSeq: UInt64 = 0
+        /// Entries at the head taken by the writer's current write.
+        var inFlight = 0
+        var dropped = 0
+        var withdrawn = 0
+        /// In append order, so in seq and deadline order (deadline = append time + a fixed wait).
+        var waiters: Deque<Waiter> = []
+        var writerWaiting: CheckedContinuation<Void, Never>?
         var lastWriteFailed = false
+
+        /// Buffered, not withdrawn.
+        var live: Int { entries.count - withdrawnInBuffer }
+        var withdrawnInBuffer = 0
     }
 
     public let capacity: Int
@@ -25,63 +54,142 @@ public final class AuditBuffer: Sendable {
     /// Returns false when the record was dropped because the buffer is full.
     @discardableResult
     public func append(_ record: AuditRecord) -> Bool {
-        let (accepted, waiter, depth): (Bool, CheckedContinuation<Void, Never>?, Int) = state.withLock { s in
-            guard s.records.count < capacity else {
-                s.dropped += 1
-                return (false, nil, s.records.count)
-            }
-            s.records.append(record)
-            let w = s.waiter
-            s.waiter = nil
-            return (true, w, s.records.count)
-        }
-        metrics?.auditBufferDepth.set(Double(depth))
-        if !accepted { metrics?.auditDropped.increment() }
-        waiter?.resume()
+        let (accepted, writer, depth) = state.withLock { s in enqueue(record, &s) }
+        afterEnqueue(accepted: accepted, writer: writer, depth: depth)
         return accepted
     }
 
-    public var depth: Int { state.withLock { $0.records.count } }
+    /// Appends `record` and waits until it is in Redis (true), or until `wait` has passed or the buffer
+    /// is full (false: the caller must not answer the decision as audited).
+    public func appendDurable(_ record: AuditRecord, wait: Duration) async -> Bool {
+        await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let (accepted, writer, depth) = state.withLock { s in
+                let result = enqueue(record, &s)
+                if result.0 {
+                    let seq = s.headSeq + UInt64(s.entries.count - 1)
+                    s.waiters.append(Waiter(seq: seq, deadline: .now + wait, continuation: c))
+                }
+                return result
+            }
+            afterEnqueue(accepted: accepted, writer: writer, depth: depth)
+            if !accepted { c.resume(returning: false) }
+        }
+    }
+
+    private func enqueue(_ record: AuditRecord, _ s: inout State) -> (Bool, CheckedContinuation<Void, Never>?, Int) {
+        guard s.live < capacity else {
+            s.dropped += 1
+            return (false, nil, s.live)
+        }
+        s.entries.append(Entry(record: record))
+        let w = s.writerWaiting
+        s.writerWaiting = nil
+        return (true, w, s.live)
+    }
+
+    private func afterEnqueue(accepted: Bool, writer: CheckedContinuation<Void, Never>?, depth: Int) {
+        metrics?.auditBufferDepth.set(Double(depth))
+        if !accepted { metrics?.auditDropped.increment() }
+        writer?.resume()
+    }
+
+    public var depth: Int { state.withLock { $0.live } }
     public var dropped: Int { state.withLock { $0.dropped } }
+    /// Records whose request stopped waiting (sync mode) before they were written: answered 503.
+    public var withdrawn: Int { state.withLock { $0.withdrawn } }
     /// The last write to Redis failed: records are waiting.
     public var degraded: Bool { state.withLock { $0.lastWriteFailed } }
+    public var isFull: Bool { state.withLock { $0.live >= capacity } }
 
-    /// Waits until at least one record is buffered (or the task is cancelled), then returns up to `max`
-    /// from the head without removing them: they are removed by `commit` once written.
-    func nextBatch(max: Int) async -> [AuditRecord] {
+    /// Waits until at least one record is buffered (or the task is cancelled), then takes up to `max`
+    /// entries from the head for a write, without removing them: `commit` removes them once written,
+    /// `markFailed` hands them back. Returns the records to write (withdrawn ones skipped) and how many
+    /// entries they span.
+    func nextBatch(max: Int) async -> (records: [AuditRecord], entries: Int) {
         while !Task.isCancelled {
-            let batch = state.withLock { s in Array(s.records.prefix(max)) }
-            if !batch.isEmpty { return batch }
+            if let batch = takeBatch(max: max) { return batch }
             await withTaskCancellationHandler {
                 await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                     let resumeNow = state.withLock { s in
-                        if !s.records.isEmpty { return true }
-                        s.waiter = c
+                        if !s.entries.isEmpty { return true }
+                        s.writerWaiting = c
                         return false
                     }
                     if resumeNow { c.resume() }
                 }
             } onCancel: {
                 let w = state.withLock { s in
-                    let w = s.waiter
-                    s.waiter = nil
+                    let w = s.writerWaiting
+                    s.writerWaiting = nil
                     return w
                 }
                 w?.resume()
             }
         }
-        return state.withLock { s in Array(s.records.prefix(max)) }
+        return takeBatch(max: max) ?? ([], 0)
     }
 
-    func commit(count: Int) {
-        let depth = state.withLock { s in
-            s.records.removeFirst(min(count, s.records.count))
-            s.lastWriteFailed = false
-            return s.records.count
+    private func takeBatch(max: Int) -> (records: [AuditRecord], entries: Int)? {
+        state.withLock { s in
+            guard !s.entries.isEmpty else { return nil }
+            var records: [AuditRecord] = []
+            var spanned = 0
+            for entry in s.entries {
+                if records.count == max { break }
+                spanned += 1
+                if !entry.withdrawn { records.append(entry.record) }
+            }
+            s.inFlight = spanned
+            return (records, spanned)
         }
-        metrics?.auditBufferDepth.set(Double(depth))
-        metrics?.auditWritten.increment(by: Int64(count))
     }
 
-    func markFailed() { state.withLock { $0.lastWriteFailed = true } }
+    /// The first `entries` entries are in Redis: remove them and release their waiters.
+    func commit(entries count: Int, written: Int) {
+        let (released, depth): ([CheckedContinuation<Bool, Never>], Int) = state.withLock { s in
+            let n = min(count, s.entries.count)
+            for entry in s.entries.prefix(n) where entry.withdrawn { s.withdrawnInBuffer -= 1 }
+            s.entries.removeFirst(n)
+            s.headSeq += UInt64(n)
+            s.inFlight = 0
+            s.lastWriteFailed = false
+            var released: [CheckedContinuation<Bool, Never>] = []
+            while let first = s.waiters.first, first.seq < s.headSeq {
+                released.append(s.waiters.removeFirst().continuation)
+            }
+            return (released, s.live)
+        }
+        for c in released { c.resume(returning: true) }
+        metrics?.auditBufferDepth.set(Double(depth))
+        metrics?.auditWritten.increment(by: Int64(written))
+    }
+
+    func markFailed() {
+        state.withLock { s in
+            s.lastWriteFailed = true
+            s.inFlight = 0
+        }
+    }
+
+    /// Answers false to every waiter whose deadline has passed, withdrawing its record unless it is in
+    /// the write in flight (then it may still reach Redis: a 503 that was audited anyway). Returns the
+    /// next waiter's deadline, nil when none waits.
+    func expireWaiters(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+        let (expired, next): ([CheckedContinuation<Bool, Never>], ContinuousClock.Instant?) = state.withLock { s in
+            var expired: [CheckedContinuation<Bool, Never>] = []
+            while let first = s.waiters.first, first.deadline <= now {
+                s.waiters.removeFirst()
+                expired.append(first.continuation)
+                let index = Int(first.seq - s.headSeq)
+                if index >= s.inFlight, index < s.entries.count, !s.entries[index].withdrawn {
+                    s.entries[index].withdrawn = true
+                    s.withdrawnInBuffer += 1
+                    s.withdrawn += 1
+                }
+            }
+            return (expired, s.waiters.first?.deadline)
+        }
+        for c in expired { c.resume(returning: false) }
+        return next
+    }
 }

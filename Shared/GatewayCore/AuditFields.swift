@@ -11,7 +11,7 @@ public enum AuditFields {
         // Non-finite numbers cannot be JSON: leave them to the reference encoder (which rejects them).
         if let f = r.features, !f.values.allSatisfy(\.isFinite) { return try StreamFieldEncoder.encode(r) }
         var fields: [(String, String)] = []
-        fields.reserveCapacity(15)
+        fields.reserveCapacity(20)
         fields.append(("v", String(AuditRecord.schemaVersion)))
         // AuditRecord.CodingKeys order, which the synthesized encoder follows.
         fields.append(("symbol", r.symbol))
@@ -21,13 +21,18 @@ public enum AuditFields {
         if let f = r.features { fields.append(("features", json(f))) }
         if let c = r.canary { fields.append(("canary", json(c))) }
         if let reason = r.reason { fields.append(("reason", reason)) }
+        if let client = r.client { fields.append(("client", client)) }
+        fields.append(("decision_id", r.decisionId))
         fields.append(("request_id", r.requestId))
         fields.append(("ts_ns", String(r.tsNs)))
         if let v = r.modelName { fields.append(("model_name", v)) }
         if let v = r.modelVersion { fields.append(("model_version", v)) }
         if let v = r.modelHash { fields.append(("model_hash", v)) }
+        if let v = r.featureSnapshotId { fields.append(("feature_snapshot_id", v)) }
+        if let v = r.featureTsNs { fields.append(("feature_ts_ns", String(v))) }
         if let age = r.featureAgeMs { fields.append(("feature_age_ms", scalar(age))) }
         fields.append(("latency_us", String(r.latencyUs)))
+        if let v = r.traceId { fields.append(("trace_id", v)) }
         return fields
     }
 

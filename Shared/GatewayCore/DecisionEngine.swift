@@ -58,6 +58,19 @@ public final class EndpointLane: Sendable {
     }
 }
 
+/// A decision, and whether it may be answered.
+public enum ScoreAnswer: Sendable, Equatable {
+    case answered(ScoreResponse)
+    /// `AUDIT_DURABILITY=sync` and the record did not reach Redis within the wait: answer 503.
+    case auditUnavailable(ScoreResponse)
+
+    public var response: ScoreResponse {
+        switch self {
+        case .answered(let r), .auditUnavailable(let r): return r
+        }
+    }
+}
+
 /// Turns a validated request into a decision: features, the fallback chain under one deadline,
 /// canary/shadow, the audit record. Never throws: every failure ends in a safer source.
 public final class DecisionEngine: Sendable {
@@ -112,7 +125,15 @@ public final class DecisionEngine: Sendable {
 
     // MARK: - The chain
 
-    public func score(_ request: ScoreRequest, requestID: String, arrival: ContinuousClock.Instant) async -> ScoreResponse {
+    /// Decides `request`. `requestID` is the client's valid `X-Request-Id`, nil when it sent none (then
+    /// request_id = decision_id). With `AUDIT_DURABILITY=sync` the answer waits for its audit record to
+    /// be in Redis; `.auditUnavailable` when it is not within `AUDIT_SYNC_WAIT_MS` (the caller answers
+    /// 503: a decision must not be acted on unaudited).
+    public func score(_ request: ScoreRequest, requestID clientRequestID: String?, arrival: ContinuousClock.Instant)
+        async -> ScoreAnswer
+    {
+        let decisionID = RequestID.random()
+        let requestID = clientRequestID ?? decisionID
         let timeout = Duration.microseconds(Int64(config.scoreTimeoutMs * 1000))
         let hardDeadline = arrival + timeout
         var reasons: [String] = []
@@ -120,6 +141,8 @@ public final class DecisionEngine: Sendable {
         // Features: the request's own, else memory, else te:online (cold start).
         var vector: FeatureVector?
         var ageMs: Double?
+        var snapshotID: String?
+        var snapshotTsNs: Int64?
         if let values = request.features {
             vector = try? FeatureVector(values)
             ageMs = 0
@@ -129,6 +152,8 @@ public final class DecisionEngine: Sendable {
             if let stored {
                 vector = stored.snapshot.features
                 ageMs = stored.ageMs(nowNs: wallClockNs())
+                snapshotID = stored.entryId
+                snapshotTsNs = stored.snapshot.tsNs
             }
         }
         let maxAge = request.freshnessMs.map(Double.init) ?? config.featureMaxAgeMs
@@ -181,24 +206,44 @@ public final class DecisionEngine: Sendable {
         for r in reasons { metrics.fallback(reason: r) }
         let reason = reasons.isEmpty ? nil : reasons.joined(separator: ",")
 
-        let record = AuditRecord(
-            requestId: requestID, tsNs: wallClockNs(), symbol: request.symbol, decision: decision, score: score,
-            source: source, modelName: model?.name, modelVersion: model?.version, modelHash: model?.hash,
-            features: vector, featureAgeMs: ageMs, latencyUs: latencyUs, canary: nil, reason: reason)
+        var record = AuditRecord(
+            decisionId: decisionID, requestId: requestID, tsNs: wallClockNs(), symbol: request.symbol,
+            decision: decision, score: score, source: source, modelName: model?.name, modelVersion: model?.version,
+            modelHash: model?.hash, features: vector, featureAgeMs: ageMs, latencyUs: latencyUs, canary: nil,
+            reason: reason, featureSnapshotId: snapshotID, featureTsNs: snapshotTsNs)
+        let response = ScoreResponse(
+            decisionId: decisionID, requestId: requestID, symbol: request.symbol, decision: decision, score: score,
+            source: source, model: model, featureAgeMs: ageMs, latencyUs: latencyUs, reason: reason)
 
-        // Shadow / canary comparison runs after the answer; the audit record waits for it, the client does not.
-        if let vector, let answer, answer.version == config.canaryVersion || (canary.shadowing && answer.version == config.modelVersion) {
-            let mode = answer.version == config.canaryVersion ? "canary" : "shadow"
-            Task { await self.compare(vector, answer: answer, mode: mode, record: record) }
-        } else {
-            var record = record
-            if canaryFailed { record.canary = CanaryResult(version: config.canaryVersion, score: nil, mode: "canary") }
-            audit.append(record)
+        // Shadow / canary comparison: the record carries its result. Async: it runs after the answer. Sync:
+        // the answer waits for the record, so for the comparison too (one more Triton call, in budget).
+        let comparison: String? =
+            if let answer, vector != nil,
+                answer.version == config.canaryVersion || (canary.shadowing && answer.version == config.modelVersion)
+            {
+                answer.version == config.canaryVersion ? "canary" : "shadow"
+            } else {
+                nil
+            }
+        if comparison == nil, canaryFailed {
+            record.canary = CanaryResult(version: config.canaryVersion, score: nil, mode: "canary")
         }
-
-        return ScoreResponse(
-            requestId: requestID, symbol: request.symbol, decision: decision, score: score, source: source, model: model,
-            featureAgeMs: ageMs, latencyUs: latencyUs, reason: reason)
+        switch config.auditDurability {
+        case .async:
+            if let mode = comparison, let vector, let answer {
+                Task { self.audit.append(await self.compare(vector, answer: answer, mode: mode, record: record)) }
+            } else {
+                audit.append(record)
+            }
+            return .answered(response)
+        case .sync:
+            if let mode = comparison, let vector, let answer {
+                record = await compare(vector, answer: answer, mode: mode, record: record)
+            }
+            if await audit.appendDurable(record, wait: config.auditSyncWait) { return .answered(response) }
+            metrics.auditUnavailable.increment()
+            return .auditUnavailable(response)
+        }
     }
 
     private enum RaceMessage: Sendable {
@@ -353,7 +398,9 @@ public final class DecisionEngine: Sendable {
 
     /// Scores the other version (canary beside a primary answer, or primary beside a canary answer),
     /// records delta/disagreement for the canary, then writes the audit record with the canary result.
-    private func compare(_ vector: FeatureVector, answer: ModelAnswer, mode: String, record: AuditRecord) async {
+    private func compare(_ vector: FeatureVector, answer: ModelAnswer, mode: String, record: AuditRecord) async
+        -> AuditRecord
+    {
         var record = record
         let otherVersion = mode == "canary" ? config.modelVersion : config.canaryVersion
         let deadline = ContinuousClock.now + .microseconds(Int64(config.scoreTimeoutMs * 1000))
@@ -390,7 +437,7 @@ public final class DecisionEngine: Sendable {
             }
         }
         record.canary = CanaryResult(version: config.canaryVersion, score: canaryScore, mode: mode)
-        audit.append(record)
+        return record
     }
 
     private func observeCanary(_ observation: CanaryMonitor.Observation) {
@@ -409,8 +456,9 @@ public final class DecisionEngine: Sendable {
     /// The audit event of an automatic canary rollback: not a decision but recorded beside them so the
     /// `decisions` table shows when and why the canary stopped.
     static func rollbackRecord(identity: ModelIdentity, breach: CanaryMonitor.Breach, config: GatewayConfiguration) -> AuditRecord {
-        AuditRecord(
-            requestId: UUID().uuidString.lowercased(), tsNs: wallClockNs(), symbol: "*", decision: .abstain, score: nil,
+        let id = RequestID.random()
+        return AuditRecord(
+            decisionId: id, requestId: id, tsNs: wallClockNs(), symbol: "*", decision: .abstain, score: nil,
             source: .abstain, modelName: identity.name, modelVersion: identity.version, modelHash: identity.hash,
             features: nil, featureAgeMs: nil, latencyUs: 0,
             canary: CanaryResult(version: config.canaryVersion, score: nil, mode: "rollback"),

@@ -18,6 +18,10 @@ public struct GatewayDependencies: Sendable {
     public let onlineLoader: OnlineFeatureLoader
     public let services: [any Service]
     public let logger: Logger
+    /// What `/readyz` requires: Redis answering.
+    public let readiness: ReadinessChecks
+    /// What `/readyz` only reports: the Triton endpoints (the fallback chain answers without them).
+    public let tritonProbes: ReadinessChecks
 }
 
 /// Builds the gateway's clients, state and background services from its configuration.
@@ -49,13 +53,31 @@ public func buildDependencies(
         RedisClientsCloser(clients: [queryRedis, feedRedis, auditRedis]),
         FeatureFeed(redis: feedRedis, memory: memory, stream: config.featuresStream, logger: logger),
         AuditStreamWriter(
-            redis: auditRedis, buffer: audit, stream: config.auditStream, batchMax: config.auditBatchMax, maxLen: config.streamMaxLen, logger: logger),
+            redis: auditRedis, buffer: audit, stream: config.auditStream, group: config.auditGroup,
+            batchMax: config.auditBatchMax, maxLen: config.streamMaxLen, durability: config.auditDurability,
+            syncWait: config.auditSyncWait, logger: logger),
         IdentityRefresher(
             endpoints: endpoints, versions: [config.modelVersion, config.canaryVersion], store: identities,
             interval: .milliseconds(Int64(config.identityRefreshSeconds * 1000)), logger: logger),
     ]
+    let readiness = ReadinessChecks()
+    readiness.add("redis") { try await queryRedis.ping() }
+    let tritonProbes = ReadinessChecks()
+    tritonProbes.add("triton_primary") {
+        guard await primary.isReady(version: config.modelVersion) else { throw TritonNotReady() }
+    }
+    if let secondary {
+        tritonProbes.add("triton_secondary") {
+            guard await secondary.isReady(version: config.modelVersion) else { throw TritonNotReady() }
+        }
+    }
     return GatewayDependencies(
-        config: config, engine: engine, redis: queryRedis, onlineLoader: loader, services: services, logger: logger)
+        config: config, engine: engine, redis: queryRedis, onlineLoader: loader, services: services, logger: logger,
+        readiness: readiness, tritonProbes: tritonProbes)
+}
+
+struct TritonNotReady: Error, CustomStringConvertible {
+    var description: String { "model not ready (or server unreachable)" }
 }
 
 /// The gateway application: router plus background services (feature feed, audit writer, identity refresher).
@@ -175,14 +197,14 @@ struct GatewayAPI: Sendable {
         switch Self.admitScore(body: body, headers: request.headers) {
         case .failure(let error): return Self.badRequest(error)
         case .success(let (parsed, requestID)):
-            let response = await d.engine.score(parsed, requestID: requestID, arrival: arrival)
-            return Self.json(.ok, ScoreResponseJSON.encode(response))
+            let (status, body) = ScoreResponseJSON.answer(await d.engine.score(parsed, requestID: requestID, arrival: arrival))
+            return Self.json(status, body)
         }
     }
 
     /// A score request's validated body and its request id, or the client error to answer; `body` nil =
     /// over the size limit. Shared by the router's route and the event-loop fast path.
-    static func admitScore(body: ByteBuffer?, headers: HTTPFields) -> Result<(ScoreRequest, String), RequestError> {
+    static func admitScore(body: ByteBuffer?, headers: HTTPFields) -> Result<(ScoreRequest, String?), RequestError> {
         guard let body else { return .failure(bodyTooLarge) }
         return body.withUnsafeReadableBytes { ScoreRequestParser.parseResult($0) }.map {
             ($0, requestID(headers[requestIDHeader]))
@@ -191,8 +213,9 @@ struct GatewayAPI: Sendable {
 
     static let requestIDHeader = HTTPField.Name("X-Request-Id")!
 
-    /// The client's `X-Request-Id` when it is a plausible id, else a new UUID.
-    static func requestID(_ header: String?) -> String {
+    /// The client's `X-Request-Id` when it is an allowed id (1–128 of `[A-Za-z0-9_-]`), else nil (the
+    /// decision's request_id is then its decision_id).
+    static func requestID(_ header: String?) -> String? {
         if let header, (1...128).contains(header.utf8.count),
             header.utf8.allSatisfy({ b in
                 (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x5F
@@ -200,7 +223,7 @@ struct GatewayAPI: Sendable {
         {
             return header
         }
-        return RequestID.random()
+        return nil
     }
 
     // MARK: GET /v1/opportunities
@@ -314,24 +337,39 @@ struct GatewayAPI: Sendable {
 
     // MARK: health
 
+    /// 200 while the gateway can answer and audit what it answers: Redis answering and the audit buffer
+    /// not full (nor failing to write). Triton is reported, never required: the fallback chain answers
+    /// without it. Answers within ~80 ms whatever the dependencies do (`ReadinessChecks`).
     func readyz() async -> Response {
-        async let redisOK: Bool = { () async -> Bool in
-            do {
-                try await d.redis.ping()
-                return true
-            } catch {
-                return false
-            }
-        }()
-        async let tritonOK = d.engine.primary.endpoint.isReady(version: d.config.modelVersion)
-        let (redis, triton) = await (redisOK, tritonOK)
+        async let redisFailures = d.readiness.failures()
+        async let tritonFailures = d.tritonProbes.failures()
+        let (redisDown, tritonDown) = await (redisFailures, tritonFailures)
         let audit = d.engine.audit
-        let auditOK = !audit.degraded && audit.depth < audit.capacity
-        let ready = redis && triton && auditOK
-        let body =
-            "{\"ready\":\(ready),\"redis\":\(redis),\"triton_primary\":\(triton),"
-            + "\"audit\":{\"ok\":\(auditOK),\"buffer_depth\":\(audit.depth),\"capacity\":\(audit.capacity),\"dropped\":\(audit.dropped)},"
-            + "\"canary\":\(d.engine.canary.rollback.map { "\"rolled_back: \($0)\"" } ?? "\"active\"")}"
+        // A failed last write counts only while records wait: once Redis answers again an idle (unready,
+        // so trafficless) replica has nothing to write that would clear the flag.
+        let auditOK = !(audit.degraded && audit.depth > 0) && !audit.isFull
+        let redisError = redisDown.first?.reason
+        let ready = redisError == nil && auditOK
+        func triton(_ name: String) -> String {
+            guard d.tritonProbes.names.contains(name) else { return "null" }
+            return tritonDown.contains { $0.name == name } ? "false" : "true"
+        }
+        func breaker(_ lane: EndpointLane?) -> String {
+            guard let lane else { return "null" }
+            switch lane.breakerState {
+            case .closed: return "\"closed\""
+            case .open: return "\"open\""
+            case .halfOpen: return "\"half_open\""
+            }
+        }
+        var body = "{\"ready\":\(ready),\"redis\":\(redisError == nil)"
+        if let redisError { body += ",\"redis_error\":\(JSONText.quoted(redisError))" }
+        body += ",\"triton_primary\":\(triton("triton_primary")),\"triton_secondary\":\(triton("triton_secondary"))"
+        body += ",\"breakers\":{\"primary\":\(breaker(d.engine.primary)),\"secondary\":\(breaker(d.engine.secondary))}"
+        body += ",\"audit\":{\"ok\":\(auditOK),\"durability\":\"\(d.config.auditDurability.rawValue)\""
+        body += ",\"buffer_depth\":\(audit.depth),\"capacity\":\(audit.capacity),\"dropped\":\(audit.dropped)"
+        body += ",\"withdrawn\":\(audit.withdrawn)}"
+        body += ",\"canary\":\(d.engine.canary.rollback.map { JSONText.quoted("rolled_back: \($0)") } ?? "\"active\"")}"
         return Self.json(ready ? .ok : .serviceUnavailable, body)
     }
 
@@ -344,8 +382,21 @@ struct GatewayAPI: Sendable {
 
 /// Hand-written response JSON: the hot path, and a fixed shape.
 enum ScoreResponseJSON {
+    /// The status and body of a score answer: 200 with the decision, or 503 `audit_unavailable` when
+    /// sync durability could not get its record into Redis in time.
+    static func answer(_ answer: ScoreAnswer) -> (HTTPResponse.Status, String) {
+        switch answer {
+        case .answered(let r): return (.ok, encode(r))
+        case .auditUnavailable: return (.serviceUnavailable, auditUnavailableBody)
+        }
+    }
+
+    static let auditUnavailableBody = RequestError.json(
+        code: "audit_unavailable", message: "the decision could not be audited (Redis unavailable); retry", field: nil)
+
     static func encode(_ r: ScoreResponse) -> String {
-        var s = "{\"request_id\":\"\(JSONText.escape(r.requestId))\",\"symbol\":\"\(JSONText.escape(r.symbol))\""
+        // decision_id is a gateway-made UUID: hex and dashes, nothing to escape.
+        var s = "{\"decision_id\":\"\(r.decisionId)\",\"request_id\":\"\(JSONText.escape(r.requestId))\",\"symbol\":\"\(JSONText.escape(r.symbol))\""
         s += ",\"decision\":\"\(r.decision.rawValue)\",\"score\":\(JSONText.number(r.score))"
         s += ",\"source\":\"\(r.source.rawValue)\",\"model\":\(r.model.map(model) ?? "null")"
         s += ",\"feature_age_ms\":\(JSONText.number(r.featureAgeMs)),\"latency_us\":\(r.latencyUs)"

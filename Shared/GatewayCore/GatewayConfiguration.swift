@@ -62,8 +62,18 @@ public struct GatewayConfiguration: Sendable {
     public var auditBufferMax: Int = 100_000
     /// `AUDIT_BATCH_MAX`: records per pipelined write. Default: 512.
     public var auditBatchMax: Int = 512
-    /// `STREAM_MAXLEN`: approximate cap of `te:audit` (XADD MAXLEN ~). Default: none.
+    /// `STREAM_MAXLEN`: cap of `te:audit`, trimmed (about once a second) only past what every consumer
+    /// group has acknowledged (`StreamTrim`). Default: none.
     public var streamMaxLen: Int?
+    /// `AUDIT_DURABILITY`: `sync` (a decision is answered only once its record's XADD is acknowledged;
+    /// else 503 `audit_unavailable`) or `async` (answered first, the record follows). Default: sync.
+    public var auditDurability: AuditDurability = .sync
+    /// `AUDIT_SYNC_WAIT_MS`: in sync mode, how long a decided request waits for its record to reach
+    /// Redis before answering 503. Default: SCORE_TIMEOUT_MS.
+    public var auditSyncWaitMs: Double?
+    /// The consumer group the gateway creates on `te:audit` (from its first entry) if it is missing,
+    /// so nothing is trimmed before audit-writer has read it. Default: `audit-writer`.
+    public var auditGroup: String = "audit-writer"
     /// `MODEL_IDENTITY_REFRESH_SEC`: how often name/version/hash are re-read from Triton. Default: 10.
     public var identityRefreshSeconds: Double = 10
     /// `BATCH_MAX_ROWS`: rows coalesced into one inference call. Default: 64.
@@ -90,6 +100,7 @@ public struct GatewayConfiguration: Sendable {
         self.tritonURL = tritonURL
     }
 
+    public var auditSyncWait: Duration { .microseconds(Int64((auditSyncWaitMs ?? scoreTimeoutMs) * 1000)) }
     public var hedgeAfter: Double { hedgeAfterMs ?? scoreTimeoutMs * 0.4 }
 
     public init(environment env: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) {
@@ -123,6 +134,14 @@ public struct GatewayConfiguration: Sendable {
         auditBufferMax = try reader.int("AUDIT_BUFFER_MAX", range: 1...100_000_000) ?? auditBufferMax
         auditBatchMax = try reader.int("AUDIT_BATCH_MAX", range: 1...100_000) ?? auditBatchMax
         streamMaxLen = try reader.int("STREAM_MAXLEN", range: 1...Int.max)
+        if let text = reader.string("AUDIT_DURABILITY") {
+            guard let value = AuditDurability(rawValue: text.lowercased()) else {
+                throw ConfigurationError(variable: "AUDIT_DURABILITY", problem: "must be sync or async, got \"\(text)\"")
+            }
+            auditDurability = value
+        }
+        auditSyncWaitMs = try reader.double("AUDIT_SYNC_WAIT_MS", range: 0.1...60_000)
+        auditStream = reader.string("AUDIT_STREAM") ?? auditStream
         identityRefreshSeconds = try reader.double("MODEL_IDENTITY_REFRESH_SEC", range: 0.1...86_400) ?? identityRefreshSeconds
         batchMaxRows = try reader.int("BATCH_MAX_ROWS", range: 1...4096) ?? batchMaxRows
         batchMaxInFlight = try reader.int("BATCH_MAX_IN_FLIGHT", range: 1...64) ?? batchMaxInFlight
@@ -168,4 +187,12 @@ struct EnvironmentReader {
         default: throw ConfigurationError(variable: name, problem: "must be true or false, got \"\(text)\"")
         }
     }
+}
+
+/// When a decision is answered relative to its audit record reaching Redis.
+public enum AuditDurability: String, Sendable {
+    /// Answered only once the record's XADD is acknowledged.
+    case sync
+    /// Answered first; the record follows from the buffer.
+    case async
 }

@@ -10,6 +10,7 @@ public final class GatewayMetrics: Sendable {
     let auditBufferDepth: Gauge
     let auditDropped: Counter
     let auditWritten: Counter
+    let auditUnavailable: Counter
     let canaryAbsDelta: ValueHistogram
     let canaryDisagree: Counter
     let canaryRollbacks: Counter
@@ -51,6 +52,11 @@ public final class GatewayMetrics: Sendable {
             labels: [])
         auditWritten = registry.makeCounter(
             descriptor: Self.name("te_gateway_audit_written_total", "Audit records written to te:audit"), labels: [])
+        auditUnavailable = registry.makeCounter(
+            descriptor: Self.name(
+                "te_gateway_audit_unavailable_total",
+                "Decisions answered 503 audit_unavailable: their record did not reach Redis in time (sync durability)"),
+            labels: [])
         canaryAbsDelta = registry.makeValueHistogram(
             descriptor: Self.name("canary_abs_delta", "Absolute difference between canary and primary scores"),
             labels: [], buckets: [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1])

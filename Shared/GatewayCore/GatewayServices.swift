@@ -1,4 +1,5 @@
 import Logging
+import ServiceKit
 import ServiceLifecycle
 import Synchronization
 import TEModels
@@ -35,7 +36,7 @@ public struct FeatureFeed: Service {
                             guard let writtenAtNs = Self.entryTimeNs(entry.id) else { continue }
                             do {
                                 let snapshot = try StreamFieldDecoder.decode(FeatureSnapshot.self, from: entry.fields)
-                                memory.put(StoredFeatures(snapshot: snapshot, writtenAtNs: writtenAtNs))
+                                memory.put(StoredFeatures(snapshot: snapshot, writtenAtNs: writtenAtNs, entryId: entry.id))
                             } catch {
                                 decodeFailures += 1
                                 if decodeFailures.isPowerOf2 {
@@ -174,46 +175,86 @@ final class OneShot<Value: Sendable>: Sendable {
 
 /// Writes buffered audit records to `te:audit`: batches of pipelined XADDs on a connection of its own.
 /// A failed write leaves the batch in the buffer and is retried with backoff (audit-writer inserts
-/// idempotently on request_id, so a batch written twice adds nothing). On shutdown it drains the buffer
+/// idempotently on decision_id, so a batch written twice adds nothing). On shutdown it drains the buffer
 /// for up to `drainTimeout`.
+///
+/// Before its first write (and after Redis failed, which may have lost it) it creates the consumer
+/// group `group` from the stream's start if missing, so entries written before audit-writer ever ran
+/// are neither skipped nor trimmed. With `maxLen`, it trims the stream at most once per `trimInterval`
+/// with `StreamTrim` (never past any group's unacknowledged entries) instead of XADD MAXLEN.
+///
+/// Sync durability: no linger (a request is waiting for the write), and a second loop answers the
+/// waiters whose wait expired (`AuditBuffer.expireWaiters`) even while a write hangs.
 public struct AuditStreamWriter: Service {
     let redis: RedisClient
     let buffer: AuditBuffer
     let stream: String
+    let group: String?
     let batchMax: Int
     let maxLen: Int?
+    let durability: AuditDurability
+    let syncWait: Duration
     let drainTimeout: Duration
-    /// Pause after a partial batch, so low-rate traffic is written a few records at a time.
+    let trimInterval: Duration
+    /// Pause after a partial batch (async mode), so low-rate traffic is written a few records at a time.
     let linger: Duration
     let logger: Logger
 
     public init(
-        redis: RedisClient, buffer: AuditBuffer, stream: String = StreamKey.audit, batchMax: Int, maxLen: Int?,
-        drainTimeout: Duration = .seconds(3), linger: Duration = .milliseconds(2), logger: Logger
+        redis: RedisClient, buffer: AuditBuffer, stream: String = StreamKey.audit, group: String? = "audit-writer",
+        batchMax: Int, maxLen: Int?, durability: AuditDurability = .async, syncWait: Duration = .milliseconds(20),
+        drainTimeout: Duration = .seconds(3), trimInterval: Duration = .seconds(1), linger: Duration = .milliseconds(2),
+        logger: Logger
     ) {
-        self.linger = linger
+        self.linger = durability == .sync ? .zero : linger
         self.redis = redis
         self.buffer = buffer
         self.stream = stream
+        self.group = group
         self.batchMax = batchMax
         self.maxLen = maxLen
+        self.durability = durability
+        self.syncWait = syncWait
         self.drainTimeout = drainTimeout
+        self.trimInterval = trimInterval
         self.logger = logger
     }
 
     public func run() async throws {
-        await cancelWhenGracefulShutdownOrCancelled {
-            await writeLoop(until: nil)
+        await withTaskGroup(of: Void.self) { tasks in
+            if durability == .sync {
+                tasks.addTask { await expireLoop() }
+            }
+            tasks.addTask {
+                var state = await cancelWhenGracefulShutdown {
+                    var state = WriterState()
+                    await writeLoop(until: nil, state: &state)
+                    return state
+                }
+                // Drain what the last requests left.
+                await writeLoop(until: .now + drainTimeout, state: &state)
+            }
+            await tasks.next()
+            tasks.cancelAll()
         }
-        // Drain what the last requests left.
-        await writeLoop(until: .now + drainTimeout)
     }
 
-    private func cancelWhenGracefulShutdownOrCancelled(_ body: @escaping @Sendable () async -> Void) async {
-        await cancelWhenGracefulShutdown { await body() }
+    /// Answers expired sync waiters; sleeps until the next deadline (or one wait, when none waits: a
+    /// new waiter's deadline is at least that far away).
+    func expireLoop() async {
+        while !Task.isCancelled {
+            let next = buffer.expireWaiters(now: .now) ?? (.now + syncWait)
+            try? await Task.sleep(until: next, clock: .continuous)
+        }
+        _ = buffer.expireWaiters(now: .now + .seconds(3600))
     }
 
-    func writeLoop(until deadline: ContinuousClock.Instant?) async {
+    struct WriterState {
+        var needsGroup = true
+        var nextTrim = ContinuousClock.now
+    }
+
+    func writeLoop(until deadline: ContinuousClock.Instant?, state: inout WriterState) async {
         var backoff = Duration.milliseconds(20)
         var failures = 0
         while true {
@@ -222,11 +263,23 @@ public struct AuditStreamWriter: Service {
             } else if Task.isCancelled {
                 return
             }
-            let batch = await buffer.nextBatch(max: batchMax)
-            if batch.isEmpty { continue }
+            let (batch, entries) = await buffer.nextBatch(max: batchMax)
+            if entries == 0 { continue }
             do {
-                try await write(batch)
-                buffer.commit(count: batch.count)
+                if state.needsGroup, let group {
+                    try await redis.xgroupCreate(stream: stream, group: group, startID: "0")
+                    state.needsGroup = false
+                }
+                if !batch.isEmpty { try await write(batch) }
+                buffer.commit(entries: entries, written: batch.count)
+                if let maxLen, ContinuousClock.now >= state.nextTrim {
+                    state.nextTrim = .now + trimInterval
+                    do {
+                        try await StreamTrim.trim(redis, stream: stream, maxLen: maxLen)
+                    } catch {
+                        logger.warning("trimming te:audit failed", metadata: ["error": "\(error)"])
+                    }
+                }
                 // A partial batch means the writer is keeping up record by record: linger so the next
                 // write carries several. At one connection this halves the audit path's thread wake-ups
                 // (writer task, Redis thread, reply) that compete with requests for the 2 cores.
@@ -238,6 +291,7 @@ public struct AuditStreamWriter: Service {
                 backoff = .milliseconds(20)
             } catch {
                 failures += 1
+                state.needsGroup = true
                 buffer.markFailed()
                 if failures.isPowerOf2 {
                     logger.error(
@@ -254,7 +308,7 @@ public struct AuditStreamWriter: Service {
         var commands: [RedisCommand] = []
         commands.reserveCapacity(batch.count)
         for record in batch {
-            commands.append(.xadd(stream, maxLen: maxLen, fields: try AuditFields.encode(record)))
+            commands.append(.xadd(stream, maxLen: nil, fields: try AuditFields.encode(record)))
         }
         let replies = try await redis.pipeline(commands)
         for reply in replies {

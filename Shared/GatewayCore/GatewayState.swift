@@ -8,10 +8,14 @@ public struct StoredFeatures: Sendable, Equatable {
     /// When the feature pipeline wrote it: the `te:features` entry id's millisecond time, or the
     /// `written_at_ns` field of `te:online:{SYMBOL}` (falling back to the snapshot's `ts_ns`).
     public var writtenAtNs: Int64
+    /// The `te:features` entry id it was read from (the audit's `feature_snapshot_id`); nil when it came
+    /// from `te:online:{SYMBOL}`, which carries no entry id.
+    public var entryId: String?
 
-    public init(snapshot: FeatureSnapshot, writtenAtNs: Int64) {
+    public init(snapshot: FeatureSnapshot, writtenAtNs: Int64, entryId: String? = nil) {
         self.snapshot = snapshot
         self.writtenAtNs = writtenAtNs
+        self.entryId = entryId
     }
 
     public func ageMs(nowNs: Int64) -> Double { max(0, Double(nowNs - writtenAtNs) / 1e6) }

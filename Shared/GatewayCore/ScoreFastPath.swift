@@ -124,7 +124,7 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
             return
         }
         let request: ScoreRequest
-        let requestID: String
+        let requestID: String?
         switch GatewayAPI.admitScore(body: body, headers: head.headerFields) {
         case .success(let (r, id)): (request, requestID) = (r, id)
         case .failure(let error):
@@ -135,14 +135,14 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         let eventLoop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: eventLoop)
         Task {
-            let json = ScoreResponseJSON.encode(await engine.score(request, requestID: requestID, arrival: arrival))
+            let (status, json) = ScoreResponseJSON.answer(await engine.score(request, requestID: requestID, arrival: arrival))
             if eventLoop.inEventLoop {
                 let (handler, context) = bound.value
-                handler.write(.ok, json, closeAfter: closeAfter, context: context)
+                handler.write(status, json, closeAfter: closeAfter, context: context)
             } else {
                 eventLoop.execute {
                     let (handler, context) = bound.value
-                    handler.write(.ok, json, closeAfter: closeAfter, context: context)
+                    handler.write(status, json, closeAfter: closeAfter, context: context)
                 }
             }
         }

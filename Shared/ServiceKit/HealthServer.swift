@@ -7,58 +7,134 @@ import ServiceLifecycle
 import Synchronization
 
 /// Named readiness checks (a dependency reachable, a model loaded). `/readyz` is 200 when every
-/// check passes within its timeout, else 503 naming the failing ones.
+/// check passes, else 503 naming the failing ones, and it answers within `answerWithin` whatever the
+/// dependencies do: each call starts a probe per check (one at a time per check: a call finding a probe
+/// still running joins it) and waits for them at most `answerWithin`; a probe still running then is a
+/// failure ("no answer within …", with how long it has been running). A probe running longer than
+/// `timeout` is abandoned (its late result ignored) so the next call probes afresh. Probes are
+/// unstructured tasks: a check that ignores cancellation (a blocking driver call) cannot hold `/readyz`.
 public final class ReadinessChecks: Sendable {
     public typealias Check = @Sendable () async throws -> Void
-    private let checks = Mutex<[(name: String, check: Check)]>([])
-    /// Per check. Default: 2 s.
-    public let timeout: Duration
 
-    public init(timeout: Duration = .seconds(2)) {
+    struct Probe {
+        var name: String
+        var check: Check
+        /// Incremented per started probe; a result is recorded only by the probe of the current one.
+        var generation = 0
+        var running: (since: ContinuousClock.Instant, done: Gate)?
+        var last: (reason: String?, at: ContinuousClock.Instant)?
+    }
+
+    private let probes = Mutex<[Probe]>([])
+    /// How long a probe may run before it is abandoned. Default: 2 s.
+    public let timeout: Duration
+    /// How long `/readyz` waits for its probes. Default: 80 ms (answers within 100 ms).
+    public let answerWithin: Duration
+
+    public init(timeout: Duration = .seconds(2), answerWithin: Duration = .milliseconds(80)) {
         self.timeout = timeout
+        self.answerWithin = answerWithin
     }
 
     /// Adds (or replaces) the check called `name`; it passes when it returns without throwing.
     public func add(_ name: String, _ check: @escaping Check) {
-        checks.withLock { list in
+        probes.withLock { list in
             list.removeAll { $0.name == name }
-            list.append((name, check))
+            list.append(Probe(name: name, check: check))
         }
     }
 
-    public var names: [String] { checks.withLock { $0.map(\.name) } }
+    public var names: [String] { probes.withLock { $0.map(\.name) } }
 
-    /// The failing checks and why; empty when ready.
+    /// The failing checks and why; empty when ready. Returns within `min(answerWithin, timeout)`.
     public func failures() async -> [(name: String, reason: String)] {
-        let list = checks.withLock { $0 }
-        let timeout = self.timeout
-        return await withTaskGroup(of: (Int, String?).self) { group in
-            for (i, entry) in list.enumerated() {
-                group.addTask {
-                    await withTaskGroup(of: String?.self) { race in
-                        race.addTask {
-                            do {
-                                try await entry.check()
-                                return nil
-                            } catch {
-                                return "\(error)"
-                            }
-                        }
-                        race.addTask {
-                            try? await Task.sleep(for: timeout)
-                            return "no answer within \(timeout)"
-                        }
-                        let first = await race.next()!
-                        race.cancelAll()
-                        return (i, first)
-                    }
+        let now = ContinuousClock.now
+        let gates = probes.withLock { list in
+            list.indices.map { i in start(&list, i, now: now) }
+        }
+        let all = Gate(count: gates.count)
+        for gate in gates { Task { await gate.wait(); all.arrive() } }
+        Task { [wait = min(answerWithin, timeout)] in
+            try? await Task.sleep(for: wait)
+            all.open()
+        }
+        await all.wait()
+        let after = ContinuousClock.now
+        return probes.withLock { list in
+            list.compactMap { probe -> (String, String)? in
+                if let running = probe.running {
+                    return (probe.name, "no answer within \(Self.milliseconds(after - running.since)) ms")
                 }
+                guard let reason = probe.last?.reason else { return nil }
+                return (probe.name, reason)
             }
-            var out: [(Int, String, String)] = []
-            for await (i, reason) in group {
-                if let reason { out.append((i, list[i].name, reason)) }
+        }
+    }
+
+    /// Starts a probe of `list[i]` unless one is running (and not yet abandoned); returns its gate.
+    private func start(_ list: inout [Probe], _ i: Int, now: ContinuousClock.Instant) -> Gate {
+        if let running = list[i].running, now - running.since < timeout { return running.done }
+        list[i].generation += 1
+        let generation = list[i].generation
+        let check = list[i].check
+        let gate = Gate(count: 1)
+        list[i].running = (now, gate)
+        let name = list[i].name
+        Task {
+            var reason: String?
+            do {
+                try await check()
+            } catch {
+                reason = "\(error)"
             }
-            return out.sorted { $0.0 < $1.0 }.map { ($0.1, $0.2) }
+            probes.withLock { list in
+                guard let j = list.firstIndex(where: { $0.name == name }), list[j].generation == generation else { return }
+                list[j].running = nil
+                list[j].last = (reason, .now)
+            }
+            gate.arrive()
+        }
+        return gate
+    }
+
+    static func milliseconds(_ d: Duration) -> Int {
+        Int(d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000)
+    }
+}
+
+/// Opens after `count` arrivals or one `open()`, whichever comes first; `wait` returns once open.
+final class Gate: Sendable {
+    private struct State {
+        var remaining: Int
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state: Mutex<State>
+
+    init(count: Int) { state = Mutex(State(remaining: count)) }
+
+    func arrive() { release { $0.remaining -= 1 } }
+
+    func open() { release { $0.remaining = 0 } }
+
+    private func release(_ change: (inout State) -> Void) {
+        let waiters: [CheckedContinuation<Void, Never>] = state.withLock { s in
+            change(&s)
+            guard s.remaining <= 0 else { return [] }
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    func wait() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let openNow = state.withLock { s in
+                if s.remaining <= 0 { return true }
+                s.waiters.append(c)
+                return false
+            }
+            if openNow { c.resume() }
         }
     }
 }

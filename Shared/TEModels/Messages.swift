@@ -389,6 +389,8 @@ public struct ModelIdentity: Codable, Sendable, Equatable, Hashable {
 
 /// Response 200 of `POST /v1/score`.
 public struct ScoreResponse: Codable, Sendable, Equatable {
+    /// The audit key of this decision (`decisions.decision_id`).
+    public var decisionId: String
     public var requestId: String
     public var symbol: String
     public var decision: Decision
@@ -402,15 +404,17 @@ public struct ScoreResponse: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case symbol, decision, score, source, model, reason
+        case decisionId = "decision_id"
         case requestId = "request_id"
         case featureAgeMs = "feature_age_ms"
         case latencyUs = "latency_us"
     }
 
     public init(
-        requestId: String, symbol: String, decision: Decision, score: Double?, source: ScoreSource,
+        decisionId: String, requestId: String, symbol: String, decision: Decision, score: Double?, source: ScoreSource,
         model: ModelIdentity?, featureAgeMs: Double?, latencyUs: Int64, reason: String? = nil
     ) {
+        self.decisionId = decisionId
         self.requestId = requestId
         self.symbol = symbol
         self.decision = decision
@@ -436,10 +440,14 @@ public struct CanaryResult: Codable, Sendable, Equatable {
     }
 }
 
-/// One per gateway decision, on `te:audit`, persisted by `audit-writer`.
+/// One per gateway decision, on `te:audit`, persisted by `audit-writer`. `decisionId` is the audit key
+/// (a UUID the gateway makes for every decision); `requestId` is the client's id, not necessarily unique.
 public struct AuditRecord: StreamMessage, Equatable {
-    public static let schemaVersion = 1
+    /// 2: `decision_id`, `feature_snapshot_id`, `feature_ts_ns`, `trace_id`, `client`. A v1 entry (no
+    /// `decision_id`; its request_id was always a gateway-made UUID) decodes with decision_id = request_id.
+    public static let schemaVersion = 2
 
+    public var decisionId: String
     public var requestId: String
     public var tsNs: Int64
     public var symbol: String
@@ -451,27 +459,42 @@ public struct AuditRecord: StreamMessage, Equatable {
     public var modelHash: String?
     /// The snapshot used, by feature name.
     public var features: FeatureVector?
+    /// The `te:features` entry id the features came from; nil when they came in the request (or from
+    /// `te:online`, which has no entry id).
+    public var featureSnapshotId: String?
+    /// That snapshot's `ts_ns`.
+    public var featureTsNs: Int64?
     public var featureAgeMs: Double?
     public var latencyUs: Int64
     public var canary: CanaryResult?
     public var reason: String?
+    /// W3C trace id (32 hex) when the request carried or started a trace.
+    public var traceId: String?
+    /// The API key's client name; nil when auth is off.
+    public var client: String?
 
     enum CodingKeys: String, CodingKey {
-        case symbol, decision, score, source, features, canary, reason
+        case symbol, decision, score, source, features, canary, reason, client
+        case decisionId = "decision_id"
         case requestId = "request_id"
         case tsNs = "ts_ns"
         case modelName = "model_name"
         case modelVersion = "model_version"
         case modelHash = "model_hash"
+        case featureSnapshotId = "feature_snapshot_id"
+        case featureTsNs = "feature_ts_ns"
         case featureAgeMs = "feature_age_ms"
         case latencyUs = "latency_us"
+        case traceId = "trace_id"
     }
 
     public init(
-        requestId: String, tsNs: Int64, symbol: String, decision: Decision, score: Double?, source: ScoreSource,
-        modelName: String?, modelVersion: String?, modelHash: String?, features: FeatureVector?,
-        featureAgeMs: Double?, latencyUs: Int64, canary: CanaryResult? = nil, reason: String? = nil
+        decisionId: String, requestId: String, tsNs: Int64, symbol: String, decision: Decision, score: Double?,
+        source: ScoreSource, modelName: String?, modelVersion: String?, modelHash: String?, features: FeatureVector?,
+        featureAgeMs: Double?, latencyUs: Int64, canary: CanaryResult? = nil, reason: String? = nil,
+        featureSnapshotId: String? = nil, featureTsNs: Int64? = nil, traceId: String? = nil, client: String? = nil
     ) {
+        self.decisionId = decisionId
         self.requestId = requestId
         self.tsNs = tsNs
         self.symbol = symbol
@@ -486,6 +509,33 @@ public struct AuditRecord: StreamMessage, Equatable {
         self.latencyUs = latencyUs
         self.canary = canary
         self.reason = reason
+        self.featureSnapshotId = featureSnapshotId
+        self.featureTsNs = featureTsNs
+        self.traceId = traceId
+        self.client = client
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        requestId = try c.decode(String.self, forKey: .requestId)
+        decisionId = try c.decodeIfPresent(String.self, forKey: .decisionId) ?? requestId
+        tsNs = try c.decode(Int64.self, forKey: .tsNs)
+        symbol = try c.decode(String.self, forKey: .symbol)
+        decision = try c.decode(Decision.self, forKey: .decision)
+        score = try c.decodeIfPresent(Double.self, forKey: .score)
+        source = try c.decode(ScoreSource.self, forKey: .source)
+        modelName = try c.decodeIfPresent(String.self, forKey: .modelName)
+        modelVersion = try c.decodeIfPresent(String.self, forKey: .modelVersion)
+        modelHash = try c.decodeIfPresent(String.self, forKey: .modelHash)
+        features = try c.decodeIfPresent(FeatureVector.self, forKey: .features)
+        featureSnapshotId = try c.decodeIfPresent(String.self, forKey: .featureSnapshotId)
+        featureTsNs = try c.decodeIfPresent(Int64.self, forKey: .featureTsNs)
+        featureAgeMs = try c.decodeIfPresent(Double.self, forKey: .featureAgeMs)
+        latencyUs = try c.decode(Int64.self, forKey: .latencyUs)
+        canary = try c.decodeIfPresent(CanaryResult.self, forKey: .canary)
+        reason = try c.decodeIfPresent(String.self, forKey: .reason)
+        traceId = try c.decodeIfPresent(String.self, forKey: .traceId)
+        client = try c.decodeIfPresent(String.self, forKey: .client)
     }
 }
 

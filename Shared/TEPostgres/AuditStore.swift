@@ -38,7 +38,25 @@ public struct AuditStore: Sendable {
                 CREATE INDEX decisions_symbol_decided_at ON decisions (symbol, decided_at DESC);
                 CREATE INDEX decisions_model_version_decided_at ON decisions (model_version, decided_at);
                 CREATE INDEX decisions_source_decided_at ON decisions (source, decided_at);
-                """)
+                """),
+        // decision_id (the gateway's UUID per decision) becomes the key; request_id is the client's id,
+        // any allowed text, not unique. Existing rows: their request_id was the gateway's UUID, so it
+        // becomes their decision_id (a rename keeps the primary key and its index) and is copied back as
+        // text. The other AuditRecord columns of DESIGN.md arrive here too, nullable.
+        Migration(
+            version: 2, name: "decision_id key, text request_id, lineage columns",
+            sql: """
+                ALTER TABLE decisions RENAME COLUMN request_id TO decision_id;
+                ALTER TABLE decisions ADD COLUMN request_id text;
+                UPDATE decisions SET request_id = decision_id::text;
+                ALTER TABLE decisions ALTER COLUMN request_id SET NOT NULL;
+                ALTER TABLE decisions
+                    ADD COLUMN feature_snapshot_id text,
+                    ADD COLUMN feature_ts_ns bigint,
+                    ADD COLUMN trace_id text,
+                    ADD COLUMN client text;
+                CREATE INDEX decisions_request_id ON decisions (request_id);
+                """),
     ]
 
     /// Applies the missing migrations.
@@ -52,17 +70,22 @@ public struct AuditStore: Sendable {
     public struct InsertOutcome: Sendable, Equatable {
         /// New rows.
         public var inserted: Int
-        /// Records whose request_id was already in the table (or repeated in the batch).
+        /// Records whose decision_id was already in the table (or repeated in the batch).
         public var duplicates: Int
 
         public init(inserted: Int, duplicates: Int) {
             self.inserted = inserted
             self.duplicates = duplicates
         }
+
+        static func += (a: inout InsertOutcome, b: InsertOutcome) {
+            a.inserted += b.inserted
+            a.duplicates += b.duplicates
+        }
     }
 
     /// Inserts `records` in one transaction: COPY into a session-temporary staging table, then
-    /// `INSERT … SELECT … ON CONFLICT (request_id) DO NOTHING`. All or nothing: on error nothing is
+    /// `INSERT … SELECT … ON CONFLICT (decision_id) DO NOTHING`. All or nothing: on error nothing is
     /// inserted and the error is thrown.
     public func insert(_ records: [AuditRecord]) async throws -> InsertOutcome {
         guard !records.isEmpty else { return InsertOutcome(inserted: 0, duplicates: 0) }
@@ -70,8 +93,9 @@ public struct AuditStore: Sendable {
         return try await connection.withTransaction { tx in
             // One staging table per session, emptied at every commit: no catalog churn per batch.
             try await tx.execute(script: """
-                CREATE TEMP TABLE IF NOT EXISTS audit_staging (
-                    request_id uuid NOT NULL,
+                CREATE TEMP TABLE IF NOT EXISTS audit_staging_v2 (
+                    decision_id uuid NOT NULL,
+                    request_id text NOT NULL,
                     ts_ns bigint NOT NULL,
                     symbol text NOT NULL,
                     decision text NOT NULL,
@@ -86,7 +110,11 @@ public struct AuditStore: Sendable {
                     canary_version text,
                     canary_score double precision,
                     canary_mode text,
-                    reason text
+                    reason text,
+                    feature_snapshot_id text,
+                    feature_ts_ns bigint,
+                    trace_id text,
+                    client text
                 ) ON COMMIT DELETE ROWS
                 """)
             _ = try await tx.copyFrom(Self.copySQL, data: payload)
@@ -95,57 +123,97 @@ public struct AuditStore: Sendable {
         }
     }
 
-    /// Like `insert`, but a batch rejected for its data (SQLSTATE class 22/23) is retried record by
-    /// record, so the good records go in and each bad one comes back with the database's message.
-    /// Errors that are not about the data (connection lost, server shutting down) are thrown.
+    /// Like `insert`, but bad records are set aside instead of failing the batch: first every record
+    /// PostgreSQL would reject is found without asking it (`problem(with:)`), so the batch goes in with
+    /// one COPY; if PostgreSQL still rejects a batch for its data (SQLSTATE class 22/23), it is split in
+    /// halves until the culprits are alone (a few transactions per bad record, not one per record).
+    /// Returns each rejected record's index and why. Errors that are not about the data (connection
+    /// lost, server shutting down) are thrown.
     public func insertIsolatingBadRecords(
         _ records: [AuditRecord]
-    ) async throws -> (outcome: InsertOutcome, rejected: [(index: Int, error: PostgresError)]) {
-        do {
-            return (try await insert(records), [])
-        } catch let error as PostgresError where error.isDataError && records.count > 1 {
-            var total = InsertOutcome(inserted: 0, duplicates: 0)
-            var rejected: [(Int, PostgresError)] = []
-            for (index, record) in records.enumerated() {
-                do {
-                    let outcome = try await insert([record])
-                    total.inserted += outcome.inserted
-                    total.duplicates += outcome.duplicates
-                } catch let error as PostgresError where error.isDataError {
-                    rejected.append((index, error))
-                }
+    ) async throws -> (outcome: InsertOutcome, rejected: [(index: Int, reason: String)]) {
+        var rejected: [(index: Int, reason: String)] = []
+        var good: [(Int, AuditRecord)] = []
+        good.reserveCapacity(records.count)
+        for (index, record) in records.enumerated() {
+            if let problem = Self.problem(with: record) {
+                rejected.append((index, problem))
+            } else {
+                good.append((index, record))
             }
-            return (total, rejected)
+        }
+        var total = InsertOutcome(inserted: 0, duplicates: 0)
+        try await insertBisecting(good[...], total: &total, rejected: &rejected)
+        return (total, rejected.sorted { $0.index < $1.index })
+    }
+
+    private func insertBisecting(
+        _ items: ArraySlice<(Int, AuditRecord)>, total: inout InsertOutcome, rejected: inout [(index: Int, reason: String)]
+    ) async throws {
+        guard !items.isEmpty else { return }
+        do {
+            total += try await insert(items.map(\.1))
         } catch let error as PostgresError where error.isDataError {
-            return (InsertOutcome(inserted: 0, duplicates: 0), [(0, error)])
+            if items.count == 1 {
+                rejected.append((items[items.startIndex].0, "postgres rejected the record: \(error)"))
+                return
+            }
+            let middle = items.startIndex + items.count / 2
+            try await insertBisecting(items[..<middle], total: &total, rejected: &rejected)
+            try await insertBisecting(items[middle...], total: &total, rejected: &rejected)
         }
     }
 
-    static let columns = [
-        "request_id", "ts_ns", "symbol", "decision", "score", "source", "model_name", "model_version",
-        "model_hash", "features", "feature_age_ms", "latency_us", "canary_version", "canary_score",
-        "canary_mode", "reason",
-    ]
+    /// Why PostgreSQL would reject `record`, nil when it would not: decision_id must be a UUID
+    /// (8-4-4-4-12 hex digits) and text cannot hold NUL (COPY fails with 22021).
+    public static func problem(with record: AuditRecord) -> String? {
+        guard isUUID(record.decisionId) else { return "decision_id is not a UUID: \(String(record.decisionId.prefix(64)).debugDescription)" }
+        let texts: [(String, String?)] = [
+            ("request_id", record.requestId), ("symbol", record.symbol), ("model_name", record.modelName),
+            ("model_version", record.modelVersion), ("model_hash", record.modelHash),
+            ("canary_version", record.canary?.version), ("canary_mode", record.canary?.mode), ("reason", record.reason),
+            ("feature_snapshot_id", record.featureSnapshotId), ("trace_id", record.traceId), ("client", record.client),
+        ]
+        for case let (column, text?) in texts where text.utf8.contains(0) {
+            return "\(column) contains a NUL character, which PostgreSQL text cannot hold"
+        }
+        return nil
+    }
+
+    /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, hex digits in either case.
+    static func isUUID(_ text: String) -> Bool {
+        let bytes = text.utf8
+        guard bytes.count == 36 else { return false }
+        for (i, b) in bytes.enumerated() {
+            if i == 8 || i == 13 || i == 18 || i == 23 {
+                if b != UInt8(ascii: "-") { return false }
+            } else if !((b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x46) || (b >= 0x61 && b <= 0x66)) {
+                return false
+            }
+        }
+        return true
+    }
 
     static let copySQL =
-        "COPY audit_staging (request_id, ts_ns, symbol, decision, score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us, canary_version, canary_score, canary_mode, reason) FROM STDIN"
+        "COPY audit_staging_v2 (decision_id, request_id, ts_ns, symbol, decision, score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us, canary_version, canary_score, canary_mode, reason, feature_snapshot_id, feature_ts_ns, trace_id, client) FROM STDIN"
 
     // decided_at is ts_ns exactly to the microsecond (integer arithmetic, no float rounding).
     static let insertSQL = """
-        INSERT INTO decisions (request_id, decided_at, ts_ns, symbol, decision, score, source, model_name,
+        INSERT INTO decisions (decision_id, request_id, decided_at, ts_ns, symbol, decision, score, source, model_name,
             model_version, model_hash, features, feature_age_ms, latency_us, canary_version, canary_score,
-            canary_mode, reason)
-        SELECT request_id, to_timestamp(0) + (ts_ns / 1000) * interval '1 microsecond', ts_ns, symbol, decision,
-            score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us,
-            canary_version, canary_score, canary_mode, reason
-        FROM audit_staging
-        ON CONFLICT (request_id) DO NOTHING
+            canary_mode, reason, feature_snapshot_id, feature_ts_ns, trace_id, client)
+        SELECT decision_id, request_id, to_timestamp(0) + (ts_ns / 1000) * interval '1 microsecond', ts_ns, symbol,
+            decision, score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us,
+            canary_version, canary_score, canary_mode, reason, feature_snapshot_id, feature_ts_ns, trace_id, client
+        FROM audit_staging_v2
+        ON CONFLICT (decision_id) DO NOTHING
         """
 
-    /// The COPY text payload of `records`, columns in `columns` order.
+    /// The COPY text payload of `records`, columns in `copySQL` order.
     public static func copyPayload(_ records: [AuditRecord]) -> [UInt8] {
-        var encoder = CopyTextEncoder(reservingCapacity: records.count * 400)
+        var encoder = CopyTextEncoder(reservingCapacity: records.count * 480)
         for record in records {
+            encoder.append(record.decisionId)
             encoder.append(record.requestId)
             encoder.append(String(record.tsNs))
             encoder.append(record.symbol)
@@ -162,6 +230,10 @@ public struct AuditStore: Sendable {
             encoder.append(record.canary?.score.map(text))
             encoder.append(record.canary?.mode)
             encoder.append(record.reason)
+            encoder.append(record.featureSnapshotId)
+            encoder.append(record.featureTsNs.map { String($0) })
+            encoder.append(record.traceId)
+            encoder.append(record.client)
             encoder.endRow()
         }
         return encoder.bytes
@@ -192,14 +264,15 @@ public struct AuditStore: Sendable {
     }
 
     static let selectColumns = """
-        request_id, decided_at, ts_ns, symbol, decision, score, source, model_name, model_version, model_hash,
-        features, feature_age_ms, latency_us, canary_version, canary_score, canary_mode, reason
+        decision_id, request_id, decided_at, ts_ns, symbol, decision, score, source, model_name, model_version,
+        model_hash, features, feature_age_ms, latency_us, canary_version, canary_score, canary_mode, reason,
+        feature_snapshot_id, feature_ts_ns, trace_id, client
         """
 
     /// The most recent `limit` decisions for `symbol`, newest first.
     public func recent(symbol: String, limit: Int) async throws -> [StoredDecision] {
         let result = try await connection.query(
-            "SELECT \(Self.selectColumns) FROM decisions WHERE symbol = $1 ORDER BY decided_at DESC, request_id LIMIT $2",
+            "SELECT \(Self.selectColumns) FROM decisions WHERE symbol = $1 ORDER BY decided_at DESC, decision_id LIMIT $2",
             [symbol, String(limit)])
         return try result.rows.map { StoredDecision(record: try Self.record(from: $0), decidedAt: $0["decided_at"] ?? "") }
     }
@@ -207,7 +280,7 @@ public struct AuditStore: Sendable {
     /// Every stored decision, by ts_ns (for tests and exports of small tables).
     public func all() async throws -> [AuditRecord] {
         let result = try await connection.query(
-            "SELECT \(Self.selectColumns) FROM decisions ORDER BY ts_ns, request_id")
+            "SELECT \(Self.selectColumns) FROM decisions ORDER BY ts_ns, decision_id")
         return try result.rows.map(Self.record(from:))
     }
 
@@ -276,11 +349,17 @@ public struct AuditStore: Sendable {
         let canary = row["canary_version"].map {
             CanaryResult(version: $0, score: try? double("canary_score"), mode: row["canary_mode"])
         }
+        var featureTsNs: Int64?
+        if let text = row["feature_ts_ns"] {
+            guard let value = Int64(text) else { throw RowDecodingError(column: "feature_ts_ns", value: text) }
+            featureTsNs = value
+        }
         return AuditRecord(
-            requestId: try required("request_id"), tsNs: try int64("ts_ns"), symbol: try required("symbol"),
-            decision: decision, score: try double("score"), source: source, modelName: row["model_name"],
-            modelVersion: row["model_version"], modelHash: row["model_hash"], features: features,
-            featureAgeMs: try double("feature_age_ms"), latencyUs: try int64("latency_us"), canary: canary,
-            reason: row["reason"])
+            decisionId: try required("decision_id"), requestId: try required("request_id"), tsNs: try int64("ts_ns"),
+            symbol: try required("symbol"), decision: decision, score: try double("score"), source: source,
+            modelName: row["model_name"], modelVersion: row["model_version"], modelHash: row["model_hash"],
+            features: features, featureAgeMs: try double("feature_age_ms"), latencyUs: try int64("latency_us"),
+            canary: canary, reason: row["reason"], featureSnapshotId: row["feature_snapshot_id"],
+            featureTsNs: featureTsNs, traceId: row["trace_id"], client: row["client"])
     }
 }

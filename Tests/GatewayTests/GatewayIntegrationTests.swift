@@ -42,6 +42,9 @@ import TritonClient
         #expect(response.decision == (response.score! >= 0.5 ? .trade : .noTrade))
         #expect(response.reason == nil)
         #expect(record?.requestId == "req-model-1")
+        #expect(record?.decisionId == response.decisionId)
+        #expect(response.decisionId.count == 36)
+        #expect(record?.featureSnapshotId == nil)  // features came in the request
         #expect(record?.source == .model)
         #expect(record?.modelHash == response.model?.hash)
         #expect(record?.features == (try FeatureVector(features)))
@@ -149,18 +152,22 @@ import TritonClient
         let config = try GatewayTestEnv.config("feed")
         let redis = try redis()
         defer { redis.close() }
-        let response = try await GatewayTestEnv.withGateway(config) { deps, client in
+        let (response, entryID) = try await GatewayTestEnv.withGateway(config) { deps, client in
             let snapshot = FeatureSnapshot(
                 symbol: "DOTUSDT", tsNs: 5, windowMs: 5000, nQuotes: 3, nTrades: 0, tradeVolume: 0, lastPrice: 7,
                 warm: true, features: try FeatureVector(features))
             // The feed reads from the tail: wait until its first XREAD is blocked, then write.
             try await Task.sleep(for: .milliseconds(300))
-            _ = try await redis.xadd(config.featuresStream, fields: try StreamFieldEncoder.encode(snapshot))
+            let id = try await redis.xadd(config.featuresStream, fields: try StreamFieldEncoder.encode(snapshot))
             _ = await TestEnv.eventually { deps.engine.features.get("DOTUSDT") != nil }
-            return try await client.score(ScoreRequest(symbol: "DOTUSDT", freshnessMs: 5000)).0
+            return (try await client.score(ScoreRequest(symbol: "DOTUSDT", freshnessMs: 5000)).0, id)
         }
         #expect(response.source == .model)
         #expect(response.featureAgeMs.map { $0 >= 0 && $0 < 5000 } == true)
+        // The audit names the te:features entry the features came from, and its ts_ns.
+        let record = try await auditRecords(config.auditStream, expect: 1).first
+        #expect(record?.featureSnapshotId == entryID)
+        #expect(record?.featureTsNs == 5)
     }
 
     // MARK: cache and breaker (private Triton, stopped and restarted)
@@ -388,7 +395,10 @@ import TritonClient
     @Test func everyDecisionIsAuditedAcrossARedisRestart() async throws {
         let server = try await PrivateRedisServer()
         let port = server.port
-        let config = try GatewayTestEnv.config("audit-restart") { $0.redisURL = server.url }
+        let config = try GatewayTestEnv.config("audit-restart") {
+            $0.redisURL = server.url
+            $0.auditDurability = .async  // answered first: the records wait in the buffer while Redis is down
+        }
         let before = 20
         let during = 30
         let ids = try await GatewayTestEnv.withGateway(config) { deps, client in

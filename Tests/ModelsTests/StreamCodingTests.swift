@@ -54,7 +54,7 @@ import Testing
                 signalIds: ["s1", "s2"], firstTsNs: 1, lastTsNs: 2, count: 2, emitReason: "first"))
         _ = try roundTrip(
             AuditRecord(
-                requestId: "6F9619FF-8B86-D011-B42D-00C04FC964FF", tsNs: 3, symbol: "BTCUSDT", decision: .noTrade,
+                decisionId: "6f9619ff-8b86-4011-b42d-00c04fc964ff", requestId: "6F9619FF-8B86-D011-B42D-00C04FC964FF", tsNs: 3, symbol: "BTCUSDT", decision: .noTrade,
                 score: 0.25, source: .model, modelName: "trade_eligibility", modelVersion: "1", modelHash: "abc",
                 features: features, featureAgeMs: 1.5, latencyUs: 800, canary: CanaryResult(version: "2", score: 0.3)))
         _ = try roundTrip(DeadLetter(stage: "ingest", reason: "bad JSON", payload: "{", source: "kafka:ticks/0@5", tsNs: 9))

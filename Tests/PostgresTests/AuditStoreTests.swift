@@ -13,6 +13,7 @@ struct AuditStoreTests {
             let stored = try await store.all()
             #expect(stored.count == 250)
             #expect(stored == records.sorted { $0.tsNs < $1.tsNs })
+            #expect(stored.filter { $0.requestId == "same-client-id" }.count == 62)
             // Redelivery of everything, plus a batch that repeats a record within itself.
             #expect(try await store.insert(records) == .init(inserted: 0, duplicates: 250))
             let more = AuditRecords.make(3, startTsNs: 2_000_000_000_000_000_000)
@@ -21,28 +22,50 @@ struct AuditStoreTests {
             // decided_at is ts_ns to the microsecond.
             let first = try #require(records.first)
             let decidedAt = try await db.query(
-                "SELECT (extract(epoch FROM decided_at) * 1000000)::bigint AS us FROM decisions WHERE request_id = $1",
-                [first.requestId]
+                "SELECT (extract(epoch FROM decided_at) * 1000000)::bigint AS us FROM decisions WHERE decision_id = $1",
+                [first.decisionId]
             ).rows.first?["us"]
             #expect(decidedAt == String(first.tsNs / 1000))
         }
     }
 
-    @Test func badRecordsAreIsolatedWithTheDatabaseMessage() async throws {
+    @Test func badRecordsAreIsolatedWithTheirReasonAndTheRestGoesIn() async throws {
         try await PostgresTestServer.withDatabase { db, _ in
             let store = AuditStore(connection: db)
             try await store.migrate(logger: PostgresTestServer.logger)
-            var records = AuditRecords.make(10)
-            records[3].requestId = "not-a-uuid"
+            // A rule only the database knows (the validation cannot): found by bisection.
+            try await db.execute(script: "ALTER TABLE decisions ADD CONSTRAINT no_rejects CHECK (symbol <> 'REJECT-ME')")
+            var records = AuditRecords.make(1000)
+            records[3].decisionId = "not-a-uuid"
             records[7].symbol = "NUL\u{0}BYTE"  // text cannot hold NUL: 22021 from COPY
+            records[500].symbol = "REJECT-ME"
+            records[998].symbol = "REJECT-ME"
             let (outcome, rejected) = try await store.insertIsolatingBadRecords(records)
-            #expect(outcome == .init(inserted: 8, duplicates: 0))
-            #expect(rejected.map(\.index) == [3, 7])
-            #expect(rejected[0].error.sqlState == "22P02")
-            #expect(rejected[0].error.message.contains("uuid"))
-            #expect(rejected[1].error.isDataError)
-            #expect(try await db.query("SELECT count(*) AS n FROM decisions").rows.first?["n"] == "8")
+            #expect(outcome == .init(inserted: 996, duplicates: 0))
+            #expect(rejected.map(\.index) == [3, 7, 500, 998])
+            #expect(rejected[0].reason == #"decision_id is not a UUID: "not-a-uuid""#)
+            #expect(rejected[1].reason.contains("symbol contains a NUL"))
+            #expect(rejected[2].reason.contains("23514") && rejected[2].reason.contains("no_rejects"))
+            #expect(try await db.query("SELECT count(*) AS n FROM decisions").rows.first?["n"] == "996")
+            // Redelivered with the bad ones again: nothing new, the same rejections.
+            let again = try await store.insertIsolatingBadRecords(records)
+            #expect(again.outcome == .init(inserted: 0, duplicates: 996))
+            #expect(again.rejected.map(\.index) == [3, 7, 500, 998])
         }
+    }
+
+    @Test func validationFindsWhatPostgresWouldReject() {
+        var record = AuditRecords.make(1)[0]
+        #expect(AuditStore.problem(with: record) == nil)
+        record.decisionId = record.decisionId.uppercased()
+        #expect(AuditStore.problem(with: record) == nil)
+        for bad in ["", "6f9619ff8b86d011b42d00c04fc964ff", "6f9619ff-8b86-d011-b42d-00c04fc964fg", "{6f9619ff-8b86-d011-b42d-00c04fc964ff}"] {
+            record.decisionId = bad
+            #expect(AuditStore.problem(with: record)?.hasPrefix("decision_id is not a UUID") == true, "\(bad)")
+        }
+        record = AuditRecords.make(1)[0]
+        record.canary = CanaryResult(version: "2\u{0}", score: nil)
+        #expect(AuditStore.problem(with: record) == "canary_version contains a NUL character, which PostgreSQL text cannot hold")
     }
 
     @Test func recentAndCounts() async throws {

@@ -3,6 +3,7 @@ import TEModels
 import TEPostgres
 import TERedis
 import TestSupport
+import Testing
 
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -47,6 +48,13 @@ struct AuditWriterHarness {
             return Double(line.dropFirst(name.count + 1))
         }
         return nil
+    }
+
+    /// GET /readyz: status and body.
+    func readyz() async throws -> (status: Int, body: String) {
+        let url = try #require(URL(string: "http://127.0.0.1:\(metricsPort)/readyz"))
+        let (data, response) = try await URLSession.shared.data(from: url)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
     }
 
     func cleanUp(redis: RedisClient) async {

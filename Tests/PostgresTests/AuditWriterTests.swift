@@ -15,7 +15,7 @@ struct AuditWriterTests {
     static func expectStored(_ db: PostgresConnection, _ records: [AuditRecord]) async throws {
         let stored = try await AuditStore(connection: db).all()
         #expect(stored.count == records.count)
-        #expect(stored == records.sorted { ($0.tsNs, $0.requestId) < ($1.tsNs, $1.requestId) })
+        #expect(stored == records.sorted { ($0.tsNs, $0.decisionId) < ($1.tsNs, $1.decisionId) })
     }
 
     @Test func everyRecordOnceWithEveryFieldAndBadRecordsDeadLettered() async throws {
@@ -25,8 +25,8 @@ struct AuditWriterTests {
             let url = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
             let records = AuditRecords.make(400)
             var bad = AuditRecords.make(2, startTsNs: 9)
-            bad[0].requestId = "not-a-uuid"
-            bad[1].requestId = "also bad"
+            bad[0].decisionId = "not-a-uuid"
+            bad[1].symbol = "NUL\u{0}BYTE"
             try await harness.publish(Array(records[..<150]) + [bad[0]] + Array(records[150...]) + [bad[1]], redis: redis)
             let writer = try harness.start(postgresURL: url)
             let done = await TestEnv.eventually(timeout: .seconds(60)) { await rowCountIfReady(db) == records.count }
@@ -41,7 +41,11 @@ struct AuditWriterTests {
                 try StreamFieldDecoder.decode(DeadLetter.self, from: $0.fields)
             }
             #expect(letters.map(\.stage) == ["audit-writer", "audit-writer"])
-            #expect(letters.allSatisfy { $0.reason.contains("22P02") && $0.reason.contains("invalid input syntax for type uuid") })
+            #expect(letters.map(\.reason) == [
+                #"decision_id is not a UUID: "not-a-uuid""#, "symbol contains a NUL character, which PostgreSQL text cannot hold",
+            ])
+            // Non-UUID, repeated and 128-character client request ids are stored as sent (checked above).
+            #expect(Set(records.map(\.requestId)).contains("same-client-id"))
             let pendingDone = await TestEnv.eventually(timeout: .seconds(20)) {
                 (try? await redis.xpending(harness.stream, group: "audit-writer").count) == 0
             }
@@ -125,11 +129,18 @@ struct AuditWriterTests {
         }
         #expect(retried, "writer output:\n\(writer.output())")
         #expect(writer.isRunning)
+        // /readyz answers at once while PostgreSQL is down: 503, naming it.
+        let t0 = ContinuousClock.now
+        let (status, body) = try await harness.readyz()
+        print("audit-writer /readyz with PostgreSQL stopped answered in \(ContinuousClock.now - t0): \(body)")
+        #expect(status == 503)
+        #expect(body.contains("\"down\":{\"postgres\""))
         let pendingWhileDown = try await redis.xpending(harness.stream, group: "audit-writer").count
         #expect(pendingWhileDown > 0)
         #expect(try await redis.xlen(harness.dlq) == 0)
 
         try await cluster.start()
+        #expect(await TestEnv.eventually(timeout: .seconds(30)) { (try? await harness.readyz())?.status == 200 })
         let done = await TestEnv.eventually(timeout: .seconds(90)) { await rowCountIfReady(db) == records.count }
         let rows = await rowCountIfReady(db)
         #expect(done, "rows: \(rows); writer output:\n\(writer.output())")

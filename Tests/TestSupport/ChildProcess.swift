@@ -93,6 +93,10 @@ public final class PrivateRedisServer: Sendable {
 
     public var url: String { "redis://127.0.0.1:\(port)/0" }
 
+    /// SIGSTOP / SIGCONT: a server that keeps its connections but answers nothing, then recovers.
+    public func pause() { server.signal(SIGSTOP) }
+    public func resume() { server.signal(SIGCONT) }
+
     public func kill() async throws {
         server.kill9()
         try await server.waitForExit(timeout: .seconds(10))

@@ -95,8 +95,9 @@ let redis = RedisClient(configuration: try RedisConfiguration(url: redisURL), na
 let symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XBT/USD"]
 func record(_ i: Int, tsNs: Int64) -> AuditRecord {
     let f = Double(i % 1000) / 1000
+    let id = UUID().uuidString.lowercased()
     return AuditRecord(
-        requestId: UUID().uuidString.lowercased(), tsNs: tsNs, symbol: symbols[i % symbols.count],
+        decisionId: id, requestId: id, tsNs: tsNs, symbol: symbols[i % symbols.count],
         decision: i % 3 == 0 ? .noTrade : .trade, score: f, source: i % 20 == 0 ? .rules : .model,
         modelName: "trade_eligibility", modelVersion: i % 10 == 0 ? "2" : "1", modelHash: "sha256:0123456789abcdef",
         features: FeatureVector(
@@ -165,7 +166,7 @@ encoder.outputFormatting = [.sortedKeys]
 for r in sent {
     let features = r.features.map { String(decoding: try! encoder.encode($0), as: UTF8.self) }
     let fields: [String?] = [
-        r.requestId, String(r.tsNs), r.symbol, r.decision.rawValue, r.score.map { "\($0)" }, r.source.rawValue,
+        r.decisionId, r.requestId, String(r.tsNs), r.symbol, r.decision.rawValue, r.score.map { "\($0)" }, r.source.rawValue,
         r.modelName, r.modelVersion, r.modelHash, features, r.featureAgeMs.map { "\($0)" }, String(r.latencyUs),
         r.canary?.version, r.canary?.score.map { "\($0)" }, r.canary?.mode, r.reason,
     ]
@@ -179,7 +180,7 @@ try psql(dbURL, ["-c", "ALTER TABLE decisions_raw ALTER COLUMN decided_at SET DE
 let copyStart = clock.now
 try psql(dbURL, [
     "-c",
-    "\\copy decisions_raw (request_id, ts_ns, symbol, decision, score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us, canary_version, canary_score, canary_mode, reason) FROM '\(copyFile)'",
+    "\\copy decisions_raw (decision_id, request_id, ts_ns, symbol, decision, score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us, canary_version, canary_score, canary_mode, reason) FROM '\(copyFile)'",
 ])
 let copyElapsed = clock.now - copyStart
 let rawStored = Int(try psql(dbURL, ["-c", "SELECT count(*) FROM decisions_raw"]).trimmingCharacters(in: .whitespacesAndNewlines))!
