@@ -345,6 +345,7 @@ struct JSONScanner {
         return value
     }
 
+    /// Feature values: finite numbers that stay finite as FP32, the model's input type.
     mutating func numberArray(field: String) throws(RequestError) -> [Double] {
         guard peek() == UInt8(ascii: "[") else { throw try typeError(field: field, expected: "an array of numbers") }
         advance()
@@ -360,7 +361,13 @@ struct JSONScanner {
             if values.count >= 1024 {
                 throw RequestError(.invalidFeatures, "expected \(FeatureVector.count) numbers", field: field)
             }
-            values.append(try number(field: "\(field)[\(values.count)]"))
+            let element = "\(field)[\(values.count)]"
+            let value = try number(field: element)
+            // The model takes FP32: a double beyond Float's range would reach it as ±infinity.
+            guard Float(value).isFinite else {
+                throw RequestError(.invalidValue, "outside the model's FP32 range (magnitude at most 3.4028235e38)", field: element)
+            }
+            values.append(value)
             skipSpace()
             if peek() == UInt8(ascii: ",") {
                 advance()
