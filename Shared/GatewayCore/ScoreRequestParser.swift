@@ -1,3 +1,4 @@
+import HTTPTypes
 import ServiceKit
 import TEModels
 
@@ -15,6 +16,11 @@ public struct RequestError: Error, Equatable, Sendable {
         case invalidValue = "invalid_value"
         case bodyTooLarge = "body_too_large"
         case invalidQuery = "invalid_query"
+        /// The HTTP/1.1 framing itself (Content-Length, chunking, the head).
+        case malformedHTTP = "malformed_http"
+        case unsupportedMediaType = "unsupported_media_type"
+        case notFound = "not_found"
+        case methodNotAllowed = "method_not_allowed"
     }
 
     public var code: Code
@@ -28,6 +34,18 @@ public struct RequestError: Error, Equatable, Sendable {
     }
 
     public var json: String { Self.json(code: code.rawValue, message: message, field: field) }
+
+    /// The HTTP status this error is answered with.
+    public var status: HTTPResponse.Status {
+        switch code {
+        case .unsupportedMediaType: .unsupportedMediaType
+        case .notFound: .notFound
+        case .methodNotAllowed: .methodNotAllowed
+        case .malformedJSON, .invalidType, .unknownField, .duplicateField, .missingField, .invalidSymbol, .invalidFeatures,
+            .nonFiniteNumber, .invalidValue, .bodyTooLarge, .invalidQuery, .malformedHTTP:
+            .badRequest
+        }
+    }
 
     /// `{"error":{"code","message","field"}}`, the body of every client-error answer.
     static func json(code: String, message: String, field: String?) -> String {
