@@ -4,7 +4,7 @@ import TEModels
 
 /// A client mistake in a request: answered with 400 `{"error":{"code","message","field"}}`.
 public struct RequestError: Error, Equatable, Sendable {
-    public enum Code: String, Sendable {
+    public enum Code: String, Sendable, CaseIterable {
         case malformedJSON = "malformed_json"
         case invalidType = "invalid_type"
         case unknownField = "unknown_field"

@@ -145,6 +145,20 @@ import Testing
         #expect(documented == served)
     }
 
+    /// Every error code the gateway answers with is one the Error schema lists, and the schema lists no other.
+    @Test func errorCodesMatchTheOpenAPIDocument() throws {
+        let yaml = OpenAPIDocument.yaml
+        let start = try #require(yaml.range(of: "enum: [malformed_json"))
+        let end = try #require(yaml[start.lowerBound...].firstIndex(of: "]"))
+        let documented = Set(
+            yaml[yaml.index(start.lowerBound, offsetBy: 7)..<end].split(separator: ",").map {
+                $0.trimmingCharacters(in: .whitespacesAndNewlines)
+            })
+        // Answered outside RequestError.Code: the bearer check, /debug/features, Redis outages.
+        let others: Set = ["unauthorized", "no_features", "redis_unavailable"]
+        #expect(documented == Set(RequestError.Code.allCases.map(\.rawValue)).union(others))
+    }
+
     @Test func contentTypeIsJSON() {
         for yes in ["application/json", "application/json;charset=utf-8", "APPLICATION/JSON ; q=1", "\tapplication/json"] {
             #expect(GatewayAPI.isJSON(contentType: yes), "\(yes)")
