@@ -34,9 +34,13 @@ public func buildDependencies(
     let feedRedis = RedisClient(configuration: redisConfiguration, name: "gateway-features", logger: logger)
     let auditRedis = RedisClient(configuration: redisConfiguration, name: "gateway-audit", logger: logger)
     let metrics = GatewayMetrics(registry: registry)
-    let primary = try TritonEndpoint(label: "primary", url: config.tritonURL, modelName: config.modelName)
+    let keepalive = (
+        interval: config.tritonKeepaliveMs > 0 ? Duration.milliseconds(config.tritonKeepaliveMs) : nil,
+        timeout: Duration.milliseconds(config.tritonKeepaliveTimeoutMs))
+    let primary = try TritonEndpoint(
+        label: "primary", url: config.tritonURL, modelName: config.modelName, keepalive: keepalive)
     let secondary = try config.tritonSecondaryURL.map {
-        try TritonEndpoint(label: "secondary", url: $0, modelName: config.modelName)
+        try TritonEndpoint(label: "secondary", url: $0, modelName: config.modelName, keepalive: keepalive)
     }
     let memory = FeatureMemory()
     let audit = AuditBuffer(capacity: config.auditBufferMax, metrics: metrics)
@@ -95,7 +99,8 @@ public func buildApplication(_ dependencies: GatewayDependencies) -> some Applic
     return Application(
         router: buildRouter(dependencies),
         server: .http1(
-            configuration: .init(additionalChannelHandlers: fastPath ? [ScoreFastPathHandler(api: api)] : [])),
+            configuration: .init(
+                additionalChannelHandlers: [FramingErrorHandler()] + (fastPath ? [ScoreFastPathHandler(api: api)] : []))),
         configuration: .init(address: .hostname(config.httpHost, port: config.httpPort), serverName: "te-gateway"),
         services: dependencies.services,
         logger: dependencies.logger)
@@ -104,6 +109,7 @@ public func buildApplication(_ dependencies: GatewayDependencies) -> some Applic
 public func buildRouter(_ d: GatewayDependencies) -> Router<BasicRequestContext> {
     let router = Router()
     let api = GatewayAPI(d)
+    router.add(middleware: RouteErrorMiddleware(methods: GatewayAPI.routeMethods))
     if !api.keys.isEmpty { router.add(middleware: APIKeyMiddleware(keys: api.keys)) }
     router.post("/v1/score") { request, context in try await api.score(request, context) }
     router.get("/v1/opportunities") { request, _ in try await api.opportunities(request) }
@@ -118,6 +124,30 @@ public func buildRouter(_ d: GatewayDependencies) -> Router<BasicRequestContext>
             body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.yaml)))
     }
     return router
+}
+
+/// An unknown path is 404, a known path with a method it does not serve 405 with `Allow`, both with the
+/// error JSON (Hummingbird's router answers both with an empty 404).
+struct RouteErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    /// Each path's methods.
+    let methods: [String: [HTTPRequest.Method]]
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var path = request.uri.path
+        if path.count > 1, path.hasSuffix("/") { path.removeLast() }  // the router matches "/healthz/" as "/healthz"
+        if let allowed = methods[path], !allowed.contains(request.method) {
+            let list = allowed.map(\.rawValue).joined(separator: ", ")
+            var response = GatewayAPI.clientError(
+                RequestError(.methodNotAllowed, "\(request.method.rawValue) is not allowed on \(path); allowed: \(list)"))
+            response.headers[.allow] = list
+            return response
+        }
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError where error.status == .notFound {
+            return GatewayAPI.clientError(RequestError(.notFound, "no such path: \(path)"))
+        }
+    }
 }
 
 /// `/v1/*` and `/debug/*` need `Authorization: Bearer <key>` when `GATEWAY_API_KEYS` is set.
@@ -179,7 +209,13 @@ struct GatewayAPI: Sendable {
         json(status, RequestError.json(code: code, message: message, field: field))
     }
 
-    static func badRequest(_ e: RequestError) -> Response { json(.badRequest, e.json) }
+    static func clientError(_ e: RequestError) -> Response { json(e.status, e.json) }
+
+    /// Every route's path and methods (`buildRouter` registers them; a test checks them against deploy/openapi.yaml).
+    static let routeMethods: [String: [HTTPRequest.Method]] = [
+        "/v1/score": [.post], "/v1/opportunities": [.get], "/debug/features": [.get], "/debug/triton": [.get],
+        "/healthz": [.get], "/readyz": [.get], "/metrics": [.get], "/openapi.yaml": [.get],
+    ]
 
     // MARK: POST /v1/score
 
@@ -195,7 +231,7 @@ struct GatewayAPI: Sendable {
             }
         }
         switch Self.admitScore(body: body, headers: request.headers) {
-        case .failure(let error): return Self.badRequest(error)
+        case .failure(let error): return Self.clientError(error)
         case .success(let (parsed, requestID)):
             let (status, body) = ScoreResponseJSON.answer(await d.engine.score(parsed, requestID: requestID, arrival: arrival))
             return Self.json(status, body)
@@ -205,6 +241,7 @@ struct GatewayAPI: Sendable {
     /// A score request's validated body and its request id, or the client error to answer; `body` nil =
     /// over the size limit. Shared by the router's route and the event-loop fast path.
     static func admitScore(body: ByteBuffer?, headers: HTTPFields) -> Result<(ScoreRequest, String?), RequestError> {
+        guard isJSON(contentType: headers[.contentType]) else { return .failure(notJSON) }
         guard let body else { return .failure(bodyTooLarge) }
         return body.withUnsafeReadableBytes { ScoreRequestParser.parseResult($0) }.map {
             ($0, requestID(headers[requestIDHeader]))
@@ -212,6 +249,19 @@ struct GatewayAPI: Sendable {
     }
 
     static let requestIDHeader = HTTPField.Name("X-Request-Id")!
+
+    static let notJSON = RequestError(.unsupportedMediaType, "Content-Type must be application/json", field: "Content-Type")
+
+    /// `application/json`, any case, parameters (`; charset=utf-8`) allowed. A missing type is not JSON:
+    /// the body is only read as what the client declares.
+    static func isJSON(contentType: String?) -> Bool {
+        guard let contentType else { return false }
+        let mediaType = contentType.utf8.prefix { $0 != UInt8(ascii: ";") }
+        let expected = "application/json".utf8
+        var trimmed = mediaType.drop { $0 == 0x20 || $0 == 0x09 }
+        while let last = trimmed.last, last == 0x20 || last == 0x09 { trimmed = trimmed.dropLast() }
+        return trimmed.count == expected.count && zip(trimmed, expected).allSatisfy { b, e in (b >= 0x41 && b <= 0x5A ? b | 0x20 : b) == e }
+    }
 
     /// The client's `X-Request-Id` when it is an allowed id (1–128 of `[A-Za-z0-9_-]`), else nil (the
     /// decision's request_id is then its decision_id).
@@ -232,12 +282,12 @@ struct GatewayAPI: Sendable {
         let query = request.uri.queryParameters
         let symbol = query["symbol"].map(String.init)
         if let symbol, !Symbol.isValid(symbol) {
-            return Self.badRequest(RequestError(.invalidSymbol, "not a valid symbol", field: "symbol"))
+            return Self.clientError(RequestError(.invalidSymbol, "not a valid symbol", field: "symbol"))
         }
         var limit = 20
         if let raw = query["limit"] {
             guard let value = Int(raw), (1...1000).contains(value) else {
-                return Self.badRequest(RequestError(.invalidQuery, "limit must be an integer in 1...1000", field: "limit"))
+                return Self.clientError(RequestError(.invalidQuery, "limit must be an integer in 1...1000", field: "limit"))
             }
             limit = value
         }
@@ -268,10 +318,10 @@ struct GatewayAPI: Sendable {
 
     func debugFeatures(_ request: Request) async throws -> Response {
         guard let symbol = request.uri.queryParameters["symbol"].map(String.init) else {
-            return Self.badRequest(RequestError(.missingField, "query parameter symbol is required", field: "symbol"))
+            return Self.clientError(RequestError(.missingField, "query parameter symbol is required", field: "symbol"))
         }
         guard Symbol.isValid(symbol) else {
-            return Self.badRequest(RequestError(.invalidSymbol, "not a valid symbol", field: "symbol"))
+            return Self.clientError(RequestError(.invalidSymbol, "not a valid symbol", field: "symbol"))
         }
         var stored = d.engine.features.get(symbol)
         var origin = "memory"
@@ -298,7 +348,7 @@ struct GatewayAPI: Sendable {
         var n = 8
         if let raw = request.uri.queryParameters["n"] {
             guard let value = Int(raw), (1...1000).contains(value) else {
-                return Self.badRequest(RequestError(.invalidQuery, "n must be an integer in 1...1000", field: "n"))
+                return Self.clientError(RequestError(.invalidQuery, "n must be an integer in 1...1000", field: "n"))
             }
             n = value
         }

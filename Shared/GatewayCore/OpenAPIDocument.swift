@@ -10,6 +10,9 @@ info:
     `trade_eligibility` model on Triton, with fallbacks: primary model -> secondary replica -> cached
     score -> rules baseline -> abstain. Every decision is audited on the Redis stream te:audit.
     With GATEWAY_API_KEYS set, /v1/* and /debug/* need `Authorization: Bearer <key>`.
+    Every client error has the Error body: malformed HTTP/1.1 framing 400 (the connection then closes),
+    an unknown path 404, a known path with another method 405 (with `Allow`), a score body that is not
+    `application/json` 415.
 servers:
   - url: http://localhost:8080
 components:
@@ -30,29 +33,39 @@ components:
               type: string
               enum: [malformed_json, invalid_type, unknown_field, duplicate_field, missing_field, invalid_symbol,
                      invalid_features, non_finite_number, invalid_value, body_too_large, invalid_query,
+                     malformed_http, unsupported_media_type, not_found, method_not_allowed,
                      unauthorized, no_features, redis_unavailable]
             message: {type: string}
             field: {type: string, nullable: true, description: "The offending field, e.g. features[3]"}
+    Symbol:
+      type: string
+      description: Upper-case letters and digits with at most one separator (- / _ .); '-' not at either end.
+      pattern: "^([A-Z0-9]*|[A-Z0-9]*[/_.][A-Z0-9]*|[A-Z0-9]+-[A-Z0-9]+)$"
+      minLength: 2
+      maxLength: 32
     ScoreRequest:
       type: object
       additionalProperties: false
       required: [symbol]
       properties:
-        symbol:
-          type: string
-          pattern: "^[A-Z0-9]+([-/_.][A-Z0-9]+)?$"
-          minLength: 2
-          maxLength: 32
-        ts_ns: {type: integer, format: int64, minimum: 0, nullable: true}
+        symbol: {$ref: "#/components/schemas/Symbol"}
+        ts_ns: {type: integer, format: int64, minimum: 0, maximum: 9223372036854775807, nullable: true}
         features:
           type: array
           nullable: true
           minItems: 8
           maxItems: 8
-          items: {type: number}
+          items:
+            type: number
+            # Finite as FP32, the model's input type: |x| below the value that rounds to FP32 infinity.
+            minimum: -3.4028235677973366e+38
+            maximum: 3.4028235677973366e+38
+            exclusiveMinimum: true
+            exclusiveMaximum: true
           description: |
             spread_bps, imbalance, depth_imbalance, ofi_norm, realized_vol_bps, mid_return_bps, tick_rate,
-            microprice_offset_bps (finite numbers). Without them the gateway uses its latest features.
+            microprice_offset_bps (finite numbers, finite as FP32). Without them the gateway uses its latest
+            features.
         freshness_ms:
           type: integer
           minimum: 0
@@ -76,8 +89,15 @@ components:
         score: {type: number, nullable: true}
         source: {type: string, enum: [model, cache, rules, abstain]}
         model:
-          allOf: [{$ref: "#/components/schemas/ModelIdentity"}]
+          # Inline rather than a $ref: OpenAPI 3.0 ignores `nullable` beside a $ref or allOf without a type.
+          type: object
           nullable: true
+          description: The answering model (null when the answer is not the model's)
+          required: [name, version, hash]
+          properties:
+            name: {type: string}
+            version: {type: string}
+            hash: {type: string, description: "Artefact hash as reported by Triton"}
         feature_age_ms: {type: number, nullable: true}
         latency_us: {type: integer, format: int64}
         reason:
@@ -109,6 +129,47 @@ components:
           schema: {$ref: "#/components/schemas/Error"}
     Unauthorized:
       description: Missing or invalid bearer key (only when GATEWAY_API_KEYS is set)
+      headers:
+        WWW-Authenticate: {schema: {type: string, enum: [Bearer]}}
+      content:
+        application/json:
+          schema: {$ref: "#/components/schemas/Error"}
+    NotFound:
+      description: Not found
+      content:
+        application/json:
+          schema: {$ref: "#/components/schemas/Error"}
+    UnsupportedMediaType:
+      description: The body is not application/json
+      content:
+        application/json:
+          schema: {$ref: "#/components/schemas/Error"}
+    TritonProbe:
+      description: Latencies (us) and identity; 503 when some inferences failed
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [endpoint, n, ok, latencies_us, p50_us, max_us, score, model, errors]
+            properties:
+              endpoint: {type: string}
+              n: {type: integer}
+              ok: {type: integer}
+              latencies_us: {type: array, items: {type: integer}}
+              p50_us: {type: integer, nullable: true}
+              max_us: {type: integer, nullable: true}
+              score: {type: number, nullable: true}
+              model:
+                type: object
+                nullable: true
+                required: [name, version, hash]
+                properties:
+                  name: {type: string}
+                  version: {type: string}
+                  hash: {type: string}
+              errors: {type: array, items: {type: string}}
+    Unavailable:
+      description: A dependency is unreachable
       content:
         application/json:
           schema: {$ref: "#/components/schemas/Error"}
@@ -137,12 +198,13 @@ paths:
               schema: {$ref: "#/components/schemas/ScoreResponse"}
         "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
+        "415": {$ref: "#/components/responses/UnsupportedMediaType"}
   /v1/opportunities:
     get:
       summary: Latest opportunities from te:opportunities (newest first, latest entry per id)
       security: [{bearer: []}, {}]
       parameters:
-        - {name: symbol, in: query, required: false, schema: {type: string}}
+        - {name: symbol, in: query, required: false, schema: {$ref: "#/components/schemas/Symbol"}}
         - {name: limit, in: query, required: false, schema: {type: integer, minimum: 1, maximum: 1000, default: 20}}
       responses:
         "200":
@@ -151,22 +213,35 @@ paths:
             application/json:
               schema:
                 type: object
+                required: [opportunities]
                 properties:
                   opportunities: {type: array, items: {$ref: "#/components/schemas/Opportunity"}}
         "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
-        "503": {description: Redis unreachable}
+        "503": {$ref: "#/components/responses/Unavailable"}
   /debug/features:
     get:
       summary: The gateway's latest features for a symbol (memory, else te:online)
       security: [{bearer: []}, {}]
       parameters:
-        - {name: symbol, in: query, required: true, schema: {type: string}}
+        - {name: symbol, in: query, required: true, schema: {$ref: "#/components/schemas/Symbol"}}
       responses:
-        "200": {description: "Snapshot, its write time and age", content: {application/json: {schema: {type: object}}}}
+        "200":
+          description: Snapshot, its write time and age
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [symbol, origin, written_at_ns, feature_age_ms, snapshot]
+                properties:
+                  symbol: {type: string}
+                  origin: {type: string, enum: [memory, "te:online"]}
+                  written_at_ns: {type: integer, format: int64}
+                  feature_age_ms: {type: number}
+                  snapshot: {type: object}
         "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
-        "404": {description: No features for the symbol}
+        "404": {$ref: "#/components/responses/NotFound"}
   /debug/triton:
     get:
       summary: n test inferences on the primary endpoint, their latencies and the model identity
@@ -174,30 +249,38 @@ paths:
       parameters:
         - {name: n, in: query, required: false, schema: {type: integer, minimum: 1, maximum: 1000, default: 8}}
       responses:
-        "200": {description: Latencies (us) and identity, content: {application/json: {schema: {type: object}}}}
+        "200": {$ref: "#/components/responses/TritonProbe"}
         "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
-        "503": {description: Some inferences failed}
+        "503": {$ref: "#/components/responses/TritonProbe"}
   /healthz:
     get:
       summary: Alive
       responses:
-        "200": {description: OK}
+        "200":
+          description: OK
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [status]
+                properties:
+                  status: {type: string, enum: [ok]}
   /readyz:
     get:
-      summary: Redis, Triton primary and the audit path
+      summary: Whether to send this gateway traffic (body says what each dependency is doing)
       responses:
-        "200": {description: Ready}
-        "503": {description: "Not ready (body says which dependency; includes audit buffer depth and drops)"}
+        "200": {description: Ready, content: {application/json: {schema: {type: object}}}}
+        "503": {description: Not ready, content: {application/json: {schema: {type: object}}}}
   /metrics:
     get:
       summary: Prometheus metrics
       responses:
-        "200": {description: Prometheus text format}
+        "200": {description: Prometheus text format, content: {text/plain: {schema: {type: string}}}}
   /openapi.yaml:
     get:
       summary: This document
       responses:
-        "200": {description: OpenAPI 3 YAML}
+        "200": {description: OpenAPI 3 YAML, content: {application/yaml: {}}}
 """##
 }

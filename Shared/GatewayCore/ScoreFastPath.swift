@@ -128,7 +128,7 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         switch GatewayAPI.admitScore(body: body, headers: head.headerFields) {
         case .success(let (r, id)): (request, requestID) = (r, id)
         case .failure(let error):
-            write(.badRequest, error.json, closeAfter: closeAfter, context: context)
+            write(error.status, error.json, closeAfter: closeAfter, context: context)
             return
         }
         let engine = api.d.engine

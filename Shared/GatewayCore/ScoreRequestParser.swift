@@ -1,9 +1,10 @@
+import HTTPTypes
 import ServiceKit
 import TEModels
 
 /// A client mistake in a request: answered with 400 `{"error":{"code","message","field"}}`.
 public struct RequestError: Error, Equatable, Sendable {
-    public enum Code: String, Sendable {
+    public enum Code: String, Sendable, CaseIterable {
         case malformedJSON = "malformed_json"
         case invalidType = "invalid_type"
         case unknownField = "unknown_field"
@@ -15,6 +16,11 @@ public struct RequestError: Error, Equatable, Sendable {
         case invalidValue = "invalid_value"
         case bodyTooLarge = "body_too_large"
         case invalidQuery = "invalid_query"
+        /// The HTTP/1.1 framing itself (Content-Length, chunking, the head).
+        case malformedHTTP = "malformed_http"
+        case unsupportedMediaType = "unsupported_media_type"
+        case notFound = "not_found"
+        case methodNotAllowed = "method_not_allowed"
     }
 
     public var code: Code
@@ -28,6 +34,18 @@ public struct RequestError: Error, Equatable, Sendable {
     }
 
     public var json: String { Self.json(code: code.rawValue, message: message, field: field) }
+
+    /// The HTTP status this error is answered with.
+    public var status: HTTPResponse.Status {
+        switch code {
+        case .unsupportedMediaType: .unsupportedMediaType
+        case .notFound: .notFound
+        case .methodNotAllowed: .methodNotAllowed
+        case .malformedJSON, .invalidType, .unknownField, .duplicateField, .missingField, .invalidSymbol, .invalidFeatures,
+            .nonFiniteNumber, .invalidValue, .bodyTooLarge, .invalidQuery, .malformedHTTP:
+            .badRequest
+        }
+    }
 
     /// `{"error":{"code","message","field"}}`, the body of every client-error answer.
     static func json(code: String, message: String, field: String?) -> String {
@@ -345,6 +363,7 @@ struct JSONScanner {
         return value
     }
 
+    /// Feature values: finite numbers that stay finite as FP32, the model's input type.
     mutating func numberArray(field: String) throws(RequestError) -> [Double] {
         guard peek() == UInt8(ascii: "[") else { throw try typeError(field: field, expected: "an array of numbers") }
         advance()
@@ -360,7 +379,13 @@ struct JSONScanner {
             if values.count >= 1024 {
                 throw RequestError(.invalidFeatures, "expected \(FeatureVector.count) numbers", field: field)
             }
-            values.append(try number(field: "\(field)[\(values.count)]"))
+            let element = "\(field)[\(values.count)]"
+            let value = try number(field: element)
+            // The model takes FP32: a double beyond Float's range would reach it as ±infinity.
+            guard Float(value).isFinite else {
+                throw RequestError(.invalidValue, "outside the model's FP32 range (magnitude at most 3.4028235e38)", field: element)
+            }
+            values.append(value)
             skipSpace()
             if peek() == UInt8(ascii: ",") {
                 advance()

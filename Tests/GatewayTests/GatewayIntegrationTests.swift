@@ -334,6 +334,9 @@ import TritonClient
             (#"{"symbol":"BTC","features":[1,2,3]}"#, "invalid_features", "features"),
             (#"{"symbol":"BTC","features":[1,2,3,4,5,6,7,1e400]}"#, "non_finite_number", "features[7]"),
             (#"{"symbol":"BTC","features":[1,2,3,"x",5,6,7,8]}"#, "invalid_type", "features[3]"),
+            // Finite doubles the model's FP32 input cannot hold.
+            (#"{"symbol":"BTC","features":[1,2,3,3.4e39,5,6,7,8]}"#, "invalid_value", "features[3]"),
+            (#"{"symbol":"BTC","features":[-1e300,2,3,4,5,6,7,8]}"#, "invalid_value", "features[0]"),
             (#"{"symbol":"btc usd"}"#, "invalid_symbol", "symbol"),
             (#"{"symbol":"BTC","colour":"red"}"#, "unknown_field", "colour"),
             (#"{"features":[1,2,3,4,5,6,7,8]}"#, "missing_field", "symbol"),

@@ -51,7 +51,9 @@ import Testing
             let port = try #require(client.port)
             let whole = RawHTTP.score(valid, requestID: "split")
             let cut = whole.index(whole.endIndex, offsetBy: -20)
-            var chunked = "POST /v1/score HTTP/1.1\r\nHost: gw\r\nX-Request-Id: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+            var chunked =
+                "POST /v1/score HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nX-Request-Id: chunked\r\n"
+                + "Transfer-Encoding: chunked\r\n\r\n"
             let half = valid.index(valid.startIndex, offsetBy: 30)
             for piece in [valid[..<half], valid[half...]] {
                 chunked += String(piece.utf8.count, radix: 16) + "\r\n" + piece + "\r\n"
@@ -60,7 +62,8 @@ import Testing
             let oversized = #"{"symbol":"BTCUSDT","pad":""# + String(repeating: "a", count: 70_000) + #""}"#
             // Declared too large (Content-Length), then too large while chunked (no length): both 400, and
             // the connection stays usable for the next request.
-            var oversizedChunked = "POST /v1/score HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+            var oversizedChunked =
+                "POST /v1/score HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
             for _ in 0..<3 { oversizedChunked += String(30_000, radix: 16) + "\r\n" + String(repeating: " ", count: 30_000) + "\r\n" }
             oversizedChunked += "0\r\n\r\n"
             let responses = try await RawHTTP.exchange(

@@ -51,6 +51,17 @@ import Testing
         #expect(error(#"{"symbol":"BTC","features":[1,Infinity,3,4,5,6,7,8]}"#)?.field == "features[1]")
     }
 
+    /// Finite as a double, infinite as the model's FP32: rejected with the element named.
+    @Test func featuresBeyondFP32Range() throws {
+        let fp32 = RequestError(.invalidValue, "outside the model's FP32 range (magnitude at most 3.4028235e38)", field: "features[3]")
+        #expect(error(#"{"symbol":"BTC","features":[1,2,3,3.4e39,5,6,7,8]}"#) == fp32)
+        #expect(error(#"{"symbol":"BTC","features":[1,2,3,-1e300,5,6,7,8]}"#) == fp32)
+        #expect(error(#"{"symbol":"BTC","features":[1,2,3,3.4028236e38,5,6,7,8]}"#)?.field == "features[3]")
+        // The largest FP32 value and values that round to it or underflow to zero are accepted.
+        let edge = try parse(#"{"symbol":"BTC","features":[3.4028235e38,-3.4028235e38,1e-50,-1e-300,0,0,0,0]}"#)
+        #expect(edge.features?.map { Float($0).isFinite } == Array(repeating: true, count: 8))
+    }
+
     @Test func symbolAndFields() {
         #expect(error(#"{"features":[1,2,3,4,5,6,7,8]}"#) == RequestError(.missingField, "required", field: "symbol"))
         #expect(error(#"{"symbol":"btc"}"#)?.code == .invalidSymbol)
