@@ -148,6 +148,31 @@ struct IngestEndsTests {
         #expect(try await ingest.waitForExit(timeout: .seconds(20)) == 0)
     }
 
+    @Test("a SIGKILLed ingest restarted gets its partitions back, with and without static membership (time printed)")
+    func partitionsAfterARestart() async throws {
+        var measured: [String] = []
+        for (mode, instance) in [("dynamic", ""), ("static", "ingest-test-0")] {
+            let h = try IngestHarness()
+            // The consumer's own session timeout (10 s), not the harness's shorter one.
+            let overrides = ["KAFKA_GROUP_INSTANCE_ID": instance, "KAFKA_CONF_session_timeout_ms": "10000"]
+            let first = try h.startIngest(overrides)
+            #expect(await TestEnv.eventually(timeout: .seconds(60)) { first.output().contains("kafka partitions assigned") }, "\(first.output())")
+            first.kill9()
+            _ = try await first.waitForExit()
+            let start = ContinuousClock.now
+            let second = try h.startIngest(overrides)
+            let assigned = await TestEnv.eventually(timeout: .seconds(60), every: .milliseconds(20)) {
+                second.output().contains("kafka partitions assigned")
+            }
+            #expect(assigned, "\(mode): \(second.output())")
+            measured.append("\(mode): \(ContinuousClock.now - start)")
+            second.kill9()
+            _ = try await second.waitForExit()
+            await h.cleanup()
+        }
+        print("partitionsAfterARestart: SIGKILL → restarted ingest holds its partitions after \(measured.joined(separator: ", "))")
+    }
+
     @Test("/readyz: 200 with Redis and Kafka up; 503 naming kafka while the broker is down, and redis while Redis does not answer")
     func readiness() async throws {
         let h = try IngestHarness(partitions: 1)
