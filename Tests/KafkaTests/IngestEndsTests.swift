@@ -117,6 +117,47 @@ struct IngestEndsTests {
         #expect(try await ingest.waitForExit(timeout: .seconds(20)) == 0)
     }
 
+    @Test("a depth gap with no snapshot after it: counted, logged as JSON, overdue reported, and quotes go out without bids/asks")
+    func depthGapIsReported() async throws {
+        let h = try IngestHarness(partitions: 1)
+        defer { Task { await h.cleanup() } }
+        let port = try TestEnv.freePort()
+        let ingest = try h.startIngest(["METRICS_PORT": "\(port)", "INGEST_SNAPSHOT_TIMEOUT_MS": "1000"])
+        let second: Int64 = 1_000_000_000
+        let t0: Int64 = 1_723_161_300 * second
+        func depth(_ U: Int, _ u: Int) -> String {
+            #"{"stream":"abcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"ABCUSDT","U":\#(U),"u":\#(u),"b":[["9.9","2"]],"a":[]}}"#
+        }
+        let quote = #"{"stream":"abcusdt@bookTicker","data":{"u":1,"s":"ABCUSDT","b":"10.0","B":"1","a":"10.1","A":"1"}}"#
+        let messages: [(String, Int64)] = [
+            (#"{"lastUpdateId":100,"bids":[["10.0","1"],["9.8","3"]],"asks":[["10.1","1"],["10.2","2"]]}"#, t0),
+            (depth(101, 102), t0 + 1), (quote, t0 + 2),
+            (depth(110, 111), t0 + 3), (quote, t0 + 4),  // 103…109 missing: a gap
+            (depth(112, 113), t0 + 2 * second), (quote, t0 + 2 * second + 1),  // still no snapshot after 2 s
+        ]
+        let producer = try KafkaProducer(configuration: KafkaConfiguration(brokers: h.cluster.bootstrapServers), logger: Logger(label: "test"))
+        for (payload, ts) in messages {
+            try await producer.send(KafkaOutgoingMessage(
+                topic: h.topic, key: Array("ABCUSDT".utf8), value: Array(payload.utf8), timestampMs: ts / 1_000_000,
+                headers: [KafkaHeader(key: "ts_ns", string: String(ts))]))
+        }
+        #expect(await TestEnv.eventually(timeout: .seconds(30)) { ((try? await h.redis.xlen(h.ticks)) ?? 0) == 3 }, "\(ingest.output())")
+        let quotes = try await h.tickEntries()
+        #expect(quotes.map { $0.bids?.count } == [3, nil, nil], "depth before the gap, none after it")
+        #expect(quotes.allSatisfy { $0.bid == 10.0 && $0.ask == 10.1 })
+        #expect(await TestEnv.eventually(timeout: .seconds(10)) {
+            await h.metric(#"te_ingest_book_gaps_total{symbol="ABCUSDT"}"#, port: port) == 1
+        })
+        #expect(await h.metric(#"te_ingest_book_snapshot_overdue_total{symbol="ABCUSDT"}"#, port: port) == 1)
+        #expect(await h.metric(#"te_ingest_book_out_of_sync{symbol="ABCUSDT"}"#, port: port) == 1)
+        let lines = ingest.output().split(separator: "\n")
+        let gap = lines.first { $0.contains("order book gap") }
+        #expect(gap.map { $0.contains(#""expected_after_update_id":"102""#) && $0.contains(#""diff_first_update_id":"110""#) } == true, "\(gap ?? "")")
+        #expect(lines.contains { $0.contains("order book still out of sync") && $0.contains(#""level":"error""#) })
+        ingest.terminate()
+        #expect(try await ingest.waitForExit(timeout: .seconds(20)) == 0)
+    }
+
     @Test("invalid UTF-8 through Kafka → te:dlq as base64 → te dlq show --payload and redrive give the identical bytes")
     func binaryDeadLetter() async throws {
         let h = try IngestHarness(partitions: 1)
