@@ -50,7 +50,7 @@ metric() { curl -s "localhost:$1/metrics" | awk -v m="$2" '$1==m {print $2}'; }
 
 run_ingest() { # topic port
   KAFKA_TOPIC=$1 KAFKA_GROUP=ingest-$1 METRICS_PORT=$2 INGEST_TICKS_STREAM=$RUN:$1:ticks INGEST_DLQ_STREAM=$RUN:$1:dlq \
-    INGEST_SPREAD_PREFIX=$RUN:$1:spread: INGEST_OFFSETS_KEY=$RUN:$1:offsets LOG_LEVEL=info "$BIN/ingest" >"$WORK/ingest-$1.log" 2>&1 &
+    INGEST_SPREAD_PREFIX=$RUN:$1:spread: INGEST_OFFSETS_KEY=$RUN:$1:offsets INGEST_BOOKS_KEY=$RUN:$1:books LOG_LEVEL=info "$BIN/ingest" >"$WORK/ingest-$1.log" 2>&1 &
   PIDS+=($!)
   # The mock cluster holds a new group's first join for 3 s (group.initial.rebalance.delay.ms): producing
   # before the assignment would time that wait, not ingest (it was the ~1 s p99 of the first run).

@@ -3,6 +3,7 @@ import Logging
 import MarketData
 import Metrics
 import Prometheus
+import ServiceKit
 import ServiceLifecycle
 import TEKafka
 import TEModels
@@ -26,8 +27,10 @@ import TERedis
 /// racing group) `te_ingest_ticks_total` / `te_ingest_dlq_total` may count a message another writer wrote;
 /// the streams themselves hold it once.
 ///
-/// Skipped messages still go through the normalizer (their output is dropped), so the order book a restart
-/// rebuilds from the re-read span is as complete as possible before the first fresh message.
+/// The normalizer's order books are checkpointed with the offsets (see `FencedBatch`): when a partition is
+/// assigned, its stored offset and the books of its symbols are read in one step and the books restored, so
+/// the first fresh message meets exactly the book an uninterrupted run would have had. Redelivered messages
+/// (at or below the stored offset) are therefore not normalized again: the restored books already hold them.
 ///
 /// A re-created topic starts its offsets again at 0, under the old stored offsets (the dev broker is an
 /// in-memory mock cluster: every restart re-creates `ticks`, while Redis keeps its data). So before a
@@ -41,13 +44,20 @@ struct IngestService: Service {
     let redis: RedisClient
     let logger: Logger
     let metrics: IngestMetrics
+    /// The consumer, once created, for the readiness check.
+    let kafka: KafkaReadiness
 
     func run() async throws {
         let consumer = try KafkaConsumer(
-            configuration: settings.kafka, groupID: settings.group, topics: [settings.topic], logger: logger)
-        logger.info("ingest consuming", metadata: ["topic": "\(settings.topic)", "group": "\(settings.group)"])
-        var normalizer = MarketNormalizer(depthLevels: settings.depthLevels)
-        var resyncsSeen: [String: Int] = [:]
+            configuration: settings.kafka, groupID: settings.group, groupInstanceID: settings.groupInstanceID,
+            topics: [settings.topic], logger: logger)
+        kafka.set(consumer)
+        logger.info(
+            "ingest consuming",
+            metadata: ["topic": "\(settings.topic)", "group": "\(settings.group)", "group_instance_id": "\(settings.groupInstanceID ?? "")"])
+        var normalizer = MarketNormalizer(depthLevels: settings.depthLevels, snapshotTimeoutNs: settings.snapshotTimeoutNs)
+        // Symbol → the partition whose messages built its book (where its checkpoint is stored).
+        var bookPartitions: [String: Int32] = [:]
         var lastLagUpdate = ContinuousClock.now
         // Offsets whose messages are in Redis, committed at most every `commitInterval` (a synchronous commit
         // per small batch would cap throughput at the coordinator's round trip).
@@ -69,6 +79,7 @@ struct IngestService: Service {
                 await consumer.close()
                 throw error
             }
+            for reset in await consumer.takeOffsetResets() { await report(reset) }
             if ContinuousClock.now - lastLagUpdate > .seconds(1) {
                 lastLagUpdate = .now
                 if let lag = try? await consumer.lag() { metrics.kafkaLag.record(Double(lag)) }
@@ -86,22 +97,25 @@ struct IngestService: Service {
                 lastWritten.removeAll(keepingCapacity: true)
             }
             for message in batch where lastWritten[message.partition] == nil {
-                guard let stored = await storedOffset(message.topic, message.partition, consumer) else { break }
-                lastWritten[message.partition] = stored
+                guard let stored = await storedState(message.topic, message.partition, consumer) else { break }
+                lastWritten[message.partition] = stored.offset
+                restore(stored.books, of: message.partition, into: &normalizer, bookPartitions: &bookPartitions)
             }
             if Task.isShuttingDownGracefully { break }
 
-            var script = FencedBatch(offsetsKey: settings.offsetsKey, capacity: batch.count * 256)
+            var script = FencedBatch(offsetsKey: settings.offsetsKey, booksKey: settings.booksKey, capacity: batch.count * 256)
             var quoteCount = 0
             var tradeCount = 0
             var redelivered = 0
+            var changedBooks: [String: Int32] = [:]
             for message in batch {
-                let receiveTsNs = Self.receiveTime(message)
-                let normalized = normalizer.normalize(payload: message.value, receiveTsNs: receiveTsNs, key: message.key.map { String(decoding: $0, as: UTF8.self) })
                 if message.offset <= lastWritten[message.partition, default: -1] {
                     redelivered += 1
                     continue
                 }
+                let receiveTsNs = Self.receiveTime(message)
+                let normalized = normalizer.normalize(payload: message.value, receiveTsNs: receiveTsNs, key: message.key.map { String(decoding: $0, as: UTF8.self) })
+                for symbol in normalizer.takeChangedBooks() { changedBooks[symbol] = message.partition }
                 script.beginMessage(partition: message.partition, offset: message.offset)
                 switch normalized {
                 case .ticks(let ticks):
@@ -122,7 +136,7 @@ struct IngestService: Service {
                     metrics.deadLettered(reason: rejection.code)
                     let letter = DeadLetter(
                         stage: "ingest", reason: "\(rejection.code): \(rejection.detail)",
-                        payload: String(decoding: message.value, as: UTF8.self), source: message.source,
+                        payloadBytes: message.value, source: message.source,
                         tsNs: receiveTsNs)
                     if let fields = try? StreamFieldEncoder.encode(letter) {
                         script.xadd(settings.dlqStream, maxLen: 100_000, fields: fields)
@@ -130,17 +144,18 @@ struct IngestService: Service {
                     logger.debug("dead-lettered", metadata: ["source": "\(message.source)", "reason": "\(rejection)"])
                 }
             }
-            for (symbol, count) in normalizer.resyncs where count != resyncsSeen[symbol] {
-                metrics.resynced(symbol: symbol, by: count - (resyncsSeen[symbol] ?? 0))
-                logger.warning("order book gap: dropped the book until the next snapshot", metadata: ["symbol": "\(symbol)"])
-                resyncsSeen[symbol] = count
-            }
+            for event in normalizer.takeBookEvents() { report(event) }
 
             var lastFresh: [Int32: Int] = [:]
             for (i, message) in batch.enumerated() where message.offset > lastWritten[message.partition, default: -1] {
                 lastFresh[message.partition] = i
             }
             for i in lastFresh.values { script.fingerprint(of: batch[i]) }
+            for (symbol, partition) in changedBooks {
+                guard let i = lastFresh[partition], let checkpoint = normalizer.checkpoint(ofBook: symbol) else { continue }
+                script.book(partition: partition, offset: batch[i].offset, symbol: symbol, checkpoint: checkpoint)
+                bookPartitions[symbol] = partition
+            }
             if script.messages > 0 {
                 // Shutting down before Redis took the batch: not committed, re-read (and fenced) after restart.
                 guard let outcome = await write(script) else { break }
@@ -199,20 +214,49 @@ struct IngestService: Service {
         }
     }
 
-    /// The partition's last written offset from Redis (-1 when none), or nil when shutting down first.
+    /// What Redis holds for a partition: its last written offset (-1 when none) and the checkpoints of the
+    /// books its messages built (symbol → checkpoint text), read in one atomic step.
+    struct StoredState {
+        var offset: Int64
+        var books: [(symbol: String, checkpoint: Substring)]
+        static let none = StoredState(offset: -1, books: [])
+    }
+
+    /// The partition's stored state, or nil when shutting down first.
     /// A stored offset that does not name the message written there belongs to an earlier log of the topic
-    /// (re-created: its offsets start again at 0) and is forgotten, so the new log is written from its start:
-    /// at or above the high watermark the message does not exist; inside the log, the message there must
-    /// have the stored fingerprint (one short read of that message per partition and assignment).
-    private func storedOffset(_ topic: String, _ partition: Int32, _ consumer: KafkaConsumer) async -> Int64? {
+    /// (re-created: its offsets start again at 0) and is forgotten with its books, so the new log is written
+    /// from its start with empty books: at or above the high watermark the message does not exist; inside the
+    /// log, the message there must have the stored fingerprint (one short read of that message per partition
+    /// and assignment). Books without a stored offset (the offsets hash was deleted) are forgotten too.
+    private func storedState(_ topic: String, _ partition: Int32, _ consumer: KafkaConsumer) async -> StoredState? {
         var backoff = Duration.milliseconds(100)
         while !Task.isShuttingDownGracefully {
             do {
-                let reply = try await redis.send("HGET", settings.offsetsKey, String(partition)).throwingError()
-                guard let text = reply.string else { return -1 }
+                let reply = try await redis.send(RedisCommand(
+                    "EVAL", FencedBatch.restoreScript, "2", settings.offsetsKey, settings.booksKey, String(partition))).throwingError()
+                guard let items = reply.array, items.count == 2, let text = items[0].string else {
+                    throw RedisError(.unexpectedReply, "ingest restore script replied \(reply)")
+                }
+                let bookItems = items[1].array ?? []
+                var books: [(symbol: String, checkpoint: Substring)] = []
+                for j in stride(from: 0, to: bookItems.count - 1, by: 2) {
+                    guard let symbol = bookItems[j].string, let value = bookItems[j + 1].string,
+                        let checkpoint = FencedBatch.checkpoint(inBookValue: value, partition: partition)
+                    else { continue }
+                    books.append((symbol, checkpoint))
+                }
+                guard !text.isEmpty else {
+                    if !books.isEmpty {
+                        logger.warning(
+                            "order books stored without an offset for their partition: forgetting them",
+                            metadata: ["key": "\(settings.booksKey)", "partition": "\(partition)", "symbols": "\(books.map(\.symbol))"])
+                        try await forget(partition, stale: "")
+                    }
+                    return StoredState.none
+                }
                 guard let stored = FencedBatch.parseStored(text) else {
                     logger.error("ignoring a stored offset that is not an integer", metadata: ["key": "\(settings.offsetsKey)", "partition": "\(partition)", "value": "\(text)"])
-                    return -1
+                    return StoredState.none
                 }
                 let (low, high) = try await consumer.watermarks(topic: topic, partition: partition)
                 var stale: String?
@@ -220,17 +264,17 @@ struct IngestService: Service {
                     stale = "stored ingest offset is beyond the partition's end (topic re-created?): forgetting it"
                 } else if let expected = stored.fingerprint, stored.offset >= low {
                     let message = try await KafkaConsumer.message(
-                        at: stored.offset, topic: topic, partition: partition, configuration: settings.kafka)
+                        at: stored.offset, topic: topic, partition: partition, configuration: settings.kafka, logger: logger)
                     if message.map(FencedBatch.fingerprint) != String(expected) {
                         stale = "the message at the stored ingest offset is not the one written (topic re-created?): forgetting it"
                     }
                 }
-                guard let stale else { return stored.offset }
+                guard let stale else { return StoredState(offset: stored.offset, books: books) }
                 logger.warning(
                     "\(stale)",
                     metadata: ["key": "\(settings.offsetsKey)", "partition": "\(partition)", "stored": "\(text)", "low_watermark": "\(low)", "high_watermark": "\(high)"])
-                _ = try await redis.send(RedisCommand("EVAL", FencedBatch.forgetScript, "1", settings.offsetsKey, String(partition), text)).throwingError()
-                return -1
+                try await forget(partition, stale: text)
+                return StoredState.none
             } catch {
                 logger.warning("reading the stored ingest offset failed; retrying", metadata: ["partition": "\(partition)", "error": "\(error)"])
                 try? await Task.sleep(for: backoff)
@@ -238,6 +282,99 @@ struct IngestService: Service {
             }
         }
         return nil
+    }
+
+    private func forget(_ partition: Int32, stale: String) async throws {
+        _ = try await redis.send(RedisCommand(
+            "EVAL", FencedBatch.forgetScript, "2", settings.offsetsKey, settings.booksKey, String(partition), stale)).throwingError()
+    }
+
+    /// Makes the books of `partition`'s symbols those stored with its offset: restored from their
+    /// checkpoints, and forgotten where Redis has none (a book this instance built before the partition
+    /// went away and came back is no longer the partition's state).
+    private func restore(
+        _ books: [(symbol: String, checkpoint: Substring)], of partition: Int32, into normalizer: inout MarketNormalizer,
+        bookPartitions: inout [String: Int32]
+    ) {
+        let stored = Set(books.map(\.symbol))
+        for (symbol, owner) in bookPartitions where owner == partition && !stored.contains(symbol) {
+            normalizer.removeBook(symbol)
+            bookPartitions[symbol] = nil
+        }
+        for (symbol, checkpoint) in books {
+            if normalizer.restoreBook(symbol, checkpoint: checkpoint) {
+                bookPartitions[symbol] = partition
+            } else {
+                bookPartitions[symbol] = nil
+                logger.error(
+                    "stored order book is not a valid checkpoint: starting it afresh (no depth until the next snapshot)",
+                    metadata: ["key": "\(settings.booksKey)", "symbol": "\(symbol)", "partition": "\(partition)"])
+            }
+        }
+        if !books.isEmpty {
+            logger.info("order books restored", metadata: ["partition": "\(partition)", "symbols": "\(books.map(\.symbol).sorted())"])
+        }
+    }
+
+    /// An offset reset: counted, logged with the range that could not be read, and dead-lettered (so
+    /// `te dlq` shows it beside the messages ingest could not use). Written outside the fenced batches: it
+    /// is an event of the group, not of a message (a crash right here may lose or repeat the letter).
+    private func report(_ reset: KafkaOffsetReset) async {
+        metrics.offsetResets.increment()
+        metrics.lostMessages.increment(by: reset.lostMessages)
+        let range = "\(reset.requested)…\(max(reset.requested, reset.lowWatermark) - 1)"
+        let what = reset.lostMessages > 0
+            ? "kafka offset reset: messages deleted by retention before ingest read them"
+            : "kafka offset reset: the committed offset is beyond the log's end (log truncated or topic re-created)"
+        let fields: [(String, String)] = [
+            ("topic", reset.topic), ("partition", "\(reset.partition)"), ("from_offset", "\(reset.requested)"),
+            ("to_offset", "\(reset.lostMessages > 0 ? reset.lowWatermark - 1 : reset.requested)"),
+            ("lost_messages", "\(reset.lostMessages)"), ("low_watermark", "\(reset.lowWatermark)"),
+            ("high_watermark", "\(reset.highWatermark)"), ("resumed_at", "\(reset.resumedAt)"),
+            ("librdkafka_reason", reset.reason),
+        ]
+        logger.error("\(what)", metadata: Logger.Metadata(uniqueKeysWithValues: fields.map { ($0.0, .string($0.1)) }))
+        let letter = DeadLetter(
+            stage: "ingest",
+            reason: "offset_reset: \(reset.topic)/\(reset.partition) offsets \(range) not available (log \(reset.lowWatermark)…\(reset.highWatermark - 1)); \(reset.lostMessages) messages lost; resumed at \(reset.resumedAt)",
+            payload: JSONText.object(fields), tsNs: Int64(Date().timeIntervalSince1970 * 1e9))
+        var backoff = Duration.milliseconds(100)
+        for _ in 1...5 {
+            do {
+                let fields = try StreamFieldEncoder.encode(letter)
+                _ = try await redis.send(RedisCommand(
+                    ["XADD", settings.dlqStream, "MAXLEN", "~", "100000", "*"] + fields.flatMap { [$0.0, $0.1] })).throwingError()
+                return
+            } catch {
+                logger.warning("writing the offset-reset dead letter failed; retrying", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: backoff)
+                backoff = backoff * 2
+            }
+        }
+    }
+
+    /// Metrics and a log line for a change in a book's sync.
+    private func report(_ event: BookEvent) {
+        let symbol = event.symbol
+        switch event.kind {
+        case .gap(let expectedAfter, let firstU, let lastU, let previousU):
+            metrics.bookGap(symbol: symbol)
+            logger.warning(
+                "order book gap: dropped the book; quotes carry no depth until the next snapshot",
+                metadata: [
+                    "symbol": "\(symbol)", "expected_after_update_id": "\(expectedAfter)",
+                    "diff_first_update_id": "\(firstU.map(String.init) ?? "-")", "diff_last_update_id": "\(lastU.map(String.init) ?? "-")",
+                    "diff_previous_update_id": "\(previousU.map(String.init) ?? "-")",
+                ])
+        case .snapshotOverdue(let waitedNs):
+            metrics.snapshotOverdue(symbol: symbol)
+            logger.error(
+                "order book still out of sync: no depth snapshot since the gap; quotes carry no depth",
+                metadata: ["symbol": "\(symbol)", "waited_ms": "\(waitedNs / 1_000_000)"])
+        case .resynced(let waitedNs):
+            metrics.resynced(symbol: symbol)
+            logger.info("order book back in sync after a gap", metadata: ["symbol": "\(symbol)", "waited_ms": "\(waitedNs / 1_000_000)"])
+        }
     }
 
     /// Commits after the batch is in Redis. A failed commit is retried a few times, then left to the next
@@ -269,6 +406,10 @@ final class IngestMetrics: Sendable {
     let commitFailures = Counter(label: "te_ingest_commit_failures_total")
     /// Re-delivered messages (at or below the partition's stored last written offset) not written again.
     let redeliveredSkipped = Counter(label: "te_ingest_redelivered_skipped_total")
+    /// Committed offsets found outside the log (retention, truncation); reading resumed at the log's start.
+    let offsetResets = Counter(label: "te_ingest_offset_resets_total")
+    /// Messages deleted from the log before ingest read them, found at those resets.
+    let lostMessages = Counter(label: "te_ingest_lost_messages_total")
     let latency: DurationHistogram
 
     init(registry: PrometheusCollectorRegistry) {
@@ -290,8 +431,20 @@ final class IngestMetrics: Sendable {
         Counter(label: "te_ingest_dlq_total", dimensions: [("reason", reason)]).increment()
     }
 
-    func resynced(symbol: String, by count: Int) {
-        Counter(label: "te_ingest_book_resyncs_total", dimensions: [("symbol", symbol)]).increment(by: Int64(count))
+    /// A sequence gap dropped the symbol's book (`te_ingest_book_resyncs_total` counts these too, under
+    /// its older name); `te_ingest_book_out_of_sync` is 1 until a snapshot brings it back.
+    func bookGap(symbol: String) {
+        Counter(label: "te_ingest_book_gaps_total", dimensions: [("symbol", symbol)]).increment()
+        Counter(label: "te_ingest_book_resyncs_total", dimensions: [("symbol", symbol)]).increment()
+        Gauge(label: "te_ingest_book_out_of_sync", dimensions: [("symbol", symbol)]).record(1)
+    }
+
+    func snapshotOverdue(symbol: String) {
+        Counter(label: "te_ingest_book_snapshot_overdue_total", dimensions: [("symbol", symbol)]).increment()
+    }
+
+    func resynced(symbol: String) {
+        Gauge(label: "te_ingest_book_out_of_sync", dimensions: [("symbol", symbol)]).record(0)
     }
 
     /// From when the message entered Kafka: a replay stamps `produced_ns` (its Kafka timestamp is the

@@ -1,3 +1,4 @@
+import Foundation
 import ServiceKit
 import TEKafka
 
@@ -8,6 +9,10 @@ struct IngestSettings: Sendable {
     var topic: String
     /// `KAFKA_GROUP`; default `ingest`.
     var group: String
+    /// `group.instance.id` (static membership, so a restarted ingest gets its partitions back at once):
+    /// `KAFKA_GROUP_INSTANCE_ID`, else `POD_NAME` (Kubernetes), else `HOSTNAME`, else the host name.
+    /// `KAFKA_GROUP_INSTANCE_ID=""` turns static membership off (two instances on one host, same group).
+    var groupInstanceID: String?
     /// `STREAM_MAXLEN` (`XADD MAXLEN ~`); default 1000000.
     var streamMaxLen: Int
     /// `SPREAD_TTL_SEC`; default 180.
@@ -21,6 +26,12 @@ struct IngestSettings: Sendable {
     /// `INGEST_OFFSETS_KEY`: hash of each partition's last written offset (see `FencedBatch`); default
     /// `te:ingest:offsets:{topic}`. One per (topic, output streams) pair.
     var offsetsKey: String
+    /// `INGEST_BOOKS_KEY`: hash of the order books stored with those offsets (see `FencedBatch`); default
+    /// `te:ingest:books:{topic}`.
+    var booksKey: String
+    /// `INGEST_SNAPSHOT_TIMEOUT_MS`: receive time a book may stay out of sync after a gap before ingest
+    /// reports the snapshot overdue (`te_ingest_book_snapshot_overdue_total`); default 10000.
+    var snapshotTimeoutNs: Int64
     /// `INGEST_BATCH_SIZE`: Kafka messages per Redis pipeline and offset commit; default 500.
     var batchSize: Int
     /// `INGEST_DEPTH_LEVELS`: levels per quote in `bids`/`asks`; default 10.
@@ -38,13 +49,29 @@ struct IngestSettings: Sendable {
             kafka: kafka,
             topic: topic,
             group: try env.string("KAFKA_GROUP", default: "ingest"),
+            groupInstanceID: staticMemberID(env.values),
             streamMaxLen: try env.int("STREAM_MAXLEN", default: 1_000_000, range: 1...Int.max),
             spreadTTLSeconds: try env.int("SPREAD_TTL_SEC", default: 180, range: 1...86_400 * 365),
             ticksStream: try env.string("INGEST_TICKS_STREAM", default: "te:ticks"),
             dlqStream: try env.string("INGEST_DLQ_STREAM", default: "te:dlq"),
             spreadPrefix: try env.string("INGEST_SPREAD_PREFIX", default: "te:spread_bps:"),
             offsetsKey: try env.string("INGEST_OFFSETS_KEY", default: "te:ingest:offsets:" + topic),
+            booksKey: try env.string("INGEST_BOOKS_KEY", default: "te:ingest:books:" + topic),
+            snapshotTimeoutNs: Int64(try env.int("INGEST_SNAPSHOT_TIMEOUT_MS", default: 10_000, range: 1...86_400_000)) * 1_000_000,
             batchSize: try env.int("INGEST_BATCH_SIZE", default: 500, range: 1...100_000),
             depthLevels: try env.int("INGEST_DEPTH_LEVELS", default: 10, range: 0...1000))
     }
+}
+
+/// See `IngestSettings.groupInstanceID`. Nil when turned off.
+func staticMemberID(_ environment: [String: String]) -> String? {
+    if let explicit = environment["KAFKA_GROUP_INSTANCE_ID"] { return explicit.isEmpty ? nil : explicit }
+    for name in ["POD_NAME", "HOSTNAME"] {
+        if let value = environment[name], !value.isEmpty { return value }
+    }
+    // gethostname, not ProcessInfo.hostName: that one may resolve the name through DNS.
+    var buffer = [CChar](repeating: 0, count: 256)
+    guard gethostname(&buffer, buffer.count - 1) == 0 else { return nil }
+    let host = String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return host.isEmpty ? nil : host
 }

@@ -6,6 +6,12 @@ await ServiceRunner.run(service: "ingest", defaultMetricsPort: 9101) { resources
     let settings = try IngestSettings.fromEnvironment(resources.env)
     let redis = try resources.env.redis()
     let client = RedisClient(configuration: redis, name: "ingest", logger: resources.logger)
-    resources.readiness.add("redis") { try await client.ping() }
-    return [IngestService(settings: settings, redis: client, logger: resources.logger, metrics: IngestMetrics(registry: resources.registry))]
+    let kafka = KafkaReadiness()
+    resources.readiness.add("redis") { try await IngestReadiness.within(IngestReadiness.deadline) { try await client.ping() } }
+    resources.readiness.add("kafka") { try await IngestReadiness.within(IngestReadiness.deadline) { try await kafka.check() } }
+    return [
+        IngestService(
+            settings: settings, redis: client, logger: resources.logger, metrics: IngestMetrics(registry: resources.registry),
+            kafka: kafka)
+    ]
 }

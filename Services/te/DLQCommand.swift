@@ -15,7 +15,10 @@ struct DLQCommand: AsyncParsableCommand {
             stream with its original fields; an ingest entry is produced again to its Kafka topic \
             (KAFKA_BROKERS). The dead letter is then removed from te:dlq (the input stream now holds the \
             entry; if it fails again it comes back as a new dead letter). Re-driving an id that is no longer \
-            in te:dlq sends nothing and exits non-zero, so a repeated re-drive never duplicates an entry.
+            in te:dlq sends nothing and exits non-zero, so a repeated re-drive never duplicates an entry. \
+            A payload that was not valid UTF-8 is stored as base64 (`encoding: base64`); show prints its \
+            decoded bytes escaped, `show --payload` writes exactly the original bytes to stdout, and redrive \
+            sends exactly the original bytes.
             """)
 
     enum Action: String, ExpressibleByArgument { case list, show, redrive }
@@ -24,6 +27,7 @@ struct DLQCommand: AsyncParsableCommand {
     @Argument(help: "Entry ids.") var ids: [String] = []
     @Option(help: "Dead-letter stream.") var stream = StreamKey.dlq
     @Option(name: .short, help: "list: how many (newest first).") var n = 20
+    @Flag(help: "show: write only the payload's original bytes (base64 decoded) to stdout.") var payload = false
 
     func validate() throws {
         if action != .list && ids.isEmpty { throw ValidationError("\(action.rawValue) needs at least one entry id") }
@@ -39,7 +43,8 @@ struct DLQCommand: AsyncParsableCommand {
                 guard let d = try? StreamFieldDecoder.decode(DeadLetter.self, from: e.fields) else {
                     return [e.id, "?", "?", "?", Inspect.age(ofID: e.id), ""]
                 }
-                return [e.id, d.stage, String(d.reason.prefix(60)), d.source ?? "-", Inspect.age(ofID: e.id), String(d.payload.prefix(40))]
+                let shown = d.encoding.map { "\($0):" + d.payload.prefix(32) } ?? String(d.payload.prefix(40))
+                return [e.id, d.stage, String(d.reason.prefix(60)), d.source ?? "-", Inspect.age(ofID: e.id), shown]
             }
             print(rows.isEmpty ? "\(stream) is empty" : Inspect.table(["ID", "STAGE", "REASON", "SOURCE", "AGE", "PAYLOAD"], rows))
         case .show:
@@ -47,7 +52,18 @@ struct DLQCommand: AsyncParsableCommand {
                 guard let e = try await redis.xrange(stream, start: id, end: id, count: 1).first else {
                     throw CLIError("no entry \(id) in \(stream)")
                 }
-                print(Inspect.pretty(e))
+                if payload {
+                    let letter = try StreamFieldDecoder.decode(DeadLetter.self, from: e.fields)
+                    FileHandle.standardOutput.write(Data(try Self.bytes(of: letter, id: id)))
+                    continue
+                }
+                print(Inspect.pretty(e), terminator: "")
+                if let letter = try? StreamFieldDecoder.decode(DeadLetter.self, from: e.fields), letter.encoding != nil,
+                    let bytes = letter.payloadBytes
+                {
+                    print("  payload (\(bytes.count) bytes, decoded): \(Self.escaped(bytes))")
+                }
+                print()
             }
         case .redrive:
             var producer: KafkaProducer?
@@ -97,13 +113,14 @@ struct DLQCommand: AsyncParsableCommand {
     ) async throws -> Bool {
         // kafka:<topic>/<partition>@<offset>
         let topic = String(source.dropFirst("kafka:".count).prefix(while: { $0 != "/" }))
+        let value = try Self.bytes(of: letter, id: id)
         guard try await redis.send(RedisCommand(["XDEL", stream, id])).int == 1 else {
             print("\(id): already re-driven by someone else: nothing sent")
             return false
         }
         do {
             try await producer.send(KafkaOutgoingMessage(
-                topic: topic, key: Self.symbol(in: letter.payload).map { Array($0.utf8) }, value: Array(letter.payload.utf8),
+                topic: topic, key: Self.symbol(in: value).map { Array($0.utf8) }, value: value,
                 timestampMs: letter.tsNs / 1_000_000, headers: [KafkaHeader(key: "ts_ns", string: String(letter.tsNs))]))
         } catch {
             let restored = try await redis.xadd(stream, fields: entry.fields)
@@ -131,13 +148,31 @@ struct DLQCommand: AsyncParsableCommand {
             .map { ($0.key, $0.value) }
     }
 
+    /// The payload's original bytes.
+    static func bytes(of letter: DeadLetter, id: String) throws -> [UInt8] {
+        guard let bytes = letter.payloadBytes else {
+            throw CLIError("\(id): payload encoding \(letter.encoding ?? "") is unknown or its data damaged")
+        }
+        return bytes
+    }
+
+    /// Printable ASCII as is, anything else as `\xNN`.
+    static func escaped(_ bytes: [UInt8]) -> String {
+        bytes.map { $0 >= 0x20 && $0 < 0x7f && $0 != UInt8(ascii: "\\") ? String(UnicodeScalar($0)) : "\\x" + String($0, radix: 16).leftPad(2) }
+            .joined()
+    }
+
     /// The `"s":"…"` or Kraken pair of a venue message, for the Kafka key.
-    static func symbol(in payload: String) -> String? {
-        guard let json = try? JSONSerialization.jsonObject(with: Data(payload.utf8)) else { return nil }
+    static func symbol(in payload: [UInt8]) -> String? {
+        guard let json = try? JSONSerialization.jsonObject(with: Data(payload)) else { return nil }
         if let a = json as? [Any] { return a.last as? String }
         if let o = json as? [String: Any] {
             return ((o["data"] as? [String: Any])?["s"] as? String) ?? (o["symbol"] as? String)
         }
         return nil
     }
+}
+
+extension String {
+    fileprivate func leftPad(_ width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
 }

@@ -16,7 +16,8 @@ public struct NormalizeRejection: Error, Sendable, Equatable, CustomStringConver
 
     /// Every `code` the normalizer gives (metric label values known up front).
     public static let codes = [
-        "bad_json", "unknown_format", "missing_field", "non_finite", "crossed_book", "negative_price", "invalid_value",
+        "bad_json", "unknown_format", "missing_field", "non_finite", "crossed_book", "negative_price",
+        "non_positive_size", "negative_size", "invalid_value",
     ]
 }
 
@@ -38,18 +39,79 @@ public enum NormalizeResult: Sendable, Equatable {
 /// `binance-usdm`; each keeps its own book.
 ///
 /// Quotes carry the top `depthLevels` of the local book in `bids`/`asks` while the book is in sync: level 0 is
-/// the top-of-book from the quote itself, deeper levels come from the book strictly behind it.
+/// the top-of-book from the quote itself, deeper levels come from the book strictly behind it. A quote whose
+/// book is not in sync (no snapshot yet, or out of sync after a gap), or with `depthLevels` 0, has no
+/// `bids`/`asks` at all: no depth rather than a stale or wrong one.
+///
+/// The books are the normalizer's only state across messages. `checkpoint(ofBook:)` / `restoreBook` carry
+/// one across a restart; `takeChangedBooks` says which changed; `takeBookEvents` what happened to their sync.
 public struct MarketNormalizer: Sendable {
     public let depthLevels: Int
+    /// Receive time a book may stay out of sync after a gap before `BookEvent.snapshotOverdue`.
+    public let snapshotTimeoutNs: Int64
     private var binanceBooks: [String: BinanceOrderBook] = [:]
     private var krakenBooks: [String: (bids: BookSide, asks: BookSide)] = [:]
+    private var changedBooks: Set<String> = []
+    private var bookEvents: [BookEvent] = []
+    /// Bound on undrained events (a caller that never drains them, like `te features`, keeps the newest).
+    private static let maxBookEvents = 1000
 
-    public init(depthLevels: Int = 10) {
+    /// 10 s: a hundred 100 ms diffs.
+    public static let defaultSnapshotTimeoutNs: Int64 = 10_000_000_000
+
+    public init(depthLevels: Int = 10, snapshotTimeoutNs: Int64 = defaultSnapshotTimeoutNs) {
         self.depthLevels = depthLevels
+        self.snapshotTimeoutNs = snapshotTimeoutNs
     }
 
-    /// Resyncs so far (gaps in a depth diff sequence), per symbol.
+    /// Gaps so far (in a depth diff sequence), per symbol.
     public var resyncs: [String: Int] { binanceBooks.mapValues(\.resyncs) }
+
+    /// Symbols whose book changed since the last call.
+    public mutating func takeChangedBooks() -> Set<String> {
+        guard !changedBooks.isEmpty else { return [] }
+        defer { changedBooks.removeAll(keepingCapacity: true) }
+        return changedBooks
+    }
+
+    /// What happened to the books' sync since the last call, in order.
+    public mutating func takeBookEvents() -> [BookEvent] {
+        guard !bookEvents.isEmpty else { return [] }
+        defer { bookEvents.removeAll(keepingCapacity: true) }
+        return bookEvents
+    }
+
+    /// The book of `symbol` as one line of text (`BookCheckpoint`); nil when there is none.
+    public func checkpoint(ofBook symbol: String) -> String? {
+        if let book = binanceBooks[symbol] { return BookCheckpoint.encode(book) }
+        if let book = krakenBooks[symbol] { return BookCheckpoint.encodeKraken(bids: book.bids, asks: book.asks) }
+        return nil
+    }
+
+    /// Replaces the book of `symbol` with a checkpoint's. False (and no book for `symbol`) when the text is
+    /// not a valid checkpoint.
+    @discardableResult
+    public mutating func restoreBook(_ symbol: String, checkpoint: Substring) -> Bool {
+        removeBook(symbol)
+        switch BookCheckpoint.decode(checkpoint, snapshotTimeoutNs: snapshotTimeoutNs) {
+        case .binance(let book): binanceBooks[symbol] = book
+        case .kraken(let bids, let asks): krakenBooks[symbol] = (bids, asks)
+        case nil: return false
+        }
+        return true
+    }
+
+    /// Forgets the book of `symbol` (as if no depth message of it had been seen).
+    public mutating func removeBook(_ symbol: String) {
+        binanceBooks[symbol] = nil
+        krakenBooks[symbol] = nil
+        changedBooks.remove(symbol)
+    }
+
+    private mutating func record(_ symbol: String, _ kind: BookEvent.Kind) {
+        if bookEvents.count == Self.maxBookEvents { bookEvents.removeFirst() }
+        bookEvents.append(BookEvent(symbol: symbol, kind: kind))
+    }
 
     /// Whether the local book of `symbol` is in sync (Binance) or has a snapshot (Kraken).
     public func hasBook(_ symbol: String) -> Bool {
@@ -94,7 +156,9 @@ public struct MarketNormalizer: Sendable {
         case let r where r.hasPrefix("missing"): code = "missing_field"
         case "not a finite number": code = "non_finite"
         case let r where r.hasPrefix("crossed"): code = "crossed_book"
-        case "negative", "not positive": code = "negative_price"
+        case "negative", "not positive":
+            let isSize = error.field == "size" || error.field.hasSuffix("_size")
+            code = isSize ? (error.reason == "negative" ? "negative_size" : "non_positive_size") : "negative_price"
         default: code = "invalid_value"
         }
         return NormalizeRejection(code: code, detail: error.description)
@@ -112,7 +176,7 @@ public struct MarketNormalizer: Sendable {
             return try normalizeBinance(stream: stream, data, receiveTsNs: receiveTsNs)
         }
         if object["lastUpdateId"] != nil {
-            return try binanceSnapshot(object, key: key)
+            return try binanceSnapshot(object, key: key, receiveTsNs: receiveTsNs)
         }
         if object["event"] is String {
             return .ignored("event \(object["event"] as? String ?? "")")
@@ -145,7 +209,7 @@ public struct MarketNormalizer: Sendable {
                 askSize: try Self.number(data, "A"), venue: venue)
             tick.seq = Self.int(data["u"])
             tick.exchangeTsNs = Self.int(data["T"] ?? data["E"]).map { $0 * 1_000_000 }
-            if let book = binanceBooks[symbol], book.isSynced {
+            if depthLevels > 0, let book = binanceBooks[symbol], book.isSynced {
                 tick.bids = [[bid, tick.bidSize!]] + book.bids.levels(after: bid, limit: depthLevels - 1)
                 tick.asks = [[ask, tick.askSize!]] + book.asks.levels(after: ask, limit: depthLevels - 1)
             }
@@ -169,14 +233,21 @@ public struct MarketNormalizer: Sendable {
             guard let firstU = Self.int(data["U"]) else { throw MessageDecodingError(field: "U", reason: "missing") }
             guard let lastU = Self.int(data["u"]) else { throw MessageDecodingError(field: "u", reason: "missing") }
             let diff = BinanceOrderBook.Diff(
-                firstU: firstU, lastU: lastU, previousU: Self.int(data["pu"]),
+                firstU: firstU, lastU: lastU, previousU: Self.int(data["pu"]), tsNs: receiveTsNs,
                 bids: try Self.levels(data["b"], field: "b"), asks: try Self.levels(data["a"], field: "a"))
-            let outcome = binanceBooks[symbol, default: BinanceOrderBook()].apply(diff)
+            let outcome = binanceBooks[symbol, default: BinanceOrderBook(snapshotTimeoutNs: snapshotTimeoutNs)].apply(diff)
+            changedBooks.insert(symbol)
+            switch outcome {
+            case .applied, .buffered, .stale: break
+            case .gap(let expected):
+                record(symbol, .gap(expectedAfter: expected, firstU: firstU, lastU: lastU, previousU: diff.previousU))
+            case .snapshotOverdue(let waited): record(symbol, .snapshotOverdue(waitedNs: waited))
+            }
             return .ignored("depth diff \(outcome)")
         }
     }
 
-    private mutating func binanceSnapshot(_ object: [String: Any], key: String?) throws -> NormalizeResult {
+    private mutating func binanceSnapshot(_ object: [String: Any], key: String?, receiveTsNs: Int64) throws -> NormalizeResult {
         guard let key, !key.isEmpty else {
             throw MessageDecodingError(field: "symbol", reason: "missing: a bare depth snapshot needs the symbol as its key")
         }
@@ -185,9 +256,16 @@ public struct MarketNormalizer: Sendable {
         guard let lastUpdateId = Self.int(object["lastUpdateId"]) else {
             throw MessageDecodingError(field: "lastUpdateId", reason: "expected an integer")
         }
-        binanceBooks[symbol, default: BinanceOrderBook()].applySnapshot(
-            lastUpdateId: lastUpdateId, bids: try Self.levels(object["bids"], field: "bids"),
-            asks: try Self.levels(object["asks"], field: "asks"))
+        let bids = try Self.levels(object["bids"], field: "bids")
+        let asks = try Self.levels(object["asks"], field: "asks")
+        let outcome = binanceBooks[symbol, default: BinanceOrderBook(snapshotTimeoutNs: snapshotTimeoutNs)].applySnapshot(
+            lastUpdateId: lastUpdateId, tsNs: receiveTsNs, bids: bids, asks: asks)
+        changedBooks.insert(symbol)
+        switch outcome {
+        case .synced: break
+        case .resynced(let waited): record(symbol, .resynced(waitedNs: waited))
+        case .gap(let expected): record(symbol, .gap(expectedAfter: expected, firstU: nil, lastU: nil, previousU: nil))
+        }
         return .ignored("depth snapshot")
     }
 
@@ -250,17 +328,23 @@ public struct MarketNormalizer: Sendable {
                 }
                 for (field, isBid) in [("bs", true), ("as", false), ("b", true), ("a", false)] {
                     guard let raw = part[field] else { continue }
-                    for (p, q) in try Self.levels(raw, field: field) {
-                        if isBid { book.bids.set(price: p, size: q) } else { book.asks.set(price: p, size: q) }
+                    for level in try Self.levels(raw, field: field) {
+                        if isBid {
+                            book.bids.set(price: level.price, size: level.size)
+                        } else {
+                            book.asks.set(price: level.price, size: level.size)
+                        }
                     }
                 }
             }
             guard sawSnapshot else { return .ignored("kraken book update before its snapshot") }
             krakenBooks[pair] = book
+            changedBooks.insert(pair)
             guard let bestBid = book.bids.best, let bestAsk = book.asks.best else { return .ignored("kraken book one-sided") }
             let tick = Tick.quote(
                 symbol: pair, tsNs: receiveTsNs, bid: bestBid.price, bidSize: bestBid.size, ask: bestAsk.price,
-                askSize: bestAsk.size, bids: book.bids.top(depthLevels), asks: book.asks.top(depthLevels), venue: "kraken")
+                askSize: bestAsk.size, bids: depthLevels > 0 ? book.bids.top(depthLevels) : nil,
+                asks: depthLevels > 0 ? book.asks.top(depthLevels) : nil, venue: "kraken")
             return .ticks([try tick.validated()])
         }
         throw NormalizeRejection(code: "unknown_format", detail: "unknown Kraken channel \(channel)")
@@ -300,10 +384,10 @@ public struct MarketNormalizer: Sendable {
         }
     }
 
-    static func levels(_ raw: Any?, field: String) throws(MessageDecodingError) -> [(Double, Double)] {
+    static func levels(_ raw: Any?, field: String) throws(MessageDecodingError) -> [BinanceOrderBook.Level] {
         guard let raw else { return [] }
         guard let list = raw as? [Any] else { throw MessageDecodingError(field: field, reason: "expected an array of levels") }
-        var out: [(Double, Double)] = []
+        var out: [BinanceOrderBook.Level] = []
         out.reserveCapacity(list.count)
         for (i, entry) in list.enumerated() {
             guard let level = entry as? [Any], level.count >= 2 else {
@@ -314,8 +398,25 @@ public struct MarketNormalizer: Sendable {
             guard price > 0, size >= 0 else {
                 throw MessageDecodingError(field: "\(field)[\(i)]", reason: "negative or zero price, or negative size")
             }
-            out.append((price, size))
+            out.append(.init(price: price, size: size))
         }
         return out
     }
+}
+
+/// A change in a local book's sync, for ingest's metrics and logs.
+public struct BookEvent: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// A depth diff did not continue the sequence after update id `expectedAfter` (nil ids: the gap
+        /// was between a new snapshot and the diffs buffered behind it): the book was dropped; quotes carry
+        /// no depth until the next snapshot.
+        case gap(expectedAfter: Int64, firstU: Int64?, lastU: Int64?, previousU: Int64?)
+        /// Out of sync for `waitedNs` of receive time with no snapshot (reported once per gap).
+        case snapshotOverdue(waitedNs: Int64)
+        /// A snapshot ended an out-of-sync wait of `waitedNs`.
+        case resynced(waitedNs: Int64)
+    }
+
+    public var symbol: String
+    public var kind: Kind
 }

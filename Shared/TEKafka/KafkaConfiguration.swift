@@ -40,10 +40,12 @@ public struct KafkaConfiguration: Sendable {
         return out
     }
 
-    /// A new `rd_kafka_conf_t` with `defaults`, then the brokers, then the pass-through properties.
+    /// A new `rd_kafka_conf_t` with `defaults`, then the brokers, then the pass-through properties, logging
+    /// through `context`'s logger (which the caller keeps alive until the client is destroyed).
     /// The caller owns the result (it passes it to `rd_kafka_new`, which takes ownership on success).
-    func makeConf(defaults: [String: String]) throws(KafkaError) -> OpaquePointer {
+    func makeConf(context: ClientContext, defaults: [String: String]) throws(KafkaError) -> OpaquePointer {
         let conf = rd_kafka_conf_new()!
+        KafkaLog.install(on: conf, context: context)
         var all = defaults
         all["bootstrap.servers"] = brokers
         for (k, v) in properties { all[k] = v }

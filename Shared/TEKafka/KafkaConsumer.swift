@@ -43,12 +43,36 @@ public struct KafkaOffset: Sendable, Hashable {
     }
 }
 
-/// What the rebalance callback needs; the consumer keeps it alive for the handle's lifetime.
-private final class RebalanceContext: Sendable {
-    let logger: Logger
-    /// Bumped on every assignment, so a caller can tell that per-partition state it derived may be stale.
-    let assignments = Atomic<Int>(0)
-    init(logger: Logger) { self.logger = logger }
+/// A committed offset that the log no longer (or never) had: retention deleted messages nobody read, or
+/// the log was truncated or re-created. Reading resumed at `resumedAt`, the log's start.
+public struct KafkaOffsetReset: Sendable, Equatable {
+    public var topic: String
+    public var partition: Int32
+    /// The offset the group was to read next.
+    public var requested: Int64
+    /// The log's first and next offsets when the reset happened.
+    public var lowWatermark: Int64
+    public var highWatermark: Int64
+    public var resumedAt: Int64
+    /// librdkafka's reason.
+    public var reason: String
+
+    /// Offsets `requested ..< lowWatermark`: deleted before they were read (0 when `requested` was past
+    /// the log's end instead).
+    public var lostMessages: Int64 { max(0, lowWatermark - requested) }
+
+    public init(
+        topic: String, partition: Int32, requested: Int64, lowWatermark: Int64, highWatermark: Int64, resumedAt: Int64,
+        reason: String
+    ) {
+        self.topic = topic
+        self.partition = partition
+        self.requested = requested
+        self.lowWatermark = lowWatermark
+        self.highWatermark = highWatermark
+        self.resumedAt = resumedAt
+        self.reason = reason
+    }
 }
 
 /// A consumer-group member with manual offset commits.
@@ -57,24 +81,34 @@ private final class RebalanceContext: Sendable {
 /// by this consumer — never on Swift's cooperative pool — and is bridged with a continuation. Rebalance
 /// callbacks run inside consumer poll on that queue; they log and apply the assignment.
 ///
+/// Offset resets are never silent: librdkafka's own report of one (its log line, see `OffsetResetLine`)
+/// becomes a `KafkaOffsetReset` with the log's watermarks, for `takeOffsetResets`; a group that never
+/// committed a partition starts at its beginning without one (nothing was lost).
+///
 /// `@unchecked Sendable`: the C handle is only used from `queue` (serial), except in `deinit`, which runs
 /// when nothing else can reach the consumer.
 public final class KafkaConsumer: @unchecked Sendable {
     private let handle: OpaquePointer
     private let queue: DispatchQueue
     private let logger: Logger
-    private let rebalance: Unmanaged<RebalanceContext>
+    private let rebalance: Unmanaged<ClientContext>
     private var closed = false  // guarded by `queue`
 
-    /// Defaults: `enable.auto.commit=false` (offsets are committed only by `commit`),
-    /// `auto.offset.reset=earliest` (a new group starts at the beginning), `session.timeout.ms=10000`,
-    /// `fetch.wait.max.ms=10`.
+    /// Defaults: `enable.auto.commit=false` (offsets are committed only by `commit`), a new group starts at
+    /// the beginning and an offset outside the log is reported and resumed at the log's start (see above),
+    /// `session.timeout.ms=10000`, `fetch.wait.max.ms=10`.
+    ///
+    /// - Parameter groupInstanceID: `group.instance.id` (static membership): a member that restarts with
+    ///   the same id within `session.timeout.ms` gets its partitions back without a rebalance. Such a
+    ///   member does not leave the group on `close`; its partitions wait for it until the session times out.
     public init(
-        configuration: KafkaConfiguration, groupID: String, topics: [String], logger: Logger
+        configuration: KafkaConfiguration, groupID: String, groupInstanceID: String? = nil, topics: [String],
+        logger: Logger
     ) throws(KafkaError) {
         self.logger = logger
         queue = DispatchQueue(label: "kafka-consumer-\(groupID)")
-        let conf = try configuration.makeConf(defaults: [
+        let context = ClientContext(logger: logger)
+        var defaults = [
             "group.id": groupID,
             "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
@@ -85,12 +119,13 @@ public final class KafkaConsumer: @unchecked Sendable {
             // librdkafka's mock cluster (the dev broker) holds a Fetch for the whole wait even when data
             // arrives; a real broker answers as soon as data is there, so a short wait only costs idle fetches.
             "fetch.wait.max.ms": "10",
-        ])
-        rebalance = Unmanaged.passRetained(RebalanceContext(logger: logger))
-        rd_kafka_conf_set_opaque(conf, rebalance.toOpaque())
+        ]
+        if let groupInstanceID, !groupInstanceID.isEmpty { defaults["group.instance.id"] = groupInstanceID }
+        let conf = try configuration.makeConf(context: context, defaults: defaults)
+        rebalance = Unmanaged.passRetained(context)
         rd_kafka_conf_set_rebalance_cb(conf) { rk, err, partitions, opaque in
             guard let rk, let opaque else { return }
-            let context = Unmanaged<RebalanceContext>.fromOpaque(opaque).takeUnretainedValue()
+            let context = Unmanaged<ClientContext>.fromOpaque(opaque).takeUnretainedValue()
             let names = describe(partitions)
             let cooperative = String(cString: rd_kafka_rebalance_protocol(rk)) == "COOPERATIVE"
             switch err {
@@ -186,6 +221,40 @@ public final class KafkaConsumer: @unchecked Sendable {
         }
     }
 
+    /// The offset resets librdkafka made since the last call, oldest first, with the partition's
+    /// watermarks now (asked of the broker; -1 when it does not answer).
+    public func takeOffsetResets() async -> [KafkaOffsetReset] {
+        let lines = rebalance.takeUnretainedValue().resets.withLock { list in
+            defer { list.removeAll() }
+            return list
+        }
+        var out: [KafkaOffsetReset] = []
+        for line in lines {
+            let marks = try? await watermarks(topic: line.topic, partition: line.partition)
+            let low = marks?.low ?? -1
+            out.append(KafkaOffsetReset(
+                topic: line.topic, partition: line.partition, requested: line.offset, lowWatermark: low,
+                highWatermark: marks?.high ?? -1, resumedAt: low, reason: line.reason))
+        }
+        return out
+    }
+
+    /// Whether a broker answers a metadata request within `timeout` (on a thread of its own: the call
+    /// blocks). For readiness: a consumer with no broker reachable cannot make progress.
+    public func brokersReachable(timeout: Duration = .milliseconds(80)) async throws(KafkaError) {
+        let ms = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let lent = KafkaHandle(pointer: handle)
+        let err: rd_kafka_resp_err_t = await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                var metadata: UnsafePointer<rd_kafka_metadata>?
+                let err = rd_kafka_metadata(lent.pointer, 0, nil, &metadata, ms)
+                if let metadata { rd_kafka_metadata_destroy(metadata) }
+                continuation.resume(returning: err)
+            }
+        }
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "no Kafka broker answered within \(timeout)") }
+    }
+
     /// Commits the given next-offsets synchronously (the broker has them when this returns).
     public func commit(_ offsets: [KafkaOffset]) async throws(KafkaError) {
         guard !offsets.isEmpty else { return }
@@ -243,13 +312,14 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// group and commits nothing (on a queue of its own: the poll blocks); nil when the log has no message
     /// there. A one-off per call (a client is created and destroyed): meant for rare checks, not for reading.
     public static func message(
-        at offset: Int64, topic: String, partition: Int32, configuration: KafkaConfiguration, timeout: Duration = .seconds(10)
+        at offset: Int64, topic: String, partition: Int32, configuration: KafkaConfiguration, timeout: Duration = .seconds(10),
+        logger: Logger = Logger(label: "kafka")
     ) async throws(KafkaError) -> KafkaConsumerMessage? {
         let timeoutMs = timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000
         let result: Result<KafkaConsumerMessage?, KafkaError> = await withCheckedContinuation { continuation in
             DispatchQueue(label: "kafka-read-one").async {
                 do throws(KafkaError) {
-                    continuation.resume(returning: .success(try readOne(offset, topic, partition, configuration, timeoutMs)))
+                    continuation.resume(returning: .success(try readOne(offset, topic, partition, configuration, timeoutMs, logger)))
                 } catch {
                     continuation.resume(returning: .failure(error))
                 }
@@ -293,9 +363,11 @@ public final class KafkaConsumer: @unchecked Sendable {
 }
 
 private func readOne(
-    _ offset: Int64, _ topic: String, _ partition: Int32, _ configuration: KafkaConfiguration, _ timeoutMs: Int64
+    _ offset: Int64, _ topic: String, _ partition: Int32, _ configuration: KafkaConfiguration, _ timeoutMs: Int64,
+    _ logger: Logger
 ) throws(KafkaError) -> KafkaConsumerMessage? {
-    let conf = try configuration.makeConf(defaults: [
+    let context = ClientContext(logger: logger)
+    let conf = try configuration.makeConf(context: context, defaults: [
         "group.id": "te-read-one", "enable.auto.commit": "false", "enable.auto.offset.store": "false",
         // An offset outside the log must surface as an error, not be moved to one end of it.
         "auto.offset.reset": "error", "enable.partition.eof": "true", "fetch.wait.max.ms": "10",
@@ -304,6 +376,7 @@ private func readOne(
     defer {
         rd_kafka_consumer_close(rk)
         rd_kafka_destroy(rk)
+        withExtendedLifetime(context) {}
     }
     rd_kafka_poll_set_consumer(rk)
     let list = rd_kafka_topic_partition_list_new(1)!

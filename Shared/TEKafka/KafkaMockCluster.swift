@@ -1,5 +1,6 @@
 import CRdKafka
 import Foundation
+import Logging
 
 /// Kafka protocol API keys, for request error injection.
 public enum KafkaAPIKey: Int16, Sendable {
@@ -16,11 +17,14 @@ public enum KafkaAPIKey: Int16, Sendable {
 public final class KafkaMockCluster: @unchecked Sendable {
     private let client: OpaquePointer
     private let cluster: OpaquePointer
+    private let context: ClientContext
     /// `host:port,…` to use as `bootstrap.servers`.
     public let bootstrapServers: String
 
     public init(brokers: Int = 1) throws(KafkaError) {
-        let conf = try KafkaConfiguration(brokers: "").makeConf(defaults: ["log_level": "3"])
+        let context = ClientContext(logger: Logger(label: "kafka-mock-cluster"))
+        self.context = context
+        let conf = try KafkaConfiguration(brokers: "").makeConf(context: context, defaults: ["log_level": "3"])
         client = try makeClient(type: RD_KAFKA_PRODUCER, conf: conf)
         guard let cluster = rd_kafka_mock_cluster_new(client, Int32(brokers)) else {
             rd_kafka_destroy(client)

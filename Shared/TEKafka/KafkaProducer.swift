@@ -46,6 +46,7 @@ private final class DeliveryReport: Sendable {
 public final class KafkaProducer: @unchecked Sendable {
     private let handle: OpaquePointer
     private let logger: Logger
+    private let context: ClientContext
     private let stopping = StopFlag()
     private let pollThreadDone = DispatchSemaphore(value: 0)
 
@@ -53,7 +54,9 @@ public final class KafkaProducer: @unchecked Sendable {
     /// reordering from internal retries), `message.timeout.ms=60000`.
     public init(configuration: KafkaConfiguration, logger: Logger) throws(KafkaError) {
         self.logger = logger
-        let conf = try configuration.makeConf(defaults: [
+        let context = ClientContext(logger: logger)
+        self.context = context
+        let conf = try configuration.makeConf(context: context, defaults: [
             "linger.ms": "5",
             // The dev broker (mock cluster) keeps ~5 MB per partition; JSON compresses ~5x.
             "compression.codec": "lz4",

@@ -540,13 +540,22 @@ public struct AuditRecord: StreamMessage, Equatable {
 }
 
 /// An entry of `te:dlq`: what a stage could not use, why, and the raw payload.
+///
+/// The payload is kept byte-exact so that `te dlq redrive` sends back exactly what was received: bytes
+/// that are valid UTF-8 are stored as that text (`encoding` absent); anything else (a binary Kafka value,
+/// invalid UTF-8) is stored as standard base64 with `encoding` = `base64`. `payloadBytes` gives the
+/// original bytes back either way.
 public struct DeadLetter: StreamMessage, Equatable {
     public static let schemaVersion = 1
 
     public var stage: String
     public var reason: String
-    /// The raw payload as received (a Kafka value, or a stream entry's fields as JSON).
+    /// The raw payload as received (a Kafka value, or a stream entry's fields as JSON), as text; base64 of
+    /// it when `encoding` is `base64`.
     public var payload: String
+    /// Absent: `payload` is the payload itself. `base64`: `payload` is the base64 of bytes that are not
+    /// valid UTF-8.
+    public var encoding: String?
     /// Where it came from: a stream key or `kafka:<topic>/<partition>@<offset>`.
     public var source: String?
     /// The id of the source stream entry, for `te dlq redrive`.
@@ -554,8 +563,10 @@ public struct DeadLetter: StreamMessage, Equatable {
     public var deliveries: Int?
     public var tsNs: Int64
 
+    public static let base64Encoding = "base64"
+
     enum CodingKeys: String, CodingKey {
-        case stage, reason, payload, source, deliveries
+        case stage, reason, payload, encoding, source, deliveries
         case sourceId = "source_id"
         case tsNs = "ts_ns"
     }
@@ -571,5 +582,85 @@ public struct DeadLetter: StreamMessage, Equatable {
         self.sourceId = sourceId
         self.deliveries = deliveries
         self.tsNs = tsNs
+    }
+
+    /// A letter for raw bytes: as text when they are valid UTF-8, else base64 with `encoding` = `base64`.
+    public init(
+        stage: String, reason: String, payloadBytes: [UInt8], source: String? = nil, sourceId: String? = nil,
+        deliveries: Int? = nil, tsNs: Int64
+    ) {
+        self.init(stage: stage, reason: reason, payload: "", source: source, sourceId: sourceId, deliveries: deliveries, tsNs: tsNs)
+        if let text = String(validating: payloadBytes, as: UTF8.self) {
+            payload = text
+        } else {
+            payload = Base64.encode(payloadBytes)
+            encoding = Self.base64Encoding
+        }
+    }
+
+    /// The payload's original bytes; nil when `encoding` is unknown or its base64 is damaged.
+    public var payloadBytes: [UInt8]? {
+        switch encoding {
+        case nil: Array(payload.utf8)
+        case Self.base64Encoding?: Base64.decode(payload)
+        default: nil
+        }
+    }
+}
+
+/// Standard base64 (RFC 4648 §4, with padding), for binary dead-letter payloads.
+public enum Base64 {
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    public static func encode(_ bytes: [UInt8]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count + 2) / 3 * 4)
+        var i = 0
+        while i < bytes.count {
+            let n = min(3, bytes.count - i)
+            let b0 = UInt32(bytes[i])
+            let b1 = n > 1 ? UInt32(bytes[i + 1]) : 0
+            let b2 = n > 2 ? UInt32(bytes[i + 2]) : 0
+            let v = b0 << 16 | b1 << 8 | b2
+            out.append(alphabet[Int(v >> 18 & 63)])
+            out.append(alphabet[Int(v >> 12 & 63)])
+            out.append(n > 1 ? alphabet[Int(v >> 6 & 63)] : UInt8(ascii: "="))
+            out.append(n > 2 ? alphabet[Int(v & 63)] : UInt8(ascii: "="))
+            i += 3
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Nil unless `text` is padded standard base64.
+    public static func decode(_ text: String) -> [UInt8]? {
+        let chars = Array(text.utf8)
+        guard chars.count % 4 == 0 else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(chars.count / 4 * 3)
+        func value(_ c: UInt8) -> UInt32? {
+            switch c {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): UInt32(c - UInt8(ascii: "A"))
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): UInt32(c - UInt8(ascii: "a") + 26)
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): UInt32(c - UInt8(ascii: "0") + 52)
+            case UInt8(ascii: "+"): 62
+            case UInt8(ascii: "/"): 63
+            default: nil
+            }
+        }
+        var i = 0
+        while i < chars.count {
+            let last = i + 4 == chars.count
+            let pad = last ? (chars[i + 3] == UInt8(ascii: "=") ? (chars[i + 2] == UInt8(ascii: "=") ? 2 : 1) : 0) : 0
+            guard let a = value(chars[i]), let b = value(chars[i + 1]) else { return nil }
+            let c = pad >= 2 ? 0 : value(chars[i + 2])
+            let d = pad >= 1 ? 0 : value(chars[i + 3])
+            guard let c, let d else { return nil }
+            let v = a << 18 | b << 12 | c << 6 | d
+            out.append(UInt8(v >> 16 & 255))
+            if pad < 2 { out.append(UInt8(v >> 8 & 255)) }
+            if pad < 1 { out.append(UInt8(v & 255)) }
+            i += 4
+        }
+        return out
     }
 }

@@ -69,7 +69,7 @@ struct IngestHarness {
     }
 
     func cleanup() async {
-        _ = try? await redis.del([ticks, dlq, offsetsKey])
+        _ = try? await redis.del([ticks, dlq, offsetsKey, "te:ingest:books:" + topic])
         redis.close()
     }
 }

@@ -113,3 +113,31 @@ import Testing
         #expect(Symbol.isValid("XBT/USD"))
     }
 }
+
+@Suite("binary-safe dead letters")
+struct DeadLetterPayloadTests {
+    @Test("valid UTF-8 stays text; anything else is base64 with encoding=base64; both give the bytes back", arguments: [
+        Array("{\"a\":\"é\"}".utf8), [0xff, 0xfe, 0x00, 0xc3, 0x28], [], [0x80], [0x61, 0xed, 0xa0, 0x80], Array(0...255),
+    ])
+    func payloads(bytes: [UInt8]) throws {
+        let letter = DeadLetter(stage: "ingest", reason: "bad_json: x", payloadBytes: bytes, tsNs: 1)
+        let valid = String(validating: bytes, as: UTF8.self) != nil
+        #expect(letter.encoding == (valid ? nil : "base64"))
+        #expect(letter.payloadBytes == bytes)
+        let decoded = try StreamFieldDecoder.decode(DeadLetter.self, from: try StreamFieldEncoder.encode(letter))
+        #expect(decoded == letter && decoded.payloadBytes == bytes)
+    }
+
+    @Test("base64 matches RFC 4648 and refuses damaged text")
+    func base64() {
+        #expect(Base64.encode(Array("foobar".utf8)) == "Zm9vYmFy")
+        #expect(Base64.encode(Array("fooba".utf8)) == "Zm9vYmE=")
+        #expect(Base64.encode(Array("foob".utf8)) == "Zm9vYg==")
+        #expect(Base64.decode("Zm9vYg==") == Array("foob".utf8))
+        #expect(Base64.decode("Zm9vYg=") == nil)
+        #expect(Base64.decode("Zm9v!g==") == nil)
+        var letter = DeadLetter(stage: "s", reason: "r", payload: "abc", tsNs: 1)
+        letter.encoding = "rot13"
+        #expect(letter.payloadBytes == nil)
+    }
+}

@@ -35,9 +35,15 @@ public enum TestEnv {
 
     /// A TCP port that was free a moment ago (bound to port 0 and released).
     public static func freePort() throws -> Int {
+        let (fd, port) = try boundLoopbackSocket()
+        close(fd)
+        return port
+    }
+
+    /// A TCP socket bound to 127.0.0.1 on a free port, and that port; the caller closes it.
+    static func boundLoopbackSocket() throws -> (fd: Int32, port: Int) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw POSIXError(.EMFILE) }
-        defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = 0
@@ -46,11 +52,14 @@ public enum TestEnv {
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
         }
-        guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
+        guard bound == 0 else {
+            close(fd)
+            throw POSIXError(.EADDRINUSE)
+        }
         _ = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
         }
-        return Int(UInt16(bigEndian: address.sin_port))
+        return (fd, Int(UInt16(bigEndian: address.sin_port)))
     }
 
     /// Polls `condition` until it holds or `timeout` passes; false on timeout.
@@ -65,4 +74,21 @@ public enum TestEnv {
         }
         return try await condition()
     }
+}
+
+/// A TCP port on loopback that accepts connections (the kernel completes the handshake into the backlog)
+/// and never answers: a hung server, for deadline tests.
+public final class SilentTCPListener: Sendable {
+    public let port: Int
+    private let fd: Int32
+
+    public init() throws {
+        (fd, port) = try TestEnv.boundLoopbackSocket()
+        guard listen(fd, 128) == 0 else {
+            close(fd)
+            throw POSIXError(.EADDRINUSE)
+        }
+    }
+
+    deinit { close(fd) }
 }
