@@ -177,7 +177,11 @@ struct IngestService: Service {
             for offset in KafkaOffset.after(batch) { uncommitted["\(offset.topic)/\(offset.partition)"] = offset }
         }
         if !uncommitted.isEmpty { await commit(consumer, Array(uncommitted.values)) }
-        logger.info("ingest stopping: leaving the consumer group")
+        // A static member (group.instance.id) does not leave: its partitions wait for its restart until the
+        // session times out, instead of moving twice.
+        logger.info(
+            settings.groupInstanceID == nil
+                ? "ingest stopping: leaving the consumer group" : "ingest stopping: closing the consumer (static member: partitions kept for its restart)")
         await consumer.close()
     }
 
