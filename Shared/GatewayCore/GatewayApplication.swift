@@ -30,9 +30,13 @@ public func buildDependencies(
     let feedRedis = RedisClient(configuration: redisConfiguration, name: "gateway-features", logger: logger)
     let auditRedis = RedisClient(configuration: redisConfiguration, name: "gateway-audit", logger: logger)
     let metrics = GatewayMetrics(registry: registry)
-    let primary = try TritonEndpoint(label: "primary", url: config.tritonURL, modelName: config.modelName)
+    let keepalive = (
+        interval: config.tritonKeepaliveMs > 0 ? Duration.milliseconds(config.tritonKeepaliveMs) : nil,
+        timeout: Duration.milliseconds(config.tritonKeepaliveTimeoutMs))
+    let primary = try TritonEndpoint(
+        label: "primary", url: config.tritonURL, modelName: config.modelName, keepalive: keepalive)
     let secondary = try config.tritonSecondaryURL.map {
-        try TritonEndpoint(label: "secondary", url: $0, modelName: config.modelName)
+        try TritonEndpoint(label: "secondary", url: $0, modelName: config.modelName, keepalive: keepalive)
     }
     let memory = FeatureMemory()
     let audit = AuditBuffer(capacity: config.auditBufferMax, metrics: metrics)

@@ -78,6 +78,12 @@ public struct GatewayConfiguration: Sendable {
     /// (`ScoreFastPathHandler`); `false` sends it through Hummingbird's router like every other route.
     /// Default: true.
     public var scoreFastPath = true
+    /// `TRITON_KEEPALIVE_MS`: HTTP/2 PING on a Triton connection with calls in flight after this long
+    /// without a read (0: off). Default: 10000.
+    public var tritonKeepaliveMs: Int = 10_000
+    /// `TRITON_KEEPALIVE_TIMEOUT_MS`: a Triton connection whose PING is not answered within this is dropped
+    /// and the next call reconnects. Default: 2000.
+    public var tritonKeepaliveTimeoutMs: Int = 2_000
 
     /// Stream and key names (DESIGN.md); settable so tests use keys of their own.
     public var featuresStream = StreamKey.features
@@ -127,6 +133,8 @@ public struct GatewayConfiguration: Sendable {
         batchMaxRows = try reader.int("BATCH_MAX_ROWS", range: 1...4096) ?? batchMaxRows
         batchMaxInFlight = try reader.int("BATCH_MAX_IN_FLIGHT", range: 1...64) ?? batchMaxInFlight
         scoreFastPath = try reader.bool("SCORE_FAST_PATH") ?? scoreFastPath
+        tritonKeepaliveMs = try reader.int("TRITON_KEEPALIVE_MS", range: 0...3_600_000) ?? tritonKeepaliveMs
+        tritonKeepaliveTimeoutMs = try reader.int("TRITON_KEEPALIVE_TIMEOUT_MS", range: 1...600_000) ?? tritonKeepaliveTimeoutMs
     }
 }
 

@@ -10,11 +10,21 @@ public final class TritonEndpoint: InferenceEndpoint {
 
     /// `connections`: HTTP/2 connections multiplexed by the client (streams spread over them). Default:
     /// one per event loop, so a request served on a loop calls Triton from that loop without a thread hop.
-    public init(label: String, url: String, modelName: String, connections: Int? = nil) throws {
+    /// `keepalive`: PING interval (nil: off) and timeout of each connection (`TritonClientConfiguration`).
+    public init(
+        label: String, url: String, modelName: String, connections: Int? = nil,
+        keepalive: (interval: Duration?, timeout: Duration)? = nil
+    ) throws {
         self.label = label
         self.url = url
         self.modelName = modelName
-        client = try TritonClient(url: url, connections: connections)
+        var configuration = try TritonClientConfiguration(url: url)
+        configuration.connections = connections
+        if let keepalive {
+            configuration.keepaliveInterval = keepalive.interval
+            configuration.keepaliveTimeout = keepalive.timeout
+        }
+        client = TritonClient(configuration: configuration)
     }
 
     deinit { client.close() }

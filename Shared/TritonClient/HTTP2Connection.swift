@@ -21,6 +21,16 @@ struct ConnectionSettings: Sendable {
     var reconnectBackoff: Duration
     var initialWindowSize: Int32
     var connectionWindowSize: Int32
+    /// HTTP/2 PING after this long without a read (nil: no keepalive); see `KeepaliveState`.
+    var keepaliveInterval: Duration?
+    var keepaliveTimeout: Duration
+}
+
+/// The timer delay until `instant`, rounded up to the microsecond so that a timer never fires before the
+/// instant it serves.
+func delay(until instant: ContinuousClock.Instant) -> TimeAmount {
+    let (s, atto) = (instant - ContinuousClock.now).components
+    return .microseconds(max(0, s * 1_000_000 + (atto + 999_999_999_999) / 1_000_000_000_000))
 }
 
 /// What changes while a call runs. Lives in `GRPCCall.progress`, so only the connection's event loop touches it.
@@ -29,6 +39,8 @@ struct CallProgress: Sendable {
     var finished = false
     var cancelRequested = false
     var streamID: Int32 = 0
+    /// When the call's stream was submitted (a deadline passing with nothing read since then triggers a PING).
+    var submittedAt: ContinuousClock.Instant?
     var sent = 0
     var body: [UInt8] = []
     var httpStatus = 0
@@ -92,6 +104,9 @@ final class ConnectionCounters: Sendable {
     let callsHandedOver = Atomic<Int>(0)
     let connectsStarted = Atomic<Int>(0)
     let streamsReset = Atomic<Int>(0)
+    let keepalivePings = Atomic<Int>(0)
+    /// Connections dropped because a PING went unanswered.
+    let keepaliveTimeouts = Atomic<Int>(0)
 }
 
 /// One HTTP/2 (h2c, prior knowledge) connection to a Triton gRPC endpoint, multiplexing calls as streams, driven
@@ -239,10 +254,7 @@ final class ConnectionCore {
         if let armed = timerDeadline, armed <= deadline { return }
         deadlineTimer?.cancel()
         timerDeadline = deadline
-        // Rounded up to the microsecond so that the timer never fires before the deadline it serves.
-        let (s, atto) = (deadline - ContinuousClock.now).components
-        let micros = max(0, s * 1_000_000 + (atto + 999_999_999_999) / 1_000_000_000_000)
-        deadlineTimer = eventLoop.assumeIsolated().scheduleTask(in: .microseconds(micros)) { [self] in
+        deadlineTimer = eventLoop.assumeIsolated().scheduleTask(in: delay(until: deadline)) { [self] in
             deadlineTimerFired()
         }
     }
@@ -370,6 +382,9 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     var closeReason: String?
     var headerBytes: [UInt8] = []
     var headerRanges: [(Int, Int, Int, Int)] = []
+    var keepalive: KeepaliveState?
+    var keepaliveTimer: Scheduled<Void>?
+    var keepaliveTimerAt: ContinuousClock.Instant?
 
     init(core: ConnectionCore) {
         self.core = core
@@ -420,12 +435,65 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
+        if let interval = core.settings.keepaliveInterval {
+            keepalive = KeepaliveState(interval: interval, timeout: core.settings.keepaliveTimeout, now: .now)
+            armKeepalive()
+        }
         flush()
+    }
+
+    // MARK: keepalive
+
+    private func rearmKeepalive() {
+        keepaliveTimer?.cancel()
+        keepaliveTimer = nil
+        keepaliveTimerAt = nil
+        armKeepalive()
+    }
+
+    /// Schedules the keepalive check for when it is next due, unless one is armed for earlier.
+    private func armKeepalive() {
+        guard let keepalive, let context, !ended else { return }
+        let due = keepalive.nextCheck(now: .now)
+        if let armed = keepaliveTimerAt, armed <= due { return }
+        keepaliveTimer?.cancel()
+        keepaliveTimerAt = due
+        keepaliveTimer = context.eventLoop.assumeIsolated().scheduleTask(in: delay(until: due)) { [self] in
+            keepaliveTimer = nil
+            keepaliveTimerAt = nil
+            perform(self.keepalive?.check(now: .now, callsInFlight: !streams.isEmpty) ?? .none)
+            armKeepalive()
+        }
+    }
+
+    private func perform(_ action: KeepaliveState.Action) {
+        guard let session, let context, !ended else { return }
+        switch action {
+        case .none:
+            return
+        case .sendPing:
+            core.counters.keepalivePings.add(1, ordering: .relaxed)
+            _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+            queueFlush()
+            armKeepalive()
+        case .declareDead:
+            core.counters.keepaliveTimeouts.add(1, ordering: .relaxed)
+            closeReason = "no answer to an HTTP/2 PING within \(core.settings.keepaliveTimeout)"
+            // At once, not at the channel's close: the next call must find the connection gone and reconnect.
+            end(reason: closeReason!)
+            context.close(promise: nil)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         guard let session else { return }
+        if keepalive?.awaitingAnswer == true {
+            keepalive!.bytesRead(now: .now)
+            rearmKeepalive()  // the timer waited for the PING's answer: move it to the next regular check
+        } else {
+            keepalive?.bytesRead(now: .now)
+        }
         let consumed = buffer.withUnsafeReadableBytes { bytes in
             nghttp2_session_mem_recv(session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), bytes.count)
         }
@@ -463,6 +531,8 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func end(reason: String) {
         guard !ended else { return }
         ended = true
+        keepaliveTimer?.cancel()
+        keepaliveTimer = nil
         let calls = streams.values
         streams = [:]
         for call in calls where !call.isFinished {
@@ -488,7 +558,8 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             call.fail(.connection, "connection to \(core.authority) is gone")
             return
         }
-        let timeout = GRPCFraming.timeoutHeader(call.deadline - ContinuousClock.now)
+        let now = ContinuousClock.now
+        let timeout = GRPCFraming.timeoutHeader(call.deadline - now)
         headerBytes.removeAll(keepingCapacity: true)
         headerRanges.removeAll(keepingCapacity: true)
         func add(_ name: String, _ value: String) {
@@ -545,6 +616,7 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         call.progress.withValue { p in
             p.streamID = streamID
+            p.submittedAt = now
             p.body.reserveCapacity(64)
         }
         streams[streamID] = call
@@ -565,6 +637,9 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             if call.deadline <= now {
                 call.fail(.deadlineExceeded, "deadline passed; stream \(call.progress.value.streamID) cancelled")
                 reset(call)
+                if let submitted = call.progress.value.submittedAt, let action = keepalive?.callExpired(sentAt: submitted, now: now) {
+                    perform(action)
+                }
             } else if next == nil || call.deadline < next! {
                 next = call.deadline
             }

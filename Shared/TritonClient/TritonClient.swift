@@ -26,6 +26,13 @@ public struct TritonClientConfiguration: Sendable {
     public var initialWindowSize: Int32 = 16 << 20
     /// Connection-level receive window, raised by WINDOW_UPDATE after the preface. Default: 1 GiB.
     public var connectionWindowSize: Int32 = 1 << 30
+    /// An HTTP/2 PING goes out after this long without anything read on a connection with calls in flight
+    /// (and at once when a call's deadline passes with nothing read since it was sent; never on an idle
+    /// connection, see `KeepaliveState`); nil: no keepalive. Default: 10 s.
+    public var keepaliveInterval: Duration? = .seconds(10)
+    /// A connection whose PING gets no answer within this is dropped: its calls fail with `.connection` and
+    /// the next call reconnects. Default: 2 s.
+    public var keepaliveTimeout: Duration = .seconds(2)
 
     public init(host: String, port: Int) {
         self.host = host
@@ -76,7 +83,8 @@ public final class TritonClient: Sendable {
         let settings = ConnectionSettings(
             host: configuration.host, port: configuration.port, connectTimeout: configuration.connectTimeout,
             reconnectBackoff: configuration.reconnectBackoff, initialWindowSize: configuration.initialWindowSize,
-            connectionWindowSize: configuration.connectionWindowSize)
+            connectionWindowSize: configuration.connectionWindowSize, keepaliveInterval: configuration.keepaliveInterval,
+            keepaliveTimeout: configuration.keepaliveTimeout)
         let group = configuration.eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
         var loops = Array(group.makeIterator())
         if loops.isEmpty { loops = [group.next()] }
@@ -224,6 +232,10 @@ public final class TritonClient: Sendable {
         public let connectsStarted: Int
         /// Streams this client reset (RST_STREAM) because their call was cancelled or passed its deadline.
         public let streamsReset: Int
+        /// Keepalive PINGs sent.
+        public let keepalivePings: Int
+        /// Connections dropped because a PING got no answer within `keepaliveTimeout`.
+        public let keepaliveTimeouts: Int
     }
 
     /// One entry per connection, in order.
@@ -233,7 +245,9 @@ public final class TritonClient: Sendable {
                 eventLoop: c.eventLoop, callsStartedOnLoop: c.counters.callsStartedOnLoop.load(ordering: .relaxed),
                 callsHandedOver: c.counters.callsHandedOver.load(ordering: .relaxed),
                 connectsStarted: c.counters.connectsStarted.load(ordering: .relaxed),
-                streamsReset: c.counters.streamsReset.load(ordering: .relaxed))
+                streamsReset: c.counters.streamsReset.load(ordering: .relaxed),
+                keepalivePings: c.counters.keepalivePings.load(ordering: .relaxed),
+                keepaliveTimeouts: c.counters.keepaliveTimeouts.load(ordering: .relaxed))
         }
     }
 
