@@ -4,6 +4,18 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DEV=$PWD/.dev
 [ -d "$DEV" ] || exit 0
+# Process groups first (tritonserver and its Python backend stubs): TERM to the group, KILL what is left.
+for pgidfile in "$DEV"/run/*.pgid; do
+  [ -e "$pgidfile" ] || continue
+  name=$(basename "$pgidfile" .pgid)
+  pgid=$(cat "$pgidfile" 2>/dev/null || true)
+  if [ -n "$pgid" ] && kill -0 -- "-$pgid" 2>/dev/null; then
+    kill -TERM -- "-$pgid" && echo "dev-down: stopped $name (process group $pgid)" >&2
+    for _ in $(seq 100); do kill -0 -- "-$pgid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pgid" 2>/dev/null || true
+  fi
+  rm -f "$pgidfile"
+done
 for pidfile in "$DEV"/run/*.pid; do
   [ -e "$pidfile" ] || continue
   name=$(basename "$pidfile" .pid)

@@ -44,15 +44,21 @@ if ! [ -x "$TS/backends/python/triton_python_backend_stub" ]; then
 fi
 
 PIDFILE=$STATE/run/$NAME.pid
+# tritonserver leads a process group of its own (setsid): its Python backend stubs are in it, so
+# dev-down.sh and the tests stop the whole group (signalling the server alone leaves the stubs running).
+PGIDFILE=$STATE/run/$NAME.pgid
 if [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
   log "triton pid $(cat "$PIDFILE") is running but the model is not ready yet; waiting"
 else
+  # No job control in this script, so the background child is no group leader and setsid(1) runs
+  # tritonserver in that same process (no fork): $! is the server's pid, its session id and its pgid.
   LD_LIBRARY_PATH="$SITE/nvidia_pytriton.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" PATH="$VENV/bin:$PATH" \
-    nohup "$TS/bin/tritonserver" --model-repository="$REPO" --backend-directory="$TS/backends" \
+    setsid "$TS/bin/tritonserver" --model-repository="$REPO" --backend-directory="$TS/backends" \
       --model-control-mode=none --grpc-port="$GRPC_PORT" --http-port="$HTTP_PORT" --metrics-port="$METRICS_PORT" \
       --log-verbose=0 --exit-on-error=true >"$STATE/logs/$NAME.log" 2>&1 </dev/null &
   echo $! > "$PIDFILE"
-  log "started tritonserver pid $(cat "$PIDFILE") (log $STATE/logs/$NAME.log)"
+  echo $! > "$PGIDFILE"
+  log "started tritonserver pid $(cat "$PIDFILE"), process group $(cat "$PGIDFILE") (log $STATE/logs/$NAME.log)"
 fi
 
 for _ in $(seq 600); do

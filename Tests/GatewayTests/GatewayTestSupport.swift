@@ -226,16 +226,22 @@ final class PrivateTriton: Sendable {
         return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
-    /// SIGKILL: the server is gone at once, as in a crash.
+    /// The server's process group (dev-triton.sh starts it with setsid): the server and its Python stubs.
+    var processGroup: Int32? {
+        guard let text = try? String(contentsOf: state.appendingPathComponent("run/triton.pgid"), encoding: .utf8) else { return nil }
+        return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// SIGKILL to the whole process group: the server and its stubs are gone at once, as in a crash.
     func stop() async {
-        guard let pid else { return }
-        kill(pid, SIGKILL)
+        guard let pid, let group = processGroup else { return }
+        kill(-group, SIGKILL)
         _ = await TestEnv.eventually(timeout: .seconds(10)) { kill(pid, 0) != 0 }
         _ = await TestEnv.eventually(timeout: .seconds(10)) { !Self.accepts(port: self.grpcPort) }
     }
 
     deinit {
-        if let pid { kill(pid, SIGKILL) }
+        if let group = processGroup { kill(-group, SIGKILL) }
     }
 
     static func accepts(port: Int) -> Bool {

@@ -18,8 +18,6 @@ private struct PrivateTriton {
         try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
     }
 
-    var pidFile: URL { state.appendingPathComponent("run/triton.pid") }
-
     /// Runs scripts/dev-triton.sh for this server. posix_spawn + waitpid rather than Foundation's Process:
     /// Process notices the child's exit through a descriptor that the backgrounded tritonserver inherits, so it
     /// would wait for the server to exit too.
@@ -57,14 +55,20 @@ private struct PrivateTriton {
         try #require(status == 0, "dev-triton.sh failed (\(status)); see \(state.path)/logs/triton.log")
     }
 
-    /// SIGTERM, then waits until the process is gone (SIGKILL after 20 s). Also the test's cleanup.
+    /// The server's process group, recorded by dev-triton.sh.
+    func processGroup() throws -> Int32? {
+        let text = try String(contentsOf: state.appendingPathComponent("run/triton.pgid"), encoding: .utf8)
+        return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// SIGTERM to the server's process group (the server and its Python stubs; dev-triton.sh starts it with
+    /// setsid), then waits until the group is gone (SIGKILL after 20 s). Also the test's cleanup.
     func stop() throws {
-        let text = try String(contentsOf: pidFile, encoding: .utf8)
-        guard let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return }
-        kill(pid, SIGTERM)
-        for _ in 0..<200 where kill(pid, 0) == 0 { usleep(100_000) }
-        if kill(pid, 0) == 0 {
-            kill(pid, SIGKILL)
+        guard let group = try processGroup() else { return }
+        kill(-group, SIGTERM)
+        for _ in 0..<200 where kill(-group, 0) == 0 { usleep(100_000) }
+        if kill(-group, 0) == 0 {
+            kill(-group, SIGKILL)
             usleep(200_000)
         }
     }
@@ -87,7 +91,10 @@ struct RestartTests {
             model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(10)))
         expectScores(before, rows: row, weights: weights)
 
+        let group = try #require(try server.processGroup())
+        #expect(kill(-group, 0) == 0)
         try server.stop()
+        #expect(kill(-group, 0) != 0, "processes of the server's group (its Python stubs) outlived it")
         let start = ContinuousClock.now
         do {
             _ = try await client.infer(
