@@ -88,8 +88,8 @@ public struct GatewayConfiguration: Sendable {
     /// (`ScoreFastPathHandler`); `false` sends it through Hummingbird's router like every other route.
     /// Default: true.
     public var scoreFastPath = true
-    /// `TRITON_KEEPALIVE_MS`: HTTP/2 PING on a Triton connection after this long without a read (0: off).
-    /// Default: 10000.
+    /// `TRITON_KEEPALIVE_MS`: HTTP/2 PING on a Triton connection with calls in flight after this long
+    /// without a read (0: off). Default: 10000.
     public var tritonKeepaliveMs: Int = 10_000
     /// `TRITON_KEEPALIVE_TIMEOUT_MS`: a Triton connection whose PING is not answered within this is dropped
     /// and the next call reconnects. Default: 2000.

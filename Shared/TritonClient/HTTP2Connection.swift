@@ -444,17 +444,24 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: keepalive
 
+    private func rearmKeepalive() {
+        keepaliveTimer?.cancel()
+        keepaliveTimer = nil
+        keepaliveTimerAt = nil
+        armKeepalive()
+    }
+
     /// Schedules the keepalive check for when it is next due, unless one is armed for earlier.
     private func armKeepalive() {
         guard let keepalive, let context, !ended else { return }
-        let due = keepalive.nextCheck
+        let due = keepalive.nextCheck(now: .now)
         if let armed = keepaliveTimerAt, armed <= due { return }
         keepaliveTimer?.cancel()
         keepaliveTimerAt = due
         keepaliveTimer = context.eventLoop.assumeIsolated().scheduleTask(in: delay(until: due)) { [self] in
             keepaliveTimer = nil
             keepaliveTimerAt = nil
-            perform(self.keepalive?.check(now: .now) ?? .none)
+            perform(self.keepalive?.check(now: .now, callsInFlight: !streams.isEmpty) ?? .none)
             armKeepalive()
         }
     }
@@ -481,7 +488,12 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         guard let session else { return }
-        keepalive?.bytesRead(now: .now)
+        if keepalive?.awaitingAnswer == true {
+            keepalive!.bytesRead(now: .now)
+            rearmKeepalive()  // the timer waited for the PING's answer: move it to the next regular check
+        } else {
+            keepalive?.bytesRead(now: .now)
+        }
         let consumed = buffer.withUnsafeReadableBytes { bytes in
             nghttp2_session_mem_recv(session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), bytes.count)
         }

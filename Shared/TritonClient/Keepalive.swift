@@ -1,11 +1,15 @@
 /// HTTP/2 PING keepalive of one connection: tells a silent connection (the peer stopped, a half-open path)
-/// from a quiet one, so the connection is dropped and the next call reconnects instead of every call running
+/// from a busy one, so the connection is dropped and the next call reconnects instead of every call running
 /// to its deadline on it.
 ///
-/// Anything read shows the peer alive (the PING's ACK is a read too). A PING goes out when nothing was read
-/// for `interval`, or at once when a call's deadline passes with nothing read since the call was sent; if
-/// nothing is read within `timeout` after it, the connection is dead. Pure state: the session handler feeds
-/// it events and the time, and does what it answers.
+/// Anything read shows the peer alive (the PING's ACK is a read too). A PING goes out while calls are in
+/// flight and nothing was read for `interval`, or at once when a call's deadline passes with nothing read
+/// since the call was sent; if nothing is read within `timeout` after it, the connection is dead.
+///
+/// No PINGs on an idle connection: gRPC servers (Triton's included) count PINGs on a connection without
+/// calls as abuse — by default more than one per 2 hours — and end the session with GOAWAY
+/// `too_many_pings` after the third (measured here with a 300 ms interval: GOAWAY after PING 3). Pure
+/// state: the session handler feeds it events and the time, and does what it answers.
 struct KeepaliveState {
     enum Action: Equatable {
         case none
@@ -25,17 +29,19 @@ struct KeepaliveState {
         lastRead = now
     }
 
+    var awaitingAnswer: Bool { pingSentAt != nil }
+
     mutating func bytesRead(now: ContinuousClock.Instant) {
         lastRead = now
         pingSentAt = nil
     }
 
     /// The periodic check (`nextCheck` says when it is next due).
-    mutating func check(now: ContinuousClock.Instant) -> Action {
+    mutating func check(now: ContinuousClock.Instant, callsInFlight: Bool) -> Action {
         if let sent = pingSentAt {
             return now - sent >= timeout ? .declareDead : .none
         }
-        guard now - lastRead >= interval else { return .none }
+        guard callsInFlight, now - lastRead >= interval else { return .none }
         pingSentAt = now
         return .sendPing
     }
@@ -47,9 +53,11 @@ struct KeepaliveState {
         return .sendPing
     }
 
-    /// When `check` has something to do next, unless a read comes first.
-    var nextCheck: ContinuousClock.Instant {
+    /// When `check` has something to do next, unless a read comes first: the answer's deadline, else
+    /// `interval` after the last read (or after now, when that has passed: nothing to do until calls run).
+    func nextCheck(now: ContinuousClock.Instant) -> ContinuousClock.Instant {
         if let sent = pingSentAt { return sent + timeout }
-        return lastRead + interval
+        let due = lastRead + interval
+        return due > now ? due : now + interval
     }
 }

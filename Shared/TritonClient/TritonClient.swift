@@ -26,8 +26,9 @@ public struct TritonClientConfiguration: Sendable {
     public var initialWindowSize: Int32 = 16 << 20
     /// Connection-level receive window, raised by WINDOW_UPDATE after the preface. Default: 1 GiB.
     public var connectionWindowSize: Int32 = 1 << 30
-    /// An HTTP/2 PING goes out after this long without anything read on a connection (and at once when a
-    /// call's deadline passes with nothing read since it was sent); nil: no keepalive. Default: 10 s.
+    /// An HTTP/2 PING goes out after this long without anything read on a connection with calls in flight
+    /// (and at once when a call's deadline passes with nothing read since it was sent; never on an idle
+    /// connection, see `KeepaliveState`); nil: no keepalive. Default: 10 s.
     public var keepaliveInterval: Duration? = .seconds(10)
     /// A connection whose PING gets no answer within this is dropped: its calls fail with `.connection` and
     /// the next call reconnects. Default: 2 s.

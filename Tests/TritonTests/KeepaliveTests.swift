@@ -9,29 +9,36 @@ import Testing
 @Suite struct KeepaliveStateTests {
     let t0 = ContinuousClock.now
 
-    @Test func quietConnectionIsPingedAndAnAnswerKeepsIt() {
+    @Test func busyQuietConnectionIsPingedAndAnAnswerKeepsIt() {
         var k = KeepaliveState(interval: .seconds(10), timeout: .seconds(2), now: t0)
-        #expect(k.nextCheck == t0 + .seconds(10))
-        #expect(k.check(now: t0 + .seconds(9)) == .none)
-        #expect(k.check(now: t0 + .seconds(10)) == .sendPing)
-        #expect(k.nextCheck == t0 + .seconds(12))
-        #expect(k.check(now: t0 + .seconds(11)) == .none, "one PING at a time")
+        #expect(k.nextCheck(now: t0) == t0 + .seconds(10))
+        #expect(k.check(now: t0 + .seconds(9), callsInFlight: true) == .none)
+        #expect(k.check(now: t0 + .seconds(10), callsInFlight: true) == .sendPing)
+        #expect(k.nextCheck(now: t0 + .seconds(10)) == t0 + .seconds(12))
+        #expect(k.check(now: t0 + .seconds(11), callsInFlight: true) == .none, "one PING at a time")
         k.bytesRead(now: t0 + .milliseconds(10_001))  // the ACK
-        #expect(k.check(now: t0 + .seconds(12)) == .none)
-        #expect(k.nextCheck == t0 + .milliseconds(20_001))
+        #expect(k.check(now: t0 + .seconds(12), callsInFlight: true) == .none)
+        #expect(k.nextCheck(now: t0 + .seconds(12)) == t0 + .milliseconds(20_001))
+    }
+
+    @Test func idleConnectionIsNeverPinged() {
+        // gRPC servers answer PINGs without calls with GOAWAY too_many_pings after the third.
+        var k = KeepaliveState(interval: .seconds(10), timeout: .seconds(2), now: t0)
+        #expect(k.check(now: t0 + .seconds(60), callsInFlight: false) == .none)
+        #expect(k.nextCheck(now: t0 + .seconds(60)) == t0 + .seconds(70), "no busy timer while idle")
     }
 
     @Test func unansweredPingDeclaresTheConnectionDead() {
         var k = KeepaliveState(interval: .seconds(10), timeout: .seconds(2), now: t0)
-        #expect(k.check(now: t0 + .seconds(10)) == .sendPing)
-        #expect(k.check(now: t0 + .seconds(12)) == .declareDead)
+        #expect(k.check(now: t0 + .seconds(10), callsInFlight: true) == .sendPing)
+        #expect(k.check(now: t0 + .seconds(12), callsInFlight: false) == .declareDead, "even once the calls are gone")
     }
 
     @Test func readsPostponeThePing() {
         var k = KeepaliveState(interval: .seconds(10), timeout: .seconds(2), now: t0)
         k.bytesRead(now: t0 + .seconds(5))
-        #expect(k.check(now: t0 + .seconds(10)) == .none)
-        #expect(k.nextCheck == t0 + .seconds(15))
+        #expect(k.check(now: t0 + .seconds(10), callsInFlight: true) == .none)
+        #expect(k.nextCheck(now: t0 + .seconds(10)) == t0 + .seconds(15))
     }
 
     @Test func expiredCallPingsAtOnceOnlyWhenNothingWasReadSinceItWasSent() {
@@ -42,13 +49,14 @@ import Testing
         // Sent after it and nothing read since: PING now, dead `timeout` later without an answer.
         #expect(k.callExpired(sentAt: t0 + .milliseconds(2_500), now: t0 + .seconds(3)) == .sendPing)
         #expect(k.callExpired(sentAt: t0 + .milliseconds(2_600), now: t0 + .seconds(3)) == .none, "one PING at a time")
-        #expect(k.check(now: t0 + .seconds(5)) == .declareDead)
+        #expect(k.check(now: t0 + .seconds(5), callsInFlight: false) == .declareDead)
     }
 }
 
 /// A Triton connection that goes silent without closing (the server stopped, a half-open path): through a
-/// TCP proxy that stops relaying, the unanswered keepalive PING drops the connection, and once the path
-/// relays again the next calls reconnect and are answered. Real Triton behind the proxy.
+/// TCP proxy that stops relaying, the call that runs to its deadline sends a PING, the unanswered PING
+/// drops the connection, and once the path relays again the next calls reconnect and are answered. Real
+/// Triton behind the proxy.
 @Suite(.timeLimit(.minutes(2)))
 struct KeepaliveTests {
     @Test func silencedConnectionIsDroppedByThePingTimeoutAndCallsRecover() async throws {
@@ -57,7 +65,7 @@ struct KeepaliveTests {
         defer { proxy.close() }
         var configuration = TritonClientConfiguration(host: "127.0.0.1", port: proxy.port)
         configuration.connections = 1
-        configuration.keepaliveInterval = .milliseconds(300)
+        configuration.keepaliveInterval = .milliseconds(700)
         configuration.keepaliveTimeout = .seconds(1)
         let client = TritonClient(configuration: configuration)
         defer { client.close() }
@@ -68,8 +76,19 @@ struct KeepaliveTests {
         }
         expectScores(try await infer(within: .seconds(10)), rows: row, weights: weights)
 
-        // Quiet but alive: the PINGs are answered and the connection stays.
-        #expect(await TestEnv.eventually(timeout: .seconds(15)) { client.connectionStatistics[0].keepalivePings >= 2 })
+        // Idle for more than three intervals: no PINGs (Triton answers the third PING on a connection
+        // without calls with GOAWAY too_many_pings).
+        let pingsBefore = client.connectionStatistics[0].keepalivePings  // one if the first call was slow
+        try await Task.sleep(for: .milliseconds(2500))
+        #expect(client.connectionStatistics[0].keepalivePings == pingsBefore)
+
+        // Busy but quiet (the test model holds this call for a second): the PING is answered and the
+        // connection stays.
+        let slow = try await client.infer(
+            model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(30)),
+            parameters: [("delay_ms", .int64(1000))])
+        expectScores(slow, rows: row, weights: weights)
+        #expect(client.connectionStatistics[0].keepalivePings > pingsBefore)
         #expect(client.connectionStatistics[0].keepaliveTimeouts == 0)
         #expect(client.connectionStatistics[0].connectsStarted == 1)
 
