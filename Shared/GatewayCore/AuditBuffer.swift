@@ -36,6 +36,8 @@ public final class AuditBuffer: Sendable {
         var waiters: Deque<Waiter> = []
         var writerWaiting: CheckedContinuation<Void, Never>?
         var lastWriteFailed = false
+        /// The writer has stopped: sync waiters would never be answered.
+        var closed = false
 
         /// Buffered, not withdrawn.
         var live: Int { entries.count - withdrawnInBuffer }
@@ -63,7 +65,8 @@ public final class AuditBuffer: Sendable {
     /// is full (false: the caller must not answer the decision as audited).
     public func appendDurable(_ record: AuditRecord, wait: Duration) async -> Bool {
         await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
-            let (accepted, writer, depth) = state.withLock { s in
+            let (accepted, writer, depth) = state.withLock { s -> (Bool, CheckedContinuation<Void, Never>?, Int) in
+                if s.closed { return (false, nil, s.live) }
                 let result = enqueue(record, &s)
                 if result.0 {
                     let seq = s.headSeq + UInt64(s.entries.count - 1)
@@ -169,6 +172,17 @@ public final class AuditBuffer: Sendable {
             s.lastWriteFailed = true
             s.inFlight = 0
         }
+    }
+
+    /// The writer has stopped (shutdown): every waiter is answered false, and so is every later
+    /// `appendDurable`.
+    func close() {
+        let waiters: [CheckedContinuation<Bool, Never>] = state.withLock { s in
+            s.closed = true
+            defer { s.waiters.removeAll() }
+            return s.waiters.map(\.continuation)
+        }
+        for c in waiters { c.resume(returning: false) }
     }
 
     /// Answers false to every waiter whose deadline has passed, withdrawing its record unless it is in

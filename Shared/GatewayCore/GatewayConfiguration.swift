@@ -69,8 +69,10 @@ public struct GatewayConfiguration: Sendable {
     /// else 503 `audit_unavailable`) or `async` (answered first, the record follows). Default: sync.
     public var auditDurability: AuditDurability = .sync
     /// `AUDIT_SYNC_WAIT_MS`: in sync mode, how long a decided request waits for its record to reach
-    /// Redis before answering 503. Default: SCORE_TIMEOUT_MS.
-    public var auditSyncWaitMs: Double?
+    /// Redis before answering 503 `audit_unavailable`. Long enough to ride out a scheduling or fsync
+    /// hiccup (a retry would cost a whole new decision), short enough to free connections quickly
+    /// while Redis is down. Default: 100.
+    public var auditSyncWaitMs: Double = 100
     /// The consumer group the gateway creates on `te:audit` (from its first entry) if it is missing,
     /// so nothing is trimmed before audit-writer has read it. Default: `audit-writer`.
     public var auditGroup: String = "audit-writer"
@@ -106,7 +108,7 @@ public struct GatewayConfiguration: Sendable {
         self.tritonURL = tritonURL
     }
 
-    public var auditSyncWait: Duration { .microseconds(Int64((auditSyncWaitMs ?? scoreTimeoutMs) * 1000)) }
+    public var auditSyncWait: Duration { .microseconds(Int64(auditSyncWaitMs * 1000)) }
     public var hedgeAfter: Double { hedgeAfterMs ?? scoreTimeoutMs * 0.4 }
 
     public init(environment env: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) {
@@ -146,7 +148,7 @@ public struct GatewayConfiguration: Sendable {
             }
             auditDurability = value
         }
-        auditSyncWaitMs = try reader.double("AUDIT_SYNC_WAIT_MS", range: 0.1...60_000)
+        auditSyncWaitMs = try reader.double("AUDIT_SYNC_WAIT_MS", range: 0.1...60_000) ?? auditSyncWaitMs
         auditStream = reader.string("AUDIT_STREAM") ?? auditStream
         identityRefreshSeconds = try reader.double("MODEL_IDENTITY_REFRESH_SEC", range: 0.1...86_400) ?? identityRefreshSeconds
         batchMaxRows = try reader.int("BATCH_MAX_ROWS", range: 1...4096) ?? batchMaxRows

@@ -246,7 +246,7 @@ public struct AuditStreamWriter: Service {
             let next = buffer.expireWaiters(now: .now) ?? (.now + syncWait)
             try? await Task.sleep(until: next, clock: .continuous)
         }
-        _ = buffer.expireWaiters(now: .now + .seconds(3600))
+        buffer.close()
     }
 
     struct WriterState {

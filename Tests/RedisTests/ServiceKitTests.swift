@@ -126,6 +126,25 @@ struct HealthServerTests {
         }
     }
 
+    /// A check that never returns and ignores cancellation (a blocking driver call) cannot hold /readyz:
+    /// each call answers after `answerWithin`, joins the probe already running instead of piling up new
+    /// ones, and reports how long it has been running; the healthy check is reported ok meanwhile.
+    @Test func hungCheckNeitherHoldsReadinessNorPilesUp() async {
+        let readiness = ReadinessChecks(timeout: .seconds(60), answerWithin: .milliseconds(50))
+        let started = Mutex(0)
+        readiness.add("ok") {}
+        readiness.add("hung") {
+            started.withLock { $0 += 1 }
+            await withUnsafeContinuation { (_: UnsafeContinuation<Void, Never>) in }
+        }
+        for _ in 0..<3 {
+            let failures = await readiness.failures()
+            #expect(failures.map(\.name) == ["hung"])
+            #expect(failures.first?.reason.hasPrefix("no answer within") == true)
+        }
+        #expect(started.withLock { $0 } == 1)
+    }
+
     @Test func slowCheckTimesOut() async {
         let readiness = ReadinessChecks(timeout: .milliseconds(100))
         readiness.add("slow") { try await Task.sleep(for: .seconds(5)) }
