@@ -34,7 +34,7 @@ components:
               enum: [malformed_json, invalid_type, unknown_field, duplicate_field, missing_field, invalid_symbol,
                      invalid_features, non_finite_number, invalid_value, body_too_large, invalid_query,
                      malformed_http, unsupported_media_type, not_found, method_not_allowed,
-                     unauthorized, no_features, redis_unavailable]
+                     unauthorized, no_features, redis_unavailable, audit_unavailable]
             message: {type: string}
             field: {type: string, nullable: true, description: "The offending field, e.g. features[3]"}
     Symbol:
@@ -81,9 +81,10 @@ components:
         hash: {type: string, description: "Artefact hash as reported by Triton"}
     ScoreResponse:
       type: object
-      required: [request_id, symbol, decision, score, source, model, feature_age_ms, latency_us, reason]
+      required: [decision_id, request_id, symbol, decision, score, source, model, feature_age_ms, latency_us, reason]
       properties:
-        request_id: {type: string}
+        decision_id: {type: string, format: uuid, description: "The audit key of this decision (decisions.decision_id)"}
+        request_id: {type: string, description: "The client's X-Request-Id when it is an allowed id, else decision_id"}
         symbol: {type: string}
         decision: {type: string, enum: [trade, no_trade, abstain]}
         score: {type: number, nullable: true}
@@ -199,6 +200,13 @@ paths:
         "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
         "415": {$ref: "#/components/responses/UnsupportedMediaType"}
+        "503":
+          description: |
+            AUDIT_DURABILITY=sync and the decision's AuditRecord could not be written to Redis within
+            AUDIT_SYNC_WAIT_MS (code audit_unavailable): not answered, so that no unaudited decision is acted on.
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Error"}
   /v1/opportunities:
     get:
       summary: Latest opportunities from te:opportunities (newest first, latest entry per id)
@@ -268,7 +276,10 @@ paths:
                   status: {type: string, enum: [ok]}
   /readyz:
     get:
-      summary: Whether to send this gateway traffic (body says what each dependency is doing)
+      summary: >-
+        Whether to send this gateway traffic: 200 while Redis answers and the audit buffer is not full. A Triton
+        outage does not make it unready (the fallback chain answers); the body reports triton_primary,
+        triton_secondary and the breaker states.
       responses:
         "200": {description: Ready, content: {application/json: {schema: {type: object}}}}
         "503": {description: Not ready, content: {application/json: {schema: {type: object}}}}

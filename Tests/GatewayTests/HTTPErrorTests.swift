@@ -154,8 +154,8 @@ import Testing
             yaml[yaml.index(start.lowerBound, offsetBy: 7)..<end].split(separator: ",").map {
                 $0.trimmingCharacters(in: .whitespacesAndNewlines)
             })
-        // Answered outside RequestError.Code: the bearer check, /debug/features, Redis outages.
-        let others: Set = ["unauthorized", "no_features", "redis_unavailable"]
+        // Answered outside RequestError.Code: the bearer check, /debug/features, Redis outages, sync audit.
+        let others: Set = ["unauthorized", "no_features", "redis_unavailable", "audit_unavailable"]
         #expect(documented == Set(RequestError.Code.allCases.map(\.rawValue)).union(others))
     }
 
