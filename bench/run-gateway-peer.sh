@@ -113,7 +113,7 @@ md = ["# Gateway vs the Python peer; audit durability sync vs async", "",
       f"Same private Triton (CPU, Python backend), same Redis, same client (gateway-bench, closed loop, HTTP/1.1 "
       f"keep-alive) and body (features in the request); at each connection count sync, async and the peer "
       f"run in turn, in each of {max(1, sum(1 for r in rows if r['label'] == 'python peer') // max(1, len({r['connections'] for r in rows if r['label'] == 'python peer'})))} "
-      f"rounds of {rows[0].get('duration_s') or '?'} s each; figures are medians over the rounds. "
+      f"rounds of {next((r['duration_s'] for r in rows if r.get('duration_s')), '?')} s each; figures are medians over the rounds. "
       f"Load average during the runs: {min(loads):.2f}–{max(loads):.2f}. "
       f"perf_analyzer p50 at c=1 (Triton alone): {pa if pa is not None else 'not installed'} ms.", "",
       "| conns | gateway | throughput rps | p50 ms | p99 ms | answered by the model | gateway CPU % | vs peer (throughput) |",
