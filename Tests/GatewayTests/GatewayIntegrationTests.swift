@@ -65,7 +65,7 @@ import TritonClient
     }
 
     @Test func hungPrimaryIsHedgedToSecondaryWithinTheDeadline() async throws {
-        let silent = try SilentListener()
+        let silent = try SilentTCPListener()
         let config = try GatewayTestEnv.config("hedge", triton: silent.url) {
             $0.tritonSecondaryURL = try? GatewayTestEnv.tritonURL()
             $0.scoreTimeoutMs = 250
@@ -85,8 +85,8 @@ import TritonClient
     }
 
     @Test func deadlineHoldsWhenEveryEndpointHangs() async throws {
-        let a = try SilentListener()
-        let b = try SilentListener()
+        let a = try SilentTCPListener()
+        let b = try SilentTCPListener()
         let config = try GatewayTestEnv.config("deadline", triton: a.url) {
             $0.tritonSecondaryURL = b.url
             $0.scoreTimeoutMs = 50

@@ -258,33 +258,9 @@ final class PrivateTriton: Sendable {
     }
 }
 
-/// A TCP port that accepts connections (the kernel completes the handshake into the backlog) and never
-/// answers: a hung server, for deadline tests.
-final class SilentListener: Sendable {
-    let port: Int
-    private let fd: Int32
-
-    init() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
-        }
-        guard fd >= 0, bound == 0, listen(fd, 128) == 0 else { throw POSIXError(.EADDRINUSE) }
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        self.fd = fd
-        port = Int(UInt16(bigEndian: address.sin_port))
-    }
-
+/// A hung Triton for deadline tests: its `TRITON_URL`.
+extension SilentTCPListener {
     var url: String { "127.0.0.1:\(port)" }
-
-    deinit { close(fd) }
 }
 
 /// A port nothing listens on: connections are refused at once.

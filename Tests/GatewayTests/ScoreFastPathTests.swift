@@ -109,7 +109,7 @@ import Testing
     /// Graceful shutdown while a score is waiting on the model: the answer still goes out (with
     /// `Connection: close`) before the connection closes, as on Hummingbird's router path.
     @Test func inFlightAnswerSurvivesGracefulShutdown() async throws {
-        let silent = try SilentListener()  // a Triton that accepts and never answers: the call runs to its deadline
+        let silent = try SilentTCPListener()  // a Triton that accepts and never answers: the call runs to its deadline
         let config = try GatewayTestEnv.config("fastpath-drain", triton: silent.url) { $0.scoreTimeoutMs = 1500 }
         let valid = self.valid
         let pending = try await GatewayTestEnv.withGateway(config, waitForIdentity: false) { _, client in
