@@ -28,6 +28,8 @@ let package = Package(
         .library(name: "TritonClient", targets: ["TritonClient"]),
         .library(name: "MarketData", targets: ["MarketData"]),
         .library(name: "TEKafka", targets: ["TEKafka"]),
+        // The fuzz targets' entry points, for the libFuzzer binaries of fuzz/Package.swift.
+        .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -197,6 +199,12 @@ let package = Package(
                 "GatewayCore", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ], path: "Tests/GatewayTests",
+            swiftSettings: swiftSettings),
+        .testTarget(
+            name: "FuzzRegressionTests", dependencies: ["FuzzTargets"], path: "Tests/FuzzRegressionTests",
+            swiftSettings: swiftSettings),
+        .target(
+            name: "FuzzTargets", dependencies: ["MarketData", "TEModels"], path: "Tests/FuzzTargets",
             swiftSettings: swiftSettings),
         .target(
             name: "TestSupport", dependencies: ["TERedis", "ServiceKit"], path: "Tests/TestSupport",
