@@ -34,14 +34,17 @@ if [ ! -d $CORPUS/normalizer ] && [ -d "$DATA" ]; then
     for file in "$DATA"/binance/*.gz; do
         name=$(basename "$file" .gz)
         # every 10th of the first 3000 lines: the mix of bookTicker, trade, depth and the snapshot
-        zcat "$file" | head -3000 | cut -d' ' -f2- | awk 'NR % 10 == 1 || /lastUpdateId/' | cut -c1-4096 | seed_venue "$name"
+        zcat "$file" | head -3000 | cut -d' ' -f2- | awk '(NR % 10 == 1 || /lastUpdateId/) && length($0) < 65536' | seed_venue "$name"
         zcat "$file" | head -3000 | cut -d' ' -f2- | grep -n -m1 lastUpdateId | cut -d: -f1 | while read -r at; do
             zcat "$file" | cut -d' ' -f2- | sed -n "$((at > 20 ? at - 20 : 1)),$((at + 40))p" > "$CORPUS/normalizer/$name/sequence"
         done
     done
     zcat "$DATA"/hyperliquid/*.gz | head -300 | cut -d' ' -f2- | seed_venue hyperliquid
-    zstd -dc "$DATA"/cryptofeed/KRAKEN.jsonl.zst | jq -r 'select(.t == "recv") | .data' | awk 'length($0) < 4096' \
-        | head -300 | seed_venue kraken
+    zstd -dc "$DATA"/cryptofeed/KRAKEN.jsonl.zst | python3 -c '
+import json, sys
+for line in sys.stdin:
+    entry = json.loads(line)
+    if entry.get("t") == "recv" and len(entry["data"]) < 4096: print(entry["data"])' 2>/dev/null | head -300 | seed_venue kraken
     set -o pipefail
 fi
 mkdir -p $CORPUS/normalizer $CORPUS/stream-codec
