@@ -30,6 +30,7 @@ let package = Package(
         .library(name: "TEKafka", targets: ["TEKafka"]),
         // The fuzz targets' entry points, for the libFuzzer binaries of fuzz/Package.swift.
         .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
+        .library(name: "GatewayFuzzTargets", targets: ["GatewayFuzzTargets"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -201,11 +202,14 @@ let package = Package(
             ], path: "Tests/GatewayTests",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "FuzzRegressionTests", dependencies: ["FuzzTargets"], path: "Tests/FuzzRegressionTests",
+            name: "FuzzRegressionTests", dependencies: ["FuzzTargets", "GatewayFuzzTargets"], path: "Tests/FuzzRegressionTests",
             swiftSettings: swiftSettings),
         .target(
             name: "FuzzTargets", dependencies: ["MarketData", "TEModels"], path: "Tests/FuzzTargets",
             swiftSettings: swiftSettings),
+        .target(
+            name: "GatewayFuzzTargets", dependencies: ["FuzzTargets", "GatewayCore", "TEModels"],
+            path: "Tests/GatewayFuzzTargets", swiftSettings: swiftSettings),
         .target(
             name: "TestSupport", dependencies: ["TERedis", "ServiceKit"], path: "Tests/TestSupport",
             swiftSettings: swiftSettings),

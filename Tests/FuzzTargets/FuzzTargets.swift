@@ -7,7 +7,7 @@ import TEModels
 public struct FuzzViolation: Error, CustomStringConvertible {
     public var description: String
 
-    init(_ description: String) { self.description = description }
+    public init(_ description: String) { self.description = description }
 }
 
 /// The fuzz targets, by the directory name of their seeds (fuzz/corpus/<name>) and findings
@@ -23,15 +23,19 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         }
     }
 
-    /// libFuzzer's callback: a violation is a crash, which is what libFuzzer records.
-    public func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> Int32 {
-        do {
-            try run(start.map { Array(UnsafeBufferPointer(start: $0, count: count)) } ?? [])
-        } catch {
-            fatalError("\(rawValue): \(error)")
-        }
-        return 0
+    public func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> Int32 { fuzzCallback(rawValue, start, count, run) }
+}
+
+/// libFuzzer's callback around a target's `run`: a violation is a crash, which is what libFuzzer records.
+public func fuzzCallback(
+    _ name: String, _ start: UnsafePointer<UInt8>?, _ count: Int, _ run: ([UInt8]) throws(FuzzViolation) -> Void
+) -> Int32 {
+    do {
+        try run(start.map { Array(UnsafeBufferPointer(start: $0, count: count)) } ?? [])
+    } catch {
+        fatalError("\(name): \(error)")
     }
+    return 0
 }
 
 /// The input splits at each newline into venue messages, fed in order to one `MarketNormalizer` (so depth
