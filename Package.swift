@@ -28,6 +28,9 @@ let package = Package(
         .library(name: "TritonClient", targets: ["TritonClient"]),
         .library(name: "MarketData", targets: ["MarketData"]),
         .library(name: "TEKafka", targets: ["TEKafka"]),
+        // The fuzz targets' entry points, for the libFuzzer binaries of fuzz/Package.swift.
+        .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
+        .library(name: "GatewayFuzzTargets", targets: ["GatewayFuzzTargets"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -198,6 +201,15 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ], path: "Tests/GatewayTests",
             swiftSettings: swiftSettings),
+        .testTarget(
+            name: "FuzzRegressionTests", dependencies: ["FuzzTargets", "GatewayFuzzTargets"], path: "Tests/FuzzRegressionTests",
+            swiftSettings: swiftSettings),
+        .target(
+            name: "FuzzTargets", dependencies: ["MarketData", "TEModels"], path: "Tests/FuzzTargets",
+            swiftSettings: swiftSettings),
+        .target(
+            name: "GatewayFuzzTargets", dependencies: ["FuzzTargets", "GatewayCore", "TEModels"],
+            path: "Tests/GatewayFuzzTargets", swiftSettings: swiftSettings),
         .target(
             name: "TestSupport", dependencies: ["TERedis", "ServiceKit"], path: "Tests/TestSupport",
             swiftSettings: swiftSettings),

@@ -208,7 +208,7 @@ public struct MarketNormalizer: Sendable {
                 symbol: symbol, tsNs: receiveTsNs, bid: bid, bidSize: try Self.number(data, "B"), ask: ask,
                 askSize: try Self.number(data, "A"), venue: venue)
             tick.seq = Self.int(data["u"])
-            tick.exchangeTsNs = Self.int(data["T"] ?? data["E"]).map { $0 * 1_000_000 }
+            tick.exchangeTsNs = Self.nanoseconds(milliseconds: Self.int(data["T"] ?? data["E"]))
             if depthLevels > 0, let book = binanceBooks[symbol], book.isSynced {
                 tick.bids = [[bid, tick.bidSize!]] + book.bids.levels(after: bid, limit: depthLevels - 1)
                 tick.asks = [[ask, tick.askSize!]] + book.asks.levels(after: ask, limit: depthLevels - 1)
@@ -221,7 +221,7 @@ public struct MarketNormalizer: Sendable {
                 // The buyer was the maker, so the aggressor sold.
                 side: buyerIsMaker ? .sell : .buy, venue: venue)
             tick.seq = Self.int(data["t"] ?? data["a"])
-            tick.exchangeTsNs = Self.int(data["T"]).map { $0 * 1_000_000 }
+            tick.exchangeTsNs = Self.nanoseconds(milliseconds: Self.int(data["T"]))
             return .ticks([try tick.validated()])
         default:
             guard (data["e"] as? String) == "depthUpdate" else {
@@ -302,7 +302,7 @@ public struct MarketNormalizer: Sendable {
                     symbol: pair, tsNs: receiveTsNs, price: try Self.number(fields[0], field: "trade[\(i)].price"),
                     size: try Self.number(fields[1], field: "trade[\(i)].volume"),
                     side: (fields[3] as? String) == "s" ? .sell : .buy, venue: "kraken")
-                tick.exchangeTsNs = (try? Self.number(fields[2], field: "time")).map { Int64(($0 * 1e9).rounded()) }
+                tick.exchangeTsNs = (try? Self.number(fields[2], field: "time")).flatMap(Self.nanoseconds(seconds:))
                 ticks.append(try tick.validated())
             }
             return .ticks(ticks)
@@ -383,6 +383,16 @@ public struct MarketNormalizer: Sendable {
         default: return nil
         }
     }
+
+    /// An exchange time in nanoseconds; nil when it does not fit (a venue's time is informative only, so an
+    /// absurd one is dropped rather than rejecting the tick — or trapping on the overflow).
+    static func nanoseconds(milliseconds: Int64?) -> Int64? {
+        guard let milliseconds else { return nil }
+        let (ns, overflow) = milliseconds.multipliedReportingOverflow(by: 1_000_000)
+        return overflow ? nil : ns
+    }
+
+    static func nanoseconds(seconds: Double) -> Int64? { Int64(exactly: (seconds * 1e9).rounded()) }
 
     static func levels(_ raw: Any?, field: String) throws(MessageDecodingError) -> [BinanceOrderBook.Level] {
         guard let raw else { return [] }

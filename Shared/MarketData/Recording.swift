@@ -112,7 +112,9 @@ public final class RecordingReader {
         if let kind = object["t"] as? String, object["kind"] == nil {
             // cryptofeed
             guard let ts = object["ts"] as? Double, let data = object["data"] as? String else { return nil }
-            let tsNs = Int64((ts * 1e9).rounded())
+            guard let tsNs = MarketNormalizer.nanoseconds(seconds: ts) else {
+                throw RecordingError(path: path, line: lineNumber, reason: "ts \(ts) is out of range")
+            }
             switch kind {
             case "recv":
                 let payload = Array(data.utf8)
