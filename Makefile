@@ -37,7 +37,7 @@ test: deps
 	set -a; source .dev/env; set +a; \
 	  export TE_BIN_DIR="$$($(SWIFT) build --show-bin-path)"; \
 	  $(SWIFT) test --skip-build --no-parallel
-	@FUZZ_SECONDS=15 scripts/fuzz.sh
+	@FUZZ_SECONDS=15 FUZZ_SEED=1 scripts/fuzz.sh
 	@TE_BIN_DIR="$$($(SWIFT) build --show-bin-path)" scripts/check-openapi.sh
 	@scripts/check-deploy.sh
 	@TE_BIN_DIR="$$($(SWIFT) build --show-bin-path)" scripts/demo.sh --short
