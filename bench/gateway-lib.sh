@@ -1,6 +1,7 @@
 # Shared by bench/run-gateway.sh and bench/run-gateway-peer.sh (sourced, not a bench part): CPU accounting
 # and one gateway-bench run as a JSON line with the CPU shares and the load average next to its figures.
-# Needs: BENCH (gateway-bench), DURATION, RESULTS (file the rows are appended to), TRITON_PID, T_GRPC.
+# Needs: BENCH (gateway-bench), DURATION, RESULTS (file the rows are appended to), TRITON_PID, T_GRPC,
+# REDIS_PORT.
 
 HZ=$(getconf CLK_TCK)
 # CPU ticks (utime+stime) of a process and its children (Triton's Python stubs, uvicorn's workers).
@@ -53,4 +54,20 @@ print(json.dumps({"label": label, "mode": "closed", "connections": 1,
     "machine_busy_pct": round((mb1 - mb0) / max(1, mt1 - mt0) * 100), "load1": float(load)}, sort_keys=True))
 PY
   rm -f "$csv"
+}
+
+# The gateways' audit stream during a bench: a stream of its own (AUDIT_STREAM, exported for the gateways),
+# capped by STREAM_MAXLEN and deleted at the end. Nothing writes it to PostgreSQL, and an ever-growing
+# stream in the dev Redis (append-only file on) made its AOF rewrites fork gigabytes mid-run. STREAM_MAXLEN
+# never trims past the audit-writer group's acknowledged entries, so this stand-in for audit-writer moves the
+# group past everything once a second (XGROUP SETID … $): one cheap command, no PostgreSQL load.
+start_audit_stand_in() {
+  export AUDIT_STREAM=bench:gateway:audit
+  redis-cli -p "$REDIS_PORT" DEL "$AUDIT_STREAM" >/dev/null
+  (while sleep 1; do redis-cli -p "$REDIS_PORT" XGROUP SETID "$AUDIT_STREAM" audit-writer '$' >/dev/null 2>&1; done) &
+  AUDIT_STAND_IN_PID=$!
+}
+stop_audit_stand_in() {
+  [ -n "${AUDIT_STAND_IN_PID:-}" ] && kill "$AUDIT_STAND_IN_PID" 2>/dev/null
+  redis-cli -p "$REDIS_PORT" DEL "$AUDIT_STREAM" >/dev/null 2>&1 || true
 }

@@ -36,8 +36,11 @@ fi
 
 TRITON_STATE=$T_STATE TRITON_PID_NAME=bench-peer-triton scripts/dev-triton.sh "$T_GRPC" "$T_HTTP" "$T_METRICS" >&2
 TRITON_PID=$(cat "$T_STATE/run/bench-peer-triton.pid")
+source bench/gateway-lib.sh
+start_audit_stand_in
 PIDS=()
 cleanup() {
+  stop_audit_stand_in
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   # Triton runs in its own process group (its Python stubs with it).
   kill -- "-$TRITON_PID" 2>/dev/null || kill "$TRITON_PID" 2>/dev/null || true
@@ -50,7 +53,6 @@ LOG=bench/results/gateway-peer-server.log.tmp
 : > "$LOG"
 for mode in sync async; do
   port=$SYNC_PORT; [ $mode = async ] && port=$ASYNC_PORT
-  # te:audit capped: nothing consumes it during the bench (see run-gateway.sh).
   HTTP_PORT=$port TRITON_URL=127.0.0.1:$T_GRPC LOG_LEVEL=warning AUDIT_DURABILITY=$mode \
     STREAM_MAXLEN=${BENCH_AUDIT_MAXLEN:-100000} .build/release/gateway 2>>"$LOG" &
   PIDS+=($!); [ $mode = sync ] && SYNC_PID=$! || ASYNC_PID=$!
@@ -67,7 +69,6 @@ sleep 1  # model identity, first Triton connections
 
 RESULTS=bench/results/gateway-peer.json.tmp
 : > "$RESULTS"
-source bench/gateway-lib.sh
 # The peer's own counters (model answers vs rules fallbacks), summed over its workers.
 peer_stats() { python3 -c 'import json,glob,sys; t={}
 for f in glob.glob(sys.argv[1]+"/*.json"):

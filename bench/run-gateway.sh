@@ -9,10 +9,8 @@
 #   (coordinated omission corrected; BENCH_OPEN_DURATION s each, default 5): BENCH_MODEL_RATES
 #   (default 500 1000 2000 4000 req/s) on the model path, BENCH_FALLBACK_RATES (2000 5000 10000 15000)
 #   on the fallback path. Each row has 1 s of warm-up before its window.
-# AUDIT_DURABILITY sync vs async (BENCH_DURABILITY_CONNECTIONS, default 1 32 64): two gateways side by side
-# on the same private Triton (PORT and PORT+1), rows alternating sync/async at each connection count,
-# model path, features in the request. The other rows run the default (sync). BENCH_PARTS=durability
-# runs only these rows.
+# The gateway runs with the default AUDIT_DURABILITY (sync); sync vs async, beside the Python peer, is the
+# gateway-peer part (bench/run-gateway-peer.sh).
 # Every run records which source answered, the 1-minute load average and the CPU share (% of one core)
 # used by the gateway, by Triton (server + Python stubs) and by the whole machine. About 3.5 minutes.
 # Writes bench/results/gateway.json and bench/results/gateway.md.
@@ -36,7 +34,6 @@ BENCH=bench/.build/release/gateway-bench
 GATEWAY=${BENCH_GATEWAY:-.build/release/gateway}  # another build (e.g. main's) for before/after tables
 TRITON_SCRIPT=${BENCH_TRITON_SCRIPT:-scripts/dev-triton.sh}  # another checkout's script serves its own model config
 OUT=${BENCH_OUT:-gateway}
-PARTS=${BENCH_PARTS:-all}  # all | durability
 
 TRITON_STATE=$T_STATE TRITON_PID_NAME=bench-triton "$TRITON_SCRIPT" "$T_GRPC" "$T_HTTP" "$T_METRICS" >&2
 TRITON_PID=$(cat "$T_STATE/run/bench-triton.pid")
@@ -44,8 +41,6 @@ stop_triton() {
   kill "$TRITON_PID" 2>/dev/null || true
   for _ in $(seq 100); do kill -0 "$TRITON_PID" 2>/dev/null || return 0; sleep 0.1; done
 }
-trap 'stop_triton; [ -n "${GW_PID:-}" ] && kill "$GW_PID" 2>/dev/null || true' EXIT
-
 # Features from memory: a fresh te:online hash for the bench symbol (cold start loads it once).
 REDIS_PORT=$(echo "$REDIS_URL" | sed -E 's#.*:([0-9]+)/?.*#\1#')
 NOW_NS=$(date +%s%N)
@@ -53,16 +48,9 @@ redis-cli -p "$REDIS_PORT" HSET "te:online:$SYMBOL" v 1 symbol $SYMBOL ts_ns "$N
   n_trades 3 trade_volume 1.5 last_price 100 warm true spread_bps 0.5 imbalance 0.3 depth_imbalance 0.2 ofi_norm 1 \
   realized_vol_bps 2 mid_return_bps 0.1 tick_rate 10 microprice_offset_bps 0.05 written_at_ns "$NOW_NS" >/dev/null
 
-# The gateways' audit stream: a bench stream of its own, capped, deleted at the end. Nothing writes it
-# to PostgreSQL during the bench, and an ever-growing stream in the dev Redis (append-only file on)
-# made its AOF rewrites fork gigabytes mid-run (14 M entries after a few runs). STREAM_MAXLEN never
-# trims past the audit-writer group's acknowledged entries, so a stand-in for audit-writer moves the
-# group past everything once a second (XGROUP SETID … $): one cheap command, no PostgreSQL load.
-export AUDIT_STREAM=bench:gateway:audit
-redis-cli -p "$REDIS_PORT" DEL "$AUDIT_STREAM" >/dev/null
-(while sleep 1; do redis-cli -p "$REDIS_PORT" XGROUP SETID "$AUDIT_STREAM" audit-writer '$' >/dev/null 2>&1; done) &
-ACKER_PID=$!
-trap 'stop_triton; kill "$ACKER_PID" 2>/dev/null; redis-cli -p "$REDIS_PORT" DEL "$AUDIT_STREAM" >/dev/null; [ -n "${GW_PID:-}" ] && kill "$GW_PID" 2>/dev/null || true' EXIT
+source bench/gateway-lib.sh
+start_audit_stand_in
+trap 'stop_triton; stop_audit_stand_in; [ -n "${GW_PID:-}" ] && kill "$GW_PID" 2>/dev/null || true' EXIT
 
 GW_PID=
 start_gateway() {  # $1 = TRITON_URL
@@ -76,38 +64,9 @@ stop_gateway() { kill "$GW_PID"; wait "$GW_PID" || true; }
 
 RESULTS=bench/results/$OUT.json.tmp
 : > "$RESULTS"
-source bench/gateway-lib.sh
 run() { bench_run "$GW_PID" "$PORT" "$@"; }
 
-# $1 = AUDIT_DURABILITY, $2 = port; the pid goes to DURABILITY_PID.
-start_durability_gateway() {
-  AUDIT_DURABILITY=$1 HTTP_PORT=$2 TRITON_URL=127.0.0.1:$T_GRPC LOG_LEVEL=warning STREAM_MAXLEN=${BENCH_AUDIT_MAXLEN:-100000} \
-    "$GATEWAY" 2>>bench/results/gateway-server.log.tmp &
-  DURABILITY_PID=$!
-}
-durability_rows() {
-  local sync_pid async_pid c d saved_port=$PORT
-  start_durability_gateway sync "$PORT"; sync_pid=$DURABILITY_PID
-  start_durability_gateway async $((PORT + 1)); async_pid=$DURABILITY_PID
-  for p in "$PORT" $((PORT + 1)); do
-    for _ in $(seq 100); do curl -fs "localhost:$p/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
-  done
-  sleep 1  # identity + warm-up
-  for c in ${BENCH_DURABILITY_CONNECTIONS:-1 32 64}; do
-    for d in sync async; do
-      if [ "$d" = sync ]; then GW_PID=$sync_pid PORT=$saved_port; else GW_PID=$async_pid PORT=$((saved_port + 1)); fi
-      run --mode closed --connections "$c" --features --label "durability-$d/request-features"
-    done
-  done
-  PORT=$saved_port GW_PID=
-  kill "$sync_pid" "$async_pid"; wait "$sync_pid" "$async_pid" || true
-}
-
-if [ "$PARTS" = durability ]; then
-  durability_rows
-else
 perf_analyzer_c1
-durability_rows
 start_gateway "127.0.0.1:$T_GRPC"
 # The HTTP server's own floor: GET /healthz through Hummingbird's router (no scoring, no audit).
 for c in 1 32; do run --mode closed --connections "$c" --get /healthz --label "floor/GET /healthz"; done
@@ -131,7 +90,6 @@ sleep 2
 both_feature_sources fallback "$FALLBACK_RATES"
 stop_gateway
 GW_PID=
-fi
 
 python3 - "$RESULTS" "$OUT" <<'PY'
 import json, sys, platform, os
