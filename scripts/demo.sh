@@ -116,30 +116,19 @@ score_once() {
 latency_summary() {
   sort -n "$1" | awk '{a[NR]=$1} END{if(NR==0){print "-", "-", 0; exit} i50=int(0.5*NR); if(i50<1)i50=1; i99=int(0.99*NR+0.999); if(i99>NR)i99=NR; printf "%.2f %.2f %d\n", a[i50]/1000, a[i99]/1000, NR}'
 }
-now_s() { date +%s.%N; }
-rate() { awk -v a="$1" -v b="$2" -v dt="$3" 'BEGIN{ if (dt > 0) printf "%.0f", (a-b)/dt; else print 0 }'; }
-
-prev_ticks=0; prev_feat=0; prev_sig=0; prev_opp=0; prev_audit=0; prev_t=$(now_s)
 running=1
 while [ $running = 1 ]; do
   running=0
   for p in "${REPLAY_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && running=1; done
   for sym in "${SYMBOLS[@]}"; do score_once "$sym"; done
   last=$LAST_DECISION
-  ticks=$(xlen te:ticks); feat=$(xlen te:features); sig=$(xlen te:signals); opp=$(xlen te:opportunities)
-  audit=$(xlen te:audit); t=$(now_s); dt=$(awk -v a="$t" -v b="$prev_t" 'BEGIN{print a-b}')
   if [ $SHORT = 0 ]; then
     read -r gw50 gw99 gwn < <(latency_summary "$DEV/demo-latency.txt")
     read -r in50 in99 _ < <(latency_summary "$DEV/demo-gateway-latency.txt")
     printf '\033[2J\033[H'
     say "Trade Eligibility demo — replaying ${#FILES[@]} Binance recording(s) into Kafka topic $KAFKA_TOPIC"
-    printf '%-18s %-16s %10s %8s   %-14s\n' stage "output stream" entries "/s" "group lag"
-    printf '%-18s %-16s %10s %8s   %-14s\n' ingest te:ticks "$ticks" "$(rate "$ticks" "$prev_ticks" "$dt")" "$(lag te:ticks feature-pipeline)"
-    printf '%-18s %-16s %10s %8s   %-14s\n' feature-pipeline te:features "$feat" "$(rate "$feat" "$prev_feat" "$dt")" "$(lag te:features strategy-engine)"
-    printf '%-18s %-16s %10s %8s   %-14s\n' strategy-engine te:signals "$sig" "$(rate "$sig" "$prev_sig" "$dt")" "$(lag te:signals opportunity-aggregator)"
-    printf '%-18s %-16s %10s %8s\n' aggregator te:opportunities "$opp" "$(rate "$opp" "$prev_opp" "$dt")"
-    printf '%-18s %-16s %10s %8s   %-14s\n' gateway te:audit "$audit" "$(rate "$audit" "$prev_audit" "$dt")" "$(lag te:audit audit-writer)"
-    printf '%-18s %-16s %10s\n' "" te:dlq "$(xlen te:dlq)"
+    # The stages' view is `te top`'s (one frame, rates over the second it waits).
+    "$BIN/te" top --once --interval 1 --targets "gateway=127.0.0.1:$HTTP_PORT" 2>/dev/null || true
     echo
     echo "gateway decisions by this demo: $gwn, round trip p50 $gw50 ms, p99 $gw99 ms (keep-alive client); in the gateway p50 $in50 ms, p99 $in99 ms"
     echo "last gateway decision: $last"
@@ -147,8 +136,7 @@ while [ $running = 1 ]; do
     echo "           REDIS_URL=$REDIS_URL $BIN/te streams · psql $POSTGRES_URL -c 'select source,count(*) from decisions group by 1'"
     echo "           Ctrl-C stops the demo"
   fi
-  prev_ticks=$ticks; prev_feat=$feat; prev_sig=$sig; prev_opp=$opp; prev_audit=$audit; prev_t=$t
-  sleep 1
+  [ $SHORT = 0 ] || sleep 1  # the full demo's frame already waited its second in te top
 done
 
 say "replay finished; draining the pipeline…"

@@ -14,12 +14,23 @@ struct AuditCommand: AsyncParsableCommand {
 
         @Option(help: "Symbol, e.g. BTCUSDT.") var symbol: String
         @Option(name: .short, help: "How many decisions.") var n: Int = 20
+        @OptionGroup var format: OutputOptions
 
         func run() async throws {
             guard n > 0 else { throw ValidationError("-n must be positive") }
             let store = try AuditCommand.store()
             let decisions = try await store.recent(symbol: symbol, limit: n)
             await store.connection.close()
+            if format.json {
+                // Each decision as its AuditRecord (DESIGN field names) plus the row's decided_at.
+                let encoder = JSONEncoder()
+                try format.printJSON(decisions.map { d -> Any in
+                    var object = (try? JSONSerialization.jsonObject(with: encoder.encode(d.record))) as? [String: Any] ?? [:]
+                    object["decided_at"] = d.decidedAt
+                    return object
+                })
+                return
+            }
             if decisions.isEmpty {
                 print("no decisions for \(symbol)")
                 return
@@ -48,6 +59,7 @@ struct AuditCommand: AsyncParsableCommand {
         var since: String = "1h"
         @Option(help: "End (exclusive), same forms as --since. Default: now.")
         var until: String?
+        @OptionGroup var format: OutputOptions
 
         func run() async throws {
             let since = try AuditCommand.timestamp(self.since, option: "--since")
@@ -56,6 +68,15 @@ struct AuditCommand: AsyncParsableCommand {
             let counts = try await store.counts(since: since, until: until)
             await store.connection.close()
             let total = counts.reduce(0) { $0 + $1.count }
+            if format.json {
+                try format.printJSON([
+                    "since": since, "until": until as Any? ?? NSNull(), "total": total,
+                    "counts": counts.map { c -> [String: Any] in
+                        ["source": c.source, "decision": c.decision, "model_version": c.modelVersion as Any? ?? NSNull(), "count": c.count]
+                    },
+                ])
+                return
+            }
             print("decisions from \(since) to \(until ?? "now"): \(total)")
             guard !counts.isEmpty else { return }
             print(TextTable.render(
@@ -86,9 +107,8 @@ struct AuditCommand: AsyncParsableCommand {
     /// `30s`/`15m`/`1h`/`7d` back from now as an ISO-8601 UTC timestamp; anything else is passed to
     /// PostgreSQL as a timestamptz literal (it reports a malformed one).
     static func timestamp(_ text: String, option: String) throws -> String {
-        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
-        if let unit = text.last, let scale = units[unit], let amount = Double(text.dropLast()), amount >= 0 {
-            let date = Date().addingTimeInterval(-amount * scale)
+        if let back = Inspect.durationSeconds(text) {
+            let date = Date().addingTimeInterval(-back)
             let formatter = ISO8601DateFormatter()
             formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
             return formatter.string(from: date)

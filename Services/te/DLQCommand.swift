@@ -28,6 +28,7 @@ struct DLQCommand: AsyncParsableCommand {
     @Option(help: "Dead-letter stream.") var stream = StreamKey.dlq
     @Option(name: .short, help: "list: how many (newest first).") var n = 20
     @Flag(help: "show: write only the payload's original bytes (base64 decoded) to stdout.") var payload = false
+    @OptionGroup var format: OutputOptions
 
     func validate() throws {
         if action != .list && ids.isEmpty { throw ValidationError("\(action.rawValue) needs at least one entry id") }
@@ -39,14 +40,29 @@ struct DLQCommand: AsyncParsableCommand {
         switch action {
         case .list:
             let entries = try await redis.xrevrange(stream, count: n)
+            if format.json {
+                try format.printJSON(entries.map { e -> [String: Any] in
+                    guard let d = try? StreamFieldDecoder.decode(DeadLetter.self, from: e.fields) else {
+                        return ["id": e.id, "undecodable": true]
+                    }
+                    return [
+                        "id": e.id, "stage": d.stage, "reason": d.reason, "source": d.source as Any? ?? NSNull(),
+                        "ts_ns": d.tsNs, "encoding": d.encoding as Any? ?? NSNull(), "payload": d.payload,
+                    ]
+                })
+                return
+            }
             let rows: [[String]] = entries.map { e in
                 guard let d = try? StreamFieldDecoder.decode(DeadLetter.self, from: e.fields) else {
                     return [e.id, "?", "?", "?", Inspect.age(ofID: e.id), ""]
                 }
                 let shown = d.encoding.map { "\($0):" + d.payload.prefix(32) } ?? String(d.payload.prefix(40))
-                return [e.id, d.stage, String(d.reason.prefix(60)), d.source ?? "-", Inspect.age(ofID: e.id), shown]
+                let reason = format.wide ? d.reason : String(d.reason.prefix(60))
+                let at = format.wide ? [Inspect.milliseconds(ofID: e.id).map(format.time(ms:)) ?? "-"] : []
+                return [e.id] + at + [d.stage, reason, d.source ?? "-", Inspect.age(ofID: e.id), shown]
             }
-            print(rows.isEmpty ? "\(stream) is empty" : Inspect.table(["ID", "STAGE", "REASON", "SOURCE", "AGE", "PAYLOAD"], rows))
+            let header = ["ID"] + (format.wide ? ["AT"] : []) + ["STAGE", "REASON", "SOURCE", "AGE", "PAYLOAD"]
+            print(rows.isEmpty ? "\(stream) is empty" : Inspect.table(header, rows))
         case .show:
             for id in ids {
                 guard let e = try await redis.xrange(stream, start: id, end: id, count: 1).first else {

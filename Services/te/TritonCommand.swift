@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import TritonClient
 
 /// `te triton`: operator checks against the Triton gRPC endpoint in TRITON_URL.
@@ -23,7 +24,10 @@ struct TritonCommand: AsyncParsableCommand {
             guard let url = url ?? ProcessInfo.processInfo.environment["TRITON_URL"], !url.isEmpty else {
                 throw ValidationError("TRITON_URL is not set (or pass --url host:port)")
             }
-            return try TritonClient(url: url)
+            // Connection trouble reaches the operator as the command's error line, not as log lines.
+            var logger = Logger(label: "te-triton")
+            logger.logLevel = .critical
+            return try TritonClient(url: url, logger: logger)
         }
         var modelName: String { model ?? ProcessInfo.processInfo.environment["MODEL_NAME"] ?? "trade_eligibility" }
         var deadline: ContinuousClock.Instant { .now + .milliseconds(timeoutMs) }

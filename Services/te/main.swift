@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// The operator CLI. Each subcommand lives in its own file.
 struct TE: AsyncParsableCommand {
@@ -8,7 +9,7 @@ struct TE: AsyncParsableCommand {
         discussion: "Connection settings come from the environment (REDIS_URL, KAFKA_BROKERS, POSTGRES_URL, TRITON_URL); `source .dev/env` after `make dev-up`.",
         subcommands: [
             ReplayCommand.self, StreamsCommand.self, TailCommand.self, PendingCommand.self, DLQCommand.self,
-            FeaturesCommand.self, TritonCommand.self, AuditCommand.self, ScoreCommand.self,
+            FeaturesCommand.self, TritonCommand.self, AuditCommand.self, ScoreCommand.self, TopCommand.self,
         ])
 }
 
@@ -16,14 +17,23 @@ struct TE: AsyncParsableCommand {
 // async `run()`; parse and run by hand.
 func runAsync(_ command: inout some AsyncParsableCommand) async throws { try await command.run() }
 
+let command: any ParsableCommand
 do {
-    let command = try TE.parseAsRoot()
+    command = try TE.parseAsRoot()
+} catch {
+    TE.exit(withError: error)  // usage, --help, --generate-completion-script
+}
+do {
     if var asyncCommand = command as? any AsyncParsableCommand {
         try await runAsync(&asyncCommand)
     } else {
         var syncCommand = command
         try syncCommand.run()
     }
-} catch {
+} catch let error where error is ExitCode || error is CleanExit || error is ValidationError {
     TE.exit(withError: error)
+} catch {
+    // Anything else is a failed operation: one line naming what failed, exit 1.
+    FileHandle.standardError.write(Data("te: \(Inspect.message(for: error))\n".utf8))
+    TE.exit(withError: ExitCode(1))
 }

@@ -424,7 +424,8 @@ struct GatewayAPI: Sendable {
     }
 
     func metrics() -> Response {
-        Response(
+        d.engine.metrics.process.update()
+        return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
             body: .init(byteBuffer: ByteBuffer(bytes: d.engine.metrics.registry.emitToBuffer())))
     }

@@ -1,4 +1,5 @@
 import Prometheus
+import ServiceKit
 import Synchronization
 import TEModels
 
@@ -6,6 +7,8 @@ import TEModels
 /// once and looked up by index or small dictionaries so the request path does no registry lookups.
 public final class GatewayMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
+    /// `process_*`, read at each scrape.
+    public let process: ProcessMetrics
     let requestDuration: DurationHistogram
     let auditBufferDepth: Gauge
     let auditDropped: Counter
@@ -32,6 +35,7 @@ public final class GatewayMetrics: Sendable {
 
     public init(registry: PrometheusCollectorRegistry) {
         self.registry = registry
+        process = ProcessMetrics(registry: registry)
         var requests: [String: Counter] = [:]
         for decision in [Decision.trade, .noTrade, .abstain] {
             for source in ScoreSource.allCases {

@@ -145,7 +145,9 @@ public enum HealthRoutes {
     public static func add<Context: RequestContext>(
         to router: Router<Context>, registry: PrometheusCollectorRegistry, readiness: ReadinessChecks
     ) {
+        let process = ProcessMetrics(registry: registry)
         router.get("/metrics") { _, _ -> Response in
+            process.update()
             var buffer: [UInt8] = []
             buffer.reserveCapacity(16 * 1024)
             registry.emit(into: &buffer)

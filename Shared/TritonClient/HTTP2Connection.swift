@@ -357,7 +357,8 @@ final class ConnectionCore {
     }
 
     static func describe(_ error: any Error) -> String {
-        if let error = error as? IOError { return error.description }
+        // IOError's own description nests "(error set): … (errno: N)"; the system's message alone reads better.
+        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
         if let error = error as? ChannelError, case .connectTimeout(let amount) = error {
             return "connect timed out after \(Duration.nanoseconds(amount.nanoseconds))"
         }

@@ -1,7 +1,8 @@
 /// An error from a Triton call: a gRPC status the server sent, or a local failure (connection, deadline, protocol).
 ///
 /// `code` is extensible (new codes can be added without breaking `switch`es that use `default`), `message` is
-/// the server's `grpc-message` or a local explanation, and `file`/`line` name the call site that issued the call.
+/// the server's `grpc-message` or a local explanation, and `file`/`line` name the call site that issued the call
+/// (kept out of `description`, which operators read).
 public struct TritonError: Error, CustomStringConvertible, Sendable {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         fileprivate enum Base: String, Sendable {
@@ -85,6 +86,6 @@ public struct TritonError: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         let status = grpcStatus.map { " (grpc-status \($0))" } ?? ""
-        return "TritonError.\(code)\(status): \(message) [\(file):\(line)]"
+        return "Triton \(code)\(status): \(message)"
     }
 }

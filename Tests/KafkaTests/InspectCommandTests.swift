@@ -6,13 +6,6 @@ import TERedis
 import TestSupport
 import Testing
 
-/// Runs the built `te` with `environment` and returns its exit status and output (stdout + stderr).
-func runTe(_ arguments: [String], environment: [String: String]) async throws -> (status: Int32, output: String) {
-    let te = try ChildProcess.built("te", arguments: arguments, environment: environment.merging(["NO_COLOR": "1"]) { $1 })
-    let status = try await te.waitForExit(timeout: .seconds(30))
-    return (status, te.output())
-}
-
 /// The whitespace-separated cells of the output line that starts with `first`.
 func row(_ output: String, startingWith first: String) -> [String]? {
     output.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }

@@ -92,7 +92,7 @@ private func floatBytes(_ values: [Float]) -> [UInt8] {
         #expect(TritonError(code: .deadlineExceeded, message: "x").isRetriable)
         #expect(!TritonError(code: .invalidArgument, message: "x").isRetriable)
         let e = TritonError(code: .notFound, message: "no model", grpcStatus: 5)
-        #expect(e.description.hasPrefix("TritonError.notFound (grpc-status 5): no model ["))
+        #expect(e.description == "Triton notFound (grpc-status 5): no model")
     }
 
     @Test func endpointParsing() throws {

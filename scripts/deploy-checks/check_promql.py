@@ -13,7 +13,8 @@ templates expanded the way the adapter does).
    te_*/canary_* metric the expressions use must be exported by at least one of them (a family marked
    `lazy` in deploy/metrics.txt — label values not known up front, e.g. per symbol — only gets a note),
    and every exported te_*/canary_* family must follow Prometheus naming conventions (counters end in
-   _total, histograms in a unit, gauges not in _total).
+   _total, histograms in a unit, gauges not in _total); every family a service exports has HELP text, and
+   every service exports the standard process_* families.
 4. Dashboards load as JSON, have a uid, unique panel ids, and use the provisioned datasource or a
    `datasource` template variable of type prometheus (so the dashboard imports into any Grafana); their
    query variables are `namespace` and `pod` (Kubernetes; "All" also matches compose's unlabelled series),
@@ -39,6 +40,8 @@ GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h",
 # The dashboard's own template variables (multi-value with an `All` of ".*"), as Grafana expands them.
 DASHBOARD_VARS = {"namespace": ".*", "pod": ".*"}
 ALWAYS_KNOWN = {"up"}
+# What every service exports about its process (ServiceKit's ProcessMetrics).
+PROCESS_FAMILIES = {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -219,6 +222,12 @@ def live_names(urls: list[str], errors: list[str], types: dict[str, str]) -> set
         except Exception as e:
             errors.append(f"live: cannot read {url}: {e}")
             continue
+        typed = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+        helped = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP ") and len(line.split()) > 3}
+        for family in sorted(typed - helped):
+            errors.append(f"live: {url}: family {family} has no HELP text")
+        for family in PROCESS_FAMILIES - typed:
+            errors.append(f"live: {url}: {family} is not exported")
         for line in text.splitlines():
             if line.startswith("# TYPE ") or line.startswith("# HELP "):
                 names.add(line.split()[2])

@@ -1,0 +1,86 @@
+import Metrics
+import Prometheus
+
+/// The `# HELP` text of every metric family the services create through swift-metrics (the gateway and
+/// audit-writer name theirs where they register them). One table, so the text of a family is the same
+/// wherever it is created.
+public enum MetricHelp {
+    public static let text: [String: String] = [
+        "te_stream_entries_processed_total": "Stream entries handled by the stage (output written and acknowledged).",
+        "te_stream_entries_failed_total": "Stream entries whose handling failed and will be retried or dead-lettered.",
+        "te_stream_dlq_total": "Stream entries sent to te:dlq, by reason.",
+        "te_stream_batch_duration_seconds": "Time from reading a batch to its output written and acknowledged.",
+        "te_stream_consumer_lag_entries": "Entries in the input stream not yet delivered to the stage's group.",
+        "te_stream_pending_entries": "Entries delivered to the stage's group and not yet acknowledged.",
+        "te_stream_claimed_total": "Pending entries of a dead or stalled consumer claimed by this one.",
+        "te_ingest_messages_consumed_total": "Kafka messages read by ingest.",
+        "te_ingest_ticks_total": "Normalized ticks written to te:ticks, by kind.",
+        "te_ingest_dlq_total": "Kafka messages ingest could not use, sent to te:dlq, by reason.",
+        "te_ingest_kafka_lag_messages": "Messages in the assigned partitions not yet read (high watermark minus position).",
+        "te_ingest_latency_seconds": "Time from a message's receive timestamp to its tick written to Redis.",
+        "te_ingest_book_resyncs_total": "Order books rebuilt from a snapshot after a gap, by symbol.",
+        "te_ingest_book_out_of_sync": "1 while a symbol's order book waits for a snapshot after a gap.",
+        "te_ingest_book_gaps_total": "Sequence gaps found in a symbol's depth updates.",
+        "te_ingest_book_snapshot_overdue_total": "Books still out of sync after INGEST_SNAPSHOT_TIMEOUT_MS on the market clock.",
+        "te_ingest_offset_resets_total": "Kafka offset resets (retention passed a committed offset).",
+        "te_ingest_lost_messages_total": "Messages skipped by offset resets.",
+        "te_ingest_redis_retries_total": "Fenced batch writes retried because Redis was unavailable.",
+        "te_ingest_commit_failures_total": "Kafka offset commits that failed (retried with the next batch).",
+        "te_ingest_redelivered_skipped_total": "Redelivered Kafka messages skipped because their ticks were already written.",
+        "te_features_quotes_total": "Quotes turned into a feature snapshot, by symbol.",
+        "te_features_out_of_order_total": "Ticks older than the symbol's latest, dropped, by symbol.",
+        "te_features_window_quotes": "Quotes in the symbol's feature window.",
+        "te_features_compute_seconds": "Time to compute one feature snapshot.",
+        "te_signals_total": "Signals emitted, by strategy and direction.",
+        "te_opportunities_emitted_total": "Opportunities written to te:opportunities, by why their window closed.",
+        "te_opportunities_open_windows": "Aggregation windows currently open.",
+        "te_signals_duplicate_total": "Signals seen twice (redelivery) and ignored.",
+        "te_signals_stale_total": "Signals older than their symbol's open window, ignored.",
+        "te_signals_low_confidence_total": "Signals below the aggregator's confidence floor, ignored.",
+    ]
+}
+
+/// swift-metrics onto the Prometheus registry, like `PrometheusMetricsFactory`, with each family's HELP text
+/// from `MetricHelp` (swift-prometheus's factory registers every family without one).
+struct HelpTextMetricsFactory: MetricsFactory {
+    let inner: PrometheusMetricsFactory
+    var registry: PrometheusCollectorRegistry { inner.registry }
+
+    private func descriptor(_ label: String) -> MetricNameDescriptor? {
+        MetricHelp.text[label].map { MetricNameDescriptor(metricName: label, unitName: "", helpText: $0) }
+    }
+
+    func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler {
+        guard let d = descriptor(label) else { return inner.makeCounter(label: label, dimensions: dimensions) }
+        return registry.makeCounter(descriptor: d, labels: dimensions)
+    }
+
+    func makeFloatingPointCounter(label: String, dimensions: [(String, String)]) -> any FloatingPointCounterHandler {
+        guard let d = descriptor(label) else { return inner.makeFloatingPointCounter(label: label, dimensions: dimensions) }
+        return registry.makeCounter(descriptor: d, labels: dimensions)
+    }
+
+    func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler {
+        guard let d = descriptor(label) else { return inner.makeRecorder(label: label, dimensions: dimensions, aggregate: aggregate) }
+        guard aggregate else { return registry.makeGauge(descriptor: d, labels: dimensions) }
+        let buckets = inner.valueHistogramBuckets[label] ?? inner.defaultValueHistogramBuckets
+        return registry.makeValueHistogram(descriptor: d, labels: dimensions, buckets: buckets)
+    }
+
+    func makeMeter(label: String, dimensions: [(String, String)]) -> any MeterHandler {
+        guard let d = descriptor(label) else { return inner.makeMeter(label: label, dimensions: dimensions) }
+        return registry.makeGauge(descriptor: d, labels: dimensions)
+    }
+
+    func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler {
+        guard let d = descriptor(label) else { return inner.makeTimer(label: label, dimensions: dimensions) }
+        let buckets = inner.durationHistogramBuckets[label] ?? inner.defaultDurationHistogramBuckets
+        return registry.makeDurationHistogram(descriptor: d, labels: dimensions, buckets: buckets)
+    }
+
+    func destroyCounter(_ handler: any CounterHandler) { inner.destroyCounter(handler) }
+    func destroyFloatingPointCounter(_ handler: any FloatingPointCounterHandler) { inner.destroyFloatingPointCounter(handler) }
+    func destroyRecorder(_ handler: any RecorderHandler) { inner.destroyRecorder(handler) }
+    func destroyMeter(_ handler: any MeterHandler) { inner.destroyMeter(handler) }
+    func destroyTimer(_ handler: any TimerHandler) { inner.destroyTimer(handler) }
+}
