@@ -33,9 +33,10 @@ curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null || { log "gateway did not s
 
 log "schemathesis against the gateway on port $PORT"
 # Run from the scratch directory: schemathesis keeps its example database in the working directory.
+# The push streams never end, so schemathesis leaves them out; GatewayPushTests check them.
 ROOT=$PWD
 if ! (cd "$WORK" && timeout 170 "$ROOT/$VENV/bin/st" --no-color run "$ROOT/deploy/openapi.yaml" \
-  --url "http://127.0.0.1:$PORT" --checks all --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-100}" --workers 1 \
+  --url "http://127.0.0.1:$PORT" --exclude-path-regex '/stream$' --checks all --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-100}" --workers 1 \
   --seed 18 --request-timeout 10 --report-dir "$WORK/report" >"$WORK/st.log" 2>&1); then
   cat "$WORK/st.log" >&2
   log "FAILED: the gateway gave answers deploy/openapi.yaml does not describe (above)"

@@ -22,6 +22,8 @@ public struct GatewayDependencies: Sendable {
     public let readiness: ReadinessChecks
     /// What `/readyz` only reports: the Triton endpoints (the fallback chain answers without them).
     public let tritonProbes: ReadinessChecks
+    /// The push streams' clients (`/v1/opportunities/stream`, `/v1/decisions/stream`).
+    public let push: PushStreams
 }
 
 /// Builds the gateway's clients, state and background services from its configuration.
@@ -52,9 +54,12 @@ public func buildDependencies(
         coldStart: { symbol, deadline in await loader.load(symbol, deadline: deadline) })
     var endpoints: [any InferenceEndpoint] = [primary]
     if let secondary { endpoints.append(secondary) }
+    let push = PushStreams(config: config, registry: registry)
+    // A blocked XREAD holds its connection: one client per push feed.
+    let pushRedis = (0..<2).map { RedisClient(configuration: redisConfiguration, name: "gateway-push-\($0)", logger: logger) }
     // Stopped in reverse order: the clients' closer first in the list, so it stops last.
     let services: [any Service] = [
-        RedisClientsCloser(clients: [queryRedis, feedRedis, auditRedis]),
+        RedisClientsCloser(clients: [queryRedis, feedRedis, auditRedis] + pushRedis),
         FeatureFeed(redis: feedRedis, memory: memory, stream: config.featuresStream, logger: logger),
         AuditStreamWriter(
             redis: auditRedis, buffer: audit, stream: config.auditStream, group: config.auditGroup,
@@ -63,6 +68,12 @@ public func buildDependencies(
         IdentityRefresher(
             endpoints: endpoints, versions: [config.modelVersion, config.canaryVersion], store: identities,
             interval: .milliseconds(Int64(config.identityRefreshSeconds * 1000)), logger: logger),
+        PushFeed(
+            redis: pushRedis[0], stream: config.opportunitiesStream, broadcaster: push.opportunities, logger: logger,
+            encode: PushEncoding.opportunity),
+        PushFeed(
+            redis: pushRedis[1], stream: config.auditStream, broadcaster: push.decisions, logger: logger,
+            encode: PushEncoding.decision),
     ]
     let readiness = ReadinessChecks()
     readiness.add("redis") { try await queryRedis.ping() }
@@ -77,7 +88,7 @@ public func buildDependencies(
     }
     return GatewayDependencies(
         config: config, engine: engine, redis: queryRedis, onlineLoader: loader, services: services, logger: logger,
-        readiness: readiness, tritonProbes: tritonProbes)
+        readiness: readiness, tritonProbes: tritonProbes, push: push)
 }
 
 struct TritonNotReady: Error, CustomStringConvertible {
@@ -106,13 +117,23 @@ public func buildApplication(_ dependencies: GatewayDependencies) -> some Applic
         logger: dependencies.logger)
 }
 
-public func buildRouter(_ d: GatewayDependencies) -> Router<BasicRequestContext> {
-    let router = Router()
+public func buildRouter(_ d: GatewayDependencies) -> Router<GatewayRequestContext> {
+    let router = Router(context: GatewayRequestContext.self)
     let api = GatewayAPI(d)
     router.add(middleware: RouteErrorMiddleware(methods: GatewayAPI.routeMethods))
     if !api.keys.isEmpty { router.add(middleware: APIKeyMiddleware(keys: api.keys)) }
     router.post("/v1/score") { request, context in try await api.score(request, context) }
     router.get("/v1/opportunities") { request, _ in try await api.opportunities(request) }
+    router.get("/v1/opportunities/stream") { request, context in
+        try await api.pushStream(
+            request, context, broadcaster: d.push.opportunities, stream: d.config.opportunitiesStream, event: "opportunity",
+            encode: PushEncoding.opportunity)
+    }
+    router.get("/v1/decisions/stream") { request, context in
+        try await api.pushStream(
+            request, context, broadcaster: d.push.decisions, stream: d.config.auditStream, event: "decision",
+            encode: PushEncoding.decision)
+    }
     router.get("/debug/features") { request, _ in try await api.debugFeatures(request) }
     router.get("/debug/triton") { request, _ in try await api.debugTriton(request) }
     router.get("/healthz") { _, _ in GatewayAPI.json(.ok, "{\"status\":\"ok\"}") }
@@ -213,13 +234,14 @@ struct GatewayAPI: Sendable {
 
     /// Every route's path and methods (`buildRouter` registers them; a test checks them against deploy/openapi.yaml).
     static let routeMethods: [String: [HTTPRequest.Method]] = [
-        "/v1/score": [.post], "/v1/opportunities": [.get], "/debug/features": [.get], "/debug/triton": [.get],
+        "/v1/score": [.post], "/v1/opportunities": [.get], "/v1/opportunities/stream": [.get], "/v1/decisions/stream": [.get],
+        "/debug/features": [.get], "/debug/triton": [.get],
         "/healthz": [.get], "/readyz": [.get], "/metrics": [.get], "/openapi.yaml": [.get],
     ]
 
     // MARK: POST /v1/score
 
-    func score(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+    func score(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
         let arrival = ContinuousClock.now
         var body: ByteBuffer?  // nil: over the limit, declared or found while reading
         let declared = request.headers[.contentLength].flatMap { Int($0) } ?? 0

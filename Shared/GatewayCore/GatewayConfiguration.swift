@@ -73,6 +73,12 @@ public struct GatewayConfiguration: Sendable {
     /// hiccup (a retry would cost a whole new decision), short enough to free connections quickly
     /// while Redis is down. Default: 100.
     public var auditSyncWaitMs: Double = 100
+    /// `GATEWAY_PUSH_MAX_CLIENTS`: push (SSE) clients per stream at a time; one more is answered 503
+    /// `too_many_streams`. Default: 256.
+    public var pushMaxClients: Int = 256
+    /// `GATEWAY_PUSH_QUEUE`: events queued per push client; a client that falls this far behind is dropped
+    /// (`slow_consumer`) so that it never holds up the others. Default: 4096.
+    public var pushQueueLimit: Int = 4096
     /// The consumer group the gateway creates on `te:audit` (from its first entry) if it is missing,
     /// so nothing is trimmed before audit-writer has read it. Default: `audit-writer`.
     public var auditGroup: String = "audit-writer"
@@ -156,6 +162,8 @@ public struct GatewayConfiguration: Sendable {
         scoreFastPath = try reader.bool("SCORE_FAST_PATH") ?? scoreFastPath
         tritonKeepaliveMs = try reader.int("TRITON_KEEPALIVE_MS", range: 0...3_600_000) ?? tritonKeepaliveMs
         tritonKeepaliveTimeoutMs = try reader.int("TRITON_KEEPALIVE_TIMEOUT_MS", range: 1...600_000) ?? tritonKeepaliveTimeoutMs
+        pushMaxClients = try reader.int("GATEWAY_PUSH_MAX_CLIENTS", range: 0...100_000) ?? pushMaxClients
+        pushQueueLimit = try reader.int("GATEWAY_PUSH_QUEUE", range: 1...1_000_000) ?? pushQueueLimit
     }
 }
 

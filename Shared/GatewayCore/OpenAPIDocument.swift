@@ -227,6 +227,48 @@ paths:
         "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
         "503": {$ref: "#/components/responses/Unavailable"}
+  /v1/opportunities/stream:
+    get:
+      summary: Opportunities pushed as they are emitted (Server-Sent Events)
+      description: |
+        One event per te:opportunities entry, in stream order: `id:` the entry id, `event: opportunity`,
+        `data:` the Opportunity as JSON; `: keep-alive` comments every 15 s. Resumable: with `Last-Event-ID`
+        (or `last_event_id`) the entries after that id are sent first, then live ones. A client that falls
+        GATEWAY_PUSH_QUEUE events behind is dropped (connection closed); at most GATEWAY_PUSH_MAX_CLIENTS
+        streams at a time (503 `too_many_streams`).
+      security: [{bearer: []}, {}]
+      parameters:
+        - {name: symbol, in: query, required: false, schema: {$ref: "#/components/schemas/Symbol"}}
+        - {name: last_event_id, in: query, required: false, schema: {type: string, pattern: "^[0-9]+(-[0-9]+)?$"}}
+        - {name: Last-Event-ID, in: header, required: false, schema: {type: string, pattern: "^[0-9]+(-[0-9]+)?$"}}
+      responses:
+        "200":
+          description: An endless text/event-stream of opportunity events
+          content:
+            text/event-stream:
+              schema: {type: string}
+        "400": {$ref: "#/components/responses/BadRequest"}
+        "401": {$ref: "#/components/responses/Unauthorized"}
+        "503": {$ref: "#/components/responses/Unavailable"}
+  /v1/decisions/stream:
+    get:
+      summary: Decisions pushed as they are audited (Server-Sent Events)
+      description: |
+        As /v1/opportunities/stream, over te:audit: `event: decision`, `data:` the AuditRecord as JSON.
+      security: [{bearer: []}, {}]
+      parameters:
+        - {name: symbol, in: query, required: false, schema: {$ref: "#/components/schemas/Symbol"}}
+        - {name: last_event_id, in: query, required: false, schema: {type: string, pattern: "^[0-9]+(-[0-9]+)?$"}}
+        - {name: Last-Event-ID, in: header, required: false, schema: {type: string, pattern: "^[0-9]+(-[0-9]+)?$"}}
+      responses:
+        "200":
+          description: An endless text/event-stream of decision events
+          content:
+            text/event-stream:
+              schema: {type: string}
+        "400": {$ref: "#/components/responses/BadRequest"}
+        "401": {$ref: "#/components/responses/Unauthorized"}
+        "503": {$ref: "#/components/responses/Unavailable"}
   /debug/features:
     get:
       summary: The gateway's latest features for a symbol (memory, else te:online)

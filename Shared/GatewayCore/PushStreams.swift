@@ -1,0 +1,350 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+import TEModels
+import TERedis
+
+/// The gateway's request context: Hummingbird's core context plus the connection's channel, which a push
+/// stream closes when it drops a slow client (the write it waits in would otherwise wait on that client).
+public struct GatewayRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let channel: any Channel
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}
+
+/// One stream entry as a push client receives it: its id (the SSE event id, `Last-Event-ID` on resume), the
+/// symbol it is about (for `?symbol=`) and its JSON.
+public struct PushEvent: Sendable, Equatable {
+    public let id: String
+    public let symbol: String
+    public let json: String
+}
+
+/// Fans one Redis stream out to the push clients: one reader for all (`PushFeed`), a bounded queue per
+/// client. A client whose queue is full is dropped (reason `slow_consumer`, its connection closed) at once, so
+/// a slow client never slows the reader, the gateway or the other clients; at most `maxClients` at a time.
+public final class PushBroadcaster: Sendable {
+    public enum Message: Sendable, Equatable {
+        case event(PushEvent)
+        case heartbeat
+    }
+
+    public enum DropReason: String, Sendable {
+        case slowConsumer = "slow_consumer"
+        case shutdown
+    }
+
+    public struct Subscription: Sendable {
+        public let id: Int
+        public let messages: AsyncStream<Message>
+    }
+
+    private struct Client {
+        let continuation: AsyncStream<Message>.Continuation
+        let symbol: String?
+        let onDrop: @Sendable () -> Void
+    }
+
+    private struct State {
+        var clients: [Int: Client] = [:]
+        var nextID = 0
+        var closed = false
+    }
+
+    public let name: String
+    public let maxClients: Int
+    public let queueLimit: Int
+    private let state = Mutex(State())
+    private let clientsGauge: Gauge
+    private let eventsSent: Counter
+    private let drops: [DropReason: Counter]
+    private let refused: Counter
+
+    public init(name: String, maxClients: Int, queueLimit: Int, registry: PrometheusCollectorRegistry) {
+        self.name = name
+        self.maxClients = maxClients
+        self.queueLimit = queueLimit
+        func descriptor(_ metric: String, _ help: String) -> MetricNameDescriptor {
+            MetricNameDescriptor(metricName: metric, unitName: "", helpText: help)
+        }
+        clientsGauge = registry.makeGauge(
+            descriptor: descriptor("te_gateway_push_clients", "Push clients connected, by stream"), labels: [("stream", name)])
+        eventsSent = registry.makeCounter(
+            descriptor: descriptor("te_gateway_push_events_total", "Events queued to push clients, by stream"), labels: [("stream", name)])
+        var drops: [DropReason: Counter] = [:]
+        for reason in [DropReason.slowConsumer, .shutdown] {
+            drops[reason] = registry.makeCounter(
+                descriptor: descriptor("te_gateway_push_dropped_total", "Push clients dropped by the gateway, by stream and reason"),
+                labels: [("stream", name), ("reason", reason.rawValue)])
+        }
+        self.drops = drops
+        refused = registry.makeCounter(
+            descriptor: descriptor("te_gateway_push_refused_total", "Push connections refused at the client limit, by stream"),
+            labels: [("stream", name)])
+    }
+
+    /// A new client's queue, or nil at the client limit (or after shutdown). `onDrop` runs when the gateway
+    /// drops the client (its queue overflowed): it closes the connection.
+    public func subscribe(symbol: String?, onDrop: @escaping @Sendable () -> Void) -> Subscription? {
+        let (messages, continuation) = AsyncStream.makeStream(of: Message.self, bufferingPolicy: .bufferingOldest(queueLimit))
+        let id = state.withLock { s -> Int? in
+            guard !s.closed, s.clients.count < maxClients else { return nil }
+            s.nextID += 1
+            s.clients[s.nextID] = Client(continuation: continuation, symbol: symbol, onDrop: onDrop)
+            return s.nextID
+        }
+        guard let id else {
+            refused.increment()
+            continuation.finish()
+            return nil
+        }
+        clientsGauge.increment()
+        return Subscription(id: id, messages: messages)
+    }
+
+    /// The client left (or its stream ended); safe to call more than once.
+    public func unsubscribe(_ id: Int) {
+        let client = state.withLock { $0.clients.removeValue(forKey: id) }
+        guard let client else { return }
+        client.continuation.finish()
+        clientsGauge.decrement()
+    }
+
+    public var clientCount: Int { state.withLock { $0.clients.count } }
+
+    /// Queues `events` to every client whose symbol matches; never waits.
+    public func publish(_ events: [PushEvent]) {
+        guard !events.isEmpty else { return }
+        var dropped: [Client] = []
+        var queued = 0
+        state.withLock { s in
+            for (id, client) in s.clients {
+                for event in events where client.symbol == nil || client.symbol == event.symbol {
+                    if case .dropped = client.continuation.yield(.event(event)) {
+                        s.clients[id] = nil
+                        dropped.append(client)
+                        break
+                    }
+                    queued += 1
+                }
+            }
+        }
+        if queued > 0 { eventsSent.increment(by: Int64(queued)) }
+        drop(dropped, .slowConsumer)
+    }
+
+    /// A keep-alive for every client (proxies close idle streams); a client that cannot take even that is dropped.
+    public func heartbeat() {
+        var dropped: [Client] = []
+        state.withLock { s in
+            for (id, client) in s.clients {
+                if case .dropped = client.continuation.yield(.heartbeat) {
+                    s.clients[id] = nil
+                    dropped.append(client)
+                }
+            }
+        }
+        drop(dropped, .slowConsumer)
+    }
+
+    /// Ends every client's stream (graceful shutdown); later subscriptions are refused.
+    public func close() {
+        let all = state.withLock { s -> [Client] in
+            s.closed = true
+            defer { s.clients.removeAll() }
+            return Array(s.clients.values)
+        }
+        for client in all { client.continuation.finish() }
+        if !all.isEmpty {
+            clientsGauge.decrement(by: Double(all.count))
+            drops[.shutdown]?.increment(by: Int64(all.count))
+        }
+    }
+
+    private func drop(_ clients: [Client], _ reason: DropReason) {
+        guard !clients.isEmpty else { return }
+        for client in clients {
+            client.continuation.finish()
+            client.onDrop()
+        }
+        clientsGauge.decrement(by: Double(clients.count))
+        drops[reason]?.increment(by: Int64(clients.count))
+    }
+}
+
+/// Reads one stream from its tail (`XREAD BLOCK`, on a connection of its own) and publishes each entry to
+/// the broadcaster; a heartbeat every `heartbeatInterval`. Stops the broadcaster's clients at shutdown.
+public struct PushFeed: Service {
+    let redis: RedisClient
+    let stream: String
+    let broadcaster: PushBroadcaster
+    let encode: @Sendable (StreamEntry) -> PushEvent?
+    let heartbeatInterval: Duration
+    let logger: Logger
+
+    public init(
+        redis: RedisClient, stream: String, broadcaster: PushBroadcaster, heartbeatInterval: Duration = .seconds(15),
+        logger: Logger, encode: @escaping @Sendable (StreamEntry) -> PushEvent?
+    ) {
+        self.redis = redis
+        self.stream = stream
+        self.broadcaster = broadcaster
+        self.encode = encode
+        self.heartbeatInterval = heartbeatInterval
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        await withGracefulShutdownHandler {
+            await cancelWhenGracefulShutdown {
+                var cursor = "$"
+                var failures = 0
+                var lastHeartbeat = ContinuousClock.now
+                while !Task.isCancelled {
+                    do {
+                        let results = try await redis.xread(streams: [(stream, cursor)], count: 1000, block: .milliseconds(500))
+                        failures = 0
+                        for result in results {
+                            broadcaster.publish(result.entries.compactMap(encode))
+                            if let last = result.entries.last { cursor = last.id }
+                        }
+                    } catch {
+                        if Task.isCancelled { break }
+                        failures += 1
+                        logger.warning("push feed read failed; retrying", metadata: ["stream": "\(stream)", "error": "\(error)"])
+                        try? await Task.sleep(for: .milliseconds(min(2000, 50 << min(failures, 6))))
+                    }
+                    if ContinuousClock.now - lastHeartbeat >= heartbeatInterval {
+                        broadcaster.heartbeat()
+                        lastHeartbeat = .now
+                    }
+                }
+            }
+        } onGracefulShutdown: {
+            broadcaster.close()
+        }
+    }
+}
+
+/// The two push streams the gateway serves: opportunities and decisions.
+public struct PushStreams: Sendable {
+    public let opportunities: PushBroadcaster
+    public let decisions: PushBroadcaster
+
+    init(config: GatewayConfiguration, registry: PrometheusCollectorRegistry) {
+        opportunities = PushBroadcaster(
+            name: "opportunities", maxClients: config.pushMaxClients, queueLimit: config.pushQueueLimit, registry: registry)
+        decisions = PushBroadcaster(
+            name: "decisions", maxClients: config.pushMaxClients, queueLimit: config.pushQueueLimit, registry: registry)
+    }
+
+}
+
+/// A stream entry as the JSON a push client receives (the same encoding as `GET /v1/opportunities`).
+enum PushEncoding {
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }()
+
+    static func opportunity(_ entry: StreamEntry) -> PushEvent? {
+        guard let o = try? StreamFieldDecoder.decode(Opportunity.self, from: entry.fields),
+            let json = try? encoder.encode(o)
+        else { return nil }
+        return PushEvent(id: entry.id, symbol: o.symbol, json: String(decoding: json, as: UTF8.self))
+    }
+
+    static func decision(_ entry: StreamEntry) -> PushEvent? {
+        guard let r = try? StreamFieldDecoder.decode(AuditRecord.self, from: entry.fields),
+            let json = try? encoder.encode(r)
+        else { return nil }
+        return PushEvent(id: entry.id, symbol: r.symbol, json: String(decoding: json, as: UTF8.self))
+    }
+}
+
+extension GatewayAPI {
+    /// `GET /v1/opportunities/stream` and `GET /v1/decisions/stream`: Server-Sent Events, one event per stream
+    /// entry (`id:` the entry id, `event:` opportunity/decision, `data:` its JSON), in stream order. With
+    /// `Last-Event-ID` (or `?last_event_id=`) the entries after that id are sent first (resume without a gap
+    /// while the stream still holds them), then live ones. `?symbol=` filters.
+    func pushStream(
+        _ request: Request, _ context: GatewayRequestContext, broadcaster: PushBroadcaster, stream: String, event: String,
+        encode: @escaping @Sendable (StreamEntry) -> PushEvent?
+    ) async throws -> Response {
+        let query = request.uri.queryParameters
+        let symbol = query["symbol"].map(String.init)
+        if let symbol, !Symbol.isValid(symbol) {
+            return Self.clientError(RequestError(.invalidSymbol, "not a valid symbol", field: "symbol"))
+        }
+        let resumeText = request.headers[Self.lastEventIDHeader] ?? query["last_event_id"].map(String.init)
+        let resumeFrom = resumeText.flatMap { StreamID($0) }
+        if resumeText != nil && resumeFrom == nil {
+            return Self.clientError(
+                RequestError(.invalidQuery, "Last-Event-ID must be a stream entry id (<ms>-<seq>)", field: "Last-Event-ID"))
+        }
+        let channel = context.channel
+        guard let subscription = broadcaster.subscribe(symbol: symbol, onDrop: { channel.close(promise: nil) }) else {
+            return Self.error(
+                .serviceUnavailable, code: "too_many_streams",
+                message: "the gateway serves at most \(broadcaster.maxClients) \(broadcaster.name) streams at a time", field: nil)
+        }
+        let redis = d.redis
+        let headers: HTTPFields = [
+            .contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no",
+        ]
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            defer { broadcaster.unsubscribe(subscription.id) }
+            try await withGracefulShutdownHandler {
+                try await writer.write(ByteBuffer(string: "retry: 1000\n\n"))
+                var last = resumeFrom
+                if let from = resumeFrom {
+                    // The backlog after `from`, a page at a time; live entries queue meanwhile and are skipped
+                    // below when the backlog already sent them.
+                    var start = "(" + from.description
+                    while true {
+                        let page = try await redis.xrange(stream, start: start, end: "+", count: 500)
+                        guard let tail = page.last else { break }
+                        var frames = ByteBuffer()
+                        for entry in page {
+                            guard let e = encode(entry), symbol == nil || e.symbol == symbol else { continue }
+                            Self.appendFrame(e, event: event, to: &frames)
+                        }
+                        if frames.readableBytes > 0 { try await writer.write(frames) }
+                        last = StreamID(tail.id)
+                        start = "(" + tail.id
+                    }
+                }
+                for await message in subscription.messages {
+                    switch message {
+                    case .heartbeat:
+                        try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                    case .event(let e):
+                        if let last, let id = StreamID(e.id), id <= last { continue }
+                        var frame = ByteBuffer()
+                        Self.appendFrame(e, event: event, to: &frame)
+                        try await writer.write(frame)
+                    }
+                }
+                try await writer.finish(nil)
+            } onGracefulShutdown: {
+                broadcaster.unsubscribe(subscription.id)
+            }
+        })
+    }
+
+    static let lastEventIDHeader = HTTPField.Name("Last-Event-ID")!
+
+    static func appendFrame(_ e: PushEvent, event: String, to buffer: inout ByteBuffer) {
+        buffer.writeString("id: \(e.id)\nevent: \(event)\ndata: \(e.json)\n\n")
+    }
+}
