@@ -33,7 +33,7 @@ dev-down:
 # servers and runs the whole suite against them. Integration tests fail, never skip, when a server is missing.
 test: deps
 	$(SWIFT) build --build-tests
-	@scripts/dev-up.sh
+	@DEV_REDIS_CLUSTER=$${DEV_REDIS_CLUSTER:-1} scripts/dev-up.sh
 	set -a; source .dev/env; set +a; \
 	  export TE_BIN_DIR="$$($(SWIFT) build --show-bin-path)"; \
 	  $(SWIFT) test --skip-build --no-parallel

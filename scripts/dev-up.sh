@@ -14,6 +14,7 @@ TRITON_HTTP_PORT=${DEV_TRITON_HTTP_PORT:-18000}
 TRITON_METRICS_PORT=${DEV_TRITON_METRICS_PORT:-18002}
 WITH_TRITON=${DEV_WITH_TRITON:-1}
 WITH_KAFKA=${DEV_WITH_KAFKA:-1}
+WITH_REDIS_CLUSTER=${DEV_REDIS_CLUSTER:-0}
 
 log() { printf 'dev-up: %s\n' "$*" >&2; }
 
@@ -58,6 +59,11 @@ PGPASSWORD=te psql -h 127.0.0.1 -p "$PG_PORT" -U te -d postgres -tAc "SELECT 1 F
   echo "export KAFKA_TOPIC=ticks"
   echo "export MODEL_NAME=trade_eligibility"
 } > "$DEV/env.new"
+
+# --- Redis Cluster (DEV_REDIS_CLUSTER=1): 3 masters + replicas; REDIS_CLUSTER_URL for the tests -----
+if [ "$WITH_REDIS_CLUSTER" = 1 ]; then
+  scripts/dev-redis-cluster.sh >> "$DEV/env.new"
+fi
 
 # --- Kafka: librdkafka's mock cluster hosted by our dev-broker -----------------------------------
 if [ "$WITH_KAFKA" = 1 ]; then

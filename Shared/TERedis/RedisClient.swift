@@ -8,26 +8,37 @@ import Logging
 public final class RedisClient: Sendable {
     public let configuration: RedisConfiguration
     public let name: String
-    private let thread: RedisIOThread
+    /// nil on a cluster, where `cluster` holds one connection per node instead.
+    private let thread: RedisIOThread?
+    let cluster: RedisClusterClient?
 
     public init(configuration: RedisConfiguration, name: String = "redis", logger: Logger = Logger(label: "redis")) {
         self.configuration = configuration
         self.name = name
-        self.thread = RedisIOThread(name: name, configuration: configuration, logger: logger)
+        if let settings = configuration.cluster {
+            self.thread = nil
+            self.cluster = RedisClusterClient(configuration: configuration, settings: settings, name: name, logger: logger)
+        } else {
+            self.thread = RedisIOThread(name: name, configuration: configuration, logger: logger)
+            self.cluster = nil
+        }
     }
 
-    deinit { thread.close() }
+    deinit { close() }
 
     /// Finishes the queued commands, then disconnects and ends the I/O thread. Later commands throw
     /// `RedisError(.closed)`.
-    public func close() { thread.close() }
+    public func close() {
+        thread?.close()
+        cluster?.close()
+    }
 
     private func run<T: Sendable>(_ body: @escaping @Sendable (RedisConnection) throws(RedisError) -> T) async throws(RedisError) -> T {
         let result: Result<T, RedisError> = await withCheckedContinuation { continuation in
-            let accepted = thread.submit { connection in
+            let accepted = thread?.submit { connection in
                 continuation.resume(returning: Result { () throws(RedisError) -> T in try body(connection) })
             }
-            if !accepted { continuation.resume(returning: .failure(RedisError(.closed, "client \(name) is closed"))) }
+            if accepted != true { continuation.resume(returning: .failure(RedisError(.closed, "client \(name) is closed"))) }
         }
         return try result.get()
     }
@@ -44,6 +55,7 @@ public final class RedisClient: Sendable {
     }
 
     func send(_ command: RedisCommand, extraTimeout: Duration?) async throws(RedisError) -> RedisReply {
+        if let cluster { return try await cluster.pipeline([command], extraTimeout: extraTimeout)[0].throwingError() }
         let replies = try await run { connection throws(RedisError) in try connection.execute([command], extraTimeout: extraTimeout) }
         return try replies[0].throwingError()
     }
@@ -52,6 +64,7 @@ public final class RedisClient: Sendable {
     /// returned in place, not thrown; a broken connection throws.
     public func pipeline(_ commands: [RedisCommand]) async throws(RedisError) -> [RedisReply] {
         if commands.isEmpty { return [] }
+        if let cluster { return try await cluster.pipeline(commands) }
         return try await run { connection throws(RedisError) in try connection.execute(commands) }
     }
 
@@ -63,7 +76,8 @@ public final class RedisClient: Sendable {
         all.reserveCapacity(commands.count + 2)
         all.append(contentsOf: commands)
         all.append(RedisCommand("EXEC"))
-        let replies = try await pipeline(all)
+        let replies: [RedisReply]
+        if let cluster { replies = try await cluster.transaction(commands) } else { replies = try await pipeline(all) }
         for (i, reply) in replies.dropLast().enumerated() {
             if case .error(let message) = reply {
                 throw RedisError(.server, "transaction command \(i == 0 ? "MULTI" : commands[i - 1].name) rejected: \(message)")
@@ -139,12 +153,27 @@ public final class RedisClient: Sendable {
 
     /// Every key matching `pattern`, by iterating SCAN to the end.
     public func scan(match pattern: String, count: Int = 500, type: String? = nil) async throws(RedisError) -> [String] {
+        guard let cluster else { return try await scan(match: pattern, count: count, type: type) { c throws(RedisError) in try await send(c) } }
+        // Each master has its own keys and cursor.
+        var keys: [String] = []
+        for master in try await cluster.masters() {
+            keys += try await scan(match: pattern, count: count, type: type) { c throws(RedisError) in
+                try await cluster.send(c, to: master).throwingError()
+            }
+        }
+        return keys
+    }
+
+    private func scan(
+        match pattern: String, count: Int, type: String?,
+        _ sendCommand: (RedisCommand) async throws(RedisError) -> RedisReply
+    ) async throws(RedisError) -> [String] {
         var cursor = "0"
         var keys: [String] = []
         repeat {
             var args = ["SCAN", cursor, "MATCH", pattern, "COUNT", String(count)]
             if let type { args += ["TYPE", type] }
-            let reply = try await send(RedisCommand(args))
+            let reply = try await sendCommand(RedisCommand(args))
             guard let parts = reply.array, parts.count == 2, let next = parts[0].string, let batch = parts[1].array else {
                 throw RedisError(.unexpectedReply, "SCAN replied \(reply)")
             }

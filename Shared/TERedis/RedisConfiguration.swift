@@ -16,6 +16,8 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
     public var reconnectBaseDelay: Duration
     /// Upper bound on the reconnect delay. Default: 2 s.
     public var reconnectMaxDelay: Duration
+    /// Set for a `redis+cluster://` URL: the client follows the cluster's slot map; `host`/`port` are the first seed.
+    public var cluster: RedisClusterSettings?
 
     public init(
         host: String = "127.0.0.1", port: Int = 6379, database: Int = 0, username: String? = nil,
@@ -30,13 +32,19 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
         self.commandTimeout = .seconds(5)
         self.reconnectBaseDelay = .milliseconds(50)
         self.reconnectMaxDelay = .seconds(2)
+        self.cluster = nil
     }
 
-    /// Parses `redis://[[username]:password@]host[:port][/db]`.
+    /// Parses `redis://[[username]:password@]host[:port][/db]`, or a cluster's
+    /// `redis+cluster://host:port[,host:port…]/0` (see `cluster(url:)`).
     public init(url: String) throws(RedisError) {
-        let usage = "expected redis://[:password@]host:port[/db]"
+        if url.hasPrefix(Self.clusterScheme) {
+            self = try Self.cluster(url: url)
+            return
+        }
+        let usage = "expected redis://[:password@]host:port[/db] or redis+cluster://host:port[,host:port…]/0"
         guard url.hasPrefix("redis://") else {
-            throw RedisError(.configuration, "URL must start with redis:// (\(usage))")
+            throw RedisError(.configuration, "URL must start with redis:// or redis+cluster:// (\(usage))")
         }
         var rest = Substring(url.dropFirst("redis://".count))
         if let q = rest.firstIndex(of: "?") { rest = rest[..<q] }
@@ -90,6 +98,9 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
 
     public var description: String {
         let auth = password == nil ? "" : "\(username ?? ""):***@"
+        if let cluster {
+            return "redis+cluster://\(auth)\(cluster.seeds.map(\.description).joined(separator: ","))/0"
+        }
         return "redis://\(auth)\(host):\(port)/\(database)"
     }
 }

@@ -28,6 +28,9 @@ final class RedisConnection {
 
     var isConnected: Bool { context != nil }
 
+    /// Connects now if not connected: a failure here means no command was written.
+    func connectIfNeeded() throws(RedisError) { _ = try connected() }
+
     /// Sends `commands` in one write and reads their replies in order (one round trip). Error
     /// replies are returned in place; a broken connection or timeout drops the connection and throws
     /// a retriable error (the next call reconnects). `extraTimeout` lengthens the socket timeout
