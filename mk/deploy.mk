@@ -7,10 +7,12 @@ COMPOSE ?= docker compose
 
 .PHONY: up up-canary-demo down logs check-deploy
 up:
+	@scripts/compose-env.sh
 	$(COMPOSE) up -d --build
 
 # The same stack with the gateway scoring v2 in shadow: a canary rollback on purpose (docker-compose.canary-demo.yml).
 up-canary-demo:
+	@scripts/compose-env.sh
 	$(COMPOSE) -f docker-compose.yml -f docker-compose.canary-demo.yml up -d --build
 
 down:

@@ -23,8 +23,8 @@ BIN_DIR=${TE_BIN_DIR:-$(swift build --show-bin-path)}
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 WORK=$(mktemp -d)
-# te:audit capped: nothing consumes it here.
-HTTP_PORT=$PORT HTTP_HOST=127.0.0.1 LOG_LEVEL=warning STREAM_MAXLEN=10000 "$BIN_DIR/gateway" >"$WORK/gateway.log" 2>&1 &
+# te:audit capped: nothing consumes it here. As its own Redis user (README "Store users").
+REDIS_URL=${REDIS_URL_GATEWAY:?.dev/env lacks REDIS_URL_GATEWAY: rerun scripts/dev-up.sh} HTTP_PORT=$PORT HTTP_HOST=127.0.0.1 LOG_LEVEL=warning STREAM_MAXLEN=10000 "$BIN_DIR/gateway" >"$WORK/gateway.log" 2>&1 &
 GW_PID=$!
 cleanup() { kill "$GW_PID" 2>/dev/null; wait "$GW_PID" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT

@@ -20,13 +20,28 @@ log() { printf 'dev-up: %s\n' "$*" >&2; }
 
 scripts/install-deps.sh
 
+# --- Store users: one password per Redis ACL user and PostgreSQL role, made once (.dev/secrets) ------
+REDIS_USERS=$(awk '/^user /{print $2}' deploy/redis/users.acl)
+PG_ROLES="te_audit_writer te_reader"
+for f in $(for u in $REDIS_USERS; do echo "redis/$u"; done) $(for r in $PG_ROLES; do echo "postgres/$r"; done); do
+  mkdir -p "$DEV/secrets/redis" "$DEV/secrets/postgres"
+  [ -s "$DEV/secrets/$f" ] || { od -An -tx1 -N16 /dev/urandom | tr -d ' \n' > "$DEV/secrets/$f"; chmod 600 "$DEV/secrets/$f"; }
+done
+mkdir -p "$DEV/redis"
+# The dev server: per-test key names allowed (tests share it); private test servers: the real names only.
+scripts/redis-acl.sh --default on --test-keys deploy/redis/users.acl "$DEV/secrets/redis" "$DEV/redis/users.acl"
+scripts/redis-acl.sh --default on deploy/redis/users.acl "$DEV/secrets/redis" "$DEV/redis/users-strict.acl"
+
 # --- Redis ---------------------------------------------------------------------------------------
 if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
   log "redis already up on $REDIS_PORT"
+  # Started before the ACL file existed (or with another one): apply the users to the running server.
+  sed -e 's/^user /ACL SETUSER /' -e 's/(\([^)]*\))/"(\1)"/g' "$DEV/redis/users.acl" | redis-cli -p "$REDIS_PORT" >/dev/null
 else
   mkdir -p "$DEV/redis"
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$DEV/redis" --daemonize yes \
-    --pidfile "$DEV/run/redis.pid" --logfile "$DEV/logs/redis.log" --save "" --appendonly yes
+    --pidfile "$DEV/run/redis.pid" --logfile "$DEV/logs/redis.log" --save "" --appendonly yes \
+    --aclfile "$DEV/redis/users.acl"
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
   redis-cli -p "$REDIS_PORT" ping >/dev/null || { log "redis did not start (see .dev/logs/redis.log)"; exit 1; }
   log "redis up on $REDIS_PORT"
@@ -53,9 +68,24 @@ fi
 PGPASSWORD=te psql -h 127.0.0.1 -p "$PG_PORT" -U te -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='te'" | grep -q 1 \
   || PGPASSWORD=te psql -h 127.0.0.1 -p "$PG_PORT" -U te -d postgres -qc "CREATE DATABASE te"
 
+# PostgreSQL roles (migration 4 grants them their tables): the audit writer (INSERT/SELECT only) and a reader.
+for role in $PG_ROLES; do
+  PGPASSWORD=te psql -h 127.0.0.1 -p "$PG_PORT" -U te -d postgres -qc "DO \$\$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$role') THEN CREATE ROLE $role; END IF;
+    ALTER ROLE $role LOGIN PASSWORD '$(cat "$DEV/secrets/postgres/$role")'; END \$\$"
+done
+
 {
   echo "export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
   echo "export POSTGRES_URL=postgres://te:te@127.0.0.1:$PG_PORT/te"
+  # Each service's own store user (README "Store users"): REDIS_URL_<SERVICE>, POSTGRES_URL_<ROLE>.
+  for u in $REDIS_USERS; do
+    var=$(echo "${u%-reader}" | tr 'a-z-' 'A-Z_')
+    echo "export REDIS_URL_$var=redis://$u:$(cat "$DEV/secrets/redis/$u")@127.0.0.1:$REDIS_PORT/0"
+  done
+  echo "export REDIS_ACL_FILE_STRICT=$DEV/redis/users-strict.acl"
+  echo "export POSTGRES_URL_AUDIT_WRITER=postgres://te_audit_writer:$(cat "$DEV/secrets/postgres/te_audit_writer")@127.0.0.1:$PG_PORT/te"
+  echo "export POSTGRES_URL_READER=postgres://te_reader:$(cat "$DEV/secrets/postgres/te_reader")@127.0.0.1:$PG_PORT/te"
   echo "export KAFKA_TOPIC=ticks"
   echo "export MODEL_NAME=trade_eligibility"
 } > "$DEV/env.new"

@@ -12,6 +12,8 @@ import TEPostgres
 // variables (STREAM_BLOCK_MS bounds how long a partial batch waits, CLAIM_MIN_IDLE_MS, …), and
 // AUDIT_TEST_CRASH_AFTER_COMMIT=1 (tests only: SIGKILL itself after the first COMMIT, before XACK).
 // AUDIT_STREAM (default te:audit) and DLQ_STREAM (default te:dlq) let tests use streams of their own.
+// POSTGRES_MIGRATE_URL: the owner role the migrations run as, on a connection closed once they are
+// applied, so POSTGRES_URL can be `te_audit_writer` (INSERT/SELECT only). Default: POSTGRES_URL.
 await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { resources in
     let env = resources.env
     let redis = try env.redis()
@@ -21,6 +23,13 @@ await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { res
         postgres = try PostgresConfiguration(url: postgresURL)
     } catch {
         throw ConfigurationError(variable: "POSTGRES_URL", problem: error.message)
+    }
+    let migrateURL = env.values["POSTGRES_MIGRATE_URL"].flatMap { $0.isEmpty ? nil : $0 }
+    let migrations: PostgresConfiguration?
+    do throws(PostgresError) {
+        if let migrateURL { migrations = try PostgresConfiguration(url: migrateURL) } else { migrations = nil }
+    } catch {
+        throw ConfigurationError(variable: "POSTGRES_MIGRATE_URL", problem: error.message)
     }
     var worker = try StreamWorkerConfiguration.fromEnvironment(env)
     worker.batchSize = try env.int("AUDIT_BATCH_SIZE", default: 500, range: 1...10_000)
@@ -40,6 +49,7 @@ await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { res
     return [
         AuditWriterService(
             store: stage.store,
+            migrator: migrations.map { AuditStore(connection: PostgresConnection(configuration: $0, logger: resources.logger)) },
             worker: StreamWorker(
                 stage: stage, redis: redis, configuration: worker, readiness: resources.readiness,
                 logger: resources.logger),
@@ -51,6 +61,8 @@ await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { res
 /// stream worker.
 struct AuditWriterService: Service {
     let store: AuditStore
+    /// On the POSTGRES_MIGRATE_URL connection; nil: the writer's own.
+    let migrator: AuditStore?
     let worker: StreamWorker<AuditStage>
     let logger: Logger
 
@@ -58,7 +70,8 @@ struct AuditWriterService: Service {
         var failures = 0
         while true {
             do {
-                try await store.migrate(logger: logger)
+                try await (migrator ?? store).migrate(logger: logger)
+                await migrator?.connection.close()
                 break
             } catch let error as MigrationError where error.underlying.isRetriable {
                 failures += 1

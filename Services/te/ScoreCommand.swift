@@ -44,7 +44,10 @@ struct ScoreCommand: AsyncParsableCommand {
         var request = URLRequest(url: endpoint)
         request.httpMethod = "POST"
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-        let key = apiKey ?? env["GATEWAY_API_KEYS"]?.split(separator: ",").first.map { String($0).trimmingCharacters(in: .whitespaces) }
+        // `client:key` or a bare key: the key is what follows the first colon.
+        let key = apiKey ?? env["GATEWAY_API_KEYS"]?.split(separator: ",").first.map {
+            String($0.split(separator: ":", maxSplits: 1).last ?? "").trimmingCharacters(in: .whitespaces)
+        }
         if let key, !key.isEmpty { request.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization") }
         if let requestID { request.setValue(requestID, forHTTPHeaderField: "X-Request-Id") }
         request.httpBody = try JSONSerialization.data(withJSONObject: body)

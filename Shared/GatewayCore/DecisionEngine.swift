@@ -128,9 +128,12 @@ public final class DecisionEngine: Sendable {
     /// Decides `request`. `requestID` is the client's valid `X-Request-Id`, nil when it sent none (then
     /// request_id = decision_id). With `AUDIT_DURABILITY=sync` the answer waits for its audit record to
     /// be in Redis; `.auditUnavailable` when it is not within `AUDIT_SYNC_WAIT_MS` (the caller answers
-    /// 503: a decision must not be acted on unaudited).
-    public func score(_ request: ScoreRequest, requestID clientRequestID: String?, arrival: ContinuousClock.Instant)
-        async -> ScoreAnswer
+    /// 503: a decision must not be acted on unaudited). `client` is who asked (its name goes into the
+    /// record and its counters count the decision); nil for a caller outside the HTTP API.
+    public func score(
+        _ request: ScoreRequest, requestID clientRequestID: String?, arrival: ContinuousClock.Instant,
+        client: APIClient? = nil
+    ) async -> ScoreAnswer
     {
         let decisionID = RequestID.random()
         let requestID = clientRequestID ?? decisionID
@@ -201,7 +204,11 @@ public final class DecisionEngine: Sendable {
         let decision = decision(score)
         let latency = ContinuousClock.now - arrival
         let latencyUs = latency.components.seconds * 1_000_000 + latency.components.attoseconds / 1_000_000_000_000
-        metrics.request(decision: decision, source: source)
+        if let client {
+            client.counters.request(decision: decision, source: source)
+        } else {
+            metrics.request(decision: decision, source: source)
+        }
         metrics.requestDuration.record(latency)
         for r in reasons { metrics.fallback(reason: r) }
         let reason = reasons.isEmpty ? nil : reasons.joined(separator: ",")
@@ -210,7 +217,7 @@ public final class DecisionEngine: Sendable {
             decisionId: decisionID, requestId: requestID, tsNs: wallClockNs(), symbol: request.symbol,
             decision: decision, score: score, source: source, modelName: model?.name, modelVersion: model?.version,
             modelHash: model?.hash, features: vector, featureAgeMs: ageMs, latencyUs: latencyUs, canary: nil,
-            reason: reason, featureSnapshotId: snapshotID, featureTsNs: snapshotTsNs)
+            reason: reason, featureSnapshotId: snapshotID, featureTsNs: snapshotTsNs, client: client?.auditName)
         let response = ScoreResponse(
             decisionId: decisionID, requestId: requestID, symbol: request.symbol, decision: decision, score: score,
             source: source, model: model, featureAgeMs: ageMs, latencyUs: latencyUs, reason: reason)

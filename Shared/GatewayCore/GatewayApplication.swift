@@ -24,6 +24,8 @@ public struct GatewayDependencies: Sendable {
     public let tritonProbes: ReadinessChecks
     /// The push streams' clients (`/v1/opportunities/stream`, `/v1/decisions/stream`).
     public let push: PushStreams
+    /// Who may call `/v1/*` and `/debug/*`, and each client's counters and rate limit.
+    public let keys: APIKeyStore
 }
 
 /// Builds the gateway's clients, state and background services from its configuration.
@@ -52,13 +54,25 @@ public func buildDependencies(
         config: config, metrics: metrics, primary: primary, secondary: secondary, features: memory, audit: audit,
         identities: identities, logger: logger,
         coldStart: { symbol, deadline in await loader.load(symbol, deadline: deadline) })
+    var initialKeys = config.apiKeys
+    if let path = config.apiKeysFile {
+        do {
+            initialKeys = try APIKeyFileWatcher.load(path: path, fixed: config.apiKeys)
+        } catch let error as ConfigurationError {
+            throw error
+        } catch {
+            throw ConfigurationError(variable: "GATEWAY_API_KEYS_FILE", problem: "cannot be read: \(error)")
+        }
+    }
+    let keys = APIKeyStore(
+        table: initialKeys, authEnabled: config.authEnabled, metrics: metrics, rateLimit: config.rateLimit)
     var endpoints: [any InferenceEndpoint] = [primary]
     if let secondary { endpoints.append(secondary) }
     let push = PushStreams(config: config, registry: registry)
     // A blocked XREAD holds its connection: one client per push feed.
     let pushRedis = (0..<2).map { RedisClient(configuration: redisConfiguration, name: "gateway-push-\($0)", logger: logger) }
     // Stopped in reverse order: the clients' closer first in the list, so it stops last.
-    let services: [any Service] = [
+    var services: [any Service] = [
         RedisClientsCloser(clients: [queryRedis, feedRedis, auditRedis] + pushRedis),
         FeatureFeed(redis: feedRedis, memory: memory, stream: config.featuresStream, logger: logger),
         AuditStreamWriter(
@@ -75,6 +89,9 @@ public func buildDependencies(
             redis: pushRedis[1], stream: config.auditStream, broadcaster: push.decisions, logger: logger,
             encode: PushEncoding.decision),
     ]
+    if let path = config.apiKeysFile {
+        services.append(APIKeyFileWatcher(path: path, fixed: config.apiKeys, store: keys, logger: logger))
+    }
     let readiness = ReadinessChecks()
     readiness.add("redis") { try await queryRedis.ping() }
     let tritonProbes = ReadinessChecks()
@@ -88,7 +105,7 @@ public func buildDependencies(
     }
     return GatewayDependencies(
         config: config, engine: engine, redis: queryRedis, onlineLoader: loader, services: services, logger: logger,
-        readiness: readiness, tritonProbes: tritonProbes, push: push)
+        readiness: readiness, tritonProbes: tritonProbes, push: push, keys: keys)
 }
 
 struct TritonNotReady: Error, CustomStringConvertible {
@@ -121,7 +138,7 @@ public func buildRouter(_ d: GatewayDependencies) -> Router<GatewayRequestContex
     let router = Router(context: GatewayRequestContext.self)
     let api = GatewayAPI(d)
     router.add(middleware: RouteErrorMiddleware(methods: GatewayAPI.routeMethods))
-    if !api.keys.isEmpty { router.add(middleware: APIKeyMiddleware(keys: api.keys)) }
+    if d.config.authEnabled || d.config.rateLimit != nil { router.add(middleware: AdmissionMiddleware(api: api)) }
     router.post("/v1/score") { request, context in try await api.score(request, context) }
     router.get("/v1/opportunities") { request, _ in try await api.opportunities(request) }
     router.get("/v1/opportunities/stream") { request, context in
@@ -171,55 +188,68 @@ struct RouteErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// `/v1/*` and `/debug/*` need `Authorization: Bearer <key>` when `GATEWAY_API_KEYS` is set.
-struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
-    let keys: APIKeys
+/// `/v1/*` and `/debug/*` need `Authorization: Bearer <key>` when keys are configured (401 otherwise),
+/// and each client is held to `GATEWAY_RATE_LIMIT` (429). The fast path applies the same `admit`.
+struct AdmissionMiddleware<Context: RequestContext>: RouterMiddleware {
+    let api: GatewayAPI
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
-        guard path.hasPrefix("/v1/") || path.hasPrefix("/debug/") else { return try await next(request, context) }
-        guard keys.authorizes(request.headers[.authorization]) else {
-            var response = GatewayAPI.json(.unauthorized, GatewayAPI.unauthorizedBody)
-            response.headers[.wwwAuthenticate] = "Bearer"
-            return response
+        guard GatewayAPI.isProtected(path) else { return try await next(request, context) }
+        switch api.admit(authorization: request.headers[.authorization]) {
+        case .admitted: return try await next(request, context)
+        case .refused(let status, let body, let retryAfter):
+            return GatewayAPI.refusal(status, body, retryAfter: retryAfter)
         }
-        return try await next(request, context)
-    }
-}
-
-/// The bearer keys of `GATEWAY_API_KEYS` (none: every request is authorized). Compared in constant
-/// time and never logged.
-struct APIKeys: Sendable {
-    let keys: [[UInt8]]
-
-    init(_ keys: Set<String>) { self.keys = keys.map { Array($0.utf8) } }
-
-    var isEmpty: Bool { keys.isEmpty }
-
-    /// Whether an `Authorization` header value carries one of the keys.
-    func authorizes(_ authorization: String?) -> Bool {
-        if keys.isEmpty { return true }
-        guard let authorization, authorization.hasPrefix("Bearer ") else { return false }
-        let presented = Array(authorization.utf8.dropFirst(7))
-        var match = false
-        for key in keys {
-            var diff = UInt8(key.count == presented.count ? 0 : 1)
-            for i in 0..<key.count { diff |= key[i] ^ (i < presented.count ? presented[i] : 0) }
-            if diff == 0 { match = true }
-        }
-        return match
     }
 }
 
 struct GatewayAPI: Sendable {
     let d: GatewayDependencies
-    let keys: APIKeys
-    init(_ d: GatewayDependencies) {
-        self.d = d
-        keys = APIKeys(d.config.apiKeys)
-    }
+    var keys: APIKeyStore { d.keys }
+    init(_ d: GatewayDependencies) { self.d = d }
 
     static let unauthorizedBody = RequestError.json(code: "unauthorized", message: "missing or invalid bearer token", field: nil)
+
+    /// Paths that need a key and count against the client's rate limit.
+    static func isProtected(_ path: String) -> Bool { path.hasPrefix("/v1/") || path.hasPrefix("/debug/") }
+
+    enum Admission {
+        case admitted(APIClient)
+        /// The status, error JSON and `Retry-After` seconds to answer with.
+        case refused(HTTPResponse.Status, String, retryAfter: Int?)
+    }
+
+    /// Who is calling (401 when the key is missing or unknown), and whether its rate limit lets it in (429).
+    func admit(authorization: String?) -> Admission {
+        switch keys.verdict(authorization: authorization) {
+        case .refused: return .refused(.unauthorized, Self.unauthorizedBody, retryAfter: nil)
+        case .client(let client):
+            guard let limiter = client.limiter else { return .admitted(client) }
+            switch limiter.take() {
+            case .allowed: return .admitted(client)
+            case .limited(let seconds):
+                client.counters.rateLimited.increment()
+                d.logger.debug("rate limited", metadata: ["client": "\(client.name)", "retry_after_s": "\(seconds)"])
+                let body = Self.rateLimitedBody(client: client, retryAfter: seconds, limit: d.config.rateLimit ?? 0)
+                return .refused(.tooManyRequests, body, retryAfter: seconds)
+            }
+        }
+    }
+
+    /// A 401 (with `WWW-Authenticate`) or 429 (with `Retry-After`) answer.
+    static func refusal(_ status: HTTPResponse.Status, _ body: String, retryAfter: Int?) -> Response {
+        var response = json(status, body)
+        if status == .unauthorized { response.headers[.wwwAuthenticate] = "Bearer" }
+        if let retryAfter { response.headers[.retryAfter] = String(retryAfter) }
+        return response
+    }
+
+    static func rateLimitedBody(client: APIClient, retryAfter: Int, limit: Double) -> String {
+        RequestError.json(
+            code: "rate_limited",
+            message: "client \(client.name) is over its limit of \(limit) requests/s; retry after \(retryAfter) s", field: nil)
+    }
     static let bodyTooLarge = RequestError(.bodyTooLarge, "body exceeds \(ScoreRequestParser.maxBodyBytes) bytes")
 
     static func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
@@ -252,10 +282,15 @@ struct GatewayAPI: Sendable {
                 body = nil
             }
         }
+        // Admitted by `AdmissionMiddleware` (auth and rate limit); looked up again for the client's name.
+        guard case .client(let client) = keys.verdict(authorization: request.headers[.authorization]) else {
+            return Self.refusal(.unauthorized, Self.unauthorizedBody, retryAfter: nil)
+        }
         switch Self.admitScore(body: body, headers: request.headers) {
         case .failure(let error): return Self.clientError(error)
         case .success(let (parsed, requestID)):
-            let (status, body) = ScoreResponseJSON.answer(await d.engine.score(parsed, requestID: requestID, arrival: arrival))
+            let (status, body) = ScoreResponseJSON.answer(
+                await d.engine.score(parsed, requestID: requestID, arrival: arrival, client: client))
             return Self.json(status, body)
         }
     }

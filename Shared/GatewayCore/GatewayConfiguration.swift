@@ -56,8 +56,15 @@ public struct GatewayConfiguration: Sendable {
     public var canaryWindow: Int = 200
     /// `CANARY_MIN_SAMPLES`: observations needed before the canary is judged. Default: 20.
     public var canaryMinSamples: Int = 20
-    /// `GATEWAY_API_KEYS`: comma-separated bearer keys for `/v1/*` and `/debug/*`; empty → open.
-    public var apiKeys: Set<String> = []
+    /// `GATEWAY_API_KEYS`: comma-separated `client:key` (a bare key is client `default`) bearer keys for
+    /// `/v1/*` and `/debug/*`. Default: none (with no file either, the API is open).
+    public var apiKeys = APIKeyTable()
+    /// `GATEWAY_API_KEYS_FILE`: more keys, one `client:key` a line, re-read on change and on SIGHUP.
+    /// Default: none.
+    public var apiKeysFile: String?
+    /// `GATEWAY_RATE_LIMIT`: requests a second per client, with a burst of the same size; over it → 429
+    /// `rate_limited`. Default: none (no limit, nothing checked).
+    public var rateLimit: Double?
     /// `AUDIT_BUFFER_MAX`: audit records held while Redis is unreachable. Default: 100000.
     public var auditBufferMax: Int = 100_000
     /// `AUDIT_BATCH_MAX`: records per pipelined write. Default: 512.
@@ -114,6 +121,9 @@ public struct GatewayConfiguration: Sendable {
         self.tritonURL = tritonURL
     }
 
+    /// Whether `/v1/*` and `/debug/*` need a key: keys given, or a keys file (even one empty for now).
+    public var authEnabled: Bool { !apiKeys.isEmpty || apiKeysFile != nil }
+
     public var auditSyncWait: Duration { .microseconds(Int64(auditSyncWaitMs * 1000)) }
     public var hedgeAfter: Double { hedgeAfterMs ?? scoreTimeoutMs * 0.4 }
 
@@ -143,8 +153,10 @@ public struct GatewayConfiguration: Sendable {
         canaryWindow = try reader.int("CANARY_WINDOW", range: 1...1_000_000) ?? canaryWindow
         canaryMinSamples = try reader.int("CANARY_MIN_SAMPLES", range: 1...1_000_000) ?? canaryMinSamples
         if let keys = reader.string("GATEWAY_API_KEYS") {
-            apiKeys = Set(keys.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+            apiKeys = try APIKeyTable.parse(keys, separator: ",", source: "GATEWAY_API_KEYS")
         }
+        apiKeysFile = reader.string("GATEWAY_API_KEYS_FILE")
+        rateLimit = try reader.double("GATEWAY_RATE_LIMIT", range: 0.001...10_000_000)
         auditBufferMax = try reader.int("AUDIT_BUFFER_MAX", range: 1...100_000_000) ?? auditBufferMax
         auditBatchMax = try reader.int("AUDIT_BATCH_MAX", range: 1...100_000) ?? auditBatchMax
         streamMaxLen = try reader.int("STREAM_MAXLEN", range: 1...Int.max)

@@ -18,7 +18,8 @@ public final class GatewayMetrics: Sendable {
     let canaryDisagree: Counter
     let canaryRollbacks: Counter
     let canaryErrors: Counter
-    private let requests: [String: Counter]  // "decision/source"
+    /// Decisions made without a client (an engine called directly).
+    private let anonymousRequests: ClientCounters
     private let fallbacks = Mutex<[String: Counter]>([:])
     private let tritonDurations = Mutex<[String: DurationHistogram]>([:])
     private let breakerGauges = Mutex<[String: Gauge]>([:])
@@ -36,15 +37,7 @@ public final class GatewayMetrics: Sendable {
     public init(registry: PrometheusCollectorRegistry) {
         self.registry = registry
         process = ProcessMetrics(registry: registry)
-        var requests: [String: Counter] = [:]
-        for decision in [Decision.trade, .noTrade, .abstain] {
-            for source in ScoreSource.allCases {
-                requests["\(decision.rawValue)/\(source.rawValue)"] = registry.makeCounter(
-                    descriptor: Self.name("te_gateway_requests_total", "Score decisions by decision and source"),
-                    labels: [("decision", decision.rawValue), ("source", source.rawValue)])
-            }
-        }
-        self.requests = requests
+        anonymousRequests = Self.makeClientCounters(registry, APIClient.anonymousName)
         requestDuration = registry.makeDurationHistogram(
             descriptor: Self.name("te_gateway_request_duration_seconds", "Score request duration, arrival to answer"),
             labels: [], buckets: Self.latencyBuckets)
@@ -91,8 +84,39 @@ public final class GatewayMetrics: Sendable {
         for reason in Self.legFallbackReasons(endpoint) { fallback(reason: reason, by: 0) }
     }
 
-    func request(decision: Decision, source: ScoreSource) {
-        requests["\(decision.rawValue)/\(source.rawValue)"]?.increment()
+    func request(decision: Decision, source: ScoreSource) { anonymousRequests.request(decision: decision, source: source) }
+
+    /// A client's series: decisions by decision and source, and its rate-limited requests. Registered at 0
+    /// when the client first appears (the registry hands back the same counters for the same labels).
+    struct ClientCounters: Sendable {
+        let requests: [Counter]  // indexed by `index(decision:source:)`
+        let rateLimited: Counter
+
+        static let decisions: [Decision] = [.trade, .noTrade, .abstain]
+
+        static func index(_ decision: Decision, _ source: ScoreSource) -> Int {
+            decisions.firstIndex(of: decision)! * ScoreSource.allCases.count + ScoreSource.allCases.firstIndex(of: source)!
+        }
+
+        func request(decision: Decision, source: ScoreSource) { requests[Self.index(decision, source)].increment() }
+    }
+
+    func clientCounters(_ client: String) -> ClientCounters { Self.makeClientCounters(registry, client) }
+
+    private static func makeClientCounters(_ registry: PrometheusCollectorRegistry, _ client: String) -> ClientCounters {
+        var requests: [Counter] = []
+        for decision in ClientCounters.decisions {
+            for source in ScoreSource.allCases {
+                requests.append(
+                    registry.makeCounter(
+                        descriptor: name("te_gateway_requests_total", "Score decisions by decision, source and client"),
+                        labels: [("decision", decision.rawValue), ("source", source.rawValue), ("client", client)]))
+            }
+        }
+        let rateLimited = registry.makeCounter(
+            descriptor: name("te_gateway_rate_limited_total", "Requests answered 429 rate_limited (GATEWAY_RATE_LIMIT), by client"),
+            labels: [("client", client)])
+        return ClientCounters(requests: requests, rateLimited: rateLimited)
     }
 
     func fallback(reason: String, by amount: Int64 = 1) {

@@ -9,7 +9,9 @@ info:
     Decides "trade / no trade" for a symbol within a hard deadline (SCORE_TIMEOUT_MS) by asking the
     `trade_eligibility` model on Triton, with fallbacks: primary model -> secondary replica -> cached
     score -> rules baseline -> abstain. Every decision is audited on the Redis stream te:audit.
-    With GATEWAY_API_KEYS set, /v1/* and /debug/* need `Authorization: Bearer <key>`.
+    With GATEWAY_API_KEYS (or GATEWAY_API_KEYS_FILE) set, /v1/* and /debug/* need `Authorization: Bearer <key>`
+    (401 otherwise); each key names a client. With GATEWAY_RATE_LIMIT set, a client over its rate gets 429
+    (code rate_limited) with Retry-After.
     Every client error has the Error body: malformed HTTP/1.1 framing 400 (the connection then closes),
     an unknown path 404, a known path with another method 405 (with `Allow`), a score body that is not
     `application/json` 415.
@@ -34,7 +36,7 @@ components:
               enum: [malformed_json, invalid_type, unknown_field, duplicate_field, missing_field, invalid_symbol,
                      invalid_features, non_finite_number, invalid_value, body_too_large, invalid_query,
                      malformed_http, unsupported_media_type, not_found, method_not_allowed,
-                     unauthorized, no_features, redis_unavailable, audit_unavailable]
+                     unauthorized, rate_limited, no_features, redis_unavailable, audit_unavailable]
             message: {type: string}
             field: {type: string, nullable: true, description: "The offending field, e.g. features[3]"}
     Symbol:
@@ -135,6 +137,16 @@ components:
       content:
         application/json:
           schema: {$ref: "#/components/schemas/Error"}
+    TooManyRequests:
+      description: The client is over GATEWAY_RATE_LIMIT (only when it is set); code rate_limited
+      headers:
+        Retry-After:
+          description: Whole seconds until the client's next request can be admitted
+          required: true
+          schema: {type: integer, minimum: 1}
+      content:
+        application/json:
+          schema: {$ref: "#/components/schemas/Error"}
     NotFound:
       description: Not found
       content:
@@ -199,6 +211,7 @@ paths:
               schema: {$ref: "#/components/schemas/ScoreResponse"}
         "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
+        "429": {$ref: "#/components/responses/TooManyRequests"}
         "415": {$ref: "#/components/responses/UnsupportedMediaType"}
         "503":
           description: |
@@ -226,6 +239,7 @@ paths:
                   opportunities: {type: array, items: {$ref: "#/components/schemas/Opportunity"}}
         "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
+        "429": {$ref: "#/components/responses/TooManyRequests"}
         "503": {$ref: "#/components/responses/Unavailable"}
   /v1/opportunities/stream:
     get:
@@ -291,6 +305,7 @@ paths:
                   snapshot: {type: object}
         "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
+        "429": {$ref: "#/components/responses/TooManyRequests"}
         "404": {$ref: "#/components/responses/NotFound"}
   /debug/triton:
     get:
@@ -302,6 +317,7 @@ paths:
         "200": {$ref: "#/components/responses/TritonProbe"}
         "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
+        "429": {$ref: "#/components/responses/TooManyRequests"}
         "503": {$ref: "#/components/responses/TritonProbe"}
   /healthz:
     get:

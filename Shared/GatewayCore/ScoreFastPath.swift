@@ -119,8 +119,11 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     private func answer(_ head: HTTPRequest, body: ByteBuffer?, arrival: ContinuousClock.Instant, context: ChannelHandlerContext) {
         let closeAfter = head.headerFields[.connection]?.lowercased() == "close"
-        if !api.keys.authorizes(head.headerFields[.authorization]) {
-            write(.unauthorized, GatewayAPI.unauthorizedBody, closeAfter: closeAfter, context: context)
+        let client: APIClient
+        switch api.admit(authorization: head.headerFields[.authorization]) {
+        case .admitted(let admitted): client = admitted
+        case .refused(let status, let body, let retryAfter):
+            write(status, body, retryAfter: retryAfter, closeAfter: closeAfter, context: context)
             return
         }
         let request: ScoreRequest
@@ -135,7 +138,7 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         let eventLoop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: eventLoop)
         Task {
-            let (status, json) = ScoreResponseJSON.answer(await engine.score(request, requestID: requestID, arrival: arrival))
+            let (status, json) = ScoreResponseJSON.answer(await engine.score(request, requestID: requestID, arrival: arrival, client: client))
             if eventLoop.inEventLoop {
                 let (handler, context) = bound.value
                 handler.write(status, json, closeAfter: closeAfter, context: context)
@@ -149,7 +152,10 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     /// Writes a score answer, then replays what was held back while it was computed.
-    private func write(_ status: HTTPResponse.Status, _ json: String, closeAfter requested: Bool, context: ChannelHandlerContext) {
+    private func write(
+        _ status: HTTPResponse.Status, _ json: String, retryAfter: Int? = nil, closeAfter requested: Bool,
+        context: ChannelHandlerContext
+    ) {
         let closeAfter = requested || quiescing
         var body = context.channel.allocator.buffer(capacity: json.utf8.count)
         body.writeString(json)
@@ -160,6 +166,7 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         fields[.date] = HTTPDate.now()
         fields[.server] = "te-gateway"
         if status == .unauthorized { fields[.wwwAuthenticate] = "Bearer" }
+        if let retryAfter { fields[.retryAfter] = String(retryAfter) }
         if closeAfter { fields[.connection] = "close" }
         context.write(wrapOutboundOut(.head(HTTPResponse(status: status, headerFields: fields))), promise: nil)
         context.write(wrapOutboundOut(.body(body)), promise: nil)

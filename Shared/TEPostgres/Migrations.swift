@@ -72,3 +72,45 @@ public enum Migrator {
         return applied
     }
 }
+
+/// Least privilege in PostgreSQL (version 4; 3 is the outcomes tables). The migrating role owns the
+/// tables; `te_audit_writer` (audit-writer) may INSERT into and SELECT from the audit tables, never
+/// UPDATE, DELETE or TRUNCATE them (history is append-only); `te_reader` (`te audit`, `te model`) may
+/// only SELECT. Login and password are the deployment's (scripts/dev-up.sh, compose, Kubernetes); a
+/// role missing here is created without login so the grants always apply. Tables a later migration
+/// creates get the same grants by default privileges.
+public enum StoreRoles {
+    public static let auditWriter = "te_audit_writer"
+    public static let reader = "te_reader"
+
+    public static let migration = Migration(
+        version: 4, name: "least-privilege roles",
+        sql: """
+            DO $$
+            DECLARE t text;
+            BEGIN
+                -- Roles are cluster-wide: migrations of two databases may race to create them.
+                BEGIN
+                    CREATE ROLE te_audit_writer;
+                EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+                END;
+                BEGIN
+                    CREATE ROLE te_reader;
+                EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+                END;
+                EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO te_audit_writer', current_database());
+                EXECUTE format('GRANT CONNECT ON DATABASE %I TO te_reader', current_database());
+                FOREACH t IN ARRAY ARRAY['decisions', 'outcomes', 'rollout_events'] LOOP
+                    IF to_regclass(t) IS NOT NULL THEN
+                        EXECUTE format('REVOKE ALL ON %I FROM PUBLIC, te_audit_writer, te_reader', t);
+                        EXECUTE format('GRANT SELECT, INSERT ON %I TO te_audit_writer', t);
+                        EXECUTE format('GRANT SELECT ON %I TO te_reader', t);
+                    END IF;
+                END LOOP;
+            END $$;
+            GRANT USAGE ON SCHEMA public TO te_audit_writer, te_reader;
+            GRANT SELECT ON schema_migrations TO te_reader;
+            ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT ON TABLES TO te_audit_writer;
+            ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO te_reader;
+            """)
+}

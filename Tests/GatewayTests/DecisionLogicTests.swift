@@ -150,7 +150,8 @@ import Testing
         let c = try? GatewayConfiguration(environment: [
             "REDIS_URL": "redis://h:1", "TRITON_URL": "h:1", "GATEWAY_API_KEYS": "a, b,,", "SCORE_TIMEOUT_MS": "15",
         ])
-        #expect(c?.apiKeys == ["a", "b"])
+        #expect(c?.apiKeys.entries.count == 2)
+        #expect(c?.apiKeys.clients == ["default"])
         #expect(c?.scoreTimeoutMs == 15)
         #expect(c?.hedgeAfter == 6)
     }

@@ -9,7 +9,7 @@ struct GatewayCLITests {
 
     @Test("te score: the gateway's answer printed as JSON; a 4xx exits 1 with the error JSON; a gateway down is one line")
     func score() async throws {
-        let config = try GatewayTestEnv.config("cli-score") { $0.apiKeys = ["cli-key"] }
+        let config = try GatewayTestEnv.config("cli-score") { $0.apiKeys = try! APIKeyTable.parse("cli-key", separator: ",", source: "test") }
         try await GatewayTestEnv.withGateway(config) { _, client in
             let url = "http://127.0.0.1:\(try #require(client.port))"
             let ok = try await runTe(

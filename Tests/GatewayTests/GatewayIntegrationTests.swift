@@ -368,7 +368,7 @@ import TritonClient
             #expect(r.status == .ok)
         }
         let locked = try GatewayTestEnv.config("auth-on") {
-            $0.apiKeys = ["k1-secret", "k2-secret"]
+            $0.apiKeys = try! APIKeyTable.parse("desk-a:k1-secret,k2-secret", separator: ",", source: "test")
             $0.scoreFastPath = fastPath
         }
         try await GatewayTestEnv.withGateway(locked, waitForIdentity: false) { _, client in

@@ -240,7 +240,7 @@ struct GatewayPushTests {
     func limitsAndErrors() async throws {
         let config = try GatewayTestEnv.config("push-limits") {
             $0.pushMaxClients = 1
-            $0.apiKeys = ["push-key"]
+            $0.apiKeys = try! APIKeyTable.parse("push-key", separator: ",", source: "test")
         }
         try await GatewayTestEnv.withGateway(config) { deps, client in
             let port = try #require(client.port)

@@ -26,7 +26,9 @@ enum GatewayTestEnv {
     static func config(_ name: String, triton: String? = nil, _ adjust: (inout GatewayConfiguration) -> Void = { _ in }) throws
         -> GatewayConfiguration
     {
-        var c = GatewayConfiguration(redisURL: try TestEnv.redisURL(), tritonURL: try triton ?? tritonURL())
+        // As the gateway's own Redis user (deploy/redis/users.acl), as in production.
+        let redisURL = try StoreUsers.redisURL(for: "gateway", on: TestEnv.redisURL())
+        var c = GatewayConfiguration(redisURL: redisURL, tritonURL: try triton ?? tritonURL())
         c.httpPort = 0
         let prefix = TestEnv.uniqueName("gateway-\(name)")
         c.featuresStream = "\(prefix):features"

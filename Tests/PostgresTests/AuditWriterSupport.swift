@@ -103,6 +103,9 @@ final class PrivatePostgresCluster: Sendable {
         try await asPostgres("initdb", ["-D", directory + "/data", "-U", "te", "-A", "trust", "--no-sync"])
         try await start()
         try await asPostgres("createdb", ["-h", "127.0.0.1", "-p", String(port), "-U", "te", "te"])
+        // The audit writer runs as its own role (StoreUsers); trust auth, so any password is accepted.
+        try await asPostgres(
+            "psql", ["-h", "127.0.0.1", "-p", String(port), "-U", "te", "-d", "te", "-c", "CREATE ROLE te_audit_writer LOGIN"])
     }
 
     var url: String { "postgres://te@127.0.0.1:\(port)/te" }

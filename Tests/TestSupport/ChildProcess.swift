@@ -36,7 +36,8 @@ public final class ChildProcess: Sendable {
         self.name = name
     }
 
-    /// A built executable of this package: `$TE_BIN_DIR/<product>` (default `.build/debug`).
+    /// A built executable of this package: `$TE_BIN_DIR/<product>` (default `.build/debug`), run as its
+    /// own store users (`StoreUsers`).
     public static func built(_ product: String, arguments: [String] = [], environment: [String: String] = [:]) throws
         -> ChildProcess
     {
@@ -44,7 +45,8 @@ public final class ChildProcess: Sendable {
         guard FileManager.default.isExecutableFile(atPath: path) else {
             throw ChildProcessError(description: "\(path) is not built (swift build --product \(product), or set TE_BIN_DIR)")
         }
-        return try ChildProcess(path, arguments: arguments, environment: environment)
+        let inherited = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        return try ChildProcess(path, arguments: arguments, environment: try StoreUsers.environment(for: product, inherited))
     }
 
     public var pid: Int32 { process.processIdentifier }
@@ -86,7 +88,16 @@ public final class PrivateRedisServer: Sendable {
     public init(port: Int? = nil) async throws {
         let port = try port ?? TestEnv.freePort()
         self.port = port
-        self.server = try ChildProcess("redis-server", arguments: ["--port", String(port), "--save", "", "--appendonly", "no", "--daemonize", "no", "--bind", "127.0.0.1"])
+        // The services' ACL users on their real key names (`REDIS_ACL_FILE_STRICT`, from .dev/env).
+        guard let aclFile = ProcessInfo.processInfo.environment["REDIS_ACL_FILE_STRICT"], !aclFile.isEmpty else {
+            throw MissingServerError(variable: "REDIS_ACL_FILE_STRICT")
+        }
+        self.server = try ChildProcess(
+            "redis-server",
+            arguments: [
+                "--port", String(port), "--save", "", "--appendonly", "no", "--daemonize", "no", "--bind", "127.0.0.1",
+                "--aclfile", aclFile,
+            ])
         let up = await TestEnv.eventually(timeout: .seconds(10)) { Self.accepts(port: port) }
         guard up else { throw ChildProcessError(description: "redis-server on \(port) did not start: \(server.output())") }
     }
