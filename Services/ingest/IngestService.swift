@@ -10,7 +10,9 @@ import TEModels
 import TERedis
 
 /// Kafka `ticks` (group `ingest`) → normalize → one atomic Redis script per batch (te:ticks, spread keys,
-/// te:dlq, and the partitions' last written offsets) → commit the batch's Kafka offsets.
+/// te:dlq, and the partitions' last written offsets) → commit the batch's Kafka offsets. Redis runs one
+/// batch's script while the next batch is polled and normalized; each tick carries its Kafka source as
+/// field `src` (`"<partition>:<offset>"`).
 ///
 /// Effectively-once into Redis. Kafka offsets are committed at most every `commitInterval` (200 ms) after
 /// Redis took the batch, so a crash, a rebalance or a Redis outage re-delivers up to rate × 0.2 s + one batch
@@ -70,15 +72,42 @@ struct IngestService: Service {
         var lastWritten: [Int32: Int64] = [:]
         var assignmentSeen = -1
         defer { redis.close() }
+        // The batch whose script Redis is running while the next one is read and normalized. Its offsets
+        // join `uncommitted` only once Redis took it (commit after write); the next script is sent only
+        // after it succeeded, so a partition's writes stay in order and a fence never passes a failed batch.
+        var inFlight: InFlightBatch?
+        /// Waits for the batch in flight; false when a graceful shutdown came first (nothing committed).
+        func land(_ pending: InFlightBatch?) async -> Bool {
+            guard let pending else { return true }
+            inFlight = nil
+            var outcome = FencedBatch.Outcome(applied: 0, skipped: 0, errors: [])
+            if let write = pending.write {
+                guard let written = await write.value else { return false }
+                outcome = written
+            }
+            let writtenAt = Date().timeIntervalSince1970
+            for message in pending.fresh { metrics.recordLatency(message, writtenAt: writtenAt) }
+            let redelivered = pending.redelivered + outcome.skipped
+            if redelivered > 0 {
+                metrics.redeliveredSkipped.increment(by: Int64(redelivered))
+                logger.debug("skipped redelivered messages already in redis", metadata: ["count": "\(redelivered)"])
+            }
+            metrics.quotes.increment(by: Int64(pending.quotes))
+            metrics.trades.increment(by: Int64(pending.trades))
+            for offset in pending.offsets { uncommitted["\(offset.topic)/\(offset.partition)"] = offset }
+            return true
+        }
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let batch: [KafkaConsumerMessage]
             do {
                 batch = try await consumer.poll(maxMessages: settings.batchSize, timeout: .milliseconds(200))
             } catch {
                 logger.critical("kafka consumer failed", metadata: ["error": "\(error)"])
+                _ = await land(inFlight)
                 await consumer.close()
                 throw error
             }
+            if batch.isEmpty, !(await land(inFlight)) { break }
             for reset in await consumer.takeOffsetResets() { await report(reset) }
             if ContinuousClock.now - lastLagUpdate > .seconds(1) {
                 lastLagUpdate = .now
@@ -93,41 +122,52 @@ struct IngestService: Service {
             metrics.consumed.increment(by: Int64(batch.count))
 
             if consumer.assignmentGeneration != assignmentSeen {
+                // The stored state of a partition is read only with no write of ours in flight.
+                guard await land(inFlight) else { break }
                 assignmentSeen = consumer.assignmentGeneration
                 lastWritten.removeAll(keepingCapacity: true)
             }
             for message in batch where lastWritten[message.partition] == nil {
-                guard let stored = await storedState(message.topic, message.partition, consumer) else { break }
+                guard await land(inFlight), let stored = await storedState(message.topic, message.partition, consumer) else { break }
                 lastWritten[message.partition] = stored.offset
                 restore(stored.books, of: message.partition, into: &normalizer, bookPartitions: &bookPartitions)
             }
             if Task.isShuttingDownGracefully { break }
 
+            // Each partition's last fresh message: its fingerprint and the batch's books and spreads go with it.
+            var lastFresh: [Int32: Int] = [:]
+            for (i, message) in batch.enumerated() where message.offset > lastWritten[message.partition, default: -1] {
+                lastFresh[message.partition] = i
+            }
             var script = FencedBatch(offsetsKey: settings.offsetsKey, booksKey: settings.booksKey, capacity: batch.count * 256)
-            var quoteCount = 0
-            var tradeCount = 0
-            var redelivered = 0
+            var next = InFlightBatch(offsets: KafkaOffset.after(batch))
             var changedBooks: [String: Int32] = [:]
-            for message in batch {
+            // Only a symbol's last spread of the batch is written (a latest-value key), with its partition's last
+            // fresh message: a symbol lives on one partition, and if that message is fenced as already written,
+            // so are the earlier ones and a writer that got that far wrote a spread at least as new.
+            var spreads: [String: (partition: Int32, bps: Double)] = [:]
+            for (i, message) in batch.enumerated() {
                 if message.offset <= lastWritten[message.partition, default: -1] {
-                    redelivered += 1
+                    next.redelivered += 1
                     continue
                 }
+                next.fresh.append(message)
                 let receiveTsNs = Self.receiveTime(message)
                 let normalized = normalizer.normalize(payload: message.value, receiveTsNs: receiveTsNs, key: message.key.map { String(decoding: $0, as: UTF8.self) })
                 for symbol in normalizer.takeChangedBooks() { changedBooks[symbol] = message.partition }
                 script.beginMessage(partition: message.partition, offset: message.offset)
                 switch normalized {
                 case .ticks(let ticks):
+                    let source = Self.lineage(message)
                     for tick in ticks {
-                        guard let fields = try? StreamFieldEncoder.encode(tick) else { continue }
+                        guard var fields = try? StreamFieldEncoder.encode(tick) else { continue }
+                        fields.append(("src", source))
                         script.xadd(settings.ticksStream, maxLen: settings.streamMaxLen, fields: fields)
                         if tick.kind == .quote, let bid = tick.bid, let ask = tick.ask {
-                            quoteCount += 1
-                            let bps = (ask - bid) / ((ask + bid) / 2) * 1e4
-                            script.set(settings.spreadPrefix + tick.symbol, "\(bps)", expireSeconds: settings.spreadTTLSeconds)
+                            next.quotes += 1
+                            spreads[tick.symbol] = (message.partition, (ask - bid) / ((ask + bid) / 2) * 1e4)
                         } else {
-                            tradeCount += 1
+                            next.trades += 1
                         }
                     }
                 case .ignored:
@@ -143,39 +183,32 @@ struct IngestService: Service {
                     }
                     logger.debug("dead-lettered", metadata: ["source": "\(message.source)", "reason": "\(rejection)"])
                 }
+                if lastFresh[message.partition] == i {
+                    for (symbol, spread) in spreads where spread.partition == message.partition {
+                        script.set(settings.spreadPrefix + symbol, "\(spread.bps)", expireSeconds: settings.spreadTTLSeconds)
+                    }
+                }
             }
             for event in normalizer.takeBookEvents() { report(event) }
-
-            var lastFresh: [Int32: Int] = [:]
-            for (i, message) in batch.enumerated() where message.offset > lastWritten[message.partition, default: -1] {
-                lastFresh[message.partition] = i
-            }
             for i in lastFresh.values { script.fingerprint(of: batch[i]) }
             for (symbol, partition) in changedBooks {
                 guard let i = lastFresh[partition], let checkpoint = normalizer.checkpoint(ofBook: symbol) else { continue }
                 script.book(partition: partition, offset: batch[i].offset, symbol: symbol, checkpoint: checkpoint)
                 bookPartitions[symbol] = partition
             }
+            for (partition, i) in lastFresh { lastWritten[partition] = batch[i].offset }
+            // Redis runs batch N while this loop polls and normalizes batch N+1; N+1 is sent once N is in.
+            guard await land(inFlight) else { break }
             if script.messages > 0 {
-                // Shutting down before Redis took the batch: not committed, re-read (and fenced) after restart.
-                guard let outcome = await write(script) else { break }
-                redelivered += outcome.skipped
-                let written = Date().timeIntervalSince1970
-                for message in batch where message.offset > lastWritten[message.partition, default: -1] {
-                    metrics.recordLatency(message, writtenAt: written)
-                }
+                next.write = Task { [script] in await write(script) }
+                inFlight = next
+            } else if !(await land(next)) {
+                break
             }
-            if redelivered > 0 {
-                metrics.redeliveredSkipped.increment(by: Int64(redelivered))
-                logger.debug("skipped redelivered messages already in redis", metadata: ["count": "\(redelivered)"])
-            }
-            for message in batch where message.offset > lastWritten[message.partition, default: -1] {
-                lastWritten[message.partition] = message.offset
-            }
-            metrics.quotes.increment(by: Int64(quoteCount))
-            metrics.trades.increment(by: Int64(tradeCount))
-            for offset in KafkaOffset.after(batch) { uncommitted["\(offset.topic)/\(offset.partition)"] = offset }
         }
+        // Shutting down: the batch in flight is committed if Redis took it; one not sent is re-read (and
+        // fenced) after restart.
+        _ = await land(inFlight)
         if !uncommitted.isEmpty { await commit(consumer, Array(uncommitted.values)) }
         // A static member (group.instance.id) does not leave: its partitions wait for its restart until the
         // session times out, instead of moving twice.
@@ -184,6 +217,20 @@ struct IngestService: Service {
                 ? "ingest stopping: leaving the consumer group" : "ingest stopping: closing the consumer (static member: partitions kept for its restart)")
         await consumer.close()
     }
+
+    /// A batch sent to Redis and what to record once Redis took it.
+    struct InFlightBatch {
+        /// The script's run: nil when a graceful shutdown came before Redis took it.
+        var write: Task<FencedBatch.Outcome?, Never>?
+        var offsets: [KafkaOffset]
+        var fresh: [KafkaConsumerMessage] = []
+        var redelivered = 0
+        var quotes = 0
+        var trades = 0
+    }
+
+    /// A tick's lineage, its field `src`: `"<partition>:<offset>"` of the Kafka message it came from.
+    static func lineage(_ message: KafkaConsumerMessage) -> String { "\(message.partition):\(message.offset)" }
 
     /// The header `ts_ns` (exact receive time), else the Kafka timestamp, else now.
     static func receiveTime(_ message: KafkaConsumerMessage) -> Int64 {

@@ -196,6 +196,9 @@ public final class KafkaConsumer: @unchecked Sendable {
         return try await onQueue { [self] (rk) throws(KafkaError) in
             if closed { throw KafkaError(code: .destroyed, message: "consumer is closed", isRetriable: false) }
             var batch: [KafkaConsumerMessage] = []
+            batch.reserveCapacity(min(maxMessages, 4096))
+            // A consumer reads a topic or two: their names are made once per poll, not per message.
+            var topicNames = TopicNames()
             var wait = timeoutMs
             while batch.count < maxMessages {
                 guard let raw = rd_kafka_consumer_poll(rk, wait) else { break }
@@ -215,7 +218,7 @@ public final class KafkaConsumer: @unchecked Sendable {
                     }
                     continue
                 }
-                batch.append(copyMessage(raw))
+                batch.append(copyMessage(raw, topic: topicNames.name(of: m.rkt)))
             }
             return batch
         }
@@ -402,7 +405,25 @@ private func readOne(
     throw KafkaError(code: .timedOut, message: "no answer reading \(topic)/\(partition)@\(offset)", isRetriable: true)
 }
 
+/// The last topic handle seen and its name.
+private struct TopicNames {
+    private var handle: OpaquePointer?
+    private var cached = ""
+
+    mutating func name(of topic: OpaquePointer?) -> String {
+        if topic != handle || handle == nil {
+            handle = topic
+            cached = topic.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
+        }
+        return cached
+    }
+}
+
 private func copyMessage(_ raw: UnsafeMutablePointer<rd_kafka_message_t>) -> KafkaConsumerMessage {
+    copyMessage(raw, topic: String(cString: rd_kafka_topic_name(raw.pointee.rkt)))
+}
+
+private func copyMessage(_ raw: UnsafeMutablePointer<rd_kafka_message_t>, topic: String) -> KafkaConsumerMessage {
     let m = raw.pointee
     let value = m.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: m.len)) } ?? []
     let key = m.key.map { Array(UnsafeRawBufferPointer(start: $0, count: m.key_len)) }
@@ -423,7 +444,7 @@ private func copyMessage(_ raw: UnsafeMutablePointer<rd_kafka_message_t>) -> Kaf
         }
     }
     return KafkaConsumerMessage(
-        topic: String(cString: rd_kafka_topic_name(m.rkt)), partition: m.partition, offset: m.offset,
+        topic: topic, partition: m.partition, offset: m.offset,
         key: key, value: value, timestampMs: tsType == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? nil : ts, headers: headers)
 }
 
