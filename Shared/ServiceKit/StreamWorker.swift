@@ -54,7 +54,8 @@ public struct StreamWorker<Stage: StreamStage>: Service {
     }
 }
 
-/// The worker's mutable state; lives inside one `run()` call.
+/// Performs the actions of a `StreamWorkerCore` (which decides everything) and reports their outcomes;
+/// lives inside one `run()` call.
 struct WorkerLoop<Stage: StreamStage> {
     var stage: Stage
     let reader: RedisClient
@@ -64,18 +65,7 @@ struct WorkerLoop<Stage: StreamStage> {
     let group: String
     let stream: String
     let consumer: String
-
-    /// Re-reading own pending entries from `pendingCursor` (exclusive) instead of new ones.
-    var readingPending = true
-    var pendingCursor = "0"
-    /// When failed entries are next re-read.
-    var pendingRetryAt: ContinuousClock.Instant?
-    var consecutiveFailures = 0
-    var nextClaim = ContinuousClock.now
-    var nextGauges = ContinuousClock.now
-    var needsPrepare = true
-    /// The last `handle` error per pending entry, for the dead letter's reason.
-    var lastErrors: [String: String] = [:]
+    var core: StreamWorkerCore<Stage.Input>
 
     let processed: Counter
     let failed: Counter
@@ -83,6 +73,7 @@ struct WorkerLoop<Stage: StreamStage> {
     let batchDuration: Metrics.Timer
     let lagGauge: Gauge
     let pendingGauge: Gauge
+    let deadLettered: [String: Counter]
 
     init(stage: Stage, reader: RedisClient, writer: RedisClient, configuration: StreamWorkerConfiguration, logger: Logger) {
         self.stage = stage
@@ -92,6 +83,7 @@ struct WorkerLoop<Stage: StreamStage> {
         self.group = stage.stage
         self.stream = stage.inputStream
         self.consumer = configuration.consumerName
+        self.core = StreamWorkerCore(configuration: configuration, now: .now)
         var logger = logger
         logger[metadataKey: "stage"] = "\(stage.stage)"
         logger[metadataKey: "consumer"] = "\(configuration.consumerName)"
@@ -105,242 +97,172 @@ struct WorkerLoop<Stage: StreamStage> {
         lagGauge = Gauge(label: "te_stream_consumer_lag_entries", dimensions: groupDims)
         pendingGauge = Gauge(label: "te_stream_pending_entries", dimensions: groupDims)
         // Every dead-letter reason this worker can count, registered at 0: alerts on rate() need the series.
+        var counters: [String: Counter] = [:]
         for reason in ["decode", "max_deliveries", "stage"] {
-            _ = Counter(label: "te_stream_dlq_total", dimensions: [("stage", stage.stage), ("reason", reason)])
+            counters[reason] = Counter(label: "te_stream_dlq_total", dimensions: [("stage", stage.stage), ("reason", reason)])
         }
+        deadLettered = counters
     }
 
     static var shuttingDown: Bool { Task.isShuttingDownGracefully || Task.isCancelled }
 
     mutating func run() async throws {
         logger.info("stream worker starting", metadata: ["stream": "\(stream)", "batch": "\(configuration.batchSize)"])
-        while !Self.shuttingDown {
-            if needsPrepare {
+        var action = core.event(.started, now: .now)
+        while true {
+            report()
+            if Self.shuttingDown { core.shutdownRequested() }
+            let event: StreamWorkerCore<Stage.Input>.Event
+            switch action {
+            case .stop:
+                logger.info("stream worker stopped")
+                return
+            case .prepare:
                 do {
                     try await writer.xgroupCreate(stream: stream, group: group, startID: configuration.groupStartID)
                     try await stage.prepare(redis: writer)
-                    needsPrepare = false
-                    consecutiveFailures = 0
+                    event = .prepared
                 } catch {
-                    logger.error("stream worker setup failed", metadata: ["error": "\(error)"])
-                    await backOff()
-                    continue
+                    event = .prepareFailed("\(error)")
                 }
+            case .claim:
+                do {
+                    event = .claimed(try await claimIdleEntries())
+                } catch {
+                    event = .claimFailed("\(error)")
+                }
+            case .refreshGauges:
+                await refreshGauges()
+                event = .gaugesRefreshed
+            case .read(let request):
+                event = await Self.read(request, reader: reader, group: group, consumer: consumer, stream: stream)
+            case .lookUpDeliveries(let start, let end, let count):
+                do {
+                    let rows = try await writer.xpending(
+                        stream, group: group, start: start, end: end, count: count, consumer: consumer)
+                    var deliveries: [String: Int] = [:]
+                    for row in rows { deliveries[row.id] = row.deliveries }
+                    event = .deliveries(deliveries)
+                } catch {
+                    event = Self.failure(error)
+                }
+            case .handle(let batch):
+                do {
+                    event = .handled(.success(try await stage.handle(batch)))
+                } catch {
+                    event = .handled(.failure(error))
+                }
+            case .commit(let commit, let readAhead?):
+                // The next batch is read while this one is written and acknowledged.
+                let (reader, group, consumer, stream) = (reader, group, consumer, stream)
+                async let next = Self.read(readAhead, reader: reader, group: group, consumer: consumer, stream: stream)
+                let committed = await self.commit(commit)
+                report()
+                if Self.shuttingDown { core.shutdownRequested() }
+                let wait = core.event(committed, now: .now)
+                precondition(wait.kind == "awaitReadAhead", "a commit with a read-ahead is followed by the read's outcome")
+                event = await next
+            case .commit(let commit, nil):
+                event = await self.commit(commit)
+            case .awaitReadAhead:
+                preconditionFailure("a read-ahead is awaited only inside its commit")
+            case .backOff(let delay):
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
+                event = .backedOff
             }
-            await step()
+            action = core.event(event, now: .now)
         }
-        logger.info("stream worker stopped")
     }
 
-    mutating func step() async {
-        let now = ContinuousClock.now
-        if now >= nextClaim {
-            nextClaim = now + configuration.claimInterval
-            do {
-                try await claimIdleEntries()
-            } catch {
-                logger.warning("claiming idle entries failed", metadata: ["error": "\(error)"])
-            }
-        }
-        if now >= nextGauges {
-            nextGauges = now + configuration.gaugeInterval
-            await refreshGauges()
-        }
-        if !readingPending, let at = pendingRetryAt, now >= at {
-            pendingRetryAt = nil
-            readingPending = true
-            pendingCursor = "0"
-        }
+    static func failure(_ error: RedisError) -> StreamWorkerCore<Stage.Input>.Event {
+        .redisFailed("\(error)", noGroup: error.code == .server && error.isServerError("NOGROUP"))
+    }
+
+    static func read(
+        _ request: StreamWorkerCore<Stage.Input>.ReadRequest, reader: RedisClient, group: String, consumer: String,
+        stream: String
+    ) async -> StreamWorkerCore<Stage.Input>.Event {
         do {
-            let fromPending = readingPending
             let reads = try await reader.xreadgroup(
-                group: group, consumer: consumer, streams: [(stream, fromPending ? pendingCursor : ">")],
-                count: configuration.batchSize, block: fromPending ? nil : blockTime())
-            let entries = reads.first?.entries ?? []
-            if entries.isEmpty {
-                if fromPending { readingPending = false }
-                return
-            }
-            var deliveries: [String: Int] = [:]
-            if fromPending {
-                pendingCursor = entries[entries.count - 1].id
-                let rows = try await writer.xpending(
-                    stream, group: group, start: entries[0].id, end: pendingCursor, count: entries.count, consumer: consumer)
-                for row in rows { deliveries[row.id] = row.deliveries }
-            }
-            try await process(entries, deliveries: deliveries)
-            consecutiveFailures = 0
+                group: group, consumer: consumer, streams: [(stream, request.cursor)], count: request.count,
+                block: request.block)
+            return .read(reads.first?.entries ?? [])
         } catch {
-            // Redis failed (read, pending lookup or the write+ack): nothing of this batch was
-            // acknowledged; re-read the pending entries after a backoff.
-            if error.code == .server, error.isServerError("NOGROUP") { needsPrepare = true }
-            logger.error("stream batch failed", metadata: ["error": "\(error)"])
-            readingPending = true
-            pendingCursor = "0"
-            await backOff()
+            return Self.failure(error)
         }
     }
 
-    /// XREADGROUP's BLOCK: shortened when failed entries are due for a retry sooner.
-    func blockTime() -> Duration {
-        var block = configuration.block
-        if let at = pendingRetryAt { block = min(block, max(.milliseconds(1), at - .now)) }
-        return max(block, .milliseconds(1))
-    }
-
-    struct DeadEntry {
-        let entry: StreamEntry
-        let reason: String
-        let label: String
-        let deliveries: Int?
-    }
-
-    mutating func process(_ entries: [StreamEntry], deliveries: [String: Int]) async throws(RedisError) {
-        let start = ContinuousClock.now
-        var batch: [StreamDelivery<Stage.Input>] = []
-        batch.reserveCapacity(entries.count)
-        var dead: [DeadEntry] = []
-        var ackOnly: [String] = []
-        var byID: [String: StreamEntry] = [:]
-        for entry in entries {
-            if entry.isDeleted {
-                // Trimmed away while pending: nothing left to process.
-                ackOnly.append(entry.id)
-                continue
-            }
-            byID[entry.id] = entry
-            let n = deliveries[entry.id] ?? 1
-            let message: Stage.Input
-            do {
-                message = try StreamFieldDecoder.decode(Stage.Input.self, from: entry.fields)
-            } catch {
-                dead.append(DeadEntry(entry: entry, reason: "undecodable: \(error)", label: "decode", deliveries: n))
-                continue
-            }
-            if n > configuration.maxDeliveries {
-                let last = lastErrors[entry.id] ?? "delivered \(n - 1) times without acknowledgement"
-                dead.append(DeadEntry(entry: entry, reason: "max deliveries exceeded: \(last)", label: "max_deliveries", deliveries: n - 1))
-                continue
-            }
-            batch.append(StreamDelivery(id: entry.id, message: message, deliveries: n))
-        }
-
-        if !batch.isEmpty {
-            switch await handle(batch) {
-            case .success(let output):
-                try await commit(output, acks: batch.map(\.id) + ackOnly, dead: dead, byID: byID)
-                processed.increment(by: batch.count)
-                dead = []
-                ackOnly = []
-            case .failure(let error):
-                if batch.count == 1 {
-                    failedEntry(batch[0], error: error, dead: &dead, byID: byID)
-                } else {
-                    // Find the poison entries: one at a time, the others succeed and are acknowledged.
-                    logger.warning(
-                        "stage failed on a batch; retrying its entries one by one",
-                        metadata: ["error": "\(error)", "entries": "\(batch.count)"])
-                    for delivery in batch {
-                        switch await handle([delivery]) {
-                        case .success(let output):
-                            try await commit(output, acks: [delivery.id], dead: [], byID: byID)
-                            processed.increment()
-                        case .failure(let error):
-                            failedEntry(delivery, error: error, dead: &dead, byID: byID)
-                        }
-                    }
+    /// One MULTI/EXEC.
+    func commit(_ commit: StreamWorkerCore<Stage.Input>.Commit) async -> StreamWorkerCore<Stage.Input>.Event {
+        let commands = commit.commands(
+            stream: stream, group: group, configuration: configuration,
+            tsNs: Int64(Date().timeIntervalSince1970 * 1e9))
+        if commands.isEmpty { return .committed(failedCommands: 0) }
+        do {
+            let replies = try await writer.transaction(commands)
+            var failedCommands = 0
+            for (i, reply) in replies.enumerated() {
+                if case .error(let message) = reply {
+                    // Redis ran the rest of the transaction (it has no rollback): the entries are
+                    // acknowledged, this output is lost. Only a stage bug (wrong key type) gets here.
+                    failedCommands += 1
+                    logger.error(
+                        "output command failed inside the transaction",
+                        metadata: ["command": "\(commands[i].name)", "error": "\(message)"])
                 }
             }
-        }
-        if !dead.isEmpty || !ackOnly.isEmpty {
-            try await commit(.none, acks: ackOnly, dead: dead, byID: byID)
-        }
-        let elapsed = (ContinuousClock.now - start).components
-        batchDuration.recordNanoseconds(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
-    }
-
-    mutating func handle(_ batch: [StreamDelivery<Stage.Input>]) async -> Result<StageOutput, any Error> {
-        do {
-            return .success(try await stage.handle(batch))
+            return .committed(failedCommands: failedCommands)
         } catch {
-            return .failure(error)
+            return Self.failure(error)
         }
     }
 
-    mutating func failedEntry(
-        _ delivery: StreamDelivery<Stage.Input>, error: any Error, dead: inout [DeadEntry], byID: [String: StreamEntry]
-    ) {
-        failed.increment()
-        let reason = "\(error)"
-        if delivery.deliveries >= configuration.maxDeliveries, let entry = byID[delivery.id] {
-            dead.append(
-                DeadEntry(
-                    entry: entry, reason: "max deliveries exceeded: \(reason)", label: "max_deliveries",
-                    deliveries: delivery.deliveries))
-            logger.error(
-                "entry failed for the last time; dead-lettering it",
-                metadata: ["id": "\(delivery.id)", "deliveries": "\(delivery.deliveries)", "error": "\(reason)"])
-            return
-        }
-        lastErrors[delivery.id] = reason
-        logger.warning(
-            "entry failed; it stays pending and is retried",
-            metadata: ["id": "\(delivery.id)", "deliveries": "\(delivery.deliveries)", "error": "\(reason)"])
-        consecutiveFailures += 1
-        let retryAt = ContinuousClock.now + backoffDelay()
-        pendingRetryAt = min(pendingRetryAt ?? retryAt, retryAt)
-    }
-
-    /// Outputs, dead letters and one XACK for everything, in one MULTI/EXEC.
-    mutating func commit(_ output: StageOutput, acks: [String], dead: [DeadEntry], byID: [String: StreamEntry]) async throws(RedisError) {
-        var commands = output.commands
-        var ackIDs = acks
-        var dlq: [(label: String, id: String)] = []
-        for (id, reason) in output.deadLetters {
-            guard let entry = byID[id] else {
-                logger.error("stage dead-lettered an id that is not in its batch", metadata: ["id": "\(id)"])
-                continue
-            }
-            commands.append(deadLetterCommand(entry, reason: reason, deliveries: nil))
-            dlq.append(("stage", id))
-        }
-        for d in dead {
-            commands.append(deadLetterCommand(d.entry, reason: d.reason, deliveries: d.deliveries))
-            ackIDs.append(d.entry.id)
-            dlq.append((d.label, d.entry.id))
-            logger.warning("entry dead-lettered", metadata: ["id": "\(d.entry.id)", "reason": "\(d.reason)"])
-        }
-        if !ackIDs.isEmpty { commands.append(.xack(stream, group: group, ids: ackIDs)) }
-        if commands.isEmpty { return }
-        let replies = try await writer.transaction(commands)
-        for (i, reply) in replies.enumerated() {
-            if case .error(let message) = reply {
-                // Redis ran the rest of the transaction (it has no rollback): the entries are
-                // acknowledged, this output is lost. Only a stage bug (wrong key type) gets here.
+    /// Logs and counts what the core noted.
+    mutating func report() {
+        for note in core.takeNotes() {
+            switch note {
+            case .setupFailed(let error):
+                logger.error("stream worker setup failed", metadata: ["error": "\(error)"])
+            case .claimFailed(let error):
+                logger.warning("claiming idle entries failed", metadata: ["error": "\(error)"])
+            case .claimed(let count):
+                claimed.increment(by: count)
+                logger.info("claimed entries left pending by other consumers", metadata: ["count": "\(count)"])
+            case .batchFailed(let error):
+                logger.error("stream batch failed", metadata: ["error": "\(error)"])
+            case .retryingOneByOne(let error, let entries):
+                logger.warning(
+                    "stage failed on a batch; retrying its entries one by one",
+                    metadata: ["error": "\(error)", "entries": "\(entries)"])
+            case .entryFailed(let id, let deliveries, let error, let final):
                 failed.increment()
-                logger.error(
-                    "output command failed inside the transaction",
-                    metadata: ["command": "\(commands[i].name)", "error": "\(message)"])
+                let metadata: Logger.Metadata = ["id": "\(id)", "deliveries": "\(deliveries)", "error": "\(error)"]
+                if final {
+                    logger.error("entry failed for the last time; dead-lettering it", metadata: metadata)
+                } else {
+                    logger.warning("entry failed; it stays pending and is retried", metadata: metadata)
+                }
+            case .deadLettered(let id, let reason, let label):
+                deadLettered[label]?.increment()
+                if label != "stage" {
+                    logger.warning("entry dead-lettered", metadata: ["id": "\(id)", "reason": "\(reason)"])
+                }
+            case .unknownDeadLetterID(let id):
+                logger.error("stage dead-lettered an id that is not in its batch", metadata: ["id": "\(id)"])
+            case .processed(let count):
+                processed.increment(by: count)
+            case .failedCommands(let count):
+                failed.increment(by: count)
+            case .batchFinished(let elapsed):
+                let c = elapsed.components
+                batchDuration.recordNanoseconds(c.seconds * 1_000_000_000 + c.attoseconds / 1_000_000_000)
             }
         }
-        for (label, _) in dlq {
-            Counter(label: "te_stream_dlq_total", dimensions: [("stage", group), ("reason", label)]).increment()
-        }
-        for id in ackIDs { lastErrors[id] = nil }
-    }
-
-    func deadLetterCommand(_ entry: StreamEntry, reason: String, deliveries: Int?) -> RedisCommand {
-        let letter = DeadLetter(
-            stage: group, reason: reason, payload: JSONText.object(entry.fields), source: stream, sourceId: entry.id,
-            deliveries: deliveries, tsNs: Int64(Date().timeIntervalSince1970 * 1e9))
-        // Encoding a DeadLetter cannot fail: strings and integers only.
-        let fields = (try? StreamFieldEncoder.encode(letter)) ?? [("v", "1"), ("stage", group), ("reason", reason)]
-        return .xadd(configuration.deadLetterStream, maxLen: configuration.deadLetterMaxLen, fields: fields)
     }
 
     /// Takes over entries idle longer than `claimMinIdle` on other consumers; they are then read
-    /// from this consumer's pending list (where the delivery limit applies).
-    mutating func claimIdleEntries() async throws(RedisError) {
+    /// from this consumer's pending list (where the delivery limit applies). Returns how many.
+    func claimIdleEntries() async throws(RedisError) -> Int {
         var total = 0
         var start = "-"
         while !Self.shuttingDown {
@@ -355,12 +277,7 @@ struct WorkerLoop<Stage: StreamStage> {
             guard rows.count == 100, let last = rows.last else { break }
             start = "(" + last.id
         }
-        if total > 0 {
-            claimed.increment(by: total)
-            logger.info("claimed entries left pending by other consumers", metadata: ["count": "\(total)"])
-            readingPending = true
-            pendingCursor = "0"
-        }
+        return total
     }
 
     func refreshGauges() async {
@@ -372,18 +289,5 @@ struct WorkerLoop<Stage: StreamStage> {
         } catch {
             logger.debug("lag refresh failed", metadata: ["error": "\(error)"])
         }
-    }
-
-    func backoffDelay() -> Duration {
-        let base = configuration.retryBackoff * (1 << min(max(consecutiveFailures - 1, 0), 16))
-        let capped = min(base, configuration.retryBackoffMax)
-        return capped * Double.random(in: 0.8...1.2)
-    }
-
-    /// Sleeps the backoff delay; a graceful shutdown cuts it short.
-    mutating func backOff() async {
-        consecutiveFailures += 1
-        let delay = backoffDelay()
-        try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
     }
 }

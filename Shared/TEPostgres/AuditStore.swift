@@ -85,11 +85,24 @@ public struct AuditStore: Sendable {
         }
     }
 
-    /// Inserts `records` in one transaction: COPY into a session-temporary staging table, then
-    /// `INSERT … SELECT … ON CONFLICT (decision_id) DO NOTHING`. All or nothing: on error nothing is
-    /// inserted and the error is thrown.
+    /// Inserts `records`, all or nothing (on error nothing is inserted and the error is thrown). A batch
+    /// whose decision ids are distinct is COPYed straight into `decisions` (one statement, its own
+    /// transaction); if some are stored already (a redelivery: unique violation), or the batch repeats an id,
+    /// it goes through a session-temporary staging table and `INSERT … SELECT … ON CONFLICT (decision_id) DO
+    /// NOTHING` instead.
     public func insert(_ records: [AuditRecord]) async throws -> InsertOutcome {
         guard !records.isEmpty else { return InsertOutcome(inserted: 0, duplicates: 0) }
+        var ids = Set<String>(minimumCapacity: records.count)
+        if records.allSatisfy({ ids.insert($0.decisionId.lowercased()).inserted }) {
+            do {
+                let inserted = try await connection.copyFrom(
+                    Self.directCopySQL, data: Self.copyPayload(records, decidedAt: true))
+                return InsertOutcome(inserted: inserted, duplicates: records.count - inserted)
+            } catch {
+                // Some of the batch is stored already: the idempotent path below skips those.
+                guard error.sqlState == Self.uniqueViolation else { throw error }
+            }
+        }
         let payload = Self.copyPayload(records)
         return try await connection.withTransaction { tx in
             // One staging table per session, emptied at every commit: no catalog churn per batch.
@@ -123,6 +136,8 @@ public struct AuditStore: Sendable {
             return InsertOutcome(inserted: inserted, duplicates: records.count - inserted)
         }
     }
+
+    static let uniqueViolation = "23505"
 
     /// Like `insert`, but bad records are set aside instead of failing the batch: first every record
     /// PostgreSQL would reject is found without asking it (`problem(with:)`), so the batch goes in with
@@ -195,25 +210,27 @@ public struct AuditStore: Sendable {
         return true
     }
 
-    static let copySQL =
-        "COPY audit_staging_v2 (decision_id, request_id, ts_ns, symbol, decision, score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us, canary_version, canary_score, canary_mode, reason, feature_snapshot_id, feature_ts_ns, trace_id, client) FROM STDIN"
+    /// The columns an AuditRecord fills, in COPY order (`copyPayload`); `decided_at` is derived from ts_ns.
+    static let recordColumns =
+        "decision_id, request_id, ts_ns, symbol, decision, score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us, canary_version, canary_score, canary_mode, reason, feature_snapshot_id, feature_ts_ns, trace_id, client"
 
-    // decided_at is ts_ns exactly to the microsecond (integer arithmetic, no float rounding).
+    static let copySQL = "COPY audit_staging_v2 (\(recordColumns)) FROM STDIN"
+    static let directCopySQL = "COPY decisions (decided_at, \(recordColumns)) FROM STDIN"
+
+    // decided_at is ts_ns exactly to the microsecond (integer arithmetic, no float rounding), as
+    // `decidedAtText` writes it on the direct path.
     static let insertSQL = """
-        INSERT INTO decisions (decision_id, request_id, decided_at, ts_ns, symbol, decision, score, source, model_name,
-            model_version, model_hash, features, feature_age_ms, latency_us, canary_version, canary_score,
-            canary_mode, reason, feature_snapshot_id, feature_ts_ns, trace_id, client)
-        SELECT decision_id, request_id, to_timestamp(0) + (ts_ns / 1000) * interval '1 microsecond', ts_ns, symbol,
-            decision, score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us,
-            canary_version, canary_score, canary_mode, reason, feature_snapshot_id, feature_ts_ns, trace_id, client
+        INSERT INTO decisions (decided_at, \(recordColumns))
+        SELECT to_timestamp(0) + (ts_ns / 1000) * interval '1 microsecond', \(recordColumns)
         FROM audit_staging_v2
         ON CONFLICT (decision_id) DO NOTHING
         """
 
-    /// The COPY text payload of `records`, columns in `copySQL` order.
-    public static func copyPayload(_ records: [AuditRecord]) -> [UInt8] {
-        var encoder = CopyTextEncoder(reservingCapacity: records.count * 480)
+    /// The COPY text payload of `records`, columns in `recordColumns` order, `decided_at` first if asked.
+    public static func copyPayload(_ records: [AuditRecord], decidedAt: Bool = false) -> [UInt8] {
+        var encoder = CopyTextEncoder(reservingCapacity: records.count * 512)
         for record in records {
+            if decidedAt { encoder.append(decidedAtText(tsNs: record.tsNs)) }
             encoder.append(record.decisionId)
             encoder.append(record.requestId)
             encoder.append(String(record.tsNs))
@@ -238,6 +255,52 @@ public struct AuditStore: Sendable {
             encoder.endRow()
         }
         return encoder.bytes
+    }
+
+    /// `decided_at` of a record as timestamptz text in UTC, `YYYY-MM-DD HH:MM:SS.ffffff+00`: ts_ns
+    /// truncated to the microsecond, the value `insertSQL` computes.
+    static func decidedAtText(tsNs: Int64) -> String {
+        let micros = tsNs / 1000  // truncates toward zero, as PostgreSQL's bigint division
+        let (seconds, fraction) = floorDivide(micros, 1_000_000)
+        let (days, secondOfDay) = floorDivide(seconds, 86_400)
+        // Days since 1970-01-01 → civil date (H. Hinnant's algorithm).
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        var out = ""
+        out.reserveCapacity(32)
+        func pad(_ value: Int64, _ width: Int) {
+            let digits = String(value)
+            for _ in digits.count..<width { out.append("0") }
+            out.append(digits)
+        }
+        pad(year, 4)
+        out.append("-")
+        pad(month, 2)
+        out.append("-")
+        pad(day, 2)
+        out.append(" ")
+        pad(secondOfDay / 3600, 2)
+        out.append(":")
+        pad(secondOfDay / 60 % 60, 2)
+        out.append(":")
+        pad(secondOfDay % 60, 2)
+        out.append(".")
+        pad(fraction, 6)
+        out.append("+00")
+        return out
+    }
+
+    private static func floorDivide(_ a: Int64, _ b: Int64) -> (quotient: Int64, remainder: Int64) {
+        let q = a / b
+        let r = a % b
+        return r < 0 ? (q - 1, r + b) : (q, r)
     }
 
     /// Shortest text that reads back as the same double (PostgreSQL's float8 input is exact).

@@ -29,6 +29,31 @@ struct AuditStoreTests {
         }
     }
 
+    @Test func directCopyAndStagingPathStoreTheSameDecidedAt() async throws {
+        try await PostgresTestServer.withDatabase { db, _ in
+            let store = AuditStore(connection: db)
+            try await store.migrate(logger: PostgresTestServer.logger)
+            // Before 1970 (floor, not truncation, of days and seconds), a leap day, sub-microsecond
+            // remainders, ±(2^53 − 1) µs: past that PostgreSQL's `bigint * interval` goes through float8 and
+            // rounds, where the direct path stays exact.
+            let times: [Int64] = [
+                0, 999, 1_000, -1, -999, -1_001, -86_400_000_000_001, 951_782_400_123_456_789, 1_723_075_200_000_000_001,
+                9_007_199_254_740_991_999, -9_007_199_254_740_991_999,
+            ]
+            var direct = AuditRecords.make(times.count)
+            for (i, t) in times.enumerated() { direct[i].tsNs = t }
+            #expect(try await store.insert(direct) == .init(inserted: times.count, duplicates: 0))
+            // Same times again under new ids, with a redelivered record: the staging path.
+            var staged = AuditRecords.make(times.count, startTsNs: 5)
+            for (i, t) in times.enumerated() { staged[i].tsNs = t }
+            #expect(try await store.insert(staged + [direct[0]]) == .init(inserted: times.count, duplicates: 1))
+            let mismatches = try await db.query(
+                "SELECT count(*) AS n FROM decisions WHERE decided_at <> to_timestamp(0) + (ts_ns / 1000) * interval '1 microsecond'")
+            #expect(mismatches.rows.first?["n"] == "0")
+            #expect(try await db.query("SELECT count(*) AS n FROM decisions").rows.first?["n"] == String(2 * times.count))
+        }
+    }
+
     @Test func badRecordsAreIsolatedWithTheirReasonAndTheRestGoesIn() async throws {
         try await PostgresTestServer.withDatabase { db, _ in
             let store = AuditStore(connection: db)

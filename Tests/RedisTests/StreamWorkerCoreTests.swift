@@ -1,0 +1,258 @@
+import TEModels
+import TERedis
+import Testing
+
+@testable import ServiceKit
+
+/// The stream worker's decisions, event by event, without a server or a clock: `t0` plus offsets.
+@Suite("StreamWorkerCore (no I/O)")
+struct StreamWorkerCoreTests {
+    typealias Core = StreamWorkerCore<Job>
+    let t0 = ContinuousClock.now
+
+    func core(maxDeliveries: Int = 3) -> Core {
+        var c = StreamWorkerConfiguration(consumerName: "me", batchSize: 10, maxDeliveries: maxDeliveries)
+        c.retryBackoff = .milliseconds(100)
+        return Core(configuration: c, now: t0, jitter: { 1 })
+    }
+
+    func entry(_ id: Int, _ n: Int, tag: String = "ok") -> StreamEntry {
+        StreamEntry(id: "\(id)-0", fields: [("v", "1"), ("n", String(n)), ("tag", tag)])
+    }
+
+    func at(_ ms: Int) -> ContinuousClock.Instant { t0 + .milliseconds(ms) }
+
+    /// Start → prepare → claim → gauges → the first read (own pending entries from 0).
+    func started(_ core: inout Core) -> Core.Action {
+        #expect(core.event(.started, now: t0).kind == "prepare")
+        #expect(core.event(.prepared, now: t0).kind == "claim")
+        #expect(core.event(.claimed(0), now: t0).kind == "refreshGauges")
+        return core.event(.gaugesRefreshed, now: t0)
+    }
+
+    /// Past the empty pending re-read: reading new entries.
+    func running() -> Core {
+        var c = core()
+        #expect(read(started(&c)) == Core.ReadRequest(cursor: "0", count: 10, block: nil))
+        #expect(read(c.event(.read([]), now: t0))?.cursor == ">")
+        return c
+    }
+
+    @Test func startsWithOwnPendingEntriesThenBlocksOnNewOnes() {
+        var c = core()
+        #expect(read(started(&c)) == Core.ReadRequest(cursor: "0", count: 10, block: nil))
+        #expect(read(c.event(.read([]), now: t0)) == Core.ReadRequest(cursor: ">", count: 10, block: .seconds(1)))
+        #expect(!c.readingPending)
+    }
+
+    @Test func aBatchIsCommittedWithItsAcksAndTheNextBatchIsReadMeanwhile() {
+        var c = running()
+        let batch = handled(c.event(.read([entry(1, 1), entry(2, 2)]), now: t0))
+        #expect(batch?.map(\.message.n) == [1, 2])
+        #expect(batch?.map(\.deliveries) == [1, 1])
+        var out = StageOutput()
+        out.append(.xadd("out", maxLen: nil, fields: [("n", "1")]))
+        guard case .commit(let commit, let ahead?) = c.event(.handled(.success(out)), now: t0) else {
+            Issue.record("expected a commit with a read-ahead")
+            return
+        }
+        #expect(commit.acks == ["1-0", "2-0"])
+        #expect(commit.outputs.count == 1)
+        #expect(ahead.cursor == ">")
+        // The commit's outcome first, then the read-ahead's: its batch goes to the stage at once.
+        #expect(c.event(.committed(failedCommands: 0), now: t0).kind == "awaitReadAhead")
+        #expect(c.takeNotes().contains(.processed(2)))
+        #expect(handled(c.event(.read([entry(3, 3)]), now: t0))?.map(\.message.n) == [3])
+    }
+
+    @Test func deadLettersUndecodableEntriesAndAcknowledgesTrimmedOnes() {
+        var c = core()
+        _ = started(&c)
+        let bad = StreamEntry(id: "1-0", fields: [("v", "1"), ("n", "x"), ("tag", "ok")])
+        let trimmed = StreamEntry(id: "2-0", fields: [], isDeleted: true)
+        guard case .lookUpDeliveries(let start, let end, let count) = c.event(.read([bad, trimmed]), now: t0) else {
+            Issue.record("a pending re-read looks up delivery counts")
+            return
+        }
+        #expect((start, end, count) == ("1-0", "2-0", 2))
+        guard case .commit(let commit, nil) = c.event(.deliveries(["1-0": 2]), now: t0) else {
+            Issue.record("expected the dead letter's commit")
+            return
+        }
+        #expect(commit.acks == ["2-0"])
+        #expect(commit.deadLetters.map(\.reason) == ["undecodable: field 'n': expected an integer, got \"x\""])
+        #expect(commit.deadLetters.map(\.deliveries) == [2])
+        #expect(commit.acknowledged == ["2-0", "1-0"])
+        // The pending cursor moved past the batch.
+        #expect(read(c.event(.committed(failedCommands: 0), now: t0)) == Core.ReadRequest(cursor: "2-0", count: 10, block: nil))
+        #expect(c.takeNotes().contains(.deadLettered(id: "1-0", reason: commit.deadLetters[0].reason, label: "decode")))
+    }
+
+    @Test func aPoisonEntryIsFoundAloneRetriedAfterBackoffAndDeadLetteredOnItsLastDelivery() {
+        var c = running()
+        _ = c.event(.read([entry(1, 1), entry(2, 2, tag: "poison"), entry(3, 3)]), now: t0)
+        // The batch fails: each entry alone.
+        #expect(handled(c.event(.handled(.failure(PoisonError(n: 2))), now: t0))?.map(\.message.n) == [1])
+        guard case .commit(let first, nil) = c.event(.handled(.success(.none)), now: t0) else {
+            Issue.record("expected the first entry's commit")
+            return
+        }
+        #expect(first.acks == ["1-0"])
+        #expect(handled(c.event(.committed(failedCommands: 0), now: t0))?.map(\.message.n) == [2])
+        #expect(handled(c.event(.handled(.failure(PoisonError(n: 2))), now: t0))?.map(\.message.n) == [3])
+        #expect(c.pendingRetryAt == at(100))
+        guard case .commit(let third, nil) = c.event(.handled(.success(.none)), now: t0) else {
+            Issue.record("expected the third entry's commit")
+            return
+        }
+        #expect(third.acks == ["3-0"])
+        // Until the retry is due, new entries are read, blocking no longer than until then.
+        #expect(read(c.event(.committed(failedCommands: 0), now: at(20))) == Core.ReadRequest(cursor: ">", count: 10, block: .milliseconds(80)))
+        #expect(c.event(.read([]), now: at(100)).isRead(cursor: "0"))
+
+        // Deliveries 2 and 3: it fails again, then it is dead-lettered with the stage's last error.
+        var now = 100
+        for deliveries in 2...3 {
+            #expect(c.event(.read([entry(2, 2, tag: "poison")]), now: at(now)).kind == "lookUpDeliveries")
+            #expect(handled(c.event(.deliveries(["2-0": deliveries]), now: at(now)))?.map(\.deliveries) == [deliveries])
+            let next = c.event(.handled(.failure(PoisonError(n: 2))), now: at(now))
+            if deliveries < 3 {
+                #expect(c.lastErrors["2-0"] == "job 2 is poison")
+                #expect(read(next)?.cursor == "2-0")
+                #expect(read(c.event(.read([]), now: at(now)))?.cursor == ">")
+                now += 1000
+                #expect(c.event(.read([]), now: at(now)).isRead(cursor: "0"))
+            } else {
+                guard case .commit(let dead, nil) = next else {
+                    Issue.record("expected the dead letter")
+                    return
+                }
+                #expect(dead.deadLetters.map(\.reason) == ["max deliveries exceeded: job 2 is poison"])
+                #expect(dead.deadLetters.map(\.deliveries) == [3])
+                #expect(dead.acknowledged == ["2-0"])
+                _ = c.event(.committed(failedCommands: 0), now: at(now))
+                #expect(c.lastErrors.isEmpty)
+            }
+        }
+    }
+
+    @Test func anEntryDeliveredTooOftenWithoutAnErrorIsDeadLetteredUnhandled() {
+        var c = core(maxDeliveries: 3)
+        _ = started(&c)
+        _ = c.event(.read([entry(1, 1)]), now: t0)
+        guard case .commit(let commit, nil) = c.event(.deliveries(["1-0": 4]), now: t0) else {
+            Issue.record("expected the dead letter")
+            return
+        }
+        #expect(commit.deadLetters.map(\.reason) == ["max deliveries exceeded: delivered 3 times without acknowledgement"])
+        #expect(commit.deadLetters.map(\.label) == ["max_deliveries"])
+    }
+
+    @Test func aFailedCommitDropsTheReadAheadBacksOffAndReReadsPendingFromTheStart() {
+        var c = running()
+        _ = c.event(.read([entry(1, 1)]), now: t0)
+        guard case .commit(_, _?) = c.event(.handled(.success(.none)), now: t0) else {
+            Issue.record("expected a commit with a read-ahead")
+            return
+        }
+        #expect(c.event(.redisFailed("connection lost", noGroup: false), now: t0).kind == "awaitReadAhead")
+        // The read-ahead's entries are this consumer's pending entries now: dropped, re-read later.
+        guard case .backOff(let delay) = c.event(.read([entry(2, 2)]), now: t0) else {
+            Issue.record("expected a backoff")
+            return
+        }
+        #expect(delay == .milliseconds(100))
+        #expect(c.event(.backedOff, now: at(100)).isRead(cursor: "0"))
+        #expect(c.takeNotes().contains(.batchFailed("connection lost")))
+    }
+
+    @Test func backoffDoublesPerConsecutiveFailureAndALostGroupIsRecreated() {
+        var c = running()
+        guard case .backOff(let first) = c.event(.redisFailed("NOGROUP", noGroup: true), now: t0) else {
+            Issue.record("expected a backoff")
+            return
+        }
+        #expect(first == .milliseconds(100))
+        #expect(c.event(.backedOff, now: at(100)).kind == "prepare")
+        guard case .backOff(let second) = c.event(.prepareFailed("down"), now: at(100)) else {
+            Issue.record("expected a backoff")
+            return
+        }
+        #expect(second == .milliseconds(200))
+        #expect(c.event(.backedOff, now: at(300)).kind == "prepare")
+        // Set up again: the failures are over, the pending entries come first.
+        #expect(c.event(.prepared, now: at(300)).isRead(cursor: "0"))
+        #expect(c.consecutiveFailures == 0)
+    }
+
+    @Test func shutdownFinishesTheBatchInHandWithoutReadingAhead() {
+        var c = running()
+        _ = c.event(.read([entry(1, 1)]), now: t0)
+        c.shutdownRequested()
+        guard case .commit(let commit, nil) = c.event(.handled(.success(.none)), now: t0) else {
+            Issue.record("expected a commit without a read-ahead")
+            return
+        }
+        #expect(commit.acks == ["1-0"])
+        #expect(c.event(.committed(failedCommands: 0), now: t0).kind == "stop")
+    }
+
+    @Test func aReadAheadAlreadyReadIsFinishedOnShutdownToo() {
+        var c = running()
+        _ = c.event(.read([entry(1, 1)]), now: t0)
+        _ = c.event(.handled(.success(.none)), now: t0)
+        _ = c.event(.committed(failedCommands: 0), now: t0)
+        c.shutdownRequested()
+        #expect(handled(c.event(.read([entry(2, 2)]), now: t0))?.map(\.message.n) == [2])
+        #expect(c.event(.handled(.success(.none)), now: t0).committedNothingElse(&c).kind == "stop")
+    }
+
+    @Test func claimsRunOnTheirIntervalAndClaimedEntriesAreReReadFromPending() {
+        var c = running()
+        #expect(c.event(.read([]), now: at(5000)).kind == "claim")
+        #expect(c.event(.claimed(4), now: at(5000)).kind == "refreshGauges")
+        #expect(c.event(.gaugesRefreshed, now: at(5000)).isRead(cursor: "0"))
+        #expect(c.takeNotes().contains(.claimed(4)))
+    }
+
+    @Test func theCommitWritesOutputsThenDeadLettersThenOneAck() throws {
+        var c = running()
+        _ = c.event(.read([entry(1, 1), entry(2, 2, tag: "reject")]), now: t0)
+        var out = StageOutput()
+        out.append(.xadd("out", maxLen: nil, fields: [("n", "1")]))
+        out.deadLetter(id: "2-0", reason: "rejected by stage")
+        out.deadLetter(id: "9-0", reason: "not in the batch")
+        guard case .commit(let commit, _) = c.event(.handled(.success(out)), now: t0) else {
+            Issue.record("expected a commit")
+            return
+        }
+        let commands = commit.commands(stream: "in", group: "g", configuration: c.configuration, tsNs: 42)
+        #expect(commands.map(\.name) == ["XADD", "XADD", "XACK"])
+        #expect(commands[1].description.hasPrefix("XADD te:dlq MAXLEN ~ 100000 * v 1 stage g reason rejected by stage"))
+        // The stage's dead letter is acknowledged with the batch, once.
+        #expect(commands[2].description == "XACK in g 1-0 2-0")
+        #expect(c.takeNotes().contains(.unknownDeadLetterID("9-0")))
+    }
+}
+
+extension StreamWorkerCore.Action {
+    func isRead(cursor: String) -> Bool {
+        if case .read(let r) = self { return r.cursor == cursor }
+        return false
+    }
+
+    /// After a commit with nothing more to do: the action that follows its outcome.
+    func committedNothingElse(_ core: inout StreamWorkerCore<Input>) -> Self {
+        if case .commit = self { return core.event(.committed(failedCommands: 0), now: .now) }
+        return self
+    }
+}
+
+func read<I>(_ a: StreamWorkerCore<I>.Action) -> StreamWorkerCore<I>.ReadRequest? {
+    if case .read(let r) = a { return r }
+    return nil
+}
+func handled<I>(_ a: StreamWorkerCore<I>.Action) -> [StreamDelivery<I>]? {
+    if case .handle(let b) = a { return b }
+    return nil
+}
