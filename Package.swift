@@ -19,6 +19,7 @@ let package = Package(
         .executable(name: "opportunity-aggregator", targets: ["OpportunityAggregator"]),
         .executable(name: "gateway", targets: ["Gateway"]),
         .executable(name: "audit-writer", targets: ["AuditWriter"]),
+        .executable(name: "outcome-tracker", targets: ["OutcomeTracker"]),
         .executable(name: "te", targets: ["TE"]),
         .executable(name: "dev-broker", targets: ["DevBroker"]),
         .library(name: "TERedis", targets: ["TERedis"]),
@@ -152,6 +153,12 @@ let package = Package(
             dependencies: ["ServiceKit", "TEPostgres", .product(name: "Prometheus", package: "swift-prometheus")],
             path: "Services/audit-writer",
             swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "OutcomeTracker",
+            dependencies: [
+                "ServiceKit", "FeatureEngine", .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            path: "Services/outcome-tracker", swiftSettings: swiftSettings),
         .executableTarget(
             name: "TE",
             dependencies: [

@@ -153,6 +153,12 @@ public struct QuoteHistory: Sendable {
         return .labelled(rule.label(decision: decision, horizon: horizon))
     }
 
+    /// Marks the history as not reaching back to the symbol's first quote (rebuilt from a stream that did
+    /// not go back far enough): a t before its first quote is `quote_history_pruned`.
+    public mutating func markTruncated() {
+        pruned = true
+    }
+
     /// Drops the quotes no decision at or after `t` needs: all before the latest quote ≤ t.
     public mutating func prune(keepingFrom t: Int64) {
         while quotes.count >= 2, quotes[1].tsNs <= t {

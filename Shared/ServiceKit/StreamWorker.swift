@@ -12,7 +12,8 @@ import TERedis
 /// 2. Decode each entry; an undecodable one goes to the dead-letter stream with the decoding
 ///    error, an entry delivered more than `maxDeliveries` times with "max deliveries exceeded".
 /// 3. `handle` the batch, then write its outputs, its dead letters and the XACK of every entry in
-///    ONE MULTI/EXEC: an entry is acknowledged only together with its output.
+///    ONE MULTI/EXEC: an entry is acknowledged only together with its output (entries the stage keeps
+///    pending, `StageOutput.keepPending`, are left for it to acknowledge later); then `committed()`.
 /// 4. If `handle` throws, retry the batch's entries one at a time, so only a poison entry stays
 ///    pending; it is re-read after a backoff and dead-lettered on its `maxDeliveries`-th failure.
 ///    If Redis fails, nothing is acknowledged; back off and re-read the pending entries.
@@ -228,7 +229,8 @@ struct WorkerLoop<Stage: StreamStage> {
         if !batch.isEmpty {
             switch await handle(batch) {
             case .success(let output):
-                try await commit(output, acks: batch.map(\.id) + ackOnly, dead: dead, byID: byID)
+                try await commit(output, acks: batch.map(\.id).filter { !output.keepPending.contains($0) } + ackOnly, dead: dead, byID: byID)
+                await stage.committed()
                 processed.increment(by: batch.count)
                 dead = []
                 ackOnly = []
@@ -243,7 +245,8 @@ struct WorkerLoop<Stage: StreamStage> {
                     for delivery in batch {
                         switch await handle([delivery]) {
                         case .success(let output):
-                            try await commit(output, acks: [delivery.id], dead: [], byID: byID)
+                            try await commit(output, acks: output.keepPending.contains(delivery.id) ? [] : [delivery.id], dead: [], byID: byID)
+                            await stage.committed()
                             processed.increment()
                         case .failure(let error):
                             failedEntry(delivery, error: error, dead: &dead, byID: byID)
