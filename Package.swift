@@ -188,7 +188,7 @@ let package = Package(
             name: "FeatureTests", dependencies: ["FeatureEngine", "MarketData", "TestSupport"],
             path: "Tests/FeatureTests", swiftSettings: swiftSettings),
         .testTarget(
-            name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport"], path: "Tests/StrategyTests",
+            name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport", "TEPostgres"], path: "Tests/StrategyTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "TritonTests",
