@@ -141,6 +141,17 @@ struct OutcomeTrackerTests {
         #expect(labelled > decisions.count * 9 / 10, "\(labelled) of \(decisions.count) labelled")
     }
 
+    /// Nothing left pending in the tracker's te:audit group, no dead letters, and a clean SIGTERM exit.
+    static func finish(_ pipeline: LivePipeline, _ processes: [ChildProcess]) async throws {
+        let audit = try await pipeline.redis.xinfoGroups(StreamKey.audit).first { $0.name == "outcome-tracker" }
+        #expect(audit?.pending == 0)
+        #expect(try await pipeline.redis.xlen(StreamKey.dlq) == 0)
+        for process in processes {
+            process.terminate()
+            #expect(try await process.waitForExit(timeout: .seconds(20)) == 0, "\(process.name): \(process.output().suffix(1500))")
+        }
+    }
+
     func trackerEnvironment() -> [String: String] {
         [
             "OUTCOME_HORIZON_MS": String(Self.horizonMs), "OUTCOME_COST_BPS": "4", "OUTCOME_SWEEP_MS": "100",
@@ -171,13 +182,7 @@ struct OutcomeTrackerTests {
             let rows = try await Self.rows(s.db)
             #expect(rows.count == decisions.count)
             try await Self.checkLabels(rows, decisions: decisions, ticks: ticks)
-            let audit = try await s.pipeline.redis.xinfoGroups(StreamKey.audit).first { $0.name == "outcome-tracker" }
-            #expect(audit?.pending == 0)
-            #expect(try await s.pipeline.redis.xlen(StreamKey.dlq) == 0)
-            for process in [tracker, writer, ingest] {
-                process.terminate()
-                #expect(try await process.waitForExit(timeout: .seconds(20)) == 0, "\(process.name): \(process.output().suffix(1500))")
-            }
+            try await Self.finish(s.pipeline, [tracker, writer, ingest])
         } catch {
             await Self.tearDown(s)
             throw error
@@ -218,12 +223,7 @@ struct OutcomeTrackerTests {
             #expect(Set(rows.compactMap { $0["id"] }) == Set(decisions.map(\.decisionId)))
             try await Self.checkLabels(rows, decisions: decisions, ticks: ticks)
             #expect(tracker.output().contains("quotes rebuilt from the stream"))
-            let audit = try await s.pipeline.redis.xinfoGroups(StreamKey.audit).first { $0.name == "outcome-tracker" }
-            #expect(audit?.pending == 0)
-            for process in [tracker, writer, ingest] {
-                process.terminate()
-                #expect(try await process.waitForExit(timeout: .seconds(20)) == 0, "\(process.name): \(process.output().suffix(1500))")
-            }
+            try await Self.finish(s.pipeline, [tracker, writer, ingest])
         } catch {
             await Self.tearDown(s)
             throw error
