@@ -19,6 +19,7 @@ let package = Package(
         .executable(name: "opportunity-aggregator", targets: ["OpportunityAggregator"]),
         .executable(name: "gateway", targets: ["Gateway"]),
         .executable(name: "audit-writer", targets: ["AuditWriter"]),
+        .executable(name: "outcome-tracker", targets: ["OutcomeTracker"]),
         .executable(name: "te", targets: ["TE"]),
         .executable(name: "dev-broker", targets: ["DevBroker"]),
         .library(name: "TERedis", targets: ["TERedis"]),
@@ -154,6 +155,12 @@ let package = Package(
             path: "Services/audit-writer",
             swiftSettings: swiftSettings),
         .executableTarget(
+            name: "OutcomeTracker",
+            dependencies: [
+                "ServiceKit", "FeatureEngine", .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            path: "Services/outcome-tracker", swiftSettings: swiftSettings),
+        .executableTarget(
             name: "TE",
             dependencies: [
                 "ServiceKit", "TEKafka", "TEPostgres", "TritonClient", "MarketData", "FeatureEngine",
@@ -182,7 +189,7 @@ let package = Package(
             name: "FeatureTests", dependencies: ["FeatureEngine", "MarketData", "TestSupport"],
             path: "Tests/FeatureTests", swiftSettings: swiftSettings),
         .testTarget(
-            name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport"], path: "Tests/StrategyTests",
+            name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport", "TEPostgres"], path: "Tests/StrategyTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "TritonTests",

@@ -5,13 +5,15 @@ import ServiceLifecycle
 import TEModels
 import TEPostgres
 
-// audit-writer: te:audit (group `audit-writer`) → PostgreSQL `decisions`, idempotent on decision_id.
+// audit-writer: te:audit (group `audit-writer`) → PostgreSQL `decisions`, idempotent on decision_id;
+// te:outcomes → `outcomes` (on decision_id) and te:rollout → `rollout_events` (on event_id), same group.
 //
 // Environment: REDIS_URL, POSTGRES_URL (libpq URI; sslmode etc. pass through), AUDIT_BATCH_SIZE
 // (records per batch/transaction, default 500), METRICS_PORT (default 9106), the StreamWorker's
 // variables (STREAM_BLOCK_MS bounds how long a partial batch waits, CLAIM_MIN_IDLE_MS, …), and
 // AUDIT_TEST_CRASH_AFTER_COMMIT=1 (tests only: SIGKILL itself after the first COMMIT, before XACK).
-// AUDIT_STREAM (default te:audit) and DLQ_STREAM (default te:dlq) let tests use streams of their own.
+// AUDIT_STREAM (default te:audit), OUTCOMES_STREAM, ROLLOUT_STREAM and DLQ_STREAM (default te:dlq) let
+// tests use streams of their own.
 // POSTGRES_MIGRATE_URL: the owner role the migrations run as, on a connection closed once they are
 // applied, so POSTGRES_URL can be `te_audit_writer` (INSERT/SELECT only). Default: POSTGRES_URL.
 await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { resources in
@@ -42,6 +44,19 @@ await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { res
     let probe = PostgresConnection(configuration: postgres, logger: resources.logger)
     resources.readiness.add("postgres") { _ = try await probe.query("SELECT 1") }
 
+    let outcomesStream = try env.string("OUTCOMES_STREAM", default: StreamKey.outcomes)
+    let rolloutStream = try env.string("ROLLOUT_STREAM", default: StreamKey.rollout)
+    let outcomes = RowStage(
+        inputStream: outcomesStream,
+        store: OutcomeStore(connection: PostgresConnection(configuration: postgres, logger: resources.logger)),
+        table: "outcomes", logger: resources.logger, retryBackoff: worker.retryBackoff,
+        retryBackoffMax: worker.retryBackoffMax)
+    let rollout = RowStage(
+        inputStream: rolloutStream,
+        store: RolloutEventStore(connection: PostgresConnection(configuration: postgres, logger: resources.logger)),
+        table: "rollout_events", logger: resources.logger, retryBackoff: worker.retryBackoff,
+        retryBackoffMax: worker.retryBackoffMax)
+
     let stage = AuditStage(
         inputStream: inputStream, store: AuditStore(connection: connection),
         metrics: AuditMetrics(registry: resources.registry), logger: resources.logger,
@@ -53,17 +68,22 @@ await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { res
             worker: StreamWorker(
                 stage: stage, redis: redis, configuration: worker, readiness: resources.readiness,
                 logger: resources.logger),
+            tables: [
+                StreamWorker(stage: outcomes, redis: redis, configuration: worker, logger: resources.logger),
+                StreamWorker(stage: rollout, redis: redis, configuration: worker, logger: resources.logger),
+            ],
             logger: resources.logger)
     ]
 }
 
 /// Applies the migrations (waiting for PostgreSQL with backoff if it is not up yet), then runs the
-/// stream worker.
+/// stream workers (decisions, and the `tables` beside them).
 struct AuditWriterService: Service {
     let store: AuditStore
     /// On the POSTGRES_MIGRATE_URL connection; nil: the writer's own.
     let migrator: AuditStore?
     let worker: StreamWorker<AuditStage>
+    let tables: [any Service]
     let logger: Logger
 
     func run() async throws {
@@ -84,7 +104,11 @@ struct AuditWriterService: Service {
             let delay = min(Duration.milliseconds(100) * (1 << min(failures - 1, 16)), .seconds(5))
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
         }
-        try await worker.run()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for table in tables { group.addTask { try await table.run() } }
+            group.addTask { try await worker.run() }
+            try await group.waitForAll()
+        }
         await store.connection.close()
     }
 }

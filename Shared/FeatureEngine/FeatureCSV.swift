@@ -5,6 +5,15 @@ import TEModels
 public enum FeatureCSV {
     public static let columns = ["symbol", "ts_ns"] + FeatureVector.names + ["n_quotes", "n_trades", "trade_volume"]
     public static let header = columns.joined(separator: ",")
+    /// Appended by `te features --label`: `return_bps` and `eligible` (0/1), both empty without a label.
+    public static let labelColumns = ["return_bps", "eligible"]
+    public static let labelledHeader = (columns + labelColumns).joined(separator: ",")
+
+    /// The label cells of a row, with their leading commas.
+    public static func labelCells(_ result: LabelResult) -> String {
+        guard case .labelled(let label) = result else { return ",," }
+        return ",\(label.returnBps.description),\(label.eligible ? 1 : 0)"
+    }
 
     public static func row(_ s: FeatureSnapshot) -> String {
         var line = s.symbol

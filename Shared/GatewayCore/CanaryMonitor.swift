@@ -45,6 +45,30 @@ public struct CanaryMonitor: Sendable {
             }
         }
 
+        /// The metric breached, as named in a RolloutEvent.
+        public var metric: String {
+            switch self {
+            case .errorRate: "error_rate"
+            case .p99Ms: "p99_ms"
+            case .disagreeRate: "disagree_rate"
+            }
+        }
+
+        public var value: Double {
+            switch self {
+            case .errorRate(let v), .p99Ms(let v), .disagreeRate(let v): v
+            }
+        }
+
+        /// The limit it breached.
+        public func limit(_ limits: Limits) -> Double {
+            switch self {
+            case .errorRate: limits.maxErrorRate
+            case .p99Ms: limits.maxP99Ms
+            case .disagreeRate: limits.maxDisagreeRate
+            }
+        }
+
         static func fixed(_ v: Double) -> String {
             let scaled = (v * 1000).rounded() / 1000
             return "\(scaled)"

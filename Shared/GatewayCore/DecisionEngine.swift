@@ -81,6 +81,8 @@ public final class DecisionEngine: Sendable {
     public let identities: ModelIdentityStore
     public let audit: AuditBuffer
     public let canary: CanaryController
+    /// Rollout steps (rollbacks) for `te:rollout`, written by `RolloutEventWriter`.
+    public let rollout = RolloutEvents()
     public let primary: EndpointLane
     public let secondary: EndpointLane?
     let coldStart: (@Sendable (String, ContinuousClock.Instant) async -> StoredFeatures?)?
@@ -457,19 +459,21 @@ public final class DecisionEngine: Sendable {
                 "canary_version": "\(config.canaryVersion)", "model_hash": "\(identity.hash)",
                 "breach": "\(breach)",
             ])
-        audit.append(Self.rollbackRecord(identity: identity, breach: breach, config: config))
+        rollout.emit(Self.rollbackEvent(identity: identity, breach: breach, config: config, replica: rollout.replica))
     }
 
-    /// The audit event of an automatic canary rollback: not a decision but recorded beside them so the
-    /// `decisions` table shows when and why the canary stopped.
-    static func rollbackRecord(identity: ModelIdentity, breach: CanaryMonitor.Breach, config: GatewayConfiguration) -> AuditRecord {
-        let id = RequestID.random()
-        return AuditRecord(
-            decisionId: id, requestId: id, tsNs: wallClockNs(), symbol: "*", decision: .abstain, score: nil,
-            source: .abstain, modelName: identity.name, modelVersion: identity.version, modelHash: identity.hash,
-            features: nil, featureAgeMs: nil, latencyUs: 0,
-            canary: CanaryResult(version: config.canaryVersion, score: nil, mode: "rollback"),
-            reason: "canary_rollback:\(breach)")
+    /// The rollout event of an automatic canary rollback: traffic goes from the canary back to the
+    /// primary version. Not a decision: it goes to `te:rollout`, never to `te:audit`.
+    static func rollbackEvent(
+        identity: ModelIdentity, breach: CanaryMonitor.Breach, config: GatewayConfiguration, replica: String
+    ) -> RolloutEvent {
+        let limits = CanaryMonitor.Limits(
+            maxErrorRate: config.canaryMaxErrorRate, maxP99Ms: config.canaryMaxP99Ms,
+            maxDisagreeRate: config.canaryMaxDisagreeRate, window: config.canaryWindow, minSamples: config.canaryMinSamples)
+        return RolloutEvent(
+            eventId: RequestID.random(), tsNs: wallClockNs(), kind: .rollback, modelName: identity.name,
+            fromVersion: config.canaryVersion, toVersion: config.modelVersion, metric: breach.metric, value: breach.value,
+            limit: breach.limit(limits), replica: replica)
     }
 }
 

@@ -79,6 +79,9 @@ public func buildDependencies(
             redis: auditRedis, buffer: audit, stream: config.auditStream, group: config.auditGroup,
             batchMax: config.auditBatchMax, maxLen: config.streamMaxLen, durability: config.auditDurability,
             syncWait: config.auditSyncWait, logger: logger),
+        RolloutEventWriter(
+            redis: auditRedis, events: engine.rollout, stream: config.rolloutStream, group: config.auditGroup,
+            logger: logger),
         IdentityRefresher(
             endpoints: endpoints, versions: [config.modelVersion, config.canaryVersion], store: identities,
             interval: .milliseconds(Int64(config.identityRefreshSeconds * 1000)), logger: logger),

@@ -113,6 +113,7 @@ public struct GatewayConfiguration: Sendable {
     /// Stream and key names (DESIGN.md); settable so tests use keys of their own.
     public var featuresStream = StreamKey.features
     public var auditStream = StreamKey.audit
+    public var rolloutStream = StreamKey.rollout
     public var opportunitiesStream = StreamKey.opportunities
     public var onlineKeyPrefix = "te:online:"
 
@@ -168,6 +169,7 @@ public struct GatewayConfiguration: Sendable {
         }
         auditSyncWaitMs = try reader.double("AUDIT_SYNC_WAIT_MS", range: 0.1...60_000) ?? auditSyncWaitMs
         auditStream = reader.string("AUDIT_STREAM") ?? auditStream
+        rolloutStream = reader.string("ROLLOUT_STREAM") ?? rolloutStream
         identityRefreshSeconds = try reader.double("MODEL_IDENTITY_REFRESH_SEC", range: 0.1...86_400) ?? identityRefreshSeconds
         batchMaxRows = try reader.int("BATCH_MAX_ROWS", range: 1...4096) ?? batchMaxRows
         batchMaxInFlight = try reader.int("BATCH_MAX_IN_FLIGHT", range: 1...64) ?? batchMaxInFlight

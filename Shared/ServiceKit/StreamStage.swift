@@ -20,10 +20,15 @@ public protocol StreamStage: Sendable {
     /// as it was, since the same entries come again. Use `StageOutput.deadLetter` for input that can
     /// never succeed.
     mutating func handle(_ batch: [StreamDelivery<Input>]) async throws -> StageOutput
+    /// Called after the output of the last `handle` and its acknowledgements were written. Default:
+    /// nothing. A stage that holds state until its output is durable (see `StageOutput.keepPending`)
+    /// releases it here; when the write fails this is not called and `handle` sees the entries again.
+    mutating func committed() async
 }
 
 extension StreamStage {
     public mutating func prepare(redis: RedisClient) async throws {}
+    public mutating func committed() async {}
 }
 
 /// One decoded entry handed to a stage.
@@ -46,10 +51,17 @@ public struct StageOutput: Sendable {
     public var commands: [RedisCommand]
     /// Input entries (by id) to move to `te:dlq` with a reason; they are acknowledged too.
     public var deadLetters: [(id: String, reason: String)]
+    /// Entries of the batch that are handled but NOT acknowledged now: they stay pending in the group
+    /// (so a crash re-delivers them) until the stage acknowledges them itself, with an XACK in a later
+    /// output, once what they wait for has happened.
+    public var keepPending: Set<String>
 
-    public init(commands: [RedisCommand] = [], deadLetters: [(id: String, reason: String)] = []) {
+    public init(
+        commands: [RedisCommand] = [], deadLetters: [(id: String, reason: String)] = [], keepPending: Set<String> = []
+    ) {
         self.commands = commands
         self.deadLetters = deadLetters
+        self.keepPending = keepPending
     }
 
     public static var none: StageOutput { StageOutput() }

@@ -157,6 +157,7 @@ struct WorkerLoop<Stage: StreamStage> {
                 let (reader, group, consumer, stream) = (reader, group, consumer, stream)
                 async let next = Self.read(readAhead, reader: reader, group: group, consumer: consumer, stream: stream)
                 let committed = await self.commit(commit)
+                if case .committed = committed { await stage.committed() }
                 report()
                 if Self.shuttingDown { core.shutdownRequested() }
                 let wait = core.event(committed, now: .now)
@@ -164,6 +165,7 @@ struct WorkerLoop<Stage: StreamStage> {
                 event = await next
             case .commit(let commit, nil):
                 event = await self.commit(commit)
+                if case .committed = event { await stage.committed() }
             case .awaitReadAhead:
                 preconditionFailure("a read-ahead is awaited only inside its commit")
             case .backOff(let delay):

@@ -389,7 +389,8 @@ struct StreamWorkerCore<Input: StreamMessage> {
 
     /// The stage's output, its dead letters (ids of this batch only) and the acknowledgements.
     private mutating func commit(_ output: StageOutput, acks: [String], processed: Int) -> Commit {
-        var c = Commit(outputs: output.commands, acks: acks, processed: processed)
+        // Entries the stage keeps pending are acknowledged by a later output of its own.
+        var c = Commit(outputs: output.commands, acks: acks.filter { !output.keepPending.contains($0) }, processed: processed)
         for (id, reason) in output.deadLetters {
             guard let entry = batch?.byID[id] else {
                 notes.append(.unknownDeadLetterID(id))

@@ -78,6 +78,8 @@ public enum StreamKey {
     public static let signals = "te:signals"
     public static let opportunities = "te:opportunities"
     public static let audit = "te:audit"
+    public static let outcomes = "te:outcomes"
+    public static let rollout = "te:rollout"
     public static let dlq = "te:dlq"
 
     public static func spread(_ symbol: String) -> String { "te:spread_bps:\(symbol)" }

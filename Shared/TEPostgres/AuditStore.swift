@@ -57,6 +57,7 @@ public struct AuditStore: Sendable {
                     ADD COLUMN client text;
                 CREATE INDEX decisions_request_id ON decisions (request_id);
                 """),
+        .outcomesAndRolloutEvents,
         StoreRoles.migration,
     ]
 

@@ -114,3 +114,44 @@ public enum StoreRoles {
             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO te_reader;
             """)
 }
+
+extension Migration {
+    /// `outcomes` (one row per Outcome, keyed on its decision) and `rollout_events` (one per
+    /// RolloutEvent): one column per field of DESIGN.md "Messages", under the same name.
+    public static let outcomesAndRolloutEvents = Migration(
+        version: 3, name: "outcomes and rollout_events",
+        sql: """
+            CREATE TABLE outcomes (
+                decision_id uuid PRIMARY KEY,
+                symbol text NOT NULL,
+                model_version text,
+                score double precision,
+                decision text NOT NULL,
+                horizon_ms integer NOT NULL,
+                mid_at_decision double precision,
+                mid_at_horizon double precision,
+                spread_bps_at_decision double precision,
+                return_bps double precision,
+                eligible boolean,
+                resolved_ts_ns bigint NOT NULL,
+                reason text,
+                inserted_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE INDEX outcomes_model_version_resolved ON outcomes (model_version, resolved_ts_ns);
+            CREATE TABLE rollout_events (
+                event_id uuid PRIMARY KEY,
+                ts_ns bigint NOT NULL,
+                occurred_at timestamptz NOT NULL,
+                kind text NOT NULL,
+                model_name text NOT NULL,
+                from_version text,
+                to_version text,
+                metric text,
+                value double precision,
+                "limit" double precision,
+                replica text NOT NULL,
+                inserted_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE INDEX rollout_events_ts_ns ON rollout_events (ts_ns);
+            """)
+}

@@ -24,6 +24,14 @@ import TritonClient
         return try await redis.xrange(stream).map { try StreamFieldDecoder.decode(AuditRecord.self, from: $0.fields) }
     }
 
+    /// The RolloutEvents of `stream`, once there is at least one.
+    func rolloutEvents(_ stream: String) async throws -> [RolloutEvent] {
+        let redis = try redis()
+        defer { redis.close() }
+        _ = try await TestEnv.eventually(timeout: .seconds(10)) { try await redis.xlen(stream) >= 1 }
+        return try await redis.xrange(stream).map { try StreamFieldDecoder.decode(RolloutEvent.self, from: $0.fields) }
+    }
+
     // MARK: each source of the chain
 
     @Test func modelAnswersWithIdentityAndIsAudited() async throws {
@@ -286,12 +294,17 @@ import TritonClient
         #expect(responses.allSatisfy { $0.source == .model && $0.model?.version == "1" })
         #expect(rollback == .errorRate(1.0))
         #expect(metrics.contains("canary_rollbacks_total 1"))
-        let records = try await auditRecords(config.auditStream, expect: 9)
-        let event = records.first { $0.reason?.hasPrefix("canary_rollback") == true }
-        #expect(event?.canary?.mode == "rollback")
-        #expect(event?.modelVersion == "9")
-        #expect(event?.reason == "canary_rollback:error_rate=1.0")
-        #expect(records.filter { $0.reason?.hasPrefix("canary_rollback") == true }.count == 1)
+        // One RolloutEvent on te:rollout; te:audit holds the 8 decisions and nothing else.
+        let events = try await rolloutEvents(config.rolloutStream)
+        #expect(events.count == 1)
+        #expect(events.first?.kind == .rollback)
+        #expect(events.first?.fromVersion == "9" && events.first?.toVersion == "1")
+        #expect(events.first?.metric == "error_rate" && events.first?.value == 1.0)
+        #expect(events.first?.limit == config.canaryMaxErrorRate)
+        #expect(events.first?.replica.isEmpty == false)
+        let records = try await auditRecords(config.auditStream, expect: 8)
+        #expect(records.count == 8)
+        #expect(!records.contains { $0.canary?.mode == "rollback" || $0.symbol == "*" })
     }
 
     @Test func disagreeingShadowCanaryIsRolledBack() async throws {
@@ -318,8 +331,10 @@ import TritonClient
         }
         #expect(rollback == .disagreeRate(1.0))
         #expect(Set(decisions).count == 1)
-        let records = try await auditRecords(config.auditStream, expect: 9)
-        #expect(records.contains { $0.reason == "canary_rollback:disagree_rate=1.0" })
+        let events = try await rolloutEvents(config.rolloutStream)
+        #expect(events.map(\.metric) == ["disagree_rate"])
+        #expect(events.first?.value == 1.0 && events.first?.limit == 0.5)
+        #expect(try await auditRecords(config.auditStream, expect: 8).allSatisfy { $0.symbol == "BTCUSDT" })
     }
 
     // MARK: validation and auth over HTTP

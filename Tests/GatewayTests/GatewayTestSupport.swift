@@ -33,6 +33,7 @@ enum GatewayTestEnv {
         let prefix = TestEnv.uniqueName("gateway-\(name)")
         c.featuresStream = "\(prefix):features"
         c.auditStream = "\(prefix):audit"
+        c.rolloutStream = "\(prefix):rollout"
         c.opportunitiesStream = "\(prefix):opportunities"
         c.onlineKeyPrefix = "\(prefix):online:"
         // Generous for debug builds on a shared 2-core machine; deadline tests set their own.
