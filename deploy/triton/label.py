@@ -8,14 +8,16 @@ horizon runs past the recording's last quote has no label (the horizon has not p
 Quotes are a recording's Binance `bookTicker` messages (the quotes `te features` makes one row each for), in file
 order, with a quote older than the latest seen dropped, as the pipeline does.
 """
+import bisect
 import gzip
 import json
+import math
 
-import numpy as np
+# Pure Python (no numpy), so the label check in `make test` runs on any python3.
 
 
 def read_quotes(path):
-    """(symbol, ts_ns[], bid[], bid_size[], ask[], ask_size[]) of one single-symbol Binance recording."""
+    """(symbol, ts_ns[], bid[], bid_size[], ask[], ask_size[]) of one single-symbol Binance recording, as lists."""
     symbol, ts, b, bs, a, as_ = None, [], [], [], [], []
     last = None
     with gzip.open(path, "rt") as f:
@@ -32,17 +34,22 @@ def read_quotes(path):
             last = t
             symbol = d["s"]
             ts.append(t); b.append(float(d["b"])); bs.append(float(d["B"])); a.append(float(d["a"])); as_.append(float(d["A"]))
-    return symbol, np.array(ts, dtype=np.int64), np.array(b), np.array(bs), np.array(a), np.array(as_)
+    return symbol, ts, b, bs, a, as_
 
 
 def label(quote_ts, bid, ask, decision_ts, horizon_ms=5000, cost_bps=4.0):
-    """(return_bps[], eligible[] as 0/1 floats, valid[] bool) for decisions at decision_ts on one symbol's quotes."""
-    mid = (bid + ask) / 2.0
-    spread_bps = (ask - bid) / mid * 1e4
-    i = np.searchsorted(quote_ts, decision_ts, side="right") - 1
-    j = np.searchsorted(quote_ts, decision_ts + horizon_ms * 1_000_000, side="right") - 1
-    valid = (i >= 0) & (decision_ts + horizon_ms * 1_000_000 <= quote_ts[-1])
-    i = np.clip(i, 0, None)
-    ret = np.log(mid[j] / mid[i]) * 1e4
-    eligible = (np.abs(ret) > spread_bps[i] / 2.0 + cost_bps).astype(np.float64)
-    return ret, eligible, valid
+    """(return_bps[], eligible[] 0/1, valid[] bool) for decisions at decision_ts on one symbol's quotes (lists)."""
+    h = horizon_ms * 1_000_000
+    rets, elig, valid = [], [], []
+    for t in decision_ts:
+        i = bisect.bisect_right(quote_ts, t) - 1
+        if i < 0 or t + h > quote_ts[-1]:
+            rets.append(0.0); elig.append(0.0); valid.append(False)
+            continue
+        j = bisect.bisect_right(quote_ts, t + h) - 1
+        mid_t = (bid[i] + ask[i]) / 2.0
+        mid_h = (bid[j] + ask[j]) / 2.0
+        spread_bps = (ask[i] - bid[i]) / mid_t * 1e4
+        r = math.log(mid_h / mid_t) * 1e4
+        rets.append(r); elig.append(1.0 if abs(r) > spread_bps / 2.0 + cost_bps else 0.0); valid.append(True)
+    return rets, elig, valid

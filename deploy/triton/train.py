@@ -51,10 +51,9 @@ def te_features(te, path, cache_dir, with_label, horizon_ms, cost_bps):
     tag = f"{os.path.basename(path)}.{'label' if with_label else 'plain'}.{horizon_ms}.{cost_bps}.csv"
     out = os.path.join(cache_dir, tag)
     if not os.path.exists(out):
-        cmd = [te, "features", path, "-o", out + ".tmp"]
-        if with_label:
-            cmd += ["--label", "--horizon-ms", str(horizon_ms), "--cost-bps", str(cost_bps)]
-        r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+        cmd = [te, "features", path, "-o", out + ".tmp"] + (["--label"] if with_label else [])
+        env = dict(os.environ, OUTCOME_HORIZON_MS=str(horizon_ms), OUTCOME_COST_BPS=str(cost_bps))
+        r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, env=env)
         if r.returncode != 0:
             sys.exit(f"train.py: {' '.join(cmd)} failed: {r.stderr.strip()}")
         os.replace(out + ".tmp", out)
@@ -79,7 +78,8 @@ def load(te, recordings, cache_dir, use_te_label, horizon_ms, cost_bps):
         ts = np.array([int(r[col["ts_ns"]]) for r in body], dtype=np.int64)
         X = np.array([[float(r[col[n]]) for n in FEATURES] for r in body])
         _, qts, b, _, a, _ = pylabel.read_quotes(path)
-        _, py_y, py_valid = pylabel.label(qts, b, a, ts, horizon_ms, cost_bps)
+        _, py_y, py_valid = pylabel.label(qts, b, a, ts.tolist(), horizon_ms, cost_bps)
+        py_y, py_valid = np.array(py_y), np.array(py_valid, dtype=bool)
         mismatch = None
         if use_te_label:
             te_y = np.array([float(r[col["eligible"]]) if r[col["eligible"]] not in ("", "null") else np.nan for r in body])
@@ -367,8 +367,8 @@ def reliability_png(path, y, preds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--te", default=os.environ.get("TE", os.path.join(ROOT, ".build", "debug", "te")))
-    ap.add_argument("--te-label", action="store_true", default=os.environ.get("TE_LABEL") == "1",
-                    help="train on `te features --label` (else label.py)")
+    ap.add_argument("--te-label", choices=["auto", "yes", "no"], default=os.environ.get("TE_LABEL", "auto"),
+                    help="train on `te features --label` (auto: when this te has --label), else on label.py")
     ap.add_argument("--recordings", nargs="*", default=sorted(glob.glob(os.path.join(ROOT, "..", "shared", "data", "binance", "*.gz")))
                     or sorted(glob.glob("/work/shared/data/binance/*.gz")))
     ap.add_argument("--cache", default=os.path.join(ROOT, ".dev", "train-cache"))
@@ -377,6 +377,11 @@ def main():
     ap.add_argument("--no-write", action="store_true", help="report only; leave the model repository alone")
     args = ap.parse_args()
     os.makedirs(args.cache, exist_ok=True)
+    if args.te_label == "auto":
+        helptext = subprocess.run([args.te, "features", "--help"], capture_output=True, text=True).stdout
+        args.te_label = "--label" in helptext
+    else:
+        args.te_label = args.te_label == "yes"
     t_start = time.time()
 
     data = load(args.te, args.recordings, args.cache, args.te_label, args.horizon_ms, args.cost_bps)
