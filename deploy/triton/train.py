@@ -43,6 +43,7 @@ THRESHOLD = 0.5  # gateway DECISION_THRESHOLD default: score >= threshold -> tra
 N_BLOCKS = 6
 GAP_EXTRA_NS = 5_000_000_000
 SEED = 17
+LEFT_OUT = []  # recordings te features gave no rows for
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -73,6 +74,7 @@ def load(te, recordings, cache_dir, use_te_label, horizon_ms, cost_bps):
         header, body = te_features(te, path, cache_dir, use_te_label, horizon_ms, cost_bps)
         if header is None:
             print(f"train.py: {name}: te features gave no rows; left out", file=sys.stderr)
+            LEFT_OUT.append(name)
             continue
         col = {h: i for i, h in enumerate(header)}
         ts = np.array([int(r[col["ts_ns"]]) for r in body], dtype=np.int64)
@@ -256,7 +258,7 @@ def block_bootstrap(y, p_a, p_b, inst, ts, block_ns=5_000_000_000, n=1000, seed=
 
 
 # ----------------------------------------------------------------------------------------------- one fold
-def run_fold(data, train_segs, calib_segs, test_segs, v1, models_out=None):
+def run_fold(data, train_segs, calib_segs, test_segs, v1, v2, models_out=None):
     Xtr, ytr, _, _ = rows(data, train_segs)
     Xca, yca, _, _ = rows(data, calib_segs)
     Xte, yte, ite, tte = rows(data, test_segs)
@@ -275,6 +277,7 @@ def run_fold(data, train_segs, calib_segs, test_segs, v1, models_out=None):
         "constant (train base rate)": np.full(len(yte), const),
         "constant (calibration-fold base rate)": np.full(len(yte), const_cal),
         "v1 (committed)": sigmoid(logistic_z(v1, Xte)),
+        "v2 (canary, kept)": sigmoid(logistic_z(v2, Xte)),
         "logistic (uncalibrated)": sigmoid(logistic_z(lr, Xte)),
         "logistic + Platt": sigmoid(logistic_z(lr_cal, Xte)),
         "LightGBM (uncalibrated)": gbm.predict(Xte),
@@ -291,14 +294,15 @@ def run_fold(data, train_segs, calib_segs, test_segs, v1, models_out=None):
 # ----------------------------------------------------------------------------------------------- artefact
 def reference(X):
     """Per feature: decile cut points of the training distribution (`edges`, ascending, duplicates removed) and
-    the training proportion of each bin: bin 0 = (-inf, e0], bin i = (e(i-1), e(i)], last = (e(last), inf)."""
+    the training proportion of each bin: bin 0 = (-inf, e0), bin i = [e(i-1), e(i)), last = [e(last), inf), i.e. the
+    bin of v is numpy.searchsorted(edges, v, side="right") — the outcome-tracker's rule."""
     ref = {}
     for i, name in enumerate(FEATURES):
         edges = np.unique(np.quantile(X[:, i], np.linspace(0.1, 0.9, 9)))
-        idx = np.searchsorted(edges, X[:, i], side="left")
+        idx = np.searchsorted(edges, X[:, i], side="right")
         prop = np.bincount(idx, minlength=len(edges) + 1) / len(X)
         ref[name] = {"edges": [float(e) for e in edges], "proportions": [float(p) for p in prop]}
-    return {"features": ref, "binning": "bin 0 = (-inf, edges[0]], bin i = (edges[i-1], edges[i]], last = (edges[-1], inf)"}
+    return {"features": ref, "binning": "bin of v = searchsorted(edges, v, side=right): bin 0 = (-inf, edges[0]), bin i = [edges[i-1], edges[i]), last = [edges[-1], inf)"}
 
 
 def write_bytes(path, data):
@@ -389,14 +393,18 @@ def main():
     latest, edges = split(data, args.horizon_ms)
     # v1 as it served before this training (kept beside this script so re-running compares against the same model)
     v1 = json.load(open(os.path.join(HERE, "previous_v1_weights.json")))
-    v1 = {k: np.asarray(v1[k], dtype=float) if k != "intercept" else float(v1[k]) for k in ("mean", "std", "coef", "intercept")}
+    as_model = lambda w: {k: np.asarray(w[k], dtype=float) if k != "intercept" else float(w[k]) for k in ("mean", "std", "coef", "intercept")}
+    v1 = as_model(v1)
+    v2 = as_model(json.load(open(os.path.join(MODEL_DIR, "2", "weights.json"))))
 
     folds = []
     for k in (2, 3):
-        res = run_fold(data, [-1] + list(range(k - 1)), [k - 1], [k], v1)
+        res = run_fold(data, [-1] + list(range(k - 1)), [k - 1], [k], v1, v2)
         folds.append((f"fold {k - 1}: train 07-18 + B0..B{k - 2}, calibrate B{k - 1}, validate B{k}", res))
     final = {}
-    oot = run_fold(data, [-1, 0, 1, 2], [3], [4, 5], v1, final)
+    oot = run_fold(data, [-1, 0, 1, 2], [3], [4, 5], v1, v2, final)
+    # Another regime: the calm day, from models that never saw it (not out of time; not used by the gate).
+    other_day = run_fold(data, [0, 1, 2], [3], [-1], v1, v2)
 
     # Candidate: the better calibrated learner on the validation folds (mean Brier), never chosen on out-of-time.
     cands = ["logistic + Platt", "LightGBM + isotonic"]
@@ -412,6 +420,7 @@ def main():
     else:
         ship = next((n for n in ["logistic + Platt", "constant (calibration-fold base rate)"] if ship_ok(n)),
                     "constant (calibration-fold base rate)")
+    ci_recent = block_bootstrap(y, P[cand], P["constant (calibration-fold base rate)"], inst, ts)
     ci_ship = block_bootstrap(y, P[ship], P["constant (train base rate)"], inst, ts)
     ci_ship_v1 = block_bootstrap(y, P[ship], P["v1 (committed)"], inst, ts)
 
@@ -453,6 +462,8 @@ def main():
     for d in data:
         L.append(f"| {d['name']} | {d['day']} | {d['rows']} | {d['labelled']} | {d['y'].mean():.3f} | "
                  f"{'not compared (te --label not used)' if d['mismatch'] is None else d['mismatch']} |")
+    if LEFT_OUT:
+        L += ["", "Left out (te features gave no rows: every message rejected): " + ", ".join(LEFT_OUT) + "."]
     L += ["", f"Latest day {latest}: window {fmt_t(edges[0])}–{fmt_t(edges[-1])} UTC cut into {N_BLOCKS} blocks of "
           f"{(edges[1] - edges[0]) / 1e9:.1f} s: " + ", ".join(f"B{i} from {fmt_t(e)}" for i, e in enumerate(edges[:-1])) + ".",
           f"Before each boundary {(args.horizon_ms * 1e6 + GAP_EXTRA_NS) / 1e9:.0f} s are purged (H + 5 s embargo). "
@@ -468,6 +479,10 @@ def main():
         L += table(title, res)
     L += ["## Out of time (B4+B5, the latest data; the gate)", ""]
     L += table("train 07-18 + B0..B2, calibrate B3, test B4+B5", oot)
+    L += ["## Another day (diagnostic, not the gate)", "",
+          "Trained on 08-08 B0..B2 only, calibrated on B3, tested on 2024-07-18 (a calm day: no eligible quote). "
+          "It shows what a model calibrated on one evening says on a different regime.", ""]
+    L += table("train 08-08 B0..B2, calibrate B3, test 2024-07-18", other_day)
     L += ["Brier const = Brier of the training base rate. ECE: 10 equal-width bins. precision@0.5: eligible rate among "
           "scores >= 0.5 (— when no score reaches it); coverage: share of scores >= 0.5.", "",
           "## Gate", "",
@@ -476,6 +491,7 @@ def main():
           "| --- | --- | --- | --- |",
           f"| {cand} vs constant | {ci_const[0]:+.5f} | [{ci_const[1]:+.5f}, {ci_const[2]:+.5f}] | {ci_const[3]} |",
           f"| {cand} vs v1 | {ci_v1[0]:+.5f} | [{ci_v1[1]:+.5f}, {ci_v1[2]:+.5f}] | {ci_v1[3]} |",
+          f"| {cand} vs constant (calibration-fold base rate) | {ci_recent[0]:+.5f} | [{ci_recent[1]:+.5f}, {ci_recent[2]:+.5f}] | {ci_recent[3]} |",
           f"| shipped ({ship}) vs constant | {ci_ship[0]:+.5f} | [{ci_ship[1]:+.5f}, {ci_ship[2]:+.5f}] | {ci_ship[3]} |",
           f"| shipped ({ship}) vs v1 | {ci_ship_v1[0]:+.5f} | [{ci_ship_v1[1]:+.5f}, {ci_ship_v1[2]:+.5f}] | {ci_ship_v1[3]} |", "",
           "Bootstrap: 1000 resamples of 5 s blocks per instrument (rows within one horizon share their future).", ""]
@@ -487,7 +503,10 @@ def main():
                  f"{oot['v1 (committed)']['ece']:.3f}, Brier {oot['v1 (committed)']['brier']:.4f} vs constant "
                  f"{oot['v1 (committed)']['brier_const']:.4f}); what ships is the calibrated **{ship}** "
                  f"(out-of-time ECE {oot[ship]['ece']:.3f}, Brier {oot[ship]['brier']:.4f}).")
-    L += ["", "## What ships", "",
+    L += ["", "Shipping rule (fixed before the run): the candidate if it passes the gate; else logistic + Platt if it is "
+          "calibrated out of time (ECE <= 0.05) and no worse than the constant by Brier; else the constant refitted on the "
+          "calibration fold (the most recent base rate before the test).", "",
+          "## What ships", "",
           f"`model_repository/trade_eligibility/1/`: {ship}, in the same weights.json form as before "
           "(σ(intercept + Σ coef·(x − mean)/std); Platt scaling folded into coef and intercept), plus reference.json "
           "(decile edges and training proportions per feature, for PSI) whose sha256 weights.json names, so "
@@ -498,8 +517,9 @@ def main():
           f"{final['t_lr']:.1f} s, LightGBM {final['t_gbm']:.1f} s) on {final['n_train']} training rows, no subsampling.", ""]
     with open(os.path.join(HERE, "REPORT.md"), "w") as f:
         f.write("\n".join(L))
+    shown = ["v1 (committed)", "v2 (canary, kept)", "logistic + Platt", "LightGBM + isotonic", "constant (train base rate)", ship]
     reliability_png(os.path.join(HERE, "reliability.png"), y,
-                    {k: P[k] for k in ["v1 (committed)", "logistic + Platt", "LightGBM + isotonic", "constant (train base rate)"]})
+                    {(k + " [shipped]" if k == ship else k): P[k] for k in dict.fromkeys(shown)})
     print("\n".join(L), file=sys.stderr)
 
 
