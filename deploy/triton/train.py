@@ -472,6 +472,18 @@ def main():
     for s, nm in [([-1], "2024-07-18 (all)")] + [([i], f"B{i}") for i in range(N_BLOCKS)]:
         _, ys, _, _ = rows(data, s)
         L.append(f"| {nm} | {len(ys)} | {ys.mean():.3f} |")
+    # Why no feature carries over: the eligible rate by realized-volatility quintile (cut points from the final
+    # training rows) moves from block to block more than between quintiles.
+    vi = FEATURES.index("realized_vol_bps")
+    q = np.quantile(final["Xtr"][:, vi], [0.2, 0.4, 0.6, 0.8])
+    L += ["", "Eligible rate by `realized_vol_bps` quintile (cuts " + ", ".join(f"{x:.2f}" for x in q) +
+          " bps from the final training rows; rows in parentheses):", "",
+          "| segment | q1 | q2 | q3 | q4 | q5 |", "| --- | --- | --- | --- | --- | --- |"]
+    for s_, nm in [([-1], "2024-07-18")] + [([i], f"B{i}") for i in range(N_BLOCKS)]:
+        Xs, ys, _, _ = rows(data, s_)
+        b = np.searchsorted(q, Xs[:, vi])
+        L.append(f"| {nm} | " + " | ".join(f"{ys[b == k].mean():.3f} ({(b == k).sum()})" if (b == k).any() else "—"
+                                            for k in range(5)) + " |")
     L += ["", "Per-instrument normalisation: not applied. The serving input is the 8 features only (no symbol), "
           "so a per-instrument transform could not be reproduced by Triton; the features are already scale-free "
           "(bps, ratios) except `tick_rate`.", "", "## Per fold (walk-forward, validation)", ""]
