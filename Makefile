@@ -39,6 +39,7 @@ test: deps
 	  $(SWIFT) test --skip-build --no-parallel
 	@FUZZ_SECONDS=15 FUZZ_SEED=1 scripts/fuzz.sh
 	@TE_BIN_DIR="$$($(SWIFT) build --show-bin-path)" scripts/check-openapi.sh
+	@python3 deploy/triton/check_label.py "$$($(SWIFT) build --show-bin-path)/te"
 	@scripts/check-deploy.sh
 	@TE_BIN_DIR="$$($(SWIFT) build --show-bin-path)" scripts/demo.sh --short
 

@@ -1,9 +1,10 @@
 """Triton Python backend for `trade_eligibility`: logistic regression over the 8-feature vector.
 
-Identical in every version directory; what differs is the version's weights.json (written by
-deploy/triton/train.py). On load it checks that sha256(weights.json) equals the config parameter
-`artefact_sha256_v<version>`, so the hash that clients read from the model config is the artefact that
-actually serves.
+Identical in every version directory; what differs is the version's weights.json and reference.json
+(written by deploy/triton/train.py). On load it checks that sha256(weights.json) equals the config parameter
+`artefact_sha256_v<version>`, and that sha256(reference.json) — the feature reference for drift (PSI) — equals
+weights.json's `reference_sha256`, so the one hash that clients read from the model config covers the whole
+artefact that actually serves. Calibration (Platt scaling) is folded into coef and intercept by train.py.
 
 Test hook: a request parameter `delay_ms` (int) makes the batch holding that request sleep that long
 before answering, so client tests can exercise deadlines against the real server.
@@ -31,6 +32,14 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{path}: sha256 {digest} does not match config parameter {key}={expected!r}")
         w = json.loads(data)
+        if w.get("kind", "logistic_regression") != "logistic_regression":
+            raise pb_utils.TritonModelException(f"{path}: unsupported kind {w.get('kind')!r}")
+        ref_path = os.path.join(args["model_repository"], version, "reference.json")
+        with open(ref_path, "rb") as f:
+            ref_digest = hashlib.sha256(f.read()).hexdigest()
+        if ref_digest != w.get("reference_sha256"):
+            raise pb_utils.TritonModelException(
+                f"{ref_path}: sha256 {ref_digest} does not match weights.json reference_sha256={w.get('reference_sha256')!r}")
         self.mean = np.asarray(w["mean"], dtype=np.float64)
         self.scale = 1.0 / np.asarray(w["std"], dtype=np.float64)
         self.coef = np.asarray(w["coef"], dtype=np.float64)
