@@ -6,7 +6,7 @@ set -eu
 usage() {
   cat <<'USAGE'
 usage: IMAGE SERVICE [ARGS...]
-services: ingest feature-pipeline strategy-engine opportunity-aggregator gateway audit-writer
+services: ingest feature-pipeline strategy-engine opportunity-aggregator outcome-tracker gateway audit-writer
 cli:      te <command> [ARGS...]   (te replay FILE... --speed N, te streams, te dlq, ...)
 anything else is executed as given (e.g. sh).
 USAGE
@@ -18,7 +18,7 @@ if [ "$#" -eq 0 ]; then
 fi
 
 case "$1" in
-  ingest|feature-pipeline|strategy-engine|opportunity-aggregator|gateway|audit-writer|te)
+  ingest|feature-pipeline|strategy-engine|opportunity-aggregator|outcome-tracker|gateway|audit-writer|te)
     service="$1"
     shift
     exec "/usr/local/bin/$service" "$@"

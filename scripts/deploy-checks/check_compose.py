@@ -28,6 +28,7 @@ SERVICE_PORTS = {  # DESIGN.md: default ports
     "feature-pipeline": 9102,
     "strategy-engine": 9103,
     "opportunity-aggregator": 9104,
+    "outcome-tracker": 9105,
     "gateway": 8080,
     "audit-writer": 9106,
 }

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-PORTS = {"ingest": 9101, "feature-pipeline": 9102, "strategy-engine": 9103, "opportunity-aggregator": 9104,
+PORTS = {"ingest": 9101, "feature-pipeline": 9102, "strategy-engine": 9103, "opportunity-aggregator": 9104, "outcome-tracker": 9105,
          "gateway": 8080, "audit-writer": 9106}
 REQUIRED_ENV = {
     "common": ["REDIS_URL", "KAFKA_BROKERS", "KAFKA_TOPIC", "TRITON_URL", "TRITON_SECONDARY_URL", "MODEL_NAME",
@@ -39,6 +39,7 @@ EGRESS = {
     "feature-pipeline": {53, 6379},
     "strategy-engine": {53, 6379},
     "opportunity-aggregator": {53, 6379},
+    "outcome-tracker": {53, 6379},
     "gateway": {53, 6379, 8001},
     "audit-writer": {53, 6379, 5432},
 }
