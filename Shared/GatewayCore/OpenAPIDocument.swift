@@ -36,7 +36,7 @@ components:
               enum: [malformed_json, invalid_type, unknown_field, duplicate_field, missing_field, invalid_symbol,
                      invalid_features, non_finite_number, invalid_value, body_too_large, invalid_query,
                      malformed_http, unsupported_media_type, not_found, method_not_allowed,
-                     unauthorized, rate_limited, no_features, redis_unavailable, audit_unavailable]
+                     unauthorized, rate_limited, no_features, redis_unavailable, audit_unavailable, too_many_streams]
             message: {type: string}
             field: {type: string, nullable: true, description: "The offending field, e.g. features[3]"}
     Symbol:

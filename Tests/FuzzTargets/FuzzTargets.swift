@@ -47,7 +47,7 @@ public func fuzzCallback(
 /// has one of the declared codes.
 public enum NormalizerFuzz {
     static let depthLevels = 5
-    static let venues: Set<String> = ["binance", "binance-usdm", "kraken"]
+    static let venues: Set<String> = ["binance", "binance-usdm", "binance-coinm", "hyperliquid", "kraken"]
 
     public static func run(_ bytes: [UInt8]) throws(FuzzViolation) {
         var normalizer = MarketNormalizer(depthLevels: depthLevels)

@@ -215,7 +215,10 @@ struct GatewayPushTests {
 
     @Test("a stalled client is dropped and its connection closed, without slowing a second client")
     func slowClientDropped() async throws {
-        let config = try GatewayTestEnv.config("push-slow") { $0.pushQueueLimit = 2000 }  // above one XREAD page (1000): a burst alone drops no one
+        // The queue holds more than one XREAD page (1000), and the entries go out in waves of 500 that the
+        // reading client takes in before the next: however slow this machine, the reader never falls a queue
+        // behind, while the stalled client's socket buffers fill and then its queue overflows.
+        let config = try GatewayTestEnv.config("push-slow") { $0.pushQueueLimit = 1500 }
         try await GatewayTestEnv.withGateway(config) { deps, client in
             let port = try #require(client.port)
             let redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "push-slow")
@@ -224,9 +227,20 @@ struct GatewayPushTests {
             let reader = try await SSETestClient(port: port, path: "/v1/opportunities/stream")
             defer { reader.close() }
             #expect(await TestEnv.eventually { deps.push.opportunities.clientCount == 2 })
-            let count = 20_000
-            let ids = try await Self.publish((0..<count).map { Self.opportunity($0) }, to: config.opportunitiesStream, redis: redis)
-            let received = await reader.events(count: count, timeout: .seconds(90))
+            // ~2.5 KB per event (64 signal ids): 8,000 of them are far more than the socket buffers hold.
+            let signals = (0..<64).map { "sig-\($0)-\(String(repeating: "x", count: 24))" }
+            var ids: [String] = []
+            for wave in 0..<16 {
+                let batch = (wave * 500..<(wave + 1) * 500).map { i -> Opportunity in
+                    var o = Self.opportunity(i)
+                    o.signalIds = signals
+                    return o
+                }
+                ids += try await Self.publish(batch, to: config.opportunitiesStream, redis: redis)
+                _ = await reader.events(count: ids.count, timeout: .seconds(60))
+            }
+            let count = ids.count
+            let received = reader.events
             #expect(received.count == count)
             #expect(received.map(\.id) == ids, "the reading client got every event in order")
             #expect(await TestEnv.eventually { deps.push.opportunities.clientCount == 1 }, "the stalled one was dropped")

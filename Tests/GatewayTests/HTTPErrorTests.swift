@@ -154,8 +154,9 @@ import Testing
             yaml[yaml.index(start.lowerBound, offsetBy: 7)..<end].split(separator: ",").map {
                 $0.trimmingCharacters(in: .whitespacesAndNewlines)
             })
-        // Answered outside RequestError.Code: the bearer check, /debug/features, Redis outages, sync audit.
-        let others: Set = ["unauthorized", "no_features", "redis_unavailable", "audit_unavailable"]
+        // Answered outside RequestError.Code: the bearer check, the rate limit, /debug/features, Redis outages,
+        // sync audit, the push streams' client limit.
+        let others: Set = ["unauthorized", "rate_limited", "no_features", "redis_unavailable", "audit_unavailable", "too_many_streams"]
         #expect(documented == Set(RequestError.Code.allCases.map(\.rawValue)).union(others))
     }
 
