@@ -74,6 +74,7 @@ start ingest
 start feature-pipeline
 start strategy-engine
 start opportunity-aggregator
+start outcome-tracker MODEL_REFERENCE_DIR="$ROOT/deploy/triton/model_repository/trade_eligibility"
 start audit-writer
 start gateway
 for _ in $(seq 100); do curl -fs "$GATEWAY/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -160,10 +161,11 @@ sleep 2
 # Every metric name the dashboards, alerts and autoscaling rules use must be exported by a running service.
 live_metrics=0
 if [ $SHORT = 1 ]; then
-  # ingest 9101, feature-pipeline 9102, strategy-engine 9103, opportunity-aggregator 9104, audit-writer 9106;
+  # ingest 9101, feature-pipeline 9102, strategy-engine 9103, opportunity-aggregator 9104, outcome-tracker 9105,
+  # audit-writer 9106;
   # the gateway serves /metrics on its API port.
   urls="$GATEWAY/metrics"
-  for port in 9101 9102 9103 9104 9106; do urls="$urls http://127.0.0.1:$port/metrics"; done
+  for port in 9101 9102 9103 9104 9105 9106; do urls="$urls http://127.0.0.1:$port/metrics"; done
   say "checking dashboard/alert metric names against live /metrics: $urls"
   TE_METRICS_URLS=$urls scripts/check-deploy.sh --promql-only || live_metrics=1
 fi
@@ -171,6 +173,7 @@ fi
 ticks=$(xlen te:ticks); feat=$(xlen te:features); sig=$(xlen te:signals); opp=$(xlen te:opportunities)
 audit=$(xlen te:audit); dlq=$(xlen te:dlq)
 rows=$(psql "$POSTGRES_URL" -tAc "SELECT count(*) FROM decisions")
+outcome_rows=$(psql "$POSTGRES_URL" -tAc "SELECT count(*) FROM outcomes")
 uniq_opp=$(rcli XRANGE te:opportunities - + | awk 'p{print; p=0} $0=="id"{p=1}' | sort -u | wc -l)
 percentiles_us() { sort -n "$1" | awk '{a[NR]=$1} END{if(NR==0){print 0,0,0; exit} i50=int(0.5*NR); if(i50<1)i50=1; i99=int(0.99*NR+0.999); if(i99>NR)i99=NR; print a[i50], a[i99], NR}'; }
 read -r p50 p99 n < <(percentiles_us "$DEV/demo-latency.txt")
@@ -179,9 +182,16 @@ echo
 say "Report"
 printf '  %-34s %s\n' "ticks in te:ticks" "$ticks" "feature snapshots" "$feat" "signals" "$sig" \
   "opportunity emissions" "$opp" "distinct opportunities" "$uniq_opp" "dead letters" "$dlq" \
-  "audit records on te:audit" "$audit" "rows in decisions" "$rows"
+  "audit records on te:audit" "$audit" "rows in decisions" "$rows" \
+  "rows in outcomes (horizon passed)" "$outcome_rows"
 echo "  decisions by source:"
 psql "$POSTGRES_URL" -tAc "SELECT source, decision, count(*) FROM decisions GROUP BY 1,2 ORDER BY 1,2" | sed 's/^/    /'
+echo "  model quality on labelled outcomes (version|outcomes|base rate|coverage|precision|Brier|Brier of the base rate):"
+psql "$POSTGRES_URL" -tAc "SELECT coalesce(model_version, '-'), count(*), round(avg(eligible::int), 3),
+    round(avg((decision = 'trade')::int), 3), coalesce(round(avg(eligible::int) FILTER (WHERE decision = 'trade'), 3)::text, '-'),
+    coalesce(round(avg((score - eligible::int) ^ 2)::numeric, 4)::text, '-'),
+    round((avg(eligible::int) * (1 - avg(eligible::int)))::numeric, 4)
+  FROM outcomes WHERE eligible IS NOT NULL GROUP BY 1 ORDER BY 1" | sed 's/^/    /'
 printf '  gateway calls by the demo: %s, round trip p50 %s µs, p99 %s µs (one keep-alive connection, Python client)\n' "$n" "$p50" "$p99"
 printf '  of which in the gateway (response latency_us): p50 %s µs, p99 %s µs\n' "$in_p50" "$in_p99"
 

@@ -37,6 +37,17 @@ public enum MetricHelp {
         "te_signals_duplicate_total": "Signals seen twice (redelivery) and ignored.",
         "te_signals_stale_total": "Signals older than their symbol's open window, ignored.",
         "te_signals_low_confidence_total": "Signals below the aggregator's confidence floor, ignored.",
+        "te_outcomes_written_total": "Outcomes written to te:outcomes (one per decision).",
+        "te_outcome_held_decisions": "Decisions held until the market clock passes their horizon.",
+        "te_outcome_unlabelled_total": "Outcomes written without a label (no quote at the decision or the horizon).",
+        "te_model_outcomes_total": "Outcomes per model version.",
+        "te_model_precision": "Share of trade decisions that were eligible, over the rolling window, per model version.",
+        "te_model_coverage": "Share of decisions that were trade, over the rolling window, per model version.",
+        "te_model_base_rate": "Share of eligible outcomes, over the rolling window, per model version.",
+        "te_model_brier": "Mean squared error of the score against the outcome, over the rolling window, per model version.",
+        "te_model_ece": "Expected calibration error (10 equal-width bins), over the rolling window, per model version.",
+        "te_feature_psi": "Population stability index of a feature against the version's training reference.",
+        "te_audit_table_rows_inserted_total": "Rows audit-writer inserted, by table (outcomes, rollout_events).",
     ]
 }
 
