@@ -364,8 +364,8 @@ public struct MarketNormalizer: Sendable {
             guard json.kind(levels) == .array, sides.count == 2, let bidList = sides.next(), let askList = sides.next() else {
                 throw MessageDecodingError(field: "levels", reason: "expected [bids, asks]")
             }
-            let bids = try Self.hyperliquidLevels(json, bidList, field: "levels[0]")
-            let asks = try Self.hyperliquidLevels(json, askList, field: "levels[1]")
+            let bids = try Self.hyperliquidLevels(json, bidList, field: "levels[0]", descending: true)
+            let asks = try Self.hyperliquidLevels(json, askList, field: "levels[1]", descending: false)
             guard let bestBid = bids.first, let bestAsk = asks.first else { return .ignored("hyperliquid book one-sided") }
             var tick = Tick.quote(
                 symbol: symbol, tsNs: receiveTsNs, bid: bestBid[0], bidSize: bestBid[1], ask: bestAsk[0], askSize: bestAsk[1],
@@ -410,7 +410,11 @@ public struct MarketNormalizer: Sendable {
     }
 
     /// `[{"px": "…", "sz": "…", "n": …}, …]` as `[[price, size]]`, best first as sent.
-    private static func hyperliquidLevels(_ json: JSONView, _ list: Value, field: String) throws(MessageDecodingError) -> [[Double]] {
+    /// A side's levels, best first: bids strictly descending, asks strictly ascending (a snapshot out of order
+    /// would put a worse price at the top of the book, so it is refused, not sorted).
+    private static func hyperliquidLevels(
+        _ json: JSONView, _ list: Value, field: String, descending: Bool
+    ) throws(MessageDecodingError) -> [[Double]] {
         guard json.kind(list) == .array else { throw MessageDecodingError(field: field, reason: "expected an array of levels") }
         var out: [[Double]] = []
         for (i, level) in json.elements(list).enumerated() {
@@ -419,6 +423,9 @@ public struct MarketNormalizer: Sendable {
             let size = try number(json, level, "sz")
             guard price > 0, size >= 0 else {
                 throw MessageDecodingError(field: "\(field)[\(i)]", reason: "negative or zero price, or negative size")
+            }
+            if let previous = out.last?[0], descending ? price >= previous : price <= previous {
+                throw MessageDecodingError(field: "\(field)[\(i)]", reason: "levels out of order")
             }
             out.append([price, size])
         }
