@@ -186,12 +186,8 @@ printf '  %-34s %s\n' "ticks in te:ticks" "$ticks" "feature snapshots" "$feat" "
   "rows in outcomes (horizon passed)" "$outcome_rows"
 echo "  decisions by source:"
 psql "$POSTGRES_URL" -tAc "SELECT source, decision, count(*) FROM decisions GROUP BY 1,2 ORDER BY 1,2" | sed 's/^/    /'
-echo "  model quality on labelled outcomes (version|outcomes|base rate|coverage|precision|Brier|Brier of the base rate):"
-psql "$POSTGRES_URL" -tAc "SELECT coalesce(model_version, '-'), count(*), round(avg(eligible::int), 3),
-    round(avg((decision = 'trade')::int), 3), coalesce(round(avg(eligible::int) FILTER (WHERE decision = 'trade'), 3)::text, '-'),
-    coalesce(round(avg((score - eligible::int) ^ 2)::numeric, 4)::text, '-'),
-    round((avg(eligible::int) * (1 - avg(eligible::int)))::numeric, 4)
-  FROM outcomes WHERE eligible IS NOT NULL GROUP BY 1 ORDER BY 1" | sed 's/^/    /'
+echo "  model quality (te model: labelled outcomes per version; edge = Brier below the base rate's):"
+"$BIN/te" model 2>&1 | sed 's/^/    /'
 printf '  gateway calls by the demo: %s, round trip p50 %s µs, p99 %s µs (one keep-alive connection, Python client)\n' "$n" "$p50" "$p99"
 printf '  of which in the gateway (response latency_us): p50 %s µs, p99 %s µs\n' "$in_p50" "$in_p99"
 

@@ -9,7 +9,7 @@ struct TE: AsyncParsableCommand {
         discussion: "Connection settings come from the environment (REDIS_URL, KAFKA_BROKERS, POSTGRES_URL, TRITON_URL); `source .dev/env` after `make dev-up`.",
         subcommands: [
             ReplayCommand.self, StreamsCommand.self, TailCommand.self, PendingCommand.self, DLQCommand.self,
-            FeaturesCommand.self, TritonCommand.self, AuditCommand.self, ScoreCommand.self, TopCommand.self,
+            FeaturesCommand.self, TritonCommand.self, AuditCommand.self, ModelCommand.self, ScoreCommand.self, TopCommand.self,
         ])
 }
 
