@@ -41,7 +41,7 @@ enum Inspect {
 
     /// Age of a stream entry from its id's millisecond part: "3.2s", "5m", "2h", "4d".
     static func age(ofID id: String?) -> String {
-        guard let id, let ms = Int64(id.split(separator: "-").first ?? "") else { return "-" }
+        guard let id, let ms = milliseconds(ofID: id) else { return "-" }
         return duration(Int64(Date().timeIntervalSince1970 * 1000) - ms)
     }
 
@@ -90,7 +90,7 @@ struct OutputOptions: ParsableArguments {
 
 extension Inspect {
     /// The millisecond part of a stream entry id.
-    static func milliseconds(ofID id: String) -> Int64? { Int64(id.split(separator: "-").first ?? "") }
+    static func milliseconds(ofID id: String) -> Int64? { StreamID(id).flatMap { Int64(exactly: $0.milliseconds) } }
 
     static func time(ms: Int64, utc: Bool) -> String {
         var seconds = time_t(ms / 1000)

@@ -368,9 +368,7 @@ struct GatewayAPI: Sendable {
             out.append(o)
             if out.count >= limit { break }
         }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let items = String(decoding: try encoder.encode(out), as: UTF8.self)
+        let items = String(decoding: try PushEncoding.encoder.encode(out), as: UTF8.self)
         return Self.json(.ok, "{\"opportunities\":\(items)}")
     }
 

@@ -23,35 +23,21 @@ public struct FeatureFeed: Service {
 
     public func run() async throws {
         await cancelWhenGracefulShutdown {
-            var lastID = "$"
-            var backoff = Duration.milliseconds(50)
             var decodeFailures = 0
-            while !Task.isCancelled {
-                do {
-                    let results = try await redis.xread(streams: [(stream, lastID)], count: 1000, block: .milliseconds(500))
-                    backoff = .milliseconds(50)
-                    for result in results {
-                        for entry in result.entries {
-                            lastID = entry.id
-                            guard let writtenAtNs = Self.entryTimeNs(entry.id) else { continue }
-                            do {
-                                let snapshot = try StreamFieldDecoder.decode(FeatureSnapshot.self, from: entry.fields)
-                                memory.put(StoredFeatures(snapshot: snapshot, writtenAtNs: writtenAtNs, entryId: entry.id))
-                            } catch {
-                                decodeFailures += 1
-                                if decodeFailures.isPowerOf2 {
-                                    logger.warning(
-                                        "undecodable feature snapshot skipped",
-                                        metadata: ["id": "\(entry.id)", "error": "\(error)", "count": "\(decodeFailures)"])
-                                }
-                            }
+            await StreamTail.follow(redis: redis, stream: stream, logger: logger) { entries in
+                for entry in entries {
+                    guard let writtenAtNs = Self.entryTimeNs(entry.id) else { continue }
+                    do {
+                        let snapshot = try StreamFieldDecoder.decode(FeatureSnapshot.self, from: entry.fields)
+                        memory.put(StoredFeatures(snapshot: snapshot, writtenAtNs: writtenAtNs, entryId: entry.id))
+                    } catch {
+                        decodeFailures += 1
+                        if decodeFailures.isPowerOf2 {
+                            logger.warning(
+                                "undecodable feature snapshot skipped",
+                                metadata: ["id": "\(entry.id)", "error": "\(error)", "count": "\(decodeFailures)"])
                         }
                     }
-                } catch {
-                    if Task.isCancelled { break }
-                    logger.warning("reading te:features failed; retrying", metadata: ["error": "\(error)"])
-                    try? await Task.sleep(for: backoff)
-                    backoff = min(backoff * 2, .seconds(2))
                 }
             }
         }
@@ -59,8 +45,35 @@ public struct FeatureFeed: Service {
 
     /// The millisecond time of a stream entry id (`<ms>-<seq>`), in ns.
     static func entryTimeNs(_ id: String) -> Int64? {
-        guard let dash = id.firstIndex(of: "-"), let ms = Int64(id[..<dash]) else { return nil }
-        return ms * 1_000_000
+        StreamID(id).flatMap { Int64(exactly: $0.milliseconds) }.map { $0 * 1_000_000 }
+    }
+}
+
+/// Reading a stream from its tail (`$`) with plain `XREAD BLOCK` on a connection of its own, so every
+/// replica sees every entry: what the feature feed and the push feeds share. Redis failures are logged and
+/// retried with a doubling pause (50 ms … 2 s); `onWake` runs after every read, entries or not.
+enum StreamTail {
+    static func follow(
+        redis: RedisClient, stream: String, logger: Logger, onWake: () -> Void = {},
+        _ handle: ([StreamEntry]) -> Void
+    ) async {
+        var cursor = "$"
+        var backoff = Duration.milliseconds(50)
+        while !Task.isCancelled {
+            do {
+                for result in try await redis.xread(streams: [(stream, cursor)], count: 1000, block: .milliseconds(500)) {
+                    handle(result.entries)
+                    if let last = result.entries.last { cursor = last.id }
+                }
+                backoff = .milliseconds(50)
+            } catch {
+                if Task.isCancelled { break }
+                logger.warning("reading a stream failed; retrying", metadata: ["stream": "\(stream)", "error": "\(error)"])
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(2))
+            }
+            onWake()
+        }
     }
 }
 

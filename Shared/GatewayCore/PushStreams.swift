@@ -206,28 +206,15 @@ public struct PushFeed: Service {
     public func run() async throws {
         await withGracefulShutdownHandler {
             await cancelWhenGracefulShutdown {
-                var cursor = "$"
-                var failures = 0
                 var lastHeartbeat = ContinuousClock.now
-                while !Task.isCancelled {
-                    do {
-                        let results = try await redis.xread(streams: [(stream, cursor)], count: 1000, block: .milliseconds(500))
-                        failures = 0
-                        for result in results {
-                            broadcaster.publish(result.entries.compactMap(encode))
-                            if let last = result.entries.last { cursor = last.id }
-                        }
-                    } catch {
-                        if Task.isCancelled { break }
-                        failures += 1
-                        logger.warning("push feed read failed; retrying", metadata: ["stream": "\(stream)", "error": "\(error)"])
-                        try? await Task.sleep(for: .milliseconds(min(2000, 50 << min(failures, 6))))
-                    }
-                    if ContinuousClock.now - lastHeartbeat >= heartbeatInterval {
+                await StreamTail.follow(
+                    redis: redis, stream: stream, logger: logger,
+                    onWake: {
+                        guard ContinuousClock.now - lastHeartbeat >= heartbeatInterval else { return }
                         broadcaster.heartbeat()
                         lastHeartbeat = .now
                     }
-                }
+                ) { entries in broadcaster.publish(entries.compactMap(encode)) }
             }
         } onGracefulShutdown: {
             broadcaster.close()

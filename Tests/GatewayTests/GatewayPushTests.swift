@@ -16,8 +16,7 @@ struct SSEEvent: Equatable {
 }
 
 /// A push client on a raw connection: sends the GET, decodes the chunked body and parses SSE events as they
-/// arrive (`next`). With `reading: false` it sends the request and then reads nothing (a stalled client),
-/// until `drainToEnd()`.
+/// arrive.
 final class SSETestClient: Sendable {
     struct State {
         var status: Int?
@@ -29,23 +28,19 @@ final class SSETestClient: Sendable {
 
     final class Box: Sendable { let state = Mutex(State()) }
     private let box = Box()
-    private let release: AsyncStream<Void>.Continuation
     private let task: Task<Void, any Error>
 
-    init(port: Int, path: String, headers: [String] = [], reading: Bool = true) async throws {
+    init(port: Int, path: String, headers: [String] = []) async throws {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.so_rcvbuf), value: 4096)
             .connect(host: "127.0.0.1", port: port) { channel in
                 channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
             }
-        let (released, release) = AsyncStream.makeStream(of: Void.self)
-        self.release = release
         let request = "GET \(path) HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n" + headers.map { $0 + "\r\n" }.joined() + "\r\n"
         let box = self.box
         task = Task {
             try await channel.executeThenClose { inbound, outbound in
                 try await outbound.write(ByteBuffer(string: request))
-                if !reading { for await _ in released { break } }
                 var raw = ""
                 do {
                     for try await buffer in inbound {
@@ -107,14 +102,7 @@ final class SSETestClient: Sendable {
         return events
     }
 
-    /// A stalled client starts reading: everything the server sent, until it closed the connection.
-    func drainToEnd(timeout: Duration = .seconds(20)) async -> Bool {
-        release.yield()
-        return await TestEnv.eventually(timeout: timeout, every: .milliseconds(20)) { self.closed }
-    }
-
     func close() {
-        release.finish()
         task.cancel()
     }
 }
