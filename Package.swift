@@ -137,6 +137,7 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -147,6 +148,8 @@ let package = Package(
                 // The decoder's and the head conversion's error types, answered with the error JSON.
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+                // The push streams' WebSocket upgrade and frames (PushWebSocket.swift says why not hummingbird-websocket's server).
+                .product(name: "NIOWebSocket", package: "swift-nio"),
             ],
             path: "Shared/GatewayCore", swiftSettings: swiftSettings),
         .executableTarget(

@@ -36,27 +36,36 @@ struct TritonCommand: AsyncParsableCommand {
     struct Health: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Server live/ready and model readiness per version.")
         @OptionGroup var options: Options
+        @OptionGroup var format: OutputOptions
         @Option(help: "Versions to check.") var versions: [String] = ["1", "2"]
 
         func run() async throws {
             let client = try options.client()
             defer { client.close() }
-            var healthy = true
             let live = try await client.serverLive(deadline: options.deadline)
             let ready = try await client.serverReady(deadline: options.deadline)
-            print("server live=\(live) ready=\(ready)")
-            healthy = live && ready
+            var healthy = live && ready
+            var models: [(version: String, ready: Bool, error: String?)] = []
             for version in versions {
-                let modelReady: Bool
                 do {
-                    modelReady = try await client.modelReady(model: options.modelName, version: version, deadline: options.deadline)
+                    let modelReady = try await client.modelReady(model: options.modelName, version: version, deadline: options.deadline)
+                    models.append((version, modelReady, nil))
+                    healthy = healthy && modelReady
                 } catch let error as TritonError {
-                    print("model \(options.modelName) version \(version) error: \(error.message)")
+                    models.append((version, false, error.message))
                     healthy = false
-                    continue
                 }
-                print("model \(options.modelName) version \(version) ready=\(modelReady)")
-                healthy = healthy && modelReady
+            }
+            if format.json {
+                try format.printJSON([
+                    "server": ["live": live, "ready": ready], "model": options.modelName, "healthy": healthy,
+                    "versions": models.map { ["version": $0.version, "ready": $0.ready, "error": $0.error ?? NSNull()] as [String: Any] },
+                ])
+            } else {
+                print("server live=\(live) ready=\(ready)\n")
+                print(Inspect.table(
+                    ["MODEL", "VERSION", "READY", "ERROR"],
+                    models.map { [options.modelName, $0.version, $0.ready ? "true" : Inspect.warn("false"), $0.error ?? ""] }))
             }
             if !healthy { throw ExitCode(1) }
         }
@@ -66,12 +75,26 @@ struct TritonCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Model metadata, version policy and each version's artefact hash (sha256 of its weights).")
         @OptionGroup var options: Options
+        @OptionGroup var format: OutputOptions
 
         func run() async throws {
             let client = try options.client()
             defer { client.close() }
             let metadata = try await client.modelMetadata(model: options.modelName, deadline: options.deadline)
             let config = try await client.modelConfig(model: options.modelName, deadline: options.deadline)
+            if format.json {
+                func tensors(_ list: [TensorMetadata]) -> [[String: Any]] {
+                    list.map { ["name": $0.name, "datatype": $0.datatype, "shape": $0.shape] }
+                }
+                try format.printJSON([
+                    "name": metadata.name, "platform": metadata.platform, "backend": config.backend,
+                    "versions": metadata.versions.sorted(), "max_batch_size": config.maxBatchSize,
+                    "version_policy": "\(config.versionPolicy)", "inputs": tensors(metadata.inputs), "outputs": tensors(metadata.outputs),
+                    "artefact_sha256": Dictionary(
+                        uniqueKeysWithValues: metadata.versions.map { ($0, config.artefactHash(version: $0).map { $0 as Any } ?? NSNull()) }),
+                ])
+                return
+            }
             print("model \(metadata.name) platform=\(metadata.platform) backend=\(config.backend) versions=\(metadata.versions.joined(separator: ","))")
             print("max_batch_size \(config.maxBatchSize) version_policy \(config.versionPolicy)")
             for t in metadata.inputs { print("input  \(t.name) \(t.datatype) \(t.shape)") }
@@ -85,6 +108,7 @@ struct TritonCommand: AsyncParsableCommand {
     struct Infer: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Score one feature vector.")
         @OptionGroup var options: Options
+        @OptionGroup var format: OutputOptions
         @Option(help: "Model version.") var version: String = "1"
         @Option(help: "The 8 features in model order, comma-separated.") var features: String
 
@@ -100,6 +124,13 @@ struct TritonCommand: AsyncParsableCommand {
                 model: options.modelName, version: version, rows: values.map { $0! }, rowCount: 1,
                 deadline: options.deadline)
             let elapsed = ContinuousClock.now - start
+            if format.json {
+                let micros = elapsed.components.seconds * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000
+                try format.printJSON([
+                    "model": options.modelName, "version": version, "score": Double(scores[0]), "latency_us": micros,
+                ])
+                return
+            }
             print("score \(scores[0]) (model \(options.modelName) version \(version), \(elapsed))")
         }
     }

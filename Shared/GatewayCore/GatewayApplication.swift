@@ -86,11 +86,11 @@ public func buildDependencies(
             endpoints: endpoints, versions: [config.modelVersion, config.canaryVersion], store: identities,
             interval: .milliseconds(Int64(config.identityRefreshSeconds * 1000)), logger: logger),
         PushFeed(
-            redis: pushRedis[0], stream: config.opportunitiesStream, broadcaster: push.opportunities, logger: logger,
-            encode: PushEncoding.opportunity),
+            redis: pushRedis[0], stream: config.opportunitiesStream, broadcaster: push.opportunities,
+            heartbeatInterval: .milliseconds(config.pushHeartbeatMs), logger: logger, encode: PushEncoding.opportunity),
         PushFeed(
-            redis: pushRedis[1], stream: config.auditStream, broadcaster: push.decisions, logger: logger,
-            encode: PushEncoding.decision),
+            redis: pushRedis[1], stream: config.auditStream, broadcaster: push.decisions,
+            heartbeatInterval: .milliseconds(config.pushHeartbeatMs), logger: logger, encode: PushEncoding.decision),
     ]
     if let path = config.apiKeysFile {
         services.append(APIKeyFileWatcher(path: path, fixed: config.apiKeys, store: keys, logger: logger))
@@ -127,11 +127,14 @@ public func buildApplication(_ dependencies: GatewayDependencies) -> some Applic
     let config = dependencies.config
     let api = GatewayAPI(dependencies)
     let fastPath = config.scoreFastPath
+    let routes = PushRoute.all(dependencies)
     return Application(
         router: buildRouter(dependencies),
-        server: .http1(
-            configuration: .init(
-                additionalChannelHandlers: [FramingErrorHandler()] + (fastPath ? [ScoreFastPathHandler(api: api)] : []))),
+        server: HTTPServerBuilder { responder in
+            GatewayChannel(
+                responder: responder, api: api, routes: routes,
+                additionalChannelHandlers: { [FramingErrorHandler()] + (fastPath ? [ScoreFastPathHandler(api: api)] : []) })
+        },
         configuration: .init(address: .hostname(config.httpHost, port: config.httpPort), serverName: "te-gateway"),
         services: dependencies.services,
         logger: dependencies.logger)
@@ -144,15 +147,8 @@ public func buildRouter(_ d: GatewayDependencies) -> Router<GatewayRequestContex
     if d.config.authEnabled || d.config.rateLimit != nil { router.add(middleware: AdmissionMiddleware(api: api)) }
     router.post("/v1/score") { request, context in try await api.score(request, context) }
     router.get("/v1/opportunities") { request, _ in try await api.opportunities(request) }
-    router.get("/v1/opportunities/stream") { request, context in
-        try await api.pushStream(
-            request, context, broadcaster: d.push.opportunities, stream: d.config.opportunitiesStream, event: "opportunity",
-            encode: PushEncoding.opportunity)
-    }
-    router.get("/v1/decisions/stream") { request, context in
-        try await api.pushStream(
-            request, context, broadcaster: d.push.decisions, stream: d.config.auditStream, event: "decision",
-            encode: PushEncoding.decision)
+    for (path, route) in PushRoute.all(d) {
+        router.get(RouterPath(path)) { request, context in try await api.pushStream(request, context, route: route) }
     }
     router.get("/debug/features") { request, _ in try await api.debugFeatures(request) }
     router.get("/debug/triton") { request, _ in try await api.debugTriton(request) }

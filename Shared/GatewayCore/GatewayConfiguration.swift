@@ -80,12 +80,15 @@ public struct GatewayConfiguration: Sendable {
     /// hiccup (a retry would cost a whole new decision), short enough to free connections quickly
     /// while Redis is down. Default: 100.
     public var auditSyncWaitMs: Double = 100
-    /// `GATEWAY_PUSH_MAX_CLIENTS`: push (SSE) clients per stream at a time; one more is answered 503
+    /// `GATEWAY_PUSH_MAX_CLIENTS`: push clients (SSE and WebSocket together) per stream at a time; one more is answered 503
     /// `too_many_streams`. Default: 256.
     public var pushMaxClients: Int = 256
     /// `GATEWAY_PUSH_QUEUE`: events queued per push client; a client that falls this far behind is dropped
     /// (`slow_consumer`) so that it never holds up the others. Default: 4096.
     public var pushQueueLimit: Int = 4096
+    /// `GATEWAY_PUSH_HEARTBEAT_MS`: how often an idle push client gets a keep-alive (an SSE comment, a
+    /// WebSocket ping), so proxies keep the connection and a dead one is noticed. Default: 15000.
+    public var pushHeartbeatMs: Int = 15_000
     /// The consumer group the gateway creates on `te:audit` (from its first entry) if it is missing,
     /// so nothing is trimmed before audit-writer has read it. Default: `audit-writer`.
     public var auditGroup: String = "audit-writer"
@@ -178,6 +181,7 @@ public struct GatewayConfiguration: Sendable {
         tritonKeepaliveTimeoutMs = try reader.int("TRITON_KEEPALIVE_TIMEOUT_MS", range: 1...600_000) ?? tritonKeepaliveTimeoutMs
         pushMaxClients = try reader.int("GATEWAY_PUSH_MAX_CLIENTS", range: 0...100_000) ?? pushMaxClients
         pushQueueLimit = try reader.int("GATEWAY_PUSH_QUEUE", range: 1...1_000_000) ?? pushQueueLimit
+        pushHeartbeatMs = try reader.int("GATEWAY_PUSH_HEARTBEAT_MS", range: 10...3_600_000) ?? pushHeartbeatMs
     }
 }
 

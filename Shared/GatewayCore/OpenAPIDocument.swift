@@ -243,19 +243,36 @@ paths:
         "503": {$ref: "#/components/responses/Unavailable"}
   /v1/opportunities/stream:
     get:
-      summary: Opportunities pushed as they are emitted (Server-Sent Events)
+      summary: Opportunities pushed as they are emitted (Server-Sent Events, or WebSocket after an upgrade)
       description: |
         One event per te:opportunities entry, in stream order: `id:` the entry id, `event: opportunity`,
-        `data:` the Opportunity as JSON; `: keep-alive` comments every 15 s. Resumable: with `Last-Event-ID`
-        (or `last_event_id`) the entries after that id are sent first, then live ones. A client that falls
-        GATEWAY_PUSH_QUEUE events behind is dropped (connection closed); at most GATEWAY_PUSH_MAX_CLIENTS
-        streams at a time (503 `too_many_streams`).
+        `data:` the Opportunity as JSON; `: keep-alive` comments every GATEWAY_PUSH_HEARTBEAT_MS (15 s).
+        Resumable: with `Last-Event-ID` (or `last_event_id`) the entries after that id are sent first, then
+        live ones. A client that falls GATEWAY_PUSH_QUEUE events behind is dropped (connection closed); at
+        most GATEWAY_PUSH_MAX_CLIENTS streams at a time, SSE and WebSocket together (503 `too_many_streams`).
+
+        WebSocket: the same GET with `Upgrade: websocket` (RFC 6455) as the connection's first request is
+        answered 101 and then carries one text message per entry,
+        `{"id":"<entry id>","event":"opportunity","data":{…Opportunity…}}`, with the same query, resume,
+        keys, rate limit and client limit; a refused upgrade gets the same 4xx/503 answer as the SSE GET.
+        The gateway sends a ping every heartbeat and answers pings; it closes with 1008 `slow_consumer` when
+        the client falls GATEWAY_PUSH_QUEUE messages behind, 1001 `shutdown` on graceful shutdown, 1011
+        `redis_unavailable` when the resume backlog cannot be read; it closes the TCP connection once the
+        client answers the close frame, or after 10 s. Client messages are ignored.
       security: [{bearer: []}, {}]
       parameters:
         - {name: symbol, in: query, required: false, schema: {$ref: "#/components/schemas/Symbol"}}
         - {name: last_event_id, in: query, required: false, schema: {type: string, pattern: "^[0-9]+(-[0-9]+)?$"}}
         - {name: Last-Event-ID, in: header, required: false, schema: {type: string, pattern: "^[0-9]+(-[0-9]+)?$"}}
+        - {name: Upgrade, in: header, required: false, description: "`websocket` for the WebSocket transport", schema: {type: string}}
+        - {name: Sec-WebSocket-Key, in: header, required: false, schema: {type: string}}
+        - {name: Sec-WebSocket-Version, in: header, required: false, schema: {type: string, enum: ["13"]}}
       responses:
+        "101":
+          description: "Switching to WebSocket (the request carried `Upgrade: websocket`): one text message per entry"
+          headers:
+            Upgrade: {schema: {type: string, enum: [websocket]}}
+            Sec-WebSocket-Accept: {schema: {type: string}}
         "200":
           description: An endless text/event-stream of opportunity events
           content:
@@ -263,18 +280,28 @@ paths:
               schema: {type: string}
         "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
+        "429": {$ref: "#/components/responses/TooManyRequests"}
         "503": {$ref: "#/components/responses/Unavailable"}
   /v1/decisions/stream:
     get:
-      summary: Decisions pushed as they are audited (Server-Sent Events)
+      summary: Decisions pushed as they are audited (Server-Sent Events, or WebSocket after an upgrade)
       description: |
-        As /v1/opportunities/stream, over te:audit: `event: decision`, `data:` the AuditRecord as JSON.
+        As /v1/opportunities/stream, over te:audit: `event: decision`, `data:` the AuditRecord as JSON;
+        over WebSocket `{"id":"<entry id>","event":"decision","data":{…AuditRecord…}}`.
       security: [{bearer: []}, {}]
       parameters:
         - {name: symbol, in: query, required: false, schema: {$ref: "#/components/schemas/Symbol"}}
         - {name: last_event_id, in: query, required: false, schema: {type: string, pattern: "^[0-9]+(-[0-9]+)?$"}}
         - {name: Last-Event-ID, in: header, required: false, schema: {type: string, pattern: "^[0-9]+(-[0-9]+)?$"}}
+        - {name: Upgrade, in: header, required: false, description: "`websocket` for the WebSocket transport", schema: {type: string}}
+        - {name: Sec-WebSocket-Key, in: header, required: false, schema: {type: string}}
+        - {name: Sec-WebSocket-Version, in: header, required: false, schema: {type: string, enum: ["13"]}}
       responses:
+        "101":
+          description: "Switching to WebSocket (the request carried `Upgrade: websocket`): one text message per entry"
+          headers:
+            Upgrade: {schema: {type: string, enum: [websocket]}}
+            Sec-WebSocket-Accept: {schema: {type: string}}
         "200":
           description: An endless text/event-stream of decision events
           content:
@@ -282,6 +309,7 @@ paths:
               schema: {type: string}
         "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
+        "429": {$ref: "#/components/responses/TooManyRequests"}
         "503": {$ref: "#/components/responses/Unavailable"}
   /debug/features:
     get:

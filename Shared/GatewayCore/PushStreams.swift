@@ -29,6 +29,12 @@ public struct PushEvent: Sendable, Equatable {
     public let json: String
 }
 
+/// How a push client is served: Server-Sent Events on the GET, or WebSocket messages after an upgrade of it.
+public enum PushTransport: String, Sendable, CaseIterable {
+    case sse
+    case websocket
+}
+
 /// Fans one Redis stream out to the push clients: one reader for all (`PushFeed`), a bounded queue per
 /// client. A client whose queue is full is dropped (reason `slow_consumer`, its connection closed) at once, so
 /// a slow client never slows the reader, the gateway or the other clients; at most `maxClients` at a time.
@@ -51,6 +57,7 @@ public final class PushBroadcaster: Sendable {
     private struct Client {
         let continuation: AsyncStream<Message>.Continuation
         let symbol: String?
+        let transport: PushTransport
         let onDrop: @Sendable () -> Void
     }
 
@@ -64,10 +71,10 @@ public final class PushBroadcaster: Sendable {
     public let maxClients: Int
     public let queueLimit: Int
     private let state = Mutex(State())
-    private let clientsGauge: Gauge
+    private let clientsGauges: [PushTransport: Gauge]
     private let eventsSent: Counter
-    private let drops: [DropReason: Counter]
-    private let refused: Counter
+    private let drops: [PushTransport: [DropReason: Counter]]
+    private let refused: [PushTransport: Counter]
 
     public init(name: String, maxClients: Int, queueLimit: Int, registry: PrometheusCollectorRegistry) {
         self.name = name
@@ -76,38 +83,49 @@ public final class PushBroadcaster: Sendable {
         func descriptor(_ metric: String, _ help: String) -> MetricNameDescriptor {
             MetricNameDescriptor(metricName: metric, unitName: "", helpText: help)
         }
-        clientsGauge = registry.makeGauge(
-            descriptor: descriptor("te_gateway_push_clients", "Push clients connected, by stream"), labels: [("stream", name)])
         eventsSent = registry.makeCounter(
             descriptor: descriptor("te_gateway_push_events_total", "Events queued to push clients, by stream"), labels: [("stream", name)])
-        var drops: [DropReason: Counter] = [:]
-        for reason in [DropReason.slowConsumer, .shutdown] {
-            drops[reason] = registry.makeCounter(
-                descriptor: descriptor("te_gateway_push_dropped_total", "Push clients dropped by the gateway, by stream and reason"),
-                labels: [("stream", name), ("reason", reason.rawValue)])
+        var gauges: [PushTransport: Gauge] = [:]
+        var drops: [PushTransport: [DropReason: Counter]] = [:]
+        var refused: [PushTransport: Counter] = [:]
+        for transport in PushTransport.allCases {
+            let labels = [("stream", name), ("transport", transport.rawValue)]
+            gauges[transport] = registry.makeGauge(
+                descriptor: descriptor("te_gateway_push_clients", "Push clients connected, by stream and transport"), labels: labels)
+            for reason in [DropReason.slowConsumer, .shutdown] {
+                drops[transport, default: [:]][reason] = registry.makeCounter(
+                    descriptor: descriptor(
+                        "te_gateway_push_dropped_total", "Push clients dropped by the gateway, by stream, transport and reason"),
+                    labels: labels + [("reason", reason.rawValue)])
+            }
+            refused[transport] = registry.makeCounter(
+                descriptor: descriptor(
+                    "te_gateway_push_refused_total", "Push connections refused at the client limit, by stream and transport"),
+                labels: labels)
         }
+        clientsGauges = gauges
         self.drops = drops
-        refused = registry.makeCounter(
-            descriptor: descriptor("te_gateway_push_refused_total", "Push connections refused at the client limit, by stream"),
-            labels: [("stream", name)])
+        self.refused = refused
     }
 
     /// A new client's queue, or nil at the client limit (or after shutdown). `onDrop` runs when the gateway
     /// drops the client (its queue overflowed): it closes the connection.
-    public func subscribe(symbol: String?, onDrop: @escaping @Sendable () -> Void) -> Subscription? {
+    public func subscribe(
+        symbol: String?, transport: PushTransport, onDrop: @escaping @Sendable () -> Void
+    ) -> Subscription? {
         let (messages, continuation) = AsyncStream.makeStream(of: Message.self, bufferingPolicy: .bufferingOldest(queueLimit))
         let id = state.withLock { s -> Int? in
             guard !s.closed, s.clients.count < maxClients else { return nil }
             s.nextID += 1
-            s.clients[s.nextID] = Client(continuation: continuation, symbol: symbol, onDrop: onDrop)
+            s.clients[s.nextID] = Client(continuation: continuation, symbol: symbol, transport: transport, onDrop: onDrop)
             return s.nextID
         }
         guard let id else {
-            refused.increment()
+            refused[transport]?.increment()
             continuation.finish()
             return nil
         }
-        clientsGauge.increment()
+        clientsGauges[transport]?.increment()
         return Subscription(id: id, messages: messages)
     }
 
@@ -116,7 +134,7 @@ public final class PushBroadcaster: Sendable {
         let client = state.withLock { $0.clients.removeValue(forKey: id) }
         guard let client else { return }
         client.continuation.finish()
-        clientsGauge.decrement()
+        clientsGauges[client.transport]?.decrement()
     }
 
     public var clientCount: Int { state.withLock { $0.clients.count } }
@@ -163,21 +181,20 @@ public final class PushBroadcaster: Sendable {
             defer { s.clients.removeAll() }
             return Array(s.clients.values)
         }
-        for client in all { client.continuation.finish() }
-        if !all.isEmpty {
-            clientsGauge.decrement(by: Double(all.count))
-            drops[.shutdown]?.increment(by: Int64(all.count))
+        for client in all {
+            client.continuation.finish()
+            clientsGauges[client.transport]?.decrement()
+            drops[client.transport]?[.shutdown]?.increment()
         }
     }
 
     private func drop(_ clients: [Client], _ reason: DropReason) {
-        guard !clients.isEmpty else { return }
         for client in clients {
             client.continuation.finish()
             client.onDrop()
+            clientsGauges[client.transport]?.decrement()
+            drops[client.transport]?[reason]?.increment()
         }
-        clientsGauge.decrement(by: Double(clients.count))
-        drops[reason]?.increment(by: Int64(clients.count))
     }
 }
 
@@ -259,72 +276,126 @@ enum PushEncoding {
     }
 }
 
+/// A push request's query, validated: `?symbol=` and where to resume (`Last-Event-ID` or `?last_event_id=`).
+struct PushQuery: Sendable {
+    let symbol: String?
+    let resumeFrom: StreamID?
+
+    static func parse(_ uri: URI, lastEventID: String?) -> Result<PushQuery, RequestError> {
+        let query = uri.queryParameters
+        let symbol = query["symbol"].map(String.init)
+        if let symbol, !Symbol.isValid(symbol) {
+            return .failure(RequestError(.invalidSymbol, "not a valid symbol", field: "symbol"))
+        }
+        let resumeText = lastEventID ?? query["last_event_id"].map(String.init)
+        let resumeFrom = resumeText.flatMap { StreamID($0) }
+        if resumeText != nil && resumeFrom == nil {
+            return .failure(
+                RequestError(.invalidQuery, "Last-Event-ID must be a stream entry id (<ms>-<seq>)", field: "Last-Event-ID"))
+        }
+        return .success(PushQuery(symbol: symbol, resumeFrom: resumeFrom))
+    }
+}
+
+/// One push stream as the routes and the WebSocket upgrade serve it.
+struct PushRoute: Sendable {
+    let broadcaster: PushBroadcaster
+    let stream: String
+    /// The SSE `event:` name and the WebSocket message's `event`.
+    let event: String
+    let encode: @Sendable (StreamEntry) -> PushEvent?
+
+    static func all(_ d: GatewayDependencies) -> [String: PushRoute] {
+        [
+            "/v1/opportunities/stream": PushRoute(
+                broadcaster: d.push.opportunities, stream: d.config.opportunitiesStream, event: "opportunity",
+                encode: PushEncoding.opportunity),
+            "/v1/decisions/stream": PushRoute(
+                broadcaster: d.push.decisions, stream: d.config.auditStream, event: "decision", encode: PushEncoding.decision),
+        ]
+    }
+
+    /// The 503 body past the client limit.
+    var tooManyStreams: String {
+        RequestError.json(
+            code: "too_many_streams",
+            message: "the gateway serves at most \(broadcaster.maxClients) \(broadcaster.name) streams at a time", field: nil)
+    }
+
+    /// What a client gets, whatever the transport: after `query.resumeFrom` the entries the stream still holds
+    /// (XRANGE, a page at a time), then the live entries the broadcaster queued meanwhile, skipping those the
+    /// backlog already sent; a keep-alive on each heartbeat. Returns when the subscription ends.
+    func deliver(
+        _ subscription: PushBroadcaster.Subscription, query: PushQuery, redis: RedisClient,
+        send: ([PushEvent]) async throws -> Void, keepAlive: () async throws -> Void
+    ) async throws {
+        var last = query.resumeFrom
+        if let from = query.resumeFrom {
+            var start = "(" + from.description
+            while true {
+                let page = try await redis.xrange(stream, start: start, end: "+", count: 500)
+                guard let tail = page.last else { break }
+                let events = page.compactMap(encode).filter { query.symbol == nil || $0.symbol == query.symbol }
+                if !events.isEmpty { try await send(events) }
+                last = StreamID(tail.id)
+                start = "(" + tail.id
+            }
+        }
+        for await message in subscription.messages {
+            switch message {
+            case .heartbeat:
+                try await keepAlive()
+            case .event(let e):
+                if let last, let id = StreamID(e.id), id <= last { continue }
+                try await send([e])
+            }
+        }
+    }
+}
+
 extension GatewayAPI {
     /// `GET /v1/opportunities/stream` and `GET /v1/decisions/stream`: Server-Sent Events, one event per stream
     /// entry (`id:` the entry id, `event:` opportunity/decision, `data:` its JSON), in stream order. With
     /// `Last-Event-ID` (or `?last_event_id=`) the entries after that id are sent first (resume without a gap
-    /// while the stream still holds them), then live ones. `?symbol=` filters.
-    func pushStream(
-        _ request: Request, _ context: GatewayRequestContext, broadcaster: PushBroadcaster, stream: String, event: String,
-        encode: @escaping @Sendable (StreamEntry) -> PushEvent?
-    ) async throws -> Response {
-        let query = request.uri.queryParameters
-        let symbol = query["symbol"].map(String.init)
-        if let symbol, !Symbol.isValid(symbol) {
-            return Self.clientError(RequestError(.invalidSymbol, "not a valid symbol", field: "symbol"))
+    /// while the stream still holds them), then live ones. `?symbol=` filters. The same GET with
+    /// `Upgrade: websocket` is taken over by `GatewayChannel` before it gets here, unless refused.
+    func pushStream(_ request: Request, _ context: GatewayRequestContext, route: PushRoute) async throws -> Response {
+        let query: PushQuery
+        switch PushQuery.parse(request.uri, lastEventID: request.headers[Self.lastEventIDHeader]) {
+        case .failure(let error): return Self.clientError(error)
+        case .success(let parsed): query = parsed
         }
-        let resumeText = request.headers[Self.lastEventIDHeader] ?? query["last_event_id"].map(String.init)
-        let resumeFrom = resumeText.flatMap { StreamID($0) }
-        if resumeText != nil && resumeFrom == nil {
-            return Self.clientError(
-                RequestError(.invalidQuery, "Last-Event-ID must be a stream entry id (<ms>-<seq>)", field: "Last-Event-ID"))
+        if PushWebSocket.isUpgrade(request.headers) {
+            // The upgrade was refused for a reason that no longer holds (a stream slot freed meanwhile), or this
+            // is not the connection's first request (only that one can switch protocols): retry afresh.
+            var response = Self.json(.serviceUnavailable, route.tooManyStreams)
+            response.headers[.connection] = "close"
+            return response
         }
         let channel = context.channel
-        guard let subscription = broadcaster.subscribe(symbol: symbol, onDrop: { channel.close(promise: nil) }) else {
-            return Self.error(
-                .serviceUnavailable, code: "too_many_streams",
-                message: "the gateway serves at most \(broadcaster.maxClients) \(broadcaster.name) streams at a time", field: nil)
+        guard let subscription = route.broadcaster.subscribe(symbol: query.symbol, transport: .sse, onDrop: { channel.close(promise: nil) })
+        else {
+            return Self.json(.serviceUnavailable, route.tooManyStreams)
         }
         let redis = d.redis
         let headers: HTTPFields = [
             .contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no",
         ]
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-            defer { broadcaster.unsubscribe(subscription.id) }
+            defer { route.broadcaster.unsubscribe(subscription.id) }
             try await withGracefulShutdownHandler {
                 try await writer.write(ByteBuffer(string: "retry: 1000\n\n"))
-                var last = resumeFrom
-                if let from = resumeFrom {
-                    // The backlog after `from`, a page at a time; live entries queue meanwhile and are skipped
-                    // below when the backlog already sent them.
-                    var start = "(" + from.description
-                    while true {
-                        let page = try await redis.xrange(stream, start: start, end: "+", count: 500)
-                        guard let tail = page.last else { break }
+                try await route.deliver(
+                    subscription, query: query, redis: redis,
+                    send: { events in
                         var frames = ByteBuffer()
-                        for entry in page {
-                            guard let e = encode(entry), symbol == nil || e.symbol == symbol else { continue }
-                            Self.appendFrame(e, event: event, to: &frames)
-                        }
-                        if frames.readableBytes > 0 { try await writer.write(frames) }
-                        last = StreamID(tail.id)
-                        start = "(" + tail.id
-                    }
-                }
-                for await message in subscription.messages {
-                    switch message {
-                    case .heartbeat:
-                        try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
-                    case .event(let e):
-                        if let last, let id = StreamID(e.id), id <= last { continue }
-                        var frame = ByteBuffer()
-                        Self.appendFrame(e, event: event, to: &frame)
-                        try await writer.write(frame)
-                    }
-                }
+                        for e in events { Self.appendFrame(e, event: route.event, to: &frames) }
+                        try await writer.write(frames)
+                    },
+                    keepAlive: { try await writer.write(ByteBuffer(string: ": keep-alive\n\n")) })
                 try await writer.finish(nil)
             } onGracefulShutdown: {
-                broadcaster.unsubscribe(subscription.id)
+                route.broadcaster.unsubscribe(subscription.id)
             }
         })
     }

@@ -36,13 +36,28 @@ struct GatewayCLITests {
         #expect(down.output == "te: cannot reach \(closed)/v1/score: connection refused\n", "\(down.output)")
     }
 
-    @Test("te triton health, metadata and infer against the real Triton; an unreachable Triton is one clean line")
+    @Test("te triton health, metadata and infer against the real Triton, as tables and -o json; an unreachable Triton is one clean line")
     func triton() async throws {
         let environment = ["TRITON_URL": try GatewayTestEnv.tritonURL()]
         let health = try await runTe(["triton", "health"], environment: environment)
         #expect(health.status == 0, "\(health.output)")
-        #expect(health.output.contains("server live=true ready=true"), "\(health.output)")
-        #expect(health.output.contains("version 1 ready=true") && health.output.contains("version 2 ready=true"), "\(health.output)")
+        #expect(health.output.hasPrefix("server live=true ready=true\n"), "\(health.output)")
+        let rows = health.output.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+        #expect(rows.contains(["MODEL", "VERSION", "READY", "ERROR"]), "\(health.output)")
+        #expect(rows.contains(["trade_eligibility", "1", "true"]) && rows.contains(["trade_eligibility", "2", "true"]), "\(health.output)")
+        let healthJSON = try await runTe(["triton", "health", "-o", "json"], environment: environment)
+        #expect(healthJSON.status == 0, "\(healthJSON.output)")
+        let healthDoc = try #require(jsonOutput(healthJSON.output) as? [String: Any], "\(healthJSON.output)")
+        #expect(healthDoc["healthy"] as? Bool == true)
+        #expect((healthDoc["server"] as? [String: Any])?["ready"] as? Bool == true)
+        let versions = try #require(healthDoc["versions"] as? [[String: Any]])
+        #expect(versions.map { $0["version"] as? String } == ["1", "2"])
+        #expect(versions.allSatisfy { $0["ready"] as? Bool == true && $0["error"] is NSNull })
+        let missingVersion = try await runTe(["triton", "health", "--versions", "99", "-o", "json"], environment: environment)
+        #expect(missingVersion.status == 1, "an unready version fails the check: \(missingVersion.output)")
+        let missingDoc = try #require(jsonOutput(missingVersion.output) as? [String: Any], "\(missingVersion.output)")
+        #expect(missingDoc["healthy"] as? Bool == false)
+        #expect((missingDoc["versions"] as? [[String: Any]])?.first?["ready"] as? Bool == false, "\(missingVersion.output)")
 
         let metadata = try await runTe(["triton", "metadata"], environment: environment)
         #expect(metadata.status == 0, "\(metadata.output)")
@@ -52,6 +67,25 @@ struct GatewayCLITests {
             let hash = try #require(line?.split(separator: " ").last, "\(metadata.output)")
             #expect(hash.count == 64 && hash.allSatisfy(\.isHexDigit), "\(metadata.output)")
         }
+
+        let metadataJSON = try await runTe(["triton", "metadata", "-o", "json"], environment: environment)
+        #expect(metadataJSON.status == 0, "\(metadataJSON.output)")
+        let metadataDoc = try #require(jsonOutput(metadataJSON.output) as? [String: Any], "\(metadataJSON.output)")
+        #expect(metadataDoc["name"] as? String == "trade_eligibility")
+        let inputs = try #require(metadataDoc["inputs"] as? [[String: Any]])
+        #expect(inputs.first?["name"] as? String == "features" && inputs.first?["datatype"] as? String == "FP32")
+        #expect(inputs.first?["shape"] as? [Int] == [-1, 8])
+        let hashes = try #require(metadataDoc["artefact_sha256"] as? [String: String], "\(metadataJSON.output)")
+        #expect(hashes.keys.sorted() == ["1", "2"])
+        #expect(hashes.values.allSatisfy { $0.count == 64 && $0.allSatisfy(\.isHexDigit) })
+
+        let inferJSON = try await runTe(["triton", "infer", "--features", Self.features, "-o", "json"], environment: environment)
+        #expect(inferJSON.status == 0, "\(inferJSON.output)")
+        let inferDoc = try #require(jsonOutput(inferJSON.output) as? [String: Any], "\(inferJSON.output)")
+        #expect(inferDoc["version"] as? String == "1")
+        let jsonScore = try #require(inferDoc["score"] as? Double)
+        #expect(jsonScore >= 0 && jsonScore <= 1)
+        #expect((inferDoc["latency_us"] as? Int ?? 0) > 0)
 
         let infer = try await runTe(["triton", "infer", "--features", Self.features], environment: environment)
         #expect(infer.status == 0, "\(infer.output)")

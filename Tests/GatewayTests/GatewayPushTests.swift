@@ -23,6 +23,7 @@ final class SSETestClient: Sendable {
         var headers: [String: String] = [:]
         var body = ""  // decoded (de-chunked) body not yet parsed into events
         var events: [SSEEvent] = []
+        var comments = 0  // keep-alives
         var closed = false
     }
 
@@ -87,7 +88,7 @@ final class SSETestClient: Sendable {
                 if line.hasPrefix("event: ") { event.event = String(line.dropFirst(7)) }
                 if line.hasPrefix("data: ") { event.data = String(line.dropFirst(6)); isEvent = true }
             }
-            if isEvent { s.events.append(event) }
+            if isEvent { s.events.append(event) } else if block.hasPrefix(":") { s.comments += 1 }
         }
     }
 
@@ -95,6 +96,7 @@ final class SSETestClient: Sendable {
     var body: String { box.state.withLock { $0.body } }
     var events: [SSEEvent] { box.state.withLock { $0.events } }
     var closed: Bool { box.state.withLock { $0.closed } }
+    var comments: Int { box.state.withLock { $0.comments } }
 
     /// Waits until `count` events have arrived (or `timeout`); returns what arrived.
     func events(count: Int, timeout: Duration = .seconds(30)) async -> [SSEEvent] {
@@ -234,7 +236,7 @@ struct GatewayPushTests {
             #expect(await TestEnv.eventually { deps.push.opportunities.clientCount == 1 }, "the stalled one was dropped")
             #expect(await stalled.drainToEnd(), "the gateway closed the stalled client's connection")
             let metrics = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
-            #expect(metrics.contains("te_gateway_push_dropped_total{stream=\"opportunities\",reason=\"slow_consumer\"} 1"), "\(metrics)")
+            #expect(metrics.contains("te_gateway_push_dropped_total{stream=\"opportunities\",transport=\"sse\",reason=\"slow_consumer\"} 1"), "\(metrics)")
         }
     }
 
