@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import Prometheus
@@ -358,7 +359,7 @@ extension GatewayAPI {
     /// entry (`id:` the entry id, `event:` opportunity/decision, `data:` its JSON), in stream order. With
     /// `Last-Event-ID` (or `?last_event_id=`) the entries after that id are sent first (resume without a gap
     /// while the stream still holds them), then live ones. `?symbol=` filters. The same GET with
-    /// `Upgrade: websocket` is taken over by `GatewayChannel` before it gets here, unless refused.
+    /// `Upgrade: websocket` as a connection's first request is upgraded or refused by `GatewayChannel`.
     func pushStream(_ request: Request, _ context: GatewayRequestContext, route: PushRoute) async throws -> Response {
         let query: PushQuery
         switch PushQuery.parse(request.uri, lastEventID: request.headers[Self.lastEventIDHeader]) {
@@ -366,9 +367,9 @@ extension GatewayAPI {
         case .success(let parsed): query = parsed
         }
         if PushWebSocket.isUpgrade(request.headers) {
-            // The upgrade was refused for a reason that no longer holds (a stream slot freed meanwhile), or this
-            // is not the connection's first request (only that one can switch protocols): retry afresh.
-            var response = Self.json(.serviceUnavailable, route.tooManyStreams)
+            // `GatewayChannel` upgrades (or refuses) a connection's first request; a later one cannot switch.
+            var response = Self.clientError(
+                RequestError(.malformedHTTP, "a WebSocket upgrade must be the connection's first request", field: "Upgrade"))
             response.headers[.connection] = "close"
             return response
         }

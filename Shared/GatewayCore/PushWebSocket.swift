@@ -32,11 +32,12 @@ enum PushWebSocket {
 
 /// The gateway's connections: HTTP/1.1 (Hummingbird, the score fast path and the framing-error answers,
 /// exactly as `HTTP1Channel` sets them up) behind NIO's upgrade handler, which switches a push stream's GET to
-/// WebSocket when `shouldUpgrade` admits it.
+/// WebSocket once `PushUpgradeGate` has admitted it.
 ///
-/// Why not hummingbird-websocket's `HTTP1WebSocketUpgradeChannel`: it answers every refused upgrade with an empty
-/// 400, where a push client must see the API's 401/429/400/503 with the error JSON. Here a refused upgrade
-/// goes on as plain HTTP to the router, whose middleware and `pushStream` answer it like the SSE request.
+/// Why not hummingbird-websocket's `HTTP1WebSocketUpgradeChannel`: it answers every refused upgrade with an
+/// empty 400, where a push client must see the API's 401/429/400/503 with the error JSON. NIO's upgrade handler
+/// cannot hand a refused upgrade request on to the router either (it keeps no copy of the head), so the gate
+/// in front of it decides first and answers refusals itself.
 struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
     enum Upgrade: Sendable {
         case http(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
@@ -53,26 +54,18 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
     let routes: [String: PushRoute]
     let additionalChannelHandlers: @Sendable () -> [any RemovableChannelHandler]
 
-    static let upgradePhaseName = "te-upgrade-phase"
-
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
-            // Set by `shouldUpgrade`, taken by the pipeline handler once the 101 is out; both on the event loop.
+            // Set by the gate, taken by the upgrader; both on the event loop.
             let admitted = NIOLoopBoundBox<PushWebSocketSession?>(nil, eventLoop: channel.eventLoop)
             let upgrader = NIOTypedWebSocketServerUpgrader<Upgrade>(
-                shouldUpgrade: { channel, head in
-                    channel.eventLoop.makeCompletedFuture {
-                        guard let session = admit(head, channel: channel, logger: logger) else { return nil }
-                        admitted.value = session
-                        return HTTPHeaders()
-                    }
+                shouldUpgrade: { channel, _ in
+                    channel.eventLoop.makeSucceededFuture(admitted.value == nil ? nil : HTTPHeaders())
                 },
                 upgradePipelineHandler: { channel, _ in
-                    channel.eventLoop.makeCompletedFuture {
+                    channel.eventLoop.makeCompletedFuture { () throws -> Upgrade in
                         guard let session = admitted.value else { throw ChannelError.inappropriateOperationForState }
-                        let sync = channel.pipeline.syncOperations
-                        try sync.removeHandler(context: try sync.context(name: Self.upgradePhaseName), promise: nil)
-                        try sync.addHandler(session.handler.value)
+                        try channel.pipeline.syncOperations.addHandler(session.handler.value)
                         return .websocket(session)
                     }
                 })
@@ -80,9 +73,8 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
                 upgradeConfiguration: .init(
                     upgraders: [upgrader],
                     notUpgradingCompletionHandler: { channel in
-                        channel.eventLoop.makeCompletedFuture {
+                        channel.eventLoop.makeCompletedFuture { () throws -> Upgrade in
                             let sync = channel.pipeline.syncOperations
-                            try sync.removeHandler(context: try sync.context(name: Self.upgradePhaseName), promise: nil)
                             try sync.addHandler(HTTP1ToHTTPServerCodec(secure: false))
                             try sync.addHandlers(additionalChannelHandlers())
                             try sync.addHandler(HTTPConnectionStateHandler(logger: logger))
@@ -96,7 +88,9 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
             configuration.enableErrorHandling = false
             configuration.enableResponseHeaderValidation = false
             let upgrade = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
-            try channel.pipeline.syncOperations.addHandler(UpgradePhaseHandler(), name: Self.upgradePhaseName)
+            let gate = PushUpgradeGate(admitted: admitted) { head in admit(head, channel: channel, logger: logger) }
+            let upgradeHandler = try channel.pipeline.syncOperations.handler(type: NIOTypedHTTPServerUpgradeHandler<Upgrade>.self)
+            try channel.pipeline.syncOperations.addHandler(gate, position: .before(upgradeHandler))
             return Value(upgrade: upgrade, channel: channel)
         }
     }
@@ -108,59 +102,109 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
             case .websocket(let session): await session.run(redis: api.d.redis, logger: logger)
             }
         } catch {
-            logger.debug("connection ended before its first request", metadata: ["error": "\(error)"])
+            logger.debug("connection ended before its first request was served", metadata: ["error": "\(error)"])
         }
     }
 
-    /// Whether a GET with `Upgrade: websocket` becomes a push client: the stream's path, a valid query, the
-    /// client's key and rate limit, a free slot. Nil: not upgraded — the request goes on to the router, which
-    /// gives the reason (its admission takes the rate limit's token only when this one did not).
-    func admit(_ head: HTTPRequestHead, channel: any Channel, logger: Logger) -> PushWebSocketSession? {
-        guard head.method == .GET else { return nil }
+    /// What becomes of a first request that asks for `Upgrade: websocket`, in the order the SSE request is
+    /// judged (key and rate limit, query, client limit): a push client, or the API's refusal. Anything else
+    /// that asks for an upgrade (another path, another protocol) is served as plain HTTP.
+    func admit(_ head: HTTPRequestHead, channel: any Channel, logger: Logger) -> PushUpgradeGate.Decision {
+        guard head.method == .GET, head.headers[canonicalForm: "upgrade"].contains(where: { $0.lowercased() == "websocket" })
+        else { return .plainHTTP }
         let uri = URI(head.uri)
         var path = uri.path
         if path.count > 1, path.hasSuffix("/") { path.removeLast() }
-        guard let route = routes[path],
-            case .success(let query) = PushQuery.parse(uri, lastEventID: head.headers.first(name: "Last-Event-ID"))
-        else { return nil }
-        guard case .admitted = api.admit(authorization: head.headers.first(name: "Authorization")) else { return nil }
-        let handler = NIOLoopBound(PushWebSocketHandler(eventLoop: channel.eventLoop), eventLoop: channel.eventLoop)
+        guard let route = routes[path] else { return .plainHTTP }
+        if case .refused(let status, let body, let retryAfter) = api.admit(authorization: head.headers.first(name: "Authorization")) {
+            return .refuse(status, body, retryAfter: retryAfter)
+        }
+        let query: PushQuery
+        switch PushQuery.parse(uri, lastEventID: head.headers.first(name: "Last-Event-ID")) {
+        case .failure(let error): return .refuse(error.status, error.json, retryAfter: nil)
+        case .success(let parsed): query = parsed
+        }
+        guard head.headers.first(name: "Sec-WebSocket-Key")?.isEmpty == false, head.headers.first(name: "Sec-WebSocket-Version") == "13"
+        else {
+            let error = RequestError(
+                .malformedHTTP, "a WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13", field: "Sec-WebSocket-Version")
+            return .refuse(error.status, error.json, retryAfter: nil)
+        }
         let eventLoop = channel.eventLoop
+        let handler = NIOLoopBound(PushWebSocketHandler(eventLoop: eventLoop), eventLoop: eventLoop)
         guard
             let subscription = route.broadcaster.subscribe(
                 symbol: query.symbol, transport: .websocket,
                 onDrop: { eventLoop.execute { handler.value.close(.policyViolation, reason: "slow_consumer") } })
-        else { return nil }
+        else { return .refuse(.serviceUnavailable, route.tooManyStreams, retryAfter: nil) }
         let broadcaster = route.broadcaster
         channel.closeFuture.whenComplete { _ in broadcaster.unsubscribe(subscription.id) }
         logger.debug("push websocket", metadata: ["stream": "\(route.broadcaster.name)", "symbol": "\(query.symbol ?? "*")"])
-        return PushWebSocketSession(route: route, query: query, subscription: subscription, channel: channel, handler: handler)
+        return .upgrade(PushWebSocketSession(route: route, query: query, subscription: subscription, channel: channel, handler: handler))
     }
 }
 
-/// Until the connection's first request is known, NIO's upgrade handler holds the pipeline and Hummingbird's
-/// handlers are not there yet: this one answers what they would — a request the decoder cannot frame gets
-/// the error JSON, a graceful shutdown closes the idle connection — and swallows the upgrader's refusal (the
-/// request then goes on as HTTP). Removed as soon as the first request is upgraded or not.
-final class UpgradePhaseHandler: ChannelInboundHandler, RemovableChannelHandler {
+/// Between the HTTP decoder and NIO's upgrade handler, for the connection's first request only: a push GET
+/// asking for WebSocket is admitted (the upgrader then switches) or refused here with the error JSON and
+/// `Connection: close`; any other `Upgrade` header is dropped so the request is served as plain HTTP/1.1 (the
+/// upgrade handler would otherwise swallow it). Until that first head it also answers what Hummingbird's
+/// handlers, not there yet, would: a request the decoder cannot frame gets the error JSON, a graceful shutdown
+/// closes the idle connection.
+final class PushUpgradeGate: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if error is NIOWebSocketUpgradeError { return }
-        guard let framing = FramingErrorHandler.requestError(error) else {
-            context.fireErrorCaught(error)
+    enum Decision {
+        case plainHTTP
+        case upgrade(PushWebSocketSession)
+        case refuse(HTTPResponse.Status, String, retryAfter: Int?)
+    }
+
+    private let admitted: NIOLoopBoundBox<PushWebSocketSession?>
+    private let decide: (HTTPRequestHead) -> Decision
+    /// A refusal was written: the rest of the request is dropped and the connection closes.
+    private var refused = false
+
+    init(admitted: NIOLoopBoundBox<PushWebSocketSession?>, decide: @escaping (HTTPRequestHead) -> Decision) {
+        self.admitted = admitted
+        self.decide = decide
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if refused { return }
+        guard case .head(var head) = unwrapInboundIn(data) else {
+            context.fireChannelRead(data)
             return
         }
-        let body = ByteBuffer(string: framing.json)
-        var head = HTTPResponseHead(version: .http1_1, status: .badRequest)
-        head.headers = [
-            "Content-Type": "application/json", "Content-Length": String(body.readableBytes), "Connection": "close",
-            "Server": "te-gateway",
-        ]
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+        if head.headers.contains(name: "Upgrade") {
+            switch decide(head) {
+            case .plainHTTP:
+                head.headers.remove(name: "Upgrade")
+            case .upgrade(let session):
+                admitted.value = session
+            case .refuse(let status, let body, let retryAfter):
+                refused = true
+                var headers: HTTPHeaders = ["Content-Type": "application/json", "Connection": "close", "Server": "te-gateway"]
+                if status == .unauthorized { headers.add(name: "WWW-Authenticate", value: "Bearer") }
+                if let retryAfter { headers.add(name: "Retry-After", value: String(retryAfter)) }
+                respond(context: context, status: status, body: body, headers: headers)
+                return
+            }
+        }
+        context.fireChannelRead(wrapInboundOut(.head(head)))
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard !refused, let framing = FramingErrorHandler.requestError(error) else {
+            if !refused { context.fireErrorCaught(error) }
+            return
+        }
+        refused = true
+        respond(
+            context: context, status: framing.status, body: framing.json,
+            headers: ["Content-Type": "application/json", "Connection": "close", "Server": "te-gateway"])
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -169,6 +213,15 @@ final class UpgradePhaseHandler: ChannelInboundHandler, RemovableChannelHandler 
             return
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    private func respond(context: ChannelHandlerContext, status: HTTPResponse.Status, body: String, headers: HTTPHeaders) {
+        let buffer = context.channel.allocator.buffer(string: body)
+        var head = HTTPResponseHead(version: .http1_1, status: .init(statusCode: status.code), headers: headers)
+        head.headers.add(name: "Content-Length", value: String(buffer.readableBytes))
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
     }
 }
 
@@ -240,7 +293,7 @@ final class PushWebSocketHandler: ChannelInboundHandler, RemovableChannelHandler
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if let (code, reason) = pendingClose { close(code, reason: reason) }
+        if let pending = pendingClose { close(pending.0, reason: pending.1) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {

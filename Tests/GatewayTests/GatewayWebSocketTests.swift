@@ -14,17 +14,15 @@ struct PushMessage: Decodable, Equatable {
     let event: String
 }
 
-/// A WebSocket client on a plain socket (handshake per RFC 6455, masked client frames): it sees exactly what
-/// the gateway wrote, close frame included, and it can stop reading — with a small receive buffer the
-/// gateway's writes then back up at once. Reads happen when the test polls.
-final class RawWebSocket: Sendable {
-    let fd: Int32
-    final class Buffer: Sendable {
-        let bytes = Mutex([UInt8]())
-        let closed = Mutex(false)
-    }
-    private let received = Buffer()
+/// A push message's payload.
+struct PushEnvelope<T: Decodable>: Decodable {
+    let data: T
+}
 
+/// A WebSocket client on a plain socket (handshake per RFC 6455, masked client frames): it sees exactly what
+/// the gateway wrote, close frame included. It reads in the background, or (`reading: false`) not at all until
+/// `readToEnd` — with a small receive buffer the gateway's writes then back up at once.
+final class RawWebSocket: Sendable {
     struct Frame: Equatable {
         let opcode: UInt8
         let payload: [UInt8]
@@ -34,11 +32,102 @@ final class RawWebSocket: Sendable {
             guard opcode == 0x8, payload.count >= 2 else { return nil }
             return (Int(payload[0]) << 8 | Int(payload[1]), String(decoding: payload.dropFirst(2), as: UTF8.self))
         }
-        static func == (a: Frame, b: Frame) -> Bool { a.opcode == b.opcode && a.payload == b.payload }
     }
 
-    init(port: Int, path: String, headers: [String] = [], receiveBuffer: Int32 = 1 << 20) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    /// What arrived, parsed as it comes: the response head, then frames (and the text messages' envelopes).
+    struct Wire {
+        var bytes: [UInt8] = []
+        var parsed = 0  // bytes consumed into `response` and `frames`
+        var response: RawResponse?
+        var frames: [Frame] = []
+        var messages: [PushMessage] = []
+        var texts: [String] = []
+        var ended = false
+
+        mutating func append(_ chunk: ArraySlice<UInt8>) {
+            bytes += chunk
+            if response == nil {
+                guard let (head, start) = Self.parseHead(bytes) else { return }
+                response = head
+                parsed = head.status == 101 ? start : bytes.count
+            }
+            guard response?.status == 101 else { return }
+            while bytes.count - parsed >= 2 {
+                let opcode = bytes[parsed] & 0x0F
+                var length = Int(bytes[parsed + 1] & 0x7F)
+                var offset = parsed + 2
+                if length == 126 {
+                    guard bytes.count - offset >= 2 else { return }
+                    length = Int(bytes[offset]) << 8 | Int(bytes[offset + 1])
+                    offset += 2
+                } else if length == 127 {
+                    guard bytes.count - offset >= 8 else { return }
+                    length = bytes[offset..<offset + 8].reduce(0) { $0 << 8 | Int($1) }
+                    offset += 8
+                }
+                guard bytes.count - offset >= length else { return }
+                let frame = Frame(opcode: opcode, payload: Array(bytes[offset..<offset + length]))
+                frames.append(frame)
+                if opcode == 0x1 {
+                    texts.append(frame.text)
+                    if let message = try? JSONDecoder().decode(PushMessage.self, from: Data(frame.payload)) { messages.append(message) }
+                }
+                parsed = offset + length
+            }
+            if parsed > 1 << 20 {  // keep the unparsed tail only
+                bytes.removeFirst(parsed)
+                parsed = 0
+            }
+        }
+
+        static func parseHead(_ bytes: [UInt8]) -> (RawResponse, Int)? {
+            guard bytes.count >= 4, let end = (0...(bytes.count - 4)).first(where: { bytes[$0] == 13 && bytes[$0 + 1] == 10 && bytes[$0 + 2] == 13 && bytes[$0 + 3] == 10 })
+            else { return nil }
+            let lines = String(decoding: bytes[..<end], as: UTF8.self).split(separator: "\r\n")
+            guard let status = lines.first.flatMap({ Int($0.dropFirst(9).prefix(3)) }) else { return nil }
+            var headers: [String: String] = [:]
+            for line in lines.dropFirst() {
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+            var body = ""
+            if status != 101 {
+                let length = Int(headers["content-length"] ?? "0") ?? 0
+                guard bytes.count - (end + 4) >= length else { return nil }
+                body = String(decoding: bytes[(end + 4)..<(end + 4 + length)], as: UTF8.self)
+            }
+            return (RawResponse(status: status, headers: headers, body: body), end + 4)
+        }
+    }
+
+    final class Shared: Sendable {
+        let fd: Int32
+        let wire = Mutex(Wire())
+        init(fd: Int32) { self.fd = fd }
+
+        /// Reads what has arrived; true once the gateway closed the connection.
+        func readAvailable() -> Bool {
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n > 0 {
+                    wire.withLock { $0.append(chunk[..<n]) }
+                    continue
+                }
+                let closed = n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)
+                if closed { wire.withLock { $0.ended = true } }
+                return closed
+            }
+        }
+
+        deinit { close(fd) }
+    }
+
+    private let shared: Shared
+    private let reader: Task<Void, Never>?
+
+    init(port: Int, path: String, headers: [String] = [], reading: Bool = true, receiveBuffer: Int32 = 1 << 20) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var size = receiveBuffer
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
         var address = sockaddr_in()
@@ -48,7 +137,10 @@ final class RawWebSocket: Sendable {
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard connected == 0 else { throw GatewayTestError(description: "connect failed: errno \(errno)") }
+        guard connected == 0 else {
+            close(fd)
+            throw GatewayTestError(description: "connect failed: errno \(errno)")
+        }
         let request =
             "GET \(path) HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -56,35 +148,24 @@ final class RawWebSocket: Sendable {
         let bytes = Array(request.utf8)
         _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        let shared = Shared(fd: fd)
+        self.shared = shared
+        reader = reading ? Task {
+            while !Task.isCancelled, !shared.readAvailable() { try? await Task.sleep(for: .milliseconds(2)) }
+        } : nil
     }
 
-    /// Reads what has arrived; true once the gateway closed the connection.
-    private func readAvailable() -> Bool {
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n > 0 {
-                received.bytes.withLock { $0 += chunk[..<n] }
-                continue
-            }
-            let closed = n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)
-            if closed { received.closed.withLock { $0 = true } }
-            return closed
-        }
-    }
+    deinit { reader?.cancel() }
 
-    /// The gateway closed the connection (as far as read so far).
-    var ended: Bool { received.closed.withLock { $0 } }
-
-    /// The text messages' envelopes so far, after reading what has arrived.
-    var messages: [PushMessage] {
-        poll().filter { $0.opcode == 0x1 }.compactMap { try? JSONDecoder().decode(PushMessage.self, from: Data($0.text.utf8)) }
-    }
+    var ended: Bool { shared.wire.withLock { $0.ended } }
+    var frames: [Frame] { shared.wire.withLock { $0.frames } }
+    var messages: [PushMessage] { shared.wire.withLock { $0.messages } }
+    /// The close frame's code and reason, once one arrived.
+    var closeFrame: (code: Int, reason: String)? { shared.wire.withLock { $0.frames.last?.close } }
 
     /// The `data` of each text message decoded as `T`.
     func data<T: Decodable>(_: T.Type) throws -> [T] {
-        struct Envelope: Decodable { let data: T }
-        return try poll().filter { $0.opcode == 0x1 }.map { try JSONDecoder().decode(Envelope.self, from: Data($0.text.utf8)).data }
+        try shared.wire.withLock { $0.texts }.map { try JSONDecoder().decode(PushEnvelope<T>.self, from: Data($0.utf8)).data }
     }
 
     /// Waits until `count` messages have arrived or the connection ended; returns the envelopes.
@@ -93,84 +174,29 @@ final class RawWebSocket: Sendable {
         return messages
     }
 
-    /// The close frame's code and reason, once one arrived.
-    var closeFrame: (code: Int, reason: String)? { poll().last?.close }
-
-    /// The frames so far, after reading what has arrived.
-    func poll() -> [Frame] {
-        _ = readAvailable()
-        return frames
+    /// The response head (and a refusal's body).
+    func response(timeout: Duration = .seconds(10)) async throws -> RawResponse {
+        _ = await TestEnv.eventually(timeout: timeout, every: .milliseconds(10)) {
+            if reader == nil { _ = shared.readAvailable() }
+            return shared.wire.withLock { $0.response != nil || $0.ended }
+        }
+        return try #require(shared.wire.withLock { $0.response }, "no response head")
     }
 
     /// Sends one client frame (masked, as RFC 6455 requires of clients); payload under 126 bytes.
     func sendMasked(opcode: UInt8, payload: [UInt8]) {
         let mask: [UInt8] = [0x37, 0xFA, 0x21, 0x3D]
         let bytes = [0x80 | opcode, 0x80 | UInt8(payload.count)] + mask + payload.enumerated().map { $0.element ^ mask[$0.offset % 4] }
-        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        _ = bytes.withUnsafeBytes { send(shared.fd, $0.baseAddress, $0.count, 0) }
     }
 
     /// Reads until the gateway closes the connection (true) or `timeout` passes (false).
     func readToEnd(timeout: Duration = .seconds(30)) async -> Bool {
-        await TestEnv.eventually(timeout: timeout, every: .milliseconds(10)) { self.readAvailable() }
+        await TestEnv.eventually(timeout: timeout, every: .milliseconds(10)) { reader == nil ? shared.readAvailable() : ended }
     }
 
-    /// The response head's status and headers, and the body when it has a `Content-Length` (a refusal).
-    func response(timeout: Duration = .seconds(10)) async throws -> RawResponse {
-        var parsed: RawResponse?
-        _ = await TestEnv.eventually(timeout: timeout, every: .milliseconds(10)) {
-            let closed = self.readAvailable()
-            parsed = Self.parseHead(self.received.bytes.withLock { $0 })?.response
-            return parsed != nil || closed
-        }
-        return try #require(parsed, "no response head: \(String(decoding: received.bytes.withLock { $0 }, as: UTF8.self))")
-    }
-
-    /// The frames after the 101 head (server frames are unmasked).
-    var frames: [Frame] {
-        let bytes = received.bytes.withLock { $0 }
-        guard let (head, start) = Self.parseHead(bytes), head.status == 101 else { return [] }
-        var frames: [Frame] = []
-        var i = start
-        while bytes.count - i >= 2 {
-            let opcode = bytes[i] & 0x0F
-            var length = Int(bytes[i + 1] & 0x7F)
-            var offset = i + 2
-            if length == 126 {
-                guard bytes.count - offset >= 2 else { break }
-                length = Int(bytes[offset]) << 8 | Int(bytes[offset + 1])
-                offset += 2
-            } else if length == 127 {
-                guard bytes.count - offset >= 8 else { break }
-                length = bytes[offset..<offset + 8].reduce(0) { $0 << 8 | Int($1) }
-                offset += 8
-            }
-            guard bytes.count - offset >= length else { break }
-            frames.append(Frame(opcode: opcode, payload: Array(bytes[offset..<offset + length])))
-            i = offset + length
-        }
-        return frames
-    }
-
-    private static func parseHead(_ bytes: [UInt8]) -> (response: RawResponse, bodyStart: Int)? {
-        let separator: [UInt8] = [13, 10, 13, 10]
-        guard let end = (0..<max(0, bytes.count - 3)).first(where: { Array(bytes[$0..<$0 + 4]) == separator }) else { return nil }
-        let lines = String(decoding: bytes[..<end], as: UTF8.self).split(separator: "\r\n")
-        guard let status = lines.first.flatMap({ Int($0.dropFirst(9).prefix(3)) }) else { return nil }
-        var headers: [String: String] = [:]
-        for line in lines.dropFirst() {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-        }
-        var body = ""
-        if status != 101 {
-            let length = Int(headers["content-length"] ?? "0") ?? 0
-            guard bytes.count - (end + 4) >= length else { return nil }
-            body = String(decoding: bytes[(end + 4)..<(end + 4 + length)], as: UTF8.self)
-        }
-        return (RawResponse(status: status, headers: headers, body: body), end + 4)
-    }
-
-    deinit { close(fd) }
+    /// Reads what has arrived (for a client created with `reading: false`).
+    func readNow() { _ = shared.readAvailable() }
 }
 
 @Suite("push API: WebSocket", .serialized, .timeLimit(.minutes(4)))
@@ -227,14 +253,14 @@ struct GatewayWebSocketTests {
             let port = try #require(client.port)
             let redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "ws-slow")
             defer { redis.close() }
-            let stalled = try RawWebSocket(port: port, path: "/v1/opportunities/stream", receiveBuffer: 4096)
+            let stalled = try RawWebSocket(port: port, path: "/v1/opportunities/stream", reading: false, receiveBuffer: 4096)
             let reader = try RawWebSocket(port: port, path: "/v1/opportunities/stream")
             #expect(await TestEnv.eventually { deps.push.opportunities.clientCount == 2 })
             #expect(try await stalled.response().status == 101)
             // Once dropped, the stalled client reads again: what was in flight, then the close frame.
             let drained = Task { () -> Bool in
                 guard await TestEnv.eventually(timeout: .seconds(120), { deps.push.opportunities.clientCount == 1 }) else { return false }
-                guard await TestEnv.eventually(timeout: .seconds(30), { stalled.closeFrame != nil }) else { return false }
+                guard await TestEnv.eventually(timeout: .seconds(30), { stalled.readNow(); return stalled.closeFrame != nil }) else { return false }
                 stalled.sendMasked(opcode: 0x8, payload: [0x03, 0xF0])  // answers the close (1008)
                 return await stalled.readToEnd()
             }
@@ -327,10 +353,10 @@ struct GatewayWebSocketTests {
             let sse = try await SSETestClient(port: port, path: "/v1/decisions/stream")
             defer { sse.close() }
             #expect(try await ws.response().status == 101)
-            #expect(await TestEnv.eventually { ws.poll().contains { $0.opcode == 0x9 } }, "a ping from the gateway")
+            #expect(await TestEnv.eventually { ws.frames.contains { $0.opcode == 0x9 } }, "a ping from the gateway")
             ws.sendMasked(opcode: 0x9, payload: Array("are-you-there".utf8))
             #expect(
-                await TestEnv.eventually { ws.poll().contains(RawWebSocket.Frame(opcode: 0xA, payload: Array("are-you-there".utf8))) },
+                await TestEnv.eventually { ws.frames.contains(RawWebSocket.Frame(opcode: 0xA, payload: Array("are-you-there".utf8))) },
                 "the gateway's pong carries the ping's payload")
             #expect(await TestEnv.eventually { sse.comments > 0 }, "an SSE keep-alive comment")
         }
@@ -342,7 +368,10 @@ struct GatewayWebSocketTests {
 struct GatewayPushBinaryTests {
     @Test("the push feed rides out Redis going away and coming back; SIGTERM closes WebSocket clients with 1001 and the gateway exits 0")
     func redisRestartAndShutdown() async throws {
-        var server = try await PrivateRedisServer()
+        // The grants as they are in this tree (the push feeds' XREAD/XRANGE), as the gateway's own user.
+        let aclFile = try await StoreUsers.renderStrictACL()
+        defer { try? FileManager.default.removeItem(atPath: aclFile) }
+        var server = try await PrivateRedisServer(aclFile: aclFile)
         let redisPort = server.port
         let port = try TestEnv.freePort()
         let gateway = try ChildProcess.built(
@@ -378,7 +407,7 @@ struct GatewayPushBinaryTests {
         redis.close()
         try await server.kill()
         try await Task.sleep(for: .seconds(1))
-        server = try await PrivateRedisServer(port: redisPort)
+        server = try await PrivateRedisServer(port: redisPort, aclFile: aclFile)
         redis = RedisClient(configuration: try RedisConfiguration(url: server.url), name: "ws-binary")
         defer { redis.close() }
         var probes: [String] = []
@@ -395,7 +424,7 @@ struct GatewayPushBinaryTests {
         // or reordered, and everything after the first one it saw arrives.
         let firstSeen = try #require(wsAfter.first.flatMap { probes.firstIndex(of: $0) })
         #expect(Array(wsAfter) == Array(probes[firstSeen...]) + after)
-        #expect(sse.events.map(\.id).dropFirst(20) == wsAfter)
+        #expect(sse.events.compactMap(\.id).dropFirst(20) == wsAfter)
 
         gateway.terminate()
         #expect(await TestEnv.eventually(timeout: .seconds(20)) { ws.closeFrame != nil }, "\(gateway.output().suffix(2000))")

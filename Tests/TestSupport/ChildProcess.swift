@@ -85,11 +85,13 @@ public final class PrivateRedisServer: Sendable {
     public let port: Int
     private let server: ChildProcess
 
-    public init(port: Int? = nil) async throws {
+    /// `aclFile`: default `REDIS_ACL_FILE_STRICT` (from .dev/env, rendered when the servers started);
+    /// `StoreUsers.renderStrictACL()` renders this checkout's deploy/redis/users.acl instead.
+    public init(port: Int? = nil, aclFile: String? = nil) async throws {
         let port = try port ?? TestEnv.freePort()
         self.port = port
-        // The services' ACL users on their real key names (`REDIS_ACL_FILE_STRICT`, from .dev/env).
-        guard let aclFile = ProcessInfo.processInfo.environment["REDIS_ACL_FILE_STRICT"], !aclFile.isEmpty else {
+        // The services' ACL users on their real key names.
+        guard let aclFile = aclFile ?? ProcessInfo.processInfo.environment["REDIS_ACL_FILE_STRICT"], !aclFile.isEmpty else {
             throw MissingServerError(variable: "REDIS_ACL_FILE_STRICT")
         }
         self.server = try ChildProcess(

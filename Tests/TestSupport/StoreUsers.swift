@@ -49,6 +49,31 @@ public enum StoreUsers {
         return env
     }
 
+    /// This checkout's deploy/redis/users.acl rendered by scripts/redis-acl.sh as the strict file (real key
+    /// names only, default user on), with the users' passwords from `.dev/env` (`REDIS_URL_<SERVICE>`), so a
+    /// test on a private server checks the grants as they are in the tree, not as they were when the dev
+    /// servers started. Returns the file's path.
+    public static func renderStrictACL() async throws -> String {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let source = root.appendingPathComponent("deploy/redis/users.acl")
+        let users = try String(contentsOf: source, encoding: .utf8).split(separator: "\n")
+            .filter { $0.hasPrefix("user ") }.map { String($0.split(separator: " ")[1]) }
+        var environment: [String: String] = [:]
+        for user in users {
+            let variable = redisVariable(user == "te-reader" ? "te" : user)
+            guard let url = ProcessInfo.processInfo.environment[variable].flatMap(URLComponents.init(string:)),
+                let password = url.password
+            else { throw MissingServerError(variable: variable) }
+            environment["REDIS_PASSWORD_" + user.uppercased().replacingOccurrences(of: "-", with: "_")] = password
+        }
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("users-strict-\(UUID().uuidString).acl").path
+        let render = try ChildProcess(
+            root.appendingPathComponent("scripts/redis-acl.sh").path,
+            arguments: ["--default", "on", source.path, "-", output], environment: environment)
+        guard try await render.waitForExit() == 0 else { throw ChildProcessError(description: "redis-acl.sh failed: \(render.output())") }
+        return output
+    }
+
     private static func withCredentials(of variable: String, on base: String) throws -> String {
         guard let source = ProcessInfo.processInfo.environment[variable], !source.isEmpty,
             let from = URLComponents(string: source), from.user != nil
