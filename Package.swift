@@ -45,6 +45,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.34.1"),
+        // SHA-256 of the audit hash chain (TEPostgres only).
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     ],
     targets: [
         // MARK: C libraries (Debian -dev packages, found through pkg-config)
@@ -77,7 +79,10 @@ let package = Package(
             path: "Shared/TEKafka", swiftSettings: swiftSettings),
         .target(
             name: "TEPostgres",
-            dependencies: ["CLibPQ", "TEModels", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "CLibPQ", "TEModels", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             path: "Shared/TEPostgres", swiftSettings: swiftSettings),
         .target(
             name: "TritonClient",
@@ -219,7 +224,17 @@ let package = Package(
             name: "FuzzTargets", dependencies: ["MarketData", "TEModels"], path: "Tests/FuzzTargets",
             swiftSettings: swiftSettings),
         .target(
-            name: "GatewayFuzzTargets", dependencies: ["FuzzTargets", "GatewayCore", "TEModels"],
+            name: "GatewayFuzzTargets",
+            dependencies: [
+                "FuzzTargets", "GatewayCore", "TEModels",
+                // The HTTP framing target builds the gateway's pipeline on an EmbeddedChannel.
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+            ],
             path: "Tests/GatewayFuzzTargets", swiftSettings: swiftSettings),
         .target(
             name: "TestSupport", dependencies: ["TERedis", "ServiceKit"], path: "Tests/TestSupport",

@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "fuzz-normalizer", targets: ["NormalizerFuzz"]),
         .executable(name: "fuzz-stream-codec", targets: ["StreamCodecFuzz"]),
         .executable(name: "fuzz-score-request", targets: ["ScoreRequestFuzz"]),
+        .executable(name: "fuzz-http-framing", targets: ["HTTPFramingFuzz"]),
     ],
     dependencies: [.package(path: "..")],
     targets: [
@@ -32,5 +33,8 @@ let package = Package(
         .executableTarget(
             name: "ScoreRequestFuzz", dependencies: ["CLibFuzzer", .product(name: "GatewayFuzzTargets", package: root)],
             path: "Sources/ScoreRequestFuzz", swiftSettings: [.swiftLanguageMode(.v6)]),
+        .executableTarget(
+            name: "HTTPFramingFuzz", dependencies: ["CLibFuzzer", .product(name: "GatewayFuzzTargets", package: root)],
+            path: "Sources/HTTPFramingFuzz", swiftSettings: [.swiftLanguageMode(.v6)]),
     ]
 )

@@ -5,6 +5,8 @@
 # Idempotent: nodes that answer are left alone; a node that is down is restarted from its own config
 # (it rejoins the cluster from its nodes.conf); a cluster that cannot become healthy is rebuilt empty.
 # Each node's pid file is .dev/run/redis-cluster-PORT.pid, so dev-down.sh stops them with the rest.
+# The store users (.dev/redis/users.acl, rendered by dev-up.sh from deploy/redis/users.acl) are every
+# node's ACL file, so a node restarted from its config has them, and are applied to running nodes too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=$PWD/.dev
@@ -24,9 +26,12 @@ healthy() {
     [ "$(redis-cli -p "$p" cluster info | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p')" = "$NODES" ] || return 1
   done
 }
+ACL_FILE=$DEV/redis/users.acl
 start_node() {
   local p=$1 dir=$DEV/redis-cluster/$1
   mkdir -p "$dir"
+  local acl=""
+  [ -f "$ACL_FILE" ] && acl="aclfile $ACL_FILE"
   cat > "$dir/redis.conf" <<CONF
 port $p
 bind 127.0.0.1
@@ -40,6 +45,7 @@ cluster-node-timeout ${DEV_REDIS_CLUSTER_NODE_TIMEOUT_MS:-3000}
 cluster-replica-validity-factor 0
 save ""
 appendonly no
+$acl
 CONF
   redis-server "$dir/redis.conf"
 }
@@ -70,6 +76,12 @@ if ! healthy; then
     || { log "redis-cli --cluster create failed (see .dev/logs/redis-cluster-create.log)"; exit 1; }
   for _ in $(seq 100); do healthy && break; sleep 0.1; done
   healthy || { log "cluster did not become healthy"; exit 1; }
+fi
+if [ -f "$ACL_FILE" ]; then
+  for p in $PORTS; do
+    errors=$(sed -e 's/^user /ACL SETUSER /' -e 's/(\([^)]*\))/"(\1)"/g' "$ACL_FILE" | redis-cli -p "$p" | grep -v '^OK$' || true)
+    [ -z "$errors" ] || { log "node $p refused the store users: $errors"; exit 1; }
+  done
 fi
 log "redis cluster up on $BASE-$((BASE + NODES - 1)) ($MASTERS masters, $REPLICAS replica(s) each)"
 echo "export REDIS_CLUSTER_URL=redis+cluster://$(for p in $(seq "$BASE" $((BASE + MASTERS - 1))); do printf '127.0.0.1:%s,' "$p"; done | sed 's/,$//')/0"

@@ -9,7 +9,7 @@ SWIFT=${SWIFT:-swift}
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 DATA=${TE_DATA_DIR:-$(cd .. && pwd)/shared/data}
 CORPUS=.dev/fuzz-corpus
-TARGETS=(normalizer stream-codec score-request)
+TARGETS=(normalizer stream-codec score-request http-framing)
 
 start=$(date +%s)
 for target in "${TARGETS[@]}"; do

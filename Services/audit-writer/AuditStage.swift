@@ -6,9 +6,9 @@ import ServiceLifecycle
 import TEModels
 import TEPostgres
 
-/// `te:audit` → PostgreSQL `decisions`. One batch = one transaction (COPY into staging +
-/// INSERT … ON CONFLICT (decision_id) DO NOTHING); the worker acknowledges the batch only after `handle`
-/// returns, i.e. after COMMIT. Redelivered records are skipped by the primary key.
+/// `te:audit` → PostgreSQL `decisions`. One batch = one COPY (its own transaction), each new row linked into
+/// this writer's hash chain (`AuditChain`); the worker acknowledges the batch only after `handle` returns,
+/// i.e. after COMMIT. Redelivered records are skipped by the primary key and do not join the chain.
 struct AuditStage: StreamStage {
     typealias Input = AuditRecord
 
@@ -23,6 +23,11 @@ struct AuditStage: StreamStage {
     /// Test-only (`AUDIT_TEST_CRASH_AFTER_COMMIT=1`): SIGKILL this process right after the first
     /// COMMIT, before the worker's XACK, to prove redelivery adds no duplicates.
     let crashAfterCommit: Bool
+    /// This writer's chain head: read from the table before the first batch (so a restart continues its
+    /// chain), then advanced by each COMMIT. A stale head cannot fork the chain: the insert meets a unique
+    /// violation and re-reads it (`AuditStore.insert`).
+    var chain: AuditChain?
+    let writerID: String
 
     /// PostgreSQL being down must not cost records: the StreamWorker dead-letters an entry after
     /// `MAX_DELIVERIES` failed `handle` calls, so a retriable error (connection refused/lost, server
@@ -37,7 +42,10 @@ struct AuditStage: StreamStage {
         while true {
             let start = ContinuousClock.now
             do {
-                let (outcome, rejected) = try await store.insertIsolatingBadRecords(records)
+                var head: AuditChain
+                if let chain { head = chain } else { head = try await store.chainHead(writer: writerID) }
+                let (outcome, rejected) = try await store.insertIsolatingBadRecords(records, chain: &head)
+                chain = head
                 metrics.commitDuration.record(ContinuousClock.now - start)
                 if crashAfterCommit {
                     logger.critical("AUDIT_TEST_CRASH_AFTER_COMMIT: killing myself between COMMIT and XACK")
@@ -91,7 +99,7 @@ struct AuditMetrics: Sendable {
         commitDuration = registry.makeDurationHistogram(
             descriptor: .init(
                 metricName: "te_audit_commit_duration", unitName: "seconds",
-                helpText: "Time to write one batch: BEGIN, COPY, INSERT … ON CONFLICT, COMMIT."),
+                helpText: "Time to write one batch into decisions: its COPY (and, for a redelivery, the read of stored ids and chain head), COMMIT."),
             buckets: [
                 .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
                 .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),

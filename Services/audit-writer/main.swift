@@ -12,6 +12,8 @@ import TEPostgres
 // (records per batch/transaction, default 500), METRICS_PORT (default 9106), the StreamWorker's
 // variables (STREAM_BLOCK_MS bounds how long a partial batch waits, CLAIM_MIN_IDLE_MS, …), and
 // AUDIT_TEST_CRASH_AFTER_COMMIT=1 (tests only: SIGKILL itself after the first COMMIT, before XACK).
+// AUDIT_WRITER_ID (else POD_NAME, else HOSTNAME, else the host name): the hash chain this writer extends
+// (AuditChain; one per replica, so replicas need distinct ids; a stable one continues across restarts).
 // AUDIT_STREAM (default te:audit), OUTCOMES_STREAM, ROLLOUT_STREAM and DLQ_STREAM (default te:dlq) let
 // tests use streams of their own.
 // POSTGRES_MIGRATE_URL: the owner role the migrations run as, on a connection closed once they are
@@ -60,7 +62,9 @@ await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { res
     let stage = AuditStage(
         inputStream: inputStream, store: AuditStore(connection: connection),
         metrics: AuditMetrics(registry: resources.registry), logger: resources.logger,
-        retryBackoff: worker.retryBackoff, retryBackoffMax: worker.retryBackoffMax, crashAfterCommit: crashAfterCommit)
+        retryBackoff: worker.retryBackoff, retryBackoffMax: worker.retryBackoffMax, crashAfterCommit: crashAfterCommit,
+        chain: nil,
+        writerID: AuditWriterID.from(environment: env.values, hostName: StreamWorkerConfiguration.hostName))
     return [
         AuditWriterService(
             store: stage.store,

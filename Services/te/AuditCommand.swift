@@ -7,7 +7,7 @@ import TEPostgres
 struct AuditCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit", abstract: "Gateway decisions stored in PostgreSQL (POSTGRES_URL).",
-        subcommands: [Recent.self, Counts.self])
+        subcommands: [Recent.self, Counts.self, Verify.self])
 
     struct Recent: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "The most recent decisions for a symbol.")
@@ -86,6 +86,31 @@ struct AuditCommand: AsyncParsableCommand {
                      String(format: "%.1f%%", 100 * Double($0.count) / Double(total))]
                 },
                 rightAligned: [3, 4]))
+        }
+    }
+
+    /// `te audit verify --chain`: the hash chain walk lives in AuditChainVerify.swift.
+    struct Verify: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Verify stored decisions; --chain: each writer's hash chain, naming the first row that does not fit (exit 1).")
+
+        @Flag(help: "Check the hash chain (chain_seq, prev_hash, row_hash) of each writer.") var chain = false
+        @Option(help: "Start: a duration back from now (30s, 15m, 1h, 7d) or a timestamp. Default: the beginning.")
+        var since: String?
+        @Option(help: "End (exclusive), same forms as --since. Default: now.") var until: String?
+        @Option(help: "Only this writer's chain (its AUDIT_WRITER_ID).") var writer: String?
+        @OptionGroup var format: OutputOptions
+
+        func run() async throws {
+            guard chain else { throw ValidationError("a mode is required: --chain") }
+            let verify = AuditChainVerify(
+                since: try since.map { try AuditCommand.timestamp($0, option: "--since") },
+                until: try until.map { try AuditCommand.timestamp($0, option: "--until") }, writer: writer)
+            let store = try AuditCommand.store()
+            let report = try await verify.run(store.connection)
+            await store.connection.close()
+            if format.json { try format.printJSON(report.json) } else { print(report.text) }
+            if report.broken != nil { throw ExitCode(1) }
         }
     }
 

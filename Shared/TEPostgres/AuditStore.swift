@@ -59,7 +59,21 @@ public struct AuditStore: Sendable {
                 """),
         .outcomesAndRolloutEvents,
         StoreRoles.migration,
+        auditChainMigration,
     ]
+
+    /// Version 5: the hash chain's columns (`AuditChain`). Rows from before it keep NULLs (unchained); the
+    /// unique index refuses two rows at one place of a writer's chain (a fork) and finds a writer's head.
+    static let auditChainMigration = Migration(
+        version: 5, name: "decisions hash chain",
+        sql: """
+            ALTER TABLE decisions
+                ADD COLUMN chain_writer text,
+                ADD COLUMN chain_seq bigint,
+                ADD COLUMN prev_hash text,
+                ADD COLUMN row_hash text;
+            CREATE UNIQUE INDEX decisions_chain ON decisions (chain_writer, chain_seq);
+            """)
 
     /// Applies the missing migrations.
     @discardableResult
@@ -86,56 +100,78 @@ public struct AuditStore: Sendable {
         }
     }
 
-    /// Inserts `records`, all or nothing (on error nothing is inserted and the error is thrown). A batch
-    /// whose decision ids are distinct is COPYed straight into `decisions` (one statement, its own
-    /// transaction); if some are stored already (a redelivery: unique violation), or the batch repeats an id,
-    /// it goes through a session-temporary staging table and `INSERT … SELECT … ON CONFLICT (decision_id) DO
-    /// NOTHING` instead.
-    public func insert(_ records: [AuditRecord]) async throws -> InsertOutcome {
+    /// Inserts `records`, all or nothing (on error nothing is inserted, `chain` is unchanged and the error is
+    /// thrown), each new row linked into `chain` (`AuditChain`) in insert order. A batch whose decision ids are
+    /// distinct is COPYed straight into `decisions` after `chain`'s head (one statement, its own transaction).
+    /// If that meets a unique violation — some records are stored already (a redelivery), or `chain` is
+    /// behind the table (a COMMIT whose answer this process never saw, another process with the same writer
+    /// id) — or the batch repeats an id, one transaction reads the writer's head and the ids already stored,
+    /// and COPYs only the records that are new, chained after that head: only rows actually inserted join
+    /// the chain, and a redelivery never forks or gaps it. The unique index on (chain_writer, chain_seq)
+    /// refuses a fork at the store; losing such a race to a concurrent insert is retried.
+    public func insert(_ records: [AuditRecord], chain: inout AuditChain) async throws -> InsertOutcome {
         guard !records.isEmpty else { return InsertOutcome(inserted: 0, duplicates: 0) }
         var ids = Set<String>(minimumCapacity: records.count)
         if records.allSatisfy({ ids.insert($0.decisionId.lowercased()).inserted }) {
+            var next = chain
+            let links = records.map { next.append($0) }
             do {
                 let inserted = try await connection.copyFrom(
-                    Self.directCopySQL, data: Self.copyPayload(records, decidedAt: true))
+                    Self.directCopySQL, data: Self.copyPayload(records, writer: chain.writer, links: links))
+                chain = next
                 return InsertOutcome(inserted: inserted, duplicates: records.count - inserted)
             } catch {
-                // Some of the batch is stored already: the idempotent path below skips those.
                 guard error.sqlState == Self.uniqueViolation else { throw error }
             }
         }
-        let payload = Self.copyPayload(records)
-        return try await connection.withTransaction { tx in
-            // One staging table per session, emptied at every commit: no catalog churn per batch.
-            try await tx.execute(script: """
-                CREATE TEMP TABLE IF NOT EXISTS audit_staging_v2 (
-                    decision_id uuid NOT NULL,
-                    request_id text NOT NULL,
-                    ts_ns bigint NOT NULL,
-                    symbol text NOT NULL,
-                    decision text NOT NULL,
-                    score double precision,
-                    source text NOT NULL,
-                    model_name text,
-                    model_version text,
-                    model_hash text,
-                    features jsonb,
-                    feature_age_ms double precision,
-                    latency_us bigint NOT NULL,
-                    canary_version text,
-                    canary_score double precision,
-                    canary_mode text,
-                    reason text,
-                    feature_snapshot_id text,
-                    feature_ts_ns bigint,
-                    trace_id text,
-                    client text
-                ) ON COMMIT DELETE ROWS
-                """)
-            _ = try await tx.copyFrom(Self.copySQL, data: payload)
-            let inserted = try await tx.execute(Self.insertSQL)
-            return InsertOutcome(inserted: inserted, duplicates: records.count - inserted)
+        let writer = chain.writer
+        let idArray = "{" + records.map(\.decisionId).joined(separator: ",") + "}"
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                let (outcome, head) = try await connection.withTransaction { tx in
+                    var next = try await Self.chainHead(writer: writer, in: tx)
+                    let stored = try await tx.query(
+                        "SELECT decision_id::text AS id FROM decisions WHERE decision_id = ANY($1::uuid[])", [idArray])
+                    var seen = Set(stored.rows.compactMap { $0["id"] })
+                    let fresh = records.filter { seen.insert($0.decisionId.lowercased()).inserted }
+                    let links = fresh.map { next.append($0) }
+                    if !fresh.isEmpty {
+                        _ = try await tx.copyFrom(
+                            Self.directCopySQL, data: Self.copyPayload(fresh, writer: writer, links: links))
+                    }
+                    return (InsertOutcome(inserted: fresh.count, duplicates: records.count - fresh.count), next)
+                }
+                chain = head
+                return outcome
+            } catch let error as PostgresError where error.sqlState == Self.uniqueViolation && attempt < 5 {
+                // A concurrent insert of the same id or chain position committed first: look again.
+                continue
+            }
         }
+    }
+
+    /// `writer`'s chain head as stored: its highest chain_seq and that row's hash (`AuditChain.genesis`
+    /// and 0 when it has no row yet). Read at start and whenever the in-memory head may be stale.
+    public func chainHead(writer: String) async throws -> AuditChain {
+        try await Self.chainHead(writer: writer, query: { try await connection.query($0, $1) })
+    }
+
+    static func chainHead(writer: String, in tx: PostgresTransaction) async throws -> AuditChain {
+        try await chainHead(writer: writer, query: { try await tx.query($0, $1) })
+    }
+
+    private static func chainHead(
+        writer: String, query: (String, [String?]) async throws -> PostgresQueryResult
+    ) async throws -> AuditChain {
+        let result = try await query(
+            "SELECT chain_seq, row_hash FROM decisions WHERE chain_writer = $1 ORDER BY chain_seq DESC LIMIT 1", [writer])
+        guard let row = result.rows.first else { return AuditChain(writer: writer) }
+        guard let text = row["chain_seq"], let seq = Int64(text), let hash = row["row_hash"] else {
+            throw RowDecodingError(column: "chain_seq", value: row["chain_seq"])
+        }
+        return AuditChain(writer: writer, seq: seq, hash: hash)
     }
 
     static let uniqueViolation = "23505"
@@ -147,7 +183,7 @@ public struct AuditStore: Sendable {
     /// Returns each rejected record's index and why. Errors that are not about the data (connection
     /// lost, server shutting down) are thrown.
     public func insertIsolatingBadRecords(
-        _ records: [AuditRecord]
+        _ records: [AuditRecord], chain: inout AuditChain
     ) async throws -> (outcome: InsertOutcome, rejected: [(index: Int, reason: String)]) {
         var rejected: [(index: Int, reason: String)] = []
         var good: [(Int, AuditRecord)] = []
@@ -160,24 +196,25 @@ public struct AuditStore: Sendable {
             }
         }
         var total = InsertOutcome(inserted: 0, duplicates: 0)
-        try await insertBisecting(good[...], total: &total, rejected: &rejected)
+        try await insertBisecting(good[...], chain: &chain, total: &total, rejected: &rejected)
         return (total, rejected.sorted { $0.index < $1.index })
     }
 
     private func insertBisecting(
-        _ items: ArraySlice<(Int, AuditRecord)>, total: inout InsertOutcome, rejected: inout [(index: Int, reason: String)]
+        _ items: ArraySlice<(Int, AuditRecord)>, chain: inout AuditChain, total: inout InsertOutcome,
+        rejected: inout [(index: Int, reason: String)]
     ) async throws {
         guard !items.isEmpty else { return }
         do {
-            total += try await insert(items.map(\.1))
+            total += try await insert(items.map(\.1), chain: &chain)
         } catch let error as PostgresError where error.isDataError {
             if items.count == 1 {
                 rejected.append((items[items.startIndex].0, "postgres rejected the record: \(error)"))
                 return
             }
             let middle = items.startIndex + items.count / 2
-            try await insertBisecting(items[..<middle], total: &total, rejected: &rejected)
-            try await insertBisecting(items[middle...], total: &total, rejected: &rejected)
+            try await insertBisecting(items[..<middle], chain: &chain, total: &total, rejected: &rejected)
+            try await insertBisecting(items[middle...], chain: &chain, total: &total, rejected: &rejected)
         }
     }
 
@@ -215,51 +252,56 @@ public struct AuditStore: Sendable {
     static let recordColumns =
         "decision_id, request_id, ts_ns, symbol, decision, score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us, canary_version, canary_score, canary_mode, reason, feature_snapshot_id, feature_ts_ns, trace_id, client"
 
-    static let copySQL = "COPY audit_staging_v2 (\(recordColumns)) FROM STDIN"
-    static let directCopySQL = "COPY decisions (decided_at, \(recordColumns)) FROM STDIN"
+    static let directCopySQL =
+        "COPY decisions (decided_at, \(recordColumns), chain_writer, chain_seq, prev_hash, row_hash) FROM STDIN"
 
-    // decided_at is ts_ns exactly to the microsecond (integer arithmetic, no float rounding), as
-    // `decidedAtText` writes it on the direct path.
-    static let insertSQL = """
-        INSERT INTO decisions (decided_at, \(recordColumns))
-        SELECT to_timestamp(0) + (ts_ns / 1000) * interval '1 microsecond', \(recordColumns)
-        FROM audit_staging_v2
-        ON CONFLICT (decision_id) DO NOTHING
-        """
-
-    /// The COPY text payload of `records`, columns in `recordColumns` order, `decided_at` first if asked.
-    public static func copyPayload(_ records: [AuditRecord], decidedAt: Bool = false) -> [UInt8] {
-        var encoder = CopyTextEncoder(reservingCapacity: records.count * 512)
-        for record in records {
-            if decidedAt { encoder.append(decidedAtText(tsNs: record.tsNs)) }
-            encoder.append(record.decisionId)
-            encoder.append(record.requestId)
-            encoder.append(String(record.tsNs))
-            encoder.append(record.symbol)
-            encoder.append(record.decision.rawValue)
-            encoder.append(record.score.map(text))
-            encoder.append(record.source.rawValue)
-            encoder.append(record.modelName)
-            encoder.append(record.modelVersion)
-            encoder.append(record.modelHash)
-            encoder.append(record.features.map(featuresJSON))
-            encoder.append(record.featureAgeMs.map(text))
-            encoder.append(String(record.latencyUs))
-            encoder.append(record.canary?.version)
-            encoder.append(record.canary?.score.map(text))
-            encoder.append(record.canary?.mode)
-            encoder.append(record.reason)
-            encoder.append(record.featureSnapshotId)
-            encoder.append(record.featureTsNs.map { String($0) })
-            encoder.append(record.traceId)
-            encoder.append(record.client)
+    /// The COPY text payload of `records`: `decided_at`, the `recordColumns`, then each row's chain link.
+    public static func copyPayload(_ records: [AuditRecord], writer: String, links: [AuditChain.Link]) -> [UInt8] {
+        precondition(records.count == links.count, "one chain link per record")
+        var encoder = CopyTextEncoder(reservingCapacity: records.count * 700)
+        for (record, link) in zip(records, links) {
+            encoder.append(decidedAtText(tsNs: record.tsNs))
+            appendRecordColumns(record, to: &encoder, decisionID: record.decisionId, number: text, features: featuresJSON)
+            encoder.append(writer)
+            encoder.append(String(link.seq))
+            encoder.append(link.prevHash)
+            encoder.append(link.rowHash)
             encoder.endRow()
         }
         return encoder.bytes
     }
 
+    /// `record`'s columns in `recordColumns` order. `number` and `features` say how doubles and the feature
+    /// vector are written: decimal and JSON for COPY, IEEE-754 bits for the hash chain's canonical line.
+    static func appendRecordColumns(
+        _ record: AuditRecord, to encoder: inout CopyTextEncoder, decisionID: String, number: (Double) -> String,
+        features: (FeatureVector) -> String
+    ) {
+        encoder.append(decisionID)
+        encoder.append(record.requestId)
+        encoder.append(String(record.tsNs))
+        encoder.append(record.symbol)
+        encoder.append(record.decision.rawValue)
+        encoder.append(record.score.map(number))
+        encoder.append(record.source.rawValue)
+        encoder.append(record.modelName)
+        encoder.append(record.modelVersion)
+        encoder.append(record.modelHash)
+        encoder.append(record.features.map(features))
+        encoder.append(record.featureAgeMs.map(number))
+        encoder.append(String(record.latencyUs))
+        encoder.append(record.canary?.version)
+        encoder.append(record.canary?.score.map(number))
+        encoder.append(record.canary?.mode)
+        encoder.append(record.reason)
+        encoder.append(record.featureSnapshotId)
+        encoder.append(record.featureTsNs.map { String($0) })
+        encoder.append(record.traceId)
+        encoder.append(record.client)
+    }
+
     /// `decided_at` of a record as timestamptz text in UTC, `YYYY-MM-DD HH:MM:SS.ffffff+00`: ts_ns
-    /// truncated to the microsecond, the value `insertSQL` computes.
+    /// truncated to the microsecond (integer arithmetic, no float rounding).
     static func decidedAtText(tsNs: Int64) -> String {
         let micros = tsNs / 1000  // truncates toward zero, as PostgreSQL's bigint division
         let (seconds, fraction) = floorDivide(micros, 1_000_000)

@@ -1,6 +1,8 @@
 /// Builds the payload of `COPY … FROM STDIN` in PostgreSQL's text format: columns separated by
 /// tab, rows ended by newline, NULL as `\N`, and backslash, tab, newline and carriage return
-/// escaped inside values (the characters the format gives a meaning to).
+/// escaped inside values (the characters the format gives a meaning to), and backspace, form feed and
+/// vertical tab too: byte for byte what `COPY … TO STDOUT` prints, which the audit hash chain's
+/// canonical line relies on (`AuditChain`).
 public struct CopyTextEncoder: Sendable {
     public private(set) var bytes: [UInt8] = []
     public private(set) var rowCount = 0
@@ -25,6 +27,9 @@ public struct CopyTextEncoder: Sendable {
             case UInt8(ascii: "\t"): bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "t"))
             case UInt8(ascii: "\n"): bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "n"))
             case UInt8(ascii: "\r"): bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "r"))
+            case 0x08: bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "b"))
+            case 0x0C: bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "f"))
+            case 0x0B: bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "v"))
             default: bytes.append(byte)
             }
         }

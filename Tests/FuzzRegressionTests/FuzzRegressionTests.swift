@@ -13,6 +13,7 @@ let fuzzTargets: [String: @Sendable ([UInt8]) throws(FuzzViolation) -> Void] = [
     FuzzTarget.normalizer.rawValue: { bytes throws(FuzzViolation) in try FuzzTarget.normalizer.run(bytes) },
     FuzzTarget.streamCodec.rawValue: { bytes throws(FuzzViolation) in try FuzzTarget.streamCodec.run(bytes) },
     ScoreRequestFuzz.name: { bytes throws(FuzzViolation) in try ScoreRequestFuzz.run(bytes) },
+    HTTPFramingFuzz.name: { bytes throws(FuzzViolation) in try HTTPFramingFuzz.run(bytes) },
 ]
 
 /// Every file under fuzz/<kind>/<target>/ (dot files aside), by target name.

@@ -1,5 +1,6 @@
 import Foundation
 import TEModels
+import TEPostgres
 
 /// Varied AuditRecords: every optional field both present and absent, awkward text, extreme numbers.
 enum AuditRecords {
@@ -32,5 +33,23 @@ enum AuditRecords {
                 featureSnapshotId: full ? "1723161254087-\(i)" : nil, featureTsNs: full ? startTsNs - 1_000 : nil,
                 traceId: i % 5 == 0 ? "4bf92f3577b34da6a3ce929d0e0e4736" : nil, client: i % 2 == 0 ? "desk-a" : nil)
         }
+    }
+}
+
+extension AuditStore {
+    /// Writer id of the tests that insert through the store directly.
+    static let testWriter = "test-writer"
+
+    /// Inserts as `testWriter`, continuing its chain from the table (as a writer does at start).
+    func insert(_ records: [AuditRecord]) async throws -> InsertOutcome {
+        var chain = try await chainHead(writer: Self.testWriter)
+        return try await insert(records, chain: &chain)
+    }
+
+    func insertIsolatingBadRecords(
+        _ records: [AuditRecord]
+    ) async throws -> (outcome: InsertOutcome, rejected: [(index: Int, reason: String)]) {
+        var chain = try await chainHead(writer: Self.testWriter)
+        return try await insertIsolatingBadRecords(records, chain: &chain)
     }
 }

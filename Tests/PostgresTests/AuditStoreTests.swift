@@ -29,7 +29,7 @@ struct AuditStoreTests {
         }
     }
 
-    @Test func directCopyAndStagingPathStoreTheSameDecidedAt() async throws {
+    @Test func directCopyAndRedeliveryPathStoreTheSameDecidedAt() async throws {
         try await PostgresTestServer.withDatabase { db, _ in
             let store = AuditStore(connection: db)
             try await store.migrate(logger: PostgresTestServer.logger)
@@ -43,7 +43,7 @@ struct AuditStoreTests {
             var direct = AuditRecords.make(times.count)
             for (i, t) in times.enumerated() { direct[i].tsNs = t }
             #expect(try await store.insert(direct) == .init(inserted: times.count, duplicates: 0))
-            // Same times again under new ids, with a redelivered record: the staging path.
+            // Same times again under new ids, with a redelivered record: the redelivery path.
             var staged = AuditRecords.make(times.count, startTsNs: 5)
             for (i, t) in times.enumerated() { staged[i].tsNs = t }
             #expect(try await store.insert(staged + [direct[0]]) == .init(inserted: times.count, duplicates: 1))

@@ -12,12 +12,21 @@ import FoundationNetworking
 /// One running `audit-writer` (the built binary, `$TE_BIN_DIR/audit-writer`) on a test's own
 /// stream, dead-letter stream and database.
 struct AuditWriterHarness {
-    let stream = TestEnv.uniqueName("audit")
-    let dlq = TestEnv.uniqueName("dlq")
+    let stream: String
+    let dlq: String
     let metricsPort: Int
     let consumer = "test-consumer-\(UInt32.random(in: 0...UInt32.max))"
 
     init() throws {
+        stream = TestEnv.uniqueName("audit")
+        dlq = TestEnv.uniqueName("dlq")
+        metricsPort = try TestEnv.freePort()
+    }
+
+    /// A second replica: the same streams (and group), its own consumer name and metrics port.
+    init(sharing other: AuditWriterHarness) throws {
+        stream = other.stream
+        dlq = other.dlq
         metricsPort = try TestEnv.freePort()
     }
 

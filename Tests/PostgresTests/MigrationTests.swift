@@ -12,7 +12,7 @@ struct MigrationTests {
     @Test func runningTwiceChangesNothing() async throws {
         try await PostgresTestServer.withDatabase { db, _ in
             let store = AuditStore(connection: db)
-            #expect(try await store.migrate(logger: PostgresTestServer.logger) == [1, 2, 3, 4])
+            #expect(try await store.migrate(logger: PostgresTestServer.logger) == [1, 2, 3, 4, 5])
             let schema = try await db.query(Self.schemaQuery).rows.map(\.values)
             let migrations = try await db.query("SELECT version, name, applied_at FROM schema_migrations").rows.map(\.values)
             #expect(try await store.migrate(logger: PostgresTestServer.logger) == [])
@@ -22,7 +22,7 @@ struct MigrationTests {
                 "SELECT indexname FROM pg_indexes WHERE tablename = 'decisions' ORDER BY indexname"
             ).rows.map { $0["indexname"] }
             #expect(indexes == [
-                "decisions_model_version_decided_at", "decisions_pkey", "decisions_request_id",
+                "decisions_chain", "decisions_model_version_decided_at", "decisions_pkey", "decisions_request_id",
                 "decisions_source_decided_at", "decisions_symbol_decided_at",
             ])
         }
@@ -39,7 +39,7 @@ struct MigrationTests {
                 for try await versions in group { all += versions }
                 return all
             }
-            #expect(applied.sorted() == [1, 2, 3, 4])
+            #expect(applied.sorted() == [1, 2, 3, 4, 5])
             for connection in others { await connection.close() }
         }
     }
@@ -86,7 +86,7 @@ struct MigrationTests {
                     """, [id, String(1_723_161_254_087_891_268 + i)])
             }
             let before = try await db.query("SELECT request_id::text AS id, decided_at, ts_ns, symbol, score, features FROM decisions ORDER BY ts_ns")
-            #expect(try await store.migrate(logger: PostgresTestServer.logger) == [2, 3, 4])
+            #expect(try await store.migrate(logger: PostgresTestServer.logger) == [2, 3, 4, 5])
 
             let after = try await db.query(
                 """

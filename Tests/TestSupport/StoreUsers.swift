@@ -35,6 +35,11 @@ public enum StoreUsers {
         return url
     }
 
+    /// `base` (e.g. a test's own database) as the read-only role.
+    public static func readerPostgresURL(on base: String) throws -> String {
+        try withCredentials(of: "POSTGRES_URL_READER", on: base)
+    }
+
     /// The environment a built product runs with: its own Redis user on the server `REDIS_URL` names;
     /// the audit writer also as `te_audit_writer`, with the owner's URL for its migrations.
     static func environment(for product: String, _ environment: [String: String]) throws -> [String: String] {
@@ -74,16 +79,19 @@ public enum StoreUsers {
         return output
     }
 
+    /// `base` with the user and password of `variable`'s URL. Plain text surgery on the authority, because
+    /// a Redis Cluster URL (`redis+cluster://h:p,h:p/0`) names several hosts, which URLComponents refuses.
     private static func withCredentials(of variable: String, on base: String) throws -> String {
         guard let source = ProcessInfo.processInfo.environment[variable], !source.isEmpty,
-            let from = URLComponents(string: source), from.user != nil
+            let from = URLComponents(string: source), let user = from.percentEncodedUser
         else { throw MissingServerError(variable: variable) }
-        guard var target = URLComponents(string: base) else {
+        guard let schemeEnd = base.range(of: "://") else {
             throw ChildProcessError(description: "not a URL: \(base.prefix(12))…")
         }
-        target.percentEncodedUser = from.percentEncodedUser
-        target.percentEncodedPassword = from.percentEncodedPassword
-        guard let url = target.string else { throw ChildProcessError(description: "cannot rebuild \(variable)") }
-        return url
+        var authority = base[schemeEnd.upperBound...].prefix { $0 != "/" }
+        let rest = base[authority.endIndex...]
+        if let at = authority.lastIndex(of: "@") { authority = authority[authority.index(after: at)...] }
+        let password = from.percentEncodedPassword.map { ":" + $0 } ?? ""
+        return String(base[..<schemeEnd.upperBound]) + user + password + "@" + authority + rest
     }
 }
