@@ -7,7 +7,7 @@ import TEPostgres
 struct AuditCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit", abstract: "Gateway decisions stored in PostgreSQL (POSTGRES_URL).",
-        subcommands: [Recent.self, Counts.self])
+        subcommands: [Recent.self, Counts.self, Verify.self])
 
     struct Recent: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "The most recent decisions for a symbol.")
@@ -86,6 +86,39 @@ struct AuditCommand: AsyncParsableCommand {
                      String(format: "%.1f%%", 100 * Double($0.count) / Double(total))]
                 },
                 rightAligned: [3, 4]))
+        }
+    }
+
+    struct Verify: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Re-score the model's decisions of a period on Triton; report matches, mismatches and what cannot be verified.",
+            discussion: """
+                Every decision with source = model and since <= decided_at < until: its recorded FP32 features are \
+                sent to its recorded model version (batched), once the version Triton serves is known to have the \
+                recorded artefact hash. Exit 1 on any mismatch.
+                """)
+
+        @Option(help: "Start: a duration back from now (30s, 15m, 1h, 7d) or a timestamp (2024-08-09 12:00:00+00).")
+        var since: String = "1h"
+        @Option(help: "End (exclusive), same forms as --since. Default: now.") var until: String?
+        @Option(help: "At most this many decisions (the oldest of the period).") var limit: Int?
+        @Option(help: "Mismatches to list, the largest score differences first.") var top: Int = 10
+        @Option(help: "Triton gRPC endpoint host:port. Default: $TRITON_URL.") var tritonUrl: String?
+        @Option(help: "Per Triton call timeout in milliseconds.") var timeoutMs: Int = 5000
+        @OptionGroup var format: OutputOptions
+
+        func run() async throws {
+            if let limit, limit <= 0 { throw ValidationError("--limit must be positive") }
+            let since = try AuditCommand.timestamp(self.since, option: "--since")
+            let until = try self.until.map { try AuditCommand.timestamp($0, option: "--until") }
+            let store = try AuditCommand.store()
+            let decisions = try await store.modelDecisions(since: since, until: until, limit: limit)
+            await store.connection.close()
+            var rescorer = try AuditRescore(url: tritonUrl, timeoutMs: timeoutMs)
+            let report = await rescorer.verify(decisions.map(\.record))
+            rescorer.close()
+            try AuditRescore.print(report, since: since, until: until, top: top, format: format)
+            if !report.mismatches.isEmpty { throw ExitCode(1) }
         }
     }
 

@@ -1,0 +1,237 @@
+import Foundation
+import TEModels
+import TEPostgres
+import TERedis
+import TestSupport
+import Testing
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// `te explain` and `te audit verify` on decisions the real gateway made while a recording flowed through the
+/// real ingest and feature-pipeline (private Redis, own topic, own database; the shared Triton, never reloaded).
+@Suite("te explain and te audit verify on a replay", .serialized, .timeLimit(.minutes(10)))
+struct ExplainCommandTests {
+    static let recording = "/work/shared/data/binance/usdm_btcusdt_20240718.gz"
+    static let symbol = "BTCUSDT-PERP"
+
+    static func score(port: Int, _ body: String) async throws -> [String: Any] {
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/score")!)
+        request.httpMethod = "POST"
+        request.timeoutInterval = 5
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.httpBody = Data(body.utf8)
+        let (data, response) = try await URLSession.shared.data(for: request)
+        guard (response as? HTTPURLResponse)?.statusCode == 200 else { return [:] }
+        return (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
+    }
+
+    struct Run {
+        var pipeline: LivePipeline
+        var environment: [String: String]
+        /// decision_id → source of every decision answered on the gateway's own features.
+        var answered: [String: String]
+        var requestFeaturesDecision: String
+    }
+
+    @Test("explain: features match bit for bit, the re-score equals the record, a changed hash is refused, a trimmed snapshot is recomputed; verify finds a planted mismatch and unverifiable rows")
+    func explainAndVerify() async throws {
+        guard let triton = ProcessInfo.processInfo.environment["TRITON_URL"], !triton.isEmpty else {
+            throw TestSetupError("TRITON_URL is not set: source .dev/env")
+        }
+        try await PostgresTestServer.withDatabase { db, configuration in
+            let database = try #require(configuration.database)
+            let ownerURL = try PostgresConfiguration.url(try PostgresTestServer.url(), database: database)
+            let readerURL = try PostgresConfiguration.url(try StoreUsers.readerPostgresURL(), database: database)
+            let pipeline = try await LivePipeline("explain")
+            defer { Task { await pipeline.close() } }
+            let port = try TestEnv.freePort()
+            let services = [
+                try await pipeline.startIngest(),
+                try pipeline.start("feature-pipeline"),
+                try pipeline.start("gateway", [
+                    "TRITON_URL": triton, "HTTP_PORT": String(port), "SCORE_TIMEOUT_MS": "1000", "LOG_LEVEL": "warning",
+                ]),
+                try pipeline.start("audit-writer", ["POSTGRES_URL": ownerURL, "AUDIT_BATCH_SIZE": "50"]),
+            ]
+            defer { for s in services { s.terminate() } }
+            func logs() -> String { services.map { "\($0.name):\n\($0.output().suffix(1500))" }.joined(separator: "\n") }
+            let features = "[0.5,0.3,0.2,1,2,0.1,10,0.05]"
+            let up = await TestEnv.eventually(timeout: .seconds(30)) {
+                (try? await Self.score(port: port, #"{"symbol":"WARMUP","features":\#(features)}"#))?["source"] as? String == "model"
+            }
+            #expect(up, "\(logs())")
+
+            // Decisions on the gateway's own features while the recording flows, and once it has been read.
+            let replay = Task { try await pipeline.replay(Self.recording) }
+            var answered: [String: String] = [:]
+            let body = #"{"symbol":"\#(Self.symbol)","freshness_ms":600000}"#
+            while !replay.isCancelled {
+                let answer = try await Self.score(port: port, body)
+                if let id = answer["decision_id"] as? String, let source = answer["source"] as? String { answered[id] = source }
+                if answered.count >= 60 { break }
+                try await Task.sleep(for: .milliseconds(40))
+            }
+            try await replay.value
+            let drained = try await TestEnv.eventually(timeout: .seconds(180), every: .milliseconds(250)) {
+                try await pipeline.drained(StreamKey.ticks, group: "feature-pipeline")
+            }
+            #expect(drained, "\(logs())")
+            try await Task.sleep(for: .milliseconds(500))  // the gateway's feed reads the last snapshot
+            for _ in 0..<5 {
+                let answer = try await Self.score(port: port, body)
+                if let id = answer["decision_id"] as? String, let source = answer["source"] as? String { answered[id] = source }
+            }
+            let fromRequest = try await Self.score(port: port, #"{"symbol":"\#(Self.symbol)","features":\#(features)}"#)
+            let requestDecision = try #require(fromRequest["decision_id"] as? String)
+            let modelIDs = answered.filter { $0.value == "model" }.map(\.key)
+            #expect(modelIDs.count >= 10, "\(answered.count) answers: \(answered.values)")
+
+            let store = AuditStore(connection: db)
+            let expectedIDs = Set(answered.keys).union([requestDecision])
+            var records: [String: AuditRecord] = [:]
+            let stored = await TestEnv.eventually(timeout: .seconds(60), every: .milliseconds(200)) {
+                records = Dictionary(uniqueKeysWithValues: ((try? await store.all()) ?? []).map { ($0.decisionId, $0) })
+                return expectedIDs.isSubset(of: records.keys)
+            }
+            #expect(stored, "\(logs())")
+            let environment = [
+                "REDIS_URL": pipeline.redisServer.url, "POSTGRES_URL": readerURL, "TRITON_URL": triton,
+                "SCORE_TIMEOUT_MS": "1000",
+            ]
+
+            // Lineage in the record: the gateway's feature_snapshot_id names the real te:features entry.
+            let sample = modelIDs.sorted().prefix(4)
+            for id in sample {
+                let record = try #require(records[id])
+                let entryID = try #require(record.featureSnapshotId, "\(id) has no feature_snapshot_id")
+                let entry = try #require(try await pipeline.redis.xrange(StreamKey.features, start: entryID, end: entryID).first)
+                let snapshot = try StreamFieldDecoder.decode(FeatureSnapshot.self, from: entry.fields)
+                #expect(snapshot.symbol == Self.symbol)
+                #expect(record.featureTsNs == snapshot.tsNs)
+                #expect(record.features == snapshot.features)
+
+                let result = try await runTe(["explain", id, "-o", "json"], environment: environment)
+                #expect(result.status == 0, "\(result.output)")
+                let json = try #require(jsonOutput(result.output) as? [String: Any], "\(result.output)")
+                let lineage = try #require(json["lineage"] as? [String: Any])
+                #expect(lineage["source"] as? String == "te:features")
+                #expect(lineage["feature_snapshot_id"] as? String == entryID)
+                #expect(json["features_match"] as? Bool == true, "\(result.output.prefix(4000))")
+                let rows = try #require(json["features"] as? [[String: Any]])
+                #expect(rows.count == 8 && rows.allSatisfy { $0["match"] as? Bool == true && $0["recorded_fp32_bits"] as? String == $0["recomputed_fp32_bits"] as? String })
+                let rescore = try #require(json["rescore"] as? [String: Any], "\(result.output.prefix(3000))")
+                #expect(rescore["match"] as? Bool == true)
+                #expect(rescore["score"] as? Double == record.score)
+                // The window: as many quotes as the snapshot counted, each back to its Kafka message.
+                let window = try #require(json["window"] as? [String: Any])
+                let quotes = try #require(window["quotes"] as? [[String: Any]])
+                #expect(quotes.count == snapshot.nQuotes)
+                #expect((window["trades"] as? [[String: Any]])?.count == snapshot.nTrades)
+                #expect((quotes.last?["ts_ns"] as? NSNumber)?.int64Value == snapshot.tsNs)
+                #expect(quotes.allSatisfy { ($0["src"] as? String)?.split(separator: ":").compactMap { Int($0) }.count == 2 })
+                #expect(window["previous_quote"] is [String: Any])
+                #expect(json["source"] as? String == "model")
+                #expect(json["latency_us"] as? Int == Int(record.latencyUs))
+            }
+            let first = try #require(sample.first)
+            let table = try await runTe(["explain", first], environment: environment)
+            #expect(table.status == 0, "\(table.output)")
+            #expect(table.output.contains("features match bit-for-bit"), "\(table.output)")
+            #expect(table.output.contains(": equal"), "\(table.output)")
+            #expect(table.output.contains("outcome     not known yet"), "\(table.output)")
+            // Once the outcome exists (the tracker's row, written here as audit-writer would), it is shown.
+            _ = try await db.execute(
+                """
+                INSERT INTO outcomes (decision_id, symbol, model_version, score, decision, horizon_ms, mid_at_decision,
+                    mid_at_horizon, spread_bps_at_decision, return_bps, eligible, resolved_ts_ns)
+                VALUES ($1::uuid, $2, '1', 0.5, 'trade', 5000, 100, 100.1, 1, 9.995, true, 1)
+                """, [first, Self.symbol])
+            let withOutcome = try await runTe(["explain", first, "-o", "json"], environment: environment)
+            let outcome = (jsonOutput(withOutcome.output) as? [String: Any])?["outcome"] as? [String: Any]
+            #expect(outcome?["eligible"] as? Bool == true, "\(withOutcome.output.suffix(600))")
+            #expect(outcome?["return_bps"] as? Double == 9.995, "\(withOutcome.output.suffix(600))")
+
+            // Features that came in the request: re-scored, no window.
+            let fromRequestRun = try await runTe(["explain", requestDecision, "-o", "json"], environment: environment)
+            #expect(fromRequestRun.status == 0, "\(fromRequestRun.output)")
+            let fromRequestJSON = try #require(jsonOutput(fromRequestRun.output) as? [String: Any], "\(fromRequestRun.output)")
+            #expect((fromRequestJSON["lineage"] as? [String: Any])?["source"] as? String == "request features")
+            #expect((fromRequestJSON["rescore"] as? [String: Any])?["match"] as? Bool == true)
+            #expect(fromRequestJSON["features_match"] is NSNull)
+
+            // The snapshot's te:features entry deleted (as trimming would): recomputed from te:ticks, and from
+            // the recording, with the same bits.
+            let trimmed = try #require(sample.last)
+            let trimmedEntry = try #require(records[trimmed]?.featureSnapshotId)
+            _ = try await pipeline.redis.send(RedisCommand(["XDEL", StreamKey.features, trimmedEntry]))
+            for extra in [[], ["--recording", Self.recording]] {
+                let result = try await runTe(["explain", trimmed, "-o", "json"] + extra, environment: environment)
+                #expect(result.status == 0, "\(result.output)")
+                let json = try #require(jsonOutput(result.output) as? [String: Any], "\(result.output)")
+                let lineage = try #require(json["lineage"] as? [String: Any])
+                #expect(lineage["source"] as? String == (extra.isEmpty ? "recomputed from te:ticks" : "recomputed from recording"))
+                #expect(lineage["snapshot"] is NSNull)
+                #expect(json["features_match"] as? Bool == true, "\(result.output.prefix(4000))")
+                #expect((json["rescore"] as? [String: Any])?["match"] as? Bool == true)
+            }
+
+            // Period verification before anything is planted: every model decision re-scores to its record.
+            let period = ["--since", "1h", "-o", "json"]
+            let clean = try await runTe(["audit", "verify"] + period, environment: environment)
+            #expect(clean.status == 0, "\(clean.output)")
+            let cleanReport = try #require(jsonOutput(clean.output) as? [String: Any], "\(clean.output)")
+            let modelRows = records.values.filter { $0.source == .model }.count
+            #expect(cleanReport["decisions"] as? Int == modelRows)
+            #expect(cleanReport["matched"] as? Int == modelRows, "\(clean.output)")
+            #expect(cleanReport["mismatched"] as? Int == 0)
+
+            // A changed model hash: explain refuses to re-score, in one line, exit 1.
+            let others = modelIDs.sorted().filter { !sample.contains($0) }
+            let rehashed = try #require(others.first)
+            let altered = try #require(others.dropFirst().first)
+            _ = try await db.execute("UPDATE decisions SET model_hash = 'sha256-of-other-weights' WHERE decision_id = $1::uuid", [rehashed])
+            let refused = try await runTe(["explain", rehashed], environment: environment)
+            #expect(refused.status == 1, "\(refused.output)")
+            let lastLine = refused.output.split(separator: "\n").last.map(String.init) ?? ""
+            #expect(lastLine.hasPrefix("te: refusing to re-score decision \(rehashed): model trade_eligibility version "), "\(refused.output)")
+            #expect(lastLine.hasSuffix("the decision was made by sha256-of-other-weights"), "\(lastLine)")
+
+            // Planted: one altered score (a mismatch), rows that cannot be verified (a version Triton does not
+            // serve, no features).
+            let original = try #require(records[altered]?.score)
+            _ = try await db.execute("UPDATE decisions SET score = $2::float8 WHERE decision_id = $1::uuid", [altered, String(original + 0.25)])
+            var unserved = try #require(records[altered])
+            unserved.decisionId = UUID().uuidString.lowercased()
+            unserved.requestId = unserved.decisionId
+            unserved.modelVersion = "99"
+            var featureless = unserved
+            featureless.decisionId = UUID().uuidString.lowercased()
+            featureless.requestId = featureless.decisionId
+            featureless.modelVersion = "1"
+            featureless.features = nil
+            _ = try await store.insert([unserved, featureless])
+            let planted = try await runTe(["audit", "verify"] + period, environment: environment)
+            #expect(planted.status == 1, "\(planted.output)")
+            let report = try #require(jsonOutput(planted.output) as? [String: Any], "\(planted.output)")
+            #expect(report["decisions"] as? Int == modelRows + 2)
+            #expect(report["mismatched"] as? Int == 1)
+            #expect(report["matched"] as? Int == modelRows - 2)
+            let mismatch = try #require((report["mismatches"] as? [[String: Any]])?.first)
+            #expect(mismatch["decision_id"] as? String == altered)
+            #expect(abs((mismatch["abs_diff"] as? Double ?? 0) - 0.25) < 1e-6, "\(mismatch)")
+            let reasons = try #require(report["unverifiable_reasons"] as? [[String: Any]])
+            func ids(_ code: String) -> [String] { reasons.first { $0["reason"] as? String == code }?["decision_ids"] as? [String] ?? [] }
+            #expect(ids("hash_changed") == [rehashed], "\(reasons)")
+            #expect(ids("version_not_served") == [unserved.decisionId], "\(reasons)")
+            #expect(ids("no_features") == [featureless.decisionId], "\(reasons)")
+            #expect(report["unverifiable"] as? Int == 3)
+
+            let text = try await runTe(["audit", "verify", "--since", "1h"], environment: environment)
+            #expect(text.status == 1)
+            #expect(text.output.contains("mismatched 1"), "\(text.output)")
+            #expect(text.output.contains(altered), "\(text.output)")
+        }
+    }
+}
