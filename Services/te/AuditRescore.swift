@@ -13,6 +13,8 @@ struct AuditRescore {
     let timeout: Duration
     /// Rows per inference call (the model's batch limit is far above; this bounds one call's size).
     static let batchRows = 256
+    /// What the gateway records as model_hash before it has read the version's identity from Triton.
+    static let unknownHash = "unknown"
 
     init(url: String?, timeoutMs: Int) throws {
         guard let url = url ?? ProcessInfo.processInfo.environment["TRITON_URL"], !url.isEmpty else {
@@ -31,6 +33,8 @@ struct AuditRescore {
     enum Unverifiable: Error, Hashable, CustomStringConvertible {
         case noFeatures
         case noModel
+        /// The gateway answered before it had read the version's hash from Triton (it records "unknown").
+        case hashNotRecorded
         case versionNotServed(model: String, version: String, detail: String)
         case hashChanged(model: String, version: String, recorded: String, served: String)
         case tritonFailed(String)
@@ -40,6 +44,7 @@ struct AuditRescore {
             switch self {
             case .noFeatures: "no_features"
             case .noModel: "no_model"
+            case .hashNotRecorded: "hash_not_recorded"
             case .versionNotServed: "version_not_served"
             case .hashChanged: "hash_changed"
             case .tritonFailed: "triton_failed"
@@ -50,6 +55,7 @@ struct AuditRescore {
             switch self {
             case .noFeatures: "no features recorded"
             case .noModel: "no model name/version/hash recorded"
+            case .hashNotRecorded: "model_hash is \"unknown\": the gateway had not read the version's hash yet"
             case .versionNotServed(let model, let version, let detail):
                 "model \(model) version \(version) is not served (\(detail))"
             case .hashChanged(let model, let version, let recorded, let served):
@@ -89,6 +95,7 @@ struct AuditRescore {
         guard let model = record.modelName, let version = record.modelVersion, let recorded = record.modelHash else {
             return .failure(.noModel)
         }
+        if recorded == Self.unknownHash { return .failure(.hashNotRecorded) }
         switch await servedHash(model: model, version: version) {
         case .failure(let reason): return .failure(reason)
         case .success(let hash) where hash != recorded:

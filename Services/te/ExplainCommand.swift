@@ -66,6 +66,7 @@ struct ExplainCommand: AsyncParsableCommand {
             print(explanation.text(ticks: ticks))
         }
         if case .refused(let reason) = rescore {
+            fflush(nil)  // every stdio stream: the explanation first, then the one line saying why
             FileHandle.standardError.write(Data("te: refusing to re-score decision \(decisionId): \(reason)\n".utf8))
             throw ExitCode(1)
         }
@@ -136,9 +137,6 @@ struct ExplainCommand: AsyncParsableCommand {
                     guard page.count == 2000, let last = page.last else { break }
                     end = "(" + last.id
                 }
-                if !replay.complete {
-                    lineage.note = "\(ticksStream) holds less than 2W of \(record.symbol) before the snapshot: the quote before the window may be gone"
-                }
             } else {
                 var source = OfflineTicks()
                 var history: [Tick] = []
@@ -154,10 +152,14 @@ struct ExplainCommand: AsyncParsableCommand {
                 } catch is StopReading {}
                 for tick in history.reversed() where !replay.complete { replay.feedBackwards(.init(tick: tick, origin: Origin())) }
             }
-            lineage.window = replay.result(recorded: record.features)
-            if lineage.window?.snapshot == nil {
-                lineage.note = [lineage.note, "no quote of \(record.symbol) at ts_ns \(t) found"].compactMap { $0 }.joined(separator: "; ")
+            let rebuilt = replay.result(recorded: record.features)
+            lineage.window = rebuilt
+            var notes: [String] = []
+            if rebuilt.snapshot == nil { notes.append("no quote of \(record.symbol) at ts_ns \(t) found") }
+            if rebuilt.previousQuote == nil {
+                notes.append("no quote of \(record.symbol) at or before t − W (its first quote is in the window, or the ticks before it are gone)")
             }
+            lineage.note = notes.isEmpty ? nil : notes.joined(separator: "; ")
             return lineage
         }
 
@@ -283,7 +285,7 @@ struct ExplainCommand: AsyncParsableCommand {
             out.append("feature age \(number(r.featureAgeMs)) ms   canary \(r.canary.map { "v\($0.version) \($0.mode ?? "") \(number($0.score))" } ?? "-")   reason \(r.reason ?? "-")")
             var lineageLine = "lineage     \(lineage.source.rawValue)"
             if let id = r.featureSnapshotId {
-                lineageLine += "  \(lineage.featuresStream ?? "te:features") \(id)  ts_ns \(r.featureTsNs.map(String.init) ?? "-")  W \(lineage.windowMs.map(String.init) ?? "-") ms"
+                lineageLine += "  entry \(id) of \(lineage.featuresStream ?? "te:features")  ts_ns \(r.featureTsNs.map(String.init) ?? "-")  W \(lineage.windowMs.map(String.init) ?? "-") ms"
                 if lineage.snapshot == nil { lineageLine += Inspect.warn("  (entry gone)") }
             }
             out.append(lineageLine)
@@ -292,10 +294,12 @@ struct ExplainCommand: AsyncParsableCommand {
                 out.append("window      \(window.quotes.count) quotes, \(window.trades.count) trades in (t−W, t]; previous quote \(window.previousQuote.map { Self.tickLine($0) } ?? "none")")
             }
             if r.features != nil {
+                // FP32 values in their shortest round-trip form (what the model got), beside their bits.
+                func fp32(_ value: Any?) -> String { (value as? Double).map { "\(Float($0))" } ?? "-" }
                 let rows = featureRows().map { row -> [String] in
                     let match = (row["match"] as? Bool).map { $0 ? "=" : Inspect.warn("≠") } ?? ""
-                    return [row["name"] as! String, number(row["recorded"] as? Double), (row["recorded_fp32_bits"] as? String) ?? "-",
-                            number(row["recomputed"] as? Double), (row["recomputed_fp32_bits"] as? String) ?? "-", match]
+                    return [row["name"] as! String, fp32(row["recorded"]), (row["recorded_fp32_bits"] as? String) ?? "-",
+                            fp32(row["recomputed"]), (row["recomputed_fp32_bits"] as? String) ?? "-", match]
                 }
                 out.append("")
                 out.append(Inspect.table(["feature", "recorded", "fp32", "recomputed", "fp32", ""], rows))
@@ -311,7 +315,7 @@ struct ExplainCommand: AsyncParsableCommand {
             case .refused(let reason): out.append(Inspect.warn("re-score    refused: \(reason)"))
             case .scored(let score):
                 let verdict = scoreMatches == true ? "equal" : Inspect.warn("DIFFERENT (|Δ| \(number(r.score.map { abs(Double(score) - $0) })))")
-                out.append("re-score    \(Double(score)) vs recorded \(number(r.score)) on \(model): \(verdict)")
+                out.append("re-score    \(score) vs recorded \(r.score.map { "\(Float($0))" } ?? "-") on \(model): \(verdict)")
             }
             if let outcome {
                 out.append("outcome     " + outcome.map { "\($0.column)=\($0.value ?? "null")" }.joined(separator: " "))
@@ -326,8 +330,9 @@ struct ExplainCommand: AsyncParsableCommand {
                     ["ts_ns", "kind", "bid", "bid_size", "ask", "ask_size", "price", "size", "entry", "src"],
                     entries.map { e in
                         let t = e.tick
-                        return [String(t.tsNs), t.kind.rawValue, number(t.bid), number(t.bidSize), number(t.ask), number(t.askSize),
-                                number(t.price), number(t.size), e.origin.entryId ?? "-", e.origin.src ?? "-"]
+                        func exact(_ v: Double?) -> String { v.map { "\($0)" } ?? "-" }  // prices need every digit
+                        return [String(t.tsNs), t.kind.rawValue, exact(t.bid), exact(t.bidSize), exact(t.ask), exact(t.askSize),
+                                exact(t.price), exact(t.size), e.origin.entryId ?? "-", e.origin.src ?? "-"]
                     }))
             }
             return out.joined(separator: "\n")
