@@ -179,6 +179,35 @@ struct ExplainCommandTests {
                 #expect((json["rescore"] as? [String: Any])?["match"] as? Bool == true)
             }
 
+            // With STREAM_SHARDS = 3 the symbol's ticks and features live in its shard's streams (copied there with
+            // their ids, as a sharded pipeline would have written them): explain reads te:features:{k}, te:ticks:{k}.
+            let shards = 3
+            let k = StreamKey.shard(of: Self.symbol, shards: shards)
+            let shardTicks = StreamKey.sharded(StreamKey.ticks, shard: k, of: shards)
+            let shardFeatures = StreamKey.sharded(StreamKey.features, shard: k, of: shards)
+            #expect(shardTicks == "te:ticks:{\(k)}")
+            let shardedDecision = try #require(sample.dropFirst().first)
+            let shardedEntry = try #require(records[shardedDecision]?.featureSnapshotId)
+            var start = "-"
+            while true {
+                let page = try await pipeline.redis.xrange(StreamKey.ticks, start: start, end: "+", count: 2000)
+                guard let last = page.last else { break }
+                _ = try await pipeline.redis.pipeline(page.map { .xadd(shardTicks, id: $0.id, maxLen: nil, fields: $0.fields) })
+                start = "(" + last.id
+            }
+            let featuresEntry = try #require(try await pipeline.redis.xrange(StreamKey.features, start: shardedEntry, end: shardedEntry).first)
+            _ = try await pipeline.redis.xadd(shardFeatures, id: featuresEntry.id, fields: featuresEntry.fields)
+            var shardedEnvironment = environment
+            shardedEnvironment["STREAM_SHARDS"] = String(shards)
+            let sharded = try await runTe(["explain", shardedDecision, "-o", "json"], environment: shardedEnvironment)
+            #expect(sharded.status == 0, "\(sharded.output)")
+            let shardedJSON = try #require(jsonOutput(sharded.output) as? [String: Any], "\(sharded.output)")
+            let shardedLineage = try #require(shardedJSON["lineage"] as? [String: Any])
+            #expect(shardedLineage["features_stream"] as? String == shardFeatures)
+            #expect(shardedLineage["ticks_stream"] as? String == shardTicks)
+            #expect(shardedLineage["source"] as? String == "te:features")
+            #expect(shardedJSON["features_match"] as? Bool == true)
+
             // Period verification before anything is planted: every model decision re-scores to its record.
             let period = ["--since", "1h", "-o", "json"]
             let clean = try await runTe(["audit", "verify"] + period, environment: environment)
@@ -233,6 +262,9 @@ struct ExplainCommandTests {
             #expect(ids("no_features") == [featureless.decisionId], "\(reasons)")
             #expect(ids("hash_not_recorded") == hashUnknown, "\(reasons)")
             #expect(report["unverifiable"] as? Int == 3 + hashUnknown.count)
+
+            let limited = try await runTe(["audit", "verify", "--since", "1h", "--limit", "5", "-o", "json"], environment: environment)
+            #expect((jsonOutput(limited.output) as? [String: Any])?["decisions"] as? Int == 5, "\(limited.output)")
 
             let text = try await runTe(["audit", "verify", "--since", "1h"], environment: environment)
             #expect(text.status == 1)
