@@ -109,6 +109,8 @@ struct AuditCommand: AsyncParsableCommand {
 
         func run() async throws {
             if let limit, limit <= 0 { throw ValidationError("--limit must be positive") }
+            if top < 0 { throw ValidationError("--top must be ≥ 0") }
+            if timeoutMs <= 0 { throw ValidationError("--timeout-ms must be positive") }
             let since = try AuditCommand.timestamp(self.since, option: "--since")
             let until = try self.until.map { try AuditCommand.timestamp($0, option: "--until") }
             let store = try AuditCommand.store()

@@ -35,6 +35,7 @@ struct ExplainCommand: AsyncParsableCommand {
     func validate() throws {
         if let windowMs, windowMs <= 0 { throw ValidationError("--window-ms must be positive") }
         if ticks < 0 { throw ValidationError("--ticks must be ≥ 0") }
+        if timeoutMs <= 0 { throw ValidationError("--timeout-ms must be positive") }
     }
 
     func run() async throws {

@@ -155,6 +155,12 @@ struct ExplainCommandTests {
             #expect(outcome?["eligible"] as? Bool == true, "\(withOutcome.output.suffix(600))")
             #expect(outcome?["return_bps"] as? Double == 9.995, "\(withOutcome.output.suffix(600))")
 
+            for unknown in [UUID().uuidString.lowercased(), "not-a-uuid"] {
+                let missing = try await runTe(["explain", unknown], environment: environment)
+                #expect(missing.status == 1)
+                #expect(missing.output == "te: no decision \(unknown) in decisions\n", "\(missing.output)")
+            }
+
             // Features that came in the request: re-scored, no window.
             let fromRequestRun = try await runTe(["explain", requestDecision, "-o", "json"], environment: environment)
             #expect(fromRequestRun.status == 0, "\(fromRequestRun.output)")
@@ -186,7 +192,8 @@ struct ExplainCommandTests {
             let shardTicks = StreamKey.sharded(StreamKey.ticks, shard: k, of: shards)
             let shardFeatures = StreamKey.sharded(StreamKey.features, shard: k, of: shards)
             #expect(shardTicks == "te:ticks:{\(k)}")
-            let shardedDecision = try #require(sample.dropFirst().first)
+            // (Decisions made after the replay share its last snapshot: pick one whose entry was not deleted.)
+            let shardedDecision = try #require(sample.first { records[$0]?.featureSnapshotId != trimmedEntry })
             let shardedEntry = try #require(records[shardedDecision]?.featureSnapshotId)
             var start = "-"
             while true {
