@@ -54,6 +54,11 @@ struct ExplainCommandTests {
                     "TRITON_URL": triton, "HTTP_PORT": String(port), "SCORE_TIMEOUT_MS": "1000", "LOG_LEVEL": "warning",
                 ]),
                 try pipeline.start("audit-writer", ["POSTGRES_URL": ownerURL, "AUDIT_BATCH_SIZE": "50"]),
+                // Outcomes: a decision after the recording's end never sees its horizon; written unlabelled after 10 s.
+                try pipeline.start("outcome-tracker", [
+                    "OUTCOME_HORIZON_MS": "5000", "OUTCOME_SWEEP_MS": "100", "OUTCOME_MAX_HOLD_MS": "10000",
+                    "CONSUMER_NAME": "outcome-tracker-explain",
+                ]),
             ]
             defer { for s in services { s.terminate() } }
             func logs() -> String { services.map { "\($0.name):\n\($0.output().suffix(1500))" }.joined(separator: "\n") }
@@ -141,19 +146,23 @@ struct ExplainCommandTests {
             #expect(table.status == 0, "\(table.output)")
             #expect(table.output.contains("features match bit-for-bit"), "\(table.output)")
             #expect(table.output.contains(": equal"), "\(table.output)")
-            #expect(table.output.contains("outcome     not known yet"), "\(table.output)")
+            #expect(table.output.contains("\noutcome     "), "\(table.output)")
             print("te explain \(first):\n\(table.output)")
-            // Once the outcome exists (the tracker's row, written here as audit-writer would), it is shown.
-            _ = try await db.execute(
-                """
-                INSERT INTO outcomes (decision_id, symbol, model_version, score, decision, horizon_ms, mid_at_decision,
-                    mid_at_horizon, spread_bps_at_decision, return_bps, eligible, resolved_ts_ns)
-                VALUES ($1::uuid, $2, '1', 0.5, 'trade', 5000, 100, 100.1, 1, 9.995, true, 1)
-                """, [first, Self.symbol])
+            // Once the tracker's outcome is in `outcomes`, explain shows it.
+            var outcomeRow: PostgresRow?
+            let resolved = await TestEnv.eventually(timeout: .seconds(90), every: .milliseconds(250)) {
+                outcomeRow = try? await db.query(
+                    "SELECT eligible, return_bps, resolved_ts_ns, reason FROM outcomes WHERE decision_id = $1::uuid", [first]).rows.first
+                return outcomeRow != nil
+            }
+            #expect(resolved, "\(logs())")
             let withOutcome = try await runTe(["explain", first, "-o", "json"], environment: environment)
-            let outcome = (jsonOutput(withOutcome.output) as? [String: Any])?["outcome"] as? [String: Any]
-            #expect(outcome?["eligible"] as? Bool == true, "\(withOutcome.output.suffix(600))")
-            #expect(outcome?["return_bps"] as? Double == 9.995, "\(withOutcome.output.suffix(600))")
+            let outcome = try #require((jsonOutput(withOutcome.output) as? [String: Any])?["outcome"] as? [String: Any], "\(withOutcome.output.suffix(600))")
+            #expect((outcome["resolved_ts_ns"] as? NSNumber)?.int64Value == outcomeRow?["resolved_ts_ns"].flatMap { Int64($0) })
+            #expect(outcome["eligible"] as? Bool == outcomeRow?["eligible"].map { $0 == "t" }, "\(outcome)")
+            #expect(outcome["return_bps"] as? Double == outcomeRow?["return_bps"].flatMap { Double($0) }, "\(outcome)")
+            #expect(outcome["reason"] as? String == outcomeRow?["reason"], "\(outcome)")
+            print("outcome of \(first): \(outcome)")
 
             for unknown in [UUID().uuidString.lowercased(), "not-a-uuid"] {
                 let missing = try await runTe(["explain", unknown], environment: environment)
@@ -253,6 +262,11 @@ struct ExplainCommandTests {
             featureless.modelVersion = "1"
             featureless.features = nil
             _ = try await store.insert([unserved, featureless])
+            // A row written straight into the table: no te:features entry, no outcome, nothing to re-score.
+            let bare = try await runTe(["explain", featureless.decisionId], environment: environment)
+            #expect(bare.status == 1, "\(bare.output)")
+            #expect(bare.output.contains("\noutcome     not known yet\n"), "\(bare.output)")
+            #expect(bare.output.hasSuffix("te: refusing to re-score decision \(featureless.decisionId): no features recorded\n"), "\(bare.output)")
             let planted = try await runTe(["audit", "verify"] + period, environment: environment)
             #expect(planted.status == 1, "\(planted.output)")
             let report = try #require(jsonOutput(planted.output) as? [String: Any], "\(planted.output)")
