@@ -100,6 +100,8 @@ struct ExplainCommand: AsyncParsableCommand {
         /// The `te:features` entry as it is now, nil when gone (or never: request features).
         var snapshot: FeatureSnapshot?
         var windowMs: Int?
+        /// Where the window's ticks were read: the ticks stream, or the recordings.
+        var windowFrom: String?
         var window: SnapshotReplay<Origin>.Result?
         /// Why the window could not be rebuilt, or what makes it uncertain.
         var note: String?
@@ -123,7 +125,7 @@ struct ExplainCommand: AsyncParsableCommand {
             var lineage = Lineage(
                 source: snapshot != nil ? .featuresEntry : recordings.isEmpty ? .recomputedFromTicks : .recomputedFromRecording,
                 featuresStream: featuresStream, ticksStream: recordings.isEmpty ? ticksStream : nil, snapshot: snapshot,
-                windowMs: window)
+                windowMs: window, windowFrom: recordings.isEmpty ? ticksStream : recordings.joined(separator: " "))
             if recordings.isEmpty {
                 // Ticks reach te:ticks before the snapshot they make reaches te:features (same node: one shard's
                 // streams share a slot), so the window lies at or before the snapshot's entry id.
@@ -183,6 +185,12 @@ struct ExplainCommand: AsyncParsableCommand {
             return FeatureBits.equal(recorded, recomputed)
         }
 
+        /// Whether the `te:features` entry still there holds the features the record says the model got.
+        var entryMatchesRecord: Bool? {
+            guard let snapshot = lineage.snapshot, let recorded = record.features else { return nil }
+            return FeatureBits.equal(snapshot.features, recorded)
+        }
+
         var rescored: Float? { if case .scored(let s) = rescore { s } else { nil } }
 
         var scoreMatches: Bool? {
@@ -230,6 +238,8 @@ struct ExplainCommand: AsyncParsableCommand {
             lineageObject["features_stream"] = Self.orNull(lineage.featuresStream)
             lineageObject["ticks_stream"] = Self.orNull(lineage.ticksStream)
             lineageObject["window_ms"] = Self.orNull(lineage.windowMs)
+            lineageObject["window_from"] = Self.orNull(lineage.windowFrom)
+            lineageObject["entry_matches_record"] = Self.orNull(entryMatchesRecord)
             lineageObject["note"] = Self.orNull(lineage.note)
             lineageObject["snapshot"] = Self.orNull(try lineage.snapshot.map { try JSONSerialization.jsonObject(with: JSONEncoder().encode($0)) })
             var object: [String: Any] = [
@@ -290,9 +300,10 @@ struct ExplainCommand: AsyncParsableCommand {
                 if lineage.snapshot == nil { lineageLine += Inspect.warn("  (entry gone)") }
             }
             out.append(lineageLine)
+            if entryMatchesRecord == false { out.append("            " + Inspect.warn("the entry's features are not the recorded ones")) }
             if let note = lineage.note { out.append("            " + Inspect.warn(note)) }
             if let window = lineage.window {
-                out.append("window      \(window.quotes.count) quotes, \(window.trades.count) trades in (t−W, t]; previous quote \(window.previousQuote.map { Self.tickLine($0) } ?? "none")")
+                out.append("window      from \(lineage.windowFrom ?? "-"): \(window.quotes.count) quotes, \(window.trades.count) trades in (t−W, t]; previous quote \(window.previousQuote.map { Self.tickLine($0) } ?? "none")")
             }
             if r.features != nil {
                 // FP32 values in their shortest round-trip form (what the model got), beside their bits.

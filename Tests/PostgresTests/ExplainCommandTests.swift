@@ -123,6 +123,8 @@ struct ExplainCommandTests {
                 let lineage = try #require(json["lineage"] as? [String: Any])
                 #expect(lineage["source"] as? String == "te:features")
                 #expect(lineage["feature_snapshot_id"] as? String == entryID)
+                #expect(lineage["entry_matches_record"] as? Bool == true)
+                #expect(lineage["window_from"] as? String == StreamKey.ticks)
                 #expect(json["features_match"] as? Bool == true, "\(result.output.prefix(4000))")
                 let rows = try #require(json["features"] as? [[String: Any]])
                 #expect(rows.count == 8 && rows.allSatisfy { $0["match"] as? Bool == true && $0["recorded_fp32_bits"] as? String == $0["recomputed_fp32_bits"] as? String })
@@ -190,6 +192,7 @@ struct ExplainCommandTests {
                 let lineage = try #require(json["lineage"] as? [String: Any])
                 #expect(lineage["source"] as? String == (extra.isEmpty ? "recomputed from te:ticks" : "recomputed from recording"))
                 #expect(lineage["snapshot"] is NSNull)
+                #expect(lineage["window_from"] as? String == (extra.isEmpty ? StreamKey.ticks : Self.recording))
                 #expect(json["features_match"] as? Bool == true, "\(result.output.prefix(4000))")
                 #expect((json["rescore"] as? [String: Any])?["match"] as? Bool == true)
             }
