@@ -89,20 +89,35 @@ struct AuditCommand: AsyncParsableCommand {
         }
     }
 
-    /// `te audit verify --chain`: the hash chain walk lives in AuditChainVerify.swift.
+    /// `te audit verify`: re-scores the model's decisions of a period (AuditRescore.swift), or with `--chain`
+    /// walks each writer's hash chain (AuditChainVerify.swift).
     struct Verify: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Verify stored decisions; --chain: each writer's hash chain, naming the first row that does not fit (exit 1).")
+            abstract: "Verify stored decisions: re-score them on Triton, or (--chain) check each writer's hash chain.",
+            discussion: """
+                Default: every decision with source = model and since <= decided_at < until: its recorded FP32 \
+                features are sent to its recorded model version (batched), once the version Triton serves is known \
+                to have the recorded artefact hash; exit 1 on any mismatch. --chain: each writer's rows in chain_seq \
+                order, naming the first row that does not fit (exit 1).
+                """)
 
-        @Flag(help: "Check the hash chain (chain_seq, prev_hash, row_hash) of each writer.") var chain = false
-        @Option(help: "Start: a duration back from now (30s, 15m, 1h, 7d) or a timestamp. Default: the beginning.")
+        @Flag(help: "Check the hash chain (chain_seq, prev_hash, row_hash) of each writer instead of re-scoring.")
+        var chain = false
+        @Option(help: "Start: a duration back from now (30s, 15m, 1h, 7d) or a timestamp (2024-08-09 12:00:00+00). Default: 1h; with --chain the beginning.")
         var since: String?
         @Option(help: "End (exclusive), same forms as --since. Default: now.") var until: String?
-        @Option(help: "Only this writer's chain (its AUDIT_WRITER_ID).") var writer: String?
+        @Option(help: "--chain: only this writer's chain (its AUDIT_WRITER_ID).") var writer: String?
+        @Option(help: "At most this many decisions (the oldest of the period).") var limit: Int?
+        @Option(help: "Mismatches to list, the largest score differences first.") var top: Int = 10
+        @Option(help: "Triton gRPC endpoint host:port. Default: $TRITON_URL.") var tritonUrl: String?
+        @Option(help: "Per Triton call timeout in milliseconds.") var timeoutMs: Int = 5000
         @OptionGroup var format: OutputOptions
 
         func run() async throws {
-            guard chain else { throw ValidationError("a mode is required: --chain") }
+            if chain { try await verifyChain() } else { try await rescore() }
+        }
+
+        private func verifyChain() async throws {
             let verify = AuditChainVerify(
                 since: try since.map { try AuditCommand.timestamp($0, option: "--since") },
                 until: try until.map { try AuditCommand.timestamp($0, option: "--until") }, writer: writer)
@@ -111,6 +126,23 @@ struct AuditCommand: AsyncParsableCommand {
             await store.connection.close()
             if format.json { try format.printJSON(report.json) } else { print(report.text) }
             if report.broken != nil { throw ExitCode(1) }
+        }
+
+        private func rescore() async throws {
+            if writer != nil { throw ValidationError("--writer goes with --chain") }
+            if let limit, limit <= 0 { throw ValidationError("--limit must be positive") }
+            if top < 0 { throw ValidationError("--top must be ≥ 0") }
+            if timeoutMs <= 0 { throw ValidationError("--timeout-ms must be positive") }
+            let since = try AuditCommand.timestamp(self.since ?? "1h", option: "--since")
+            let until = try self.until.map { try AuditCommand.timestamp($0, option: "--until") }
+            let store = try AuditCommand.store()
+            let decisions = try await store.modelDecisions(since: since, until: until, limit: limit)
+            await store.connection.close()
+            var rescorer = try AuditRescore(url: tritonUrl, timeoutMs: timeoutMs)
+            let report = await rescorer.verify(decisions.map(\.record))
+            rescorer.close()
+            try AuditRescore.print(report, since: since, until: until, top: top, format: format)
+            if !report.mismatches.isEmpty { throw ExitCode(1) }
         }
     }
 

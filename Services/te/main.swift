@@ -10,6 +10,7 @@ struct TE: AsyncParsableCommand {
         subcommands: [
             ReplayCommand.self, StreamsCommand.self, TailCommand.self, PendingCommand.self, DLQCommand.self,
             FeaturesCommand.self, TritonCommand.self, AuditCommand.self, ModelCommand.self, ScoreCommand.self, TopCommand.self,
+            ExplainCommand.self,
         ])
 }
 

@@ -143,6 +143,45 @@ struct IngestTests {
         #expect(try await ingest.waitForExit(timeout: .seconds(20)) == 0)
     }
 
+    @Test("lineage: each te:ticks entry's src is the partition:offset of the Kafka message it came from")
+    func ticksNameTheirKafkaMessage() async throws {
+        let h = try IngestHarness(partitions: 3)
+        defer { Task { await h.cleanup() } }
+        let ingest = try h.startIngest()
+        let producer = try KafkaProducer(configuration: KafkaConfiguration(brokers: h.cluster.bootstrapServers), logger: Logger(label: "test"))
+        // Known messages on every partition (the key picks it), a dead letter in between so offsets and tick
+        // counts part ways; each Tick has its own ts_ns, so it names the message it must come from.
+        var expected: [Int64: String] = [:]
+        let symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT"]
+        for i in 0..<60 {
+            let symbol = symbols[i % symbols.count]
+            let tsNs = 1_723_161_254_000_000_000 + Int64(i) * 1_000_000
+            if i % 7 == 3 {
+                _ = try await producer.send(KafkaOutgoingMessage(topic: h.topic, key: Array(symbol.utf8), value: Array("{not json".utf8)))
+            }
+            let tick = #"{"symbol":"\#(symbol)","ts_ns":\#(tsNs),"kind":"quote","bid":100.5,"bid_size":1.5,"ask":100.75,"ask_size":2}"#
+            let delivery = try await producer.send(KafkaOutgoingMessage(
+                topic: h.topic, key: Array(symbol.utf8), value: Array(tick.utf8),
+                headers: [KafkaHeader(key: "ts_ns", string: String(tsNs))]))
+            expected[tsNs] = "\(delivery.partition):\(delivery.offset)"
+        }
+        #expect(Set(expected.values.map { $0.split(separator: ":")[0] }).count > 1, "the messages span partitions")
+        let arrived = await TestEnv.eventually(timeout: .seconds(60), every: .milliseconds(100)) {
+            ((try? await h.redis.xlen(h.ticks)) ?? 0) >= expected.count
+        }
+        #expect(arrived, "ingest output: \(ingest.output().suffix(2000))")
+        let entries = try await h.redis.xrange(h.ticks)
+        #expect(entries.count == expected.count)
+        var seen: [Int64: String] = [:]
+        for entry in entries {
+            let tick = try StreamFieldDecoder.decode(Tick.self, from: entry.fields)
+            seen[tick.tsNs] = entry.fields.first { $0.0 == "src" }?.1
+        }
+        #expect(seen == expected)
+        ingest.terminate()
+        #expect(try await ingest.waitForExit(timeout: .seconds(20)) == 0)
+    }
+
     @Test("SIGKILL ingest three times mid-replay: exactly one Tick per usable message (no gaps, no duplicates)")
     func killAndRestart() async throws {
         let h = try IngestHarness()
