@@ -85,11 +85,13 @@ public final class PrivateRedisServer: Sendable {
     public let port: Int
     private let server: ChildProcess
 
-    public init(port: Int? = nil) async throws {
+    /// `aclFile`: default `REDIS_ACL_FILE_STRICT` (dev-up's rendering); `renderedACL()` renders this
+    /// checkout's deploy/redis/users.acl instead, for tests of grants the shared servers may not have yet.
+    public init(port: Int? = nil, aclFile: String? = nil) async throws {
         let port = try port ?? TestEnv.freePort()
         self.port = port
         // The services' ACL users on their real key names (`REDIS_ACL_FILE_STRICT`, from .dev/env).
-        guard let aclFile = ProcessInfo.processInfo.environment["REDIS_ACL_FILE_STRICT"], !aclFile.isEmpty else {
+        guard let aclFile = aclFile ?? ProcessInfo.processInfo.environment["REDIS_ACL_FILE_STRICT"], !aclFile.isEmpty else {
             throw MissingServerError(variable: "REDIS_ACL_FILE_STRICT")
         }
         self.server = try ChildProcess(
@@ -103,6 +105,24 @@ public final class PrivateRedisServer: Sendable {
     }
 
     public var url: String { "redis://127.0.0.1:\(port)/0" }
+
+    /// This checkout's deploy/redis/users.acl rendered (scripts/redis-acl.sh, default user on, real key
+    /// names) with dev-up's passwords (the `secrets/redis` beside `REDIS_ACL_FILE_STRICT`'s directory), so
+    /// `StoreUsers` URLs log in; returns the file's path.
+    public static func renderedACL() async throws -> String {
+        guard let strict = ProcessInfo.processInfo.environment["REDIS_ACL_FILE_STRICT"], !strict.isEmpty else {
+            throw MissingServerError(variable: "REDIS_ACL_FILE_STRICT")
+        }
+        let dev = URL(fileURLWithPath: strict).deletingLastPathComponent().deletingLastPathComponent()
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("users-\(UUID().uuidString).acl").path
+        let render = try ChildProcess(
+            "sh", arguments: ["scripts/redis-acl.sh", "--default", "on", "deploy/redis/users.acl",
+                dev.appendingPathComponent("secrets/redis").path, output])
+        guard try await render.waitForExit(timeout: .seconds(30)) == 0 else {
+            throw ChildProcessError(description: "redis-acl.sh failed: \(render.output())")
+        }
+        return output
+    }
 
     /// SIGSTOP / SIGCONT: a server that keeps its connections but answers nothing, then recovers.
     public func pause() { server.signal(SIGSTOP) }
