@@ -78,8 +78,8 @@ public final class CanaryController: Sendable {
     }
 
     /// Applies the shared state (a newer generation replaces the older, and any local breach judged under
-    /// an older one: the shared state now says what happened). Returns (old status, new status) when the
-    /// served status changed.
+    /// an older one: the shared state now says what happened). Returns the served status before and after,
+    /// nil when the state is not newer than the one followed.
     func apply(_ shared: RolloutState) -> (from: RolloutState.Status, to: RolloutState.Status)? {
         state.withLock { s in
             // Generations only grow (the hash is changed by compare-and-set, never deleted): an older or
@@ -89,8 +89,7 @@ public final class CanaryController: Sendable {
             s.monitor = CanaryMonitor(limits: s.monitor.limits)
             s.followed = shared
             s.breachPending = nil
-            let after = Self.status(s, primary: primaryVersion, canary: version)
-            return before == after ? nil : (before, after)
+            return (before, Self.status(s, primary: primaryVersion, canary: version))
         }
     }
 

@@ -473,6 +473,8 @@ public final class DecisionEngine: Sendable {
     public func applyRollout(_ state: RolloutState) {
         guard let change = canary.apply(state) else { return }
         metrics.rolloutState(state.generation, status: change.to)
+        // A rollback this replica made itself was counted when it saw the breach.
+        guard change.from != change.to else { return }
         if change.to == .rolledBack { metrics.canaryRollbacks.increment() }
         logger.notice(
             "rollout state followed",

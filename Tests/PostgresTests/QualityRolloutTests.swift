@@ -102,7 +102,7 @@ struct QualityRolloutTests {
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")
             request.httpBody = try JSONSerialization.data(withJSONObject: ["symbol": symbol, "features": features])
             let (data, response) = try await URLSession.shared.data(for: request)
-            #expect((response as? HTTPURLResponse)?.statusCode == 200)
+            #expect((response as? HTTPURLResponse)?.statusCode == 200, "\(String(decoding: data, as: UTF8.self))")
             return (try JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
         }
 
@@ -120,7 +120,7 @@ struct QualityRolloutTests {
         /// canary)`: mid 100 before the decision, 100·e^(±50 bp) or 100 within the horizon, and one quote
         /// past it so the horizon resolves. Returns the audited (primary, canary) scores.
         func decideAndLabel(_ label: (Double, Double) -> Bool) async throws -> [(Double, Double)] {
-            let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+            let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36).uppercased()
             for i in 0..<QualityRolloutTests.decisions {
                 let x = Double(i) / Double(QualityRolloutTests.decisions)
                 _ = try await score(
