@@ -232,6 +232,8 @@ struct QualityRolloutTests {
             let restored = try await rig.state()
             #expect(restored.status == .configured && restored.generation == 2)
             #expect(await rig.replicasFollow(.configured, generation: 2), "\(rig.logs())")
+            let help = try await runTe(["model", "rollout", "restore", "--help"])
+            #expect(help.status == 0 && help.output.contains("USAGE: te model rollout restore"), "\(help.output)")
             let again = try await runTe(["model", "rollout", "restore"], environment: env)
             #expect(again.status == 0 && again.output.contains("nothing to restore"))
             #expect(try await rig.events().map(\.kind) == [.rollback, .restore])
