@@ -33,7 +33,10 @@ struct QualityRolloutTests {
         let tracker: ChildProcess
         let postgresURL: String
 
-        init(postgresURL: String, autoPromote: Bool, gateway overrides: [String: String] = [:]) async throws {
+        init(
+            postgresURL: String, autoPromote: Bool, gateway overrides: [String: String] = [:],
+            tracker trackerOverrides: [String: String] = [:]
+        ) async throws {
             self.postgresURL = postgresURL
             server = try await PrivateRedisServer(aclFile: try await PrivateRedisServer.renderedACL())
             redis = RedisClient(configuration: try RedisConfiguration(url: server.url), name: "rollout-test")
@@ -50,7 +53,7 @@ struct QualityRolloutTests {
                     "METRICS_PORT": String(trackerPort), "OUTCOME_HORIZON_MS": String(QualityRolloutTests.horizonMs),
                     "OUTCOME_SWEEP_MS": "50", "CANARY_QUALITY_MIN_OUTCOMES": "30", "CANARY_QUALITY_MIN_TRADES": "100000",
                     "CANARY_AUTO_PROMOTE": autoPromote ? "true" : "false",
-                ]) { $1 })
+                ]) { $1 }.merging(trackerOverrides) { $1 })
             var processes = [tracker]
             for (i, port) in gatewayPorts.enumerated() {
                 processes.append(
@@ -115,14 +118,14 @@ struct QualityRolloutTests {
             #expect(tracker, "outcome-tracker not ready:\n\(logs())")
         }
 
-        /// `decisions` decisions spread over both replicas (each its own symbol, features varied so the
-        /// two versions score differently), then for each the quotes that give it the label `label(primary,
-        /// canary)`: mid 100 before the decision, 100·e^(±50 bp) or 100 within the horizon, and one quote
-        /// past it so the horizon resolves. Returns the audited (primary, canary) scores.
-        func decideAndLabel(_ label: (Double, Double) -> Bool) async throws -> [(Double, Double)] {
+        /// `count` decisions spread over both replicas (each its own symbol, features varied so the two
+        /// versions score differently), then for each the quotes that give it the label `label(record)`: mid
+        /// 100 before the decision, 100·e^(50 bp) (eligible) or 100 within the horizon, and one quote past
+        /// it so the horizon resolves. Returns the audited records.
+        func decide(_ count: Int = QualityRolloutTests.decisions, label: (AuditRecord) -> Bool) async throws -> [AuditRecord] {
             let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36).uppercased()
-            for i in 0..<QualityRolloutTests.decisions {
-                let x = Double(i) / Double(QualityRolloutTests.decisions)
+            for i in 0..<count {
+                let x = Double(i) / Double(count)
                 _ = try await score(
                     gatewayPorts[i % 2], symbol: "Q\(tag)-\(i)",
                     features: [4 * x - 2, 1 - 2 * x, 0.5 - x, 20 * x - 10, 1 + 10 * x, 30 * x - 15, 2 + 40 * x, 3 * x - 1.5])
@@ -130,24 +133,30 @@ struct QualityRolloutTests {
             let records = try await redis.xrange(StreamKey.audit).compactMap {
                 try? StreamFieldDecoder.decode(AuditRecord.self, from: $0.fields)
             }.filter { $0.symbol.hasPrefix("Q\(tag)-") }
-            #expect(records.count == QualityRolloutTests.decisions)
-            var pairs: [(Double, Double)] = []
+            #expect(records.count == count)
             var ticks: [RedisCommand] = []
             let h = QualityRolloutTests.horizonMs * 1_000_000
             for r in records {
-                guard let p = r.score, let c = r.canary?.score, r.canary?.mode == "shadow", r.modelVersion == "1" else {
-                    Issue.record("decision without both scores: \(r)")
-                    continue
-                }
-                pairs.append((p, c))
-                let moved = label(p, c) ? 100 * exp(0.005) : 100
+                let moved = label(r) ? 100 * exp(0.005) : 100
                 for (t, mid) in [(r.tsNs - 1_000_000, 100.0), (r.tsNs + h / 2, moved), (r.tsNs + h + 1_000_000, moved)] {
                     let tick = Tick.quote(symbol: r.symbol, tsNs: t, bid: mid - 0.005, bidSize: 1, ask: mid + 0.005, askSize: 1)
                     ticks.append(.xadd(StreamKey.ticks, maxLen: nil, fields: try StreamFieldEncoder.encode(tick)))
                 }
             }
             _ = try await redis.pipeline(ticks)
-            return pairs
+            return records
+        }
+
+        /// Shadow mode: `decide`, labelled by `label(primary score, canary score)` of each decision.
+        func decideAndLabel(_ label: @escaping (Double, Double) -> Bool) async throws -> [(Double, Double)] {
+            let records = try await decide { r in label(r.score ?? .nan, r.canary?.score ?? .nan) }
+            return records.compactMap { r in
+                guard let p = r.score, let c = r.canary?.score, r.canary?.mode == "shadow", r.modelVersion == "1" else {
+                    Issue.record("decision without both scores: \(r)")
+                    return nil
+                }
+                return (p, c)
+            }
         }
 
         func state() async throws -> RolloutState {
@@ -173,11 +182,12 @@ struct QualityRolloutTests {
     }
 
     static func withRig(
-        autoPromote: Bool, gateway overrides: [String: String] = [:], _ body: (Rig, PostgresConnection) async throws -> Void
+        autoPromote: Bool, gateway overrides: [String: String] = [:], tracker: [String: String] = [:],
+        _ body: (Rig, PostgresConnection) async throws -> Void
     ) async throws {
         try await PostgresTestServer.withDatabase { db, configuration in
             let url = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
-            let rig = try await Rig(postgresURL: url, autoPromote: autoPromote, gateway: overrides)
+            let rig = try await Rig(postgresURL: url, autoPromote: autoPromote, gateway: overrides, tracker: tracker)
             do {
                 try await rig.up()
                 try await body(rig, db)
@@ -337,6 +347,38 @@ struct QualityRolloutTests {
             #expect(await Rig.metric(rig.gatewayPorts[0], "te_rollout_transitions_total{kind=\"rollback\"}") == 1)
             #expect(await Rig.metric(rig.gatewayPorts[1], "te_rollout_transitions_total{kind=\"rollback\"}") == 0)
             for port in rig.gatewayPorts { #expect(await Rig.metric(port, "canary_rollbacks_total") == 1) }
+            #expect(await TestEnv.eventually(timeout: .seconds(20)) { await Self.rolloutRows(db).count == 1 })
+        }
+    }
+
+    @Test("canary mode: a canary worse than the primary on the same span of outcomes is rolled back")
+    func worseCanaryInCanaryModeIsRolledBack() async throws {
+        // Half the requests (by request id) are answered by version 2; no shadow scores: the tracker
+        // compares the canary's outcomes with the primary's over the same span.
+        let canary = ["SHADOW_ENABLED": "false", "CANARY_ENABLED": "true", "CANARY_FRACTION": "0.5"]
+        try await Self.withRig(autoPromote: false, gateway: canary, tracker: ["CANARY_QUALITY_MIN_OUTCOMES": "15"]) { rig, db in
+            // Each answer labelled against its own score: the primary's always right (eligible iff it said
+            // trade), the canary's always wrong, so every canary outcome costs at least 0.25 in Brier.
+            let records = try await rig.decide(60) { r in
+                let traded = (r.score ?? 0) >= 0.5
+                return r.modelVersion == "2" ? !traded : traded
+            }
+            let answeredBy = Dictionary(grouping: records, by: { $0.modelVersion ?? "-" }).mapValues(\.count)
+            try #require((answeredBy["1"] ?? 0) >= 15 && (answeredBy["2"] ?? 0) >= 15, "\(answeredBy)")
+            #expect(records.allSatisfy { $0.modelVersion != "2" || $0.canary?.mode == "canary" })
+            let rolledBack = await TestEnv.eventually(timeout: .seconds(60)) { (try? await rig.state())?.status == .rolledBack }
+            #expect(rolledBack, "\(rig.logs())")
+            #expect(await rig.replicasFollow(.rolledBack, generation: 1), "\(rig.logs())")
+            let events = try await rig.events()
+            #expect(events.count == 1 && events.first?.metric == "brier" && events.first?.fromVersion == "2")
+            #expect((events.first?.value ?? 0) >= 0.25 && (events.first?.limit ?? 1) < 0.25)
+            // Both replicas answer with the primary only now.
+            for port in rig.gatewayPorts {
+                for i in 0..<6 {
+                    let answer = try await rig.score(port, symbol: "AFTER-\(i)", features: [0.5, 0.3, 0.2, 1, 2, 0.1, 10, 0.05])
+                    #expect((answer["model"] as? [String: Any])?["version"] as? String == "1", "\(answer)")
+                }
+            }
             #expect(await TestEnv.eventually(timeout: .seconds(20)) { await Self.rolloutRows(db).count == 1 })
         }
     }
