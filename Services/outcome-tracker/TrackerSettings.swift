@@ -25,6 +25,22 @@ struct TrackerSettings: Sendable {
     /// Where `<version>/reference.json` (the PSI reference of a model version) is found.
     /// `MODEL_REFERENCE_DIR`; default: none (no PSI).
     var referenceDirectory: String?
+    /// The model and the configured pair the canary is judged on (the gateway's variables, same
+    /// defaults): `MODEL_NAME` (trade_eligibility), `MODEL_VERSION` (1), `CANARY_VERSION` (2).
+    var modelName = "trade_eligibility"
+    var primaryVersion = "1"
+    var canaryVersion = "2"
+    /// The rollout on quality (`CanaryJudge.Policy`): `CANARY_QUALITY_MIN_OUTCOMES` (200 per side),
+    /// `CANARY_QUALITY_MIN_TRADES` (50 per side, for precision), `CANARY_QUALITY_WINDOW` (1000 canary
+    /// outcomes or shadow pairs), `CANARY_QUALITY_Z` (3), `CANARY_QUALITY_BRIER_MARGIN` (0),
+    /// `CANARY_QUALITY_PRECISION_MARGIN` (0); `DECISION_THRESHOLD` (0.5) makes a shadow score a `trade`.
+    var judgePolicy = CanaryJudge.Policy()
+    /// `CANARY_QUALITY_ROLLBACK`: roll the canary back when it is worse. Default: true.
+    var qualityRollback = true
+    /// `CANARY_AUTO_PROMOTE`: promote the canary when it is better. Default: false.
+    var autoPromote = false
+    /// `ROLLOUT_POLL_MS`: how often the shared rollout state is re-read. Default: 1000.
+    var rolloutPoll: Duration = .milliseconds(1000)
 
     var rule: OutcomeRule { OutcomeRule(horizonMs: horizonMs, costBps: costBps) }
 
@@ -40,6 +56,20 @@ struct TrackerSettings: Sendable {
             rebuildMaxEntries: try env.int(
                 "OUTCOME_REBUILD_MAX_ENTRIES", default: d.rebuildMaxEntries, range: 1...Int.max),
             streamMaxLen: try env.int("STREAM_MAXLEN", default: d.streamMaxLen, range: 1...Int.max),
-            referenceDirectory: env.optional("MODEL_REFERENCE_DIR").flatMap { $0.isEmpty ? nil : $0 })
+            referenceDirectory: env.optional("MODEL_REFERENCE_DIR").flatMap { $0.isEmpty ? nil : $0 },
+            modelName: try env.string("MODEL_NAME", default: d.modelName),
+            primaryVersion: try env.string("MODEL_VERSION", default: d.primaryVersion),
+            canaryVersion: try env.string("CANARY_VERSION", default: d.canaryVersion),
+            judgePolicy: CanaryJudge.Policy(
+                minOutcomes: try env.int("CANARY_QUALITY_MIN_OUTCOMES", default: 200, range: 1...10_000_000),
+                minTrades: try env.int("CANARY_QUALITY_MIN_TRADES", default: 50, range: 1...10_000_000),
+                window: try env.int("CANARY_QUALITY_WINDOW", default: 1000, range: 1...10_000_000),
+                z: try env.double("CANARY_QUALITY_Z", default: 3, range: 0...100),
+                brierMargin: try env.double("CANARY_QUALITY_BRIER_MARGIN", default: 0, range: 0...1),
+                precisionMargin: try env.double("CANARY_QUALITY_PRECISION_MARGIN", default: 0, range: 0...1),
+                threshold: try env.double("DECISION_THRESHOLD", default: 0.5, range: 0...1)),
+            qualityRollback: try env.bool("CANARY_QUALITY_ROLLBACK", default: d.qualityRollback),
+            autoPromote: try env.bool("CANARY_AUTO_PROMOTE", default: d.autoPromote),
+            rolloutPoll: try env.milliseconds("ROLLOUT_POLL_MS", default: d.rolloutPoll))
     }
 }

@@ -7,6 +7,7 @@ import TEModels
 actor TrackerState {
     private var book: OutcomeBook<ContinuousClock.Instant>
     private var quality: QualityMetrics
+    private var canary: CanaryQuality
     let settings: TrackerSettings
 
     init(settings: TrackerSettings, logger: Logger) {
@@ -15,6 +16,7 @@ actor TrackerState {
         quality = QualityMetrics(
             window: settings.qualityWindow, references: ReferenceLoader(directory: settings.referenceDirectory),
             logger: logger)
+        canary = CanaryQuality(settings: settings)
     }
 
     func admit(_ decisions: [(entryID: String, record: AuditRecord)]) {
@@ -43,5 +45,12 @@ actor TrackerState {
         book.release(emissions.map(\.entryID))
         quality.add(emissions)
         quality.held(book.heldCount)
+        canary.add(emissions)
     }
+
+    /// The shared rollout state as last read (a new generation starts a fresh judgement).
+    func followRollout(_ state: RolloutState) { canary.follow(state) }
+
+    /// The canary judge's verdict under the state followed; nil while there is none or nothing to judge.
+    func canaryVerdict() -> CanaryJudge.Verdict? { canary.verdict() }
 }

@@ -3,8 +3,10 @@ import TEModels
 
 // outcome-tracker: te:audit + te:ticks (groups outcome-tracker) → te:outcomes, one Outcome per decision
 // once its horizon has passed on the market clock; rolling model quality per version on /metrics.
-// AUDIT_STREAM, TICKS_STREAM and OUTCOMES_STREAM (defaults te:audit, te:ticks, te:outcomes) let tests
-// use streams of their own.
+// It also judges the canary against the primary on those outcomes and rolls it back (or promotes it) through
+// the shared rollout state that every gateway follows (CanaryQuality.swift).
+// AUDIT_STREAM, TICKS_STREAM, OUTCOMES_STREAM and ROLLOUT_STREAM (defaults te:audit, te:ticks, te:outcomes,
+// te:rollout) let tests use streams of their own.
 await ServiceRunner.run(service: "outcome-tracker", defaultMetricsPort: 9105) { resources in
     let env = resources.env
     let settings = try TrackerSettings.fromEnvironment(env)
@@ -13,6 +15,7 @@ await ServiceRunner.run(service: "outcome-tracker", defaultMetricsPort: 9105) { 
     let auditStream = try env.string("AUDIT_STREAM", default: StreamKey.audit)
     let ticksStream = try env.string("TICKS_STREAM", default: StreamKey.ticks)
     let outcomesStream = try env.string("OUTCOMES_STREAM", default: StreamKey.outcomes)
+    let rolloutStream = try env.string("ROLLOUT_STREAM", default: StreamKey.rollout)
     var logger = resources.logger
     logger[metadataKey: "horizon_ms"] = "\(settings.horizonMs)"
     let state = TrackerState(settings: settings, logger: logger)
@@ -24,5 +27,6 @@ await ServiceRunner.run(service: "outcome-tracker", defaultMetricsPort: 9105) { 
         OutcomeSweeper(
             state: state, redis: redis, auditStream: auditStream, outcomesStream: outcomesStream,
             group: decisions.stage, settings: settings, logger: logger),
+        CanaryRolloutService(state: state, redis: redis, stream: rolloutStream, settings: settings, logger: logger),
     ]
 }

@@ -7,7 +7,7 @@ import TEPostgres
 struct AuditCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit", abstract: "Gateway decisions stored in PostgreSQL (POSTGRES_URL).",
-        subcommands: [Recent.self, Counts.self, Verify.self])
+        subcommands: [Recent.self, Counts.self, Verify.self, Rollouts.self])
 
     struct Recent: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "The most recent decisions for a symbol.")

@@ -12,13 +12,16 @@ struct ModelCommand: AsyncParsableCommand {
             Only labelled outcomes count (eligible not null). Brier is compared with the constant that always \
             answers the period's base rate; a model with no edge does not beat it. The reliability table has 10 \
             equal-width score bins. The period is on the market clock of each outcome (resolved_ts_ns).
-            """)
+            """,
+        subcommands: [RolloutCommand.self])
 
     @Option(help: "Start: a duration back from now (30s, 15m, 1h, 7d) or an ISO-8601 time. Default: everything.")
     var since: String?
     @Option(help: "End (exclusive), same forms as --since.") var until: String?
     @Option(help: "Only this model version.") var version: String?
     @Flag(help: "Print each version's reliability table.") var reliability = false
+    @Option(help: "Also draw each version's reliability diagram and score histogram into this PNG (matplotlib: TE_PYTHON or .dev/venv-train).")
+    var plot: String?
     @OptionGroup var format: OutputOptions
 
     func run() async throws {
@@ -40,6 +43,13 @@ struct ModelCommand: AsyncParsableCommand {
                 ScoredOutcome(score: row["score"].flatMap { Double($0) }, traded: row["decision"] == "trade", eligible: row["eligible"] == "t"))
         }
         let summaries = byVersion.keys.sorted().map { ($0, QualitySummary(byVersion[$0]!)) }
+        if let plot {
+            guard !summaries.isEmpty else { throw CLIError("--plot: no labelled outcomes in the period, nothing to draw") }
+            let period = [since.map { "since \($0)" }, until.map { "until \($0)" }].compactMap { $0 }.joined(separator: " ")
+            try ModelPlot.draw(
+                summaries, scores: byVersion.mapValues { $0.compactMap(\.score) },
+                title: "model quality from outcomes" + (period.isEmpty ? "" : ", \(period)"), to: plot)
+        }
         if format.json {
             try format.printJSON(summaries.map { version, q -> [String: Any] in
                 [

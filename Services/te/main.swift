@@ -31,7 +31,9 @@ do {
         var syncCommand = command
         try syncCommand.run()
     }
-} catch let error where error is ExitCode || error is CleanExit || error is ValidationError {
+} catch let error where error is ExitCode || error is CleanExit || error is ValidationError || TE.exitCode(for: error) == .success {
+    // The last: `--help` parses into ArgumentParser's own help command, whose run() throws its (internal)
+    // help request; exit(withError:) prints the help and exits 0 (train.py's `te features --help` needs it).
     TE.exit(withError: error)
 } catch {
     // Anything else is a failed operation: one line naming what failed, exit 1.

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import ServiceKit
 import Synchronization
 import TEModels
 
@@ -81,7 +82,7 @@ public final class DecisionEngine: Sendable {
     public let identities: ModelIdentityStore
     public let audit: AuditBuffer
     public let canary: CanaryController
-    /// Rollout steps (rollbacks) for `te:rollout`, written by `RolloutEventWriter`.
+    /// This replica's rollout steps (breach rollbacks) for the shared state, performed by `RolloutEventWriter`.
     public let rollout = RolloutEvents()
     public let primary: EndpointLane
     public let secondary: EndpointLane?
@@ -106,7 +107,7 @@ public final class DecisionEngine: Sendable {
         self.primary = EndpointLane(endpoint: primary, versions: versions, config: config, metrics: metrics)
         self.secondary = secondary.map { EndpointLane(endpoint: $0, versions: versions, config: config, metrics: metrics) }
         canary = CanaryController(
-            version: config.canaryVersion, canaryEnabled: config.canaryEnabled, shadowEnabled: config.shadowEnabled,
+            primaryVersion: config.modelVersion, version: config.canaryVersion, canaryEnabled: config.canaryEnabled, shadowEnabled: config.shadowEnabled,
             fraction: config.canaryFraction,
             limits: CanaryMonitor.Limits(
                 maxErrorRate: config.canaryMaxErrorRate, maxP99Ms: config.canaryMaxP99Ms,
@@ -227,10 +228,10 @@ public final class DecisionEngine: Sendable {
         // Shadow / canary comparison: the record carries its result. Async: it runs after the answer. Sync:
         // the answer waits for the record, so for the comparison too (one more Triton call, in budget).
         let comparison: String? =
-            if let answer, vector != nil,
-                answer.version == config.canaryVersion || (canary.shadowing && answer.version == config.modelVersion)
-            {
-                answer.version == config.canaryVersion ? "canary" : "shadow"
+            if let answer, vector != nil, useCanary, answer.version == config.canaryVersion {
+                "canary"
+            } else if let answer, vector != nil, canary.shadowing, answer.version == config.modelVersion {
+                "shadow"
             } else {
                 nil
             }
@@ -271,7 +272,8 @@ public final class DecisionEngine: Sendable {
         let modelDeadline = hardDeadline - .microseconds(Int64(reserveUs))
         let hedgeAt = hardDeadline - .microseconds(Int64(timeoutUs)) + .microseconds(Int64(config.hedgeAfter * 1000 * (1 - jitter())))
 
-        let primaryVersion = useCanary ? config.canaryVersion : config.modelVersion
+        let servingPrimary = canary.servingPrimary
+        let primaryVersion = useCanary ? config.canaryVersion : servingPrimary
         // The canary's fallback leg is the primary version: on the secondary, else on the primary endpoint.
         let secondLane: EndpointLane? = secondary ?? (useCanary ? primary : nil)
         if secondLane == nil {
@@ -284,7 +286,7 @@ public final class DecisionEngine: Sendable {
 
         return await withTaskGroup(of: RaceMessage.self) { group -> (ModelAnswer?, Bool) in
             func lane(_ leg: FallbackRace.Leg) -> EndpointLane { leg == .primary ? primary : secondLane! }
-            func version(_ leg: FallbackRace.Leg) -> String { leg == .primary ? primaryVersion : config.modelVersion }
+            func version(_ leg: FallbackRace.Leg) -> String { leg == .primary ? primaryVersion : servingPrimary }
 
             // Returns the action after trying to start the leg (a breaker may refuse it).
             func start(_ leg: FallbackRace.Leg) -> FallbackRace.Action {
@@ -388,7 +390,7 @@ public final class DecisionEngine: Sendable {
             reasons.append("primary_breaker_open")
             return nil
         }
-        let version = config.modelVersion
+        let version = canary.servingPrimary
         let t0 = ContinuousClock.now
         do throws(InferenceFailure) {
             let score = try await primary.score(vector, version: version, deadline: deadline, inline: true)
@@ -450,16 +452,36 @@ public final class DecisionEngine: Sendable {
     }
 
     private func observeCanary(_ observation: CanaryMonitor.Observation) {
-        guard let breach = canary.record(observation) else { return }
+        guard let rolledBack = canary.record(observation) else { return }
+        let (breach, generation) = rolledBack
         metrics.canaryRollbacks.increment()
+        metrics.rolloutState(canary.followed.generation, status: .rolledBack)
         let identity = identities.identity(version: config.canaryVersion)
         logger.error(
             "canary rolled back",
             metadata: [
                 "canary_version": "\(config.canaryVersion)", "model_hash": "\(identity.hash)",
-                "breach": "\(breach)",
+                "breach": "\(breach)", "generation": "\(generation)",
             ])
-        rollout.emit(Self.rollbackEvent(identity: identity, breach: breach, config: config, replica: rollout.replica))
+        rollout.emit(
+            RolloutRequest(
+                event: Self.rollbackEvent(identity: identity, breach: breach, config: config, replica: rollout.replica),
+                expectedGeneration: generation, status: .rolledBack))
+    }
+
+    /// Serves the shared rollout state from now on (see `CanaryController.apply`); logs and counts a change.
+    public func applyRollout(_ state: RolloutState) {
+        guard let change = canary.apply(state) else { return }
+        metrics.rolloutState(state.generation, status: change.to)
+        // A rollback this replica made itself was counted when it saw the breach.
+        guard change.from != change.to else { return }
+        if change.to == .rolledBack { metrics.canaryRollbacks.increment() }
+        logger.notice(
+            "rollout state followed",
+            metadata: [
+                "generation": "\(state.generation)", "from": "\(change.from.rawValue)", "to": "\(change.to.rawValue)",
+                "serving_primary": "\(canary.servingPrimary)", "event_id": "\(state.eventId ?? "-")",
+            ])
     }
 
     /// The rollout event of an automatic canary rollback: traffic goes from the canary back to the
@@ -470,10 +492,10 @@ public final class DecisionEngine: Sendable {
         let limits = CanaryMonitor.Limits(
             maxErrorRate: config.canaryMaxErrorRate, maxP99Ms: config.canaryMaxP99Ms,
             maxDisagreeRate: config.canaryMaxDisagreeRate, window: config.canaryWindow, minSamples: config.canaryMinSamples)
-        return RolloutEvent(
-            eventId: RequestID.random(), tsNs: wallClockNs(), kind: .rollback, modelName: identity.name,
-            fromVersion: config.canaryVersion, toVersion: config.modelVersion, metric: breach.metric, value: breach.value,
-            limit: breach.limit(limits), replica: replica)
+        return RolloutState.event(
+            .rollback, model: identity.name, primary: config.modelVersion, canary: config.canaryVersion,
+            metric: breach.metric, value: breach.value, limit: breach.limit(limits), replica: replica,
+            eventId: RequestID.random(), tsNs: wallClockNs())
     }
 }
 

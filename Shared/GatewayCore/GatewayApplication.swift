@@ -81,8 +81,11 @@ public func buildDependencies(
             batchMax: config.auditBatchMax, maxLen: config.streamMaxLen, durability: config.auditDurability,
             syncWait: config.auditSyncWait, logger: logger),
         RolloutEventWriter(
-            redis: auditRedis, events: engine.rollout, stream: config.rolloutStream, group: config.auditGroup,
-            logger: logger),
+            store: RolloutStore(redis: auditRedis, model: config.modelName, stream: config.rolloutStream, group: config.auditGroup),
+            engine: engine, logger: logger),
+        RolloutFollower(
+            store: RolloutStore(redis: queryRedis, model: config.modelName, stream: config.rolloutStream, group: nil),
+            engine: engine, interval: .milliseconds(config.rolloutPollMs), logger: logger),
         IdentityRefresher(
             endpoints: endpoints, versions: [config.modelVersion, config.canaryVersion], store: identities,
             interval: .milliseconds(Int64(config.identityRefreshSeconds * 1000)), logger: logger),

@@ -56,6 +56,10 @@ public struct GatewayConfiguration: Sendable {
     public var canaryWindow: Int = 200
     /// `CANARY_MIN_SAMPLES`: observations needed before the canary is judged. Default: 20.
     public var canaryMinSamples: Int = 20
+    /// `ROLLOUT_POLL_MS`: how often the shared rollout state (`RolloutState`: rolled back, promoted,
+    /// restored — by any replica, the outcome-tracker or `te model rollout`) is re-read; every replica
+    /// serves a transition within this long. Default: 1000.
+    public var rolloutPollMs: Int = 1000
     /// `GATEWAY_API_KEYS`: comma-separated `client:key` (a bare key is client `default`) bearer keys for
     /// `/v1/*` and `/debug/*`. Default: none (with no file either, the API is open).
     public var apiKeys = APIKeyTable()
@@ -156,6 +160,7 @@ public struct GatewayConfiguration: Sendable {
         canaryMaxDisagreeRate = try reader.double("CANARY_MAX_DISAGREE_RATE", range: 0...1) ?? canaryMaxDisagreeRate
         canaryWindow = try reader.int("CANARY_WINDOW", range: 1...1_000_000) ?? canaryWindow
         canaryMinSamples = try reader.int("CANARY_MIN_SAMPLES", range: 1...1_000_000) ?? canaryMinSamples
+        rolloutPollMs = try reader.int("ROLLOUT_POLL_MS", range: 10...600_000) ?? rolloutPollMs
         if let keys = reader.string("GATEWAY_API_KEYS") {
             apiKeys = try APIKeyTable.parse(keys, separator: ",", source: "GATEWAY_API_KEYS")
         }

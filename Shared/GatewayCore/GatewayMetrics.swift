@@ -18,6 +18,9 @@ public final class GatewayMetrics: Sendable {
     let canaryDisagree: Counter
     let canaryRollbacks: Counter
     let canaryErrors: Counter
+    private let rolloutGeneration: Gauge
+    private let rolloutStatus: [RolloutState.Status: Gauge]
+    private let rolloutTransitions: [RolloutEvent.Kind: Counter]
     /// Decisions made without a client (an engine called directly).
     private let anonymousRequests: ClientCounters
     private let fallbacks = Mutex<[String: Counter]>([:])
@@ -64,8 +67,36 @@ public final class GatewayMetrics: Sendable {
             descriptor: Self.name("canary_rollbacks_total", "Automatic canary rollbacks"), labels: [])
         canaryErrors = registry.makeCounter(
             descriptor: Self.name("te_gateway_canary_errors_total", "Canary inference calls that failed"), labels: [])
+        rolloutGeneration = registry.makeGauge(
+            descriptor: Self.name("te_rollout_generation", "Generation of the shared rollout state this replica follows"),
+            labels: [])
+        var status: [RolloutState.Status: Gauge] = [:]
+        for s in RolloutState.Status.allCases {
+            status[s] = registry.makeGauge(
+                descriptor: Self.name(
+                    "te_rollout_status", "1 for the rollout status this replica serves (configured, rolled_back, promoted), else 0"),
+                labels: [("status", s.rawValue)])
+        }
+        rolloutStatus = status
+        var transitions: [RolloutEvent.Kind: Counter] = [:]
+        for k in RolloutEvent.Kind.allCases {
+            transitions[k] = registry.makeCounter(
+                descriptor: Self.name(
+                    "te_rollout_transitions_total", "Transitions of the shared rollout state this process made, by kind"),
+                labels: [("kind", k.rawValue)])
+        }
+        rolloutTransitions = transitions
+        rolloutState(0, status: .configured)
         for reason in Self.chainFallbackReasons { fallback(reason: reason, by: 0) }
     }
+
+    /// The rollout state served: its generation and status.
+    func rolloutState(_ generation: Int64, status: RolloutState.Status) {
+        rolloutGeneration.set(Double(generation))
+        for (s, gauge) in rolloutStatus { gauge.set(s == status ? 1.0 : 0.0) }
+    }
+
+    func rolloutTransition(_ kind: RolloutEvent.Kind) { rolloutTransitions[kind]?.increment() }
 
     /// Fallback reasons of the cache/rules links, known up front: registered at 0 so that `rate()` in
     /// alerts and dashboards has a series before the first fallback.

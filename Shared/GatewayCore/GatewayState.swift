@@ -78,9 +78,3 @@ public final class ModelIdentityStore: Sendable {
     public func known(version: String) -> Bool { identities.withLock { $0[version] != nil } }
 }
 
-/// Wall-clock nanoseconds since the epoch.
-@inline(__always) func wallClockNs() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-}

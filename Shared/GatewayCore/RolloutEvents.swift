@@ -5,71 +5,120 @@ import ServiceLifecycle
 import TEModels
 import TERedis
 
-/// The gateway's rollout steps (a canary rolled back) on their way to `te:rollout`: the decision path
-/// only yields an event; `RolloutEventWriter` writes it, retrying while Redis is unreachable. Events are
-/// rare (one per rollback), so an unbounded buffer is safe.
+/// A rollout step this replica decided (a canary breach: rollback), on its way to the shared state: the
+/// decision path only yields it; `RolloutEventWriter` performs the compare-and-set.
+public struct RolloutRequest: Sendable, Equatable {
+    public var event: RolloutEvent
+    /// The generation of the shared state the decision was made under.
+    public var expectedGeneration: Int64
+    public var status: RolloutState.Status
+}
+
+/// The gateway's rollout requests. Rare (one per breach), so an unbounded buffer is safe.
 public final class RolloutEvents: Sendable {
-    let stream: AsyncStream<RolloutEvent>
-    private let continuation: AsyncStream<RolloutEvent>.Continuation
+    let stream: AsyncStream<RolloutRequest>
+    private let continuation: AsyncStream<RolloutRequest>.Continuation
     /// The replica named in events: the host name (the pod's, on Kubernetes).
     public let replica: String
 
     public init(replica: String = StreamWorkerConfiguration.hostName()) {
-        (stream, continuation) = AsyncStream.makeStream(of: RolloutEvent.self)
+        (stream, continuation) = AsyncStream.makeStream(of: RolloutRequest.self)
         self.replica = replica
     }
 
-    public func emit(_ event: RolloutEvent) {
-        continuation.yield(event)
+    public func emit(_ request: RolloutRequest) {
+        continuation.yield(request)
     }
 
     func finish() { continuation.finish() }
 }
 
-/// Writes the gateway's `RolloutEvents` to `te:rollout` (XADD, retried with backoff), and creates the
-/// stream's `audit-writer` group first so a trim never passes an event it has not read.
+/// Performs this replica's rollout requests on the shared state (`RolloutStore`: compare-and-set and the
+/// RolloutEvent on `te:rollout` in one Lua step, retried with backoff while Redis is unreachable), then
+/// applies the resulting state. A request decided on an old generation (another replica or the tracker
+/// acted first) writes nothing: the state it lost to is applied instead.
 public struct RolloutEventWriter: Service {
-    let redis: RedisClient
-    let events: RolloutEvents
-    let stream: String
-    let group: String?
+    let store: RolloutStore
+    let engine: DecisionEngine
     let logger: Logger
 
-    public init(redis: RedisClient, events: RolloutEvents, stream: String = StreamKey.rollout, group: String? = "audit-writer", logger: Logger) {
-        self.redis = redis
-        self.events = events
-        self.stream = stream
-        self.group = group
+    public init(store: RolloutStore, engine: DecisionEngine, logger: Logger) {
+        self.store = store
+        self.engine = engine
         self.logger = logger
     }
 
     public func run() async throws {
         await withGracefulShutdownHandler {
-            for await event in events.stream {
-                await write(event)
+            for await request in engine.rollout.stream {
+                await perform(request)
             }
         } onGracefulShutdown: {
-            events.finish()
+            engine.rollout.finish()
         }
     }
 
-    private func write(_ event: RolloutEvent) async {
+    private func perform(_ request: RolloutRequest) async {
+        let config = engine.config
         var failures = 0
         while true {
             do {
-                if let group { try await redis.xgroupCreate(stream: stream, group: group, startID: "0") }
-                _ = try await redis.xadd(stream, fields: try StreamFieldEncoder.encode(event))
-                logger.info("rollout event written", metadata: ["kind": "\(event.kind.rawValue)", "event_id": "\(event.eventId)"])
+                switch try await store.transition(
+                    expected: request.expectedGeneration, to: request.status, primary: config.modelVersion,
+                    canary: config.canaryVersion, event: request.event)
+                {
+                case .applied(let state, let entryID):
+                    engine.metrics.rolloutTransition(request.event.kind)
+                    logger.info(
+                        "rollout event written",
+                        metadata: ["kind": "\(request.event.kind.rawValue)", "event_id": "\(request.event.eventId)",
+                            "generation": "\(state.generation)", "entry_id": "\(entryID)"])
+                    engine.applyRollout(state)
+                case .conflict(let generation):
+                    logger.info(
+                        "rollout state moved on before this replica's step; following it",
+                        metadata: ["kind": "\(request.event.kind.rawValue)", "generation": "\(generation)"])
+                    engine.applyRollout(try await store.read())
+                }
                 return
             } catch {
                 failures += 1
-                if failures > 20 {
-                    logger.error("rollout event not written: giving up", metadata: ["error": "\(error)", "event_id": "\(event.eventId)"])
-                    return
-                }
-                logger.warning("writing a rollout event failed; retrying", metadata: ["error": "\(error)"])
+                logger.warning("rollout step not written yet; retrying", metadata: ["error": "\(error)", "failures": "\(failures)"])
                 try? await Task.sleep(for: min(.milliseconds(100) * (1 << min(failures, 6)), .seconds(5)))
+                if Task.isShuttingDownGracefully || Task.isCancelled { return }
             }
+        }
+    }
+}
+
+/// Every `ROLLOUT_POLL_MS`, reads the shared rollout state on the gateway's query connection and applies
+/// it, so every replica serves the same rollout within that interval of a transition, whoever made it.
+public struct RolloutFollower: Service {
+    let store: RolloutStore
+    let engine: DecisionEngine
+    let interval: Duration
+    let logger: Logger
+
+    public init(store: RolloutStore, engine: DecisionEngine, interval: Duration, logger: Logger) {
+        self.store = store
+        self.engine = engine
+        self.interval = interval
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        var failing = false
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do {
+                engine.applyRollout(try await store.read())
+                if failing { logger.info("rollout state readable again") }
+                failing = false
+            } catch {
+                // Keeps serving the last state applied.
+                if !failing { logger.warning("rollout state unreadable; keeping the last one", metadata: ["error": "\(error)"]) }
+                failing = true
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
         }
     }
 }

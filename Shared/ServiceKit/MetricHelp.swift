@@ -48,6 +48,11 @@ public enum MetricHelp {
         "te_model_ece": "Expected calibration error (10 equal-width bins), over the rolling window, per model version.",
         "te_feature_psi": "Population stability index of a feature against the version's training reference.",
         "te_audit_table_rows_inserted_total": "Rows audit-writer inserted, by table (outcomes, rollout_events).",
+        "te_canary_brier_delta": "Canary Brier minus the primary's on the judged window (positive: the canary is worse).",
+        "te_canary_precision_delta": "Canary precision of trade minus the primary's on the judged window (negative: the canary is worse).",
+        "te_canary_judged_outcomes": "Outcomes in the canary judge's window, by side (canary, primary; shadow pairs count on both).",
+        "te_canary_verdict": "The canary judge's verdict on outcomes: -1 worse, 0 none (or not enough outcomes), 1 better.",
+        "te_rollout_transitions_total": "Transitions of the shared rollout state this process made, by kind (rollback, promotion, restore).",
     ]
 }
 
