@@ -1,4 +1,4 @@
-// swift-tools-version: 6.0
+// swift-tools-version: 6.1
 import PackageDescription
 
 // Layout (see ../shared/DESIGN.md "Repository layout"):
@@ -47,6 +47,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.34.1"),
         // SHA-256 of the audit hash chain (TEPostgres only).
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        // Traces (DESIGN.md "Environment", OTel). Tracing is already resolved through Hummingbird.
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
+        // OTLP/HTTP only: the default traits add the OTLP/gRPC exporter (grpc-swift 2 and its NIO transport);
+        // AsyncHTTPClient and NIOSSL, which OTLP/HTTP needs, are already built for HummingbirdTesting.
+        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
     ],
     targets: [
         // MARK: C libraries (Debian -dev packages, found through pkg-config)
@@ -115,18 +120,20 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "OTel", package: "swift-otel"),
             ],
             path: "Shared/ServiceKit", swiftSettings: swiftSettings),
 
         // MARK: Executables
         .executableTarget(
-            name: "Ingest", dependencies: ["ServiceKit", "TEKafka", "MarketData"], path: "Services/ingest",
+            name: "Ingest", dependencies: ["ServiceKit", "TEKafka", "MarketData", .product(name: "Tracing", package: "swift-distributed-tracing")], path: "Services/ingest",
             swiftSettings: swiftSettings),
         .executableTarget(
-            name: "FeaturePipeline", dependencies: ["ServiceKit", "FeatureEngine"],
+            name: "FeaturePipeline", dependencies: ["ServiceKit", "FeatureEngine", .product(name: "Tracing", package: "swift-distributed-tracing")],
             path: "Services/feature-pipeline", swiftSettings: swiftSettings),
         .executableTarget(
-            name: "StrategyEngine", dependencies: ["ServiceKit", "Strategies"], path: "Services/strategy-engine",
+            name: "StrategyEngine", dependencies: ["ServiceKit", "Strategies", .product(name: "Tracing", package: "swift-distributed-tracing")], path: "Services/strategy-engine",
             swiftSettings: swiftSettings),
         .executableTarget(
             name: "OpportunityAggregator", dependencies: ["ServiceKit", "Strategies"],
@@ -155,6 +162,7 @@ let package = Package(
                 .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
                 // The push streams' WebSocket upgrade and frames (PushWebSocket.swift says why not hummingbird-websocket's server).
                 .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             path: "Shared/GatewayCore", swiftSettings: swiftSettings),
         .executableTarget(
@@ -237,7 +245,8 @@ let package = Package(
             ],
             path: "Tests/GatewayFuzzTargets", swiftSettings: swiftSettings),
         .target(
-            name: "TestSupport", dependencies: ["TERedis", "ServiceKit"], path: "Tests/TestSupport",
+            name: "TestSupport",
+            dependencies: ["TERedis", "ServiceKit", .product(name: "Hummingbird", package: "hummingbird")], path: "Tests/TestSupport",
             swiftSettings: swiftSettings),
     ]
 )

@@ -6,6 +6,7 @@ import Prometheus
 import ServiceKit
 import TEModels
 import TERedis
+import Tracing
 
 /// Settings of `feature-pipeline`, from the environment.
 struct FeatureSettings: Sendable {
@@ -94,13 +95,18 @@ struct FeatureStage: StreamStage {
                 output.deadLetter(id: delivery.id, reason: "invalid tick: \(error)")
                 continue
             }
+            // A sampled tick's trace continues on its snapshot (see `StreamTrace`).
+            let trace = StreamTrace.stage("feature-pipeline tick", parent: delivery.traceParent)
+            defer { trace.span?.end() }
+            trace.span?.attributes["te.symbol"] = tick.symbol
+            trace.span?.attributes["te.stream_id"] = delivery.id
             let start = clock.now
             let outcome = engine.apply(tick)
             let elapsed = clock.now - start
             switch outcome {
             case .snapshot(let snapshot):
                 metrics.computed(symbol: tick.symbol, elapsed: elapsed)
-                try output.add(snapshot, to: StreamKey.features, maxLen: settings.streamMaxLen)
+                try output.add(snapshot, to: StreamKey.features, maxLen: settings.streamMaxLen, tp: trace.tp)
                 latest[snapshot.symbol] = snapshot
             case .tradeApplied:
                 break

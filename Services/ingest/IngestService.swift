@@ -8,6 +8,7 @@ import ServiceLifecycle
 import TEKafka
 import TEModels
 import TERedis
+import Tracing
 
 /// Kafka `ticks` (group `ingest`) → normalize → one atomic Redis script per batch (te:ticks, spread keys,
 /// te:dlq, and the partitions' last written offsets) → commit the batch's Kafka offsets. Redis runs one
@@ -162,6 +163,14 @@ struct IngestService: Service {
                     for tick in ticks {
                         guard var fields = try? StreamFieldEncoder.encode(tick) else { continue }
                         fields.append(("src", source))
+                        // The head of the pipeline: a sampled tick starts a trace and carries it in `tp` (last).
+                        if let trace = StreamTrace.head("ingest tick") {
+                            trace.span.attributes["te.symbol"] = tick.symbol
+                            trace.span.attributes["messaging.kafka.partition"] = Int(message.partition)
+                            trace.span.attributes["messaging.kafka.offset"] = Int(message.offset)
+                            trace.span.end()
+                            fields.append((StreamTrace.field, trace.tp))
+                        }
                         script.xadd(settings.ticksStream, maxLen: settings.streamMaxLen, fields: fields)
                         if tick.kind == .quote, let bid = tick.bid, let ask = tick.ask {
                             next.quotes += 1

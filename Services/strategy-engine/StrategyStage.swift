@@ -3,6 +3,7 @@ import ServiceKit
 import Strategies
 import TEModels
 import TERedis
+import Tracing
 
 /// Settings of `strategy-engine`, from the environment.
 struct StrategyEngineSettings: Sendable {
@@ -61,9 +62,14 @@ struct StrategyStage: StreamStage {
         var fired = [Int](repeating: 0, count: strategies.strategies.count * 2)
         for delivery in batch {
             guard delivery.message.warm else { continue }
+            // A sampled snapshot's trace continues on its signals (see `StreamTrace`).
+            let trace = StreamTrace.stage("strategy-engine snapshot", parent: delivery.traceParent)
+            defer { trace.span?.end() }
+            trace.span?.attributes["te.symbol"] = delivery.message.symbol
+            trace.span?.attributes["te.stream_id"] = delivery.id
             for (index, strategy) in strategies.strategies.enumerated() {
                 guard let signal = strategy.evaluate(delivery.message) else { continue }
-                try output.add(signal, to: outputStream, maxLen: streamMaxLen)
+                try output.add(signal, to: outputStream, maxLen: streamMaxLen, tp: trace.tp)
                 fired[index * 2 + (signal.direction == .buy ? 0 : 1)] += 1
             }
         }

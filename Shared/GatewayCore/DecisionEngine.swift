@@ -3,6 +3,7 @@ import Logging
 import ServiceKit
 import Synchronization
 import TEModels
+import Tracing
 
 /// One Triton endpoint with its breaker and a batcher per model version.
 public final class EndpointLane: Sendable {
@@ -138,6 +139,64 @@ public final class DecisionEngine: Sendable {
         client: APIClient? = nil
     ) async -> ScoreAnswer
     {
+        await decide(request, requestID: clientRequestID, arrival: arrival, client: client, traceID: nil, traced: false)
+    }
+
+    /// `score` of a request that carried W3C trace context (`traceparent`, `tracestate`; either may be
+    /// absent) or arrived while tracing is on. Returns the answer and the `traceparent` to answer with
+    /// (nil: no trace). Tracing on: a server span, a child of a valid incoming `traceparent` (else the
+    /// root of a new trace), with spans for the feature lookup, each model leg and Triton call, the
+    /// fallbacks and the audit write. Tracing off: no span; a valid incoming `traceparent` still gives
+    /// the record and the log lines its trace id, and is answered as it came.
+    public func score(
+        _ request: ScoreRequest, requestID clientRequestID: String?, arrival: ContinuousClock.Instant,
+        client: APIClient? = nil, trace incoming: TraceHeaders
+    ) async -> (ScoreAnswer, traceparent: String?) {
+        let parent = incoming.parent.flatMap { TraceHeaders.traceID(ofParent: $0) == nil ? nil : $0 }
+        guard Traces.enabled else {
+            guard let parent, let id = TraceHeaders.traceID(ofParent: parent) else {
+                return (await score(request, requestID: clientRequestID, arrival: arrival, client: client), nil)
+            }
+            var context = ServiceContext.topLevel
+            context.traceID = String(id)
+            let answer = await ServiceContext.withValue(context) {
+                await decide(request, requestID: clientRequestID, arrival: arrival, client: client, traceID: String(id), traced: false)
+            }
+            return (answer, parent)
+        }
+        let span = Traces.startSpan("POST /v1/score", parent: parent, state: parent == nil ? nil : incoming.state, kind: .server)
+        let out = Traces.headers(of: span.context).parent
+        let traceID = out.flatMap { TraceHeaders.traceID(ofParent: $0) }.map(String.init)
+        var context = span.context
+        context.traceID = traceID
+        span.attributes["http.request.method"] = "POST"
+        span.attributes["http.route"] = "/v1/score"
+        span.attributes["te.symbol"] = request.symbol
+        let answer = await ServiceContext.withValue(context) {
+            await decide(request, requestID: clientRequestID, arrival: arrival, client: client, traceID: traceID, traced: true)
+        }
+        let response = answer.response
+        span.attributes["te.decision_id"] = response.decisionId
+        span.attributes["te.request_id"] = response.requestId
+        span.attributes["te.decision"] = response.decision.rawValue
+        span.attributes["te.source"] = response.source.rawValue
+        if let model = response.model { span.attributes["model.version"] = model.version }
+        if case .auditUnavailable = answer {
+            span.attributes["http.response.status_code"] = 503
+            span.setStatus(SpanStatus(code: .error, message: "audit unavailable"))
+        } else {
+            span.attributes["http.response.status_code"] = 200
+        }
+        span.end()
+        return (answer, out)
+    }
+
+    /// The decision itself. `traceID`: the record's `trace_id`; `traced`: make spans (tracing on and
+    /// a request span is the current context).
+    private func decide(
+        _ request: ScoreRequest, requestID clientRequestID: String?, arrival: ContinuousClock.Instant,
+        client: APIClient?, traceID: String?, traced: Bool
+    ) async -> ScoreAnswer {
         let decisionID = RequestID.random()
         let requestID = clientRequestID ?? decisionID
         let timeout = Duration.microseconds(Int64(config.scoreTimeoutMs * 1000))
@@ -149,17 +208,27 @@ public final class DecisionEngine: Sendable {
         var ageMs: Double?
         var snapshotID: String?
         var snapshotTsNs: Int64?
-        if let values = request.features {
-            vector = try? FeatureVector(values)
-            ageMs = 0
-        } else {
-            var stored = features.get(request.symbol)
-            if stored == nil, let coldStart { stored = await coldStart(request.symbol, hardDeadline) }
-            if let stored {
-                vector = stored.snapshot.features
-                ageMs = stored.ageMs(nowNs: wallClockNs())
-                snapshotID = stored.entryId
-                snapshotTsNs = stored.snapshot.tsNs
+        await Traces.child("feature lookup", traced: traced) { span in
+            if let values = request.features {
+                vector = try? FeatureVector(values)
+                ageMs = 0
+                span?.attributes["te.features.source"] = "request"
+            } else {
+                var stored = features.get(request.symbol)
+                var from = "memory"
+                if stored == nil, let coldStart {
+                    stored = await coldStart(request.symbol, hardDeadline)
+                    from = "online"
+                }
+                if let stored {
+                    vector = stored.snapshot.features
+                    ageMs = stored.ageMs(nowNs: wallClockNs())
+                    snapshotID = stored.entryId
+                    snapshotTsNs = stored.snapshot.tsNs
+                }
+                span?.attributes["te.features.source"] = stored == nil ? "missing" : from
+                if let snapshotID { span?.attributes["te.feature_snapshot_id"] = snapshotID }
+                if let ageMs { span?.attributes["te.feature_age_ms"] = ageMs }
             }
         }
         let maxAge = request.freshnessMs.map(Double.init) ?? config.featureMaxAgeMs
@@ -178,7 +247,8 @@ public final class DecisionEngine: Sendable {
         var answer: ModelAnswer?
         var canaryFailed = false
         if fresh, let vector {
-            (answer, canaryFailed) = await raceModel(vector, useCanary: useCanary, deadline: hardDeadline, reasons: &reasons)
+            (answer, canaryFailed) = await raceModel(
+                vector, useCanary: useCanary, deadline: hardDeadline, traced: traced, reasons: &reasons)
         }
 
         var score: Double?
@@ -194,13 +264,16 @@ public final class DecisionEngine: Sendable {
             score = cached.score
             source = .cache
             model = cached.model
+            if traced { fallbackSpan("fallback cache", reasons: reasons) }
         } else {
             reasons.append(cache.get(request.symbol) == nil ? "cache_miss" : "cache_expired")
             if fresh, let vector {
                 score = RulesBaseline.score(vector)
                 source = .rules
+                if traced { fallbackSpan("fallback rules", reasons: reasons) }
             } else {
                 source = .abstain
+                if traced { fallbackSpan("fallback abstain", reasons: reasons) }
             }
         }
 
@@ -220,7 +293,8 @@ public final class DecisionEngine: Sendable {
             decisionId: decisionID, requestId: requestID, tsNs: wallClockNs(), symbol: request.symbol,
             decision: decision, score: score, source: source, modelName: model?.name, modelVersion: model?.version,
             modelHash: model?.hash, features: vector, featureAgeMs: ageMs, latencyUs: latencyUs, canary: nil,
-            reason: reason, featureSnapshotId: snapshotID, featureTsNs: snapshotTsNs, client: client?.auditName)
+            reason: reason, featureSnapshotId: snapshotID, featureTsNs: snapshotTsNs, traceId: traceID,
+            client: client?.auditName)
         let response = ScoreResponse(
             decisionId: decisionID, requestId: requestID, symbol: request.symbol, decision: decision, score: score,
             source: source, model: model, featureAgeMs: ageMs, latencyUs: latencyUs, reason: reason)
@@ -238,22 +312,47 @@ public final class DecisionEngine: Sendable {
         if comparison == nil, canaryFailed {
             record.canary = CanaryResult(version: config.canaryVersion, score: nil, mode: "canary")
         }
+        // Below debug level this is one level check: the metadata is not built.
+        logger.debug(
+            "decided",
+            metadata: [
+                "decision_id": "\(decisionID)", "request_id": "\(requestID)", "symbol": "\(request.symbol)",
+                "decision": "\(decision.rawValue)", "source": "\(source.rawValue)", "reason": "\(reason ?? "-")",
+                "latency_us": "\(latencyUs)",
+            ])
         switch config.auditDurability {
         case .async:
             if let mode = comparison, let vector, let answer {
                 Task { self.audit.append(await self.compare(vector, answer: answer, mode: mode, record: record)) }
             } else {
-                audit.append(record)
+                await Traces.child("audit write", traced: traced) { span in
+                    span?.attributes["te.audit.durability"] = "async"
+                    audit.append(record)
+                }
             }
             return .answered(response)
         case .sync:
             if let mode = comparison, let vector, let answer {
                 record = await compare(vector, answer: answer, mode: mode, record: record)
             }
-            if await audit.appendDurable(record, wait: config.auditSyncWait) { return .answered(response) }
+            let durable = await Traces.child("audit write", traced: traced) { span in
+                span?.attributes["te.audit.durability"] = "sync"
+                let durable = await audit.appendDurable(record, wait: config.auditSyncWait)
+                if !durable { span?.setStatus(SpanStatus(code: .error, message: "not in Redis within the wait")) }
+                return durable
+            }
+            if durable { return .answered(response) }
             metrics.auditUnavailable.increment()
             return .auditUnavailable(response)
         }
+    }
+
+    /// A fallback that answers from memory (cached score, rules, abstain): instant, so a span of its own
+    /// only marks which one answered and why the model did not.
+    private func fallbackSpan(_ name: String, reasons: [String]) {
+        let span = Traces.startSpan(name, in: ServiceContext.current ?? .topLevel)
+        span.attributes["te.fallback.reasons"] = reasons.joined(separator: ",")
+        span.end()
     }
 
     private enum RaceMessage: Sendable {
@@ -263,7 +362,8 @@ public final class DecisionEngine: Sendable {
 
     /// The model stage. Returns the answer, if any, and whether a canary attempt failed.
     private func raceModel(
-        _ vector: FeatureVector, useCanary: Bool, deadline hardDeadline: ContinuousClock.Instant, reasons: inout [String]
+        _ vector: FeatureVector, useCanary: Bool, deadline hardDeadline: ContinuousClock.Instant, traced: Bool,
+        reasons: inout [String]
     ) async -> (ModelAnswer?, Bool) {
         let jitter = { (self.config.timeoutJitter > 0) ? Double.random(in: 0...self.config.timeoutJitter) : 0 }
         let timeoutUs = config.scoreTimeoutMs * 1000
@@ -277,7 +377,7 @@ public final class DecisionEngine: Sendable {
         // The canary's fallback leg is the primary version: on the secondary, else on the primary endpoint.
         let secondLane: EndpointLane? = secondary ?? (useCanary ? primary : nil)
         if secondLane == nil {
-            return (await primaryOnly(vector, deadline: modelDeadline, reasons: &reasons), false)
+            return (await primaryOnly(vector, deadline: modelDeadline, traced: traced, reasons: &reasons), false)
         }
         var race = FallbackRace(hasSecondary: secondLane != nil)
         var permissions: [FallbackRace.Leg: CircuitBreaker.Permission] = [:]
@@ -297,12 +397,18 @@ public final class DecisionEngine: Sendable {
                 started[leg] = .now
                 let v = version(leg)
                 group.addTask {
-                    let t0 = ContinuousClock.now
-                    do throws(InferenceFailure) {
-                        let s = try await l.score(vector, version: v, deadline: modelDeadline)
-                        return .leg(leg, .success(s), .now - t0)
-                    } catch {
-                        return .leg(leg, .failure(error), .now - t0)
+                    // The secondary leg is the chain's retry: its span says so.
+                    await Traces.child(leg == .primary ? "model primary" : "fallback secondary", traced: traced) { span in
+                        span?.attributes["triton.endpoint"] = l.label
+                        span?.attributes["model.version"] = v
+                        let t0 = ContinuousClock.now
+                        do throws(InferenceFailure) {
+                            let s = try await l.score(vector, version: v, deadline: modelDeadline)
+                            return .leg(leg, .success(s), .now - t0)
+                        } catch {
+                            span?.setStatus(SpanStatus(code: .error, message: error.kind.rawValue))
+                            return .leg(leg, .failure(error), .now - t0)
+                        }
                     }
                 }
                 return .wait
@@ -382,23 +488,33 @@ public final class DecisionEngine: Sendable {
     /// batch task ≈ 10 µs, the group's wake-ups ≈ 25 µs at load 8 on 2 cores). The deadline is the
     /// Triton call's own (the client resets the stream and fails at it), so it holds without a timer.
     /// Same reasons, breaker bookkeeping and metrics as the race.
-    private func primaryOnly(_ vector: FeatureVector, deadline: ContinuousClock.Instant, reasons: inout [String]) async
-        -> ModelAnswer?
-    {
+    private func primaryOnly(
+        _ vector: FeatureVector, deadline: ContinuousClock.Instant, traced: Bool, reasons: inout [String]
+    ) async -> ModelAnswer? {
         let permission = primary.acquire()
         guard permission != .rejected else {
             reasons.append("primary_breaker_open")
             return nil
         }
         let version = canary.servingPrimary
-        let t0 = ContinuousClock.now
-        do throws(InferenceFailure) {
-            let score = try await primary.score(vector, version: version, deadline: deadline, inline: true)
-            let elapsed = ContinuousClock.now - t0
+        let outcome: Result<(Double, Duration), InferenceFailure> = await Traces.child("model primary", traced: traced) { span in
+            span?.attributes["triton.endpoint"] = primary.label
+            span?.attributes["model.version"] = version
+            let t0 = ContinuousClock.now
+            do throws(InferenceFailure) {
+                let score = try await primary.score(vector, version: version, deadline: deadline, inline: true)
+                return .success((score, ContinuousClock.now - t0))
+            } catch {
+                span?.setStatus(SpanStatus(code: .error, message: error.kind.rawValue))
+                return .failure(error)
+            }
+        }
+        switch outcome {
+        case .success(let (score, elapsed)):
             primary.record(.success(()), permission: permission)
             metrics.triton(endpoint: primary.label, version: version, duration: elapsed)
             return ModelAnswer(score: score, version: version, latency: elapsed)
-        } catch {
+        case .failure(let error):
             primary.record(.failure(error), permission: permission)
             reasons.append("primary_\(error.kind == .cancelled ? "timeout" : error.kind.rawValue)")
             return nil

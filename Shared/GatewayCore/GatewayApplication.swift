@@ -292,10 +292,29 @@ struct GatewayAPI: Sendable {
         switch Self.admitScore(body: body, headers: request.headers) {
         case .failure(let error): return Self.clientError(error)
         case .success(let (parsed, requestID)):
-            let (status, body) = ScoreResponseJSON.answer(
-                await d.engine.score(parsed, requestID: requestID, arrival: arrival, client: client))
-            return Self.json(status, body)
+            guard let incoming = Self.traceHeaders(request.headers) else {
+                let (status, body) = ScoreResponseJSON.answer(
+                    await d.engine.score(parsed, requestID: requestID, arrival: arrival, client: client))
+                return Self.json(status, body)
+            }
+            let (answer, traceparent) = await d.engine.score(
+                parsed, requestID: requestID, arrival: arrival, client: client, trace: incoming)
+            let (status, body) = ScoreResponseJSON.answer(answer)
+            var response = Self.json(status, body)
+            if let traceparent { response.headers[Self.traceparentHeader] = traceparent }
+            return response
         }
+    }
+
+    static let traceparentHeader = HTTPField.Name("traceparent")!
+    static let tracestateHeader = HTTPField.Name("tracestate")!
+
+    /// The request's W3C trace context when tracing is on or it carries a `traceparent`; nil otherwise
+    /// (the untraced path: no context is made).
+    static func traceHeaders(_ headers: HTTPFields) -> TraceHeaders? {
+        let parent = headers[traceparentHeader]
+        guard parent != nil || Traces.enabled else { return nil }
+        return TraceHeaders(parent: parent, state: headers[tracestateHeader])
     }
 
     /// A score request's validated body and its request id, or the client error to answer; `body` nil =

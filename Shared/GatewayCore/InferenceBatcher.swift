@@ -1,6 +1,8 @@
 import Prometheus
+import ServiceKit
 import Synchronization
 import TEModels
+import Tracing
 
 /// Coalesces concurrent requests for one (endpoint, version) into batched inference calls.
 ///
@@ -27,6 +29,8 @@ public final class InferenceBatcher: Sendable {
         var row: FeatureVector
         var deadline: ContinuousClock.Instant
         var slot: ResultSlot
+        /// The rider's trace context (its leg's span) when traced; nil untraced, which costs nothing.
+        var trace: ServiceContext?
     }
 
     private struct State {
@@ -51,8 +55,9 @@ public final class InferenceBatcher: Sendable {
         async throws(InferenceFailure) -> Double
     {
         let slot = ResultSlot()
+        let trace = Traces.enabled ? ServiceContext.current.flatMap { $0.traceID == nil ? nil : $0 } : nil
         let batch: [Pending]? = state.withLock { state in
-            state.queue.append(Pending(row: features, deadline: deadline, slot: slot))
+            state.queue.append(Pending(row: features, deadline: deadline, slot: slot, trace: trace))
             guard state.inFlight < maxInFlight else { return nil }
             state.inFlight += 1
             return takeBatch(&state)
@@ -133,6 +138,17 @@ public final class InferenceBatcher: Sendable {
             rows.append(Float(v.micropriceOffsetBps))
             if p.deadline < deadline { deadline = p.deadline }
         }
+        // One span per Triton call, under the first traced rider's context, linked to the other traced riders.
+        var span: (any Span)?
+        if let first = batch.firstIndex(where: { $0.trace != nil }) {
+            let call = Traces.startSpan("triton infer", in: batch[first].trace!, kind: .client)
+            call.attributes["triton.batch_size"] = batch.count
+            call.attributes["triton.endpoint"] = endpoint.label
+            call.attributes["model.version"] = version
+            for p in batch[(first + 1)...] { if let t = p.trace { call.addLink(SpanLink(context: t, attributes: [:])) } }
+            span = call
+        }
+        defer { span?.end() }
         do {
             let scores = try await endpoint.infer(version: version, rows: rows, rowCount: batch.count, deadline: deadline)
             guard scores.count == batch.count else {
@@ -148,6 +164,7 @@ public final class InferenceBatcher: Sendable {
                 }
             }
         } catch {
+            span?.setStatus(SpanStatus(code: .error, message: "\(error.kind.rawValue)"))
             let reporter = batch.firstIndex { !$0.slot.isFinished } ?? 0
             let failures = Self.riderFailures(error, riders: batch.count, reporter: reporter)
             for (p, f) in zip(batch, failures) { p.slot.finish(.failure(f)) }

@@ -124,6 +124,12 @@ components:
         count: {type: integer}
         emit_reason: {type: string}
         conflict: {type: boolean}
+  headers:
+    TraceParent:
+      description: |
+        The request's W3C trace context: with tracing on, the gateway's server span in the caller's trace (or a
+        new trace); with tracing off, the caller's traceparent as sent. Absent when there is no trace.
+      schema: {type: string, pattern: "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"}
   responses:
     BadRequest:
       description: The client's mistake (never a 5xx)
@@ -197,6 +203,19 @@ paths:
           required: false
           description: Client request id (1-128 of [A-Za-z0-9_-]); also selects the canary share stickily.
           schema: {type: string}
+        - name: traceparent
+          in: header
+          required: false
+          description: |
+            W3C trace context (version 00). Its trace id goes into the AuditRecord (trace_id) and the gateway's
+            log lines for the request; with OTEL_EXPORTER_OTLP_ENDPOINT set the gateway's spans are its
+            children. A malformed value is ignored (a new trace when tracing is on).
+          schema: {type: string, pattern: "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"}
+        - name: tracestate
+          in: header
+          required: false
+          description: W3C vendor trace state, carried with a valid traceparent.
+          schema: {type: string}
       requestBody:
         required: true
         description: At most 64 KiB.
@@ -206,6 +225,8 @@ paths:
       responses:
         "200":
           description: A decision (always answered within SCORE_TIMEOUT_MS)
+          headers:
+            traceparent: {$ref: "#/components/headers/TraceParent"}
           content:
             application/json:
               schema: {$ref: "#/components/schemas/ScoreResponse"}
@@ -217,6 +238,8 @@ paths:
           description: |
             AUDIT_DURABILITY=sync and the decision's AuditRecord could not be written to Redis within
             AUDIT_SYNC_WAIT_MS (code audit_unavailable): not answered, so that no unaudited decision is acted on.
+          headers:
+            traceparent: {$ref: "#/components/headers/TraceParent"}
           content:
             application/json:
               schema: {$ref: "#/components/schemas/Error"}

@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import NIOCore
 import NIOHTTPTypes
+import ServiceKit
 import Synchronization
 import TEModels
 
@@ -137,15 +138,28 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         let engine = api.d.engine
         let eventLoop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: eventLoop)
+        // Trace context only when a trace is on or came in: otherwise the untraced call, unchanged.
+        let incoming = GatewayAPI.traceHeaders(head.headerFields)
         Task {
-            let (status, json) = ScoreResponseJSON.answer(await engine.score(request, requestID: requestID, arrival: arrival, client: client))
+            let answer: ScoreAnswer
+            let traceparent: String?
+            if let incoming {
+                let traced = await engine.score(
+                    request, requestID: requestID, arrival: arrival, client: client, trace: incoming)
+                answer = traced.0
+                traceparent = traced.traceparent
+            } else {
+                answer = await engine.score(request, requestID: requestID, arrival: arrival, client: client)
+                traceparent = nil
+            }
+            let (status, json) = ScoreResponseJSON.answer(answer)
             if eventLoop.inEventLoop {
                 let (handler, context) = bound.value
-                handler.write(status, json, closeAfter: closeAfter, context: context)
+                handler.write(status, json, traceparent: traceparent, closeAfter: closeAfter, context: context)
             } else {
                 eventLoop.execute {
                     let (handler, context) = bound.value
-                    handler.write(status, json, closeAfter: closeAfter, context: context)
+                    handler.write(status, json, traceparent: traceparent, closeAfter: closeAfter, context: context)
                 }
             }
         }
@@ -153,20 +167,21 @@ final class ScoreFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     /// Writes a score answer, then replays what was held back while it was computed.
     private func write(
-        _ status: HTTPResponse.Status, _ json: String, retryAfter: Int? = nil, closeAfter requested: Bool,
-        context: ChannelHandlerContext
+        _ status: HTTPResponse.Status, _ json: String, retryAfter: Int? = nil, traceparent: String? = nil,
+        closeAfter requested: Bool, context: ChannelHandlerContext
     ) {
         let closeAfter = requested || quiescing
         var body = context.channel.allocator.buffer(capacity: json.utf8.count)
         body.writeString(json)
         var fields = HTTPFields()
-        fields.reserveCapacity(6)
+        fields.reserveCapacity(7)
         fields[.contentType] = "application/json"
         fields[.contentLength] = String(body.readableBytes)
         fields[.date] = HTTPDate.now()
         fields[.server] = "te-gateway"
         if status == .unauthorized { fields[.wwwAuthenticate] = "Bearer" }
         if let retryAfter { fields[.retryAfter] = String(retryAfter) }
+        if let traceparent { fields[GatewayAPI.traceparentHeader] = traceparent }
         if closeAfter { fields[.connection] = "close" }
         context.write(wrapOutboundOut(.head(HTTPResponse(status: status, headerFields: fields))), promise: nil)
         context.write(wrapOutboundOut(.body(body)), promise: nil)

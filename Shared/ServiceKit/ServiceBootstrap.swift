@@ -29,7 +29,13 @@ public enum ServiceBootstrap {
             return !s.logging
         }
         guard first else { return }
-        LoggingSystem.bootstrap { label in JSONLogHandler(label: label, service: service, logLevel: level) }
+        // `trace_id` of the traced request or entry being handled joins every line (see `Traces`).
+        LoggingSystem.bootstrap(
+            { label, provider in
+                var handler = JSONLogHandler(label: label, service: service, logLevel: level)
+                handler.metadataProvider = provider
+                return handler
+            }, metadataProvider: .traceID)
     }
 
     /// Bootstraps swift-metrics onto `registry` (once) and returns the registry.

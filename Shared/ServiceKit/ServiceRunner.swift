@@ -15,7 +15,7 @@ public struct ServiceResources: Sendable {
 
 /// The `main` of every long-running service.
 public enum ServiceRunner {
-    /// Bootstraps JSON logging and metrics, calls `makeServices` (configuration errors thrown there
+    /// Bootstraps JSON logging, metrics and (with `OTEL_EXPORTER_OTLP_ENDPOINT`) traces, calls `makeServices` (configuration errors thrown there
     /// or by the environment print one line and exit 1), then runs the services and, when
     /// `defaultMetricsPort` is not nil, a `HealthServer` on `METRICS_PORT` (default that port) in
     /// one `ServiceGroup`. SIGTERM/SIGINT shut down gracefully, in reverse order, so the health
@@ -35,6 +35,8 @@ public enum ServiceRunner {
         let resources = ServiceResources(service: service, logger: logger, env: env, registry: registry, readiness: readiness)
         var services: [any Service] = []
         do {
+            // First in the group, so it stops last and flushes the spans of everything that drained before it.
+            if let exporter = try Traces.bootstrap(service: service, env: env, logger: logger) { services.append(exporter) }
             if let defaultMetricsPort {
                 let port = try env.int("METRICS_PORT", default: defaultMetricsPort, range: 0...65535)
                 services.append(HealthServer(port: port, registry: registry, readiness: readiness, logger: logger))

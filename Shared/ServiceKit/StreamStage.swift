@@ -37,11 +37,14 @@ public struct StreamDelivery<Input: Sendable>: Sendable {
     public let message: Input
     /// 1 on first delivery.
     public let deliveries: Int
+    /// The entry's trace context (`tp`, a W3C `traceparent`) when it was sampled; see `StreamTrace`.
+    public let traceParent: String?
 
-    public init(id: String, message: Input, deliveries: Int) {
+    public init(id: String, message: Input, deliveries: Int, traceParent: String? = nil) {
         self.id = id
         self.message = message
         self.deliveries = deliveries
+        self.traceParent = traceParent
     }
 }
 
@@ -68,9 +71,12 @@ public struct StageOutput: Sendable {
 
     public mutating func append(_ command: RedisCommand) { commands.append(command) }
 
-    /// XADD of `message` to `stream` (`MAXLEN ~ maxLen` when given).
-    public mutating func add<M: StreamMessage>(_ message: M, to stream: String, maxLen: Int?) throws {
-        commands.append(try RedisCommand.xadd(stream, maxLen: maxLen, message: message))
+    /// XADD of `message` to `stream` (`MAXLEN ~ maxLen` when given), with the trace context `tp` last
+    /// when given (see `StreamTrace`).
+    public mutating func add<M: StreamMessage>(_ message: M, to stream: String, maxLen: Int?, tp: String? = nil) throws {
+        var fields = try StreamFieldEncoder.encode(message)
+        if let tp { fields.append((StreamTrace.field, tp)) }
+        commands.append(.xadd(stream, maxLen: maxLen, fields: fields))
     }
 
     public mutating func deadLetter(id: String, reason: String) {

@@ -308,7 +308,9 @@ struct StreamWorkerCore<Input: StreamMessage> {
                         deliveries: n - 1))
                 continue
             }
-            b.deliveries.append(StreamDelivery(id: entry.id, message: message, deliveries: n))
+            // `tp` (trace context) is written last: one comparison, no scan of the fields.
+            let tp = entry.fields.last.flatMap { $0.0 == StreamTrace.field ? $0.1 : nil }
+            b.deliveries.append(StreamDelivery(id: entry.id, message: message, deliveries: n, traceParent: tp))
         }
         batch = b
         if b.deliveries.isEmpty { return commitRest() }

@@ -65,6 +65,16 @@ struct StreamWorkerCoreTests {
         #expect(handled(c.event(.read([entry(3, 3)]), now: t0))?.map(\.message.n) == [3])
     }
 
+    @Test func aTraceContextWrittenLastReachesTheStageAndAnUnknownFieldIsIgnored() {
+        var c = running()
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        let traced = StreamEntry(id: "1-0", fields: [("v", "1"), ("n", "1"), ("tag", "ok"), ("tp", tp)])
+        let extra = StreamEntry(id: "2-0", fields: [("v", "1"), ("n", "2"), ("tag", "ok"), ("src", "0:7")])
+        let batch = handled(c.event(.read([traced, extra, entry(3, 3)]), now: t0))
+        #expect(batch?.map(\.message.n) == [1, 2, 3])
+        #expect(batch?.map(\.traceParent) == [tp, nil, nil])
+    }
+
     @Test func deadLettersUndecodableEntriesAndAcknowledgesTrimmedOnes() {
         var c = core()
         _ = started(&c)

@@ -48,8 +48,8 @@ public final class LivePipeline: Sendable {
     /// consumed as it is produced. (The mock cluster keeps a bounded log per partition and trims the oldest
     /// messages beyond it: a whole recording replayed before anyone reads it can lose its head. Every
     /// message of one symbol shares a partition.) The subscription creates the topic.
-    public func startIngest(_ metricsPort: Int? = nil) async throws -> ChildProcess {
-        var extra = ["KAFKA_CONF_allow_auto_create_topics": "true"]
+    public func startIngest(_ metricsPort: Int? = nil, _ more: [String: String] = [:]) async throws -> ChildProcess {
+        var extra = ["KAFKA_CONF_allow_auto_create_topics": "true"].merging(more) { $1 }
         if let metricsPort { extra["METRICS_PORT"] = String(metricsPort) }
         let ingest = try start("ingest", extra)
         let assigned = await TestEnv.eventually(timeout: .seconds(60), every: .milliseconds(100)) {

@@ -37,11 +37,14 @@ REQUIRED_ENV = [  # DESIGN.md "Environment" plus the strategies file
     "MODEL_NAME", "MODEL_VERSION", "CANARY_ENABLED", "CANARY_VERSION", "CANARY_FRACTION", "SHADOW_ENABLED",
     "SCORE_TIMEOUT_MS", "SPREAD_TTL_SEC", "FEATURE_TTL_SEC", "FEATURE_WINDOW_MS", "STREAM_MAXLEN",
     "LOG_LEVEL", "GATEWAY_API_KEYS", "STRATEGIES_FILE",
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_SERVICE_NAME",
 ]
-BACKING = ["redpanda", "redis", "postgres", "triton", "prometheus", "grafana"]
+BACKING = ["redpanda", "redis", "postgres", "triton", "prometheus", "grafana", "otel-collector", "jaeger"]
 ONE_SHOTS = {"redpanda-init", "replay"}
 # Services with no health check, and why (anything else without one fails the check).
-NO_HEALTHCHECK_OK: dict[str, str] = {}
+NO_HEALTHCHECK_OK: dict[str, str] = {
+    "otel-collector": "distroless image (no shell, no HTTP client); its health_check extension is published on 13133",
+}
 
 _VAR = re.compile(r"\$(?:\$|\{(?P<braced>[^}]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 
