@@ -126,7 +126,11 @@ final class RawWebSocket: Sendable {
     private let shared: Shared
     private let reader: Task<Void, Never>?
 
-    init(port: Int, path: String, headers: [String] = [], reading: Bool = true, receiveBuffer: Int32 = 1 << 20) throws {
+    /// `request`: sent instead of the WebSocket handshake (a plain HTTP request, read with `response()`).
+    init(
+        port: Int, path: String, headers: [String] = [], request: String? = nil, reading: Bool = true,
+        receiveBuffer: Int32 = 1 << 20
+    ) throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var size = receiveBuffer
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
@@ -141,7 +145,7 @@ final class RawWebSocket: Sendable {
             close(fd)
             throw GatewayTestError(description: "connect failed: errno \(errno)")
         }
-        let request =
+        let request = request ??
             "GET \(path) HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
             + headers.map { $0 + "\r\n" }.joined() + "\r\n"
@@ -158,6 +162,8 @@ final class RawWebSocket: Sendable {
     deinit { reader?.cancel() }
 
     var ended: Bool { shared.wire.withLock { $0.ended } }
+    /// Everything read so far, as text (for plain HTTP answers).
+    var raw: String { String(decoding: shared.wire.withLock { $0.bytes }, as: UTF8.self) }
     var frames: [Frame] { shared.wire.withLock { $0.frames } }
     var messages: [PushMessage] { shared.wire.withLock { $0.messages } }
     /// The close frame's code and reason, once one arrived.
@@ -341,6 +347,34 @@ struct GatewayWebSocketTests {
             #expect(second.status == 429)
             #expect(second.headers["retry-after"] != nil)
             #expect(second.body.contains("\"code\":\"rate_limited\""), "\(second.body)")
+        }
+    }
+
+    @Test("other upgrades are plain HTTP: Upgrade: h2c is served as HTTP/1.1; a WebSocket upgrade after a connection's first request is 400")
+    func otherUpgrades() async throws {
+        let config = try GatewayTestEnv.config("ws-other")
+        try await GatewayTestEnv.withGateway(config, waitForIdentity: false) { _, client in
+            let port = try #require(client.port)
+            let websocket = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            // (NIO's decoder reads nothing after a request that asks for an upgrade: one request per connection.)
+            let h2c = try await RawWebSocket(
+                port: port, path: "/healthz",
+                request: RawHTTP.get("/healthz", extraHeaders: "Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n")
+            ).response()
+            #expect(h2c.status == 200)
+            #expect(h2c.body == #"{"status":"ok"}"#)
+            let pipelined = try RawWebSocket(
+                port: port, path: "/healthz", request: RawHTTP.get("/healthz") + RawHTTP.get("/v1/opportunities/stream", extraHeaders: websocket))
+            var responses: [RawResponse] = []
+            _ = await TestEnv.eventually {
+                responses = (try? RawHTTP.parse(pipelined.raw)) ?? []
+                return responses.count == 2
+            }
+            try #require(responses.count == 2, "\(pipelined.raw)")
+            #expect(responses[0].status == 200)
+            #expect(responses[1].status == 400)
+            #expect(responses[1].body.contains("\"code\":\"malformed_http\""), "\(responses[1].body)")
+            #expect(responses[1].headers["connection"] == "close")
         }
     }
 
