@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2034  # DURATION, BENCH, REDIS_PORT, TRITON_PID are read by bench/gateway-lib.sh
 # What the per-client rate limiter costs when it never limits: two release gateways side by side on the dev
 # Redis, one with GATEWAY_RATE_LIMIT unset (no limiter in the request path) and one with it set far above any
 # rate reached here (1e7/s: every request takes a token), both without Triton (TRITON_URL on a closed port:
@@ -31,8 +32,8 @@ trap cleanup EXIT
 LOG=bench/results/gateway-ratelimit-server.log.tmp
 : > "$LOG"
 for mode in off on; do
-  port=$OFF_PORT; [ $mode = on ] && port=$ON_PORT
-  env -u GATEWAY_RATE_LIMIT -u GATEWAY_API_KEYS -u GATEWAY_API_KEYS_FILE $([ $mode = on ] && echo GATEWAY_RATE_LIMIT=10000000) \
+  port=$OFF_PORT; limit=(); [ $mode = on ] && { port=$ON_PORT; limit=(GATEWAY_RATE_LIMIT=10000000); }
+  env -u GATEWAY_RATE_LIMIT -u GATEWAY_API_KEYS -u GATEWAY_API_KEYS_FILE "${limit[@]}" \
     HTTP_PORT=$port TRITON_URL=$DEAD_TRITON LOG_LEVEL=warning STREAM_MAXLEN=${BENCH_AUDIT_MAXLEN:-100000} "$GATEWAY" 2>>"$LOG" &
   PIDS+=($!); [ $mode = off ] && OFF_PID=$! || ON_PID=$!
   for _ in $(seq 150); do curl -fs "localhost:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
