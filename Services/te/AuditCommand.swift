@@ -102,7 +102,7 @@ struct AuditCommand: AsyncParsableCommand {
         @OptionGroup var format: OutputOptions
 
         func run() async throws {
-            guard chain else { throw ValidationError("a mode is required: --chain") }
+            guard chain else { throw CLIError("audit verify: a mode is required: --chain (each writer's hash chain)") }
             let verify = AuditChainVerify(
                 since: try since.map { try AuditCommand.timestamp($0, option: "--since") },
                 until: try until.map { try AuditCommand.timestamp($0, option: "--until") }, writer: writer)
