@@ -33,15 +33,30 @@ if [ ! -f "$DEV/env" ] || ! redis-cli -p "${DEV_REDIS_PORT:-16379}" ping >/dev/n
 scripts/dev-up.sh
 set -a; source "$DEV/env"; set +a
 
-# The demo runs in its own Redis database, PostgreSQL database and Kafka topic, so it starts empty and
-# leaves anything else on the dev servers alone.
+# The demo's Redis is a server of its own (DEMO_REDIS_PORT, default 16390), started empty with the strict
+# store users (deploy/redis/users.acl: real key names only, as in production) and stopped at the end: each
+# service runs as its own ACL user (REDIS_URL_<SERVICE> of .dev/env, pointed at this server), on db 0 — the
+# only database a Redis Cluster has and the only one the users may SELECT. Nothing on the shared dev Redis
+# (which tests use, with per-test `test:*` names) is read, flushed or deleted. PostgreSQL: a database of the
+# demo's own (DEMO_PG_DB, default te_demo, dropped and created), written by audit-writer as
+# te_audit_writer and read by `te` as te_reader. Kafka: a topic per run.
 RUN_ID=$(date +%s)
-REDIS_PORT=${REDIS_URL##*:}; REDIS_PORT=${REDIS_PORT%%/*}
-export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/${DEMO_REDIS_DB:-3}
-redis-cli -p "$REDIS_PORT" -n "${DEMO_REDIS_DB:-3}" FLUSHDB >/dev/null
+DEMO_REDIS_PORT=${DEMO_REDIS_PORT:-16390}
+if redis-cli -p "$DEMO_REDIS_PORT" ping >/dev/null 2>&1; then
+  echo "demo: port $DEMO_REDIS_PORT is taken (another demo?); set DEMO_REDIS_PORT" >&2; exit 1
+fi
+redis-server --port "$DEMO_REDIS_PORT" --bind 127.0.0.1 --dir "$DEV/run" --daemonize yes --save "" --appendonly no \
+  --pidfile "$DEV/run/demo-redis-$DEMO_REDIS_PORT.pid" --logfile "$LOGS/demo-redis.log" --aclfile "$REDIS_ACL_FILE_STRICT"
+for _ in $(seq 50); do redis-cli -p "$DEMO_REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+# A service's own user on the demo's server: REDIS_URL_<SERVICE> with the host and port replaced.
+redis_url() { local v=REDIS_URL_$1; printf '%s' "${!v%@*}@127.0.0.1:$DEMO_REDIS_PORT/0"; }
+REDIS_URL=$(redis_url TE)  # `te` reads as te-reader
+export REDIS_URL
+DEMO_PG_DB=${DEMO_PG_DB:-te_demo}
 PG_BASE=${POSTGRES_URL%/*}
-PGPASSWORD=te psql "$PG_BASE/postgres" -qc "DROP DATABASE IF EXISTS te_demo WITH (FORCE)" -c "CREATE DATABASE te_demo" >/dev/null
-export POSTGRES_URL=$PG_BASE/te_demo
+psql "$PG_BASE/postgres" -qc "DROP DATABASE IF EXISTS $DEMO_PG_DB WITH (FORCE)" -c "CREATE DATABASE $DEMO_PG_DB" >/dev/null
+OWNER_URL=$PG_BASE/$DEMO_PG_DB
+export POSTGRES_URL=${POSTGRES_URL_READER%/*}/$DEMO_PG_DB
 export KAFKA_TOPIC=demo-ticks-$RUN_ID
 export STRATEGIES_FILE=${STRATEGIES_FILE:-$ROOT/deploy/strategies/default.json}
 export HTTP_PORT=${DEMO_HTTP_PORT:-18080}
@@ -59,6 +74,7 @@ cleanup() {
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   done
+  redis-cli -p "$DEMO_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   if [ $STARTED_SERVERS = 1 ]; then scripts/dev-down.sh; fi
 }
 trap cleanup EXIT
@@ -70,13 +86,15 @@ start() {
   PIDS+=($!)
 }
 say "starting services (logs in .dev/logs/)…"
-start ingest
-start feature-pipeline
-start strategy-engine
-start opportunity-aggregator
-start outcome-tracker MODEL_REFERENCE_DIR="$ROOT/deploy/triton/model_repository/trade_eligibility"
-start audit-writer
-start gateway
+start ingest REDIS_URL="$(redis_url INGEST)"
+start feature-pipeline REDIS_URL="$(redis_url FEATURE_PIPELINE)"
+start strategy-engine REDIS_URL="$(redis_url STRATEGY_ENGINE)"
+start opportunity-aggregator REDIS_URL="$(redis_url OPPORTUNITY_AGGREGATOR)"
+start outcome-tracker REDIS_URL="$(redis_url OUTCOME_TRACKER)" \
+  MODEL_REFERENCE_DIR="$ROOT/deploy/triton/model_repository/trade_eligibility"
+start audit-writer REDIS_URL="$(redis_url AUDIT_WRITER)" POSTGRES_URL="${POSTGRES_URL_AUDIT_WRITER%/*}/$DEMO_PG_DB" \
+  POSTGRES_MIGRATE_URL="$OWNER_URL"
+start gateway REDIS_URL="$(redis_url GATEWAY)"
 for _ in $(seq 100); do curl -fs "$GATEWAY/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
 
 if [ $SHORT = 1 ]; then
@@ -90,7 +108,7 @@ for f in "${FILES[@]}"; do
   REPLAY_PIDS+=($!)
 done
 
-rcli() { redis-cli -p "$REDIS_PORT" -n "${DEMO_REDIS_DB:-3}" "$@"; }
+rcli() { redis-cli -p "$DEMO_REDIS_PORT" "$@"; }  # the demo server's default user (dev only)
 xlen() { rcli XLEN "$1" 2>/dev/null || echo 0; }
 lag() { rcli XINFO GROUPS "$1" 2>/dev/null | awk -v g="$2" '$0==g{f=1} f&&$0=="lag"{getline; print; exit}'; }
 SYMBOLS=(BTCUSDT ETHUSDT BTCUSDT-PERP)
@@ -134,7 +152,7 @@ while [ $running = 1 ]; do
     echo "gateway decisions by this demo: $gwn, round trip p50 $gw50 ms, p99 $gw99 ms (keep-alive client); in the gateway p50 $in50 ms, p99 $in99 ms"
     echo "last gateway decision: $last"
     echo; echo "look next: gateway $GATEWAY/v1/score · metrics $GATEWAY/metrics, :9101-9106/metrics"
-    echo "           REDIS_URL=$REDIS_URL $BIN/te streams · psql $POSTGRES_URL -c 'select source,count(*) from decisions group by 1'"
+    echo "           REDIS_URL=\$REDIS_URL_TE (port $DEMO_REDIS_PORT) $BIN/te streams · psql $OWNER_URL -c 'select source,count(*) from decisions group by 1'"
     echo "           Ctrl-C stops the demo"
   fi
   [ $SHORT = 0 ] || sleep 1  # the full demo's frame already waited its second in te top
@@ -172,8 +190,8 @@ fi
 
 ticks=$(xlen te:ticks); feat=$(xlen te:features); sig=$(xlen te:signals); opp=$(xlen te:opportunities)
 audit=$(xlen te:audit); dlq=$(xlen te:dlq)
-rows=$(psql "$POSTGRES_URL" -tAc "SELECT count(*) FROM decisions")
-outcome_rows=$(psql "$POSTGRES_URL" -tAc "SELECT count(*) FROM outcomes")
+rows=$(psql "$OWNER_URL" -tAc "SELECT count(*) FROM decisions")
+outcome_rows=$(psql "$OWNER_URL" -tAc "SELECT count(*) FROM outcomes")
 uniq_opp=$(rcli XRANGE te:opportunities - + | awk 'p{print; p=0} $0=="id"{p=1}' | sort -u | wc -l)
 percentiles_us() { sort -n "$1" | awk '{a[NR]=$1} END{if(NR==0){print 0,0,0; exit} i50=int(0.5*NR); if(i50<1)i50=1; i99=int(0.99*NR+0.999); if(i99>NR)i99=NR; print a[i50], a[i99], NR}'; }
 read -r p50 p99 n < <(percentiles_us "$DEV/demo-latency.txt")
@@ -185,7 +203,7 @@ printf '  %-34s %s\n' "ticks in te:ticks" "$ticks" "feature snapshots" "$feat" "
   "audit records on te:audit" "$audit" "rows in decisions" "$rows" \
   "rows in outcomes (horizon passed)" "$outcome_rows"
 echo "  decisions by source:"
-psql "$POSTGRES_URL" -tAc "SELECT source, decision, count(*) FROM decisions GROUP BY 1,2 ORDER BY 1,2" | sed 's/^/    /'
+psql "$OWNER_URL" -tAc "SELECT source, decision, count(*) FROM decisions GROUP BY 1,2 ORDER BY 1,2" | sed 's/^/    /'
 echo "  model quality (te model: labelled outcomes per version; edge = Brier below the base rate's):"
 "$BIN/te" model 2>&1 | sed 's/^/    /'
 printf '  gateway calls by the demo: %s, round trip p50 %s µs, p99 %s µs (one keep-alive connection, Python client)\n' "$n" "$p50" "$p99"
@@ -196,7 +214,7 @@ if [ $SHORT = 1 ]; then
   for pair in "ticks:$ticks" "features:$feat" "signals:$sig" "opportunities:$opp" "audit:$audit" "decisions:$rows"; do
     [ "${pair#*:}" -gt 0 ] || { echo "demo check: no $pair output" >&2; fail=1; }
   done
-  model=$(psql "$POSTGRES_URL" -tAc "SELECT count(*) FROM decisions WHERE source = 'model'")
+  model=$(psql "$OWNER_URL" -tAc "SELECT count(*) FROM decisions WHERE source = 'model'")
   [ "$model" -gt 0 ] || { echo "demo check: no decision came from the model" >&2; fail=1; }
   [ "$rows" = "$audit" ] || { echo "demo check: decisions rows ($rows) != te:audit entries ($audit)" >&2; fail=1; }
   [ $live_metrics = 0 ] || { echo "demo check: dashboards/alerts use metric names no running service exports (above)" >&2; fail=1; }

@@ -185,9 +185,10 @@ struct AuditChainTests {
             #expect(gap["decision_id"] as? String == next)
             #expect((gap["problem"] as? String)?.contains("rows 60…60 are missing") == true, "\(result.output)")
 
-            let modeless = try await runTe(["audit", "verify"], environment: ["POSTGRES_URL": url])
-            #expect(modeless.status != 0)
-            #expect(modeless.output.contains("a mode is required"), "\(modeless.output)")
+            // --writer names a chain: without --chain (the re-score mode) it is refused, not ignored.
+            let misplaced = try await runTe(["audit", "verify", "--writer", "writer-a"], environment: ["POSTGRES_URL": url])
+            #expect(misplaced.status != 0)
+            #expect(misplaced.output.contains("--writer goes with --chain"), "\(misplaced.output)")
             await harness.cleanUp(redis: redis)
         }
     }

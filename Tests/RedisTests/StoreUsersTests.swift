@@ -71,4 +71,28 @@ import TestSupport
         #expect(await Self.refusal(reader, ["XRANGE", "te:ticks", "-", "+"]) == nil)
         try await server.kill()
     }
+
+    /// What each user needs on a Redis Cluster (the slot map, ASKING) and on sharded streams, and the
+    /// gateway's push streams' tail reads (XREAD of te:opportunities and te:audit), on the real names.
+    @Test func clusterCommandsShardsAndPushReadsAreGranted() async throws {
+        let server = try await PrivateRedisServer()
+        for service in StoreUsers.redisServices.sorted() + ["te"] {
+            let client = try Self.client(service, on: server.url)
+            defer { client.close() }
+            // Not a cluster: the server answers with its own error, not NOPERM.
+            let shards = await Self.refusal(client, ["CLUSTER", "SHARDS"])
+            #expect(shards?.contains("NOPERM") != true, "\(service): \(String(describing: shards))")
+            #expect(await Self.refusal(client, ["ASKING"])?.contains("NOPERM") != true, "\(service) ASKING")
+        }
+        let gateway = try Self.client("gateway", on: server.url)
+        defer { gateway.close() }
+        for stream in ["te:opportunities", "te:audit", "te:features:{3}"] {
+            #expect(await Self.refusal(gateway, ["XREAD", "COUNT", "1", "STREAMS", stream, "0"]) == nil, "gateway XREAD \(stream)")
+        }
+        let ingest = try Self.client("ingest", on: server.url)
+        defer { ingest.close() }
+        #expect(await Self.refusal(ingest, ["XADD", "te:ticks:{3}", "*", "symbol", "BTCUSDT"]) == nil)
+        #expect(await Self.refusal(ingest, ["XADD", "te:features:{3}", "*", "a", "1"])?.contains("NOPERM") == true)
+        try await server.kill()
+    }
 }
