@@ -207,10 +207,11 @@ paths:
           in: header
           required: false
           description: |
-            W3C trace context (version 00). Its trace id goes into the AuditRecord (trace_id) and the gateway's
-            log lines for the request; with OTEL_EXPORTER_OTLP_ENDPOINT set the gateway's spans are its
-            children. A malformed value is ignored (a new trace when tracing is on).
-          schema: {type: string, pattern: "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"}
+            W3C trace context, `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`. Its trace id goes into
+            the AuditRecord (trace_id) and the gateway's log lines for the request; with
+            OTEL_EXPORTER_OTLP_ENDPOINT set the gateway's spans are its children. As the W3C recommendation
+            asks, a malformed value is ignored, never refused (a new trace when tracing is on).
+          schema: {type: string}
         - name: tracestate
           in: header
           required: false
