@@ -5,6 +5,8 @@
 # Closed loop with wrk (Debian package; installed if missing) over 1 and 32 connections, BENCH_DURATION s
 # each (default 5, after 1 s of warm-up), POST /v1/score with the features in the request (the model path:
 # the dev Triton from .dev/env). A short paired run; the full latency picture is bench/run-gateway.sh.
+# BENCH_GATEWAY_BASELINE=PATH adds a third gateway to each round: a release build without the tracing code
+# (e.g. of the commit before it), so "off" is measured against no tracing code at all, not only against "on".
 # Writes bench/results/gateway-trace.json and bench/results/gateway-trace.md. Nothing asserts a figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,12 @@ ROUNDS=${BENCH_ROUNDS:-3}
 PORT=${BENCH_PORT:-18281}
 SINK_PORT=${BENCH_OTLP_PORT:-18318}
 GATEWAY=${BENCH_GATEWAY:-.build/release/gateway}
+BASELINE=${BENCH_GATEWAY_BASELINE:-}
+MODES=(off on)
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || { echo "gateway-trace: BENCH_GATEWAY_BASELINE=$BASELINE is not an executable" >&2; exit 1; }
+  MODES=(baseline off on)
+fi
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 [ -x "$GATEWAY" ] || swift build -c release --product gateway >&2
 mkdir -p bench/results
@@ -55,10 +63,11 @@ wrk.body = '{"symbol":"BTCUSDT","features":[0.5,0.3,0.2,1,2,0.1,10,0.05]}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
 
-start_gateway() {  # $1 = off|on
-  local otel=()
+start_gateway() {  # $1 = baseline|off|on
+  local otel=() binary=$GATEWAY
   [ "$1" = on ] && otel=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_TRACES_SAMPLER=always_on)
-  env "${otel[@]}" HTTP_PORT="$PORT" AUDIT_STREAM="$AUDIT" STREAM_MAXLEN=100000 LOG_LEVEL=warning "$GATEWAY" \
+  [ "$1" = baseline ] && binary=$BASELINE
+  env "${otel[@]}" HTTP_PORT="$PORT" AUDIT_STREAM="$AUDIT" STREAM_MAXLEN=100000 LOG_LEVEL=warning "$binary" \
     2>>"$WORK/gateway.log" &
   GW_PID=$!
   for _ in $(seq 100); do curl -fs "localhost:$PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -85,7 +94,7 @@ PY
 
 : >"$WORK/rows.jsonl"
 for round in $(seq "$ROUNDS"); do
-  for mode in off on; do
+  for mode in "${MODES[@]}"; do
     start_gateway "$mode"
     for c in 1 32; do measure "$mode" "$c" | tee -a "$WORK/rows.jsonl" >&2; done
     stop_gateway
@@ -105,12 +114,13 @@ md = ["# Gateway: tracing off vs on", "",
       "and round). Off: no OTEL_EXPORTER_OTLP_ENDPOINT (no tracer, no span). On: OTLP/HTTP (protobuf) to a local "
       "sink, OTEL_TRACES_SAMPLER=always_on, so every request makes its spans (server, feature lookup, model leg, "
       f"Triton call, audit write) and exports them ({sink_bytes / 1e6:.1f} MB received in all). Median over the "
-      "rounds, min–max in brackets; load = 1-minute load average (the machine is shared).", "",
+      "rounds, min–max in brackets; load = 1-minute load average (the machine is shared). Baseline (when run): "
+      "a release gateway built without the tracing code, in the same rounds.", "",
       "| connections | tracing | rps | p50 ms | p99 ms | non-2xx | load |", "| --- | --- | --- | --- | --- | --- | --- |"]
 def cell(values, fmt):
     return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}–{fmt.format(max(values))}]"
 for c in sorted({r["connections"] for r in rows}):
-    for mode in ["off", "on"]:
+    for mode in ["baseline", "off", "on"]:
         rs = [r for r in rows if r["connections"] == c and r["mode"] == mode]
         if not rs: continue
         md.append(f"| {c} | {mode} | {cell([r['rps'] for r in rs], '{:.0f}')} | {cell([r['p50_ms'] for r in rs], '{:.3f}')} | "
