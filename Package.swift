@@ -242,6 +242,9 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
                 .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+                // GatewayChannel.setup (a logger) and the push paths as the upgrade gate reads them (URI).
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
             ],
             path: "Tests/GatewayFuzzTargets", swiftSettings: swiftSettings),
         .target(

@@ -137,7 +137,7 @@ public func buildApplication(_ dependencies: GatewayDependencies) -> some Applic
         server: HTTPServerBuilder { responder in
             GatewayChannel(
                 responder: responder, api: api, routes: routes,
-                additionalChannelHandlers: { [FramingErrorHandler()] + (fastPath ? [ScoreFastPathHandler(api: api)] : []) })
+                additionalChannelHandlers: { GatewayChannel.httpHandlers(api: api, fastPath: fastPath) })
         },
         configuration: .init(address: .hostname(config.httpHost, port: config.httpPort), serverName: "te-gateway"),
         services: dependencies.services,

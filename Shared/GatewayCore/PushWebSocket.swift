@@ -54,6 +54,12 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
     let routes: [String: PushRoute]
     let additionalChannelHandlers: @Sendable () -> [any RemovableChannelHandler]
 
+    /// The gateway's handlers in front of Hummingbird's on a connection that stays HTTP (`additionalChannelHandlers`;
+    /// the http-framing fuzz target builds its connections with the same).
+    static func httpHandlers(api: GatewayAPI, fastPath: Bool) -> [any RemovableChannelHandler] {
+        [FramingErrorHandler()] + (fastPath ? [ScoreFastPathHandler(api: api)] : [])
+    }
+
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
             // Set by the gate, taken by the upgrader; both on the event loop.
