@@ -128,8 +128,11 @@ struct ExplainCommand: AsyncParsableCommand {
                 windowMs: window, windowFrom: recordings.isEmpty ? ticksStream : recordings.joined(separator: " "))
             if recordings.isEmpty {
                 // Ticks reach te:ticks before the snapshot they make reaches te:features (same node: one shard's
-                // streams share a slot), so the window lies at or before the snapshot's entry id.
-                var end = entryId
+                // streams share a slot), so the window lies at or before the snapshot's entry time. Ids of two
+                // streams compare only by their milliseconds: within one millisecond each stream counts its own
+                // sequence (a batch of ticks at ms-0…ms-49, its first snapshot at ms-1), so the scan starts at the
+                // end of the snapshot's millisecond. Later ticks it meets are past t and skipped.
+                var end = StreamID(entryId).map { StreamID(milliseconds: $0.milliseconds, sequence: .max).description } ?? entryId
                 scan: while !replay.complete {
                     let page = try await redis.xrevrange(ticksStream, end: end, start: "-", count: 2000)
                     for e in page {
