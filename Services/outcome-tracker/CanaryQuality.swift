@@ -97,7 +97,8 @@ struct CanaryRolloutService: Service {
         for k in RolloutEvent.Kind.allCases {  // every kind's series at 0 from the start
             Counter(label: "te_rollout_transitions_total", dimensions: [("kind", k.rawValue)]).increment(by: 0)
         }
-        var reportedBetter: Int64?
+        // The generation a verdict we may not act on was last logged at: once per state, not once per poll.
+        var reportedInaction: Int64?
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do {
                 let current = try await store.read()
@@ -112,8 +113,8 @@ struct CanaryRolloutService: Service {
                         let next = current.next(kind, primary: settings.primaryVersion, canary: settings.canaryVersion)
                     {
                         try await act(kind, to: next, verdict: verdict, current: current, store: store, replica: replica)
-                    } else if kind == nil, reportedBetter != current.generation {
-                        reportedBetter = current.generation
+                    } else if kind == nil, reportedInaction != current.generation {
+                        reportedInaction = current.generation
                         logger.info(
                             "canary judged \(verdict.kind.rawValue) than the primary; not acting (CANARY_AUTO_PROMOTE / CANARY_QUALITY_ROLLBACK off)",
                             metadata: Self.metadata(verdict))
