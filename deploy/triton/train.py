@@ -48,6 +48,7 @@ GAP_EXTRA_NS = 5_000_000_000
 SEED = 17
 LEFT_OUT = []  # recordings te features gave no rows for
 LOAD_BEFORE = "?"
+FRESH = []  # recordings whose `te features` CSV this run made (the others came from the cache)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -56,6 +57,7 @@ def te_features(te, path, cache_dir, with_label, horizon_ms, cost_bps):
     tag = f"{os.path.basename(path)}.{'label' if with_label else 'plain'}.{horizon_ms}.{cost_bps}.csv"
     out = os.path.join(cache_dir, tag)
     if not os.path.exists(out):
+        FRESH.append(os.path.basename(path))
         cmd = [te, "features", path, "-o", out + ".tmp"] + (["--label"] if with_label else [])
         env = dict(os.environ, OUTCOME_HORIZON_MS=str(horizon_ms), OUTCOME_COST_BPS=str(cost_bps))
         r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, env=env)
@@ -445,7 +447,7 @@ def main():
     if edge:
         ship = cand
     else:
-        ship = next((n for n in ["logistic + Platt", "constant (calibration-fold base rate)"] if calibrated(n)),
+        ship = next((n for n in ["v1 (served before)", "logistic + Platt", "constant (calibration-fold base rate)"] if calibrated(n)),
                     "constant (calibration-fold base rate)")
     # The canary: the LightGBM candidate whenever it is not the primary already, so the quality-gated rollout judges
     # it against the primary on realised outcomes; if LightGBM ships as v1, the calibrated fallback is the canary.
@@ -474,12 +476,14 @@ def main():
                     "out_of_time": "B4..B5 of every day", "recordings": [d["name"] for d in data],
                     "oot_brier": oot[name]["brier"], "oot_brier_const": oot[name]["brier_const"],
                     "oot_ece": oot[name]["ece"], "oot_base_rate": oot[name]["base_rate"]}
+        if name == "v1 (served before)":
+            training.update(train="kept from the previous training (previous_v1_weights.json)", calibration=None)
         manifest = {"model": "trade_eligibility", "version": version, "features": FEATURES, "label": label_def,
                     "training": training, "mean": [float(x) for x in mean], "std": [float(x) for x in std]}
         if name == "LightGBM + isotonic":
             return dict(manifest, kind="lightgbm", booster="model.txt", calibration="calibration.json"), \
                 lightgbm_artefact(final["gbm"], final["iso"])
-        m = final["lr_cal"] if name == "logistic + Platt" else {
+        m = final["lr_cal"] if name == "logistic + Platt" else v1 if name == "v1 (served before)" else {
             "mean": mean, "std": std, "coef": np.zeros(len(FEATURES)), "intercept": logit(final["const_cal"])}
         training["platt"] = list(final["platt"]) if name == "logistic + Platt" else None
         return dict(manifest, kind="logistic_regression", mean=[float(x) for x in m["mean"]], std=[float(x) for x in m["std"]],
@@ -599,9 +603,11 @@ def main():
                  f"with an interval excluding zero. What ships as v1 is the calibrated **{ship}** "
                  f"(out-of-time ECE {oot[ship]['ece']:.3f}, Brier {oot[ship]['brier']:.4f} vs constant "
                  f"{oot[ship]['brier_const']:.4f}).")
-    L += ["", "Shipping rule (fixed before the run): v1 = the candidate if it passes the gate; else logistic + Platt if "
-          "it is calibrated out of time (ECE <= 0.05) and no worse than the constant by Brier; else the constant "
-          "refitted on the calibration fold (the most recent base rate before the test). v2 (the canary) = "
+    L += ["", "Shipping rule (fixed before the run): v1 = the candidate if it passes the gate; else the first of these "
+          "that is calibrated out of time (ECE <= 0.05) and no worse than the constant by Brier: the v1 served before "
+          "(it stays: its coefficients are rewritten in the current manifest form, with this run's reference.json), "
+          "logistic + Platt, the constant refitted on the calibration fold (the most recent base rate before the "
+          "test); else that constant. v2 (the canary) = "
           "LightGBM + isotonic unless it is v1, then the calibrated constant: the live rollout (outcome-tracker's "
           "CanaryJudge) then judges LightGBM against the primary on realised outcomes and rolls it back when it is "
           "worse.", "",
@@ -616,6 +622,8 @@ def main():
           "![reliability](reliability.png)", "",
           "## Timing", "", f"Total {t_total:.1f} s (features + labels {t_load:.1f} s; final fold: logistic "
           f"{final['t_lr']:.1f} s, LightGBM {final['t_gbm']:.1f} s) on {final['n_train']} training rows, no subsampling, "
+          f"{len(FRESH)} of {len(data) + len(LEFT_OUT)} `te features` runs in this run (the rest cached in "
+          f"{os.path.relpath(args.cache, ROOT)}), "
           f"load average before the run {LOAD_BEFORE}.", ""]
     with open(os.path.join(HERE, "REPORT.md"), "w") as f:
         f.write("\n".join(L))
