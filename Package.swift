@@ -228,6 +228,11 @@ let package = Package(
             dependencies: [
                 "GatewayCore", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                // The score fast path's handler tests: the gateway's HTTP/1.1 pipeline on an in-memory channel.
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
             ], path: "Tests/GatewayTests",
             swiftSettings: swiftSettings),
         .testTarget(
