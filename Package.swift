@@ -92,7 +92,7 @@ let package = Package(
         .target(
             name: "TritonClient",
             dependencies: [
-                "CNghttp2", "CProtobufC", "CTritonProto",
+                "CNghttp2", "CProtobufC", "CTritonProto", "TECore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -215,7 +215,7 @@ let package = Package(
         .testTarget(
             name: "TritonTests",
             dependencies: [
-                "TritonClient", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
+                "TritonClient", "TECore", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Tests/TritonTests",
