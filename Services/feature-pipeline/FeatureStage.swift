@@ -118,8 +118,8 @@ struct FeatureStage: StreamStage {
         }
         let writtenAt = Int64(Date().timeIntervalSince1970 * 1e9)
         for snapshot in latest.values {
-            var fields = try StreamFieldEncoder.encode(snapshot)
-            fields.append(("written_at_ns", String(writtenAt)))
+            var fields = try snapshot.streamFields()
+            fields.field("written_at_ns", int: writtenAt)
             let key = StreamKey.online(snapshot.symbol)
             output.append(.hset(key, fields: fields))
             output.append(.expire(key, seconds: settings.onlineTTLSeconds))

@@ -1,4 +1,5 @@
 import TEKafka
+import TEModels
 import TERedis
 
 /// One batch's Redis writes as a single EVAL of `FencedBatch.script`: Redis applies a message's writes only if
@@ -173,18 +174,28 @@ struct FencedBatch {
 
     /// `XADD stream MAXLEN ~ maxLen * field value …` for the open message.
     mutating func xadd(_ stream: String, maxLen: Int, fields: [(String, String)]) {
+        xaddHead(stream, maxLen: maxLen, fieldCount: fields.count)
+        for (k, v) in fields {
+            command.append(k)
+            command.append(v)
+        }
+    }
+
+    /// The same XADD with fields a stream codec wrote (their bytes go into the script's arguments as they are).
+    mutating func xadd(_ stream: String, maxLen: Int, fields: StreamFieldWriter) {
+        xaddHead(stream, maxLen: maxLen, fieldCount: fields.fieldCount)
+        command.append(arguments: fields.bytes, lengths: fields.lengths)
+    }
+
+    private mutating func xaddHead(_ stream: String, maxLen: Int, fieldCount: Int) {
         command.append("c")
-        command.append(6 + 2 * fields.count)
+        command.append(6 + 2 * fieldCount)
         command.append("XADD")
         command.append(stream)
         command.append("MAXLEN")
         command.append("~")
         command.append(maxLen)
         command.append("*")
-        for (k, v) in fields {
-            command.append(k)
-            command.append(v)
-        }
         commands += 1
     }
 

@@ -161,15 +161,15 @@ struct IngestService: Service {
                 case .ticks(let ticks):
                     let source = Self.lineage(message)
                     for tick in ticks {
-                        guard var fields = try? StreamFieldEncoder.encode(tick) else { continue }
-                        fields.append(("src", source))
+                        guard var fields = try? tick.streamFields() else { continue }
+                        fields.field("src", source)
                         // The head of the pipeline: a sampled tick starts a trace and carries it in `tp` (last).
                         if let trace = StreamTrace.head("ingest tick") {
                             trace.span.attributes["te.symbol"] = tick.symbol
                             trace.span.attributes["messaging.kafka.partition"] = Int(message.partition)
                             trace.span.attributes["messaging.kafka.offset"] = Int(message.offset)
                             trace.span.end()
-                            fields.append((StreamTrace.field, trace.tp))
+                            fields.field(StreamTrace.field, trace.tp)
                         }
                         script.xadd(settings.ticksStream, maxLen: settings.streamMaxLen, fields: fields)
                         if tick.kind == .quote, let bid = tick.bid, let ask = tick.ask {
