@@ -11,6 +11,29 @@ import Testing
 import FoundationNetworking
 #endif
 
+/// One Binance spot recording per symbol (the two symbols fall in different shards of 3).
+let twoSymbols = ["BTCUSDT": spotBTC, "ETHUSDT": "/work/shared/data/binance/spot_ethusdt_20240808.gz"]
+
+/// Waits until each symbol's shard stream holds its expected ticks, then checks that it holds exactly those,
+/// in order (every field, depth included) and no other symbol's.
+func expectShards(
+    _ h: IngestHarness, _ expected: [String: [Tick]], stream: (String) -> String, ingest: ChildProcess, timeout: Duration
+) async throws {
+    for (symbol, ticks) in expected {
+        let complete = await TestEnv.eventually(timeout: timeout, every: .milliseconds(200)) {
+            ((try? await h.redis.xlen(stream(symbol))) ?? 0) >= ticks.count
+        }
+        #expect(complete, "\(symbol): ingest: \(ingest.output().suffix(3000))")
+    }
+    try await Task.sleep(for: .seconds(1))
+    for (symbol, ticks) in expected {
+        let written = try await h.redis.xrange(stream(symbol)).map { try StreamFieldDecoder.decode(Tick.self, from: $0.fields) }
+        #expect(written.allSatisfy { $0.symbol == symbol })
+        #expect(written.count == ticks.count, "\(symbol)")
+        #expect(written == ticks, "\(symbol): first difference at \(zip(written, ticks).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? -1)")
+    }
+}
+
 /// What must hold at ingest's ends across kills, retention and bad bytes (issue 18).
 @Suite("ingest: state across restarts, offset resets, binary dead letters, readiness", .serialized, .timeLimit(.minutes(6)))
 struct IngestEndsTests {
@@ -82,7 +105,7 @@ struct IngestEndsTests {
         let h = try IngestHarness(redisURL: try TestEnv.redisClusterURL())
         defer { Task { await h.cleanup() } }
         let shards = 3
-        let recordings = ["BTCUSDT": spotBTC, "ETHUSDT": "/work/shared/data/binance/spot_ethusdt_20240808.gz"]
+        let recordings = twoSymbols
         let limit = 2500
         var expected: [String: [Tick]] = [:]
         for (symbol, path) in recordings { expected[symbol] = try expectedTicks(path, limit: limit) }
@@ -104,20 +127,8 @@ struct IngestEndsTests {
             ingest = try h.startIngest(["STREAM_SHARDS": "\(shards)"])
         }
         for replay in replays { try await replay.value }
-        for (symbol, ticks) in expected {
-            let complete = await TestEnv.eventually(timeout: .seconds(90), every: .milliseconds(200)) {
-                ((try? await h.redis.xlen(stream(symbol))) ?? 0) >= ticks.count
-            }
-            #expect(complete, "\(symbol): ingest: \(ingest.output().suffix(2000))")
-        }
-        try await Task.sleep(for: .seconds(1))
-        for (symbol, ticks) in expected {
-            let written = try await h.redis.xrange(stream(symbol)).map { try StreamFieldDecoder.decode(Tick.self, from: $0.fields) }
-            // Only this symbol in its shard, every tick once, in order, with the depth of an uninterrupted run.
-            #expect(written.allSatisfy { $0.symbol == symbol })
-            #expect(written.count == ticks.count)
-            #expect(written == ticks, "\(symbol): first difference at \(zip(written, ticks).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? -1)")
-        }
+        // Only each symbol in its shard, every tick once, in order, with the depth of an uninterrupted run.
+        try await expectShards(h, expected, stream: stream, ingest: ingest, timeout: .seconds(90))
         #expect(try await h.redis.xlen(StreamKey.sharded(h.ticks, shard: 1, of: shards)) == 0)
         // Each shard's fence is its own hash in its own slot; shard 1 got fence updates only.
         for k in 0..<shards {
@@ -128,53 +139,6 @@ struct IngestEndsTests {
         #expect(books["BTCUSDT"] != nil, "\(books.keys)")
         ingest.terminate()
         #expect(try await ingest.waitForExit(timeout: .seconds(20)) == 0)
-    }
-
-    /// A master of a private Redis Cluster (real key names, ingest as its ACL user) SIGKILLed mid-replay: its
-    /// replica takes over and ingest carries on by itself, writing nothing twice (the fenced scripts
-    /// re-sent after the failover skip what the dead master had already replicated).
-    @Test("the master holding a tick shard killed mid-replay (private cluster): ingest recovers by itself, each tick once")
-    func masterKilledMidReplay() async throws {
-        let cluster = try await PrivateRedisCluster()
-        let h = try IngestHarness(redisURL: cluster.url)
-        let shards = 3
-        let env = [
-            "STREAM_SHARDS": "\(shards)", "INGEST_TICKS_STREAM": "te:ticks", "INGEST_DLQ_STREAM": "te:dlq",
-            "INGEST_SPREAD_PREFIX": "te:spread_bps:",
-        ]
-        let recordings = ["BTCUSDT": spotBTC, "ETHUSDT": "/work/shared/data/binance/spot_ethusdt_20240808.gz"]
-        let limit = 2500
-        var expected: [String: [Tick]] = [:]
-        for (symbol, path) in recordings { expected[symbol] = try expectedTicks(path, limit: limit) }
-        let stream = { (symbol: String) in StreamKey.ticks(for: symbol, shards: shards) }
-        let ingest = try h.startIngest(env)
-        let replays = recordings.values.map { path in Task { try await h.replay(path, ["--speed", "30", "--limit", "\(limit)"]) } }
-        let reached = await TestEnv.eventually(timeout: .seconds(60), every: .milliseconds(20)) {
-            ((try? await h.redis.xlen(stream("BTCUSDT"))) ?? 0) > expected["BTCUSDT"]!.count / 3
-        }
-        #expect(reached, "ingest: \(ingest.output().suffix(2000))")
-        let map = try #require(try await h.redis.clusterSlotMap())
-        let victim = try #require(map.master(forSlot: RedisClusterSlot.slot(of: stream("BTCUSDT"))))
-        try await cluster.kill(port: victim.port)
-        for replay in replays { try await replay.value }
-        for (symbol, ticks) in expected {
-            let complete = await TestEnv.eventually(timeout: .seconds(120), every: .milliseconds(200)) {
-                ((try? await h.redis.xlen(stream(symbol))) ?? 0) >= ticks.count
-            }
-            #expect(complete, "\(symbol): ingest: \(ingest.output().suffix(3000))")
-        }
-        try await Task.sleep(for: .seconds(1))
-        for (symbol, ticks) in expected {
-            let written = try await h.redis.xrange(stream(symbol)).map { try StreamFieldDecoder.decode(Tick.self, from: $0.fields) }
-            #expect(written.count == ticks.count, "\(symbol)")
-            #expect(written == ticks, "\(symbol)")
-        }
-        #expect(ingest.isRunning)
-        #expect(ingest.output().contains("redis write failed; retrying"), "the write to the dead master failed and was retried")
-        ingest.terminate()
-        #expect(try await ingest.waitForExit(timeout: .seconds(20)) == 0)
-        h.redis.close()
-        await cluster.shutdown()
     }
 
     @Test("retention deletes unread messages: te_ingest_offset_resets_total, a JSON log line naming the range, a te:dlq entry; no raw librdkafka line")
