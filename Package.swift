@@ -201,6 +201,10 @@ let package = Package(
             name: "RedisTests", dependencies: ["TERedis", "ServiceKit", "TestSupport"], path: "Tests/RedisTests",
             swiftSettings: swiftSettings),
         .testTarget(
+            // ingest's cycle and fence naming, no servers (the server-backed ingest tests are in KafkaTests).
+            name: "IngestTests", dependencies: ["Ingest", "TestSupport"], path: "Tests/IngestTests",
+            swiftSettings: swiftSettings),
+        .testTarget(
             name: "MarketDataTests", dependencies: ["MarketData"], path: "Tests/MarketDataTests",
             swiftSettings: swiftSettings),
         .testTarget(
