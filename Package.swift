@@ -100,6 +100,8 @@ let package = Package(
             path: "Shared/TritonClient", swiftSettings: swiftSettings),
 
         // MARK: Shared Swift libraries
+        // Dependency-free building blocks every module may use (the retry policy).
+        .target(name: "TECore", path: "Shared/TECore", swiftSettings: swiftSettings),
         .target(name: "TEModels", path: "Shared/TEModels", swiftSettings: swiftSettings),
         .target(
             name: "MarketData", dependencies: ["TEModels"], path: "Shared/MarketData",
@@ -190,6 +192,9 @@ let package = Package(
 
         // MARK: Tests
         .testTarget(
+            name: "TECoreTests", dependencies: ["TECore"], path: "Tests/TECoreTests",
+            swiftSettings: swiftSettings),
+        .testTarget(
             name: "ModelsTests", dependencies: ["TEModels"], path: "Tests/ModelsTests",
             swiftSettings: swiftSettings),
         .testTarget(
@@ -202,7 +207,7 @@ let package = Package(
             name: "KafkaTests", dependencies: ["TEKafka", "MarketData", "ServiceKit", "TestSupport"],
             path: "Tests/KafkaTests", swiftSettings: swiftSettings),
         .testTarget(
-            name: "FeatureTests", dependencies: ["FeatureEngine", "MarketData", "TestSupport"],
+            name: "FeatureTests", dependencies: ["TECore", "FeatureEngine", "MarketData", "TestSupport"],
             path: "Tests/FeatureTests", swiftSettings: swiftSettings),
         .testTarget(
             name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport", "TEPostgres"], path: "Tests/StrategyTests",
