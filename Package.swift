@@ -76,7 +76,7 @@ let package = Package(
         // MARK: Swift wrappers, one per C library; nothing else imports the C modules
         .target(
             name: "TERedis",
-            dependencies: ["CHiredis", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CHiredis", "TECore", .product(name: "Logging", package: "swift-log")],
             path: "Shared/TERedis", swiftSettings: swiftSettings),
         .target(
             name: "TEKafka",
@@ -85,7 +85,7 @@ let package = Package(
         .target(
             name: "TEPostgres",
             dependencies: [
-                "CLibPQ", "TEModels", .product(name: "Logging", package: "swift-log"),
+                "CLibPQ", "TECore", "TEModels", .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Shared/TEPostgres", swiftSettings: swiftSettings),
@@ -116,7 +116,7 @@ let package = Package(
         .target(
             name: "ServiceKit",
             dependencies: [
-                "TEModels", "TERedis",
+                "TECore", "TEModels", "TERedis",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -147,7 +147,7 @@ let package = Package(
         .target(
             name: "GatewayCore",
             dependencies: [
-                "ServiceKit", "TritonClient", "FeatureEngine", "TEModels", "TERedis",
+                "ServiceKit", "TECore", "TritonClient", "FeatureEngine", "TEModels", "TERedis",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -169,7 +169,7 @@ let package = Package(
             path: "Shared/GatewayCore", swiftSettings: swiftSettings),
         .executableTarget(
             name: "AuditWriter",
-            dependencies: ["ServiceKit", "TEPostgres", .product(name: "Prometheus", package: "swift-prometheus")],
+            dependencies: ["ServiceKit", "TECore", "TEPostgres", .product(name: "Prometheus", package: "swift-prometheus")],
             path: "Services/audit-writer",
             swiftSettings: swiftSettings),
         .executableTarget(
@@ -198,7 +198,7 @@ let package = Package(
             name: "ModelsTests", dependencies: ["TEModels"], path: "Tests/ModelsTests",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "RedisTests", dependencies: ["TERedis", "ServiceKit", "TestSupport"], path: "Tests/RedisTests",
+            name: "RedisTests", dependencies: ["TECore", "TERedis", "ServiceKit", "TestSupport"], path: "Tests/RedisTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "MarketDataTests", dependencies: ["MarketData"], path: "Tests/MarketDataTests",

@@ -29,7 +29,7 @@ public struct PostgresQueryResult: Sendable {
 /// (`PQexecParams`, text format): SQL is never built from values.
 ///
 /// Connects lazily on first use; when the connection is lost, the next operation reconnects
-/// (`PQreset`) after a backoff (100 ms doubling to 5 s while attempts fail). A transaction never
+/// (`PQreset`) after a backoff (100 ms doubling to 5 s, jittered, while attempts fail). A transaction never
 /// spans a reconnect: its later statements fail with `.connectionLost`.
 public final class PostgresConnection: Sendable {
     public let configuration: PostgresConfiguration
@@ -251,12 +251,12 @@ final class Session: @unchecked Sendable {
             conn = PQconnectdbParams(keywordPointers, valuePointers, 0)
         }
         guard let conn else {
-            machine.connectFailed(now: Self.now())
+            machine.connectFailed(now: Self.now(), jitter: Double.random(in: 0..<1))
             throw PostgresError(.connection, message: "libpq could not allocate a connection")
         }
         guard PQstatus(conn) == CONNECTION_OK else {
             let message = connectionMessage(conn)
-            machine.connectFailed(now: Self.now())
+            machine.connectFailed(now: Self.now(), jitter: Double.random(in: 0..<1))
             logger.warning(
                 "postgres connect failed",
                 metadata: ["target": "\(configuration)", "error": "\(message)"])
