@@ -80,7 +80,7 @@ let package = Package(
             path: "Shared/TERedis", swiftSettings: swiftSettings),
         .target(
             name: "TEKafka",
-            dependencies: ["CRdKafka", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CRdKafka", "TECore", .product(name: "Logging", package: "swift-log")],
             path: "Shared/TEKafka", swiftSettings: swiftSettings),
         .target(
             name: "TEPostgres",
@@ -181,7 +181,7 @@ let package = Package(
         .executableTarget(
             name: "TE",
             dependencies: [
-                "ServiceKit", "TEKafka", "TEPostgres", "TritonClient", "MarketData", "FeatureEngine",
+                "ServiceKit", "TECore", "TEKafka", "TEPostgres", "TritonClient", "MarketData", "FeatureEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Services/te", swiftSettings: swiftSettings),

@@ -92,6 +92,8 @@ public final class OnlineFeatureLoader: Sendable {
     let keyPrefix: String
     let logger: Logger
     private let misses = Mutex<[String: ContinuousClock.Instant]>([:])
+    /// The loads and their deadlines; a service of the gateway.
+    public let tasks = BackgroundTasks()
 
     public init(redis: RedisClient, memory: FeatureMemory, keyPrefix: String = "te:online:", logger: Logger) {
         self.redis = redis
@@ -110,12 +112,10 @@ public final class OnlineFeatureLoader: Sendable {
             return false
         }
         if recentMiss { return nil }
-        let slot = OneShot<StoredFeatures?>()
-        Task {
-            let loaded = await self.fetch(symbol)
-            slot.finish(loaded)
-        }
-        Task {
+        let slot = OneShot<StoredFeatures?, Never>()
+        // Shutting down: no cold load.
+        guard tasks.submit({ slot.finish(await self.fetch(symbol)) }) else { return nil }
+        tasks.submit {
             try? await Task.sleep(until: deadline, clock: .continuous)
             slot.finish(nil)
         }
@@ -139,52 +139,6 @@ public final class OnlineFeatureLoader: Sendable {
             logger.warning("cold start of features failed", metadata: ["symbol": "\(symbol)", "error": "\(error)"])
             misses.withLock { $0[symbol] = .now }
             return nil
-        }
-    }
-}
-
-/// A value handed over once; `wait` returns the first `finish`.
-final class OneShot<Value: Sendable>: Sendable {
-    private enum State {
-        case empty
-        case waiting(CheckedContinuation<Value, Never>)
-        case done(Value)
-        case consumed
-    }
-
-    private let state = Mutex(State.empty)
-
-    func finish(_ value: Value) {
-        let c: CheckedContinuation<Value, Never>? = state.withLock { s in
-            switch s {
-            case .empty:
-                s = .done(value)
-                return nil
-            case .waiting(let c):
-                s = .consumed
-                return c
-            case .done, .consumed:
-                return nil
-            }
-        }
-        c?.resume(returning: value)
-    }
-
-    func wait() async -> Value {
-        await withCheckedContinuation { (c: CheckedContinuation<Value, Never>) in
-            let ready: Value? = state.withLock { s in
-                switch s {
-                case .empty:
-                    s = .waiting(c)
-                    return nil
-                case .done(let v):
-                    s = .consumed
-                    return v
-                case .waiting, .consumed:
-                    preconditionFailure("OneShot waited twice")
-                }
-            }
-            if let ready { c.resume(returning: ready) }
         }
     }
 }

@@ -3,10 +3,12 @@ import Foundation
 import Logging
 import TECore
 
-/// Owns one hiredis `redisContext`. Lives on, and is only ever touched by, its client's I/O thread
-/// (`RedisIOThread`), which creates it, passes it to each job and frees it when the client closes:
-/// hiredis contexts are not thread-safe, and their calls block.
-final class RedisConnection {
+/// Owns one hiredis `redisContext`. Used only by jobs on its client's executor thread (`RedisIOThread`),
+/// which passes it to each job and frees the context when the client closes: hiredis contexts are not
+/// thread-safe, and their calls block.
+// @unchecked Sendable: every use is inside a job of the one `BlockingExecutor` that `RedisIOThread` owns,
+// which runs one job at a time; `deinit` runs after the last job released it.
+final class RedisConnection: @unchecked Sendable {
     private let configuration: RedisConfiguration
     private let logger: Logger
     private var context: UnsafeMutablePointer<redisContext>?
