@@ -45,7 +45,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.34.1"),
-        // SHA-256 of the audit hash chain (TEPostgres only).
+        // SHA-256 of the audit hash chain (AuditStorage only).
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         // Traces (DESIGN.md "Environment", OTel). Tracing is already resolved through Hummingbird.
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
@@ -84,10 +84,7 @@ let package = Package(
             path: "Shared/TEKafka", swiftSettings: swiftSettings),
         .target(
             name: "TEPostgres",
-            dependencies: [
-                "CLibPQ", "TECore", "TEModels", .product(name: "Logging", package: "swift-log"),
-                .product(name: "Crypto", package: "swift-crypto"),
-            ],
+            dependencies: ["CLibPQ", "TECore", .product(name: "Logging", package: "swift-log")],
             path: "Shared/TEPostgres", swiftSettings: swiftSettings),
         .target(
             name: "TritonClient",
@@ -126,6 +123,16 @@ let package = Package(
                 .product(name: "OTel", package: "swift-otel"),
             ],
             path: "Shared/ServiceKit", swiftSettings: swiftSettings),
+
+        // The stores of the audit tables (`decisions`, `outcomes`, `rollout_events`), their schema and roles, and
+        // the `decisions` hash chain, on TEPostgres.
+        .target(
+            name: "AuditStorage",
+            dependencies: [
+                "TEModels", "TEPostgres", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Shared/AuditStorage", swiftSettings: swiftSettings),
 
         // MARK: Executables
         .executableTarget(
@@ -169,7 +176,7 @@ let package = Package(
             path: "Shared/GatewayCore", swiftSettings: swiftSettings),
         .executableTarget(
             name: "AuditWriter",
-            dependencies: ["ServiceKit", "TECore", "TEPostgres", .product(name: "Prometheus", package: "swift-prometheus")],
+            dependencies: ["AuditStorage", "ServiceKit", "TECore", "TEPostgres", .product(name: "Prometheus", package: "swift-prometheus")],
             path: "Services/audit-writer",
             swiftSettings: swiftSettings),
         .executableTarget(
@@ -181,7 +188,7 @@ let package = Package(
         .executableTarget(
             name: "TE",
             dependencies: [
-                "ServiceKit", "TECore", "TEKafka", "TEPostgres", "TritonClient", "MarketData", "FeatureEngine",
+                "AuditStorage", "ServiceKit", "TECore", "TEKafka", "TEPostgres", "TritonClient", "MarketData", "FeatureEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Services/te", swiftSettings: swiftSettings),
@@ -210,7 +217,7 @@ let package = Package(
             name: "FeatureTests", dependencies: ["TECore", "FeatureEngine", "MarketData", "TestSupport"],
             path: "Tests/FeatureTests", swiftSettings: swiftSettings),
         .testTarget(
-            name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport", "TEPostgres"], path: "Tests/StrategyTests",
+            name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport", "TEPostgres", "AuditStorage"], path: "Tests/StrategyTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "TritonTests",
@@ -221,7 +228,7 @@ let package = Package(
             path: "Tests/TritonTests",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "PostgresTests", dependencies: ["TEPostgres", "ServiceKit", "TestSupport"],
+            name: "PostgresTests", dependencies: ["AuditStorage", "TEPostgres", "ServiceKit", "TestSupport"],
             path: "Tests/PostgresTests", swiftSettings: swiftSettings),
         .testTarget(
             name: "GatewayTests",

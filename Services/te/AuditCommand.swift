@@ -1,3 +1,4 @@
+import AuditStorage
 import ArgumentParser
 import Foundation
 import Logging
