@@ -211,7 +211,7 @@ let package = Package(
             name: "MarketDataTests", dependencies: ["MarketData"], path: "Tests/MarketDataTests",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "KafkaTests", dependencies: ["TEKafka", "MarketData", "ServiceKit", "TestSupport"],
+            name: "KafkaTests", dependencies: ["TECore", "TEKafka", "MarketData", "ServiceKit", "TestSupport"],
             path: "Tests/KafkaTests", swiftSettings: swiftSettings),
         .testTarget(
             name: "FeatureTests", dependencies: ["TECore", "FeatureEngine", "MarketData", "TestSupport"],

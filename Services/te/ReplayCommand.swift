@@ -35,7 +35,7 @@ struct ReplayCommand: AsyncParsableCommand {
 
     func run() async throws {
         let kafka = try KafkaConfiguration.fromEnvironment()
-        let topic = self.topic ?? ProcessInfo.processInfo.environment["KAFKA_TOPIC"] ?? "ticks"
+        let topic = self.topic ?? Env.optional("KAFKA_TOPIC") ?? "ticks"
         let producer = try KafkaProducer(configuration: kafka, logger: Logger(label: "te-replay"))
         // Before the pacing clock starts: otherwise the first second of messages waits for librdkafka's
         // topic scan and every one of them is late.
