@@ -65,7 +65,10 @@ struct KafkaClientTests {
         let config = try KafkaConfiguration.fromEnvironment(
             Env(["KAFKA_BROKERS": "127.0.0.1:1", "KAFKA_CONF_fetch_wait_max_ms": "7", "OTHER": "x"]))
         #expect(config.properties == ["fetch.wait.max.ms": "7"])
-        #expect(throws: ConfigurationError.self) { try KafkaConfiguration.fromEnvironment(Env([:])) }
+        #expect(
+            throws: ConfigurationError(
+                variable: "KAFKA_BROKERS", problem: "is required (host:port[,host:port…] of the Kafka bootstrap servers)")
+        ) { try KafkaConfiguration.fromEnvironment(Env([:])) }
         let bad = KafkaConfiguration(brokers: "127.0.0.1:1", properties: ["no.such.property": "1"])
         do {
             _ = try KafkaProducer(configuration: bad, logger: Logger(label: "test"))
