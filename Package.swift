@@ -45,7 +45,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.34.1"),
-        // SHA-256 of the audit hash chain (TEPostgres only).
+        // SHA-256 of the audit hash chain (AuditStorage only).
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         // Traces (DESIGN.md "Environment", OTel). Tracing is already resolved through Hummingbird.
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
@@ -76,18 +76,15 @@ let package = Package(
         // MARK: Swift wrappers, one per C library; nothing else imports the C modules
         .target(
             name: "TERedis",
-            dependencies: ["CHiredis", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CHiredis", "TECore", .product(name: "Logging", package: "swift-log")],
             path: "Shared/TERedis", swiftSettings: swiftSettings),
         .target(
             name: "TEKafka",
-            dependencies: ["CRdKafka", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CRdKafka", "TECore", .product(name: "Logging", package: "swift-log")],
             path: "Shared/TEKafka", swiftSettings: swiftSettings),
         .target(
             name: "TEPostgres",
-            dependencies: [
-                "CLibPQ", "TEModels", .product(name: "Logging", package: "swift-log"),
-                .product(name: "Crypto", package: "swift-crypto"),
-            ],
+            dependencies: ["CLibPQ", "TECore", .product(name: "Logging", package: "swift-log")],
             path: "Shared/TEPostgres", swiftSettings: swiftSettings),
         .target(
             name: "TritonClient",
@@ -116,7 +113,7 @@ let package = Package(
         .target(
             name: "ServiceKit",
             dependencies: [
-                "TEModels", "TERedis",
+                "TECore", "TEModels", "TERedis",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -126,6 +123,16 @@ let package = Package(
                 .product(name: "OTel", package: "swift-otel"),
             ],
             path: "Shared/ServiceKit", swiftSettings: swiftSettings),
+
+        // The stores of the audit tables (`decisions`, `outcomes`, `rollout_events`), their schema and roles, and
+        // the `decisions` hash chain, on TEPostgres.
+        .target(
+            name: "AuditStorage",
+            dependencies: [
+                "TEModels", "TEPostgres", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Shared/AuditStorage", swiftSettings: swiftSettings),
 
         // MARK: Executables
         .executableTarget(
@@ -147,7 +154,7 @@ let package = Package(
         .target(
             name: "GatewayCore",
             dependencies: [
-                "ServiceKit", "TritonClient", "FeatureEngine", "TEModels", "TERedis",
+                "ServiceKit", "TECore", "TritonClient", "FeatureEngine", "TEModels", "TERedis",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -169,7 +176,7 @@ let package = Package(
             path: "Shared/GatewayCore", swiftSettings: swiftSettings),
         .executableTarget(
             name: "AuditWriter",
-            dependencies: ["ServiceKit", "TEPostgres", .product(name: "Prometheus", package: "swift-prometheus")],
+            dependencies: ["AuditStorage", "ServiceKit", "TECore", "TEPostgres", .product(name: "Prometheus", package: "swift-prometheus")],
             path: "Services/audit-writer",
             swiftSettings: swiftSettings),
         .executableTarget(
@@ -181,7 +188,7 @@ let package = Package(
         .executableTarget(
             name: "TE",
             dependencies: [
-                "ServiceKit", "TEKafka", "TEPostgres", "TritonClient", "MarketData", "FeatureEngine",
+                "AuditStorage", "ServiceKit", "TECore", "TEKafka", "TEPostgres", "TritonClient", "MarketData", "FeatureEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Services/te", swiftSettings: swiftSettings),
@@ -198,7 +205,7 @@ let package = Package(
             name: "ModelsTests", dependencies: ["TEModels"], path: "Tests/ModelsTests",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "RedisTests", dependencies: ["TERedis", "ServiceKit", "TestSupport"], path: "Tests/RedisTests",
+            name: "RedisTests", dependencies: ["TECore", "TERedis", "ServiceKit", "TestSupport"], path: "Tests/RedisTests",
             swiftSettings: swiftSettings),
         .testTarget(
             // ingest's cycle and fence naming, no servers (the server-backed ingest tests are in KafkaTests).
@@ -208,13 +215,13 @@ let package = Package(
             name: "MarketDataTests", dependencies: ["MarketData"], path: "Tests/MarketDataTests",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "KafkaTests", dependencies: ["TEKafka", "MarketData", "ServiceKit", "TestSupport"],
+            name: "KafkaTests", dependencies: ["TECore", "TEKafka", "MarketData", "ServiceKit", "TestSupport"],
             path: "Tests/KafkaTests", swiftSettings: swiftSettings),
         .testTarget(
             name: "FeatureTests", dependencies: ["TECore", "FeatureEngine", "MarketData", "TestSupport"],
             path: "Tests/FeatureTests", swiftSettings: swiftSettings),
         .testTarget(
-            name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport", "TEPostgres"], path: "Tests/StrategyTests",
+            name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport", "TEPostgres", "AuditStorage"], path: "Tests/StrategyTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "TritonTests",
@@ -225,7 +232,7 @@ let package = Package(
             path: "Tests/TritonTests",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "PostgresTests", dependencies: ["TEPostgres", "ServiceKit", "TestSupport"],
+            name: "PostgresTests", dependencies: ["AuditStorage", "TEPostgres", "ServiceKit", "TestSupport"],
             path: "Tests/PostgresTests", swiftSettings: swiftSettings),
         .testTarget(
             name: "GatewayTests",

@@ -2,7 +2,7 @@
 # An auditor's re-check of one writer's hash chain in `decisions` with nothing but psql, bash and sha256sum
 # (no project code): each row's canonical line is what PostgreSQL's own COPY prints for the canonical
 # columns, and row_hash = sha256(prev_hash ‖ canonical line). The SQL below is AuditChain.canonicalSelect
-# (Shared/TEPostgres/AuditChain.swift, documented in deploy/README.md "Audit hash chain"); a test checks
+# (Shared/AuditStorage/AuditChain.swift, documented in deploy/README.md "Audit hash chain"); a test checks
 # they are the same text. One sha256sum per row: meant for spot checks, `te audit verify --chain` for tables.
 #
 #   POSTGRES_URL=postgres://te_reader:…@host:5432/te scripts/audit-chain-check.sh WRITER

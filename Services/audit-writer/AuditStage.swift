@@ -1,8 +1,10 @@
+import AuditStorage
 import Foundation
 import Logging
 import Prometheus
 import ServiceKit
 import ServiceLifecycle
+import TECore
 import TEModels
 import TEPostgres
 
@@ -17,9 +19,8 @@ struct AuditStage: StreamStage {
     let store: AuditStore
     let metrics: AuditMetrics
     let logger: Logger
-    /// Retry delays while PostgreSQL is unavailable: initial, doubling, capped.
-    let retryBackoff: Duration
-    let retryBackoffMax: Duration
+    /// Retry delays while PostgreSQL is unavailable.
+    let retry: RetryPolicy
     /// Test-only (`AUDIT_TEST_CRASH_AFTER_COMMIT=1`): SIGKILL this process right after the first
     /// COMMIT, before the worker's XACK, to prove redelivery adds no duplicates.
     let crashAfterCommit: Bool
@@ -39,38 +40,36 @@ struct AuditStage: StreamStage {
     mutating func handle(_ batch: [StreamDelivery<AuditRecord>]) async throws -> StageOutput {
         let records = batch.map(\.message)
         var failures = 0
-        while true {
-            let start = ContinuousClock.now
-            do {
-                var head: AuditChain
-                if let chain { head = chain } else { head = try await store.chainHead(writer: writerID) }
-                let (outcome, rejected) = try await store.insertIsolatingBadRecords(records, chain: &head)
-                chain = head
-                metrics.commitDuration.record(ContinuousClock.now - start)
-                if crashAfterCommit {
-                    logger.critical("AUDIT_TEST_CRASH_AFTER_COMMIT: killing myself between COMMIT and XACK")
-                    kill(getpid(), SIGKILL)
-                }
-                metrics.batchRows.record(Double(records.count))
-                metrics.inserted.increment(by: Int64(outcome.inserted))
-                metrics.duplicates.increment(by: Int64(outcome.duplicates))
-                if failures > 0 { logger.info("postgres is back; batch written", metadata: ["retries": "\(failures)"]) }
-                var output = StageOutput()
-                for (index, reason) in rejected {
-                    metrics.rejected.increment()
-                    output.deadLetter(id: batch[index].id, reason: reason)
-                }
-                return output
-            } catch let error as PostgresError where error.isRetriable {
-                failures += 1
+        return try await retryingUntilShutdown(
+            retry, isRetryable: { ($0 as? PostgresError)?.isRetriable == true },
+            onRetry: { attempt, error, delay in
+                failures = attempt
                 metrics.retries.increment()
-                if Task.isShuttingDownGracefully || Task.isCancelled { throw error }
-                let delay = min(retryBackoff * (1 << min(failures - 1, 16)), retryBackoffMax)
                 logger.warning(
                     "postgres unavailable; batch held unacknowledged, retrying",
                     metadata: ["error": "\(error)", "records": "\(records.count)", "retry_in": "\(delay)"])
-                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
             }
+        ) {
+            let start = ContinuousClock.now
+            var head: AuditChain
+            if let chain { head = chain } else { head = try await store.chainHead(writer: writerID) }
+            let (outcome, rejected) = try await store.insertIsolatingBadRecords(records, chain: &head)
+            chain = head
+            metrics.commitDuration.record(ContinuousClock.now - start)
+            if crashAfterCommit {
+                logger.critical("AUDIT_TEST_CRASH_AFTER_COMMIT: killing myself between COMMIT and XACK")
+                kill(getpid(), SIGKILL)
+            }
+            metrics.batchRows.record(Double(records.count))
+            metrics.inserted.increment(by: Int64(outcome.inserted))
+            metrics.duplicates.increment(by: Int64(outcome.duplicates))
+            if failures > 0 { logger.info("postgres is back; batch written", metadata: ["retries": "\(failures)"]) }
+            var output = StageOutput()
+            for (index, reason) in rejected {
+                metrics.rejected.increment()
+                output.deadLetter(id: batch[index].id, reason: reason)
+            }
+            return output
         }
     }
 }

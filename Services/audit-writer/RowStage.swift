@@ -1,8 +1,10 @@
+import AuditStorage
 import Foundation
 import Logging
 import Metrics
 import ServiceKit
 import ServiceLifecycle
+import TECore
 import TEModels
 import TEPostgres
 
@@ -18,29 +20,24 @@ struct RowStage<Store: StreamRowStore>: StreamStage {
     let store: Store
     let table: String
     let logger: Logger
-    let retryBackoff: Duration
-    let retryBackoffMax: Duration
+    let retry: RetryPolicy
 
     mutating func handle(_ batch: [StreamDelivery<Store.Row>]) async throws -> StageOutput {
         let rows = batch.map(\.message)
         let inserted = Counter(label: "te_audit_table_rows_inserted_total", dimensions: [("table", table)])
-        var failures = 0
-        while true {
-            do {
-                let (count, rejected) = try await store.insertSkippingBadRows(rows)
-                inserted.increment(by: count)
-                var output = StageOutput()
-                for (index, reason) in rejected { output.deadLetter(id: batch[index].id, reason: reason) }
-                return output
-            } catch let error as PostgresError where error.isRetriable {
-                failures += 1
-                if Task.isShuttingDownGracefully || Task.isCancelled { throw error }
-                let delay = min(retryBackoff * (1 << min(failures - 1, 16)), retryBackoffMax)
+        return try await retryingUntilShutdown(
+            retry, isRetryable: { ($0 as? PostgresError)?.isRetriable == true },
+            onRetry: { _, error, _ in
                 logger.warning(
                     "postgres unavailable; batch held unacknowledged, retrying",
                     metadata: ["table": "\(table)", "error": "\(error)", "rows": "\(rows.count)"])
-                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
             }
+        ) {
+            let (count, rejected) = try await store.insertSkippingBadRows(rows)
+            inserted.increment(by: count)
+            var output = StageOutput()
+            for (index, reason) in rejected { output.deadLetter(id: batch[index].id, reason: reason) }
+            return output
         }
     }
 }

@@ -1,7 +1,9 @@
+import AuditStorage
 import Foundation
 import Logging
 import ServiceKit
 import ServiceLifecycle
+import TECore
 import TEModels
 import TEPostgres
 
@@ -51,18 +53,16 @@ await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { res
     let outcomes = RowStage(
         inputStream: outcomesStream,
         store: OutcomeStore(connection: PostgresConnection(configuration: postgres, logger: resources.logger)),
-        table: "outcomes", logger: resources.logger, retryBackoff: worker.retryBackoff,
-        retryBackoffMax: worker.retryBackoffMax)
+        table: "outcomes", logger: resources.logger, retry: worker.retry)
     let rollout = RowStage(
         inputStream: rolloutStream,
         store: RolloutEventStore(connection: PostgresConnection(configuration: postgres, logger: resources.logger)),
-        table: "rollout_events", logger: resources.logger, retryBackoff: worker.retryBackoff,
-        retryBackoffMax: worker.retryBackoffMax)
+        table: "rollout_events", logger: resources.logger, retry: worker.retry)
 
     let stage = AuditStage(
         inputStream: inputStream, store: AuditStore(connection: connection),
         metrics: AuditMetrics(registry: resources.registry), logger: resources.logger,
-        retryBackoff: worker.retryBackoff, retryBackoffMax: worker.retryBackoffMax, crashAfterCommit: crashAfterCommit,
+        retry: worker.retry, crashAfterCommit: crashAfterCommit,
         chain: nil,
         writerID: AuditWriterID.from(environment: env.values, hostName: StreamWorkerConfiguration.hostName))
     return [
@@ -90,23 +90,26 @@ struct AuditWriterService: Service {
     let tables: [any Service]
     let logger: Logger
 
+    /// While PostgreSQL is not up yet: 100 ms doubling to 5 s, jittered.
+    static let migrationRetry = RetryPolicy(initial: .milliseconds(100), maximum: .seconds(5))
+
     func run() async throws {
-        var failures = 0
-        while true {
-            do {
+        do {
+            try await retryingUntilShutdown(
+                Self.migrationRetry,
+                isRetryable: { error in
+                    if let error = error as? MigrationError { return error.underlying.isRetriable }
+                    return (error as? PostgresError)?.isRetriable == true
+                },
+                onRetry: { _, error, _ in
+                    logger.warning("postgres unavailable for migrations; retrying", metadata: ["error": "\(error)"])
+                }
+            ) {
                 try await (migrator ?? store).migrate(logger: logger)
                 await migrator?.connection.close()
-                break
-            } catch let error as MigrationError where error.underlying.isRetriable {
-                failures += 1
-                logger.warning("postgres unavailable for migrations; retrying", metadata: ["error": "\(error)"])
-            } catch let error as PostgresError where error.isRetriable {
-                failures += 1
-                logger.warning("postgres unavailable for migrations; retrying", metadata: ["error": "\(error)"])
             }
-            if Task.isShuttingDownGracefully || Task.isCancelled { return }
-            let delay = min(Duration.milliseconds(100) * (1 << min(failures - 1, 16)), .seconds(5))
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
+        } catch where Task.isShuttingDownGracefully || Task.isCancelled {
+            return
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for table in tables { group.addTask { try await table.run() } }

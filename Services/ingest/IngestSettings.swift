@@ -41,12 +41,7 @@ struct IngestSettings: Sendable {
     var depthLevels: Int
 
     static func fromEnvironment(_ env: Env) throws(ConfigurationError) -> IngestSettings {
-        let kafka: KafkaConfiguration
-        do {
-            kafka = try KafkaConfiguration.fromEnvironment(env.values)
-        } catch {
-            throw ConfigurationError(variable: "KAFKA_BROKERS", problem: "is not set (host:port of the Kafka bootstrap servers)")
-        }
+        let kafka = try KafkaConfiguration.fromEnvironment(env)
         let topic = try env.string("KAFKA_TOPIC", default: "ticks")
         return IngestSettings(
             kafka: kafka,

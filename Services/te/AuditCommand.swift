@@ -1,6 +1,8 @@
+import AuditStorage
 import ArgumentParser
 import Foundation
 import Logging
+import TECore
 import TEPostgres
 
 /// `te audit`: what the gateway decided, from PostgreSQL `decisions` (POSTGRES_URL).
@@ -147,7 +149,7 @@ struct AuditCommand: AsyncParsableCommand {
     }
 
     static func store() throws -> AuditStore {
-        guard let url = ProcessInfo.processInfo.environment["POSTGRES_URL"], !url.isEmpty else {
+        guard let url = Env.optional("POSTGRES_URL") else {
             throw ValidationError("POSTGRES_URL is not set (postgres://user:pass@host:port/db)")
         }
         let configuration: PostgresConfiguration

@@ -2,6 +2,7 @@ import ArgumentParser
 import FeatureEngine
 import Foundation
 import Logging
+import TECore
 import TEModels
 import TritonClient
 
@@ -17,7 +18,7 @@ struct AuditRescore {
     static let unknownHash = "unknown"
 
     init(url: String?, timeoutMs: Int) throws {
-        guard let url = url ?? ProcessInfo.processInfo.environment["TRITON_URL"], !url.isEmpty else {
+        guard let url = url ?? Env.optional("TRITON_URL") else {
             throw ValidationError("TRITON_URL is not set (or pass --triton-url host:port)")
         }
         // Connection trouble reaches the operator as the command's result, not as log lines.

@@ -1,3 +1,4 @@
+import AuditStorage
 import ArgumentParser
 import FeatureEngine
 import Foundation
@@ -202,7 +203,7 @@ struct ExplainCommand: AsyncParsableCommand {
         }
 
         /// The gateway's budget, `SCORE_TIMEOUT_MS` (its default 20).
-        var budgetMs: Double { Double(ProcessInfo.processInfo.environment["SCORE_TIMEOUT_MS"] ?? "") ?? 20 }
+        var budgetMs: Double { Double(Env.optional("SCORE_TIMEOUT_MS") ?? "") ?? 20 }
 
         func featureRows() -> [[String: Any]] {
             let recorded = record.features.map(FeatureBits.fp32)

@@ -2,6 +2,7 @@ import ArgumentParser
 import FeatureEngine
 import Foundation
 import MarketData
+import TECore
 import TEModels
 
 /// `te features FILE…`: the feature engine offline over recordings, for training and backtests.
@@ -101,7 +102,7 @@ struct FeaturesCommand: AsyncParsableCommand {
 
     /// H and the cost from the options, else `OUTCOME_HORIZON_MS` and `OUTCOME_COST_BPS` (as the tracker reads them).
     static func labelRule(horizonMs: Int?, costBps: Double?) throws -> OutcomeRule {
-        let env = ProcessInfo.processInfo.environment
+        let env = Env().values
         let horizon = try horizonMs ?? env["OUTCOME_HORIZON_MS"].map { text in
             guard let value = Int(text), value > 0 else {
                 throw ValidationError("OUTCOME_HORIZON_MS must be a positive integer, got \"\(text)\"")
@@ -118,7 +119,7 @@ struct FeaturesCommand: AsyncParsableCommand {
     }
 
     static func environmentWindowMs() throws -> Int {
-        guard let text = ProcessInfo.processInfo.environment["FEATURE_WINDOW_MS"] else { return 5000 }
+        guard let text = Env.optional("FEATURE_WINDOW_MS") else { return 5000 }
         guard let value = Int(text), value > 0 else {
             throw ValidationError("FEATURE_WINDOW_MS must be a positive integer, got \"\(text)\"")
         }

@@ -1,12 +1,13 @@
 import ArgumentParser
 import Foundation
 import Logging
+import TECore
 import TERedis
 
 /// What the inspection commands share: the Redis connection, tables, colour only on a terminal.
 enum Inspect {
     static func redis() throws -> RedisClient {
-        guard let url = ProcessInfo.processInfo.environment["REDIS_URL"], !url.isEmpty else {
+        guard let url = Env.optional("REDIS_URL") else {
             throw CLIError("REDIS_URL is not set (redis://host:port/db); `source .dev/env`")
         }
         var logger = Logger(label: "te")
@@ -14,7 +15,7 @@ enum Inspect {
         return RedisClient(configuration: try RedisConfiguration(url: url), name: "te", logger: logger)
     }
 
-    static let colour = isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil
+    static let colour = isatty(STDOUT_FILENO) == 1 && Env().values["NO_COLOR"] == nil
 
     static func bold(_ s: String) -> String { colour ? "\u{1B}[1m\(s)\u{1B}[0m" : s }
     static func dim(_ s: String) -> String { colour ? "\u{1B}[2m\(s)\u{1B}[0m" : s }

@@ -1,5 +1,6 @@
 import FeatureEngine
 import Foundation
+import TECore
 
 /// `te model --plot FILE.png`: te computes each version's reliability table and score histogram (the
 /// numbers of its own table) and hands them as JSON to `deploy/triton/plot_quality.py`, run by the
@@ -66,7 +67,7 @@ enum ModelPlot {
             throw CLIError("--plot needs deploy/triton/plot_quality.py: run te from the repository (or from its build)")
         }
         let python =
-            ProcessInfo.processInfo.environment["TE_PYTHON"].flatMap { $0.isEmpty ? nil : $0 }
+            Env.optional("TE_PYTHON")
             ?? root.appendingPathComponent(".dev/venv-train/bin/python").path
         guard fm.isExecutableFile(atPath: python) else {
             throw CLIError("--plot needs a Python with matplotlib: `make train-venv` (makes .dev/venv-train) or set TE_PYTHON (not found: \(python))")

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import MarketData
 import Synchronization
+import TECore
 import TEKafka
 
 /// `te replay FILE…`: publishes recorded market data to Kafka as recorded (DESIGN.md "Kafka topic `ticks`"):
@@ -34,7 +35,7 @@ struct ReplayCommand: AsyncParsableCommand {
 
     func run() async throws {
         let kafka = try KafkaConfiguration.fromEnvironment()
-        let topic = self.topic ?? ProcessInfo.processInfo.environment["KAFKA_TOPIC"] ?? "ticks"
+        let topic = self.topic ?? Env.optional("KAFKA_TOPIC") ?? "ticks"
         let producer = try KafkaProducer(configuration: kafka, logger: Logger(label: "te-replay"))
         // Before the pacing clock starts: otherwise the first second of messages waits for librdkafka's
         // topic scan and every one of them is late.
@@ -111,27 +112,25 @@ final class DeliveryTally: Sendable {
     var firstError: String? { state.withLock { $0.firstError } }
 }
 
-/// Reads a recording on a dedicated serial queue: `RecordingReader.next()` blocks on a decompressor's pipe.
+/// Reads a recording on a `BlockingExecutor`: `RecordingReader.next()` blocks on a decompressor's pipe.
 ///
-/// `@unchecked Sendable`: the reader is only touched from `queue`, one batch at a time.
+/// `@unchecked Sendable`: the reader is only touched inside jobs on `executor`, one batch at a time.
 final class ReaderBox: @unchecked Sendable {
     private let reader: RecordingReader
-    private let queue = DispatchQueue(label: "te-replay-reader")
+    private let executor = BlockingExecutor(name: "te-replay-reader")
     init(path: String) throws { reader = try RecordingReader(path: path) }
 
     func nextBatch(_ n: Int) async throws -> [RecordedMessage] {
-        try await withCheckedThrowingContinuation { continuation in
-            queue.async {
-                do {
-                    var out: [RecordedMessage] = []
-                    out.reserveCapacity(n)
-                    while out.count < n, let m = try self.reader.next() { out.append(m) }
-                    continuation.resume(returning: out)
-                } catch {
-                    continuation.resume(throwing: error)
-                }
+        let batch = await executor.run {
+            Result { () throws -> [RecordedMessage] in
+                var out: [RecordedMessage] = []
+                out.reserveCapacity(n)
+                while out.count < n, let m = try self.reader.next() { out.append(m) }
+                return out
             }
         }
+        // The executor shuts down only when this box goes away.
+        return try batch!.get()
     }
 }
 

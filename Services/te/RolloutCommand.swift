@@ -18,10 +18,10 @@ struct RolloutCommand: AsyncParsableCommand {
 
     struct Target: ParsableArguments {
         @Option(help: "Model name. Default: MODEL_NAME, else trade_eligibility.")
-        var model: String = ProcessInfo.processInfo.environment["MODEL_NAME"].flatMap { $0.isEmpty ? nil : $0 } ?? "trade_eligibility"
+        var model: String = Env.optional("MODEL_NAME") ?? "trade_eligibility"
 
         var stream: String {
-            ProcessInfo.processInfo.environment["ROLLOUT_STREAM"].flatMap { $0.isEmpty ? nil : $0 } ?? StreamKey.rollout
+            Env.optional("ROLLOUT_STREAM") ?? StreamKey.rollout
         }
 
         func store(_ redis: RedisClient) -> RolloutStore { RolloutStore(redis: redis, model: model, stream: stream) }

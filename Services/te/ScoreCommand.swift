@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
+import TECore
 #endif
 
 /// `te score SYMBOL [--features a,b,…] [--freshness-ms N]`: one `POST /v1/score` against a gateway,
@@ -38,7 +39,7 @@ struct ScoreCommand: AsyncParsableCommand {
             body["features"] = values.map { $0! }
         }
         if let freshnessMs { body["freshness_ms"] = freshnessMs }
-        let env = ProcessInfo.processInfo.environment
+        let env = Env().values
         let base = url ?? env["GATEWAY_URL"] ?? "http://127.0.0.1:8080"
         guard let endpoint = URL(string: base + "/v1/score") else { throw ValidationError("invalid --url \(base)") }
         var request = URLRequest(url: endpoint)

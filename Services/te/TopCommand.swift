@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import TECore
 import TEModels
 import TERedis
 
@@ -31,8 +32,8 @@ struct TopCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let stages = try TopStage.all(overrides: targets ?? ProcessInfo.processInfo.environment["TE_TOP_TARGETS"])
-        let redis = ProcessInfo.processInfo.environment["REDIS_URL"].map { _ in try? Inspect.redis() } ?? nil
+        let stages = try TopStage.all(overrides: targets ?? Env.optional("TE_TOP_TARGETS"))
+        let redis = Env.optional("REDIS_URL").map { _ in try? Inspect.redis() } ?? nil
         defer { redis?.close() }
         let sampler = TopSampler(stages: stages, redis: redis, timeout: timeout)
         let period = Duration.milliseconds(Int64(interval * 1000))

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import TECore
 import TritonClient
 
 /// `te triton`: operator checks against the Triton gRPC endpoint in TRITON_URL.
@@ -21,7 +22,7 @@ struct TritonCommand: AsyncParsableCommand {
         var timeoutMs: Int = 2000
 
         func client() throws -> TritonClient {
-            guard let url = url ?? ProcessInfo.processInfo.environment["TRITON_URL"], !url.isEmpty else {
+            guard let url = url ?? Env.optional("TRITON_URL") else {
                 throw ValidationError("TRITON_URL is not set (or pass --url host:port)")
             }
             // Connection trouble reaches the operator as the command's error line, not as log lines.
@@ -29,7 +30,7 @@ struct TritonCommand: AsyncParsableCommand {
             logger.logLevel = .critical
             return try TritonClient(url: url, logger: logger)
         }
-        var modelName: String { model ?? ProcessInfo.processInfo.environment["MODEL_NAME"] ?? "trade_eligibility" }
+        var modelName: String { model ?? Env.optional("MODEL_NAME") ?? "trade_eligibility" }
         var deadline: ContinuousClock.Instant { .now + .milliseconds(timeoutMs) }
     }
 

@@ -82,6 +82,9 @@ public final class DecisionEngine: Sendable {
     public let cache: ScoreCache
     public let identities: ModelIdentityStore
     public let audit: AuditBuffer
+    /// The async shadow/canary comparisons, after the answer; a service of the gateway listed after the
+    /// audit writer, so shutdown finishes them before the writer drains.
+    public let comparisons = BackgroundTasks()
     public let canary: CanaryController
     /// This replica's rollout steps (breach rollbacks) for the shared state, performed by `RolloutEventWriter`.
     public let rollout = RolloutEvents()
@@ -323,7 +326,11 @@ public final class DecisionEngine: Sendable {
         switch config.auditDurability {
         case .async:
             if let mode = comparison, let vector, let answer {
-                Task { self.audit.append(await self.compare(vector, answer: answer, mode: mode, record: record)) }
+                let queued = comparisons.submit { [record] in
+                    self.audit.append(await self.compare(vector, answer: answer, mode: mode, record: record))
+                }
+                // Shutting down: the record goes without its comparison rather than not at all.
+                if !queued { audit.append(record) }
             } else {
                 await Traces.child("audit write", traced: traced) { span in
                     span?.attributes["te.audit.durability"] = "async"

@@ -80,6 +80,9 @@ public func buildDependencies(
             redis: auditRedis, buffer: audit, stream: config.auditStream, group: config.auditGroup,
             batchMax: config.auditBatchMax, maxLen: config.streamMaxLen, durability: config.auditDurability,
             syncWait: config.auditSyncWait, logger: logger),
+        // After the audit writer, so it stops first: its comparisons' records reach the writer's drain.
+        engine.comparisons,
+        loader.tasks,
         RolloutEventWriter(
             store: RolloutStore(redis: auditRedis, model: config.modelName, stream: config.rolloutStream, group: config.auditGroup),
             engine: engine, logger: logger),

@@ -135,98 +135,67 @@ public struct GatewayConfiguration: Sendable {
     public var auditSyncWait: Duration { .microseconds(Int64(auditSyncWaitMs * 1000)) }
     public var hedgeAfter: Double { hedgeAfterMs ?? scoreTimeoutMs * 0.4 }
 
-    public init(environment env: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) {
-        let reader = EnvironmentReader(env)
-        self.init(redisURL: try reader.required("REDIS_URL"), tritonURL: try reader.required("TRITON_URL"))
-        httpHost = reader.string("HTTP_HOST") ?? httpHost
-        httpPort = try reader.int("HTTP_PORT", range: 0...65535) ?? httpPort
-        tritonSecondaryURL = reader.string("TRITON_SECONDARY_URL")
-        modelName = reader.string("MODEL_NAME") ?? modelName
-        modelVersion = reader.string("MODEL_VERSION") ?? modelVersion
-        canaryVersion = reader.string("CANARY_VERSION") ?? canaryVersion
-        canaryEnabled = try reader.bool("CANARY_ENABLED") ?? canaryEnabled
-        canaryFraction = try reader.double("CANARY_FRACTION", range: 0...1) ?? canaryFraction
-        shadowEnabled = try reader.bool("SHADOW_ENABLED") ?? shadowEnabled
-        scoreTimeoutMs = try reader.double("SCORE_TIMEOUT_MS", range: 0.1...60_000) ?? scoreTimeoutMs
-        timeoutJitter = try reader.double("SCORE_TIMEOUT_JITTER", range: 0...0.5) ?? timeoutJitter
-        hedgeAfterMs = try reader.double("HEDGE_AFTER_MS", range: 0...60_000)
-        featureMaxAgeMs = try reader.double("FEATURE_MAX_AGE_MS", range: 0...86_400_000) ?? featureMaxAgeMs
-        cacheTTLMs = try reader.double("CACHE_TTL_MS", range: 0...86_400_000) ?? cacheTTLMs
-        decisionThreshold = try reader.double("DECISION_THRESHOLD", range: 0...1) ?? decisionThreshold
-        breakerFailures = try reader.int("BREAKER_FAILURES", range: 1...1_000_000) ?? breakerFailures
-        breakerOpenMs = try reader.double("BREAKER_OPEN_MS", range: 1...3_600_000) ?? breakerOpenMs
-        canaryMaxErrorRate = try reader.double("CANARY_MAX_ERROR_RATE", range: 0...1) ?? canaryMaxErrorRate
-        canaryMaxP99Ms = try reader.double("CANARY_MAX_P99_MS", range: 0...60_000) ?? canaryMaxP99Ms
-        canaryMaxDisagreeRate = try reader.double("CANARY_MAX_DISAGREE_RATE", range: 0...1) ?? canaryMaxDisagreeRate
-        canaryWindow = try reader.int("CANARY_WINDOW", range: 1...1_000_000) ?? canaryWindow
-        canaryMinSamples = try reader.int("CANARY_MIN_SAMPLES", range: 1...1_000_000) ?? canaryMinSamples
-        rolloutPollMs = try reader.int("ROLLOUT_POLL_MS", range: 10...600_000) ?? rolloutPollMs
-        if let keys = reader.string("GATEWAY_API_KEYS") {
+    public init(environment env: [String: String] = Env().values) throws(ConfigurationError) {
+        let reader = Env(env)
+        self.init(redisURL: try reader.string("REDIS_URL"), tritonURL: try reader.string("TRITON_URL"))
+        httpHost = try reader.string("HTTP_HOST", default: httpHost)
+        httpPort = try reader.int("HTTP_PORT", default: httpPort, range: 0...65535)
+        tritonSecondaryURL = reader.optional("TRITON_SECONDARY_URL")
+        modelName = try reader.string("MODEL_NAME", default: modelName)
+        modelVersion = try reader.string("MODEL_VERSION", default: modelVersion)
+        canaryVersion = try reader.string("CANARY_VERSION", default: canaryVersion)
+        canaryEnabled = try reader.bool("CANARY_ENABLED", default: canaryEnabled)
+        canaryFraction = try reader.double("CANARY_FRACTION", default: canaryFraction, range: 0...1)
+        shadowEnabled = try reader.bool("SHADOW_ENABLED", default: shadowEnabled)
+        scoreTimeoutMs = try reader.double("SCORE_TIMEOUT_MS", default: scoreTimeoutMs, range: 0.1...60_000)
+        timeoutJitter = try reader.double("SCORE_TIMEOUT_JITTER", default: timeoutJitter, range: 0...0.5)
+        hedgeAfterMs = try reader.ifSet("HEDGE_AFTER_MS") { (name) throws(ConfigurationError) in
+            try reader.double(name, range: 0...60_000)
+        }
+        featureMaxAgeMs = try reader.double("FEATURE_MAX_AGE_MS", default: featureMaxAgeMs, range: 0...86_400_000)
+        cacheTTLMs = try reader.double("CACHE_TTL_MS", default: cacheTTLMs, range: 0...86_400_000)
+        decisionThreshold = try reader.double("DECISION_THRESHOLD", default: decisionThreshold, range: 0...1)
+        breakerFailures = try reader.int("BREAKER_FAILURES", default: breakerFailures, range: 1...1_000_000)
+        breakerOpenMs = try reader.double("BREAKER_OPEN_MS", default: breakerOpenMs, range: 1...3_600_000)
+        canaryMaxErrorRate = try reader.double("CANARY_MAX_ERROR_RATE", default: canaryMaxErrorRate, range: 0...1)
+        canaryMaxP99Ms = try reader.double("CANARY_MAX_P99_MS", default: canaryMaxP99Ms, range: 0...60_000)
+        canaryMaxDisagreeRate = try reader.double(
+            "CANARY_MAX_DISAGREE_RATE", default: canaryMaxDisagreeRate, range: 0...1)
+        canaryWindow = try reader.int("CANARY_WINDOW", default: canaryWindow, range: 1...1_000_000)
+        canaryMinSamples = try reader.int("CANARY_MIN_SAMPLES", default: canaryMinSamples, range: 1...1_000_000)
+        rolloutPollMs = try reader.int("ROLLOUT_POLL_MS", default: rolloutPollMs, range: 10...600_000)
+        if let keys = reader.optional("GATEWAY_API_KEYS") {
             apiKeys = try APIKeyTable.parse(keys, separator: ",", source: "GATEWAY_API_KEYS")
         }
-        apiKeysFile = reader.string("GATEWAY_API_KEYS_FILE")
-        rateLimit = try reader.double("GATEWAY_RATE_LIMIT", range: 0.001...10_000_000)
-        auditBufferMax = try reader.int("AUDIT_BUFFER_MAX", range: 1...100_000_000) ?? auditBufferMax
-        auditBatchMax = try reader.int("AUDIT_BATCH_MAX", range: 1...100_000) ?? auditBatchMax
-        streamMaxLen = try reader.int("STREAM_MAXLEN", range: 1...Int.max)
-        if let text = reader.string("AUDIT_DURABILITY") {
+        apiKeysFile = reader.optional("GATEWAY_API_KEYS_FILE")
+        rateLimit = try reader.ifSet("GATEWAY_RATE_LIMIT") { (name) throws(ConfigurationError) in
+            try reader.double(name, range: 0.001...10_000_000)
+        }
+        auditBufferMax = try reader.int("AUDIT_BUFFER_MAX", default: auditBufferMax, range: 1...100_000_000)
+        auditBatchMax = try reader.int("AUDIT_BATCH_MAX", default: auditBatchMax, range: 1...100_000)
+        streamMaxLen = try reader.ifSet("STREAM_MAXLEN") { (name) throws(ConfigurationError) in
+            try reader.int(name, range: 1...Int.max)
+        }
+        if let text = reader.optional("AUDIT_DURABILITY") {
             guard let value = AuditDurability(rawValue: text.lowercased()) else {
                 throw ConfigurationError(variable: "AUDIT_DURABILITY", problem: "must be sync or async, got \"\(text)\"")
             }
             auditDurability = value
         }
-        auditSyncWaitMs = try reader.double("AUDIT_SYNC_WAIT_MS", range: 0.1...60_000) ?? auditSyncWaitMs
-        auditStream = reader.string("AUDIT_STREAM") ?? auditStream
-        rolloutStream = reader.string("ROLLOUT_STREAM") ?? rolloutStream
-        identityRefreshSeconds = try reader.double("MODEL_IDENTITY_REFRESH_SEC", range: 0.1...86_400) ?? identityRefreshSeconds
-        batchMaxRows = try reader.int("BATCH_MAX_ROWS", range: 1...4096) ?? batchMaxRows
-        batchMaxInFlight = try reader.int("BATCH_MAX_IN_FLIGHT", range: 1...64) ?? batchMaxInFlight
-        scoreFastPath = try reader.bool("SCORE_FAST_PATH") ?? scoreFastPath
-        tritonKeepaliveMs = try reader.int("TRITON_KEEPALIVE_MS", range: 0...3_600_000) ?? tritonKeepaliveMs
-        tritonKeepaliveTimeoutMs = try reader.int("TRITON_KEEPALIVE_TIMEOUT_MS", range: 1...600_000) ?? tritonKeepaliveTimeoutMs
-        pushMaxClients = try reader.int("GATEWAY_PUSH_MAX_CLIENTS", range: 0...100_000) ?? pushMaxClients
-        pushQueueLimit = try reader.int("GATEWAY_PUSH_QUEUE", range: 1...1_000_000) ?? pushQueueLimit
-        pushHeartbeatMs = try reader.int("GATEWAY_PUSH_HEARTBEAT_MS", range: 10...3_600_000) ?? pushHeartbeatMs
-    }
-}
-
-struct EnvironmentReader {
-    let env: [String: String]
-    init(_ env: [String: String]) { self.env = env }
-
-    func string(_ name: String) -> String? {
-        guard let value = env[name]?.trimmingCharacters(in: .whitespaces), !value.isEmpty else { return nil }
-        return value
-    }
-
-    func required(_ name: String) throws(ConfigurationError) -> String {
-        guard let value = string(name) else { throw ConfigurationError(variable: name, problem: "is required but not set") }
-        return value
-    }
-
-    func int(_ name: String, range: ClosedRange<Int>) throws(ConfigurationError) -> Int? {
-        guard let text = string(name) else { return nil }
-        guard let value = Int(text), range.contains(value) else {
-            throw ConfigurationError(variable: name, problem: "must be an integer in \(range), got \"\(text)\"")
-        }
-        return value
-    }
-
-    func double(_ name: String, range: ClosedRange<Double>) throws(ConfigurationError) -> Double? {
-        guard let text = string(name) else { return nil }
-        guard let value = Double(text), value.isFinite, range.contains(value) else {
-            throw ConfigurationError(variable: name, problem: "must be a number in \(range), got \"\(text)\"")
-        }
-        return value
-    }
-
-    func bool(_ name: String) throws(ConfigurationError) -> Bool? {
-        guard let text = string(name) else { return nil }
-        switch text.lowercased() {
-        case "1", "true", "yes", "on": return true
-        case "0", "false", "no", "off": return false
-        default: throw ConfigurationError(variable: name, problem: "must be true or false, got \"\(text)\"")
-        }
+        auditSyncWaitMs = try reader.double("AUDIT_SYNC_WAIT_MS", default: auditSyncWaitMs, range: 0.1...60_000)
+        auditStream = try reader.string("AUDIT_STREAM", default: auditStream)
+        rolloutStream = try reader.string("ROLLOUT_STREAM", default: rolloutStream)
+        identityRefreshSeconds = try reader.double(
+            "MODEL_IDENTITY_REFRESH_SEC", default: identityRefreshSeconds, range: 0.1...86_400)
+        batchMaxRows = try reader.int("BATCH_MAX_ROWS", default: batchMaxRows, range: 1...4096)
+        batchMaxInFlight = try reader.int("BATCH_MAX_IN_FLIGHT", default: batchMaxInFlight, range: 1...64)
+        scoreFastPath = try reader.bool("SCORE_FAST_PATH", default: scoreFastPath)
+        tritonKeepaliveMs = try reader.int("TRITON_KEEPALIVE_MS", default: tritonKeepaliveMs, range: 0...3_600_000)
+        tritonKeepaliveTimeoutMs = try reader.int(
+            "TRITON_KEEPALIVE_TIMEOUT_MS", default: tritonKeepaliveTimeoutMs, range: 1...600_000)
+        pushMaxClients = try reader.int("GATEWAY_PUSH_MAX_CLIENTS", default: pushMaxClients, range: 0...100_000)
+        pushQueueLimit = try reader.int("GATEWAY_PUSH_QUEUE", default: pushQueueLimit, range: 1...1_000_000)
+        pushHeartbeatMs = try reader.int("GATEWAY_PUSH_HEARTBEAT_MS", default: pushHeartbeatMs, range: 10...3_600_000)
     }
 }
 

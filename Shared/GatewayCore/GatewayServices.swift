@@ -2,6 +2,7 @@ import Logging
 import ServiceKit
 import ServiceLifecycle
 import Synchronization
+import TECore
 import TEModels
 import TERedis
 
@@ -51,26 +52,28 @@ public struct FeatureFeed: Service {
 
 /// Reading a stream from its tail (`$`) with plain `XREAD BLOCK` on a connection of its own, so every
 /// replica sees every entry: what the feature feed and the push feeds share. Redis failures are logged and
-/// retried with a doubling pause (50 ms … 2 s); `onWake` runs after every read, entries or not.
+/// retried after `retry`'s pause; `onWake` runs after every read, entries or not.
 enum StreamTail {
+    /// 50 ms doubling to 2 s, jittered.
+    static let retry = RetryPolicy(initial: .milliseconds(50), maximum: .seconds(2))
+
     static func follow(
         redis: RedisClient, stream: String, logger: Logger, onWake: () -> Void = {},
         _ handle: ([StreamEntry]) -> Void
     ) async {
         var cursor = "$"
-        var backoff = Duration.milliseconds(50)
+        var backoff = RetryBackoff(retry)
         while !Task.isCancelled {
             do {
                 for result in try await redis.xread(streams: [(stream, cursor)], count: 1000, block: .milliseconds(500)) {
                     handle(result.entries)
                     if let last = result.entries.last { cursor = last.id }
                 }
-                backoff = .milliseconds(50)
+                backoff.succeeded()
             } catch {
                 if Task.isCancelled { break }
                 logger.warning("reading a stream failed; retrying", metadata: ["stream": "\(stream)", "error": "\(error)"])
-                try? await Task.sleep(for: backoff)
-                backoff = min(backoff * 2, .seconds(2))
+                try? await Task.sleep(for: backoff.failed())
             }
             onWake()
         }
@@ -89,6 +92,8 @@ public final class OnlineFeatureLoader: Sendable {
     let keyPrefix: String
     let logger: Logger
     private let misses = Mutex<[String: ContinuousClock.Instant]>([:])
+    /// The loads and their deadlines; a service of the gateway.
+    public let tasks = BackgroundTasks()
 
     public init(redis: RedisClient, memory: FeatureMemory, keyPrefix: String = "te:online:", logger: Logger) {
         self.redis = redis
@@ -107,12 +112,10 @@ public final class OnlineFeatureLoader: Sendable {
             return false
         }
         if recentMiss { return nil }
-        let slot = OneShot<StoredFeatures?>()
-        Task {
-            let loaded = await self.fetch(symbol)
-            slot.finish(loaded)
-        }
-        Task {
+        let slot = OneShot<StoredFeatures?, Never>()
+        // Shutting down: no cold load.
+        guard tasks.submit({ slot.finish(await self.fetch(symbol)) }) else { return nil }
+        tasks.submit {
             try? await Task.sleep(until: deadline, clock: .continuous)
             slot.finish(nil)
         }
@@ -136,52 +139,6 @@ public final class OnlineFeatureLoader: Sendable {
             logger.warning("cold start of features failed", metadata: ["symbol": "\(symbol)", "error": "\(error)"])
             misses.withLock { $0[symbol] = .now }
             return nil
-        }
-    }
-}
-
-/// A value handed over once; `wait` returns the first `finish`.
-final class OneShot<Value: Sendable>: Sendable {
-    private enum State {
-        case empty
-        case waiting(CheckedContinuation<Value, Never>)
-        case done(Value)
-        case consumed
-    }
-
-    private let state = Mutex(State.empty)
-
-    func finish(_ value: Value) {
-        let c: CheckedContinuation<Value, Never>? = state.withLock { s in
-            switch s {
-            case .empty:
-                s = .done(value)
-                return nil
-            case .waiting(let c):
-                s = .consumed
-                return c
-            case .done, .consumed:
-                return nil
-            }
-        }
-        c?.resume(returning: value)
-    }
-
-    func wait() async -> Value {
-        await withCheckedContinuation { (c: CheckedContinuation<Value, Never>) in
-            let ready: Value? = state.withLock { s in
-                switch s {
-                case .empty:
-                    s = .waiting(c)
-                    return nil
-                case .done(let v):
-                    s = .consumed
-                    return v
-                case .waiting, .consumed:
-                    preconditionFailure("OneShot waited twice")
-                }
-            }
-            if let ready { c.resume(returning: ready) }
         }
     }
 }
@@ -267,9 +224,11 @@ public struct AuditStreamWriter: Service {
         var nextTrim = ContinuousClock.now
     }
 
+    /// The pause after a failed write: 20 ms doubling to 1 s, jittered.
+    static let retry = RetryPolicy(initial: .milliseconds(20), maximum: .seconds(1))
+
     func writeLoop(until deadline: ContinuousClock.Instant?, state: inout WriterState) async {
-        var backoff = Duration.milliseconds(20)
-        var failures = 0
+        var backoff = RetryBackoff(Self.retry)
         while true {
             if let deadline {
                 if buffer.depth == 0 || ContinuousClock.now >= deadline { return }
@@ -297,22 +256,21 @@ public struct AuditStreamWriter: Service {
                 // write carries several. At one connection this halves the audit path's thread wake-ups
                 // (writer task, Redis thread, reply) that compete with requests for the 2 cores.
                 if deadline == nil, (batch.count < batchMax), (linger > .zero) { try? await Task.sleep(for: linger) }
-                if failures > 0 {
-                    logger.info("audit writes recovered", metadata: ["failed_attempts": "\(failures)", "depth": "\(buffer.depth)"])
+                if backoff.failures > 0 {
+                    logger.info(
+                        "audit writes recovered", metadata: ["failed_attempts": "\(backoff.failures)", "depth": "\(buffer.depth)"])
                 }
-                failures = 0
-                backoff = .milliseconds(20)
+                backoff.succeeded()
             } catch {
-                failures += 1
                 state.needsGroup = true
                 buffer.markFailed()
-                if failures.isPowerOf2 {
+                let delay = backoff.failed()
+                if backoff.failures.isPowerOf2 {
                     logger.error(
                         "writing te:audit failed; records kept in the buffer",
                         metadata: ["error": "\(error)", "depth": "\(buffer.depth)", "dropped": "\(buffer.dropped)"])
                 }
-                try? await Task.sleep(for: backoff)
-                backoff = min(backoff * 2, .seconds(1))
+                try? await Task.sleep(for: delay)
             }
         }
     }

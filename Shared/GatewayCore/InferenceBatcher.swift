@@ -1,6 +1,7 @@
 import Prometheus
 import ServiceKit
 import Synchronization
+import TECore
 import TEModels
 import Tracing
 
@@ -70,7 +71,7 @@ public final class InferenceBatcher: Sendable {
                 launch(batch)
             }
         }
-        return try await slot.wait()
+        return try await slot.wait(cancelled: InferenceFailure(.cancelled, "request gave up"))
     }
 
     /// The next queued batch, keeping the in-flight slot; nil (slot released) when the queue is empty.
@@ -184,73 +185,4 @@ extension InferenceBatcher {
 
 /// A one-shot result handed from the batch task to the waiting request, whichever of (result,
 /// waiter, cancellation) comes first.
-final class ResultSlot: Sendable {
-    private enum State {
-        case empty
-        case waiting(CheckedContinuation<Double, any Error>)
-        case done(Result<Double, InferenceFailure>)
-        case consumed
-    }
-
-    private let state = Mutex(State.empty)
-
-    var isFinished: Bool {
-        state.withLock {
-            switch $0 {
-            case .done, .consumed: true
-            case .empty, .waiting: false
-            }
-        }
-    }
-
-    func finish(_ result: Result<Double, InferenceFailure>) {
-        let continuation: CheckedContinuation<Double, any Error>? = state.withLock { state in
-            switch state {
-            case .empty:
-                state = .done(result)
-                return nil
-            case .waiting(let c):
-                state = .consumed
-                return c
-            case .done, .consumed:
-                return nil
-            }
-        }
-        continuation?.resume(with: result.mapError { $0 as any Error })
-    }
-
-    func wait() async throws(InferenceFailure) -> Double {
-        // Already answered (the caller sent its own batch): no continuation, no suspension.
-        let ready: Result<Double, InferenceFailure>? = state.withLock { state in
-            guard case .done(let r) = state else { return nil }
-            state = .consumed
-            return r
-        }
-        if let ready { return try ready.get() }
-        do {
-            return try await withTaskCancellationHandler {
-                try await withCheckedThrowingContinuation { (c: CheckedContinuation<Double, any Error>) in
-                    let ready: Result<Double, InferenceFailure>? = state.withLock { state in
-                        switch state {
-                        case .empty:
-                            state = .waiting(c)
-                            return nil
-                        case .done(let r):
-                            state = .consumed
-                            return r
-                        case .waiting, .consumed:
-                            return .failure(InferenceFailure(.cancelled, "waited twice"))
-                        }
-                    }
-                    if let ready { c.resume(with: ready.mapError { $0 as any Error }) }
-                }
-            } onCancel: {
-                finish(.failure(InferenceFailure(.cancelled, "request gave up")))
-            }
-        } catch let failure as InferenceFailure {
-            throw failure
-        } catch {
-            throw InferenceFailure(.cancelled, "\(error)")
-        }
-    }
-}
+typealias ResultSlot = OneShot<Double, InferenceFailure>

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import ServiceKit
 import ServiceLifecycle
+import TECore
 import TEModels
 import TERedis
 
@@ -58,34 +59,34 @@ public struct RolloutEventWriter: Service {
         }
     }
 
+    /// While Redis is unreachable: 200 ms doubling to 5 s, jittered.
+    static let retry = RetryPolicy(initial: .milliseconds(200), maximum: .seconds(5))
+
     private func perform(_ request: RolloutRequest) async {
         let config = engine.config
-        var failures = 0
-        while true {
-            do {
-                switch try await store.transition(
-                    expected: request.expectedGeneration, to: request.status, primary: config.modelVersion,
-                    canary: config.canaryVersion, event: request.event)
-                {
-                case .applied(let state, let entryID):
-                    engine.metrics.rolloutTransition(request.event.kind)
-                    logger.info(
-                        "rollout event written",
-                        metadata: ["kind": "\(request.event.kind.rawValue)", "event_id": "\(request.event.eventId)",
-                            "generation": "\(state.generation)", "entry_id": "\(entryID)"])
-                    engine.applyRollout(state)
-                case .conflict(let generation):
-                    logger.info(
-                        "rollout state moved on before this replica's step; following it",
-                        metadata: ["kind": "\(request.event.kind.rawValue)", "generation": "\(generation)"])
-                    engine.applyRollout(try await store.read())
-                }
-                return
-            } catch {
-                failures += 1
-                logger.warning("rollout step not written yet; retrying", metadata: ["error": "\(error)", "failures": "\(failures)"])
-                try? await Task.sleep(for: min(.milliseconds(100) * (1 << min(failures, 6)), .seconds(5)))
-                if Task.isShuttingDownGracefully || Task.isCancelled { return }
+        // Stops retrying at shutdown (the step stays unwritten).
+        try? await retryingUntilShutdown(
+            Self.retry,
+            onRetry: { attempt, error, _ in
+                logger.warning("rollout step not written yet; retrying", metadata: ["error": "\(error)", "failures": "\(attempt)"])
+            }
+        ) {
+            switch try await store.transition(
+                expected: request.expectedGeneration, to: request.status, primary: config.modelVersion,
+                canary: config.canaryVersion, event: request.event)
+            {
+            case .applied(let state, let entryID):
+                engine.metrics.rolloutTransition(request.event.kind)
+                logger.info(
+                    "rollout event written",
+                    metadata: ["kind": "\(request.event.kind.rawValue)", "event_id": "\(request.event.eventId)",
+                        "generation": "\(state.generation)", "entry_id": "\(entryID)"])
+                engine.applyRollout(state)
+            case .conflict(let generation):
+                logger.info(
+                    "rollout state moved on before this replica's step; following it",
+                    metadata: ["kind": "\(request.event.kind.rawValue)", "generation": "\(generation)"])
+                engine.applyRollout(try await store.read())
             }
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import TECore
 
 /// How a `StreamWorker` reads, retries and recovers. Every value can come from the environment
 /// (`fromEnvironment`).
@@ -21,6 +22,8 @@ public struct StreamWorkerConfiguration: Sendable {
     public var retryBackoff: Duration
     /// Upper bound of the retry delay. `RETRY_BACKOFF_MAX_MS`; default 5000.
     public var retryBackoffMax: Duration
+    /// The retry delays: `retryBackoff` doubling to `retryBackoffMax`, jitter 0.5.
+    public var retry: RetryPolicy { RetryPolicy(initial: retryBackoff, maximum: retryBackoffMax) }
     /// How often lag and pending gauges are refreshed from XINFO GROUPS. `LAG_REFRESH_MS`; default 5000.
     public var gaugeInterval: Duration
     /// Where a new consumer group starts: "0" (the whole stream) or "$" (new entries only).
@@ -58,6 +61,11 @@ public struct StreamWorkerConfiguration: Sendable {
         guard start == "0" || start == "$" else {
             throw ConfigurationError(variable: "STREAM_GROUP_START", problem: "must be 0 or $, got \"\(start)\"")
         }
+        let retryBackoff = try env.milliseconds("RETRY_BACKOFF_MS", default: d.retryBackoff)
+        let retryBackoffMax = try env.milliseconds("RETRY_BACKOFF_MAX_MS", default: d.retryBackoffMax)
+        guard retryBackoffMax >= retryBackoff else {
+            throw ConfigurationError(variable: "RETRY_BACKOFF_MAX_MS", problem: "must be at least RETRY_BACKOFF_MS")
+        }
         return StreamWorkerConfiguration(
             consumerName: try env.string("CONSUMER_NAME", default: d.consumerName),
             batchSize: try env.int("STREAM_BATCH_SIZE", default: d.batchSize, range: 1...10_000),
@@ -65,8 +73,8 @@ public struct StreamWorkerConfiguration: Sendable {
             claimMinIdle: try env.milliseconds("CLAIM_MIN_IDLE_MS", default: d.claimMinIdle),
             claimInterval: try env.milliseconds("CLAIM_INTERVAL_MS", default: d.claimInterval),
             maxDeliveries: try env.int("MAX_DELIVERIES", default: d.maxDeliveries, range: 1...1000),
-            retryBackoff: try env.milliseconds("RETRY_BACKOFF_MS", default: d.retryBackoff),
-            retryBackoffMax: try env.milliseconds("RETRY_BACKOFF_MAX_MS", default: d.retryBackoffMax),
+            retryBackoff: retryBackoff,
+            retryBackoffMax: retryBackoffMax,
             gaugeInterval: try env.milliseconds("LAG_REFRESH_MS", default: d.gaugeInterval),
             groupStartID: start,
             deadLetterStream: d.deadLetterStream,

@@ -1,3 +1,4 @@
+import TECore
 import TEModels
 import TERedis
 
@@ -106,7 +107,7 @@ struct StreamWorkerCore<Input: StreamMessage> {
     }
 
     let configuration: StreamWorkerConfiguration
-    /// The retry jitter factor (0.8…1.2); injectable so tests are exact.
+    /// The retry jitter draw in 0..<1 (`RetryPolicy.delay(attempt:fraction:)`); injectable so tests are exact.
     var jitter: () -> Double
 
     private(set) var notes: [Note] = []
@@ -150,7 +151,7 @@ struct StreamWorkerCore<Input: StreamMessage> {
 
     init(
         configuration: StreamWorkerConfiguration, now: Instant,
-        jitter: @escaping () -> Double = { Double.random(in: 0.8...1.2) }
+        jitter: @escaping () -> Double = { Double.random(in: 0..<1) }
     ) {
         self.configuration = configuration
         self.now = now
@@ -459,8 +460,7 @@ struct StreamWorkerCore<Input: StreamMessage> {
     }
 
     func backoffDelay() -> Duration {
-        let base = configuration.retryBackoff * (1 << min(max(consecutiveFailures - 1, 0), 16))
-        return min(base, configuration.retryBackoffMax) * jitter()
+        configuration.retry.delay(attempt: max(consecutiveFailures, 1), fraction: jitter())
     }
 }
 

@@ -1,6 +1,7 @@
 import CRdKafka
 import Foundation
 import Synchronization
+import TECore
 
 /// Connection settings shared by producers, consumers and tools.
 ///
@@ -18,16 +19,9 @@ public struct KafkaConfiguration: Sendable {
         self.properties = properties
     }
 
-    public static func fromEnvironment(
-        _ environment: [String: String] = ProcessInfo.processInfo.environment
-    ) throws(KafkaError) -> KafkaConfiguration {
-        guard let brokers = environment["KAFKA_BROKERS"], !brokers.isEmpty else {
-            throw KafkaError(
-                code: .invalidConfiguration,
-                message: "KAFKA_BROKERS is not set (host:port[,host:port…] of the Kafka bootstrap servers)",
-                isRetriable: false)
-        }
-        return KafkaConfiguration(brokers: brokers, properties: passThroughProperties(environment))
+    public static func fromEnvironment(_ env: Env = Env()) throws(ConfigurationError) -> KafkaConfiguration {
+        let brokers = try env.string("KAFKA_BROKERS", hint: "host:port[,host:port…] of the Kafka bootstrap servers")
+        return KafkaConfiguration(brokers: brokers, properties: passThroughProperties(env.values))
     }
 
     /// `KAFKA_CONF_fetch_wait_max_ms=10` → `["fetch.wait.max.ms": "10"]`.

@@ -2,6 +2,7 @@ import CRdKafka
 import Foundation
 import Logging
 import Synchronization
+import TECore
 
 /// A consumed message, copied out of librdkafka's buffers.
 public struct KafkaConsumerMessage: Sendable {
@@ -77,7 +78,7 @@ public struct KafkaOffsetReset: Sendable, Equatable {
 
 /// A consumer-group member with manual offset commits.
 ///
-/// Every librdkafka call that can block (consumer poll, commit, close) runs on one serial DispatchQueue owned
+/// Every librdkafka call that can block (consumer poll, commit, close) runs on one `BlockingExecutor` owned
 /// by this consumer — never on Swift's cooperative pool — and is bridged with a continuation. Rebalance
 /// callbacks run inside consumer poll on that queue; they log and apply the assignment.
 ///
@@ -85,14 +86,14 @@ public struct KafkaOffsetReset: Sendable, Equatable {
 /// becomes a `KafkaOffsetReset` with the log's watermarks, for `takeOffsetResets`; a group that never
 /// committed a partition starts at its beginning without one (nothing was lost).
 ///
-/// `@unchecked Sendable`: the C handle is only used from `queue` (serial), except in `deinit`, which runs
+/// `@unchecked Sendable`: the C handle is only used from `executor` (one job at a time), except in `deinit`, which runs
 /// when nothing else can reach the consumer.
 public final class KafkaConsumer: @unchecked Sendable {
     private let handle: OpaquePointer
-    private let queue: DispatchQueue
+    private let executor: BlockingExecutor
     private let logger: Logger
     private let rebalance: Unmanaged<ClientContext>
-    private var closed = false  // guarded by `queue`
+    private var closed = false  // guarded by `executor`
 
     /// Defaults: `enable.auto.commit=false` (offsets are committed only by `commit`), a new group starts at
     /// the beginning and an offset outside the log is reported and resumed at the log's start (see above),
@@ -106,7 +107,7 @@ public final class KafkaConsumer: @unchecked Sendable {
         logger: Logger
     ) throws(KafkaError) {
         self.logger = logger
-        queue = DispatchQueue(label: "kafka-consumer-\(groupID)")
+        executor = BlockingExecutor(name: "kafka-consumer")
         let context = ClientContext(logger: logger)
         var defaults = [
             "group.id": groupID,
@@ -175,16 +176,9 @@ public final class KafkaConsumer: @unchecked Sendable {
 
     private func onQueue<T: Sendable>(_ body: @escaping @Sendable (OpaquePointer) throws(KafkaError) -> T) async throws(KafkaError) -> T {
         let lent = KafkaHandle(pointer: handle)
-        let result: Result<T, KafkaError> = await withCheckedContinuation { continuation in
-            queue.async {
-                do throws(KafkaError) {
-                    continuation.resume(returning: .success(try body(lent.pointer)))
-                } catch {
-                    continuation.resume(returning: .failure(error))
-                }
-            }
-        }
-        return try result.get()
+        let result = await executor.run { Result { () throws(KafkaError) -> T in try body(lent.pointer) } }
+        // Only `deinit` shuts the executor down.
+        return try result!.get()
     }
 
     /// Up to `maxMessages`: waits up to `timeout` for the first, then takes whatever is already fetched.
@@ -247,13 +241,11 @@ public final class KafkaConsumer: @unchecked Sendable {
     public func brokersReachable(timeout: Duration = .milliseconds(80)) async throws(KafkaError) {
         let ms = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
         let lent = KafkaHandle(pointer: handle)
-        let err: rd_kafka_resp_err_t = await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
-                var metadata: UnsafePointer<rd_kafka_metadata>?
-                let err = rd_kafka_metadata(lent.pointer, 0, nil, &metadata, ms)
-                if let metadata { rd_kafka_metadata_destroy(metadata) }
-                continuation.resume(returning: err)
-            }
+        let err = await BlockingExecutor.runAlone(name: "kafka-metadata") {
+            var metadata: UnsafePointer<rd_kafka_metadata>?
+            let err = rd_kafka_metadata(lent.pointer, 0, nil, &metadata, ms)
+            if let metadata { rd_kafka_metadata_destroy(metadata) }
+            return err
         }
         if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "no Kafka broker answered within \(timeout)") }
     }
@@ -312,20 +304,16 @@ public final class KafkaConsumer: @unchecked Sendable {
     }
 
     /// The message at `offset` of one partition, read by a short-lived consumer of its own that joins no
-    /// group and commits nothing (on a queue of its own: the poll blocks); nil when the log has no message
+    /// group and commits nothing (on a thread of its own: the poll blocks); nil when the log has no message
     /// there. A one-off per call (a client is created and destroyed): meant for rare checks, not for reading.
     public static func message(
         at offset: Int64, topic: String, partition: Int32, configuration: KafkaConfiguration, timeout: Duration = .seconds(10),
         logger: Logger = Logger(label: "kafka")
     ) async throws(KafkaError) -> KafkaConsumerMessage? {
         let timeoutMs = timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000
-        let result: Result<KafkaConsumerMessage?, KafkaError> = await withCheckedContinuation { continuation in
-            DispatchQueue(label: "kafka-read-one").async {
-                do throws(KafkaError) {
-                    continuation.resume(returning: .success(try readOne(offset, topic, partition, configuration, timeoutMs, logger)))
-                } catch {
-                    continuation.resume(returning: .failure(error))
-                }
+        let result = await BlockingExecutor.runAlone(name: "kafka-read-one") {
+            Result { () throws(KafkaError) -> KafkaConsumerMessage? in
+                try readOne(offset, topic, partition, configuration, timeoutMs, logger)
             }
         }
         return try result.get()

@@ -1,6 +1,7 @@
 import CRdKafka
 import Foundation
 import Logging
+import TECore
 
 /// A message to produce. `timestampMs` is the Kafka message timestamp (CreateTime), ms since epoch.
 public struct KafkaOutgoingMessage: Sendable {
@@ -48,6 +49,8 @@ public final class KafkaProducer: @unchecked Sendable {
     private let logger: Logger
     private let context: ClientContext
     private let stopping = StopFlag()
+    /// Runs the poll loop (its one job) until `stopping`; `pollThreadDone` says the loop returned.
+    private let poller = BlockingExecutor(name: "kafka-producer-poll")
     private let pollThreadDone = DispatchSemaphore(value: 0)
 
     /// Defaults: `linger.ms=5` (small batches, low latency), `enable.idempotence=true` (no duplicates or
@@ -76,14 +79,13 @@ public final class KafkaProducer: @unchecked Sendable {
         }
         handle = try makeClient(type: RD_KAFKA_PRODUCER, conf: conf)
         let lent = KafkaHandle(pointer: handle)
-        let thread = Thread { [lent, stopping, pollThreadDone] in
+        poller.submit { [lent, stopping, pollThreadDone] in
             while !stopping.isSet {
                 rd_kafka_poll(lent.pointer, 100)
             }
             pollThreadDone.signal()
         }
-        thread.name = "kafka-producer-poll"
-        thread.start()
+        poller.shutdown()
     }
 
     deinit {
@@ -209,18 +211,13 @@ public final class KafkaProducer: @unchecked Sendable {
     public func prepare(topic: String, timeout: Duration = .seconds(10)) async throws(KafkaError) {
         let ms = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
         let lent = KafkaHandle(pointer: handle)
-        let err: rd_kafka_resp_err_t = await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
-                guard let rkt = rd_kafka_topic_new(lent.pointer, topic, nil) else {
-                    continuation.resume(returning: rd_kafka_last_error())
-                    return
-                }
-                var metadata: UnsafePointer<rd_kafka_metadata>?
-                let err = rd_kafka_metadata(lent.pointer, 0, rkt, &metadata, ms)
-                if let metadata { rd_kafka_metadata_destroy(metadata) }
-                rd_kafka_topic_destroy(rkt)
-                continuation.resume(returning: err)
-            }
+        let err = await BlockingExecutor.runAlone(name: "kafka-metadata") {
+            guard let rkt = rd_kafka_topic_new(lent.pointer, topic, nil) else { return rd_kafka_last_error() }
+            var metadata: UnsafePointer<rd_kafka_metadata>?
+            let err = rd_kafka_metadata(lent.pointer, 0, rkt, &metadata, ms)
+            if let metadata { rd_kafka_metadata_destroy(metadata) }
+            rd_kafka_topic_destroy(rkt)
+            return err
         }
         if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "metadata of \(topic)") }
     }
@@ -233,9 +230,7 @@ public final class KafkaProducer: @unchecked Sendable {
     public func flush(timeout: Duration = .seconds(30)) async throws(KafkaError) {
         let ms = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
         let lent = KafkaHandle(pointer: handle)
-        let err: rd_kafka_resp_err_t = await withCheckedContinuation { continuation in
-            Thread.detachNewThread { continuation.resume(returning: rd_kafka_flush(lent.pointer, ms)) }
-        }
+        let err = await BlockingExecutor.runAlone(name: "kafka-flush") { rd_kafka_flush(lent.pointer, ms) }
         if err != RD_KAFKA_RESP_ERR_NO_ERROR {
             throw KafkaError(err, context: "flush (\(outstandingMessages) messages outstanding)")
         }

@@ -1,3 +1,5 @@
+import TECore
+
 /// The connection's lifecycle as a value: events in, actions out, no I/O, so every transition is
 /// unit-tested without a server (the postgres-nio `ConnectionStateMachine` idea, reduced to what a
 /// blocking libpq connection needs: connect, reconnect with backoff, sessions, close).
@@ -30,27 +32,15 @@ struct ConnectionStateMachine: Sendable {
         case nothing
     }
 
-    struct Backoff: Sendable, Equatable {
-        /// Delay before the first retry. Default: 100 ms.
-        var initialNanos: UInt64 = 100_000_000
-        /// Upper bound of the delay. Default: 5 s.
-        var maximumNanos: UInt64 = 5_000_000_000
-
-        /// initial × 2^(failures−1), capped.
-        func delay(afterFailures failures: Int) -> UInt64 {
-            guard failures > 0 else { return 0 }
-            let shift = min(failures - 1, 32)
-            let (value, overflow) = initialNanos.multipliedReportingOverflow(by: 1 << UInt64(shift))
-            return overflow ? maximumNanos : min(value, maximumNanos)
-        }
-    }
+    /// The wait before each reconnect while attempts fail. Default: 100 ms doubling to 5 s, jitter 0.5.
+    static let defaultReconnect = RetryPolicy(initial: .milliseconds(100), maximum: .seconds(5))
 
     private(set) var state: State = .initial
     private var lastGeneration: UInt64 = 0
-    let backoff: Backoff
+    let reconnect: RetryPolicy
 
-    init(backoff: Backoff = Backoff()) {
-        self.backoff = backoff
+    init(reconnect: RetryPolicy = Self.defaultReconnect) {
+        self.reconnect = reconnect
     }
 
     /// An operation wants to run at `now`; `session` is the generation a transaction is pinned to.
@@ -77,13 +67,14 @@ struct ConnectionStateMachine: Sendable {
         return lastGeneration
     }
 
-    /// A (re)connection attempt failed at `now`: the next one waits longer.
-    mutating func connectFailed(now: UInt64) {
+    /// A (re)connection attempt failed at `now`: the next one waits longer. `jitter` is the driver's
+    /// random draw in 0..<1 (`RetryPolicy.delay(attempt:fraction:)`), an input so the machine stays pure.
+    mutating func connectFailed(now: UInt64, jitter: Double) {
         switch state {
         case .broken(let failures, _):
-            state = .broken(failures: failures + 1, retryAt: now + backoff.delay(afterFailures: failures + 1))
+            state = .broken(failures: failures + 1, retryAt: now + delayNanos(attempt: failures + 1, jitter: jitter))
         case .initial, .connected:
-            state = .broken(failures: 1, retryAt: now + backoff.delay(afterFailures: 1))
+            state = .broken(failures: 1, retryAt: now + delayNanos(attempt: 1, jitter: jitter))
         case .closed:
             break
         }
@@ -98,6 +89,11 @@ struct ConnectionStateMachine: Sendable {
         case .initial, .broken, .closed:
             break
         }
+    }
+
+    private func delayNanos(attempt: Int, jitter: Double) -> UInt64 {
+        let (seconds, attoseconds) = reconnect.delay(attempt: attempt, fraction: jitter).components
+        return UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
     }
 
     mutating func closeRequested() -> CloseAction {

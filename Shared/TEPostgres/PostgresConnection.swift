@@ -2,6 +2,7 @@ import CLibPQ
 import Dispatch
 import Foundation
 import Logging
+import TECore
 
 /// One row of a result: column names shared with its result, values in text format, nil for NULL.
 public struct PostgresRow: Sendable {
@@ -29,16 +30,17 @@ public struct PostgresQueryResult: Sendable {
 /// (`PQexecParams`, text format): SQL is never built from values.
 ///
 /// Connects lazily on first use; when the connection is lost, the next operation reconnects
-/// (`PQreset`) after a backoff (100 ms doubling to 5 s while attempts fail). A transaction never
+/// (`PQreset`) after a backoff (100 ms doubling to 5 s, jittered, while attempts fail). A transaction never
 /// spans a reconnect: its later statements fail with `.connectionLost`.
 public final class PostgresConnection: Sendable {
     public let configuration: PostgresConfiguration
-    private let thread: BlockingThread
+    /// libpq blocks (network I/O, `PQreset`, COPY back-pressure): its calls run on this thread alone.
+    private let thread: BlockingExecutor
     private let session: Session
 
     public init(configuration: PostgresConfiguration, logger: Logger) {
         self.configuration = configuration
-        self.thread = BlockingThread(name: "postgres")
+        self.thread = BlockingExecutor(name: "postgres")
         self.session = Session(configuration: configuration, logger: logger)
     }
 
@@ -114,12 +116,7 @@ public final class PostgresConnection: Sendable {
     /// Closes the connection; later operations fail with `.closed`.
     public func close() async {
         let session = self.session
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            thread.submit {
-                session.close()
-                continuation.resume()
-            }
-        }
+        _ = await thread.run { session.close() }
     }
 
     // MARK: Internals shared with PostgresTransaction
@@ -166,17 +163,14 @@ public final class PostgresConnection: Sendable {
         pin: UInt64?, _ body: @escaping @Sendable (OpaquePointer, UInt64) throws(PostgresError) -> T
     ) async throws(PostgresError) -> T {
         let session = self.session
-        let outcome: Result<T, PostgresError> = await withCheckedContinuation { continuation in
-            thread.submit {
-                do throws(PostgresError) {
-                    let (conn, generation) = try session.prepare(pin: pin)
-                    continuation.resume(returning: .success(try body(conn, generation)))
-                } catch {
-                    continuation.resume(returning: .failure(error))
-                }
+        let outcome = await thread.run {
+            Result { () throws(PostgresError) -> T in
+                let (conn, generation) = try session.prepare(pin: pin)
+                return try body(conn, generation)
             }
         }
-        return try outcome.get()
+        // Only `deinit` shuts the thread down, and nothing runs after it.
+        return try outcome!.get()
     }
 }
 
@@ -204,7 +198,7 @@ public struct PostgresTransaction: Sendable {
 }
 
 /// The PGconn and its state machine.
-// @unchecked Sendable: every member is used only on the owning connection's BlockingThread (all
+// @unchecked Sendable: every member is used only on the owning connection's BlockingExecutor (all
 // access goes through `PostgresConnection.run`, `close` or `deinit`, which submit to that thread),
 // and libpq allows a PGconn to be used from any one thread at a time.
 final class Session: @unchecked Sendable {
@@ -251,12 +245,12 @@ final class Session: @unchecked Sendable {
             conn = PQconnectdbParams(keywordPointers, valuePointers, 0)
         }
         guard let conn else {
-            machine.connectFailed(now: Self.now())
+            machine.connectFailed(now: Self.now(), jitter: Double.random(in: 0..<1))
             throw PostgresError(.connection, message: "libpq could not allocate a connection")
         }
         guard PQstatus(conn) == CONNECTION_OK else {
             let message = connectionMessage(conn)
-            machine.connectFailed(now: Self.now())
+            machine.connectFailed(now: Self.now(), jitter: Double.random(in: 0..<1))
             logger.warning(
                 "postgres connect failed",
                 metadata: ["target": "\(configuration)", "error": "\(message)"])

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Synchronization
+import TECore
 
 /// The I/O side of a `RedisClient` on a Redis Cluster: one `RedisIOThread` (one connection) per node,
 /// the slot map re-read whenever it is known to be stale, and redirections followed as
@@ -189,7 +190,7 @@ final class RedisClusterClient: Sendable {
                 logger.debug(
                     "redis cluster: waiting to resend",
                     metadata: ["redis": "\(name)", "attempt": "\(attempt)", "error": "\(lastError.map { "\($0)" } ?? "TRYAGAIN/CLUSTERDOWN")"])
-                try? await Task.sleep(for: RedisClusterRouting.backoff(attempt: attempt, random: Double.random(in: 0...1)))
+                try? await Task.sleep(for: RedisClusterRouting.resend.delay(attempt: attempt + 1))
                 attempt += 1
                 markStale()
             }

@@ -1,3 +1,5 @@
+import TECore
+
 /// Where a command goes on a cluster.
 public enum RedisClusterTarget: Sendable, Equatable {
     /// The master serving this slot: the slot of all the command's keys.
@@ -160,10 +162,7 @@ public struct RedisClusterRouting: Sendable {
         return nil
     }
 
-    /// The wait before resending after a transient refusal: 25 ms doubling to 800 ms, ±25 % jitter
-    /// (`random` in 0...1) so clients do not retry in lockstep.
-    public static func backoff(attempt: Int, random: Double) -> Duration {
-        let base = 25.0 * Double(1 << min(max(attempt, 0), 5))
-        return .microseconds(Int(base * (0.75 + 0.5 * random) * 1000))
-    }
+    /// The wait before resending after a transient refusal (TRYAGAIN, CLUSTERDOWN, a node down): 25 ms
+    /// doubling to 800 ms, jittered so clients do not retry in lockstep.
+    public static let resend = RetryPolicy(initial: .milliseconds(25), maximum: .milliseconds(800))
 }

@@ -1,4 +1,5 @@
 import Foundation
+import TECore
 
 /// Where and how a `RedisClient` connects. Secrets never appear in `description`.
 public struct RedisConfiguration: Sendable, CustomStringConvertible {
@@ -12,10 +13,8 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
     public var connectTimeout: Duration
     /// Socket timeout for one reply; a blocking read (`BLOCK n`) waits n plus this. Default: 5 s.
     public var commandTimeout: Duration
-    /// First reconnect delay after a failed attempt; doubles per failure, jittered. Default: 50 ms.
-    public var reconnectBaseDelay: Duration
-    /// Upper bound on the reconnect delay. Default: 2 s.
-    public var reconnectMaxDelay: Duration
+    /// The wait before each reconnect while attempts fail. Default: 50 ms doubling to 2 s, jitter 0.5.
+    public var reconnect: RetryPolicy
     /// Set for a `redis+cluster://` URL: the client follows the cluster's slot map; `host`/`port` are the first seed.
     public var cluster: RedisClusterSettings?
 
@@ -30,8 +29,7 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
         self.password = password
         self.connectTimeout = .seconds(2)
         self.commandTimeout = .seconds(5)
-        self.reconnectBaseDelay = .milliseconds(50)
-        self.reconnectMaxDelay = .seconds(2)
+        self.reconnect = RetryPolicy(initial: .milliseconds(50), maximum: .seconds(2))
         self.cluster = nil
     }
 

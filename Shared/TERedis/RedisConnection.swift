@@ -1,22 +1,26 @@
 import CHiredis
 import Foundation
 import Logging
+import TECore
 
-/// Owns one hiredis `redisContext`. Lives on, and is only ever touched by, its client's I/O thread
-/// (`RedisIOThread`), which creates it, passes it to each job and frees it when the client closes:
-/// hiredis contexts are not thread-safe, and their calls block.
-final class RedisConnection {
+/// Owns one hiredis `redisContext`. Used only by jobs on its client's executor thread (`RedisIOThread`),
+/// which passes it to each job and frees the context when the client closes: hiredis contexts are not
+/// thread-safe, and their calls block.
+// @unchecked Sendable: every use is inside a job of the one `BlockingExecutor` that `RedisIOThread` owns,
+// which runs one job at a time; `deinit` runs after the last job released it.
+final class RedisConnection: @unchecked Sendable {
     private let configuration: RedisConfiguration
     private let logger: Logger
     private var context: UnsafeMutablePointer<redisContext>?
-    /// Consecutive failed connection attempts; drives the reconnect backoff.
-    private var failedAttempts = 0
+    /// Consecutive failed connection attempts under `configuration.reconnect`.
+    private var backoff: RetryBackoff
     private var nextAttempt: ContinuousClock.Instant?
     private var everConnected = false
 
     init(configuration: RedisConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
+        self.backoff = RetryBackoff(configuration.reconnect)
     }
 
     deinit { disconnect() }
@@ -138,25 +142,17 @@ final class RedisConnection {
         do {
             let context = try connect()
             self.context = context
-            if failedAttempts > 0 || everConnected {
-                logger.info("redis connected", metadata: ["redis": "\(configuration)", "after_failures": "\(failedAttempts)"])
+            if backoff.failures > 0 || everConnected {
+                logger.info("redis connected", metadata: ["redis": "\(configuration)", "after_failures": "\(backoff.failures)"])
             }
-            failedAttempts = 0
+            backoff.succeeded()
             nextAttempt = nil
             everConnected = true
             return context
         } catch {
-            failedAttempts += 1
-            nextAttempt = .now + backoff(afterFailures: failedAttempts)
+            nextAttempt = .now + backoff.failed()
             throw error
         }
-    }
-
-    /// Exponential, capped, with ±25 % jitter so many clients do not reconnect in lockstep.
-    private func backoff(afterFailures n: Int) -> Duration {
-        let base = Self.seconds(configuration.reconnectBaseDelay) * pow(2, Double(min(n - 1, 16)))
-        let capped = min(base, Self.seconds(configuration.reconnectMaxDelay))
-        return .milliseconds(Int(capped * Double.random(in: 0.75...1.25) * 1000))
     }
 
     private func connect() throws(RedisError) -> UnsafeMutablePointer<redisContext> {

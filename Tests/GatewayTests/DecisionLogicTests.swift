@@ -141,7 +141,7 @@ import Testing
     }
 
     @Test func configurationNamesTheVariable() {
-        #expect(throws: ConfigurationError(variable: "REDIS_URL", problem: "is required but not set")) {
+        #expect(throws: ConfigurationError(variable: "REDIS_URL", problem: "is required")) {
             try GatewayConfiguration(environment: ["TRITON_URL": "h:1"])
         }
         #expect(throws: ConfigurationError.self) {

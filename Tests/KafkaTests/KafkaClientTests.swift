@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import TECore
 import TEKafka
 import Testing
 
@@ -61,11 +62,13 @@ struct KafkaClientTests {
 
     @Test("KAFKA_CONF_ properties pass through; a bad one is a clear error naming it")
     func configuration() throws {
-        let config = try KafkaConfiguration.fromEnvironment([
-            "KAFKA_BROKERS": "127.0.0.1:1", "KAFKA_CONF_fetch_wait_max_ms": "7", "OTHER": "x",
-        ])
+        let config = try KafkaConfiguration.fromEnvironment(
+            Env(["KAFKA_BROKERS": "127.0.0.1:1", "KAFKA_CONF_fetch_wait_max_ms": "7", "OTHER": "x"]))
         #expect(config.properties == ["fetch.wait.max.ms": "7"])
-        #expect(throws: KafkaError.self) { try KafkaConfiguration.fromEnvironment([:]) }
+        #expect(
+            throws: ConfigurationError(
+                variable: "KAFKA_BROKERS", problem: "is required (host:port[,host:port…] of the Kafka bootstrap servers)")
+        ) { try KafkaConfiguration.fromEnvironment(Env([:])) }
         let bad = KafkaConfiguration(brokers: "127.0.0.1:1", properties: ["no.such.property": "1"])
         do {
             _ = try KafkaProducer(configuration: bad, logger: Logger(label: "test"))

@@ -1,3 +1,4 @@
+import AuditStorage
 import Foundation
 import TEModels
 import TEPostgres

@@ -1,3 +1,4 @@
+import AuditStorage
 import TEModels
 import TEPostgres
 import Testing

@@ -6,10 +6,6 @@ import TERedis
 import TestSupport
 import Testing
 
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
-
 /// The built `gateway` (AUDIT_DURABILITY=sync, the default) SIGKILLed while clients keep sending
 /// requests, then the built `audit-writer` drains te:audit: every decision a client got a 200 for has
 /// its row in `decisions`, with its request_id as sent. Real Redis, Triton and PostgreSQL.
@@ -20,18 +16,6 @@ struct GatewayKillTests {
         let map = Mutex<[String: String]>([:])
         let killed = Mutex(false)
         var count: Int { map.withLock { $0.count } }
-    }
-
-    static func score(port: Int, requestID: String) async throws -> (status: Int, body: [String: Any]) {
-        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/score")!)
-        request.httpMethod = "POST"
-        request.timeoutInterval = 5
-        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-        request.setValue(requestID, forHTTPHeaderField: "X-Request-Id")
-        request.httpBody = Data(#"{"symbol":"BTCUSDT","features":[0.5,0.3,0.2,1,2,0.1,10,0.05]}"#.utf8)
-        let (data, response) = try await URLSession.shared.data(for: request)
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-        return (status, (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:])
     }
 
     @Test func everyAnsweredDecisionIsStoredAfterAGatewaySIGKILL() async throws {
@@ -50,7 +34,7 @@ struct GatewayKillTests {
                     "AUDIT_STREAM": harness.stream, "SCORE_TIMEOUT_MS": "300", "LOG_LEVEL": "warning",
                 ])
             let up = await TestEnv.eventually(timeout: .seconds(30)) {
-                (try? await Self.score(port: port, requestID: "warm-up"))?.status == 200
+                (try? await GatewayHTTP.score(port: port, requestID: "warm-up"))?.status == 200
             }
             #expect(up, "gateway output:\n\(gateway.output())")
 
@@ -65,7 +49,7 @@ struct GatewayKillTests {
                                 let id = i % 3 == 0 ? "repeated-id" : "load-\(worker)-\(i)"
                                 i += 1
                                 do {
-                                    let (status, body) = try await Self.score(port: port, requestID: id)
+                                    let (status, body) = try await GatewayHTTP.score(port: port, requestID: id)
                                     if status == 200, let decision = body["decision_id"] as? String {
                                         answers.map.withLock { $0[decision] = body["request_id"] as? String }
                                     }

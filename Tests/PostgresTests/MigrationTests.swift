@@ -1,3 +1,4 @@
+import AuditStorage
 import Foundation
 import TEPostgres
 import Testing

@@ -27,13 +27,13 @@ struct ConnectionStateMachineTests {
 
     @Test func failedConnectsBackOffExponentiallyUpToTheCap() {
         var machine = ConnectionStateMachine()
-        machine.connectFailed(now: 1_000)
+        machine.connectFailed(now: 1_000, jitter: 0)
         #expect(machine.operationRequested(now: 1_000, session: nil) == .connect(delayNanos: 100_000_000))
-        machine.connectFailed(now: 2_000)
+        machine.connectFailed(now: 2_000, jitter: 0)
         #expect(machine.operationRequested(now: 2_000, session: nil) == .connect(delayNanos: 200_000_000))
-        machine.connectFailed(now: 3_000)
+        machine.connectFailed(now: 3_000, jitter: 0)
         #expect(machine.operationRequested(now: 3_000 + 100_000_000, session: nil) == .connect(delayNanos: 300_000_000))
-        for _ in 0..<20 { machine.connectFailed(now: 0) }
+        for _ in 0..<20 { machine.connectFailed(now: 0, jitter: 0) }
         #expect(machine.operationRequested(now: 0, session: nil) == .connect(delayNanos: 5_000_000_000))
         // Past the retry time: connect at once.
         #expect(machine.operationRequested(now: 6_000_000_000, session: nil) == .connect(delayNanos: 0))
@@ -59,13 +59,16 @@ struct ConnectionStateMachineTests {
         #expect(machine.operationRequested(now: 0, session: nil) == .failClosed)
     }
 
-    @Test func backoffDelays() {
-        let backoff = ConnectionStateMachine.Backoff()
-        #expect(backoff.delay(afterFailures: 0) == 0)
-        #expect(backoff.delay(afterFailures: 1) == 100_000_000)
-        #expect(backoff.delay(afterFailures: 4) == 800_000_000)
-        #expect(backoff.delay(afterFailures: 7) == 5_000_000_000)
-        #expect(backoff.delay(afterFailures: 200) == 5_000_000_000)
+    @Test func aJitteredReconnectWaitsLessButNeverPastTheCap() {
+        var machine = ConnectionStateMachine()
+        machine.connectFailed(now: 0, jitter: 0.5)
+        #expect(machine.operationRequested(now: 0, session: nil) == .connect(delayNanos: 75_000_000))
+        for _ in 0..<20 { machine.connectFailed(now: 0, jitter: 0.999) }
+        guard case .connect(let delay) = machine.operationRequested(now: 0, session: nil) else {
+            Issue.record("expected a connect")
+            return
+        }
+        #expect(delay > 2_500_000_000 && delay < 2_510_000_000)
     }
 }
 

@@ -1,4 +1,5 @@
 import ServiceKit
+import TECore
 import TERedis
 import Testing
 
@@ -172,12 +173,12 @@ import Testing
         #expect(RedisClusterRouting.batches([]).isEmpty)
     }
 
-    @Test func backoffGrowsIsCappedAndJittered() {
-        #expect(RedisClusterRouting.backoff(attempt: 0, random: 0.5) == .milliseconds(25))
-        #expect(RedisClusterRouting.backoff(attempt: 3, random: 0.5) == .milliseconds(200))
-        #expect(RedisClusterRouting.backoff(attempt: 40, random: 0.5) == .milliseconds(800))
-        #expect(RedisClusterRouting.backoff(attempt: 40, random: 0) == .milliseconds(600))
-        #expect(RedisClusterRouting.backoff(attempt: 40, random: 1) == .milliseconds(1000))
+    @Test func resendWaitsGrowToTheCapAndStayUnderIt() {
+        #expect(RedisClusterRouting.resend.ceiling(attempt: 1) == .milliseconds(25))
+        #expect(RedisClusterRouting.resend.ceiling(attempt: 4) == .milliseconds(200))
+        #expect(RedisClusterRouting.resend.ceiling(attempt: 40) == .milliseconds(800))
+        #expect(RedisClusterRouting.resend.delay(attempt: 40, fraction: 0.999) >= .milliseconds(400))
+        #expect(RedisClusterRouting.resend.delay(attempt: 40) <= .milliseconds(800))
     }
 
     @Test func clusterURLsParseAndMalformedOnesNameTheProblem() throws {

@@ -1,4 +1,5 @@
 import Foundation
+import TECore
 import TERedis
 import TestSupport
 import Testing
@@ -10,8 +11,7 @@ struct ReconnectTests {
         var server = try await PrivateRedisServer()
         let port = server.port
         var configuration = try RedisConfiguration(url: server.url)
-        configuration.reconnectBaseDelay = .milliseconds(20)
-        configuration.reconnectMaxDelay = .milliseconds(200)
+        configuration.reconnect = RetryPolicy(initial: .milliseconds(20), maximum: .milliseconds(200))
         let redis = RedisClient(configuration: configuration, name: "reconnect")
         defer { redis.close() }
         try await redis.set("k", "before")

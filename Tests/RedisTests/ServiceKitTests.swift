@@ -63,6 +63,21 @@ struct EnvTests {
         #expect(throws: ConfigurationError(variable: "MAX_DELIVERIES", problem: "must be in 1...1000, got 0")) {
             try StreamWorkerConfiguration.fromEnvironment(Env(["MAX_DELIVERIES": "0"]))
         }
+        // The retry policy needs a cap at least its first delay: a startup error, not a crash.
+        #expect(throws: ConfigurationError(variable: "RETRY_BACKOFF_MAX_MS", problem: "must be at least RETRY_BACKOFF_MS")) {
+            try StreamWorkerConfiguration.fromEnvironment(Env(["RETRY_BACKOFF_MS": "500", "RETRY_BACKOFF_MAX_MS": "100"]))
+        }
+        let retry = try StreamWorkerConfiguration.fromEnvironment(Env(["RETRY_BACKOFF_MS": "20", "RETRY_BACKOFF_MAX_MS": "80"])).retry
+        #expect((1...4).map { retry.ceiling(attempt: $0) } == [20, 40, 80, 80].map { .milliseconds($0) })
+    }
+
+    @Test func anOptionalSettingIsReadOnlyWhenSet() throws {
+        let env = Env(["HEDGE_AFTER_MS": "12", "EMPTY": " "])
+        #expect(try env.ifSet("HEDGE_AFTER_MS") { (name) throws(ConfigurationError) in try env.int(name, range: 0...100) } == 12)
+        #expect(try env.ifSet("EMPTY") { (name) throws(ConfigurationError) in try env.int(name) } == nil)
+        #expect(throws: ConfigurationError(variable: "HEDGE_AFTER_MS", problem: "must be in 0...10, got 12")) {
+            try env.ifSet("HEDGE_AFTER_MS") { (name) throws(ConfigurationError) in try env.int(name, range: 0...10) }
+        }
     }
 }
 

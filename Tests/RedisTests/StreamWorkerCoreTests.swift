@@ -13,7 +13,7 @@ struct StreamWorkerCoreTests {
     func core(maxDeliveries: Int = 3) -> Core {
         var c = StreamWorkerConfiguration(consumerName: "me", batchSize: 10, maxDeliveries: maxDeliveries)
         c.retryBackoff = .milliseconds(100)
-        return Core(configuration: c, now: t0, jitter: { 1 })
+        return Core(configuration: c, now: t0, jitter: { 0 })
     }
 
     func entry(_ id: Int, _ n: Int, tag: String = "ok") -> StreamEntry {

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import TEModels
+import TEPostgres
 
 /// The `decisions` table: its migrations, the idempotent batch insert `audit-writer` uses, and the
 /// queries `te audit` runs.

@@ -1,5 +1,6 @@
 import Crypto
 import TEModels
+import TEPostgres
 
 /// Tamper evidence for `decisions`: each row a writer inserts carries `chain_writer`, `chain_seq` (1, 2, …
 /// per writer, no gaps), `prev_hash` (the writer's previous `row_hash`; 64 zeros before its first row) and

@@ -1,5 +1,6 @@
 import Foundation
 import TEModels
+import TEPostgres
 
 /// Lookups for `te explain` and `te audit verify`: one decision by id, the model-sourced decisions of a
 /// period, and a decision's outcome. Read-only (the `te_reader` role may run them).

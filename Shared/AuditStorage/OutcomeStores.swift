@@ -1,5 +1,6 @@
 import Foundation
 import TEModels
+import TEPostgres
 
 /// A table `audit-writer` fills from a stream, idempotently on the message's key: rows already there
 /// (redeliveries, an outcome written twice) are skipped.

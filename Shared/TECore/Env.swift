@@ -1,5 +1,4 @@
 import Foundation
-import TERedis
 
 /// A missing or malformed configuration variable. `description` is one line naming the variable,
 /// printed by `ServiceRunner` before it exits 1.
@@ -15,8 +14,9 @@ public struct ConfigurationError: Error, CustomStringConvertible, Equatable {
     public var description: String { "configuration error: \(variable) \(problem)" }
 }
 
-/// Typed access to environment variables. `Env()` reads the process environment; tests pass a
-/// dictionary. The static functions read the process environment.
+/// Typed access to environment variables: the one configuration reader (services, the gateway, the Kafka
+/// configuration, `te`). `Env()` reads the process environment; tests pass a dictionary. The static
+/// functions read the process environment. Errors name the variable (`ConfigurationError`).
 public struct Env: Sendable {
     public let values: [String: String]
 
@@ -28,6 +28,12 @@ public struct Env: Sendable {
     public func optional(_ name: String) -> String? {
         guard let v = values[name]?.trimmingCharacters(in: .whitespaces), !v.isEmpty else { return nil }
         return v
+    }
+
+    /// `read(name)` when the variable is set, else nil: an optional setting with no default.
+    public func ifSet<T>(_ name: String, _ read: (String) throws(ConfigurationError) -> T) throws(ConfigurationError) -> T? {
+        guard optional(name) != nil else { return nil }
+        return try read(name)
     }
 
     /// A required string; `hint` describes the expected form in the error.
@@ -96,17 +102,6 @@ public struct Env: Sendable {
         return .seconds(try int(name, range: 0...Int.max))
     }
 
-    /// `REDIS_URL` (or `name`) parsed into a `RedisConfiguration`.
-    public func redis(_ name: String = "REDIS_URL") throws(ConfigurationError) -> RedisConfiguration {
-        let url = try string(name, hint: "redis://host:port/db")
-        do {
-            return try RedisConfiguration(url: url)
-        } catch {
-            // The parse error names the part that is wrong, never the password.
-            throw ConfigurationError(variable: name, problem: "is malformed: \(error.message)")
-        }
-    }
-
     // MARK: The process environment
 
     public static func optional(_ name: String) -> String? { Env().optional(name) }
@@ -127,8 +122,5 @@ public struct Env: Sendable {
     }
     public static func seconds(_ name: String, default d: Duration? = nil) throws(ConfigurationError) -> Duration {
         try Env().seconds(name, default: d)
-    }
-    public static func redis(_ name: String = "REDIS_URL") throws(ConfigurationError) -> RedisConfiguration {
-        try Env().redis(name)
     }
 }
