@@ -117,6 +117,8 @@ public struct GatewayConfiguration: Sendable {
     /// and the next call reconnects. Default: 2000.
     public var tritonKeepaliveTimeoutMs: Int = 2_000
 
+    /// `STREAM_SHARDS` (DESIGN.md "Shards"): the feature feed follows every shard of `featuresStream`.
+    public var streamShards = 1
     /// Stream and key names (DESIGN.md); settable so tests use keys of their own.
     public var featuresStream = StreamKey.features
     public var auditStream = StreamKey.audit
@@ -169,6 +171,7 @@ public struct GatewayConfiguration: Sendable {
         auditBufferMax = try reader.int("AUDIT_BUFFER_MAX", range: 1...100_000_000) ?? auditBufferMax
         auditBatchMax = try reader.int("AUDIT_BATCH_MAX", range: 1...100_000) ?? auditBatchMax
         streamMaxLen = try reader.int("STREAM_MAXLEN", range: 1...Int.max)
+        streamShards = try reader.int("STREAM_SHARDS", range: 1...4096) ?? streamShards
         if let text = reader.string("AUDIT_DURABILITY") {
             guard let value = AuditDurability(rawValue: text.lowercased()) else {
                 throw ConfigurationError(variable: "AUDIT_DURABILITY", problem: "must be sync or async, got \"\(text)\"")
