@@ -15,9 +15,10 @@ struct PendingCommand: AsyncParsableCommand {
     @OptionGroup var format: OutputOptions
 
     func run() async throws {
-        let keys = try TailCommand.keys(stream, shard: shard, shards: try Env().streamShards())
         let redis = try Inspect.redis()
         defer { redis.close() }
+        let keys = try await TailCommand.existing(
+            try TailCommand.keys(stream, shard: shard, shards: try Env().streamShards()), in: redis)
         for (i, key) in keys.enumerated() {
             if i > 0 && !format.json { print("") }
             try await show(key, redis: redis)

@@ -37,12 +37,23 @@ struct TailCommand: AsyncParsableCommand {
         return [StreamKey.sharded(key, shard: shard, of: shards)]
     }
 
+    /// Those of `keys` that exist: one key must; of several shards, those no symbol maps to yet are left out.
+    static func existing(_ keys: [String], in redis: RedisClient) async throws -> [String] {
+        guard keys.count > 1 else {
+            for key in keys { try await Inspect.requireStream(key, in: redis) }
+            return keys
+        }
+        var found: [String] = []
+        for key in keys where try await redis.send(RedisCommand(["TYPE", key])).string == "stream" { found.append(key) }
+        guard !found.isEmpty else { throw CLIError("no stream \(keys.joined(separator: ", ")) (`te streams` lists them)") }
+        return found
+    }
+
     func run() async throws {
         let key = stream.hasPrefix("te:") || stream.contains(":") ? stream : "te:" + stream
-        let keys = try Self.keys(key, shard: shard, shards: try Env().streamShards())
         let redis = try Inspect.redis()
         defer { redis.close() }
-        for key in keys { try await Inspect.requireStream(key, in: redis) }
+        let keys = try await Self.existing(try Self.keys(key, shard: shard, shards: try Env().streamShards()), in: redis)
         let start = try since.map { try Inspect.streamBound($0, option: "--since") }
         let end = try until.map { try Inspect.streamBound($0, option: "--until") }
         // Several shards: each shard's N, merged by id (ids of different streams order by their milliseconds).
