@@ -1,3 +1,4 @@
+import Foundation
 import TEModels
 import TERedis
 import Testing
@@ -87,6 +88,36 @@ struct ShardLeasesTests {
         #expect(try await redis.xlen(output) == 2)
         #expect(try await redis.xpending(input, group: "g").count == 0)
         await cleanUp(a, streams: [input, output])
+    }
+
+    /// On the shared Redis Cluster (`REDIS_CLUSTER_URL`): the lease, the shard's input and output share shard
+    /// k's hash tag, so the fenced step is one script on one node; a late holder is refused there too.
+    @Test func onAClusterTheFencedStepIsOneSlot() async throws {
+        let url = try #require(ProcessInfo.processInfo.environment["REDIS_CLUSTER_URL"], "REDIS_CLUSTER_URL is not set (source .dev/env)")
+        let cluster = RedisClient(configuration: try RedisConfiguration(url: url), name: "leases-cluster")
+        defer { cluster.close() }
+        let a = leases("a", ttlMs: 300)
+        let b = leases("b")
+        let output = StreamKey.sharded(input + ":out", shard: 3, of: 4)
+        let write = RedisCommand.xadd(output, maxLen: nil, fields: [("n", "1")])
+        let tokenA = try ShardLeases.parseAcquire(try await cluster.send(a.acquire(3))).token
+        #expect(try ShardLeases.parseCommit(try await cluster.send(a.commit(3, token: tokenA, commands: [write]))) == .written(failedCommands: 0))
+        let taken = try await TestEnv.eventually(timeout: .seconds(10)) {
+            try ShardLeases.parseAcquire(try await cluster.send(b.acquire(3))).held
+        }
+        #expect(taken)
+        #expect(try ShardLeases.parseCommit(try await cluster.send(a.commit(3, token: tokenA, commands: [write]))) == .fenced(holder: "b", token: tokenA + 1))
+        #expect(try await cluster.xlen(output) == 1)
+        // The heartbeat and the latest-value writes are single-key scripts, routed by their key.
+        #expect(try await cluster.send(a.heartbeat()).array?.compactMap(\.string) == ["a"])
+        let latest = TestEnv.uniqueName("online")
+        #expect(try await cluster.send(ShardLeases.latest(latest, tsNs: 2, ttlSeconds: 60, fields: [("ts_ns", "2")])).int == 1)
+        #expect(try await cluster.send(ShardLeases.latest(latest, tsNs: 1, ttlSeconds: 60, fields: [("ts_ns", "1")])).int == 0)
+        _ = try await cluster.del([a.key(3)])
+        _ = try await cluster.del([output])
+        _ = try await cluster.del([a.membersKey])
+        _ = try await cluster.del([latest])
+        redis.close()
     }
 
     @Test func anExpiredLeaseNobodyTookRefusesWritesUntilRenewed() async throws {
