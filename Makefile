@@ -31,7 +31,7 @@ dev-down:
 
 # Builds everything (executables too: integration tests run the real binaries), starts the local
 # servers and runs the whole suite against them. Integration tests fail, never skip, when a server is missing.
-# train-venv: matplotlib, for the test of `te model --plot`.
+# train-venv: matplotlib for the test of `te model --plot`, lightgbm for the served-LightGBM check (TritonTests).
 test: deps train-venv
 	$(SWIFT) build --build-tests
 	@DEV_REDIS_CLUSTER=$${DEV_REDIS_CLUSTER:-1} scripts/dev-up.sh

@@ -92,7 +92,7 @@ let package = Package(
         .target(
             name: "TritonClient",
             dependencies: [
-                "CNghttp2", "CProtobufC", "CTritonProto",
+                "CNghttp2", "CProtobufC", "CTritonProto", "TECore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -100,6 +100,8 @@ let package = Package(
             path: "Shared/TritonClient", swiftSettings: swiftSettings),
 
         // MARK: Shared Swift libraries
+        // Dependency-free building blocks every module may use (the retry policy).
+        .target(name: "TECore", path: "Shared/TECore", swiftSettings: swiftSettings),
         .target(name: "TEModels", path: "Shared/TEModels", swiftSettings: swiftSettings),
         .target(
             name: "MarketData", dependencies: ["TEModels"], path: "Shared/MarketData",
@@ -190,10 +192,17 @@ let package = Package(
 
         // MARK: Tests
         .testTarget(
+            name: "TECoreTests", dependencies: ["TECore"], path: "Tests/TECoreTests",
+            swiftSettings: swiftSettings),
+        .testTarget(
             name: "ModelsTests", dependencies: ["TEModels"], path: "Tests/ModelsTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "RedisTests", dependencies: ["TERedis", "ServiceKit", "TestSupport"], path: "Tests/RedisTests",
+            swiftSettings: swiftSettings),
+        .testTarget(
+            // ingest's cycle and fence naming, no servers (the server-backed ingest tests are in KafkaTests).
+            name: "IngestTests", dependencies: ["Ingest", "TestSupport"], path: "Tests/IngestTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "MarketDataTests", dependencies: ["MarketData"], path: "Tests/MarketDataTests",
@@ -202,7 +211,7 @@ let package = Package(
             name: "KafkaTests", dependencies: ["TEKafka", "MarketData", "ServiceKit", "TestSupport"],
             path: "Tests/KafkaTests", swiftSettings: swiftSettings),
         .testTarget(
-            name: "FeatureTests", dependencies: ["FeatureEngine", "MarketData", "TestSupport"],
+            name: "FeatureTests", dependencies: ["TECore", "FeatureEngine", "MarketData", "TestSupport"],
             path: "Tests/FeatureTests", swiftSettings: swiftSettings),
         .testTarget(
             name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport", "TEPostgres"], path: "Tests/StrategyTests",
@@ -210,7 +219,7 @@ let package = Package(
         .testTarget(
             name: "TritonTests",
             dependencies: [
-                "TritonClient", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
+                "TritonClient", "TECore", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Tests/TritonTests",
@@ -223,6 +232,11 @@ let package = Package(
             dependencies: [
                 "GatewayCore", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                // The score fast path's handler tests: the gateway's HTTP/1.1 pipeline on an in-memory channel.
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
             ], path: "Tests/GatewayTests",
             swiftSettings: swiftSettings),
         .testTarget(

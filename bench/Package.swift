@@ -20,6 +20,7 @@ let package = Package(
         .executable(name: "gateway-bench", targets: ["GatewayBench"]),
         .executable(name: "pipeline-bench", targets: ["PipelineBench"]),
         .executable(name: "ingest-bench", targets: ["IngestBench"]),
+        .executable(name: "codec-bench", targets: ["CodecBench"]),
     ],
     dependencies: [
         .package(path: ".."),
@@ -96,6 +97,17 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Sources/IngestBench", swiftSettings: [.swiftLanguageMode(.v6)]),
+        // ns and allocations per entry of each stream codec against the Codable encoding (bench/run-codecs.sh).
+        .executableTarget(
+            name: "CodecBench",
+            dependencies: [
+                .product(name: "TEModels", package: root),
+                .product(name: "TERedis", package: root),
+                .product(name: "MarketData", package: root),
+                .product(name: "FeatureEngine", package: root),
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+            ],
+            path: "Sources/CodecBench", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
             name: "GatewayBench",
             dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")],

@@ -72,6 +72,7 @@ TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 
 # --- Dockerfile ---------------------------------------------------------------------------------------
 check "hadolint deploy/Dockerfile" "$VENV/bin/hadolint" --config deploy/.hadolint.yaml deploy/Dockerfile
+check "hadolint deploy/triton/Dockerfile" "$VENV/bin/hadolint" --config deploy/.hadolint.yaml deploy/triton/Dockerfile
 check "Dockerfile matches the repository" "$PY" "$CHECKS/check_dockerfile.py" "$ROOT"
 check "shellcheck entrypoint and scripts" shellcheck deploy/docker-entrypoint.sh scripts/check-deploy.sh
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Starts a real Triton server (from the nvidia-pytriton wheel: CPU, Python backend) serving
 # deploy/triton/model_repository, and waits until trade_eligibility versions 1 and 2 are READY.
+# The venv holds nvidia-pytriton plus what model.py imports (deploy/triton/requirements-serve.txt: numpy, lightgbm),
+# pinned; it is (re)installed whenever that file changes.
 # Usage: scripts/dev-triton.sh [GRPC_PORT HTTP_PORT METRICS_PORT]   (default 18001 18000 18002)
 # Idempotent: when the model already answers READY on HTTP_PORT, does nothing.
 # Env: TRITON_VENV (default .dev/venv), TRITON_STATE (dir for logs/ and run/, default .dev),
-#      TRITON_PID_NAME (default triton) — the test suite uses these to run a private server.
+#      TRITON_PID_NAME (default triton), TRITON_MODEL_REPOSITORY (default deploy/triton/model_repository) —
+#      the test suite uses these to run a private server (on a tampered copy of the repository, too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -14,7 +17,9 @@ METRICS_PORT=${3:-18002}
 VENV=${TRITON_VENV:-$ROOT/.dev/venv}
 STATE=${TRITON_STATE:-$ROOT/.dev}
 NAME=${TRITON_PID_NAME:-triton}
-REPO=$ROOT/deploy/triton/model_repository
+REPO=${TRITON_MODEL_REPOSITORY:-$ROOT/deploy/triton/model_repository}
+PYTRITON=nvidia-pytriton==0.7.0
+REQUIREMENTS=$ROOT/deploy/triton/requirements-serve.txt
 MODEL=trade_eligibility
 log() { printf 'dev-triton: %s\n' "$*" >&2; }
 
@@ -30,10 +35,16 @@ if model_ready; then
 fi
 
 mkdir -p "$STATE/logs" "$STATE/run"
-if ! [ -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import pytriton, numpy' 2>/dev/null; then
-  log "creating venv $VENV (nvidia-pytriton, numpy)"
+if ! [ -x "$VENV/bin/python" ]; then
+  log "creating venv $VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q nvidia-pytriton numpy
+fi
+# The stamp is the requirements file the venv was installed from; `python -m pip` installs into this venv even
+# when it is a copy of another one (a copied venv's pip script still names the original interpreter).
+if ! cmp -s "$REQUIREMENTS" "$VENV/.requirements-serve" || ! "$VENV/bin/python" -c 'import pytriton' 2>/dev/null; then
+  log "installing $PYTRITON and $(grep -v '^#' "$REQUIREMENTS" | tr '\n' ' ')into $VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$PYTRITON" -r "$REQUIREMENTS"
+  cp "$REQUIREMENTS" "$VENV/.requirements-serve"
 fi
 PYVER=$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 SITE=$VENV/lib/python$PYVER/site-packages

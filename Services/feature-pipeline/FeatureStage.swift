@@ -124,8 +124,8 @@ struct FeatureStage: StreamStage {
         }
         let writtenAt = Int64(Date().timeIntervalSince1970 * 1e9)
         for snapshot in latest.values {
-            var fields = try StreamFieldEncoder.encode(snapshot)
-            fields.append(("written_at_ns", String(writtenAt)))
+            var fields = try snapshot.streamFields()
+            fields.field("written_at_ns", int: writtenAt)
             // Outside the shard's step (another slot on a cluster), never replacing a newer snapshot.
             output.outside.append(
                 ShardLeases.latest(

@@ -1,4 +1,5 @@
 import TEKafka
+import TEModels
 import TERedis
 
 /// One batch's Redis writes as a single EVAL of `FencedBatch.script`: Redis applies a message's writes only if
@@ -8,20 +9,25 @@ import TERedis
 /// (a restart re-reading uncommitted offsets, a partition moved to another instance, a retried EVAL whose
 /// reply was lost, two groups reading one topic into the same stream).
 ///
-/// Contract (DESIGN.md "Delivery guarantees"): hash `te:ingest:offsets:{topic}` (override
-/// `INGEST_OFFSETS_KEY`), field = partition number, value = `"<offset> <fingerprint>"`: the offset of the
-/// last message of that partition whose ticks/dead letter are in the outputs, and that message's
-/// fingerprint (`<kafka timestamp ms>:<FNV-1a 64 of key and value, hex>`), which tells a re-created topic's
-/// message at the same offset from the one written. Readers take the leading integer; a value may be a bare
-/// offset. Keyed by topic and partition only, not by consumer group or instance, so it holds across
-/// rebalances and restarts. One hash per (topic, output streams) pair.
+/// Contract (DESIGN.md "Delivery guarantees", "Shards"): one script per fence group and batch. The groups
+/// are the tick shards (`te:ticks:{k}`, k = 0…STREAM_SHARDS−1, or `te:ticks` unsharded) and the dead-letter
+/// stream; each group's fence is hash `<INGEST_OFFSETS_KEY>:{tag}` (default `te:ingest:offsets:<topic>:{tag}`)
+/// where `{tag}` is the group stream's Redis Cluster hash tag (`{k}` for `te:ticks:{k}`; the whole name,
+/// `{te:ticks}` or `{te:dlq}`, for a stream without one), so the fence, the books and the stream share a
+/// slot and each script touches one slot. Field = partition number, value = `"<offset> <fingerprint>"`:
+/// the offset of the last message of that partition whose output to that group is written, and that
+/// message's fingerprint (`<kafka timestamp ms>:<FNV-1a 64 of key and value, hex>`), which tells a
+/// re-created topic's message at the same offset from the one written. Readers take the leading integer; a
+/// value may be a bare offset. Keyed by topic and partition only, not by consumer group or instance, so it
+/// holds across rebalances and restarts.
 ///
-/// The normalizer's order books go with the offsets: hash `te:ingest:books:{topic}` (override
-/// `INGEST_BOOKS_KEY`), field = symbol, value = `"<partition> <BookCheckpoint text>"`, the book as it was
-/// after the last message of that partition in the outputs. A batch writes the books its messages changed
-/// in the same script run as their offsets, and only if the partition's last message was fresh, so the
-/// books in Redis always belong to the stored offsets: a restart restores both and continues exactly where
-/// the killed instance was (the venue sends its snapshot once; without this, quotes would lose depth).
+/// The normalizer's order books go with the fences of their symbols' shards: hash
+/// `<INGEST_BOOKS_KEY>:{tag}` (default `te:ingest:books:<topic>:{tag}`), field = symbol, value =
+/// `"<partition> <BookCheckpoint text>"`, the book as it was after the last message of that partition
+/// written to the shard. A batch writes the books its messages changed in the same script run as their
+/// offsets, and only if the partition's last message in that script was fresh, so the books in Redis always
+/// belong to the stored fences: a restart restores both and continues exactly where the killed instance was
+/// (the venue sends its snapshot once; without this, quotes would lose depth).
 ///
 /// Cost, measured against a local redis-server 7.0 (50k quote ticks with 10-level depth in batches of 500,
 /// load ≈ 4): the script takes 4.4–5.3 ms of Redis time per batch, 13–15 µs per message end to end through
@@ -111,6 +117,9 @@ struct FencedBatch {
     private(set) var command: RedisCommand
     private(set) var messages = 0
     private(set) var commands = 0
+    /// Partition → its last message opened here (the one whose fingerprint and books the script stores).
+    private(set) var last: [Int32: Int64] = [:]
+    private var open: IngestCycle.Position?
 
     init(offsetsKey: String, booksKey: String, capacity: Int) {
         command = RedisCommand(name: "EVAL", capacity: capacity + Self.script.utf8.count + 64)
@@ -120,7 +129,12 @@ struct FencedBatch {
         command.append(booksKey)
     }
 
+    /// Opens a message (once: opening the open message again does nothing); its commands follow.
     mutating func beginMessage(partition: Int32, offset: Int64) {
+        let position = IngestCycle.Position(partition: partition, offset: offset)
+        if open == position { return }
+        open = position
+        last[partition] = offset
         command.append("m")
         command.append(String(partition))
         command.append(String(offset))
@@ -173,31 +187,54 @@ struct FencedBatch {
 
     /// `XADD stream MAXLEN ~ maxLen * field value …` for the open message.
     mutating func xadd(_ stream: String, maxLen: Int, fields: [(String, String)]) {
+        xaddHead(stream, maxLen: maxLen, fieldCount: fields.count)
+        for (k, v) in fields {
+            command.append(k)
+            command.append(v)
+        }
+    }
+
+    /// The same XADD with fields a stream codec wrote (their bytes go into the script's arguments as they are).
+    mutating func xadd(_ stream: String, maxLen: Int, fields: StreamFieldWriter) {
+        xaddHead(stream, maxLen: maxLen, fieldCount: fields.fieldCount)
+        command.append(arguments: fields.bytes, lengths: fields.lengths)
+    }
+
+    private mutating func xaddHead(_ stream: String, maxLen: Int, fieldCount: Int) {
         command.append("c")
-        command.append(6 + 2 * fields.count)
+        command.append(6 + 2 * fieldCount)
         command.append("XADD")
         command.append(stream)
         command.append("MAXLEN")
         command.append("~")
         command.append(maxLen)
         command.append("*")
-        for (k, v) in fields {
-            command.append(k)
-            command.append(v)
-        }
         commands += 1
     }
 
-    /// `SET key value EX seconds` for the open message.
-    mutating func set(_ key: String, _ value: String, expireSeconds: Int) {
-        command.append("c")
-        command.append(5)
-        command.append("SET")
-        command.append(key)
-        command.append(value)
-        command.append("EX")
-        command.append(expireSeconds)
-        commands += 1
+    /// The hash of `base` (fences or books) for the group writing `stream`: `base:{tag}`, in `stream`'s slot.
+    static func groupKey(_ base: String, stream: String) -> String {
+        base + ":" + StreamKey.hashTag(of: stream)
+    }
+
+    /// A symbol's latest spread, written after its batch landed and outside the fenced scripts (another
+    /// slot): stored only if its tick is not older than the stored one's, so a late writer (a retried
+    /// batch, an instance that lost the partition) never puts an older spread over a newer. The tick time
+    /// lives in hash `te:ingest:spread_ts:{<spread key>}` (field `ts`, in the spread key's slot; one small
+    /// hash per symbol, kept), zero-padded so Lua compares the decimal text exactly. KEYS: the time hash;
+    /// ARGV: spread key, value, tick ns, TTL.
+    static let spreadScript = """
+        local stored = redis.call('HGET', KEYS[1], 'ts')
+        if stored and stored > ARGV[3] then return 0 end
+        redis.call('SET', ARGV[1], ARGV[2], 'EX', ARGV[4])
+        redis.call('HSET', KEYS[1], 'ts', ARGV[3])
+        return 1
+        """
+
+    static func spread(key: String, bps: Double, tsNs: Int64, expireSeconds: Int) -> RedisCommand {
+        let padded = String(repeating: "0", count: max(0, 20 - String(tsNs).count)) + String(tsNs)
+        return RedisCommand(
+            "EVAL", spreadScript, "1", "te:ingest:spread_ts:" + StreamKey.hashTag(of: key), key, "\(bps)", padded, String(expireSeconds))
     }
 
     /// What the script did: messages written, messages it found already written, refused commands.

@@ -10,34 +10,43 @@ import TEModels
 import TERedis
 import Tracing
 
-/// Kafka `ticks` (group `ingest`) → normalize → one atomic Redis script per batch (te:ticks, spread keys,
-/// te:dlq, and the partitions' last written offsets) → commit the batch's Kafka offsets. Redis runs one
-/// batch's script while the next batch is polled and normalized; each tick carries its Kafka source as
-/// field `src` (`"<partition>:<offset>"`).
+/// Kafka `ticks` (group `ingest`) → normalize → per batch one atomic Redis script per fence group (each
+/// tick shard `te:ticks:{k}` with its fence and books, and `te:dlq` with its fence; see `FencedBatch`) →
+/// commit the batch's Kafka offsets. Redis runs one batch's scripts while the next batch is polled and
+/// normalized; each tick carries its Kafka source as field `src` (`"<partition>:<offset>"`). The order of
+/// those steps (assignment, restore, write, commit, backoff, shutdown) is `IngestCycle`'s; this type
+/// performs its actions.
 ///
-/// Effectively-once into Redis. Kafka offsets are committed at most every `commitInterval` (200 ms) after
-/// Redis took the batch, so a crash, a rebalance or a Redis outage re-delivers up to rate × 0.2 s + one batch
-/// (≤ `INGEST_BATCH_SIZE`) of messages that are already in Redis. They are not written again: each batch goes
-/// to Redis as one `FencedBatch` script that writes a message's ticks / dead letter only if its offset is
-/// above the partition's last written offset in hash `te:ingest:offsets:{topic}` and stores the new offsets
-/// in the same atomic script run. The service also keeps those offsets locally (read when partitions are
-/// assigned) and skips redelivered messages before building commands; the script's own check makes the
-/// cases the local copy cannot see safe too: an EVAL retried after a lost reply, a zombie instance still
-/// writing a partition the group has moved, two groups reading one topic into the same stream. Kafka
-/// commits now only bound how much is re-read. Skips are counted in `te_ingest_redelivered_skipped_total`.
+/// Effectively-once into Redis. Kafka offsets are committed at most every 200 ms after Redis took the
+/// batch, so a crash, a rebalance or a Redis outage re-delivers up to rate × 0.2 s + one batch
+/// (≤ `INGEST_BATCH_SIZE`) of messages that are already in Redis. They are not written again: a message's
+/// ticks / dead letter are written to a group only if its offset is above the partition's fence there, and
+/// the script stores the new fence in the same atomic run. Every script touches one Redis Cluster slot (a
+/// group's stream, fence and books share a hash tag). The service keeps the fences locally too (read when
+/// partitions are assigned) and skips a redelivered message before normalizing when every group holds it;
+/// the scripts' own checks make the cases the local copy cannot see safe: an EVAL retried after a lost
+/// reply, a zombie instance still writing a partition the group has moved, two groups reading one topic
+/// into the same streams. Kafka commits only bound how much is re-read. Skips are counted in
+/// `te_ingest_redelivered_skipped_total`.
 ///
 /// Metrics count what this instance decided to write: in the rare script-side skips (lost reply, zombie,
 /// racing group) `te_ingest_ticks_total` / `te_ingest_dlq_total` may count a message another writer wrote;
 /// the streams themselves hold it once.
 ///
-/// The normalizer's order books are checkpointed with the offsets (see `FencedBatch`): when a partition is
-/// assigned, its stored offset and the books of its symbols are read in one step and the books restored, so
-/// the first fresh message meets exactly the book an uninterrupted run would have had. Redelivered messages
-/// (at or below the stored offset) are therefore not normalized again: the restored books already hold them.
+/// The normalizer's order books are checkpointed with the fences of their symbols' shards: when a
+/// partition is assigned, every group's fence and the books of its symbols are read and the books
+/// restored, so the first fresh message meets exactly the book an uninterrupted run would have had. An
+/// instance killed between one batch's scripts leaves the groups' fences apart: the messages between the
+/// lowest and a group's fence are normalized again for the groups still behind, and a book changed by
+/// such a message in a group already past it is put back to its stored checkpoint (which holds that
+/// message) rather than changed twice.
+///
+/// A symbol's spread (`te:spread_bps:SYM`, a latest-value key in another slot) is written after its batch
+/// landed, never an older tick's over a newer (`FencedBatch.spread`).
 ///
 /// A re-created topic starts its offsets again at 0, under the old stored offsets (the dev broker is an
 /// in-memory mock cluster: every restart re-creates `ticks`, while Redis keeps its data). So before a
-/// partition's stored offset is used, it must name the message that was written: it is below the high
+/// partition's stored fence is used, it must name the message that was written: it is below the high
 /// watermark and the message at that offset has the stored fingerprint (timestamp + hash of key and
 /// value, read once per partition and assignment). Otherwise it is deleted (compare-and-delete) with a
 /// warning and the partition is written from where the group reads. A stored offset below the low
@@ -57,185 +66,270 @@ struct IngestService: Service {
         kafka.set(consumer)
         logger.info(
             "ingest consuming",
-            metadata: ["topic": "\(settings.topic)", "group": "\(settings.group)", "group_instance_id": "\(settings.groupInstanceID ?? "")"])
-        var normalizer = MarketNormalizer(depthLevels: settings.depthLevels, snapshotTimeoutNs: settings.snapshotTimeoutNs)
-        // Symbol → the partition whose messages built its book (where its checkpoint is stored).
-        var bookPartitions: [String: Int32] = [:]
-        var lastLagUpdate = ContinuousClock.now
-        // Offsets whose messages are in Redis, committed at most every `commitInterval` (a synchronous commit
-        // per small batch would cap throughput at the coordinator's round trip).
-        var uncommitted: [String: KafkaOffset] = [:]
-        var lastCommit = ContinuousClock.now
-        let commitInterval = Duration.milliseconds(200)
-        // Partition → offset of its last message known to be in Redis; a partition missing here is read from
-        // Redis before its messages are written. Emptied on every assignment: a partition that was away may
-        // have been written by another instance meanwhile.
-        var lastWritten: [Int32: Int64] = [:]
-        var assignmentSeen = -1
+            metadata: [
+                "topic": "\(settings.topic)", "group": "\(settings.group)", "group_instance_id": "\(settings.groupInstanceID ?? "")",
+                "shards": "\(settings.shards)",
+            ])
         defer { redis.close() }
-        // The batch whose script Redis is running while the next one is read and normalized. Its offsets
-        // join `uncommitted` only once Redis took it (commit after write); the next script is sent only
-        // after it succeeded, so a partition's writes stay in order and a fence never passes a failed batch.
-        var inFlight: InFlightBatch?
-        /// Waits for the batch in flight; false when a graceful shutdown came first (nothing committed).
-        func land(_ pending: InFlightBatch?) async -> Bool {
-            guard let pending else { return true }
-            inFlight = nil
-            var outcome = FencedBatch.Outcome(applied: 0, skipped: 0, errors: [])
-            if let write = pending.write {
-                guard let written = await write.value else { return false }
-                outcome = written
+        let groups = settings.groups
+        var books = IngestBooks(normalizer: MarketNormalizer(depthLevels: settings.depthLevels, snapshotTimeoutNs: settings.snapshotTimeoutNs))
+        var cycle = IngestCycle(topic: settings.topic, groups: groups.count)
+        var batch: [KafkaConsumerMessage] = []
+        var built: BuiltBatch?
+        var flight: (batch: BuiltBatch, write: Task<[FencedBatch.Outcome]?, Never>)?
+        var pollError: (any Error)?
+        var lastLagUpdate = ContinuousClock.now
+        var action = cycle.event(.started)
+        while true {
+            if !cycle.stopping, Task.isShuttingDownGracefully || Task.isCancelled {
+                switch action {
+                case .poll, .sleep, .restore: action = cycle.event(.shutdown)
+                default: break
+                }
             }
-            let writtenAt = Date().timeIntervalSince1970
-            for message in pending.fresh { metrics.recordLatency(message, writtenAt: writtenAt) }
-            let redelivered = pending.redelivered + outcome.skipped
-            if redelivered > 0 {
-                metrics.redeliveredSkipped.increment(by: Int64(redelivered))
-                logger.debug("skipped redelivered messages already in redis", metadata: ["count": "\(redelivered)"])
-            }
-            metrics.quotes.increment(by: Int64(pending.quotes))
-            metrics.trades.increment(by: Int64(pending.trades))
-            for offset in pending.offsets { uncommitted["\(offset.topic)/\(offset.partition)"] = offset }
-            return true
-        }
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            let batch: [KafkaConsumerMessage]
-            do {
-                batch = try await consumer.poll(maxMessages: settings.batchSize, timeout: .milliseconds(200))
-            } catch {
-                logger.critical("kafka consumer failed", metadata: ["error": "\(error)"])
-                _ = await land(inFlight)
-                await consumer.close()
-                throw error
-            }
-            if batch.isEmpty, !(await land(inFlight)) { break }
-            for reset in await consumer.takeOffsetResets() { await report(reset) }
-            if ContinuousClock.now - lastLagUpdate > .seconds(1) {
-                lastLagUpdate = .now
-                if let lag = try? await consumer.lag() { metrics.kafkaLag.record(Double(lag)) }
-            }
-            if !uncommitted.isEmpty, batch.isEmpty || ContinuousClock.now - lastCommit >= commitInterval {
-                await commit(consumer, Array(uncommitted.values))
-                uncommitted.removeAll(keepingCapacity: true)
-                lastCommit = .now
-            }
-            guard !batch.isEmpty else { continue }
-            metrics.consumed.increment(by: Int64(batch.count))
-
-            if consumer.assignmentGeneration != assignmentSeen {
-                // The stored state of a partition is read only with no write of ours in flight.
-                guard await land(inFlight) else { break }
-                assignmentSeen = consumer.assignmentGeneration
-                lastWritten.removeAll(keepingCapacity: true)
-            }
-            for message in batch where lastWritten[message.partition] == nil {
-                guard await land(inFlight), let stored = await storedState(message.topic, message.partition, consumer) else { break }
-                lastWritten[message.partition] = stored.offset
-                restore(stored.books, of: message.partition, into: &normalizer, bookPartitions: &bookPartitions)
-            }
-            if Task.isShuttingDownGracefully { break }
-
-            // Each partition's last fresh message: its fingerprint and the batch's books and spreads go with it.
-            var lastFresh: [Int32: Int] = [:]
-            for (i, message) in batch.enumerated() where message.offset > lastWritten[message.partition, default: -1] {
-                lastFresh[message.partition] = i
-            }
-            var script = FencedBatch(offsetsKey: settings.offsetsKey, booksKey: settings.booksKey, capacity: batch.count * 256)
-            var next = InFlightBatch(offsets: KafkaOffset.after(batch))
-            var changedBooks: [String: Int32] = [:]
-            // Only a symbol's last spread of the batch is written (a latest-value key), with its partition's last
-            // fresh message: a symbol lives on one partition, and if that message is fenced as already written,
-            // so are the earlier ones and a writer that got that far wrote a spread at least as new.
-            var spreads: [String: (partition: Int32, bps: Double)] = [:]
-            for (i, message) in batch.enumerated() {
-                if message.offset <= lastWritten[message.partition, default: -1] {
-                    next.redelivered += 1
+            switch action {
+            case .poll:
+                do {
+                    batch = try await consumer.poll(maxMessages: settings.batchSize, timeout: .milliseconds(200))
+                } catch {
+                    logger.critical("kafka consumer failed", metadata: ["error": "\(error)"])
+                    pollError = error
+                    action = cycle.event(.pollFailed)
                     continue
                 }
-                next.fresh.append(message)
-                let receiveTsNs = Self.receiveTime(message)
-                let normalized = normalizer.normalize(payload: message.value, receiveTsNs: receiveTsNs, key: message.key.map { String(decoding: $0, as: UTF8.self) })
-                for symbol in normalizer.takeChangedBooks() { changedBooks[symbol] = message.partition }
-                script.beginMessage(partition: message.partition, offset: message.offset)
-                switch normalized {
-                case .ticks(let ticks):
-                    let source = Self.lineage(message)
-                    for tick in ticks {
-                        guard var fields = try? StreamFieldEncoder.encode(tick) else { continue }
-                        fields.append(("src", source))
-                        // The head of the pipeline: a sampled tick starts a trace and carries it in `tp` (last).
-                        if let trace = StreamTrace.head("ingest tick") {
-                            trace.span.attributes["te.symbol"] = tick.symbol
-                            trace.span.attributes["messaging.kafka.partition"] = Int(message.partition)
-                            trace.span.attributes["messaging.kafka.offset"] = Int(message.offset)
-                            trace.span.end()
-                            fields.append((StreamTrace.field, trace.tp))
-                        }
-                        script.xadd(settings.ticksStream, maxLen: settings.streamMaxLen, fields: fields)
-                        if tick.kind == .quote, let bid = tick.bid, let ask = tick.ask {
-                            next.quotes += 1
-                            spreads[tick.symbol] = (message.partition, (ask - bid) / ((ask + bid) / 2) * 1e4)
-                        } else {
-                            next.trades += 1
-                        }
-                    }
-                case .ignored:
-                    break
-                case .rejected(let rejection):
-                    metrics.deadLettered(reason: rejection.code)
-                    let letter = DeadLetter(
-                        stage: "ingest", reason: "\(rejection.code): \(rejection.detail)",
-                        payloadBytes: message.value, source: message.source,
-                        tsNs: receiveTsNs)
-                    if let fields = try? StreamFieldEncoder.encode(letter) {
-                        script.xadd(settings.dlqStream, maxLen: 100_000, fields: fields)
-                    }
-                    logger.debug("dead-lettered", metadata: ["source": "\(message.source)", "reason": "\(rejection)"])
+                for reset in await consumer.takeOffsetResets() { await report(reset) }
+                if ContinuousClock.now - lastLagUpdate > .seconds(1) {
+                    lastLagUpdate = .now
+                    if let lag = try? await consumer.lag() { metrics.kafkaLag.record(Double(lag)) }
                 }
-                if lastFresh[message.partition] == i {
-                    for (symbol, spread) in spreads where spread.partition == message.partition {
-                        script.set(settings.spreadPrefix + symbol, "\(spread.bps)", expireSeconds: settings.spreadTTLSeconds)
-                    }
+                metrics.consumed.increment(by: Int64(batch.count))
+                action = cycle.event(.polled(
+                    batch.map { IngestCycle.Position(partition: $0.partition, offset: $0.offset) },
+                    generation: consumer.assignmentGeneration, now: .now))
+            case .restore(let partition):
+                do {
+                    let stored = try await storedState(settings.topic, partition, consumer)
+                    restore(stored.books, of: partition, into: &books)
+                    action = cycle.event(.restored(partition: partition, fences: stored.fences))
+                } catch {
+                    logger.warning("reading the stored ingest fences failed; retrying", metadata: ["partition": "\(partition)", "error": "\(error)"])
+                    action = cycle.event(.restoreFailed)
                 }
-            }
-            for event in normalizer.takeBookEvents() { report(event) }
-            for i in lastFresh.values { script.fingerprint(of: batch[i]) }
-            for (symbol, partition) in changedBooks {
-                guard let i = lastFresh[partition], let checkpoint = normalizer.checkpoint(ofBook: symbol) else { continue }
-                script.book(partition: partition, offset: batch[i].offset, symbol: symbol, checkpoint: checkpoint)
-                bookPartitions[symbol] = partition
-            }
-            for (partition, i) in lastFresh { lastWritten[partition] = batch[i].offset }
-            // Redis runs batch N while this loop polls and normalizes batch N+1; N+1 is sent once N is in.
-            guard await land(inFlight) else { break }
-            if script.messages > 0 {
-                next.write = Task { [script] in await write(script) }
-                inFlight = next
-            } else if !(await land(next)) {
-                break
+            case .build(let fences):
+                let next = build(batch, fences: fences, books: &books)
+                if next.commands.isEmpty { record(next, outcomes: []) }
+                built = next
+                action = cycle.event(.built(writes: !next.commands.isEmpty))
+            case .send:
+                guard let next = built else { preconditionFailure("ingest: send without a built batch") }
+                built = nil
+                flight = (next, write(next))
+                action = cycle.event(.sent)
+            case .resend:
+                guard let pending = flight else { preconditionFailure("ingest: resend without a write in flight") }
+                flight = (pending.batch, write(pending.batch))
+                action = cycle.event(.sent)
+            case .awaitWrite:
+                guard let pending = flight else { preconditionFailure("ingest: await without a write in flight") }
+                if let outcomes = await pending.write.value {
+                    record(pending.batch, outcomes: outcomes)
+                    flight = nil
+                    action = cycle.event(.landed)
+                } else {
+                    action = cycle.event(.writeFailed)
+                }
+            case .commit(let offsets):
+                do {
+                    try await consumer.commit(offsets)
+                    action = cycle.event(.committed)
+                } catch {
+                    metrics.commitFailures.increment()
+                    logger.warning("kafka commit failed", metadata: ["error": "\(error)"])
+                    action = cycle.event(.commitFailed(retriable: error.isRetriable))
+                }
+            case .sleep(let delay):
+                try? await Task.sleep(for: delay)
+                action = cycle.event(.slept)
+            case .close:
+                // A static member (group.instance.id) does not leave: its partitions wait for its restart until
+                // the session times out, instead of moving twice.
+                logger.info(
+                    settings.groupInstanceID == nil
+                        ? "ingest stopping: leaving the consumer group" : "ingest stopping: closing the consumer (static member: partitions kept for its restart)")
+                await consumer.close()
+                return
+            case .fail:
+                await consumer.close()
+                throw pollError ?? KafkaError(code: .destroyed, message: "kafka consumer failed", isRetriable: false)
             }
         }
-        // Shutting down: the batch in flight is committed if Redis took it; one not sent is re-read (and
-        // fenced) after restart.
-        _ = await land(inFlight)
-        if !uncommitted.isEmpty { await commit(consumer, Array(uncommitted.values)) }
-        // A static member (group.instance.id) does not leave: its partitions wait for its restart until the
-        // session times out, instead of moving twice.
-        logger.info(
-            settings.groupInstanceID == nil
-                ? "ingest stopping: leaving the consumer group" : "ingest stopping: closing the consumer (static member: partitions kept for its restart)")
-        await consumer.close()
     }
 
-    /// A batch sent to Redis and what to record once Redis took it.
-    struct InFlightBatch {
-        /// The script's run: nil when a graceful shutdown came before Redis took it.
-        var write: Task<FencedBatch.Outcome?, Never>?
-        var offsets: [KafkaOffset]
+    /// One batch's writes: a fenced script per group that has something to write, then the spreads.
+    struct BuiltBatch: Sendable {
+        var commands: [RedisCommand] = []
+        var scripts = 0
         var fresh: [KafkaConsumerMessage] = []
         var redelivered = 0
         var quotes = 0
         var trades = 0
+    }
+
+    /// The normalizer with what `restore` needs to keep its books those of the stored fences.
+    struct IngestBooks {
+        var normalizer: MarketNormalizer
+        /// Symbol → the partition whose messages built its book (where its checkpoint is stored).
+        var partitions: [String: Int32] = [:]
+        /// Symbol → the checkpoint restored at the partition's last assignment.
+        var restored: [String: (partition: Int32, checkpoint: Substring)] = [:]
+
+        /// A message at or below its shard's fence changed `symbol`'s book: that change is already in the
+        /// stored checkpoint, so the book goes back to it (or away, when none was stored).
+        mutating func undo(_ symbol: String, partition: Int32) {
+            if let stored = restored[symbol], stored.partition == partition, normalizer.restoreBook(symbol, checkpoint: stored.checkpoint) {
+                return
+            }
+            normalizer.removeBook(symbol)
+            partitions[symbol] = nil
+        }
+    }
+
+    /// Normalizes the messages of `batch` that some group does not hold yet and builds each group's script.
+    private func build(_ batch: [KafkaConsumerMessage], fences: IngestCycle.Fences, books: inout IngestBooks) -> BuiltBatch {
+        let groups = settings.groups
+        let dlq = groups.count - 1
+        var scripts = groups.map { FencedBatch(offsetsKey: $0.fenceKey, booksKey: $0.booksKey, capacity: batch.count * 256 / groups.count) }
+        var out = BuiltBatch()
+        // A symbol's last fresh spread of the batch (a latest-value key) and the messages by position.
+        var spreads: [String: (bps: Double, tsNs: Int64)] = [:]
+        var changedBooks: [String: Int32] = [:]
+        var index: [IngestCycle.Position: Int] = [:]
+        var lastFresh: [Int32: Int64] = [:]
+        let none = Array(repeating: Int64(-1), count: groups.count)
+        for (i, message) in batch.enumerated() {
+            let position = IngestCycle.Position(partition: message.partition, offset: message.offset)
+            if IngestCycle.written(position, fences: fences) {
+                out.redelivered += 1
+                continue
+            }
+            index[position] = i
+            lastFresh[message.partition] = message.offset
+            let fence = fences[message.partition] ?? none
+            var wrote = false
+            var fenced = false
+            let receiveTsNs = Self.receiveTime(message)
+            let normalized = books.normalizer.normalize(
+                payload: message.value, receiveTsNs: receiveTsNs, key: message.key.map { String(decoding: $0, as: UTF8.self) })
+            switch normalized {
+            case .ticks(let ticks):
+                let source = Self.lineage(message)
+                for tick in ticks {
+                    let k = settings.shard(of: tick.symbol)
+                    guard message.offset > fence[k] else {
+                        fenced = true
+                        continue
+                    }
+                    guard var fields = try? tick.streamFields() else { continue }
+                    fields.field("src", source)
+                    // The head of the pipeline: a sampled tick starts a trace and carries it in `tp` (last).
+                    if let trace = StreamTrace.head("ingest tick") {
+                        trace.span.attributes["te.symbol"] = tick.symbol
+                        trace.span.attributes["messaging.kafka.partition"] = Int(message.partition)
+                        trace.span.attributes["messaging.kafka.offset"] = Int(message.offset)
+                        trace.span.end()
+                        fields.field(StreamTrace.field, trace.tp)
+                    }
+                    scripts[k].beginMessage(partition: message.partition, offset: message.offset)
+                    scripts[k].xadd(groups[k].stream, maxLen: settings.streamMaxLen, fields: fields)
+                    wrote = true
+                    if tick.kind == .quote, let bid = tick.bid, let ask = tick.ask {
+                        out.quotes += 1
+                        spreads[tick.symbol] = ((ask - bid) / ((ask + bid) / 2) * 1e4, tick.tsNs)
+                    } else {
+                        out.trades += 1
+                    }
+                }
+            case .ignored:
+                break
+            case .rejected(let rejection):
+                guard message.offset > fence[dlq] else {
+                    fenced = true
+                    break
+                }
+                metrics.deadLettered(reason: rejection.code)
+                let letter = DeadLetter(
+                    stage: "ingest", reason: "\(rejection.code): \(rejection.detail)",
+                    payloadBytes: message.value, source: message.source,
+                    tsNs: receiveTsNs)
+                if let fields = try? StreamFieldEncoder.encode(letter) {
+                    scripts[dlq].beginMessage(partition: message.partition, offset: message.offset)
+                    scripts[dlq].xadd(groups[dlq].stream, maxLen: 100_000, fields: fields)
+                    wrote = true
+                }
+                logger.debug("dead-lettered", metadata: ["source": "\(message.source)", "reason": "\(rejection)"])
+            }
+            for symbol in books.normalizer.takeChangedBooks() {
+                let k = settings.shard(of: symbol)
+                if message.offset <= fence[k] {
+                    books.undo(symbol, partition: message.partition)
+                    continue
+                }
+                // The message marks the shard's fence even without a tick there: its book change is stored.
+                scripts[k].beginMessage(partition: message.partition, offset: message.offset)
+                changedBooks[symbol] = message.partition
+                wrote = true
+            }
+            if wrote {
+                out.fresh.append(message)
+            } else if fenced {
+                out.redelivered += 1
+            }
+        }
+        for event in books.normalizer.takeBookEvents() { report(event) }
+        // Every group's fence moves to each partition's last message of the batch (with or without output
+        // there), so the lowest fence, which `IngestCycle.written` checks, skips a redelivered message
+        // before it is normalized again.
+        for (partition, offset) in lastFresh {
+            let fence = fences[partition] ?? none
+            for k in scripts.indices where offset > fence[k] && scripts[k].last[partition] != offset {
+                scripts[k].beginMessage(partition: partition, offset: offset)
+            }
+        }
+        for k in scripts.indices {
+            for (partition, offset) in scripts[k].last {
+                if let i = index[IngestCycle.Position(partition: partition, offset: offset)] { scripts[k].fingerprint(of: batch[i]) }
+            }
+        }
+        for (symbol, partition) in changedBooks {
+            let k = settings.shard(of: symbol)
+            guard let offset = scripts[k].last[partition], let checkpoint = books.normalizer.checkpoint(ofBook: symbol) else { continue }
+            scripts[k].book(partition: partition, offset: offset, symbol: symbol, checkpoint: checkpoint)
+            books.partitions[symbol] = partition
+        }
+        for script in scripts where script.messages > 0 {
+            out.commands.append(script.command)
+            out.scripts += 1
+        }
+        if out.scripts > 0 {
+            for (symbol, spread) in spreads {
+                out.commands.append(FencedBatch.spread(
+                    key: settings.spreadPrefix + symbol, bps: spread.bps, tsNs: spread.tsNs, expireSeconds: settings.spreadTTLSeconds))
+            }
+        }
+        return out
+    }
+
+    /// Metrics of a batch Redis took.
+    private func record(_ batch: BuiltBatch, outcomes: [FencedBatch.Outcome]) {
+        let writtenAt = Date().timeIntervalSince1970
+        for message in batch.fresh { metrics.recordLatency(message, writtenAt: writtenAt) }
+        let redelivered = batch.redelivered + outcomes.reduce(0) { $0 + $1.skipped }
+        if redelivered > 0 {
+            metrics.redeliveredSkipped.increment(by: Int64(redelivered))
+            logger.debug("skipped redelivered messages already in redis", metadata: ["count": "\(redelivered)"])
+        }
+        metrics.quotes.increment(by: Int64(batch.quotes))
+        metrics.trades.increment(by: Int64(batch.trades))
     }
 
     /// A tick's lineage, its field `src`: `"<partition>:<offset>"` of the Kafka message it came from.
@@ -250,129 +344,150 @@ struct IngestService: Service {
         return Int64(Date().timeIntervalSince1970 * 1e9)
     }
 
-    /// Runs the batch script until Redis accepts it, backing off while Redis is unreachable. Retrying is safe
-    /// even when a lost reply hides that Redis ran it: the script skips what is already written. Nil when a
-    /// graceful shutdown came first (the batch is then neither written nor committed: it is re-read after
-    /// restart).
-    private func write(_ batch: FencedBatch) async -> FencedBatch.Outcome? {
-        var backoff = Duration.milliseconds(100)
-        while true {
+    /// One attempt at the batch's pipeline (the fenced scripts, then the spreads); nil when it failed
+    /// (`IngestCycle` backs off and re-sends: safe even when a lost reply hides that Redis ran it, since the
+    /// scripts skip what is already written and a spread never goes back in time).
+    private func write(_ batch: BuiltBatch) -> Task<[FencedBatch.Outcome]?, Never> {
+        Task {
             do {
-                let outcome = try FencedBatch.outcome(try await redis.send(batch.command))
-                for error in outcome.errors {
-                    // Retrying cannot fix a refused command; log it and go on rather than stall the topic.
-                    logger.error("redis refused a command", metadata: ["error": "\(error)"])
+                let replies = try await redis.pipeline(batch.commands)
+                var outcomes: [FencedBatch.Outcome] = []
+                for reply in replies.prefix(batch.scripts) {
+                    let outcome = try FencedBatch.outcome(reply)
+                    for error in outcome.errors {
+                        // Retrying cannot fix a refused command; log it and go on rather than stall the topic.
+                        logger.error("redis refused a command", metadata: ["error": "\(error)"])
+                    }
+                    outcomes.append(outcome)
                 }
-                return outcome
+                for reply in replies.dropFirst(batch.scripts) {
+                    if case .error(let message) = reply { logger.error("redis refused a spread update", metadata: ["error": "\(message)"]) }
+                }
+                return outcomes
             } catch {
                 metrics.redisRetries.increment()
-                logger.warning("redis write failed; retrying (offsets not committed)", metadata: ["error": "\(error)", "backoff": "\(backoff)"])
-                if Task.isShuttingDownGracefully { return nil }
-                try? await Task.sleep(for: backoff)
-                backoff = min(backoff * 2, .seconds(5))
+                logger.warning("redis write failed; retrying (offsets not committed)", metadata: ["error": "\(error)"])
+                return nil
             }
         }
     }
 
-    /// What Redis holds for a partition: its last written offset (-1 when none) and the checkpoints of the
-    /// books its messages built (symbol → checkpoint text), read in one atomic step.
+    /// What Redis holds for a partition: its fence in each group (-1 when none) and the checkpoints of the
+    /// books its messages built (symbol → checkpoint text), each group's read in one atomic step.
     struct StoredState {
-        var offset: Int64
+        var fences: [Int64]
         var books: [(symbol: String, checkpoint: Substring)]
-        static let none = StoredState(offset: -1, books: [])
     }
 
-    /// The partition's stored state, or nil when shutting down first.
+    /// The partition's stored state in every group.
     /// A stored offset that does not name the message written there belongs to an earlier log of the topic
-    /// (re-created: its offsets start again at 0) and is forgotten with its books, so the new log is written
-    /// from its start with empty books: at or above the high watermark the message does not exist; inside the
-    /// log, the message there must have the stored fingerprint (one short read of that message per partition
-    /// and assignment). Books without a stored offset (the offsets hash was deleted) are forgotten too.
-    private func storedState(_ topic: String, _ partition: Int32, _ consumer: KafkaConsumer) async -> StoredState? {
-        var backoff = Duration.milliseconds(100)
-        while !Task.isShuttingDownGracefully {
-            do {
-                let reply = try await redis.send(RedisCommand(
-                    "EVAL", FencedBatch.restoreScript, "2", settings.offsetsKey, settings.booksKey, String(partition))).throwingError()
-                guard let items = reply.array, items.count == 2, let text = items[0].string else {
-                    throw RedisError(.unexpectedReply, "ingest restore script replied \(reply)")
+    /// (re-created: its offsets start again at 0) and is forgotten with its group's books, so the new log
+    /// is written from its start with empty books: at or above the high watermark the message does not
+    /// exist; inside the log, the message there must have the stored fingerprint (one short read of that
+    /// message per partition, offset and assignment). Books without a stored offset (the fence was
+    /// deleted) are forgotten too.
+    private func storedState(_ topic: String, _ partition: Int32, _ consumer: KafkaConsumer) async throws -> StoredState {
+        let groups = settings.groups
+        let replies = try await redis.pipeline(groups.map {
+            RedisCommand("EVAL", FencedBatch.restoreScript, "2", $0.fenceKey, $0.booksKey, String(partition))
+        })
+        var state = StoredState(fences: [], books: [])
+        var watermarks: (low: Int64, high: Int64)?
+        var fingerprints: [Int64: String?] = [:]
+        for (group, reply) in zip(groups, replies) {
+            try reply.throwingError()
+            guard let items = reply.array, items.count == 2, let text = items[0].string else {
+                throw RedisError(.unexpectedReply, "ingest restore script replied \(reply)")
+            }
+            let bookItems = items[1].array ?? []
+            var books: [(symbol: String, checkpoint: Substring)] = []
+            for j in stride(from: 0, to: bookItems.count - 1, by: 2) {
+                guard let symbol = bookItems[j].string, let value = bookItems[j + 1].string,
+                    let checkpoint = FencedBatch.checkpoint(inBookValue: value, partition: partition)
+                else { continue }
+                books.append((symbol, checkpoint))
+            }
+            guard !text.isEmpty else {
+                if !books.isEmpty {
+                    logger.warning(
+                        "order books stored without an offset for their partition: forgetting them",
+                        metadata: ["key": "\(group.booksKey)", "partition": "\(partition)", "symbols": "\(books.map(\.symbol))"])
+                    try await forget(partition, in: group, stale: "")
                 }
-                let bookItems = items[1].array ?? []
-                var books: [(symbol: String, checkpoint: Substring)] = []
-                for j in stride(from: 0, to: bookItems.count - 1, by: 2) {
-                    guard let symbol = bookItems[j].string, let value = bookItems[j + 1].string,
-                        let checkpoint = FencedBatch.checkpoint(inBookValue: value, partition: partition)
-                    else { continue }
-                    books.append((symbol, checkpoint))
-                }
-                guard !text.isEmpty else {
-                    if !books.isEmpty {
-                        logger.warning(
-                            "order books stored without an offset for their partition: forgetting them",
-                            metadata: ["key": "\(settings.booksKey)", "partition": "\(partition)", "symbols": "\(books.map(\.symbol))"])
-                        try await forget(partition, stale: "")
-                    }
-                    return StoredState.none
-                }
-                guard let stored = FencedBatch.parseStored(text) else {
-                    logger.error("ignoring a stored offset that is not an integer", metadata: ["key": "\(settings.offsetsKey)", "partition": "\(partition)", "value": "\(text)"])
-                    return StoredState.none
-                }
-                let (low, high) = try await consumer.watermarks(topic: topic, partition: partition)
-                var stale: String?
-                if stored.offset >= high {
-                    stale = "stored ingest offset is beyond the partition's end (topic re-created?): forgetting it"
-                } else if let expected = stored.fingerprint, stored.offset >= low {
+                state.fences.append(-1)
+                continue
+            }
+            guard let stored = FencedBatch.parseStored(text) else {
+                logger.error("ignoring a stored offset that is not an integer", metadata: ["key": "\(group.fenceKey)", "partition": "\(partition)", "value": "\(text)"])
+                state.fences.append(-1)
+                continue
+            }
+            let (low, high): (Int64, Int64)
+            if let known = watermarks {
+                (low, high) = known
+            } else {
+                (low, high) = try await consumer.watermarks(topic: topic, partition: partition)
+                watermarks = (low, high)
+            }
+            var stale: String?
+            if stored.offset >= high {
+                stale = "stored ingest offset is beyond the partition's end (topic re-created?): forgetting it"
+            } else if let expected = stored.fingerprint, stored.offset >= low {
+                let found: String?
+                if let known = fingerprints[stored.offset] {
+                    found = known
+                } else {
                     let message = try await KafkaConsumer.message(
                         at: stored.offset, topic: topic, partition: partition, configuration: settings.kafka, logger: logger)
-                    if message.map(FencedBatch.fingerprint) != String(expected) {
-                        stale = "the message at the stored ingest offset is not the one written (topic re-created?): forgetting it"
-                    }
+                    found = message.map(FencedBatch.fingerprint)
+                    fingerprints[stored.offset] = found
                 }
-                guard let stale else { return StoredState(offset: stored.offset, books: books) }
-                logger.warning(
-                    "\(stale)",
-                    metadata: ["key": "\(settings.offsetsKey)", "partition": "\(partition)", "stored": "\(text)", "low_watermark": "\(low)", "high_watermark": "\(high)"])
-                try await forget(partition, stale: text)
-                return StoredState.none
-            } catch {
-                logger.warning("reading the stored ingest offset failed; retrying", metadata: ["partition": "\(partition)", "error": "\(error)"])
-                try? await Task.sleep(for: backoff)
-                backoff = min(backoff * 2, .seconds(5))
+                if found != String(expected) {
+                    stale = "the message at the stored ingest offset is not the one written (topic re-created?): forgetting it"
+                }
             }
+            guard let stale else {
+                state.fences.append(stored.offset)
+                state.books += books
+                continue
+            }
+            logger.warning(
+                "\(stale)",
+                metadata: ["key": "\(group.fenceKey)", "partition": "\(partition)", "stored": "\(text)", "low_watermark": "\(low)", "high_watermark": "\(high)"])
+            try await forget(partition, in: group, stale: text)
+            state.fences.append(-1)
         }
-        return nil
+        return state
     }
 
-    private func forget(_ partition: Int32, stale: String) async throws {
+    private func forget(_ partition: Int32, in group: IngestSettings.FenceGroup, stale: String) async throws {
         _ = try await redis.send(RedisCommand(
-            "EVAL", FencedBatch.forgetScript, "2", settings.offsetsKey, settings.booksKey, String(partition), stale)).throwingError()
+            "EVAL", FencedBatch.forgetScript, "2", group.fenceKey, group.booksKey, String(partition), stale)).throwingError()
     }
 
-    /// Makes the books of `partition`'s symbols those stored with its offset: restored from their
+    /// Makes the books of `partition`'s symbols those stored with its fences: restored from their
     /// checkpoints, and forgotten where Redis has none (a book this instance built before the partition
     /// went away and came back is no longer the partition's state).
-    private func restore(
-        _ books: [(symbol: String, checkpoint: Substring)], of partition: Int32, into normalizer: inout MarketNormalizer,
-        bookPartitions: inout [String: Int32]
-    ) {
-        let stored = Set(books.map(\.symbol))
-        for (symbol, owner) in bookPartitions where owner == partition && !stored.contains(symbol) {
-            normalizer.removeBook(symbol)
-            bookPartitions[symbol] = nil
+    private func restore(_ stored: [(symbol: String, checkpoint: Substring)], of partition: Int32, into books: inout IngestBooks) {
+        let symbols = Set(stored.map(\.symbol))
+        for (symbol, owner) in books.partitions where owner == partition && !symbols.contains(symbol) {
+            books.normalizer.removeBook(symbol)
+            books.partitions[symbol] = nil
         }
-        for (symbol, checkpoint) in books {
-            if normalizer.restoreBook(symbol, checkpoint: checkpoint) {
-                bookPartitions[symbol] = partition
+        for (symbol, restored) in books.restored where restored.partition == partition { books.restored[symbol] = nil }
+        for (symbol, checkpoint) in stored {
+            if books.normalizer.restoreBook(symbol, checkpoint: checkpoint) {
+                books.partitions[symbol] = partition
+                books.restored[symbol] = (partition, checkpoint)
             } else {
-                bookPartitions[symbol] = nil
+                books.partitions[symbol] = nil
                 logger.error(
                     "stored order book is not a valid checkpoint: starting it afresh (no depth until the next snapshot)",
                     metadata: ["key": "\(settings.booksKey)", "symbol": "\(symbol)", "partition": "\(partition)"])
             }
         }
-        if !books.isEmpty {
-            logger.info("order books restored", metadata: ["partition": "\(partition)", "symbols": "\(books.map(\.symbol).sorted())"])
+        if !stored.isEmpty {
+            logger.info("order books restored", metadata: ["partition": "\(partition)", "symbols": "\(stored.map(\.symbol).sorted())"])
         }
     }
 
@@ -434,24 +549,6 @@ struct IngestService: Service {
         case .resynced(let waitedNs):
             metrics.resynced(symbol: symbol)
             logger.info("order book back in sync after a gap", metadata: ["symbol": "\(symbol)", "waited_ms": "\(waitedNs / 1_000_000)"])
-        }
-    }
-
-    /// Commits after the batch is in Redis. A failed commit is retried a few times, then left to the next
-    /// batch's commit (commits are cumulative per partition); at worst the batch is re-read after a crash.
-    private func commit(_ consumer: KafkaConsumer, _ offsets: [KafkaOffset]) async {
-        var backoff = Duration.milliseconds(50)
-        for attempt in 1...5 {
-            do {
-                try await consumer.commit(offsets)
-                return
-            } catch {
-                metrics.commitFailures.increment()
-                logger.warning("kafka commit failed", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
-                if !error.isRetriable { return }
-                try? await Task.sleep(for: backoff)
-                backoff = backoff * 2
-            }
         }
     }
 }

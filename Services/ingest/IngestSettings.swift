@@ -1,6 +1,7 @@
 import Foundation
 import ServiceKit
 import TEKafka
+import TEModels
 
 /// ingest's environment (DESIGN.md "Environment"), plus the names tests override to run in isolation.
 struct IngestSettings: Sendable {
@@ -23,12 +24,14 @@ struct IngestSettings: Sendable {
     var dlqStream: String
     /// `INGEST_SPREAD_PREFIX`; default `te:spread_bps:`.
     var spreadPrefix: String
-    /// `INGEST_OFFSETS_KEY`: hash of each partition's last written offset (see `FencedBatch`); default
-    /// `te:ingest:offsets:{topic}`. One per (topic, output streams) pair.
+    /// `INGEST_OFFSETS_KEY`: base name of the fences, one hash per fence group `<base>:{tag}` (see
+    /// `FencedBatch`); default `te:ingest:offsets:<topic>`. One per (topic, output streams) pair.
     var offsetsKey: String
-    /// `INGEST_BOOKS_KEY`: hash of the order books stored with those offsets (see `FencedBatch`); default
-    /// `te:ingest:books:{topic}`.
+    /// `INGEST_BOOKS_KEY`: base name of the order books stored with those fences (see `FencedBatch`);
+    /// default `te:ingest:books:<topic>`.
     var booksKey: String
+    /// `STREAM_SHARDS` (DESIGN.md "Shards"): a tick goes to its symbol's shard of `ticksStream`; default 1.
+    var shards: Int
     /// `INGEST_SNAPSHOT_TIMEOUT_MS`: receive time a book may stay out of sync after a gap before ingest
     /// reports the snapshot overdue (`te_ingest_book_snapshot_overdue_total`); default 10000.
     var snapshotTimeoutNs: Int64
@@ -57,10 +60,32 @@ struct IngestSettings: Sendable {
             spreadPrefix: try env.string("INGEST_SPREAD_PREFIX", default: "te:spread_bps:"),
             offsetsKey: try env.string("INGEST_OFFSETS_KEY", default: "te:ingest:offsets:" + topic),
             booksKey: try env.string("INGEST_BOOKS_KEY", default: "te:ingest:books:" + topic),
+            shards: try env.int("STREAM_SHARDS", default: 1, range: 1...4096),
             snapshotTimeoutNs: Int64(try env.int("INGEST_SNAPSHOT_TIMEOUT_MS", default: 10_000, range: 1...86_400_000)) * 1_000_000,
             batchSize: try env.int("INGEST_BATCH_SIZE", default: 500, range: 1...100_000),
             depthLevels: try env.int("INGEST_DEPTH_LEVELS", default: 10, range: 0...1000))
     }
+}
+
+extension IngestSettings {
+    /// One stream ingest writes with its fence (and books) in the stream's slot.
+    struct FenceGroup: Sendable, Equatable {
+        var stream: String
+        var fenceKey: String
+        var booksKey: String
+    }
+
+    /// The tick shards in shard order, then the dead-letter stream (`IngestCycle`'s group numbers).
+    var groups: [FenceGroup] {
+        (StreamKey.allShards(ticksStream, shards: shards) + [dlqStream]).map {
+            FenceGroup(
+                stream: $0, fenceKey: FencedBatch.groupKey(offsetsKey, stream: $0),
+                booksKey: FencedBatch.groupKey(booksKey, stream: $0))
+        }
+    }
+
+    /// The group of `symbol`'s ticks.
+    func shard(of symbol: String) -> Int { StreamKey.shard(of: symbol, shards: shards) }
 }
 
 /// See `IngestSettings.groupInstanceID`. Nil when turned off.

@@ -5,10 +5,13 @@ import ServiceLifecycle
 import TEModels
 import TERedis
 
-/// Every `OUTCOME_SWEEP_MS`: the outcomes the held decisions now have go to `te:outcomes`, each with
-/// the XACK of its `te:audit` entry in ONE MULTI/EXEC, then are released from the state. A crash before
-/// EXEC leaves the entries pending (the restart writes them); after it, nothing is lost or repeated in
-/// `outcomes` (audit-writer inserts on `decision_id`, so even an outcome written twice is one row).
+/// Every `OUTCOME_SWEEP_MS`: the outcomes the held decisions now have go to `te:outcomes`, then their
+/// `te:audit` entries are acknowledged, then they are released from the state. The two streams live in
+/// different Redis Cluster slots (DESIGN.md "Shards": single streams), so they are two steps in an
+/// at-least-once order: an entry is acknowledged only after its outcome is in `te:outcomes`. A crash (or
+/// a lost reply) before the XACK leaves the entries pending and the restart writes their outcomes again;
+/// `te:outcomes` may then hold a decision's outcome twice, and `outcomes` still one row (audit-writer
+/// inserts on `decision_id`). Nothing is lost.
 struct OutcomeSweeper: Service {
     let state: TrackerState
     let redis: RedisConfiguration
@@ -38,18 +41,16 @@ struct OutcomeSweeper: Service {
     }
 
     private func write(_ ready: [OutcomeBook<ContinuousClock.Instant>.Emission], writer: RedisClient) async throws {
-        // Bounded transactions: a backlog after a restart is written in chunks.
+        // Bounded pipelines: a backlog after a restart is written in chunks.
         for start in stride(from: 0, to: ready.count, by: 500) {
             let chunk = ready[start..<min(start + 500, ready.count)]
             var commands: [RedisCommand] = []
             for e in chunk {
                 commands.append(try RedisCommand.xadd(outcomesStream, maxLen: settings.streamMaxLen, message: e.outcome))
             }
-            commands.append(.xack(auditStream, group: group, ids: chunk.map(\.entryID)))
-            let replies = try await writer.transaction(commands)
-            for case .error(let message) in replies {
-                logger.error("outcome command failed inside the transaction", metadata: ["error": "\(message)"])
-            }
+            // A refused XADD fails the chunk before its XACK: the entries stay pending and are retried.
+            for reply in try await writer.pipeline(commands) { try reply.throwingError() }
+            _ = try await writer.send(.xack(auditStream, group: group, ids: chunk.map(\.entryID))).throwingError()
         }
     }
 }

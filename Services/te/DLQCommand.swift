@@ -99,15 +99,18 @@ struct DLQCommand: AsyncParsableCommand {
                     }
                 } else {
                     let fields = try Self.streamFields(ofPayload: letter.payload, id: id)
-                    // XDEL and XADD in one script: only the caller whose XDEL removed the letter adds the
-                    // payload, so a re-drive repeated (or run twice at once) never duplicates it.
+                    // The dead-letter stream and the input live in different Redis Cluster slots: the payload
+                    // goes in first, once per letter id (a marker in the input's slot, checked in the same
+                    // script), then the letter is removed. A re-drive interrupted between the two, repeated or
+                    // run twice at once never adds the payload twice; the next one removes the letter.
                     let reply = try await redis.send(RedisCommand(
-                        ["EVAL", Self.moveScript, "2", stream, source, id] + fields.flatMap { [$0.0, $0.1] }))
-                    if let newID = reply.string {
+                        ["EVAL", Self.addOnceScript, "2", Self.redrivenKey(source), source, id] + fields.flatMap { [$0.0, $0.1] }))
+                    _ = try await redis.send(RedisCommand(["XDEL", stream, id])).throwingError()
+                    if let newID = try reply.throwingError().string {
                         print("\(id) → \(source) \(newID)")
                     } else {
                         missing.append(id)
-                        print("\(id): already re-driven by someone else: nothing sent")
+                        print("\(id): already re-driven (by an earlier or a concurrent re-drive): letter removed, nothing sent")
                     }
                 }
             }
@@ -115,11 +118,16 @@ struct DLQCommand: AsyncParsableCommand {
         }
     }
 
-    /// KEYS: dead-letter stream, input stream; ARGV: letter id, field, value, …
-    static let moveScript = """
-        if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return false end
+    /// Adds the payload to the input unless this letter id was re-driven there before. KEYS: the marker hash
+    /// (`redrivenKey`), input stream; ARGV: letter id, field, value, …; the markers are kept 7 days.
+    static let addOnceScript = """
+        if redis.call('HSETNX', KEYS[1], ARGV[1], '1') == 0 then return false end
+        redis.call('EXPIRE', KEYS[1], 604800)
         return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
         """
+
+    /// The letter ids re-driven into `input`, in `input`'s slot: `te:dlq:redriven:{tag}`.
+    static func redrivenKey(_ input: String) -> String { "te:dlq:redriven:" + StreamKey.hashTag(of: input) }
 
     /// A Kafka letter: removed first (the XDEL that returns 1 owns the re-drive), then produced and
     /// awaited; if the broker refuses it, the letter is put back (under a new id) so nothing is lost.

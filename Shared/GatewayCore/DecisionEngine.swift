@@ -301,16 +301,16 @@ public final class DecisionEngine: Sendable {
 
         // Shadow / canary comparison: the record carries its result. Async: it runs after the answer. Sync:
         // the answer waits for the record, so for the comparison too (one more Triton call, in budget).
-        let comparison: String? =
+        let comparison: Comparison? =
             if let answer, vector != nil, useCanary, answer.version == config.canaryVersion {
-                "canary"
+                .canary
             } else if let answer, vector != nil, canary.shadowing, answer.version == config.modelVersion {
-                "shadow"
+                .shadow
             } else {
                 nil
             }
         if comparison == nil, canaryFailed {
-            record.canary = CanaryResult(version: config.canaryVersion, score: nil, mode: "canary")
+            record.canary = CanaryResult(version: config.canaryVersion, score: nil, mode: Comparison.canary.rawValue)
         }
         // Below debug level this is one level check: the metadata is not built.
         logger.debug(
@@ -355,9 +355,47 @@ public final class DecisionEngine: Sendable {
         span.end()
     }
 
+    /// How the model stage runs its legs; one driver of `FallbackRace` (`modelStage`) for both.
+    enum ModelStageMode {
+        /// Nothing to race (no secondary endpoint, no canary): the primary alone, in the request's own
+        /// task. No task group, timer task or batch task: at one connection those hops cost more than the
+        /// rest of the gateway (stage timestamps: task group + timer ≈ 40 µs, batch task ≈ 10 µs, the
+        /// group's wake-ups ≈ 25 µs at load 8 on 2 cores). The deadline is the Triton call's own (the
+        /// client resets the stream and fails at it), so it holds without a timer.
+        case inline
+        /// Two legs in a task group, with the hedge and the model deadline as timer tasks. `second` runs
+        /// the second leg: the secondary endpoint, or the primary endpoint for a canary's fallback.
+        case race(second: EndpointLane)
+    }
+
     private enum RaceMessage: Sendable {
         case leg(FallbackRace.Leg, Result<Double, InferenceFailure>, Duration)
         case timer(FallbackRace.Event)
+    }
+
+    /// What `.race` asks of the caller's task group.
+    private enum RaceIO {
+        case launch(@Sendable () async -> RaceMessage)
+        case next
+    }
+
+    /// A value per leg, without a dictionary's allocation.
+    private struct PerLeg<Value> {
+        var primary: Value?
+        var secondary: Value?
+
+        subscript(_ leg: FallbackRace.Leg) -> Value? {
+            get { leg == .primary ? primary : secondary }
+            set { if leg == .primary { primary = newValue } else { secondary = newValue } }
+        }
+
+        /// The legs holding a value.
+        var legs: [(FallbackRace.Leg, Value)] {
+            var out: [(FallbackRace.Leg, Value)] = []
+            if let primary { out.append((.primary, primary)) }
+            if let secondary { out.append((.secondary, secondary)) }
+            return out
+        }
     }
 
     /// The model stage. Returns the answer, if any, and whether a canary attempt failed.
@@ -370,200 +408,229 @@ public final class DecisionEngine: Sendable {
         // Reserve for the in-memory fallbacks and writing the answer.
         let reserveUs = min(1000, timeoutUs * 0.1) * (1 + jitter())
         let modelDeadline = hardDeadline - .microseconds(Int64(reserveUs))
-        let hedgeAt = hardDeadline - .microseconds(Int64(timeoutUs)) + .microseconds(Int64(config.hedgeAfter * 1000 * (1 - jitter())))
-
-        let servingPrimary = canary.servingPrimary
-        let primaryVersion = useCanary ? config.canaryVersion : servingPrimary
         // The canary's fallback leg is the primary version: on the secondary, else on the primary endpoint.
-        let secondLane: EndpointLane? = secondary ?? (useCanary ? primary : nil)
-        if secondLane == nil {
-            return (await primaryOnly(vector, deadline: modelDeadline, traced: traced, reasons: &reasons), false)
+        guard let second = secondary ?? (useCanary ? primary : nil) else {
+            return await modelStage(
+                .inline, vector, useCanary: useCanary, deadline: modelDeadline, traced: traced, reasons: &reasons)
         }
-        var race = FallbackRace(hasSecondary: secondLane != nil)
-        var permissions: [FallbackRace.Leg: CircuitBreaker.Permission] = [:]
-        var started: [FallbackRace.Leg: ContinuousClock.Instant] = [:]
-        var canaryFailed = false
-
+        let hedgeAt = hardDeadline - .microseconds(Int64(timeoutUs)) + .microseconds(Int64(config.hedgeAfter * 1000 * (1 - jitter())))
         return await withTaskGroup(of: RaceMessage.self) { group -> (ModelAnswer?, Bool) in
-            func lane(_ leg: FallbackRace.Leg) -> EndpointLane { leg == .primary ? primary : secondLane! }
-            func version(_ leg: FallbackRace.Leg) -> String { leg == .primary ? primaryVersion : servingPrimary }
-
-            // Returns the action after trying to start the leg (a breaker may refuse it).
-            func start(_ leg: FallbackRace.Leg) -> FallbackRace.Action {
-                let l = lane(leg)
-                let permission = l.acquire()
-                guard permission != .rejected else { return race.on(.skipped(leg)) }
-                permissions[leg] = permission
-                started[leg] = .now
-                let v = version(leg)
-                group.addTask {
-                    // The secondary leg is the chain's retry: its span says so.
-                    await Traces.child(leg == .primary ? "model primary" : "fallback secondary", traced: traced) { span in
-                        span?.attributes["triton.endpoint"] = l.label
-                        span?.attributes["model.version"] = v
-                        let t0 = ContinuousClock.now
-                        do throws(InferenceFailure) {
-                            let s = try await l.score(vector, version: v, deadline: modelDeadline)
-                            return .leg(leg, .success(s), .now - t0)
-                        } catch {
-                            span?.setStatus(SpanStatus(code: .error, message: error.kind.rawValue))
-                            return .leg(leg, .failure(error), .now - t0)
-                        }
-                    }
-                }
-                return .wait
-            }
-
-            func finishLeg(_ leg: FallbackRace.Leg, _ outcome: Result<Double, InferenceFailure>?, _ elapsed: Duration) {
-                guard let permission = permissions.removeValue(forKey: leg) else { return }
-                let l = lane(leg)
-                l.record(outcome.map { $0.map { _ in () } }, permission: permission)
-                if case .success = outcome { metrics.triton(endpoint: l.label, version: version(leg), duration: elapsed) }
-                if leg == .primary, useCanary {
-                    switch outcome {
-                    case .success: break  // judged with its disagreement in compare()
-                    case .failure, nil:
-                        canaryFailed = true
-                        metrics.canaryErrors.increment()
-                        observeCanary(.init(failed: true, latencyMs: elapsed.milliseconds, disagreed: nil))
-                    }
-                }
-            }
-
             group.addTask {
                 try? await Task.sleep(until: modelDeadline, clock: .continuous)
                 return .timer(.deadline)
             }
-            if secondLane != nil {
-                group.addTask {
-                    try? await Task.sleep(until: hedgeAt, clock: .continuous)
-                    return .timer(.hedgeDue)
-                }
+            group.addTask {
+                try? await Task.sleep(until: hedgeAt, clock: .continuous)
+                return .timer(.hedgeDue)
             }
-
-            var action = race.start()
-            var result: ModelAnswer?
-            loop: while true {
-                switch action {
-                case .start(let leg):
-                    action = start(leg)
-                    continue loop
-                case .answer, .giveUp:
-                    break loop
-                case .wait:
-                    break
-                }
-                guard let message = await group.next() else { break loop }
-                switch message {
-                case .timer(let event):
-                    action = race.on(event)
-                    if event == .deadline {
-                        for (leg, t0) in started where permissions[leg] != nil {
-                            finishLeg(leg, .failure(InferenceFailure(.timeout, "model deadline")), .now - t0)
-                        }
+            defer { group.cancelAll() }
+            return await modelStage(
+                .race(second: second), vector, useCanary: useCanary, deadline: modelDeadline, traced: traced,
+                reasons: &reasons,
+                io: { request in
+                    switch request {
+                    case .launch(let leg):
+                        group.addTask(operation: leg)
+                        return nil
+                    case .next:
+                        return await group.next()
                     }
-                case .leg(let leg, let outcome, let elapsed):
-                    switch outcome {
-                    case .success(let s):
-                        action = race.on(.succeeded(leg))
-                        if case .answer = action { result = ModelAnswer(score: s, version: version(leg), latency: elapsed) }
-                        finishLeg(leg, outcome, elapsed)
-                    case .failure(let f):
-                        action = race.on(.failed(leg, reason: f.kind == .cancelled ? "timeout" : f.kind.rawValue))
-                        finishLeg(leg, outcome, elapsed)
-                    }
-                }
-            }
-            // Legs still running lost the race to another leg: abandoned, not failed.
-            for (leg, t0) in started where permissions[leg] != nil { finishLeg(leg, nil, .now - t0) }
-            group.cancelAll()
-            reasons.append(contentsOf: race.reasons)
-            return (result, canaryFailed)
+                })
         }
     }
 
-    /// The model stage when there is nothing to race (no secondary endpoint, no canary): the primary
-    /// alone, in the request's own task. No task group, timer task or batch task: at one connection
-    /// those hops cost more than the rest of the gateway (stage timestamps: task group + timer ≈ 40 µs,
-    /// batch task ≈ 10 µs, the group's wake-ups ≈ 25 µs at load 8 on 2 cores). The deadline is the
-    /// Triton call's own (the client resets the stream and fails at it), so it holds without a timer.
-    /// Same reasons, breaker bookkeeping and metrics as the race.
-    private func primaryOnly(
-        _ vector: FeatureVector, deadline: ContinuousClock.Instant, traced: Bool, reasons: inout [String]
-    ) async -> ModelAnswer? {
-        let permission = primary.acquire()
-        guard permission != .rejected else {
-            reasons.append("primary_breaker_open")
-            return nil
+    /// Drives `FallbackRace`: starts the legs it asks for (a breaker may refuse one), feeds it their
+    /// outcomes and the timers, keeps the breakers, metrics and canary monitor. `.inline` runs a leg to
+    /// its end where it starts; `.race` launches it into the caller's task group and waits on it (`io`).
+    private func modelStage(
+        _ mode: ModelStageMode, _ vector: FeatureVector, useCanary: Bool, deadline modelDeadline: ContinuousClock.Instant,
+        traced: Bool, reasons: inout [String],
+        io: (RaceIO) async -> RaceMessage? = { _ in nil }
+    ) async -> (ModelAnswer?, Bool) {
+        let servingPrimary = canary.servingPrimary
+        let primaryVersion = useCanary ? config.canaryVersion : servingPrimary
+        let secondLane: EndpointLane?
+        let inline: Bool
+        switch mode {
+        case .inline: (secondLane, inline) = (nil, true)
+        case .race(let second): (secondLane, inline) = (second, false)
         }
-        let version = canary.servingPrimary
-        let outcome: Result<(Double, Duration), InferenceFailure> = await Traces.child("model primary", traced: traced) { span in
-            span?.attributes["triton.endpoint"] = primary.label
-            span?.attributes["model.version"] = version
-            let t0 = ContinuousClock.now
-            do throws(InferenceFailure) {
-                let score = try await primary.score(vector, version: version, deadline: deadline, inline: true)
-                return .success((score, ContinuousClock.now - t0))
-            } catch {
-                span?.setStatus(SpanStatus(code: .error, message: error.kind.rawValue))
-                return .failure(error)
+        var race = FallbackRace(hasSecondary: secondLane != nil)
+        var permissions = PerLeg<CircuitBreaker.Permission>()
+        var started = PerLeg<ContinuousClock.Instant>()
+        var canaryFailed = false
+
+        func lane(_ leg: FallbackRace.Leg) -> EndpointLane {
+            switch leg {
+            case .primary: return primary
+            case .secondary: return secondLane ?? primary  // FallbackRace never starts it without one
             }
         }
-        switch outcome {
-        case .success(let (score, elapsed)):
-            primary.record(.success(()), permission: permission)
-            metrics.triton(endpoint: primary.label, version: version, duration: elapsed)
-            return ModelAnswer(score: score, version: version, latency: elapsed)
-        case .failure(let error):
-            primary.record(.failure(error), permission: permission)
-            reasons.append("primary_\(error.kind == .cancelled ? "timeout" : error.kind.rawValue)")
-            return nil
+        func version(_ leg: FallbackRace.Leg) -> String { leg == .primary ? primaryVersion : servingPrimary }
+
+        @Sendable func run(_ leg: FallbackRace.Leg, _ l: EndpointLane, _ v: String) async -> RaceMessage {
+            // The secondary leg is the chain's retry: its span says so.
+            await Traces.child(leg == .primary ? "model primary" : "fallback secondary", traced: traced) { span in
+                span?.attributes["triton.endpoint"] = l.label
+                span?.attributes["model.version"] = v
+                let t0 = ContinuousClock.now
+                do throws(InferenceFailure) {
+                    let s = try await l.score(vector, version: v, deadline: modelDeadline, inline: inline)
+                    return .leg(leg, .success(s), .now - t0)
+                } catch {
+                    span?.setStatus(SpanStatus(code: .error, message: error.kind.rawValue))
+                    return .leg(leg, .failure(error), .now - t0)
+                }
+            }
         }
+
+        func finishLeg(_ leg: FallbackRace.Leg, _ outcome: Result<Double, InferenceFailure>?, _ elapsed: Duration) {
+            guard let permission = permissions[leg] else { return }
+            permissions[leg] = nil
+            let l = lane(leg)
+            l.record(outcome.map { $0.map { _ in () } }, permission: permission)
+            if case .success = outcome { metrics.triton(endpoint: l.label, version: version(leg), duration: elapsed) }
+            if leg == .primary, useCanary {
+                switch outcome {
+                case .success: break  // judged with its disagreement in compare()
+                case .failure, nil:
+                    canaryFailed = true
+                    metrics.canaryErrors.increment()
+                    observeCanary(.init(failed: true, latencyMs: elapsed.milliseconds, disagreed: nil))
+                }
+            }
+        }
+
+        var pending: RaceMessage?
+        var action = race.start()
+        var result: ModelAnswer?
+        loop: while true {
+            switch action {
+            case .start(let leg):
+                let l = lane(leg)
+                let permission = l.acquire()
+                guard permission != .rejected else {
+                    action = race.on(.skipped(leg))
+                    continue loop
+                }
+                permissions[leg] = permission
+                started[leg] = .now
+                let v = version(leg)
+                switch mode {
+                case .inline: pending = await run(leg, l, v)
+                case .race: _ = await io(.launch({ await run(leg, l, v) }))
+                }
+            case .answer, .giveUp:
+                break loop
+            case .wait:
+                break
+            }
+            let message: RaceMessage?
+            if let p = pending {
+                (message, pending) = (p, nil)
+            } else {
+                message = await io(.next)
+            }
+            guard let message else { break loop }
+            switch message {
+            case .timer(let event):
+                action = race.on(event)
+                if event == .deadline {
+                    for (leg, t0) in started.legs where permissions[leg] != nil {
+                        finishLeg(leg, .failure(InferenceFailure(.timeout, "model deadline")), .now - t0)
+                    }
+                }
+            case .leg(let leg, let outcome, let elapsed):
+                switch outcome {
+                case .success(let s):
+                    action = race.on(.succeeded(leg))
+                    if case .answer = action { result = ModelAnswer(score: s, version: version(leg), latency: elapsed) }
+                    finishLeg(leg, outcome, elapsed)
+                case .failure(let f):
+                    action = race.on(.failed(leg, reason: f.kind == .cancelled ? "timeout" : f.kind.rawValue))
+                    finishLeg(leg, outcome, elapsed)
+                }
+            }
+        }
+        // Legs still running lost the race to another leg: abandoned, not failed.
+        if permissions.primary != nil || permissions.secondary != nil {
+            for (leg, t0) in started.legs where permissions[leg] != nil { finishLeg(leg, nil, .now - t0) }
+        }
+        reasons.append(contentsOf: race.reasons)
+        return (result, canaryFailed)
     }
 
     // MARK: - Shadow and canary
 
     /// Scores the other version (canary beside a primary answer, or primary beside a canary answer),
     /// records delta/disagreement for the canary, then writes the audit record with the canary result.
-    private func compare(_ vector: FeatureVector, answer: ModelAnswer, mode: String, record: AuditRecord) async
+    /// Which version answered and which is scored beside it (the record's `canary.mode`).
+    enum Comparison: String, Sendable {
+        /// The canary answered; the primary version is scored beside it.
+        case canary
+        /// The primary version answered; the canary is scored beside it.
+        case shadow
+    }
+
+    /// The other version's score in a comparison.
+    private enum OtherScore {
+        case scored(Double)
+        case failed(InferenceFailure)
+        /// Not tried: the primary endpoint's breaker is not closed (the endpoint's trouble, not the canary's).
+        case skipped
+    }
+
+    private func compare(_ vector: FeatureVector, answer: ModelAnswer, mode: Comparison, record: AuditRecord) async
         -> AuditRecord
     {
         var record = record
-        let otherVersion = mode == "canary" ? config.modelVersion : config.canaryVersion
+        let otherVersion: String
+        switch mode {
+        case .canary: otherVersion = config.modelVersion
+        case .shadow: otherVersion = config.canaryVersion
+        }
         let deadline = ContinuousClock.now + .microseconds(Int64(config.scoreTimeoutMs * 1000))
         let t0 = ContinuousClock.now
-        let other: Result<Double, InferenceFailure>
+        let other: OtherScore
         if case .closed = primary.breakerState {
             do throws(InferenceFailure) {
-                other = .success(try await primary.score(vector, version: otherVersion, deadline: deadline))
+                other = .scored(try await primary.score(vector, version: otherVersion, deadline: deadline))
             } catch {
-                other = .failure(error)
+                other = .failed(error)
             }
         } else {
-            other = .failure(InferenceFailure(.unavailable, "primary breaker not closed"))
+            other = .skipped
         }
         let elapsed = ContinuousClock.now - t0
-        let canaryScore: Double? = mode == "canary" ? answer.score : (try? other.get())
-        let primaryScore: Double? = mode == "canary" ? (try? other.get()) : answer.score
+        let otherScore: Double? =
+            switch other {
+            case .scored(let s): s
+            case .failed, .skipped: nil
+            }
+        let (canaryScore, primaryScore): (Double?, Double?)
+        switch mode {
+        case .canary: (canaryScore, primaryScore) = (answer.score, otherScore)
+        case .shadow: (canaryScore, primaryScore) = (otherScore, answer.score)
+        }
         var disagreed: Bool?
         if let canaryScore, let primaryScore {
             metrics.canaryAbsDelta.record(abs(canaryScore - primaryScore))
             disagreed = decision(canaryScore) != decision(primaryScore)
             if disagreed == true { metrics.canaryDisagree.increment() }
         }
-        switch mode {
-        case "canary":
+        switch (mode, other) {
+        case (.canary, _):
             observeCanary(.init(failed: false, latencyMs: answer.latency.milliseconds, disagreed: disagreed))
-        default:
-            if case .success = other {
-                metrics.triton(endpoint: primary.label, version: otherVersion, duration: elapsed)
-                observeCanary(.init(failed: false, latencyMs: elapsed.milliseconds, disagreed: disagreed))
-            } else if case .failure(let f) = other, f.kind != .unavailable || f.message != "primary breaker not closed" {
-                metrics.canaryErrors.increment()
-                observeCanary(.init(failed: true, latencyMs: elapsed.milliseconds, disagreed: nil))
-            }
+        case (.shadow, .scored):
+            metrics.triton(endpoint: primary.label, version: otherVersion, duration: elapsed)
+            observeCanary(.init(failed: false, latencyMs: elapsed.milliseconds, disagreed: disagreed))
+        case (.shadow, .failed):
+            metrics.canaryErrors.increment()
+            observeCanary(.init(failed: true, latencyMs: elapsed.milliseconds, disagreed: nil))
+        case (.shadow, .skipped):
+            break
         }
-        record.canary = CanaryResult(version: config.canaryVersion, score: canaryScore, mode: mode)
+        record.canary = CanaryResult(version: config.canaryVersion, score: canaryScore, mode: mode.rawValue)
         return record
     }
 

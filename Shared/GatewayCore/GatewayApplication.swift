@@ -250,9 +250,9 @@ struct GatewayAPI: Sendable {
 
     /// A 401 (with `WWW-Authenticate`) or 429 (with `Retry-After`) answer.
     static func refusal(_ status: HTTPResponse.Status, _ body: String, retryAfter: Int?) -> Response {
+        let reply = ScoreReply(status: status, json: body, retryAfter: retryAfter)
         var response = json(status, body)
-        if status == .unauthorized { response.headers[.wwwAuthenticate] = "Bearer" }
-        if let retryAfter { response.headers[.retryAfter] = String(retryAfter) }
+        reply.addHeaders(to: &response.headers)
         return response
     }
 
@@ -282,6 +282,8 @@ struct GatewayAPI: Sendable {
 
     // MARK: POST /v1/score
 
+    /// Hummingbird's route, for a score request the fast path left to it (pipelined behind another route's
+    /// request, or `SCORE_FAST_PATH=0`): the same `validate` and `decide` as the fast path.
     func score(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
         let arrival = ContinuousClock.now
         var body: ByteBuffer?  // nil: over the limit, declared or found while reading
@@ -294,24 +296,18 @@ struct GatewayAPI: Sendable {
             }
         }
         // Admitted by `AdmissionMiddleware` (auth and rate limit); looked up again for the client's name.
-        guard case .client(let client) = keys.verdict(authorization: request.headers[.authorization]) else {
-            return Self.refusal(.unauthorized, Self.unauthorizedBody, retryAfter: nil)
-        }
-        switch Self.admitScore(body: body, headers: request.headers) {
-        case .failure(let error): return Self.clientError(error)
-        case .success(let (parsed, requestID)):
-            guard let incoming = Self.traceHeaders(request.headers) else {
-                let (status, body) = ScoreResponseJSON.answer(
-                    await d.engine.score(parsed, requestID: requestID, arrival: arrival, client: client))
-                return Self.json(status, body)
+        let reply: ScoreReply
+        switch keys.verdict(authorization: request.headers[.authorization]) {
+        case .refused: reply = ScoreReply(status: .unauthorized, json: Self.unauthorizedBody)
+        case .client(let client):
+            switch validate(headers: request.headers, body: body, client: client) {
+            case .reply(let r): reply = r
+            case .decide(let admitted): reply = await decide(admitted, arrival: arrival)
             }
-            let (answer, traceparent) = await d.engine.score(
-                parsed, requestID: requestID, arrival: arrival, client: client, trace: incoming)
-            let (status, body) = ScoreResponseJSON.answer(answer)
-            var response = Self.json(status, body)
-            if let traceparent { response.headers[Self.traceparentHeader] = traceparent }
-            return response
         }
+        var response = Self.json(reply.status, reply.json)
+        reply.addHeaders(to: &response.headers)
+        return response
     }
 
     static let traceparentHeader = HTTPField.Name("traceparent")!
@@ -325,13 +321,26 @@ struct GatewayAPI: Sendable {
         return TraceHeaders(parent: parent, state: headers[tracestateHeader])
     }
 
-    /// A score request's validated body and its request id, or the client error to answer; `body` nil =
-    /// over the size limit. Shared by the router's route and the event-loop fast path.
-    static func admitScore(body: ByteBuffer?, headers: HTTPFields) -> Result<(ScoreRequest, String?), RequestError> {
-        guard isJSON(contentType: headers[.contentType]) else { return .failure(notJSON) }
-        guard let body else { return .failure(bodyTooLarge) }
-        return body.withUnsafeReadableBytes { ScoreRequestParser.parseResult($0) }.map {
-            ($0, requestID(headers[requestIDHeader]))
+    /// A score request of an admitted client, ready to decide.
+    struct AdmittedScore: Sendable {
+        var request: ScoreRequest
+        var requestID: String?
+        var client: APIClient
+        var trace: TraceHeaders?
+    }
+
+    /// A client's score request: the 4xx for its headers or body (`body` nil: over the size limit), or the
+    /// request to decide.
+    func validate(headers: HTTPFields, body: ByteBuffer?, client: APIClient) -> ScoreAdmission<AdmittedScore> {
+        guard Self.isJSON(contentType: headers[.contentType]) else { return .reply(Self.notJSON.reply) }
+        guard let body else { return .reply(Self.bodyTooLarge.reply) }
+        switch body.withUnsafeReadableBytes({ ScoreRequestParser.parseResult($0) }) {
+        case .failure(let error): return .reply(error.reply)
+        case .success(let request):
+            return .decide(
+                AdmittedScore(
+                    request: request, requestID: Self.requestID(headers[Self.requestIDHeader]), client: client,
+                    trace: Self.traceHeaders(headers)))
         }
     }
 
@@ -542,5 +551,30 @@ enum ScoreResponseJSON {
 
     static func model(_ m: ModelIdentity) -> String {
         "{\"name\":\"\(JSONText.escape(m.name))\",\"version\":\"\(JSONText.escape(m.version))\",\"hash\":\"\(JSONText.escape(m.hash))\"}"
+    }
+}
+
+extension GatewayAPI: ScoreResponder {
+    /// The fast path's admission: the key and rate limit (`AdmissionMiddleware` on the router), then `validate`.
+    func admit(_ head: HTTPRequest, body: ByteBuffer?) -> ScoreAdmission<AdmittedScore> {
+        switch admit(authorization: head.headerFields[.authorization]) {
+        case .refused(let status, let json, let retryAfter):
+            return .reply(ScoreReply(status: status, json: json, retryAfter: retryAfter))
+        case .admitted(let client):
+            return validate(headers: head.headerFields, body: body, client: client)
+        }
+    }
+
+    /// Decides and encodes. Trace context only when a trace is on or came in: otherwise the untraced call.
+    func decide(_ a: AdmittedScore, arrival: ContinuousClock.Instant) async -> ScoreReply {
+        guard let incoming = a.trace else {
+            let (status, json) = ScoreResponseJSON.answer(
+                await d.engine.score(a.request, requestID: a.requestID, arrival: arrival, client: a.client))
+            return ScoreReply(status: status, json: json)
+        }
+        let (answer, traceparent) = await d.engine.score(
+            a.request, requestID: a.requestID, arrival: arrival, client: a.client, trace: incoming)
+        let (status, json) = ScoreResponseJSON.answer(answer)
+        return ScoreReply(status: status, json: json, traceparent: traceparent)
     }
 }

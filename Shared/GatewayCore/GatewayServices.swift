@@ -321,7 +321,7 @@ public struct AuditStreamWriter: Service {
         var commands: [RedisCommand] = []
         commands.reserveCapacity(batch.count)
         for record in batch {
-            commands.append(.xadd(stream, maxLen: nil, fields: try AuditFields.encode(record)))
+            commands.append(.xadd(stream, maxLen: nil, fields: try record.streamFields()))
         }
         let replies = try await redis.pipeline(commands)
         for reply in replies {

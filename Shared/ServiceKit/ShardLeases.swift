@@ -136,14 +136,19 @@ public struct ShardLeases: Sendable {
     }
 
     /// HSET of `fields` into `key` (with EXPIRE `ttlSeconds`) unless the hash holds a newer `ts_ns`.
+    public static func latest(_ key: String, tsNs: Int64, ttlSeconds: Int, fields: StreamFieldWriter) -> RedisCommand {
+        var c = RedisCommand(
+            name: "EVAL", capacity: latestScript.utf8.count + 64 + key.utf8.count + fields.bytes.count,
+            arguments: 6 + fields.lengths.count)
+        for arg in [latestScript, "1", key, String(tsNs), String(ttlSeconds)] { c.append(arg) }
+        c.append(arguments: fields.bytes, lengths: fields.lengths)
+        return c
+    }
+
     public static func latest(_ key: String, tsNs: Int64, ttlSeconds: Int, fields: [(String, String)]) -> RedisCommand {
-        var args = ["EVAL", latestScript, "1", key, String(tsNs), String(ttlSeconds)]
-        args.reserveCapacity(args.count + fields.count * 2)
-        for (k, v) in fields {
-            args.append(k)
-            args.append(v)
-        }
-        return RedisCommand(args)
+        var writer = StreamFieldWriter()
+        for (name, value) in fields { writer.field(name, value) }
+        return latest(key, tsNs: tsNs, ttlSeconds: ttlSeconds, fields: writer)
     }
 
     // MARK: Replies

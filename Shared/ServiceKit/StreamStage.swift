@@ -79,8 +79,8 @@ public struct StageOutput: Sendable {
     /// XADD of `message` to `stream` (`MAXLEN ~ maxLen` when given), with the trace context `tp` last
     /// when given (see `StreamTrace`).
     public mutating func add<M: StreamMessage>(_ message: M, to stream: String, maxLen: Int?, tp: String? = nil) throws {
-        var fields = try StreamFieldEncoder.encode(message)
-        if let tp { fields.append((StreamTrace.field, tp)) }
+        var fields = try StreamFieldWriter(encoding: message)
+        if let tp { fields.field(StreamTrace.field, tp) }
         commands.append(.xadd(stream, maxLen: maxLen, fields: fields))
     }
 
@@ -92,6 +92,30 @@ public struct StageOutput: Sendable {
 extension RedisCommand {
     /// XADD of a message's stream fields (`v` first).
     public static func xadd<M: StreamMessage>(_ stream: String, maxLen: Int?, message: M) throws -> RedisCommand {
-        .xadd(stream, maxLen: maxLen, fields: try StreamFieldEncoder.encode(message))
+        .xadd(stream, maxLen: maxLen, fields: try StreamFieldWriter(encoding: message))
+    }
+
+    /// XADD of fields a stream codec wrote: the bytes go into the command as they are.
+    public static func xadd(_ stream: String, maxLen: Int?, fields: StreamFieldWriter) -> RedisCommand {
+        var c = RedisCommand(
+            name: "XADD", capacity: 40 + stream.utf8.count + fields.bytes.count, arguments: 6 + fields.lengths.count)
+        c.append(stream)
+        if let maxLen {
+            c.append("MAXLEN")
+            c.append("~")
+            c.append(maxLen)
+        }
+        c.append("*")
+        c.append(arguments: fields.bytes, lengths: fields.lengths)
+        return c
+    }
+
+    /// `HSET key field value …` of fields a stream codec wrote.
+    public static func hset(_ key: String, fields: StreamFieldWriter) -> RedisCommand {
+        var c = RedisCommand(
+            name: "HSET", capacity: 16 + key.utf8.count + fields.bytes.count, arguments: 2 + fields.lengths.count)
+        c.append(key)
+        c.append(arguments: fields.bytes, lengths: fields.lengths)
+        return c
     }
 }

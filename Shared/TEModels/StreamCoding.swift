@@ -88,9 +88,16 @@ public enum StreamKey {
 
 // MARK: - Encoding
 
-/// Encodes a `StreamMessage` into ordered stream fields, `v` first.
+/// Encodes a `StreamMessage` into ordered stream fields, `v` first: the message's own codec
+/// (`StreamFieldEncodable`) when it has one, the Codable encoder for the low-rate rest.
 public enum StreamFieldEncoder {
     public static func encode<M: StreamMessage>(_ message: M) throws -> [(String, String)] {
+        if let typed = message as? any StreamFieldEncodable { return try typed.streamFields().pairs }
+        return try encodeCodable(message)
+    }
+
+    /// The Codable encoder alone: the reference the codecs are tested against.
+    public static func encodeCodable<M: StreamMessage>(_ message: M) throws -> [(String, String)] {
         let encoder = FieldsEncoder()
         encoder.fields.append(("v", String(M.schemaVersion)))
         try message.encode(to: encoder)
@@ -159,8 +166,9 @@ private struct FieldsKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtoco
 enum FieldText {
     /// Shortest text that reads back to the same Double, so stream values round-trip exactly.
     static func double(_ value: Double) -> String {
-        if value == value.rounded(), abs(value) < 1e15 { return String(Int64(value)) }
-        return "\(value)"
+        var bytes: [UInt8] = []
+        StreamFieldWriter.appendScalar(value, to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     static let jsonEncoder: JSONEncoder = {

@@ -48,33 +48,71 @@ enum FastField {
     /// anything else, including numbers JSONDecoder might read differently from `Double(_:)` (out of range,
     /// underflowing to zero).
     static func levels(_ text: String) -> [[Double]]? {
-        var text = text
-        return text.withUTF8 { bytes -> [[Double]]? in
-            var parser = LevelParser(bytes: bytes)
-            return parser.parse()
+        FastJSON.read(text) { (p: inout FastJSON) in p.levels() }
+    }
+
+    /// A feature vector as `JSONTextWriter.features` writes it (keys sorted, no white space).
+    static func features(_ text: String) -> FeatureVector? {
+        FastJSON.read(text) { (p: inout FastJSON) in p.features() }
+    }
+
+    /// `["a","b",…]` of strings without escapes.
+    static func strings(_ text: String) -> [String]? {
+        FastJSON.read(text) { (p: inout FastJSON) in p.strings() }
+    }
+
+    /// A canary result as the audit codec writes it: `{"mode":…,"score":…,"version":…}`, mode and
+    /// score optional.
+    static func canary(_ text: String) -> CanaryResult? {
+        FastJSON.read(text) { (p: inout FastJSON) -> CanaryResult? in
+            guard p.eat(UInt8(ascii: "{")) else { return nil }
+            var mode: String?
+            var score: Double?
+            if p.key("mode") {
+                guard let m = p.string(), p.eat(UInt8(ascii: ",")) else { return nil }
+                mode = m
+            }
+            if p.key("score") {
+                guard let s = p.number(), p.eat(UInt8(ascii: ",")) else { return nil }
+                score = s
+            }
+            guard p.key("version"), let version = p.string(), p.eat(UInt8(ascii: "}")) else { return nil }
+            return CanaryResult(version: version, score: score, mode: mode)
         }
     }
 }
 
-private struct LevelParser {
+/// A reader of the few JSON shapes the codecs write, exactly as written: anything else (white space,
+/// another key order, escapes) answers nil and the Codable decoder decides.
+struct FastJSON {
     let bytes: UnsafeBufferPointer<UInt8>
     var i = 0
 
     init(bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
 
-    mutating func parse() -> [[Double]]? {
+    /// `body` over the whole text; nil unless it consumed all of it.
+    static func read<T>(_ text: String, _ body: (inout FastJSON) -> T?) -> T? {
+        var text = text
+        return text.withUTF8 { bytes -> T? in
+            var p = FastJSON(bytes: bytes)
+            guard let value = body(&p), p.i == bytes.count else { return nil }
+            return value
+        }
+    }
+
+    mutating func levels() -> [[Double]]? {
         guard eat(UInt8(ascii: "[")) else { return nil }
         var out: [[Double]] = []
-        if eat(UInt8(ascii: "]")) { return i == bytes.count ? out : nil }
+        if eat(UInt8(ascii: "]")) { return out }
         repeat {
-            guard let level = inner() else { return nil }
+            guard let level = level() else { return nil }
             out.append(level)
         } while eat(UInt8(ascii: ","))
-        guard eat(UInt8(ascii: "]")), i == bytes.count else { return nil }
+        guard eat(UInt8(ascii: "]")) else { return nil }
         return out
     }
 
-    private mutating func inner() -> [Double]? {
+    private mutating func level() -> [Double]? {
         guard eat(UInt8(ascii: "[")) else { return nil }
         var level: [Double] = []
         level.reserveCapacity(2)
@@ -86,7 +124,71 @@ private struct LevelParser {
         return eat(UInt8(ascii: "]")) ? level : nil
     }
 
-    private mutating func eat(_ byte: UInt8) -> Bool {
+    mutating func features() -> FeatureVector? {
+        guard eat(UInt8(ascii: "{")) else { return nil }
+        var f = FeatureVector(
+            spreadBps: 0, imbalance: 0, depthImbalance: 0, ofiNorm: 0, realizedVolBps: 0, midReturnBps: 0,
+            tickRate: 0, micropriceOffsetBps: 0)
+        guard key("depth_imbalance"), let v0 = number(), eat(UInt8(ascii: ",")) else { return nil }
+        guard key("imbalance"), let v1 = number(), eat(UInt8(ascii: ",")) else { return nil }
+        guard key("microprice_offset_bps"), let v2 = number(), eat(UInt8(ascii: ",")) else { return nil }
+        guard key("mid_return_bps"), let v3 = number(), eat(UInt8(ascii: ",")) else { return nil }
+        guard key("ofi_norm"), let v4 = number(), eat(UInt8(ascii: ",")) else { return nil }
+        guard key("realized_vol_bps"), let v5 = number(), eat(UInt8(ascii: ",")) else { return nil }
+        guard key("spread_bps"), let v6 = number(), eat(UInt8(ascii: ",")) else { return nil }
+        guard key("tick_rate"), let v7 = number(), eat(UInt8(ascii: "}")) else { return nil }
+        f.depthImbalance = v0
+        f.imbalance = v1
+        f.micropriceOffsetBps = v2
+        f.midReturnBps = v3
+        f.ofiNorm = v4
+        f.realizedVolBps = v5
+        f.spreadBps = v6
+        f.tickRate = v7
+        return f
+    }
+
+    mutating func strings() -> [String]? {
+        guard eat(UInt8(ascii: "[")) else { return nil }
+        var out: [String] = []
+        if eat(UInt8(ascii: "]")) { return out }
+        repeat {
+            guard let s = string() else { return nil }
+            out.append(s)
+        } while eat(UInt8(ascii: ","))
+        return eat(UInt8(ascii: "]")) ? out : nil
+    }
+
+    /// `"name":` at the cursor; the cursor moves only when it matches.
+    mutating func key(_ name: StaticString) -> Bool {
+        let n = name.utf8CodeUnitCount
+        guard i + n + 3 <= bytes.count, bytes[i] == UInt8(ascii: "\""), bytes[i + n + 1] == UInt8(ascii: "\""),
+            bytes[i + n + 2] == UInt8(ascii: ":")
+        else { return false }
+        let matches = name.withUTF8Buffer { expected in
+            for k in 0..<n where bytes[i + 1 + k] != expected[k] { return false }
+            return true
+        }
+        guard matches else { return false }
+        i += n + 3
+        return true
+    }
+
+    /// A string without escapes or control characters.
+    mutating func string() -> String? {
+        guard eat(UInt8(ascii: "\"")) else { return nil }
+        let start = i
+        while i < bytes.count, bytes[i] != UInt8(ascii: "\"") {
+            guard bytes[i] >= 0x20, bytes[i] != UInt8(ascii: "\\") else { return nil }
+            i += 1
+        }
+        guard i < bytes.count else { return nil }
+        let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)
+        i += 1
+        return text
+    }
+
+    mutating func eat(_ byte: UInt8) -> Bool {
         guard i < bytes.count, bytes[i] == byte else { return false }
         i += 1
         return true
@@ -95,7 +197,7 @@ private struct LevelParser {
     private func digit(_ at: Int) -> Bool { at < bytes.count && bytes[at] >= 0x30 && bytes[at] <= 0x39 }
 
     /// A JSON number: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
-    private mutating func number() -> Double? {
+    mutating func number() -> Double? {
         let start = i
         var nonZeroDigit = false
         if eat(UInt8(ascii: "-")) {}
@@ -205,7 +307,7 @@ extension FeatureSnapshot: StreamFieldDecodable {
         var tradeVolume: Double?
         var lastPrice: Double?
         var warm = true
-        // Bit i set once feature i (model order) is read.
+        // Bit i set once feature i (model order, FeatureVector.names) is read.
         var seen: UInt8 = 0
         var features = FeatureVector(
             spreadBps: 0, imbalance: 0, depthImbalance: 0, ofiNorm: 0, realizedVolBps: 0, midReturnBps: 0,
@@ -237,11 +339,39 @@ extension FeatureSnapshot: StreamFieldDecodable {
             case "warm":
                 guard let v = FastField.optional(text, FastField.bool) else { return nil }
                 warm = v ?? true
-            default:
-                guard let feature = FeatureVector.fieldsByName[name] else { continue }
+            case "spread_bps":
                 guard let v = FastField.double(text) else { return nil }
-                features[keyPath: feature.path] = v
-                seen |= 1 << feature.index
+                features.spreadBps = v
+                seen |= 1 << 0
+            case "imbalance":
+                guard let v = FastField.double(text) else { return nil }
+                features.imbalance = v
+                seen |= 1 << 1
+            case "depth_imbalance":
+                guard let v = FastField.double(text) else { return nil }
+                features.depthImbalance = v
+                seen |= 1 << 2
+            case "ofi_norm":
+                guard let v = FastField.double(text) else { return nil }
+                features.ofiNorm = v
+                seen |= 1 << 3
+            case "realized_vol_bps":
+                guard let v = FastField.double(text) else { return nil }
+                features.realizedVolBps = v
+                seen |= 1 << 4
+            case "mid_return_bps":
+                guard let v = FastField.double(text) else { return nil }
+                features.midReturnBps = v
+                seen |= 1 << 5
+            case "tick_rate":
+                guard let v = FastField.double(text) else { return nil }
+                features.tickRate = v
+                seen |= 1 << 6
+            case "microprice_offset_bps":
+                guard let v = FastField.double(text) else { return nil }
+                features.micropriceOffsetBps = v
+                seen |= 1 << 7
+            default: continue
             }
         }
         guard versioned, seen == 0xFF, let symbol, let tsNs, let windowMs, let nQuotes, let nTrades, let tradeVolume,
@@ -254,16 +384,177 @@ extension FeatureSnapshot: StreamFieldDecodable {
     }
 }
 
-extension FeatureVector {
-    /// Each feature's stream field name → its position in model order (`names`) and its property, so a
-    /// reader fills the vector by name without a case per feature.
-    static let fieldsByName: [String: (index: Int, path: WritableKeyPath<FeatureVector, Double> & Sendable)] = {
-        let paths: [WritableKeyPath<FeatureVector, Double> & Sendable] = [
-            \.spreadBps, \.imbalance, \.depthImbalance, \.ofiNorm, \.realizedVolBps, \.midReturnBps, \.tickRate,
-            \.micropriceOffsetBps,
-        ]
-        var byName: [String: (index: Int, path: WritableKeyPath<FeatureVector, Double> & Sendable)] = [:]
-        for (index, name) in names.enumerated() { byName[name] = (index, paths[index]) }
-        return byName
-    }()
+extension Signal: StreamFieldDecodable {
+    public static func decodeFast(_ fields: [(String, String)]) -> Signal? {
+        var versioned = false
+        var id: String?
+        var symbol: String?
+        var strategy: String?
+        var direction: Direction?
+        var confidence: Double?
+        var features: FeatureVector?
+        var tsNs: Int64?
+        for (name, text) in fields {
+            switch name {
+            case "v":
+                guard FastField.version(text, schemaVersion: schemaVersion) else { return nil }
+                versioned = true
+            case "id": id = text
+            case "symbol": symbol = text
+            case "strategy": strategy = text
+            case "direction":
+                guard let v = Direction(rawValue: text) else { return nil }
+                direction = v
+            case "confidence":
+                guard let v = FastField.double(text) else { return nil }
+                confidence = v
+            case "features":
+                guard let v = FastField.features(text) else { return nil }
+                features = v
+            case "ts_ns":
+                guard let v = FastField.int64(text) else { return nil }
+                tsNs = v
+            default: continue
+            }
+        }
+        guard versioned, let id, let symbol, let strategy, let direction, let confidence, let features, let tsNs else {
+            return nil
+        }
+        return Signal(
+            id: id, symbol: symbol, strategy: strategy, direction: direction, confidence: confidence, tsNs: tsNs,
+            features: features)
+    }
+}
+
+extension Opportunity: StreamFieldDecodable {
+    public static func decodeFast(_ fields: [(String, String)]) -> Opportunity? {
+        var versioned = false
+        var id: String?
+        var symbol: String?
+        var direction: Direction?
+        var confidence: Double?
+        var strategies: [String]?
+        var signalIds: [String]?
+        var firstTsNs: Int64?
+        var lastTsNs: Int64?
+        var count: Int?
+        var emitReason: String?
+        var conflict: Bool?
+        for (name, text) in fields {
+            switch name {
+            case "v":
+                guard FastField.version(text, schemaVersion: schemaVersion) else { return nil }
+                versioned = true
+            case "id": id = text
+            case "symbol": symbol = text
+            case "direction":
+                guard let v = Direction(rawValue: text) else { return nil }
+                direction = v
+            case "confidence":
+                guard let v = FastField.double(text) else { return nil }
+                confidence = v
+            case "strategies":
+                guard let v = FastField.strings(text) else { return nil }
+                strategies = v
+            case "signal_ids":
+                guard let v = FastField.strings(text) else { return nil }
+                signalIds = v
+            case "first_ts_ns":
+                guard let v = FastField.int64(text) else { return nil }
+                firstTsNs = v
+            case "last_ts_ns":
+                guard let v = FastField.int64(text) else { return nil }
+                lastTsNs = v
+            case "count":
+                guard let v = FastField.int(text) else { return nil }
+                count = v
+            case "emit_reason": emitReason = text == "null" ? nil : text
+            case "conflict":
+                guard let v = FastField.optional(text, FastField.bool) else { return nil }
+                conflict = v
+            default: continue
+            }
+        }
+        guard versioned, let id, let symbol, let direction, let confidence, let strategies, let signalIds,
+            let firstTsNs, let lastTsNs, let count
+        else { return nil }
+        return Opportunity(
+            id: id, symbol: symbol, direction: direction, confidence: confidence, strategies: strategies,
+            signalIds: signalIds, firstTsNs: firstTsNs, lastTsNs: lastTsNs, count: count, emitReason: emitReason,
+            conflict: conflict)
+    }
+}
+
+extension AuditRecord: StreamFieldDecodable {
+    public static func decodeFast(_ fields: [(String, String)]) -> AuditRecord? {
+        var versioned = false
+        var requestId: String?
+        var decisionId: String?
+        var tsNs: Int64?
+        var symbol: String?
+        var decision: Decision?
+        var source: ScoreSource?
+        var latencyUs: Int64?
+        var r = AuditRecord(
+            decisionId: "", requestId: "", tsNs: 0, symbol: "", decision: .abstain, score: nil, source: .abstain,
+            modelName: nil, modelVersion: nil, modelHash: nil, features: nil, featureAgeMs: nil, latencyUs: 0)
+        // An optional field reads as absent when its text is `null` (decodeIfPresent's rule).
+        func optionalText(_ text: String) -> String? { text == "null" ? nil : text }
+        for (name, text) in fields {
+            switch name {
+            case "v":
+                guard FastField.version(text, schemaVersion: schemaVersion) else { return nil }
+                versioned = true
+            case "request_id": requestId = text
+            case "decision_id": decisionId = optionalText(text)
+            case "ts_ns":
+                guard let v = FastField.int64(text) else { return nil }
+                tsNs = v
+            case "symbol": symbol = text
+            case "decision":
+                guard let v = Decision(rawValue: text) else { return nil }
+                decision = v
+            case "score":
+                guard let v = FastField.optional(text, FastField.double) else { return nil }
+                r.score = v
+            case "source":
+                guard let v = ScoreSource(rawValue: text) else { return nil }
+                source = v
+            case "model_name": r.modelName = optionalText(text)
+            case "model_version": r.modelVersion = optionalText(text)
+            case "model_hash": r.modelHash = optionalText(text)
+            case "features":
+                guard let v = FastField.optional(text, FastField.features) else { return nil }
+                r.features = v
+            case "feature_snapshot_id": r.featureSnapshotId = optionalText(text)
+            case "feature_ts_ns":
+                guard let v = FastField.optional(text, FastField.int64) else { return nil }
+                r.featureTsNs = v
+            case "feature_age_ms":
+                guard let v = FastField.optional(text, FastField.double) else { return nil }
+                r.featureAgeMs = v
+            case "latency_us":
+                guard let v = FastField.int64(text) else { return nil }
+                latencyUs = v
+            case "canary":
+                guard let v = FastField.optional(text, FastField.canary) else { return nil }
+                r.canary = v
+            case "reason": r.reason = optionalText(text)
+            case "trace_id": r.traceId = optionalText(text)
+            case "client": r.client = optionalText(text)
+            default: continue
+            }
+        }
+        guard versioned, let requestId, let tsNs, let symbol, let decision, let source, let latencyUs else {
+            return nil
+        }
+        r.requestId = requestId
+        r.decisionId = decisionId ?? requestId
+        r.tsNs = tsNs
+        r.symbol = symbol
+        r.decision = decision
+        r.source = source
+        r.latencyUs = latencyUs
+        return r
+    }
 }

@@ -349,17 +349,9 @@ public struct AuditStore: Sendable {
     /// Shortest text that reads back as the same double (PostgreSQL's float8 input is exact).
     static func text(_ value: Double) -> String { "\(value)" }
 
-    private static let jsonEncoder: JSONEncoder = {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return encoder
-    }()
-
-    /// The feature vector as a JSON object by feature name.
-    static func featuresJSON(_ features: FeatureVector) -> String {
-        // Encoding 8 finite doubles cannot fail.
-        String(decoding: (try? jsonEncoder.encode(features)) ?? Data("{}".utf8), as: UTF8.self)
-    }
+    /// The feature vector as a JSON object by feature name (the stream codec's text; `{}` for a vector
+    /// with a non-finite value, which the gateway never records).
+    static func featuresJSON(_ features: FeatureVector) -> String { features.jsonText ?? "{}" }
 
     // MARK: Reading
 

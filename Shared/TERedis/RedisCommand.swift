@@ -22,11 +22,13 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         for a in args { append(bytes: a) }
     }
 
-    /// An empty command to be filled with `append`; `capacity` is a byte estimate.
-    public init(name: String, capacity: Int = 64) {
+    /// An empty command to be filled with `append`; `capacity` is a byte estimate, `arguments` a count
+    /// estimate (the name included).
+    public init(name: String, capacity: Int = 64, arguments: Int = 8) {
         buffer = []
         buffer.reserveCapacity(capacity)
         lengths = []
+        lengths.reserveCapacity(arguments)
         append(name)
     }
 
@@ -40,6 +42,12 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     public mutating func append(bytes arg: [UInt8]) {
         buffer.append(contentsOf: arg)
         lengths.append(arg.count)
+    }
+
+    /// Appends arguments laid out as one flat buffer plus each one's length (a stream codec's output).
+    public mutating func append(arguments bytes: [UInt8], lengths: [Int]) {
+        buffer.append(contentsOf: bytes)
+        self.lengths.append(contentsOf: lengths)
     }
 
     public var argumentCount: Int { lengths.count }

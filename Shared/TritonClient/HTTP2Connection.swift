@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
+import TECore
 
 /// The gRPC methods of `inference.GRPCInferenceService` this client calls.
 enum GRPCMethod: String, Sendable {
@@ -18,7 +19,7 @@ struct ConnectionSettings: Sendable {
     var host: String
     var port: Int
     var connectTimeout: Duration
-    var reconnectBackoff: Duration
+    var reconnectBackoff: RetryPolicy
     var initialWindowSize: Int32
     var connectionWindowSize: Int32
     /// HTTP/2 PING after this long without a read (nil: no keepalive); see `KeepaliveState`.
@@ -174,25 +175,17 @@ final class HTTP2Connection: Sendable {
     }
 }
 
-/// The connection's lifecycle on its event loop: idle → connecting → ready(session) → idle (lost) … → closed.
-/// Owns the calls waiting for a connect and the single deadline timer of all the connection's calls.
+/// The driver of the connection's lifecycle (`ConnectionStateMachine`) on its event loop: performs the connects,
+/// owns the calls waiting for a connect and the single deadline timer of all the connection's calls.
 final class ConnectionCore {
-    enum State {
-        case idle
-        case connecting
-        case ready(GRPCSessionHandler)
-        case closed
-    }
-
     let eventLoop: any EventLoop
     let settings: ConnectionSettings
     let logger: Logger
     let counters: ConnectionCounters
     let authority: String
-    var state = State.idle
+    var machine: ConnectionStateMachine<GRPCSessionHandler>
     /// Calls waiting for the connection to come up.
     var waiting: [GRPCCall] = []
-    var lastConnectFailure: (at: ContinuousClock.Instant, reason: String)?
     /// One timer for all calls, armed at (or before) the earliest deadline of any unfinished call; when it fires it
     /// expires what is due and re-arms for the next. Most calls finish first and never touch it again.
     var deadlineTimer: Scheduled<Void>?
@@ -204,6 +197,7 @@ final class ConnectionCore {
         self.logger = logger
         self.counters = counters
         authority = "\(settings.host):\(settings.port)"
+        machine = ConnectionStateMachine(backoff: settings.reconnectBackoff)
     }
 
     // MARK: calls
@@ -221,22 +215,20 @@ final class ConnectionCore {
             call.fail(.deadlineExceeded, "deadline passed before the call was sent")
             return
         }
-        switch state {
-        case .ready(let session):
+        switch machine.callStarted(now: .now) {
+        case .submit(let session):
             armDeadline(call.deadline)
             session.submit(call)
-        case .connecting:
+        case .wait:
             armDeadline(call.deadline)
             waiting.append(call)
-        case .idle:
-            if let failure = lastConnectFailure, ContinuousClock.now - failure.at < settings.reconnectBackoff {
-                call.fail(.connection, "\(authority) unreachable: \(failure.reason)")
-                return
-            }
+        case .waitAndConnect:
             armDeadline(call.deadline)
             waiting.append(call)
             connect()
-        case .closed:
+        case .failUnreachable(let reason):
+            call.fail(.connection, "\(authority) unreachable: \(reason)")
+        case .failClosed:
             call.fail(.cancelled, "Triton client is closed")
         }
     }
@@ -245,7 +237,7 @@ final class ConnectionCore {
         call.progress.value.cancelRequested = true
         guard call.progress.value.continuation != nil, !call.isFinished else { return }
         call.fail(.cancelled, "call cancelled")
-        if case .ready(let session) = state { session.reset(call) }
+        if case .ready(let session) = machine.state { session.reset(call) }
     }
 
     // MARK: deadlines
@@ -274,14 +266,13 @@ final class ConnectionCore {
             }
             waiting.removeAll { $0.isFinished }
         }
-        if case .ready(let session) = state { session.expire(now: now, next: &next) }
+        if case .ready(let session) = machine.state { session.expire(now: now, next: &next) }
         if let next { armDeadline(next) }
     }
 
     // MARK: connection lifecycle
 
     func connect() {
-        state = .connecting
         counters.connectsStarted.add(1, ordering: .relaxed)
         let core = NIOLoopBound(self, eventLoop: eventLoop)
         let (s, atto) = settings.connectTimeout.components
@@ -304,16 +295,15 @@ final class ConnectionCore {
             case .success(let channel):
                 // close() ran while connecting: the handler saw a closed core and closes the channel itself;
                 // this covers a channel that had not become active yet.
-                if case .closed = state { channel.close(promise: nil) }
+                if machine.isClosed { channel.close(promise: nil) }
             case .failure(let error):
-                if case .connecting = state { connectFailed(Self.describe(error)) }
+                connectFailed(Self.describe(error))
             }
         }
     }
 
     func connectFailed(_ reason: String) {
-        state = .idle
-        lastConnectFailure = (ContinuousClock.now, reason)
+        guard machine.connectFailed(reason: reason, now: .now, random: Double.random(in: 0..<1)) else { return }
         logger.warning("triton connect failed", metadata: ["endpoint": "\(authority)", "reason": "\(reason)"])
         let calls = waiting
         waiting.removeAll()
@@ -322,9 +312,7 @@ final class ConnectionCore {
 
     /// The session handler's channel is active and its SETTINGS are queued: send the waiting calls.
     func sessionReady(_ session: GRPCSessionHandler) -> Bool {
-        guard case .connecting = state else { return false }
-        state = .ready(session)
-        lastConnectFailure = nil
+        guard machine.sessionReady(session) else { return false }
         logger.debug("triton connected", metadata: ["endpoint": "\(authority)"])
         let calls = waiting
         waiting.removeAll()
@@ -334,27 +322,22 @@ final class ConnectionCore {
 
     /// The session's channel went away; its calls have been failed. The next call reconnects.
     func sessionEnded(_ session: GRPCSessionHandler, reason: String) {
-        guard case .ready(let current) = state, current === session else { return }
-        state = .idle
+        guard machine.sessionEnded(session) else { return }
         logger.warning("triton connection lost", metadata: ["endpoint": "\(authority)", "reason": "\(reason)"])
     }
 
     func close() {
-        let previous = state
-        state = .closed
+        let session = machine.close()
         deadlineTimer?.cancel()
         deadlineTimer = nil
         timerDeadline = nil
         let calls = waiting
         waiting.removeAll()
         for call in calls { call.fail(.cancelled, "Triton client closed") }
-        if case .ready(let session) = previous { session.close(failing: "Triton client closed") }
+        session?.close(failing: "Triton client closed")
     }
 
-    var isClosed: Bool {
-        if case .closed = state { return true }
-        return false
-    }
+    var isClosed: Bool { machine.isClosed }
 
     static func describe(_ error: any Error) -> String {
         // IOError's own description nests "(error set): … (errno: N)"; the system's message alone reads better.

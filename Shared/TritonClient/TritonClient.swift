@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
+import TECore
 
 /// Configuration of a `TritonClient`.
 public struct TritonClientConfiguration: Sendable {
@@ -20,8 +21,11 @@ public struct TritonClientConfiguration: Sendable {
     /// Give up connecting after this long (calls with an earlier deadline fail at their deadline). Default: 1 s.
     public var connectTimeout: Duration = .seconds(1)
     /// After a failed connect, calls fail at once with `.connection` for this long instead of retrying the
-    /// connect on every call. Default: 100 ms.
+    /// connect on every call; doubled after each further failed connect up to `reconnectBackoffMax`, less up to
+    /// 20 % at random. Default: 100 ms.
     public var reconnectBackoff: Duration = .milliseconds(100)
+    /// The longest wait between connects to an unreachable endpoint. Default: 1 s.
+    public var reconnectBackoffMax: Duration = .seconds(1)
     /// HTTP/2 SETTINGS_INITIAL_WINDOW_SIZE we announce (per stream). Default: 16 MiB.
     public var initialWindowSize: Int32 = 16 << 20
     /// Connection-level receive window, raised by WINDOW_UPDATE after the preface. Default: 1 GiB.
@@ -82,7 +86,10 @@ public final class TritonClient: Sendable {
         self.configuration = configuration
         let settings = ConnectionSettings(
             host: configuration.host, port: configuration.port, connectTimeout: configuration.connectTimeout,
-            reconnectBackoff: configuration.reconnectBackoff, initialWindowSize: configuration.initialWindowSize,
+            reconnectBackoff: RetryPolicy(
+                initial: configuration.reconnectBackoff, maximum: max(configuration.reconnectBackoff, configuration.reconnectBackoffMax),
+                jitter: 0.2),
+            initialWindowSize: configuration.initialWindowSize,
             connectionWindowSize: configuration.connectionWindowSize, keepaliveInterval: configuration.keepaliveInterval,
             keepaliveTimeout: configuration.keepaliveTimeout)
         let group = configuration.eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton

@@ -1,3 +1,4 @@
+import TECore
 import FeatureEngine
 import TEModels
 import Testing

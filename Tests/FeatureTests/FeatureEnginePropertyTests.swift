@@ -1,4 +1,5 @@
 import FeatureEngine
+import TECore
 import TEModels
 import Testing
 
@@ -7,19 +8,6 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-
-/// SplitMix64: a seeded generator so a failing sequence can be replayed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// The definition, computed by rescanning everything: keeps all accepted ticks of each symbol and,
 /// for every quote, walks back over its window. Independent of the engine's deques and running sums;

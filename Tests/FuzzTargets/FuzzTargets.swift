@@ -152,6 +152,12 @@ public enum StreamCodecFuzz {
         } catch {
             throw FuzzViolation("\(message) decodes but does not encode: \(error)")
         }
+        // A message's own codec writes exactly the Codable encoding's text (the contract).
+        if message is any StreamFieldEncodable, let reference = try? StreamFieldEncoder.encodeCodable(message),
+            reference.map(\.0) != fields.map(\.0) || reference.map(\.1) != fields.map(\.1)
+        {
+            throw FuzzViolation("the codec writes \(fields); the Codable encoding \(reference)")
+        }
         for (name, value) in fields where ["nan", "inf", "-inf", "+inf"].contains(value.lowercased()) {
             throw FuzzViolation("field \(name) encodes the non-finite \(value) for \(message)")
         }

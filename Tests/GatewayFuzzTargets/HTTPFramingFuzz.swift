@@ -246,7 +246,7 @@ public enum HTTPFramingFuzz {
             switch part {
             case .head(let head):
                 heads += 1
-                current = (head.method == .post && ScoreFastPathHandler.isScorePath(head.path),
+                current = (head.method == .post && ScorePipelineStateMachine.isScorePath(head.path),
                            heads > 1 && isPushUpgrade(head),
                            head.headerFields[.connection]?.lowercased() == "close")
             case .body: break

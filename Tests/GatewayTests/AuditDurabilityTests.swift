@@ -175,7 +175,7 @@ import Testing
                 score: nil, source: .abstain, modelName: nil, modelVersion: nil, modelHash: nil, features: nil,
                 featureAgeMs: nil, latencyUs: 0)
         }
-        _ = try await redis.pipeline(try early.map { .xadd(stream, maxLen: nil, fields: try AuditFields.encode($0)) })
+        _ = try await redis.pipeline(try early.map { .xadd(stream, maxLen: nil, fields: try $0.streamFields()) })
         #expect(try await StreamTrim.trim(redis, stream: stream, maxLen: 10) == 0)  // no group yet: nobody has read them
 
         try await GatewayTestEnv.withGateway(config) { _, client in

@@ -108,11 +108,15 @@ enum RawHTTP {
     /// Writes `chunks` on one new connection to `port` (pausing `pause` between them, so the server
     /// reads them separately), then reads until the server closes the connection: the last request
     /// should carry `Connection: close`.
-    static func exchange(port: Int, _ chunks: [String], pause: Duration = .milliseconds(30)) async throws -> [RawResponse] {
+    /// `halfClose`: shut the client's side after the last chunk (the server answers what it read, then closes).
+    static func exchange(port: Int, _ chunks: [String], pause: Duration = .milliseconds(30), halfClose: Bool = false)
+        async throws -> [RawResponse]
+    {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connect(host: "127.0.0.1", port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
+                        wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: halfClose))
                 }
             }
         let text = try await channel.executeThenClose { inbound, outbound in
@@ -120,6 +124,7 @@ enum RawHTTP {
                 if i > 0 { try await Task.sleep(for: pause) }
                 try await outbound.write(ByteBuffer(string: chunk))
             }
+            if halfClose { outbound.finish() }
             var text = ""
             for try await buffer in inbound { text += String(buffer: buffer) }
             return text

@@ -84,6 +84,24 @@ import Testing
         }
     }
 
+    /// A client that pipelines and then shuts its side gets every answer before the server closes (the fast
+    /// path holds the half-close from Hummingbird, which would end the connection on it, until its answers
+    /// are written).
+    @Test func halfClosedClientGetsItsAnswers() async throws {
+        let config = try GatewayTestEnv.config("fastpath-half-close")
+        try await GatewayTestEnv.withGateway(config, waitForIdentity: false) { _, client in
+            let port = try #require(client.port)
+            let responses = try await RawHTTP.exchange(
+                port: port,
+                [RawHTTP.score(valid, requestID: "hc-1") + RawHTTP.get("/healthz") + RawHTTP.score(valid, requestID: "hc-3")],
+                halfClose: true)
+            try #require(responses.count == 3, "\(responses.map(\.status))")
+            _ = try scored(responses[0], requestID: "hc-1")
+            #expect(responses[1].body == #"{"status":"ok"}"#)
+            _ = try scored(responses[2], requestID: "hc-3")
+        }
+    }
+
     @Test func scoreAnswersMatchTheRouterPath() async throws {
         // Same request on both paths: same decision, score and source (features in the request, so the
         // answer is a pure function of the model).

@@ -11,6 +11,29 @@ import Testing
 import FoundationNetworking
 #endif
 
+/// One Binance spot recording per symbol (the two symbols fall in different shards of 3).
+let twoSymbols = ["BTCUSDT": spotBTC, "ETHUSDT": "/work/shared/data/binance/spot_ethusdt_20240808.gz"]
+
+/// Waits until each symbol's shard stream holds its expected ticks, then checks that it holds exactly those,
+/// in order (every field, depth included) and no other symbol's.
+func expectShards(
+    _ h: IngestHarness, _ expected: [String: [Tick]], stream: (String) -> String, ingest: ChildProcess, timeout: Duration
+) async throws {
+    for (symbol, ticks) in expected {
+        let complete = await TestEnv.eventually(timeout: timeout, every: .milliseconds(200)) {
+            ((try? await h.redis.xlen(stream(symbol))) ?? 0) >= ticks.count
+        }
+        #expect(complete, "\(symbol): ingest: \(ingest.output().suffix(3000))")
+    }
+    try await Task.sleep(for: .seconds(1))
+    for (symbol, ticks) in expected {
+        let written = try await h.redis.xrange(stream(symbol)).map { try StreamFieldDecoder.decode(Tick.self, from: $0.fields) }
+        #expect(written.allSatisfy { $0.symbol == symbol })
+        #expect(written.count == ticks.count, "\(symbol)")
+        #expect(written == ticks, "\(symbol): first difference at \(zip(written, ticks).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? -1)")
+    }
+}
+
 /// What must hold at ingest's ends across kills, retention and bad bytes (issue 18).
 @Suite("ingest: state across restarts, offset resets, binary dead letters, readiness", .serialized, .timeLimit(.minutes(6)))
 struct IngestEndsTests {
@@ -19,7 +42,12 @@ struct IngestEndsTests {
         let h = try IngestHarness()
         defer { Task { await h.cleanup() } }
         let clean = h.ticks + ":clean"
-        defer { Task { _ = try? await h.redis.del([clean, h.offsetsKey + ":clean", h.offsetsKey + ":books:clean"]) } }
+        defer {
+            Task {
+                let fences = [clean, h.dlq + ":clean"].flatMap { ["\(h.offsetsKey):clean:{\($0)}", "\(h.offsetsKey):books:clean:{\($0)}"] }
+                _ = try? await h.redis.del([clean, h.dlq + ":clean"] + fences)
+            }
+        }
         // The uninterrupted run: another group reading the same topic into streams and fences of its own.
         let reference = try h.startIngest([
             "KAFKA_GROUP": "clean", "INGEST_TICKS_STREAM": clean, "INGEST_OFFSETS_KEY": h.offsetsKey + ":clean",
@@ -62,12 +90,55 @@ struct IngestEndsTests {
         let firstDifference = zip(restarted, uninterrupted).enumerated().first { $0.element.0 != $0.element.1 }?.offset
         #expect(firstDifference == nil, "first difference at \(firstDifference ?? -1): \(firstDifference.map { "\(restarted[$0]) vs \(uninterrupted[$0])" } ?? "")")
         #expect(restored == 3, "every restart after the first stop restored the books from Redis")
-        let books = try await h.redis.hgetall("te:ingest:books:" + h.topic)
+        let books = try await h.redis.hgetall(h.booksKey)
         #expect(books["BTCUSDT"].map { $0.contains(" binance 1 synced ") } == true, "\(books.keys)")
         ingest.terminate()
         reference.terminate()
         _ = try await ingest.waitForExit(timeout: .seconds(20))
         _ = try await reference.waitForExit(timeout: .seconds(20))
+    }
+
+    /// DESIGN.md "Shards" on a Redis Cluster: each tick in its symbol's shard, each shard's fence and books in
+    /// that shard's slot (every script one slot), te:dlq fenced on its own; kills mid-replay write nothing twice.
+    @Test("STREAM_SHARDS=3 on the Redis Cluster, SIGKILL ×2 mid-replay: each symbol's shard holds its ticks once, in order, with depth")
+    func shardedOnTheCluster() async throws {
+        let h = try IngestHarness(redisURL: try TestEnv.redisClusterURL())
+        defer { Task { await h.cleanup() } }
+        let shards = 3
+        let recordings = twoSymbols
+        let limit = 2500
+        var expected: [String: [Tick]] = [:]
+        for (symbol, path) in recordings { expected[symbol] = try expectedTicks(path, limit: limit) }
+        // ETHUSDT and BTCUSDT fall in different shards of 3 (shard 1 stays empty).
+        let stream = { (symbol: String) in StreamKey.sharded(h.ticks, shard: StreamKey.shard(of: symbol, shards: shards), of: shards) }
+        #expect(Set(expected.keys.map(stream)).count == 2)
+        var ingest = try h.startIngest(["STREAM_SHARDS": "\(shards)"])
+        let replays = recordings.values.map { path in Task { try await h.replay(path, ["--speed", "30", "--limit", "\(limit)"]) } }
+        let total = expected.values.reduce(0) { $0 + $1.count }
+        for stop in 1...2 {
+            let reached = await TestEnv.eventually(timeout: .seconds(60), every: .milliseconds(20)) {
+                var n = 0
+                for symbol in expected.keys { n += (try? await h.redis.xlen(stream(symbol))) ?? 0 }
+                return n > total * stop / 3
+            }
+            #expect(reached, "stop \(stop): ingest: \(ingest.output().suffix(2000))")
+            ingest.kill9()
+            _ = try await ingest.waitForExit()
+            ingest = try h.startIngest(["STREAM_SHARDS": "\(shards)"])
+        }
+        for replay in replays { try await replay.value }
+        // Only each symbol in its shard, every tick once, in order, with the depth of an uninterrupted run.
+        try await expectShards(h, expected, stream: stream, ingest: ingest, timeout: .seconds(90))
+        #expect(try await h.redis.xlen(StreamKey.sharded(h.ticks, shard: 1, of: shards)) == 0)
+        // Each shard's fence is its own hash in its own slot; shard 1 got fence updates only.
+        for k in 0..<shards {
+            let fence = try await h.redis.hgetall("te:ingest:offsets:\(h.topic):{\(k)}")
+            #expect(!fence.isEmpty, "shard \(k) has no fence")
+        }
+        let books = try await h.redis.hgetall("te:ingest:books:\(h.topic):{\(StreamKey.shard(of: "BTCUSDT", shards: shards))}")
+        #expect(books["BTCUSDT"] != nil, "\(books.keys)")
+        ingest.terminate()
+        #expect(try await ingest.waitForExit(timeout: .seconds(20)) == 0)
     }
 
     @Test("retention deletes unread messages: te_ingest_offset_resets_total, a JSON log line naming the range, a te:dlq entry; no raw librdkafka line")

@@ -18,11 +18,16 @@ struct IngestHarness {
     let ticks: String
     let dlq: String
     let spreadPrefix: String
-    /// ingest's default `INGEST_OFFSETS_KEY` for the topic: the partitions' last written offsets.
+    /// ingest's fence of the (unsharded) tick stream under the default `INGEST_OFFSETS_KEY`: the partitions'
+    /// last offsets written there. Each fence group's hash carries its stream's hash tag (one Cluster slot).
     let offsetsKey: String
+    /// The books stored with that fence (default `INGEST_BOOKS_KEY`).
+    let booksKey: String
     let redis: RedisClient
+    /// The Redis (or Redis Cluster) ingest writes to.
+    let redisURL: String
 
-    init(partitions: Int = 3) throws {
+    init(partitions: Int = 3, redisURL: String? = nil) throws {
         cluster = try KafkaMockCluster(brokers: 1)
         let name = TestEnv.uniqueName("ingest")
         topic = "ticks-" + name.replacingOccurrences(of: ":", with: "-")
@@ -30,15 +35,17 @@ struct IngestHarness {
         ticks = name + ":ticks"
         dlq = name + ":dlq"
         spreadPrefix = name + ":spread:"
-        offsetsKey = "te:ingest:offsets:" + topic
-        redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "test")
+        offsetsKey = "te:ingest:offsets:\(topic):{\(ticks)}"
+        booksKey = "te:ingest:books:\(topic):{\(ticks)}"
+        self.redisURL = try redisURL ?? TestEnv.redisURL()
+        redis = RedisClient(configuration: try RedisConfiguration(url: self.redisURL), name: "test")
     }
 
     var environment: [String: String] {
         [
             "KAFKA_BROKERS": cluster.bootstrapServers, "KAFKA_TOPIC": topic, "INGEST_TICKS_STREAM": ticks,
             "INGEST_DLQ_STREAM": dlq, "INGEST_SPREAD_PREFIX": spreadPrefix, "METRICS_PORT": "0",
-            "KAFKA_CONF_session_timeout_ms": "6000", "REDIS_URL": (try? TestEnv.redisURL()) ?? "",
+            "KAFKA_CONF_session_timeout_ms": "6000", "REDIS_URL": redisURL,
             "LOG_LEVEL": "info",
         ]
     }
@@ -69,7 +76,11 @@ struct IngestHarness {
     }
 
     func cleanup() async {
-        _ = try? await redis.del([ticks, dlq, offsetsKey, "te:ingest:books:" + topic])
+        let shards = (0..<4).flatMap { ["\(ticks):{\($0)}", "te:ingest:offsets:\(topic):{\($0)}", "te:ingest:books:\(topic):{\($0)}"] }
+        // One key per DEL: on a cluster they live in different slots.
+        for key in [ticks, dlq, offsetsKey, booksKey, "te:ingest:offsets:\(topic):{\(dlq)}", "te:ingest:books:\(topic):{\(dlq)}"] + shards {
+            _ = try? await redis.del([key])
+        }
         redis.close()
     }
 }
@@ -138,7 +149,7 @@ struct IngestTests {
         #expect(Set(letters.map(\.payload)) == Set(garbage))
         #expect(letters.allSatisfy { $0.stage == "ingest" && ($0.source ?? "").hasPrefix("kafka:\(h.topic)/") })
         let spread = try await h.redis.get(h.spreadPrefix + "BTCUSDT")
-        #expect(spread.flatMap(Double.init) != nil)
+        #expect(spread.flatMap(Double.init) != nil, "ingest output: \(ingest.output().suffix(2000))")
         ingest.terminate()
         #expect(try await ingest.waitForExit(timeout: .seconds(20)) == 0)
     }

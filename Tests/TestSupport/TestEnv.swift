@@ -18,6 +18,14 @@ public enum TestEnv {
         return url
     }
 
+    /// `REDIS_CLUSTER_URL` (the shared 3-master cluster `make test` starts), or an error that fails the test.
+    public static func redisClusterURL() throws -> String {
+        guard let url = ProcessInfo.processInfo.environment["REDIS_CLUSTER_URL"], !url.isEmpty else {
+            throw MissingServerError(variable: "REDIS_CLUSTER_URL")
+        }
+        return url
+    }
+
     public static func redisConfiguration() throws -> RedisConfiguration {
         try RedisConfiguration(url: redisURL())
     }

@@ -54,7 +54,7 @@ struct EventLoopTests {
         let row = sampleRows(1, seed: 21, weights: weights)
         let caller = EventLoopCaller(loop: loops[1])
         let result = try await caller.infer(client, row: row)
-        expectScores(result.scores, rows: row, weights: weights)
+        try expectScores(result.scores, rows: row, weights: weights)
         #expect(result.onLoopBefore && result.onLoopAfter, "the call started and resumed on the caller's loop")
         var after = client.connectionStatistics
         #expect(after[1].callsStartedOnLoop == 1 && after[1].callsHandedOver == 0)
@@ -64,7 +64,7 @@ struct EventLoopTests {
         // A caller that is on no loop of the group is handed over to one.
         let scores = try await client.infer(
             model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(10)))
-        expectScores(scores, rows: row, weights: weights)
+        try expectScores(scores, rows: row, weights: weights)
         after = client.connectionStatistics
         #expect(after.map(\.callsHandedOver).reduce(0, +) == 1)
         #expect(after.map(\.callsStartedOnLoop).reduce(0, +) == 1)
@@ -93,7 +93,7 @@ struct EventLoopTests {
         let next = sampleRows(1, seed: 5, weights: weights)
         let scores = try await client.infer(
             model: modelName, version: "1", rows: next, rowCount: 1, deadline: deadline(.seconds(10)))
-        expectScores(scores, rows: next, weights: weights)
+        try expectScores(scores, rows: next, weights: weights)
         #expect(client.connectionStatistics[0].connectsStarted == 1, "the same connection served the next call")
         client.close()
     }

@@ -74,7 +74,7 @@ struct KeepaliveTests {
         func infer(within budget: Duration) async throws -> [Float] {
             try await client.infer(model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(budget))
         }
-        expectScores(try await infer(within: .seconds(10)), rows: row, weights: weights)
+        try expectScores(try await infer(within: .seconds(10)), rows: row, weights: weights)
 
         // Idle for more than three intervals: no PINGs (Triton answers the third PING on a connection
         // without calls with GOAWAY too_many_pings).
@@ -87,7 +87,7 @@ struct KeepaliveTests {
         let slow = try await client.infer(
             model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(30)),
             parameters: [("delay_ms", .int64(1000))])
-        expectScores(slow, rows: row, weights: weights)
+        try expectScores(slow, rows: row, weights: weights)
         #expect(client.connectionStatistics[0].keepalivePings > pingsBefore)
         #expect(client.connectionStatistics[0].keepaliveTimeouts == 0)
         #expect(client.connectionStatistics[0].connectsStarted == 1)
@@ -113,7 +113,7 @@ struct KeepaliveTests {
                 try await Task.sleep(for: .milliseconds(100))
             }
         }
-        expectScores(after, rows: row, weights: weights)
+        try expectScores(after, rows: row, weights: weights)
         #expect(after.count == 1)
         #expect(client.connectionStatistics[0].connectsStarted >= 2, "the answer came over a new connection")
     }

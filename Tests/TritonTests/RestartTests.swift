@@ -2,15 +2,19 @@ import Foundation
 import Testing
 import TritonClient
 
-/// A private tritonserver (own ports, own state dir) that this test stops and restarts, so the shared server is
-/// never disturbed. Started through scripts/dev-triton.sh, the same path `make dev-up` uses.
-private struct PrivateTriton {
+/// A private tritonserver (own ports, own state dir, optionally its own model repository) that a test stops,
+/// restarts or feeds a tampered artefact, so the shared server is never disturbed. Started through
+/// scripts/dev-triton.sh, the same path `make dev-up` uses.
+struct PrivateTriton {
     let grpcPort: Int
     let httpPort: Int
     let metricsPort: Int
     let state: URL
+    /// TRITON_MODEL_REPOSITORY for dev-triton.sh; nil: the checkout's deploy/triton/model_repository.
+    var modelRepository: URL?
 
-    init() throws {
+    init(modelRepository: URL? = nil) throws {
+        self.modelRepository = modelRepository
         grpcPort = try freePort()
         httpPort = try freePort()
         metricsPort = try freePort()
@@ -22,8 +26,15 @@ private struct PrivateTriton {
     /// Process notices the child's exit through a descriptor that the backgrounded tritonserver inherits, so it
     /// would wait for the server to exit too.
     func start() async throws {
+        let status = try await runScript()
+        try #require(status == 0, "dev-triton.sh failed (\(status)); see \(state.path)/logs/triton.log")
+    }
+
+    /// dev-triton.sh's exit status: 0 once versions 1 and 2 are READY.
+    func runScript() async throws -> Int32 {
         var env = ProcessInfo.processInfo.environment
         env["TRITON_STATE"] = state.path
+        if let modelRepository { env["TRITON_MODEL_REPOSITORY"] = modelRepository.path }
         if env["TRITON_VENV"] == nil { env["TRITON_VENV"] = repositoryRoot.appendingPathComponent(".dev/venv").path }
         let script = repositoryRoot.appendingPathComponent("scripts/dev-triton.sh").path
         let arguments: [String] = [script, String(grpcPort), String(httpPort), String(metricsPort)]
@@ -52,11 +63,17 @@ private struct PrivateTriton {
         try #require(rc == 0, "posix_spawn dev-triton.sh: \(rc)")
         var status: Int32 = 0
         while waitpid(pid, &status, WNOHANG) == 0 { try await Task.sleep(for: .milliseconds(50)) }
-        try #require(status == 0, "dev-triton.sh failed (\(status)); see \(state.path)/logs/triton.log")
+        return status
+    }
+
+    /// The server's log (dev-triton.sh writes it under the state dir).
+    func log() -> String {
+        (try? String(contentsOf: state.appendingPathComponent("logs/triton.log"), encoding: .utf8)) ?? ""
     }
 
     /// The server's process group, recorded by dev-triton.sh.
     func processGroup() throws -> Int32? {
+        guard FileManager.default.fileExists(atPath: state.appendingPathComponent("run/triton.pgid").path) else { return nil }
         let text = try String(contentsOf: state.appendingPathComponent("run/triton.pgid"), encoding: .utf8)
         return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
     }
@@ -89,7 +106,7 @@ struct RestartTests {
         let row = sampleRows(1, seed: 11, weights: weights)
         let before = try await client.infer(
             model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(10)))
-        expectScores(before, rows: row, weights: weights)
+        try expectScores(before, rows: row, weights: weights)
 
         let group = try #require(try server.processGroup())
         #expect(kill(-group, 0) == 0)
@@ -116,7 +133,7 @@ struct RestartTests {
                 try await Task.sleep(for: .milliseconds(200))
             }
         }
-        expectScores(after, rows: row, weights: weights)
+        try expectScores(after, rows: row, weights: weights)
         #expect(after.count == 1)
     }
 }

@@ -13,23 +13,80 @@ func tritonURL() throws -> String {
         "TRITON_URL is not set: run `make dev-up` and source .dev/env (tests need a real Triton)")
 }
 
-/// The committed weights of one version, and the model's own math (model.py) in Double.
+/// The committed artefact of one version (its manifest weights.json) and what it should score, computed outside
+/// Triton: a logistic version with model.py's formula in Double, a LightGBM version by
+/// deploy/triton/score_reference.py (lightgbm's own predict + the isotonic map, in the train venv).
 struct ModelWeights: Decodable {
+    let kind: String
+    /// Training means and standard deviations of the features (every kind), for sampling rows.
     let mean: [Double]
     let std: [Double]
-    let coef: [Double]
-    let intercept: Double
+    let coef: [Double]?
+    let intercept: Double?
+    var directory = URL(fileURLWithPath: "/")
+
+    enum CodingKeys: String, CodingKey { case kind, mean, std, coef, intercept }
+
+    static func directory(version: String) -> URL {
+        repositoryRoot.appendingPathComponent("deploy/triton/model_repository/\(modelName)/\(version)")
+    }
 
     static func load(version: String) throws -> ModelWeights {
-        let url = repositoryRoot.appendingPathComponent("deploy/triton/model_repository/\(modelName)/\(version)/weights.json")
-        return try JSONDecoder().decode(ModelWeights.self, from: Data(contentsOf: url))
+        let dir = directory(version: version)
+        var weights = try JSONDecoder().decode(ModelWeights.self, from: Data(contentsOf: dir.appendingPathComponent("weights.json")))
+        weights.directory = dir
+        return weights
     }
 
-    func score(_ row: ArraySlice<Float>) -> Double {
-        var z = intercept
-        for (i, x) in row.enumerated() { z += coef[i] * (Double(x) - mean[i]) / std[i] }
-        return 1 / (1 + exp(-z))
+    /// The expected score of each row (rows: 8 features each).
+    func scores(_ rows: [Float]) throws -> [Double] {
+        switch kind {
+        case "logistic_regression":
+            let coef = try #require(coef), intercept = try #require(intercept)
+            return stride(from: 0, to: rows.count, by: 8).map { start in
+                var z = intercept
+                for i in 0..<8 { z += coef[i] * (Double(rows[start + i]) - mean[i]) / std[i] }
+                return 1 / (1 + exp(-z))
+            }
+        case "lightgbm":
+            return try referenceScores(rows, versionDirectory: directory)
+        default:
+            throw ReferenceScoreError(description: "unknown model kind \(kind)")
+        }
     }
+}
+
+struct ReferenceScoreError: Error, CustomStringConvertible { let description: String }
+
+/// Runs deploy/triton/score_reference.py on `rows` with the train venv's Python (`TE_PYTHON`, else
+/// .dev/venv-train, which `make test` installs). The FP32 features go over as the exact Doubles they are.
+func referenceScores(_ rows: [Float], versionDirectory: URL) throws -> [Double] {
+    let python = ProcessInfo.processInfo.environment["TE_PYTHON"].flatMap { $0.isEmpty ? nil : $0 }
+        ?? repositoryRoot.appendingPathComponent(".dev/venv-train/bin/python").path
+    let input = FileManager.default.temporaryDirectory.appendingPathComponent("rows-\(UUID().uuidString).csv")
+    defer { try? FileManager.default.removeItem(at: input) }
+    let text = stride(from: 0, to: rows.count, by: 8).map { start in
+        rows[start..<start + 8].map { "\(Double($0))" }.joined(separator: ",")
+    }.joined(separator: "\n")
+    try Data((text + "\n").utf8).write(to: input)
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: python)
+    process.arguments = [repositoryRoot.appendingPathComponent("deploy/triton/score_reference.py").path, versionDirectory.path, input.path]
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    let errors = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else {
+        throw ReferenceScoreError(description: "score_reference.py (\(python)) exited \(process.terminationStatus): \(String(decoding: errors, as: UTF8.self))")
+    }
+    let scores = String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap { Double($0) }
+    guard scores.count * 8 == rows.count else {
+        throw ReferenceScoreError(description: "score_reference.py gave \(scores.count) scores for \(rows.count / 8) rows")
+    }
+    return scores
 }
 
 /// Deterministic feature rows spread around the training distribution (mean ± 2 std).
@@ -47,11 +104,12 @@ func sampleRows(_ count: Int, seed: UInt64, weights: ModelWeights) -> [Float] {
     return rows
 }
 
-func expectScores(_ scores: [Float], rows: [Float], weights: ModelWeights, sourceLocation: SourceLocation = #_sourceLocation) {
+/// Served FP32 scores against the expected Double ones: equal up to the FP32 rounding of the answer.
+func expectScores(_ scores: [Float], rows: [Float], weights: ModelWeights, sourceLocation: SourceLocation = #_sourceLocation) throws {
     #expect(scores.count * 8 == rows.count, sourceLocation: sourceLocation)
-    for (i, score) in scores.enumerated() {
-        let expected = weights.score(rows[(i * 8)..<(i * 8 + 8)])
-        #expect(abs(Double(score) - expected) < 1e-5, "row \(i): \(score) vs \(expected)", sourceLocation: sourceLocation)
+    let expected = try weights.scores(rows)
+    for (i, score) in scores.enumerated() where i < expected.count {
+        #expect(abs(Double(score) - expected[i]) < 1e-6, "row \(i): \(score) vs \(expected[i])", sourceLocation: sourceLocation)
     }
 }
 
@@ -100,7 +158,7 @@ struct TritonServerTests {
             let row = Array(rows[(i * 8)..<(i * 8 + 8)])
             let scores = try await client.infer(
                 model: modelName, version: version, rows: row, rowCount: 1, deadline: deadline(.seconds(10)))
-            expectScores(scores, rows: row, weights: weights)
+            try expectScores(scores, rows: row, weights: weights)
         }
     }
 
@@ -111,7 +169,7 @@ struct TritonServerTests {
         let rows = sampleRows(rowCount, seed: UInt64(rowCount), weights: weights)
         let scores = try await client.infer(
             model: modelName, version: version, rows: rows, rowCount: rowCount, deadline: deadline(.seconds(10)))
-        expectScores(scores, rows: rows, weights: weights)
+        try expectScores(scores, rows: rows, weights: weights)
     }
 
     @Test func thousandConcurrentCallsOnOneConnection() async throws {
@@ -131,7 +189,7 @@ struct TritonServerTests {
             for try await (i, s) in group { scores[i] = s }
             return scores
         }
-        expectScores(results, rows: rows, weights: weights)
+        try expectScores(results, rows: rows, weights: weights)
     }
 
     @Test func deadlineShorterThanTheModelReturnsOnTimeAndTheConnectionStaysUsable() async throws {
@@ -152,7 +210,7 @@ struct TritonServerTests {
         #expect(elapsed < .seconds(5), "deadline error came after \(elapsed)")
         let scores = try await client.infer(
             model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(10)))
-        expectScores(scores, rows: row, weights: weights)
+        try expectScores(scores, rows: row, weights: weights)
     }
 
     @Test func taskCancellationEndsTheCall() async throws {

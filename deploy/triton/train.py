@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
-"""Trains and evaluates `trade_eligibility` honestly, writes REPORT.md and the served version 1.
+"""Trains and evaluates `trade_eligibility` honestly, writes REPORT.md and the served versions 1 and 2.
 
-Features: `te features` over every Binance recording in ../shared/data/binance (the serving feature code).
-Label: DESIGN.md "Model quality" (eligible = |ln(mid_{t+H}/mid_t)|*1e4 > spread_t/2 + cost), from
+Features: `te features` over every Binance recording in ../shared/data/binance (the serving feature code), COIN-M
+included. Label: DESIGN.md "Model quality" (eligible = |ln(mid_{t+H}/mid_t)|*1e4 > spread_t/2 + cost), from
 `te features --label` when TE_LABEL=1 (columns return_bps, eligible), else from label.py (independent Python);
 when both exist they are compared and the mismatch count is reported.
 
-Splits (by receive time, all instruments together): day 2024-07-18 is always training (the oldest data); the
-2024-08-08 evening window is cut into 6 equal blocks B0..B5. Walk-forward folds: train on 07-18 + B0..B(k-2),
-calibrate on B(k-1), validate on Bk (k = 2, 3); the final model trains on 07-18 + B0..B2, calibrates on B3 and is
-tested once on B4+B5 (the latest ~115 s: out of time). Before every boundary the last H + 5 s of the earlier
-segment are purged (its labels look across the boundary; 5 s more of embargo).
+Splits (by receive time): each day's window (all its instruments) is cut into 6 equal blocks B0..B5, and block k of
+every day is one segment, so every fold holds both regimes (the calm 2024-07-18, the busy 2024-08-08 evening).
+Walk-forward folds: train on B0..B(k-2), calibrate on B(k-1), validate on Bk (k = 2, 3); the final model trains on
+B0..B2, calibrates on B3 and is tested once on B4+B5 (the last third of every day: out of time). Before every
+boundary the last H + 5 s of the earlier block are purged (its labels look across the boundary; 5 s of embargo).
 
-Models: constant (training base rate), v1 as committed, logistic regression (standardised, L2, Newton) + Platt,
-LightGBM + isotonic. Calibration is always fitted on the fold after the training data.
+Models: constant (training base rate), v1 and v2 as served before (previous_v*_weights.json), logistic regression
+(standardised, L2, Newton) + Platt, LightGBM + isotonic. Calibration is always fitted on the fold after the training
+data, pooled over days and instruments. The report has ECE and Brier per day and per instrument out of time.
 Gate: a candidate replaces v1 only when its out-of-time Brier beats the constant's and v1's with a block-bootstrap
-95 % interval of the difference excluding zero; otherwise the report says "no edge" and what ships is the
-calibrated model that is no worse than the constant (ECE <= 0.05), a near-constant if need be.
+95 % interval of the difference excluding zero; otherwise the report says "no edge" and what ships as v1 is the
+calibrated model that is no worse than the constant (ECE <= 0.05), a near-constant if need be. Version 2 (the
+canary) is the LightGBM candidate (booster file + calibration map, served by model.py with lightgbm) unless it is
+v1; the live rollout judges it against v1 on realised outcomes.
 """
 import argparse
 import csv
@@ -44,6 +47,8 @@ N_BLOCKS = 6
 GAP_EXTRA_NS = 5_000_000_000
 SEED = 17
 LEFT_OUT = []  # recordings te features gave no rows for
+LOAD_BEFORE = "?"
+FRESH = []  # recordings whose `te features` CSV this run made (the others came from the cache)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -52,6 +57,7 @@ def te_features(te, path, cache_dir, with_label, horizon_ms, cost_bps):
     tag = f"{os.path.basename(path)}.{'label' if with_label else 'plain'}.{horizon_ms}.{cost_bps}.csv"
     out = os.path.join(cache_dir, tag)
     if not os.path.exists(out):
+        FRESH.append(os.path.basename(path))
         cmd = [te, "features", path, "-o", out + ".tmp"] + (["--label"] if with_label else [])
         env = dict(os.environ, OUTCOME_HORIZON_MS=str(horizon_ms), OUTCOME_COST_BPS=str(cost_bps))
         r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, env=env)
@@ -98,28 +104,33 @@ def load(te, recordings, cache_dir, use_te_label, horizon_ms, cost_bps):
 
 
 def split(data, horizon_ms):
-    """Assigns each row a segment: 'D' (oldest day) or block index 0..N_BLOCKS-1 of the latest day; purges gaps."""
-    latest = max(d["day"] for d in data)
-    lo = min(d["ts"][0] for d in data if d["day"] == latest)
-    hi = max(d["ts"][-1] for d in data if d["day"] == latest) + 1
-    edges = np.linspace(lo, hi, N_BLOCKS + 1).astype(np.int64)
+    """Cuts each day's window (all its instruments) into N_BLOCKS equal blocks by receive time and assigns each row
+    its block index; rows in the last H + 5 s before a block boundary are purged (segment -99: in none). Block k of
+    every day is one walk-forward segment, so every fold and the out-of-time test hold rows of every day."""
+    edges = {}
     gap = horizon_ms * 1_000_000 + GAP_EXTRA_NS
+    for day in sorted({d["day"] for d in data}):
+        lo = min(d["ts"][0] for d in data if d["day"] == day)
+        hi = max(d["ts"][-1] for d in data if d["day"] == day) + 1
+        edges[day] = np.linspace(lo, hi, N_BLOCKS + 1).astype(np.int64)
     for d in data:
-        if d["day"] != latest:
-            d["seg"] = np.full(len(d["ts"]), -1)  # -1: the older day, always training
-            continue
-        seg = np.searchsorted(edges, d["ts"], side="right") - 1
-        seg = np.clip(seg, 0, N_BLOCKS - 1)
+        e = edges[d["day"]]
+        seg = np.clip(np.searchsorted(e, d["ts"], side="right") - 1, 0, N_BLOCKS - 1)
         purged = np.zeros(len(seg), dtype=bool)
-        for e in edges[1:-1]:
-            purged |= (d["ts"] >= e - gap) & (d["ts"] < e)
-        seg[purged] = -99  # purged: in no segment
+        for b in e[1:-1]:
+            purged |= (d["ts"] >= b - gap) & (d["ts"] < b)
+        seg[purged] = -99
         d["seg"] = seg
-    return latest, edges
+    return edges
 
 
-def rows(data, segs):
-    m = [np.isin(d["seg"], segs) for d in data]
+def instrument(name):
+    """The instrument of a recording name: market and symbol without the day (usdm_btcusdt_20240808 -> usdm_btcusdt)."""
+    return re.sub(r"_\d{8}$", "", name)
+
+
+def rows(data, segs, days=None):
+    m = [np.isin(d["seg"], segs) & (days is None or d["day"] in days) for d in data]
     X = np.concatenate([d["X"][k] for d, k in zip(data, m)])
     y = np.concatenate([d["y"][k] for d, k in zip(data, m)])
     inst = np.concatenate([np.full(k.sum(), i) for i, k in enumerate(m)])
@@ -258,10 +269,10 @@ def block_bootstrap(y, p_a, p_b, inst, ts, block_ns=5_000_000_000, n=1000, seed=
 
 
 # ----------------------------------------------------------------------------------------------- one fold
-def run_fold(data, train_segs, calib_segs, test_segs, v1, v2, models_out=None):
-    Xtr, ytr, _, _ = rows(data, train_segs)
-    Xca, yca, _, _ = rows(data, calib_segs)
-    Xte, yte, ite, tte = rows(data, test_segs)
+def run_fold(data, train_segs, calib_segs, test_segs, v1, v2, models_out=None, train_days=None, test_days=None):
+    Xtr, ytr, _, _ = rows(data, train_segs, train_days)
+    Xca, yca, _, _ = rows(data, calib_segs, train_days)
+    Xte, yte, ite, tte = rows(data, test_segs, test_days)
     const = float(ytr.mean())
     t0 = time.time()
     lr = fit_logistic(Xtr, ytr)
@@ -276,8 +287,8 @@ def run_fold(data, train_segs, calib_segs, test_segs, v1, v2, models_out=None):
     preds = {
         "constant (train base rate)": np.full(len(yte), const),
         "constant (calibration-fold base rate)": np.full(len(yte), const_cal),
-        "v1 (committed)": sigmoid(logistic_z(v1, Xte)),
-        "v2 (canary, kept)": sigmoid(logistic_z(v2, Xte)),
+        "v1 (served before)": sigmoid(logistic_z(v1, Xte)),
+        "v2 (canary before)": sigmoid(logistic_z(v2, Xte)),
         "logistic (uncalibrated)": sigmoid(logistic_z(lr, Xte)),
         "logistic + Platt": sigmoid(logistic_z(lr_cal, Xte)),
         "LightGBM (uncalibrated)": gbm.predict(Xte),
@@ -322,15 +333,29 @@ def set_config_hash(version, digest):
         f.write(config)
 
 
-def write_version(version, weights, ref):
-    """weights.json names the sha256 of reference.json beside it, so sha256(weights.json) — the artefact hash
-    in config.pbtxt that model.py checks and the gateway reads — covers both files."""
+def write_version(version, manifest, ref, blobs=None):
+    """Writes one version directory: reference.json and the files in `blobs` (name -> bytes), then the manifest
+    weights.json with `files` = {name: sha256} of all of them, so sha256(weights.json) — the artefact hash in
+    config.pbtxt that model.py checks and the gateway reads — covers every file the version loads. Files of an
+    earlier artefact that the new manifest does not name are removed (model.py stays)."""
     vdir = os.path.join(MODEL_DIR, str(version))
-    ref_sha = write_bytes(os.path.join(vdir, "reference.json"), (json.dumps(ref, indent=1, sort_keys=True) + "\n").encode())
-    weights = dict(weights, reference_sha256=ref_sha)
-    digest = write_bytes(os.path.join(vdir, "weights.json"), (json.dumps(weights, indent=2, sort_keys=True) + "\n").encode())
+    blobs = dict(blobs or {}, **{"reference.json": (json.dumps(ref, indent=1, sort_keys=True) + "\n").encode()})
+    files = {name: write_bytes(os.path.join(vdir, name), data) for name, data in sorted(blobs.items())}
+    for name in os.listdir(vdir):
+        if name not in files and name not in ("model.py", "weights.json", "__pycache__"):
+            os.remove(os.path.join(vdir, name))
+    manifest = dict(manifest, files=files)
+    digest = write_bytes(os.path.join(vdir, "weights.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     set_config_hash(version, digest)
     return digest
+
+
+def lightgbm_artefact(gbm, iso):
+    """The booster in LightGBM's text format and its isotonic map (breakpoints for numpy.interp) as JSON."""
+    booster = gbm.model_to_string().encode()
+    cal = {"kind": "isotonic", "x": [float(v) for v in iso[0]], "y": [float(v) for v in iso[1]],
+           "apply": "score = numpy.interp(booster.predict(x), x, y): piecewise linear, clamped at both ends"}
+    return {"model.txt": booster, "calibration.json": (json.dumps(cal, indent=1) + "\n").encode()}
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -387,24 +412,28 @@ def main():
     else:
         args.te_label = args.te_label == "yes"
     t_start = time.time()
+    global LOAD_BEFORE
+    LOAD_BEFORE = " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
     data = load(args.te, args.recordings, args.cache, args.te_label, args.horizon_ms, args.cost_bps)
     t_load = time.time() - t_start
-    latest, edges = split(data, args.horizon_ms)
-    # v1 as it served before this training (kept beside this script so re-running compares against the same model)
-    v1 = json.load(open(os.path.join(HERE, "previous_v1_weights.json")))
+    edges = split(data, args.horizon_ms)
+    days = sorted(edges)
+    # The versions that served before this training (kept beside this script so re-running compares against the
+    # same models): v1 the primary, v2 the canary.
     as_model = lambda w: {k: np.asarray(w[k], dtype=float) if k != "intercept" else float(w[k]) for k in ("mean", "std", "coef", "intercept")}
-    v1 = as_model(v1)
-    v2 = as_model(json.load(open(os.path.join(MODEL_DIR, "2", "weights.json"))))
+    v1 = as_model(json.load(open(os.path.join(HERE, "previous_v1_weights.json"))))
+    v2 = as_model(json.load(open(os.path.join(HERE, "previous_v2_weights.json"))))
 
     folds = []
     for k in (2, 3):
-        res = run_fold(data, [-1] + list(range(k - 1)), [k - 1], [k], v1, v2)
-        folds.append((f"fold {k - 1}: train 07-18 + B0..B{k - 2}, calibrate B{k - 1}, validate B{k}", res))
+        res = run_fold(data, list(range(k - 1)), [k - 1], [k], v1, v2)
+        folds.append((f"fold {k - 1}: train B0..B{k - 2}, calibrate B{k - 1}, validate B{k} (every day)", res))
     final = {}
-    oot = run_fold(data, [-1, 0, 1, 2], [3], [4, 5], v1, v2, final)
-    # Another regime: the calm day, from models that never saw it (not out of time; not used by the gate).
-    other_day = run_fold(data, [0, 1, 2], [3], [-1], v1, v2)
+    oot = run_fold(data, [0, 1, 2], [3], [4, 5], v1, v2, final)
+    # Leave one day out (diagnostic, not the gate): models that never saw the calm day, judged on all of it.
+    calm, busy = days[0], days[-1]
+    other_day = run_fold(data, [0, 1, 2], [3], list(range(N_BLOCKS)), v1, v2, train_days=[busy], test_days=[calm])
 
     # Candidate: the better calibrated learner on the validation folds (mean Brier), never chosen on out-of-time.
     cands = ["logistic + Platt", "LightGBM + isotonic"]
@@ -412,43 +441,59 @@ def main():
     y, inst, ts = final["yte"], final["ite"], final["tte"]
     P = final["preds"]
     ci_const = block_bootstrap(y, P[cand], P["constant (train base rate)"], inst, ts)
-    ci_v1 = block_bootstrap(y, P[cand], P["v1 (committed)"], inst, ts)
+    ci_v1 = block_bootstrap(y, P[cand], P["v1 (served before)"], inst, ts)
     edge = ci_const[1] > 0 and ci_v1[1] > 0
-    ship_ok = lambda name: oot[name]["ece"] <= 0.05 and oot[name]["brier"] <= oot[name]["brier_const"]
+    calibrated = lambda name: oot[name]["ece"] <= 0.05 and oot[name]["brier"] <= oot[name]["brier_const"]
     if edge:
         ship = cand
     else:
-        ship = next((n for n in ["logistic + Platt", "constant (calibration-fold base rate)"] if ship_ok(n)),
+        ship = next((n for n in ["v1 (served before)", "logistic + Platt", "constant (calibration-fold base rate)"] if calibrated(n)),
                     "constant (calibration-fold base rate)")
-    ci_recent = block_bootstrap(y, P[cand], P["constant (calibration-fold base rate)"], inst, ts)
+    # The canary: the LightGBM candidate whenever it is not the primary already, so the quality-gated rollout judges
+    # it against the primary on realised outcomes; if LightGBM ships as v1, the calibrated fallback is the canary.
+    canary = "LightGBM + isotonic" if ship != "LightGBM + isotonic" else "constant (calibration-fold base rate)"
     ci_ship = block_bootstrap(y, P[ship], P["constant (train base rate)"], inst, ts)
-    ci_ship_v1 = block_bootstrap(y, P[ship], P["v1 (committed)"], inst, ts)
+    ci_ship_v1 = block_bootstrap(y, P[ship], P["v1 (served before)"], inst, ts)
+    ci_canary = block_bootstrap(y, P[canary], P[ship], inst, ts)
 
-    # --- the artefact (version 1 = primary); version 2 stays the committed, deliberately different canary.
+    # Per day and per instrument, out of time.
+    day_of = np.array([d["day"] for d in data])[inst]
+    inst_of = np.array([instrument(d["name"]) for d in data])[inst]
+    shown = ["constant (train base rate)", "constant (calibration-fold base rate)", "v1 (served before)",
+             "logistic + Platt", "LightGBM + isotonic"]
+
+    # --- the artefact: version 1 = primary, version 2 = canary.
     ref = reference(final["Xtr"])
     label_def = {"horizon_ms": args.horizon_ms, "cost_bps": args.cost_bps,
                  "definition": "eligible = |ln(mid_at_horizon/mid_at_decision)|*1e4 > spread_bps_at_decision/2 + cost_bps (DESIGN.md Model quality)",
                  "source": "te features --label" if args.te_label else "deploy/triton/label.py"}
-    if ship == "LightGBM + isotonic":
-        sys.exit("train.py: LightGBM passed the gate; serving it needs model.py's tree path (not written yet)")
-    m = final["lr_cal"] if ship == "logistic + Platt" else {
-        "mean": final["Xtr"].mean(axis=0), "std": np.where(final["Xtr"].std(axis=0) > 0, final["Xtr"].std(axis=0), 1.0),
-        "coef": np.zeros(len(FEATURES)), "intercept": logit(final["const_cal"])}
-    weights = {"model": "trade_eligibility", "version": 1, "kind": "logistic_regression", "features": FEATURES,
-               "mean": [float(x) for x in m["mean"]], "std": [float(x) for x in m["std"]],
-               "coef": [float(x) for x in m["coef"]], "intercept": float(m["intercept"]),
-               "label": label_def,
-               "training": {"shipped": ship, "edge": bool(edge), "platt": list(final["platt"]) if ship == "logistic + Platt" else None,
-                            "train": "2024-07-18 + 2024-08-08 B0..B2", "calibration": "2024-08-08 B3",
-                            "out_of_time": "2024-08-08 B4..B5", "recordings": [d["name"] for d in data],
-                            "oot_brier": oot[ship]["brier"], "oot_brier_const": oot[ship]["brier_const"],
-                            "oot_ece": oot[ship]["ece"], "oot_base_rate": oot[ship]["base_rate"]}}
-    digest = None if args.no_write else write_version(1, weights, ref)
+    mean = final["Xtr"].mean(axis=0)
+    std = np.where(final["Xtr"].std(axis=0) > 0, final["Xtr"].std(axis=0), 1.0)
+
+    def artefact(version, name):
+        """(manifest, blobs) of one shipped model; `mean`/`std` of the training rows are in every manifest."""
+        training = {"shipped": name, "edge": bool(edge), "train": "B0..B2 of every day", "calibration": "B3 of every day",
+                    "out_of_time": "B4..B5 of every day", "recordings": [d["name"] for d in data],
+                    "oot_brier": oot[name]["brier"], "oot_brier_const": oot[name]["brier_const"],
+                    "oot_ece": oot[name]["ece"], "oot_base_rate": oot[name]["base_rate"]}
+        if name == "v1 (served before)":
+            training.update(train="kept from the previous training (previous_v1_weights.json)", calibration=None)
+        manifest = {"model": "trade_eligibility", "version": version, "features": FEATURES, "label": label_def,
+                    "training": training, "mean": [float(x) for x in mean], "std": [float(x) for x in std]}
+        if name == "LightGBM + isotonic":
+            return dict(manifest, kind="lightgbm", booster="model.txt", calibration="calibration.json"), \
+                lightgbm_artefact(final["gbm"], final["iso"])
+        m = final["lr_cal"] if name == "logistic + Platt" else v1 if name == "v1 (served before)" else {
+            "mean": mean, "std": std, "coef": np.zeros(len(FEATURES)), "intercept": logit(final["const_cal"])}
+        training["platt"] = list(final["platt"]) if name == "logistic + Platt" else None
+        return dict(manifest, kind="logistic_regression", mean=[float(x) for x in m["mean"]], std=[float(x) for x in m["std"]],
+                    coef=[float(x) for x in m["coef"]], intercept=float(m["intercept"])), {}
+
+    digests = {}
     if not args.no_write:
-        # The canary keeps its committed weights (a deliberately different model); it gets its own reference.
-        v2 = json.load(open(os.path.join(MODEL_DIR, "2", "weights.json")))
-        v2.pop("reference_sha256", None)
-        write_version(2, v2, ref)
+        for version, name in ((1, ship), (2, canary)):
+            manifest, blobs = artefact(version, name)
+            digests[version] = write_version(version, manifest, ref, blobs)
     t_total = time.time() - t_start
 
     # --- report
@@ -464,14 +509,25 @@ def main():
                  f"{'not compared (te --label not used)' if d['mismatch'] is None else d['mismatch']} |")
     if LEFT_OUT:
         L += ["", "Left out (te features gave no rows: every message rejected): " + ", ".join(LEFT_OUT) + "."]
-    L += ["", f"Latest day {latest}: window {fmt_t(edges[0])}–{fmt_t(edges[-1])} UTC cut into {N_BLOCKS} blocks of "
-          f"{(edges[1] - edges[0]) / 1e9:.1f} s: " + ", ".join(f"B{i} from {fmt_t(e)}" for i, e in enumerate(edges[:-1])) + ".",
-          f"Before each boundary {(args.horizon_ms * 1e6 + GAP_EXTRA_NS) / 1e9:.0f} s are purged (H + 5 s embargo). "
-          "2024-07-18 is the oldest day and always training. Out of time = B4+B5, used once, for the gate.", "",
-          "| segment | rows | base rate |", "| --- | --- | --- |"]
-    for s, nm in [([-1], "2024-07-18 (all)")] + [([i], f"B{i}") for i in range(N_BLOCKS)]:
-        _, ys, _, _ = rows(data, s)
-        L.append(f"| {nm} | {len(ys)} | {ys.mean():.3f} |")
+    L += [""]
+    for day in days:
+        e = edges[day]
+        L.append(f"Day {day}: window {fmt_t(e[0])}–{fmt_t(e[-1])} UTC cut into {N_BLOCKS} blocks of "
+                 f"{(e[1] - e[0]) / 1e9:.1f} s: " + ", ".join(f"B{i} from {fmt_t(x)}" for i, x in enumerate(e[:-1])) + ".")
+    L += ["", f"Every day is cut the same way and block k of every day is one segment, so each fold trains, calibrates "
+          f"and tests on both regimes (the calm {calm} and the busy {busy} evening). Before each boundary "
+          f"{(args.horizon_ms * 1e6 + GAP_EXTRA_NS) / 1e9:.0f} s are purged (H + 5 s embargo). Out of time = B4+B5 "
+          f"(the last third of each day), used once, for the gate. For {calm} the out-of-time rows are later than that "
+          f"day's training rows but earlier than {busy}'s: out of sample, not a forecast; the leave-one-day-out table "
+          "below is the stricter test for it.", "",
+          "| segment | " + " | ".join(f"{day} rows | {day} base rate" for day in days) + " |",
+          "| --- |" + " --- | --- |" * len(days)]
+    for i in range(N_BLOCKS):
+        cells = []
+        for day in days:
+            _, ys, _, _ = rows(data, [i], [day])
+            cells += [str(len(ys)), f"{ys.mean():.3f}" if len(ys) else "—"]
+        L.append(f"| B{i} | " + " | ".join(cells) + " |")
     # Why no feature carries over: the eligible rate by realized-volatility quintile (cut points from the final
     # training rows) moves from block to block more than between quintiles.
     vi = FEATURES.index("realized_vol_bps")
@@ -479,22 +535,55 @@ def main():
     L += ["", "Eligible rate by `realized_vol_bps` quintile (cuts " + ", ".join(f"{x:.2f}" for x in q) +
           " bps from the final training rows; rows in parentheses):", "",
           "| segment | q1 | q2 | q3 | q4 | q5 |", "| --- | --- | --- | --- | --- | --- |"]
-    for s_, nm in [([-1], "2024-07-18")] + [([i], f"B{i}") for i in range(N_BLOCKS)]:
-        Xs, ys, _, _ = rows(data, s_)
-        b = np.searchsorted(q, Xs[:, vi])
-        L.append(f"| {nm} | " + " | ".join(f"{ys[b == k].mean():.3f} ({(b == k).sum()})" if (b == k).any() else "—"
-                                            for k in range(5)) + " |")
+    for day in days:
+        for i in range(N_BLOCKS):
+            Xs, ys, _, _ = rows(data, [i], [day])
+            b = np.searchsorted(q, Xs[:, vi])
+            L.append(f"| {day} B{i} | " + " | ".join(f"{ys[b == k].mean():.3f} ({(b == k).sum()})" if (b == k).any() else "—"
+                                                     for k in range(5)) + " |")
     L += ["", "Per-instrument normalisation: not applied. The serving input is the 8 features only (no symbol), "
           "so a per-instrument transform could not be reproduced by Triton; the features are already scale-free "
           "(bps, ratios) except `tick_rate`.", "", "## Per fold (walk-forward, validation)", ""]
     for title, res in folds:
         L += table(title, res)
-    L += ["## Out of time (B4+B5, the latest data; the gate)", ""]
-    L += table("train 07-18 + B0..B2, calibrate B3, test B4+B5", oot)
-    L += ["## Another day (diagnostic, not the gate)", "",
-          "Trained on 08-08 B0..B2 only, calibrated on B3, tested on 2024-07-18 (a calm day: no eligible quote). "
-          "It shows what a model calibrated on one evening says on a different regime.", ""]
-    L += table("train 08-08 B0..B2, calibrate B3, test 2024-07-18", other_day)
+    L += ["## Out of time (B4+B5 of every day; the gate)", ""]
+    L += table("train B0..B2, calibrate B3, test B4+B5 (every day)", oot)
+    L += ["### Per day and per instrument, out of time", "",
+          "| model | group | n | base rate | Brier | Brier const | ECE |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in shown:
+        for label_, mask in [(f"day {day}", day_of == day) for day in days] + \
+                            [(f"{i}", inst_of == i) for i in sorted(set(inst_of))]:
+            if mask.any():
+                m = metrics(y[mask], P[name][mask], final["const"])
+                L.append(f"| {name} | {label_} | {m['n']} | {fmt(m['base_rate'], 3)} | {fmt(m['brier'])} | "
+                         f"{fmt(m['brier_const'])} | {fmt(m['ece'], 3)} |")
+    # The aim (issue #17): ECE <= 0.05 out of time on every day; say which day misses and why.
+    busy_rates = [rows(data, [i], [busy])[1].mean() for i in range(N_BLOCKS)]
+    L += ["", "### Calibration across days", ""]
+    for version, name in ((1, ship), (2, canary)):
+        misses = []
+        for day in days:
+            m = day_of == day
+            e = ece(y[m], P[name][m])
+            if e > 0.05:
+                misses.append(f"{day} (ECE {e:.3f}: mean score {P[name][m].mean():.3f} against an eligible rate of "
+                              f"{y[m].mean():.3f})")
+        L.append(f"* v{version} ({name}): " + ("ECE <= 0.05 on every day." if not misses else "misses on " + "; ".join(misses) + "."))
+    raw_ece = {day: ece(y[day_of == day], P["LightGBM (uncalibrated)"][day_of == day]) for day in days}
+    calib_rows = {day: len(rows(data, [3], [day])[1]) for day in days}
+    L += ["", "Why a day misses. The uncalibrated booster does tell the calm day apart (its ECE there is "
+          f"{raw_ece[calm]:.3f}) but not the busy evening's level ({raw_ece[busy]:.3f}); the busy evening's base rate "
+          f"moves from block to block ({', '.join(f'B{i} {r:.3f}' for i, r in enumerate(busy_rates))}) more than any "
+          "feature explains, so a probability calibrated on B3 is off on B4+B5. The calibration map is monotone in "
+          f"the score and fitted on B3 pooled over days, which is {calib_rows[busy]} rows of {busy} and "
+          f"{calib_rows[calm]} of {calm}: it lifts the calm day's low scores to the busy evening's rates for "
+          "scores that low. Fitting the map differently (Platt, per volatility bucket) did not bring both days under 0.05 in trials outside this script either; that needs an input that carries the regime "
+          "(e.g. volatility over minutes, or the instrument's recent eligible rate): a change to DESIGN.md's feature "
+          "vector, not to training."]
+    L += ["", f"## Another day (diagnostic, not the gate)", "",
+          f"Trained on {busy} B0..B2 only, calibrated on {busy} B3, tested on all of {calm}: models that never saw "
+          "the calm day.", ""]
+    L += table(f"train {busy} B0..B2, calibrate B3, test {calm}", other_day)
     L += ["Brier const = Brier of the training base rate. ECE: 10 equal-width bins. precision@0.5: eligible rate among "
           "scores >= 0.5 (— when no score reaches it); coverage: share of scores >= 0.5.", "",
           "## Gate", "",
@@ -502,36 +591,45 @@ def main():
           "| comparison (out of time) | Brier difference (positive = first is better) | 95 % block-bootstrap interval | blocks |",
           "| --- | --- | --- | --- |",
           f"| {cand} vs constant | {ci_const[0]:+.5f} | [{ci_const[1]:+.5f}, {ci_const[2]:+.5f}] | {ci_const[3]} |",
-          f"| {cand} vs v1 | {ci_v1[0]:+.5f} | [{ci_v1[1]:+.5f}, {ci_v1[2]:+.5f}] | {ci_v1[3]} |",
-          f"| {cand} vs constant (calibration-fold base rate) | {ci_recent[0]:+.5f} | [{ci_recent[1]:+.5f}, {ci_recent[2]:+.5f}] | {ci_recent[3]} |",
-          f"| shipped ({ship}) vs constant | {ci_ship[0]:+.5f} | [{ci_ship[1]:+.5f}, {ci_ship[2]:+.5f}] | {ci_ship[3]} |",
-          f"| shipped ({ship}) vs v1 | {ci_ship_v1[0]:+.5f} | [{ci_ship_v1[1]:+.5f}, {ci_ship_v1[2]:+.5f}] | {ci_ship_v1[3]} |", "",
+          f"| {cand} vs v1 served before | {ci_v1[0]:+.5f} | [{ci_v1[1]:+.5f}, {ci_v1[2]:+.5f}] | {ci_v1[3]} |",
+          f"| shipped v1 ({ship}) vs constant | {ci_ship[0]:+.5f} | [{ci_ship[1]:+.5f}, {ci_ship[2]:+.5f}] | {ci_ship[3]} |",
+          f"| shipped v1 ({ship}) vs v1 served before | {ci_ship_v1[0]:+.5f} | [{ci_ship_v1[1]:+.5f}, {ci_ship_v1[2]:+.5f}] | {ci_ship_v1[3]} |",
+          f"| canary v2 ({canary}) vs shipped v1 | {ci_canary[0]:+.5f} | [{ci_canary[1]:+.5f}, {ci_canary[2]:+.5f}] | {ci_canary[3]} |", "",
           "Bootstrap: 1000 resamples of 5 s blocks per instrument (rows within one horizon share their future).", ""]
     if edge:
         L.append(f"**Edge: {cand} beats both the constant and v1 out of time.** It replaces version 1.")
     else:
-        L.append(f"**No edge.** {cand} does not beat the constant base rate out of time with an interval excluding zero. "
-                 f"Version 1 is replaced anyway because the committed v1 is not calibrated (out-of-time ECE "
-                 f"{oot['v1 (committed)']['ece']:.3f}, Brier {oot['v1 (committed)']['brier']:.4f} vs constant "
-                 f"{oot['v1 (committed)']['brier_const']:.4f}); what ships is the calibrated **{ship}** "
-                 f"(out-of-time ECE {oot[ship]['ece']:.3f}, Brier {oot[ship]['brier']:.4f}).")
-    L += ["", "Shipping rule (fixed before the run): the candidate if it passes the gate; else logistic + Platt if it is "
-          "calibrated out of time (ECE <= 0.05) and no worse than the constant by Brier; else the constant refitted on the "
-          "calibration fold (the most recent base rate before the test).", "",
+        L.append(f"**No edge.** {cand} does not beat both the constant base rate and the v1 served before out of time "
+                 f"with an interval excluding zero. What ships as v1 is the calibrated **{ship}** "
+                 f"(out-of-time ECE {oot[ship]['ece']:.3f}, Brier {oot[ship]['brier']:.4f} vs constant "
+                 f"{oot[ship]['brier_const']:.4f}).")
+    L += ["", "Shipping rule (fixed before the run): v1 = the candidate if it passes the gate; else the first of these "
+          "that is calibrated out of time (ECE <= 0.05) and no worse than the constant by Brier: the v1 served before "
+          "(it stays: its coefficients are rewritten in the current manifest form, with this run's reference.json), "
+          "logistic + Platt, the constant refitted on the calibration fold (the most recent base rate before the "
+          "test); else that constant. v2 (the canary) = "
+          "LightGBM + isotonic unless it is v1, then the calibrated constant: the live rollout (outcome-tracker's "
+          "CanaryJudge) then judges LightGBM against the primary on realised outcomes and rolls it back when it is "
+          "worse.", "",
           "## What ships", "",
-          f"`model_repository/trade_eligibility/1/`: {ship}, in the same weights.json form as before "
-          "(σ(intercept + Σ coef·(x − mean)/std); Platt scaling folded into coef and intercept), plus reference.json "
-          "(decile edges and training proportions per feature, for PSI) whose sha256 weights.json names, so "
-          f"`artefact_sha256_v1` = sha256(weights.json) = `{digest}` covers both. Version 2 keeps its committed "
-          "weights (the deliberately different canary) and gets the same reference.json.", "",
+          f"| version | model | out-of-time Brier | ECE | artefact sha256 (weights.json) |", "| --- | --- | --- | --- | --- |",
+          f"| 1 (primary) | {ship} | {oot[ship]['brier']:.4f} | {oot[ship]['ece']:.3f} | `{digests.get(1, 'not written')}` |",
+          f"| 2 (canary) | {canary} | {oot[canary]['brier']:.4f} | {oot[canary]['ece']:.3f} | `{digests.get(2, 'not written')}` |",
+          "", "Each version directory holds the manifest `weights.json` (kind, features, label, training summary and "
+          "the sha256 of every other file), `reference.json` (decile edges and training proportions per feature, for "
+          "PSI) and, for LightGBM, `model.txt` (the booster) and `calibration.json` (the isotonic map). "
+          "`artefact_sha256_v<version>` = sha256(weights.json) therefore covers every file the version loads.", "",
           "![reliability](reliability.png)", "",
           "## Timing", "", f"Total {t_total:.1f} s (features + labels {t_load:.1f} s; final fold: logistic "
-          f"{final['t_lr']:.1f} s, LightGBM {final['t_gbm']:.1f} s) on {final['n_train']} training rows, no subsampling.", ""]
+          f"{final['t_lr']:.1f} s, LightGBM {final['t_gbm']:.1f} s) on {final['n_train']} training rows, no subsampling, "
+          f"{len(FRESH)} of {len(data) + len(LEFT_OUT)} `te features` runs in this run (the rest cached in "
+          f"{os.path.relpath(args.cache, ROOT)}), "
+          f"load average before the run {LOAD_BEFORE}.", ""]
     with open(os.path.join(HERE, "REPORT.md"), "w") as f:
         f.write("\n".join(L))
-    shown = ["v1 (committed)", "v2 (canary, kept)", "logistic + Platt", "LightGBM + isotonic", "constant (train base rate)", ship]
+    plotted = ["v1 (served before)", "v2 (canary before)", "logistic + Platt", "LightGBM + isotonic", "constant (train base rate)", ship, canary]
     reliability_png(os.path.join(HERE, "reliability.png"), y,
-                    {(k + " [shipped]" if k == ship else k): P[k] for k in dict.fromkeys(shown)})
+                    {(k + " [v1]" if k == ship else k + " [v2]" if k == canary else k): P[k] for k in dict.fromkeys(plotted)})
     print("\n".join(L), file=sys.stderr)
 
 

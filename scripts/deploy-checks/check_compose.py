@@ -103,6 +103,11 @@ def main(path: str) -> int:
     raw = yaml.safe_load(Path(path).read_text())
     # Compose reads .env beside the file; checking the committed defaults means ignoring any local one.
     doc = walk(raw, {})
+    # Compose casts an interpolated value to the field's type (`replicas: ${TE_STAGE_REPLICAS:-1}` is an int).
+    for svc in (doc.get("services") or {}).values():
+        deploy = svc.get("deploy") or {}
+        if isinstance(deploy.get("replicas"), str) and deploy["replicas"].isdigit():
+            deploy["replicas"] = int(deploy["replicas"])
     errors: list[str] = []
 
     try:

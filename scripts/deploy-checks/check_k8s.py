@@ -6,7 +6,10 @@ Every service has a Deployment whose container listens on its DESIGN.md port, pr
 read-only root filesystem, and has terminationGracePeriodSeconds >= 30 (the graceful drain); a
 Service and a PodDisruptionBudget select its pods; its environment (ConfigMap + env) covers every
 variable DESIGN.md lists; the gateway runs >= 2 replicas with an autoscaling/v2 HPA on a custom
-metric; every HPA custom/external metric is served by a prometheus-adapter rule. NetworkPolicies deny
+metric; every HPA custom/external metric is served by a prometheus-adapter rule whose source series is a
+metric the services export (deploy/metrics.txt) with every label the HPA selects on; every stage but
+those in SINGLE_REPLICA has an HPA, a shard-owned stage scales to at most STREAM_SHARDS replicas, and
+the PDB of an autoscaled stage lets at least one pod go (a rebalance). NetworkPolicies deny
 by default; clients reach only the gateway's API port; Prometheus (namespace monitoring) reaches the
 metrics ports; each service's egress is exactly DNS plus the stores it uses (EGRESS). Every pod carries the
 label `service: <name>` that the Prometheus rules and the dashboard select on. With --monitoring, the
@@ -20,7 +23,49 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import re
+
 import yaml
+
+# Stages that stay at one replica, and why (deploy/k8s/README.md): outcome-tracker holds each symbol's
+# quotes from its te:ticks group in one process.
+SINGLE_REPLICA = {"outcome-tracker": "its te:ticks quotes and held decisions are per process"}
+# Stages whose replicas own symbol shards (DESIGN.md "Shards"): more replicas than shards own nothing.
+SHARD_OWNED = {"feature-pipeline", "opportunity-aggregator"}
+METRICS_TXT = Path(__file__).resolve().parents[2] / "deploy" / "metrics.txt"
+
+
+def exported_metrics() -> dict[str, set[str]]:
+    """deploy/metrics.txt: metric name -> its labels."""
+    out: dict[str, set[str]] = {}
+    for line in METRICS_TXT.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and not line.startswith("#"):
+            out[parts[0]] = set(parts[2].split(",")) if len(parts) > 2 else set()
+    return out
+
+
+def source_series(rule: dict) -> str | None:
+    """The metric a prometheus-adapter rule reads (the name in its seriesQuery)."""
+    m = re.match(r"\s*([a-zA-Z_:][a-zA-Z0-9_:]*)", rule.get("seriesQuery", ""))
+    return m.group(1) if m else None
+
+
+def hpa_metric_errors(hname: str, kind: str, metric: dict, rules: list[dict], exported: dict[str, set[str]]) -> list[str]:
+    """The rule producing `metric` reads a series the services export, with the labels the HPA selects on."""
+    errors = []
+    producing = [r for r in rules if r["name"]["as"] == metric["name"]]
+    for r in producing:
+        series = source_series(r)
+        base = re.sub(r"_(bucket|sum|count)$", "", series or "")
+        if series not in exported and base not in exported:
+            errors.append(f"HPA {hname}: {kind} metric {metric['name']} reads {series}, which no service exports (deploy/metrics.txt)")
+            continue
+        labels = exported.get(series, exported.get(base, set())) | {"namespace", "pod", "le"}
+        for label in (metric.get("selector") or {}).get("matchLabels", {}):
+            if label not in labels:
+                errors.append(f"HPA {hname}: selects {metric['name']} on label {label}, which {series} does not carry")
+    return errors
 
 PORTS = {"ingest": 9101, "feature-pipeline": 9102, "strategy-engine": 9103, "opportunity-aggregator": 9104, "outcome-tracker": 9105,
          "gateway": 8080, "audit-writer": 9106}
@@ -209,6 +254,30 @@ def main(rendered: str, adapter: str, prod: bool, monitoring: tuple[str, str] | 
                 errors.append(f"HPA {hname}: External metric {m['external']['metric']['name']} has no prometheus-adapter externalRule")
         if not kinds & {"Pods", "External", "Object"}:
             errors.append(f"HPA {hname}: no custom or external metric")
+        exported = exported_metrics()
+        for m in h["spec"]["metrics"]:
+            if m["type"] == "Pods":
+                errors.extend(hpa_metric_errors(hname, "Pods", m["pods"]["metric"], rules.get("rules", []), exported))
+            if m["type"] == "External":
+                errors.extend(hpa_metric_errors(hname, "External", m["external"]["metric"], rules.get("externalRules", []), exported))
+        if target in SHARD_OWNED:
+            shards = int(configmaps.get("te-config", {}).get("data", {}).get("STREAM_SHARDS", "1"))
+            if h["spec"]["maxReplicas"] > shards:
+                errors.append(f"HPA {hname}: maxReplicas {h['spec']['maxReplicas']} above STREAM_SHARDS {shards} (replicas would own no shard)")
+        for pdb in by.get("PodDisruptionBudget", {}).values():
+            dep = by.get("Deployment", {}).get(target)
+            if dep is None or pdb["spec"]["selector"].get("matchLabels") != dep["spec"]["selector"]["matchLabels"]:
+                continue
+            spec = pdb["spec"]
+            lets_one_go = ("maxUnavailable" in spec and str(spec["maxUnavailable"]) not in ("0", "0%")) or (
+                "minAvailable" in spec and isinstance(spec["minAvailable"], int) and spec["minAvailable"] < h["spec"].get("minReplicas", 1))
+            if not lets_one_go:
+                errors.append(f"HPA {hname}: PodDisruptionBudget {pdb['metadata']['name']} lets no pod go (a rebalance could never drain one)")
+    for name in PORTS:
+        if name not in {h["spec"]["scaleTargetRef"]["name"] for h in hpas.values()} and name not in SINGLE_REPLICA:
+            errors.append(f"{name}: no HorizontalPodAutoscaler (every stage scales on its lag; SINGLE_REPLICA lists the exceptions)")
+    if "STREAM_SHARDS" not in configmaps.get("te-config", {}).get("data", {}):
+        errors.append("te-config: no STREAM_SHARDS")
 
     if monitoring:
         errors.extend(monitoring_errors(monitoring, pod_labels, pod_ports))
