@@ -32,7 +32,8 @@ struct FeatureSettings: Sendable {
 }
 
 /// `te:ticks` → one `FeatureSnapshot` per quote on `te:features`, and the symbol's latest snapshot in
-/// the hash `te:online:{SYMBOL}` (with `written_at_ns`, expiring after `FEATURE_TTL_SEC`).
+/// the hash `te:online:{SYMBOL}` (with `written_at_ns`, expiring after `FEATURE_TTL_SEC`, written only
+/// if not older than what it holds).
 ///
 /// Restarts and redeliveries: the engine's state is that of the entries before `position`. A batch
 /// that does not continue from there (the first batch after a start, pending entries re-read after a
@@ -43,13 +44,15 @@ struct FeatureSettings: Sendable {
 /// window sums are exact, so the result does not depend on where the replay started), and a window
 /// that the stream no longer covers is published with `warm = false` until it has filled.
 ///
-/// Features need every tick of a symbol in order, so the group must have ONE active consumer
-/// (replicas: 1); a second consumer would split symbols' ticks between processes.
+/// Features need every tick of a symbol in order: each shard (`te:ticks:{k}` → `te:features:{k}`) is
+/// handled by one replica at a time, the holder of its lease (`ShardedStreamWorker`); a replica that
+/// gains a shard starts a fresh stage, which rebuilds the windows from `te:ticks:{k}` as above.
 struct FeatureStage: StreamStage {
     typealias Input = Tick
 
     let stage = "feature-pipeline"
-    let inputStream = StreamKey.ticks
+    let inputStream: String
+    let outputStream: String
     let settings: FeatureSettings
     var logger: Logger
 
@@ -62,7 +65,10 @@ struct FeatureStage: StreamStage {
     private var redis: RedisClient?
     private var metrics: FeatureMetrics
 
-    init(settings: FeatureSettings, registry: PrometheusCollectorRegistry, logger: Logger) {
+    /// Shard `shard` of `shards` (`te:ticks` → `te:features` when unsharded).
+    init(settings: FeatureSettings, shard: Int = 0, of shards: Int = 1, registry: PrometheusCollectorRegistry, logger: Logger) {
+        inputStream = StreamKey.sharded(StreamKey.ticks, shard: shard, of: shards)
+        outputStream = StreamKey.sharded(StreamKey.features, shard: shard, of: shards)
         self.settings = settings
         self.logger = logger
         self.engine = FeatureEngine(windowMs: settings.windowMs)
@@ -106,7 +112,7 @@ struct FeatureStage: StreamStage {
             switch outcome {
             case .snapshot(let snapshot):
                 metrics.computed(symbol: tick.symbol, elapsed: elapsed)
-                try output.add(snapshot, to: StreamKey.features, maxLen: settings.streamMaxLen, tp: trace.tp)
+                try output.add(snapshot, to: outputStream, maxLen: settings.streamMaxLen, tp: trace.tp)
                 latest[snapshot.symbol] = snapshot
             case .tradeApplied:
                 break
@@ -120,9 +126,11 @@ struct FeatureStage: StreamStage {
         for snapshot in latest.values {
             var fields = try snapshot.streamFields()
             fields.field("written_at_ns", int: writtenAt)
-            let key = StreamKey.online(snapshot.symbol)
-            output.append(.hset(key, fields: fields))
-            output.append(.expire(key, seconds: settings.onlineTTLSeconds))
+            // Outside the shard's step (another slot on a cluster), never replacing a newer snapshot.
+            output.outside.append(
+                ShardLeases.latest(
+                    StreamKey.online(snapshot.symbol), tsNs: snapshot.tsNs, ttlSeconds: settings.onlineTTLSeconds,
+                    fields: fields))
             metrics.window(symbol: snapshot.symbol, quotes: snapshot.nQuotes)
         }
         if let lastID = StreamID(batch[batch.count - 1].id) {

@@ -10,9 +10,9 @@ struct StrategyEngineSettings: Sendable {
     /// The strategy file. `STRATEGIES_FILE`; default `deploy/strategies/default.json` (relative to the
     /// working directory).
     var strategiesFile = "deploy/strategies/default.json"
-    /// Input stream. `FEATURES_STREAM`; default `te:features`.
+    /// Input stream (its shards with `STREAM_SHARDS` > 1). `FEATURES_STREAM`; default `te:features`.
     var inputStream = StreamKey.features
-    /// Output stream. `SIGNALS_STREAM`; default `te:signals`.
+    /// Output stream (its shards with `STREAM_SHARDS` > 1). `SIGNALS_STREAM`; default `te:signals`.
     var outputStream = StreamKey.signals
     /// `MAXLEN ~` of the output stream. `STREAM_MAXLEN`; default 1000000.
     var streamMaxLen = 1_000_000
@@ -29,8 +29,9 @@ struct StrategyEngineSettings: Sendable {
 
 /// Evaluates every configured strategy on each snapshot and appends the signals to `te:signals`, in
 /// snapshot order and, per snapshot, in file order. Stateless: a redelivered snapshot gives the same
-/// signals with the same ids (`symbol:strategy:ts_ns`), which the aggregator recognises. Any number of
-/// consumers may share the group.
+/// signals with the same ids (`symbol:strategy:ts_ns`), which the aggregator recognises. Each shard
+/// (`te:features:{k}` → `te:signals:{k}`) is handled by the one replica holding its lease
+/// (`ShardedStreamWorker`), so a symbol's signals stay in its snapshots' order.
 struct StrategyStage: StreamStage {
     typealias Input = FeatureSnapshot
 
@@ -42,9 +43,10 @@ struct StrategyStage: StreamStage {
     /// te_signals_total{strategy,direction}, one pair per strategy in file order.
     let signalCounters: [(buy: Counter, sell: Counter)]
 
-    init(settings: StrategyEngineSettings, strategies: StrategySet) {
-        inputStream = settings.inputStream
-        outputStream = settings.outputStream
+    /// Shard `shard` of `shards` of the settings' streams (the streams themselves when unsharded).
+    init(settings: StrategyEngineSettings, strategies: StrategySet, shard: Int = 0, of shards: Int = 1) {
+        inputStream = StreamKey.sharded(settings.inputStream, shard: shard, of: shards)
+        outputStream = StreamKey.sharded(settings.outputStream, shard: shard, of: shards)
         streamMaxLen = settings.streamMaxLen
         self.strategies = strategies
         signalCounters = strategies.strategies.map { strategy in

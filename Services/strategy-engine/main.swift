@@ -1,7 +1,8 @@
 import ServiceKit
 import Strategies
 
-// strategy-engine: te:features (group strategy-engine) → te:signals. See StrategyStage and
+// strategy-engine: te:features:{k} (group strategy-engine) → te:signals:{k}, each shard by the replica
+// holding its lease. See StrategyStage, ShardedStreamWorker and
 // deploy/strategies/README.md.
 await ServiceRunner.run(service: "strategy-engine", defaultMetricsPort: 9103) { resources in
     let settings = try StrategyEngineSettings.fromEnvironment(resources.env)
@@ -19,6 +20,11 @@ await ServiceRunner.run(service: "strategy-engine", defaultMetricsPort: 9103) { 
     logger.info(
         "strategies loaded",
         metadata: ["strategies": "\(strategies.strategies.map { "\($0.name) (\($0.rule.kind.rawValue))" })"])
-    let stage = StrategyStage(settings: settings, strategies: strategies)
-    return [StreamWorker(stage: stage, redis: redis, configuration: worker, readiness: resources.readiness, logger: logger)]
+    let sharding = try ShardedStreamWorker<StrategyStage>.Settings.fromEnvironment(resources.env)
+    return [
+        ShardedStreamWorker(
+            stage: "strategy-engine", input: settings.inputStream, settings: sharding, redis: redis, configuration: worker,
+            readiness: resources.readiness, logger: logger
+        ) { k in StrategyStage(settings: settings, strategies: strategies, shard: k, of: sharding.shards) }
+    ]
 }

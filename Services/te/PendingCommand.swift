@@ -1,7 +1,9 @@
 import ArgumentParser
+import ServiceKit
 import TERedis
 
-/// `te pending STREAM GROUP`: who holds which entries, for how long, delivered how often.
+/// `te pending STREAM GROUP`: who holds which entries, for how long, delivered how often; every shard of a
+/// sharded stream with `STREAM_SHARDS` > 1 (`--shard k`: one).
 struct PendingCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pending", abstract: "Show a consumer group's pending entries.")
@@ -9,11 +11,21 @@ struct PendingCommand: AsyncParsableCommand {
     @Argument(help: "Stream key.") var stream: String
     @Argument(help: "Consumer group.") var group: String
     @Option(help: "At most this many entries.") var count = 50
+    @Option(help: "With STREAM_SHARDS > 1: only this shard of a sharded stream (default: every shard).") var shard: Int?
     @OptionGroup var format: OutputOptions
 
     func run() async throws {
         let redis = try Inspect.redis()
         defer { redis.close() }
+        let keys = try await TailCommand.existing(
+            try TailCommand.keys(stream, shard: shard, shards: try Env().streamShards()), in: redis)
+        for (i, key) in keys.enumerated() {
+            if i > 0 && !format.json { print("") }
+            try await show(key, redis: redis)
+        }
+    }
+
+    func show(_ stream: String, redis: RedisClient) async throws {
         try await Inspect.requireStream(stream, in: redis)
         let summary = try await redis.xpending(stream, group: group)
         let entries = try await redis.xpending(stream, group: group, count: count)

@@ -36,7 +36,12 @@ public func buildDependencies(
 ) throws -> GatewayDependencies {
     let redisConfiguration = try RedisConfiguration(url: config.redisURL)
     let queryRedis = RedisClient(configuration: redisConfiguration, name: "gateway-query", logger: logger)
-    let feedRedis = RedisClient(configuration: redisConfiguration, name: "gateway-features", logger: logger)
+    // One feed (and connection: a blocked XREAD holds it) per shard of te:features; on a cluster the shards
+    // live on different nodes, so one XREAD cannot follow them all.
+    let featureStreams = StreamKey.allShards(config.featuresStream, shards: config.streamShards)
+    let feedRedis = featureStreams.indices.map {
+        RedisClient(configuration: redisConfiguration, name: "gateway-features-\($0)", logger: logger)
+    }
     let auditRedis = RedisClient(configuration: redisConfiguration, name: "gateway-audit", logger: logger)
     let metrics = GatewayMetrics(registry: registry)
     let keepalive = (
@@ -74,8 +79,7 @@ public func buildDependencies(
     let pushRedis = (0..<2).map { RedisClient(configuration: redisConfiguration, name: "gateway-push-\($0)", logger: logger) }
     // Stopped in reverse order: the clients' closer first in the list, so it stops last.
     var services: [any Service] = [
-        RedisClientsCloser(clients: [queryRedis, feedRedis, auditRedis] + pushRedis),
-        FeatureFeed(redis: feedRedis, memory: memory, stream: config.featuresStream, logger: logger),
+        RedisClientsCloser(clients: [queryRedis, auditRedis] + feedRedis + pushRedis),
         AuditStreamWriter(
             redis: auditRedis, buffer: audit, stream: config.auditStream, group: config.auditGroup,
             batchMax: config.auditBatchMax, maxLen: config.streamMaxLen, durability: config.auditDurability,
@@ -99,6 +103,10 @@ public func buildDependencies(
             redis: pushRedis[1], stream: config.auditStream, broadcaster: push.decisions,
             heartbeatInterval: .milliseconds(config.pushHeartbeatMs), logger: logger, encode: PushEncoding.decision),
     ]
+    services.insert(
+        contentsOf: zip(feedRedis, featureStreams).map { redis, stream in
+            FeatureFeed(redis: redis, memory: memory, stream: stream, logger: logger) as any Service
+        }, at: 1)
     if let path = config.apiKeysFile {
         services.append(APIKeyFileWatcher(path: path, fixed: config.apiKeys, store: keys, logger: logger))
     }

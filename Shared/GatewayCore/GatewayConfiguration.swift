@@ -117,6 +117,8 @@ public struct GatewayConfiguration: Sendable {
     /// and the next call reconnects. Default: 2000.
     public var tritonKeepaliveTimeoutMs: Int = 2_000
 
+    /// `STREAM_SHARDS` (DESIGN.md "Shards"): the feature feed follows every shard of `featuresStream`.
+    public var streamShards = 1
     /// Stream and key names (DESIGN.md); settable so tests use keys of their own.
     public var featuresStream = StreamKey.features
     public var auditStream = StreamKey.audit
@@ -176,6 +178,7 @@ public struct GatewayConfiguration: Sendable {
         streamMaxLen = try reader.ifSet("STREAM_MAXLEN") { (name) throws(ConfigurationError) in
             try reader.int(name, range: 1...Int.max)
         }
+        streamShards = try reader.streamShards()
         if let text = reader.optional("AUDIT_DURABILITY") {
             guard let value = AuditDurability(rawValue: text.lowercased()) else {
                 throw ConfigurationError(variable: "AUDIT_DURABILITY", problem: "must be sync or async, got \"\(text)\"")

@@ -52,6 +52,11 @@ public struct StreamDelivery<Input: Sendable>: Sendable {
 public struct StageOutput: Sendable {
     /// Written, in order, in the same MULTI/EXEC as the batch's XACK.
     public var commands: [RedisCommand]
+    /// Written just BEFORE the atomic step, each on its own: keys outside the shard's slot (per-symbol
+    /// latest values such as `te:online:SYMBOL`, see `ShardLeases.latest`), so each must be safe to
+    /// write twice or late (a write that never lets an older value replace a newer one). Unsharded
+    /// (no lease) they are the first commands of the MULTI/EXEC.
+    public var outside: [RedisCommand] = []
     /// Input entries (by id) to move to `te:dlq` with a reason; they are acknowledged too.
     public var deadLetters: [(id: String, reason: String)]
     /// Entries of the batch that are handled but NOT acknowledged now: they stay pending in the group

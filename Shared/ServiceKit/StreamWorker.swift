@@ -66,6 +66,9 @@ struct WorkerLoop<Stage: StreamStage> {
     let stream: String
     let consumer: String
     var core: StreamWorkerCore<Stage.Input>
+    /// Set when the worker runs one shard under a lease (`ShardedStreamWorker`): commits are fenced and
+    /// reads wait while the lease is not confirmed for long enough.
+    let fence: ShardFence?
 
     let processed: Counter
     let failed: Counter
@@ -75,8 +78,12 @@ struct WorkerLoop<Stage: StreamStage> {
     let pendingGauge: Gauge
     let deadLettered: [String: Counter]
 
-    init(stage: Stage, reader: RedisClient, writer: RedisClient, configuration: StreamWorkerConfiguration, logger: Logger) {
+    init(
+        stage: Stage, reader: RedisClient, writer: RedisClient, configuration: StreamWorkerConfiguration,
+        fence: ShardFence? = nil, logger: Logger
+    ) {
         self.stage = stage
+        self.fence = fence
         self.reader = reader
         self.writer = writer
         self.configuration = configuration
@@ -125,6 +132,14 @@ struct WorkerLoop<Stage: StreamStage> {
                 } catch {
                     event = .prepareFailed("\(error)")
                 }
+            case .claim where fence?.allowsRead(for: .zero) == false:
+                // A lease not confirmed: claiming could take entries from the shard's next owner.
+                event = .claimed(0)
+            case .read(let request) where fence?.allowsRead(for: request.block ?? .zero) == false:
+                // The read (and its BLOCK, on the server) must end while the lease is surely ours: entries
+                // it delivers to this consumer are then pending before a next owner exists, who claims them.
+                try? await Task.sleep(for: .milliseconds(20))
+                event = .backedOff
             case .claim:
                 do {
                     event = .claimed(try await claimIdleEntries())
@@ -155,8 +170,16 @@ struct WorkerLoop<Stage: StreamStage> {
             case .commit(let commit, let readAhead?):
                 // The next batch is read while this one is written and acknowledged.
                 let (reader, group, consumer, stream) = (reader, group, consumer, stream)
-                async let next = Self.read(readAhead, reader: reader, group: group, consumer: consumer, stream: stream)
+                let readable = fence?.allowsRead(for: readAhead.block ?? .zero) ?? true
+                async let next: StreamWorkerCore<Stage.Input>.Event =
+                    readable ? Self.read(readAhead, reader: reader, group: group, consumer: consumer, stream: stream) : .read([])
                 let committed = await self.commit(commit)
+                if case .fenced = committed {
+                    // The shard is lost: the read-ahead's entries stay pending for the next owner.
+                    _ = await next
+                    event = committed
+                    break
+                }
                 if case .committed = committed { await stage.committed() }
                 report()
                 if Self.shuttingDown { core.shutdownRequested() }
@@ -194,29 +217,59 @@ struct WorkerLoop<Stage: StreamStage> {
         }
     }
 
-    /// One MULTI/EXEC.
+    /// One MULTI/EXEC; under a lease, the outside writes and then one fenced step.
     func commit(_ commit: StreamWorkerCore<Stage.Input>.Commit) async -> StreamWorkerCore<Stage.Input>.Event {
-        let commands = commit.commands(
-            stream: stream, group: group, configuration: configuration,
-            tsNs: Int64(Date().timeIntervalSince1970 * 1e9))
+        let tsNs = Int64(Date().timeIntervalSince1970 * 1e9)
+        if let fence { return await fencedCommit(commit, fence: fence, tsNs: tsNs) }
+        let commands = commit.commands(stream: stream, group: group, configuration: configuration, tsNs: tsNs)
         if commands.isEmpty { return .committed(failedCommands: 0) }
         do {
-            let replies = try await writer.transaction(commands)
-            var failedCommands = 0
-            for (i, reply) in replies.enumerated() {
-                if case .error(let message) = reply {
-                    // Redis ran the rest of the transaction (it has no rollback): the entries are
-                    // acknowledged, this output is lost. Only a stage bug (wrong key type) gets here.
-                    failedCommands += 1
-                    logger.error(
-                        "output command failed inside the transaction",
-                        metadata: ["command": "\(commands[i].name)", "error": "\(message)"])
-                }
-            }
-            return .committed(failedCommands: failedCommands)
+            return .committed(failedCommands: failedCommands(try await writer.transaction(commands), of: commands))
         } catch {
             return Self.failure(error)
         }
+    }
+
+    func fencedCommit(_ commit: StreamWorkerCore<Stage.Input>.Commit, fence: ShardFence, tsNs: Int64) async
+        -> StreamWorkerCore<Stage.Input>.Event
+    {
+        let steps = commit.fencedSteps(stream: stream, group: group, configuration: configuration, tsNs: tsNs)
+        do {
+            if !steps.before.isEmpty {
+                let replies = try await writer.pipeline(steps.before)
+                if let error = replies.first(where: { if case .error = $0 { true } else { false } }) {
+                    return .redisFailed("write before the shard's step failed: \(error)", noGroup: false)
+                }
+            }
+            if steps.atomic.isEmpty { return .committed(failedCommands: 0) }
+            let reply = try await writer.send(fence.leases.commit(fence.shard, token: fence.token, commands: steps.atomic))
+            switch try ShardLeases.parseCommit(reply) {
+            case .written(let failed):
+                if failed > 0 { logger.error("output commands failed inside the fenced step", metadata: ["failed": "\(failed)"]) }
+                return .committed(failedCommands: failed)
+            case .fenced(let holder, let token):
+                fence.fenced.increment()
+                return .fenced("lease of shard \(fence.shard) is \(holder.isEmpty ? "free" : holder)'s under token \(token), ours was \(fence.token)")
+            }
+        } catch {
+            return Self.failure(error)
+        }
+    }
+
+    /// Counts (and logs) the error replies inside a transaction: Redis ran the rest of it (it has no
+    /// rollback), so the entries are acknowledged and this output is lost. Only a stage bug (wrong key
+    /// type) gets here.
+    func failedCommands(_ replies: [RedisReply], of commands: [RedisCommand]) -> Int {
+        var failed = 0
+        for (i, reply) in replies.enumerated() {
+            if case .error(let message) = reply {
+                failed += 1
+                logger.error(
+                    "output command failed inside the transaction",
+                    metadata: ["command": "\(commands[i].name)", "error": "\(message)"])
+            }
+        }
+        return failed
     }
 
     /// Logs and counts what the core noted.
@@ -255,6 +308,8 @@ struct WorkerLoop<Stage: StreamStage> {
                 processed.increment(by: count)
             case .failedCommands(let count):
                 failed.increment(by: count)
+            case .fenced(let reason):
+                logger.warning("write refused by the store: the shard's lease is gone; dropping the shard", metadata: ["reason": "\(reason)"])
             case .batchFinished(let elapsed):
                 let c = elapsed.components
                 batchDuration.recordNanoseconds(c.seconds * 1_000_000_000 + c.attoseconds / 1_000_000_000)

@@ -41,13 +41,15 @@ struct StreamWorkerCore<Input: StreamMessage> {
     /// One MULTI/EXEC: the stage's output commands, dead letters, and one XACK of `acks` plus the dead
     /// letters' ids.
     struct Commit {
+        /// The stage's `StageOutput.outside` commands.
+        var outside: [RedisCommand] = []
         var outputs: [RedisCommand] = []
         var deadLetters: [DeadEntry] = []
         var acks: [String] = []
         /// Entries handled successfully by this commit (for the processed counter).
         var processed = 0
 
-        var isEmpty: Bool { outputs.isEmpty && deadLetters.isEmpty && acks.isEmpty }
+        var isEmpty: Bool { outside.isEmpty && outputs.isEmpty && deadLetters.isEmpty && acks.isEmpty }
         /// Every id this commit acknowledges.
         var acknowledged: [String] { acks + deadLetters.filter { !$0.inBatchAcks }.map(\.entry.id) }
     }
@@ -88,6 +90,9 @@ struct StreamWorkerCore<Input: StreamMessage> {
         /// A Redis command failed (read, pending lookup, commit). `noGroup`: the group is gone.
         case redisFailed(String, noGroup: Bool)
         case backedOff
+        /// The commit was refused by the store: this worker's shard lease is gone (see `ShardLeases`).
+        /// Nothing of it was written or acknowledged; the worker stops and its state is dropped.
+        case fenced(String)
     }
 
     /// What the driver logs and counts.
@@ -104,6 +109,7 @@ struct StreamWorkerCore<Input: StreamMessage> {
         case processed(Int)
         case failedCommands(Int)
         case batchFinished(Duration)
+        case fenced(String)
     }
 
     let configuration: StreamWorkerConfiguration
@@ -207,6 +213,15 @@ struct StreamWorkerCore<Input: StreamMessage> {
         case .committed(let failedCommands):
             if failedCommands > 0 { notes.append(.failedCommands(failedCommands)) }
             return committed()
+        case .fenced(let reason):
+            // A read-ahead still in flight belongs to the lost shard too; its entries stay pending for the
+            // new owner, who claims them.
+            notes.append(.fenced(reason))
+            reset(after: reason, noGroup: false)
+            readAheadInFlight = false
+            discardReadAhead = false
+            shuttingDown = true
+            return .stop
         case .redisFailed(let error, let noGroup):
             if readAheadInFlight {
                 if batch != nil {
@@ -393,7 +408,7 @@ struct StreamWorkerCore<Input: StreamMessage> {
     /// The stage's output, its dead letters (ids of this batch only) and the acknowledgements.
     private mutating func commit(_ output: StageOutput, acks: [String], processed: Int) -> Commit {
         // Entries the stage keeps pending are acknowledged by a later output of its own.
-        var c = Commit(outputs: output.commands, acks: acks.filter { !output.keepPending.contains($0) }, processed: processed)
+        var c = Commit(outside: output.outside, outputs: output.commands, acks: acks.filter { !output.keepPending.contains($0) }, processed: processed)
         for (id, reason) in output.deadLetters {
             guard let entry = batch?.byID[id] else {
                 notes.append(.unknownDeadLetterID(id))
@@ -483,23 +498,43 @@ extension StreamWorkerCore.Action {
 }
 
 extension StreamWorkerCore.Commit {
-    /// The MULTI/EXEC body: outputs in order, one dead-letter XADD per dead entry, one XACK.
+    /// The MULTI/EXEC body: `outside`, outputs in order, one dead-letter XADD per dead entry, one XACK.
     /// `tsNs` stamps the dead letters.
     func commands(stream: String, group: String, configuration: StreamWorkerConfiguration, tsNs: Int64)
         -> [RedisCommand]
     {
-        var commands = outputs
-        commands.reserveCapacity(outputs.count + deadLetters.count + 1)
-        for d in deadLetters {
+        var commands = outside + outputs
+        commands.reserveCapacity(commands.count + deadLetters.count + 1)
+        commands += deadLetterCommands(stream: stream, group: group, configuration: configuration, tsNs: tsNs)
+        let ids = acknowledged
+        if !ids.isEmpty { commands.append(.xack(stream, group: group, ids: ids)) }
+        return commands
+    }
+
+    /// A shard's commit (a lease fences it): `before` (the outside commands and the dead letters, which
+    /// live in other slots of a cluster) is written first, then `atomic` (outputs and XACK, all in the
+    /// shard's slot) in one fenced step. A crash between the two leaves the entries pending: they are
+    /// handled again and their dead letters written again (at least once, as everywhere between stages).
+    func fencedSteps(stream: String, group: String, configuration: StreamWorkerConfiguration, tsNs: Int64)
+        -> (before: [RedisCommand], atomic: [RedisCommand])
+    {
+        let before = outside + deadLetterCommands(stream: stream, group: group, configuration: configuration, tsNs: tsNs)
+        var atomic = outputs
+        let ids = acknowledged
+        if !ids.isEmpty { atomic.append(.xack(stream, group: group, ids: ids)) }
+        return (before, atomic)
+    }
+
+    func deadLetterCommands(stream: String, group: String, configuration: StreamWorkerConfiguration, tsNs: Int64)
+        -> [RedisCommand]
+    {
+        deadLetters.map { d in
             let letter = DeadLetter(
                 stage: group, reason: d.reason, payload: JSONText.object(d.entry.fields), source: stream,
                 sourceId: d.entry.id, deliveries: d.deliveries, tsNs: tsNs)
             // Encoding a DeadLetter cannot fail: strings and integers only.
             let fields = (try? StreamFieldEncoder.encode(letter)) ?? [("v", "1"), ("stage", group), ("reason", d.reason)]
-            commands.append(.xadd(configuration.deadLetterStream, maxLen: configuration.deadLetterMaxLen, fields: fields))
+            return .xadd(configuration.deadLetterStream, maxLen: configuration.deadLetterMaxLen, fields: fields)
         }
-        let ids = acknowledged
-        if !ids.isEmpty { commands.append(.xack(stream, group: group, ids: ids)) }
-        return commands
     }
 }

@@ -102,6 +102,11 @@ public struct Env: Sendable {
         return .seconds(try int(name, range: 0...Int.max))
     }
 
+    /// `STREAM_SHARDS` (DESIGN.md "Shards"): how many shards each per-symbol stream has; default 1.
+    public func streamShards() throws(ConfigurationError) -> Int {
+        try int("STREAM_SHARDS", default: 1, range: 1...4096)
+    }
+
     // MARK: The process environment
 
     public static func optional(_ name: String) -> String? { Env().optional(name) }

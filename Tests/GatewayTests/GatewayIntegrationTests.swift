@@ -175,6 +175,30 @@ import TritonClient
         #expect(record?.featureTsNs == 5)
     }
 
+    @Test func withShardsTheFeedFollowsEveryShardOfTheFeatures() async throws {
+        let config = try GatewayTestEnv.config("feed-shards") { $0.streamShards = 4 }
+        let redis = try redis()
+        defer { redis.close() }
+        // Two symbols in two different shards of 4.
+        let symbols = ["DOTUSDT", "ADAUSDT", "SOLUSDT", "XRPUSDT"]
+        let a = symbols[0]
+        let b = try #require(symbols.first { StreamKey.shard(of: $0, shards: 4) != StreamKey.shard(of: a, shards: 4) })
+        let seen = try await GatewayTestEnv.withGateway(config) { deps, _ in
+            try await Task.sleep(for: .milliseconds(300))
+            for symbol in [a, b] {
+                let snapshot = FeatureSnapshot(
+                    symbol: symbol, tsNs: 5, windowMs: 5000, nQuotes: 3, nTrades: 0, tradeVolume: 0, lastPrice: 7,
+                    warm: true, features: try FeatureVector(features))
+                _ = try await redis.xadd(
+                    StreamKey.sharded(config.featuresStream, shard: StreamKey.shard(of: symbol, shards: 4), of: 4),
+                    fields: try StreamFieldEncoder.encode(snapshot))
+            }
+            return await TestEnv.eventually { deps.engine.features.get(a) != nil && deps.engine.features.get(b) != nil }
+        }
+        #expect(seen)
+        _ = try? await redis.del(StreamKey.allShards(config.featuresStream, shards: 4))
+    }
+
     // MARK: cache and breaker (private Triton, stopped and restarted)
 
     @Test func cacheThenBreakerOpensSkipsHalfOpensCloses() async throws {

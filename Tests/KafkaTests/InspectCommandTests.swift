@@ -61,10 +61,55 @@ struct InspectCommandTests {
         #expect(missing.output.contains("NOGROUP"), "\(missing.output)")
     }
 
+    @Test("STREAM_SHARDS = 4: te tail merges a sharded stream's shards by id (--shard k: one), te pending shows each shard")
+    func shardedTailAndPending() async throws {
+        // The real sharded names (te:features:{k}): a Redis of the test's own.
+        let server = try await PrivateRedisServer()
+        let redis = RedisClient(configuration: try RedisConfiguration(url: server.url), name: "tail-test")
+        defer {
+            redis.close()
+            Task { try? await server.kill() }
+        }
+        var ids: [String] = []
+        for (n, k) in [(1, 0), (2, 2), (3, 0), (4, 2)] {
+            ids.append(try await redis.xadd(StreamKey.sharded(StreamKey.features, shard: k, of: 4), fields: [("n", String(n))]))
+        }
+        let environment = ["REDIS_URL": server.url, "STREAM_SHARDS": "4"]
+        let all = try await runTe(["tail", "te:features", "-n", "3"], environment: environment)
+        #expect(all.status == 0, "\(all.output)")
+        let lines = all.output.split(separator: "\n").filter { $0.contains("te:features:{") }
+        #expect(lines.count == 3, "\(all.output)")
+        // The last three of the four, in id order, each naming its shard.
+        #expect(lines.map { $0.contains("te:features:{2}") } == [true, false, true], "\(all.output)")
+        let json = try await runTe(["tail", "features", "-n", "10", "-o", "json"], environment: environment)
+        let objects = json.output.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        #expect(objects.compactMap { $0["id"] as? String } == ids)
+        #expect(objects.compactMap { $0["stream"] as? String } == ["te:features:{0}", "te:features:{2}", "te:features:{0}", "te:features:{2}"])
+        let one = try await runTe(["tail", "te:features", "--shard", "2", "-o", "json"], environment: environment)
+        #expect(one.output.split(separator: "\n").compactMap {
+            (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["id"] as? String
+        } == [ids[1], ids[3]])
+        let wrong = try await runTe(["tail", "te:audit", "--shard", "1"], environment: environment)
+        #expect(wrong.status != 0 && wrong.output.contains("--shard"), "\(wrong.output)")
+
+        for k in [0, 2] {
+            try await redis.xgroupCreate(stream: StreamKey.sharded(StreamKey.features, shard: k, of: 4), group: "strategy-engine", startID: "0")
+        }
+        _ = try await redis.xreadgroup(
+            group: "strategy-engine", consumer: "se-0", streams: [(StreamKey.sharded(StreamKey.features, shard: 2, of: 4), ">")], count: 10)
+        let pending = try await runTe(["pending", "te:features", "strategy-engine", "--shard", "2"], environment: environment)
+        #expect(pending.status == 0 && pending.output.contains("2 pending in te:features:{2}"), "\(pending.output)")
+        let every = try await runTe(["pending", "te:features", "strategy-engine"], environment: environment)
+        #expect(every.output.contains("0 pending in te:features:{0}") && every.output.contains("2 pending in te:features:{2}"), "\(every.output)")
+    }
+
     @Test("a stage's dead letter: te dlq list/show name stage, reason and payload; redrive puts it back exactly once")
     func deadLetterRedrive() async throws {
-        // feature-pipeline uses the real stream names: a Redis of the test's own.
-        let server = try await PrivateRedisServer()
+        // feature-pipeline uses the real stream names: a Redis of the test's own, with this checkout's ACL users
+        // (its shard lease scripts).
+        let server = try await PrivateRedisServer(aclFile: try await StoreUsers.renderStrictACL())
         let redis = RedisClient(configuration: try RedisConfiguration(url: server.url), name: "dlq-test")
         defer { redis.close() }
         let environment = [

@@ -225,6 +225,38 @@ struct StreamWorkerCoreTests {
         #expect(c.takeNotes().contains(.claimed(4)))
     }
 
+    @Test func aFencedCommitStopsTheWorkerAndDropsItsBatchAndReadAhead() throws {
+        var c = running()
+        guard case .commit(_, let ahead) = c.event(.read([entry(1, 1)]), now: t0).handledBy(&c, t0) else {
+            Issue.record("expected a commit")
+            return
+        }
+        #expect(ahead != nil)
+        #expect(c.event(.fenced("lease of shard 0 is b's under token 2"), now: t0).kind == "stop")
+        #expect(c.takeNotes().contains(.fenced("lease of shard 0 is b's under token 2")))
+        #expect(c.shuttingDown && c.readingPending)
+    }
+
+    @Test func aShardCommitWritesOutsideValuesAndDeadLettersBeforeTheFencedStep() throws {
+        var c = running()
+        _ = c.event(.read([entry(1, 1), entry(2, 2)]), now: t0)
+        var out = StageOutput()
+        out.append(.xadd("out:{0}", maxLen: nil, fields: [("n", "1")]))
+        out.outside.append(RedisCommand("HSET", "latest", "ts_ns", "1"))
+        out.deadLetter(id: "2-0", reason: "rejected by stage")
+        guard case .commit(let commit, _) = c.event(.handled(.success(out)), now: t0) else {
+            Issue.record("expected a commit")
+            return
+        }
+        let steps = commit.fencedSteps(stream: "in:{0}", group: "g", configuration: c.configuration, tsNs: 42)
+        #expect(steps.before.map(\.name) == ["HSET", "XADD"])
+        #expect(steps.before[1].description.hasPrefix("XADD te:dlq"))
+        #expect(steps.atomic.map(\.description) == ["XADD out:{0} * n 1", "XACK in:{0} g 1-0 2-0"])
+        // Without a lease all of it is one MULTI/EXEC, the outside values first.
+        let multi = commit.commands(stream: "in:{0}", group: "g", configuration: c.configuration, tsNs: 42)
+        #expect(multi.map(\.name) == ["HSET", "XADD", "XADD", "XACK"])
+    }
+
     @Test func theCommitWritesOutputsThenDeadLettersThenOneAck() throws {
         var c = running()
         _ = c.event(.read([entry(1, 1), entry(2, 2, tag: "reject")]), now: t0)
@@ -246,6 +278,12 @@ struct StreamWorkerCoreTests {
 }
 
 extension StreamWorkerCore.Action {
+    /// A `.handle` answered with an empty output.
+    func handledBy(_ core: inout StreamWorkerCore<Input>, _ now: ContinuousClock.Instant) -> Self {
+        guard case .handle = self else { return self }
+        return core.event(.handled(.success(.none)), now: now)
+    }
+
     func isRead(cursor: String) -> Bool {
         if case .read(let r) = self { return r.cursor == cursor }
         return false

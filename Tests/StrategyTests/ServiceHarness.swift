@@ -24,11 +24,12 @@ struct RunningService {
     let process: ChildProcess
     let metricsPort: Int
 
-    static func start(_ product: String, environment: [String: String]) throws -> RunningService {
+    /// `redisURL`: default the shared server's `REDIS_URL`.
+    static func start(_ product: String, environment: [String: String], redisURL: String? = nil) throws -> RunningService {
         let port = try TestEnv.freePort()
         var env = environment
         env["METRICS_PORT"] = String(port)
-        env["REDIS_URL"] = try TestEnv.redisURL()
+        env["REDIS_URL"] = try redisURL ?? TestEnv.redisURL()
         env["STREAM_BLOCK_MS"] = env["STREAM_BLOCK_MS"] ?? "100"
         env["LOG_LEVEL"] = env["LOG_LEVEL"] ?? "info"
         return RunningService(process: try ChildProcess.built(product, environment: env), metricsPort: port)

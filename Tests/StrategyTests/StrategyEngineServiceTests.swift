@@ -9,10 +9,15 @@ import Testing
 @Suite("strategy-engine service (real binary, real Redis)", .timeLimit(.minutes(2)))
 struct StrategyEngineServiceTests {
     @Test func snapshotsBecomeSignalsWithDeterministicIDs() async throws {
-        let redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "test")
-        defer { redis.close() }
-        let streams = TestStreams()
-        defer { Task { [redis] in _ = try? await redis.del(streams.keysToDelete) } }
+        // A server of its own with this checkout's ACL users (the shard lease scripts are in the grant), so
+        // the real stream names.
+        let server = try await PrivateRedisServer(aclFile: try await StoreUsers.renderStrictACL())
+        let redis = RedisClient(configuration: try RedisConfiguration(url: server.url), name: "test")
+        defer {
+            redis.close()
+            Task { try? await server.kill() }
+        }
+        let streams = (features: StreamKey.features, signals: StreamKey.signals, consumer: "strategy-engine-test")
         let file = try temporaryFile(
             """
             {"strategies": [
@@ -31,9 +36,8 @@ struct StrategyEngineServiceTests {
         let service = try RunningService.start(
             "strategy-engine",
             environment: [
-                "STRATEGIES_FILE": file, "FEATURES_STREAM": streams.features, "SIGNALS_STREAM": streams.signals,
-                "CONSUMER_NAME": streams.consumer,
-            ])
+                "STRATEGIES_FILE": file, "CONSUMER_NAME": streams.consumer,
+            ], redisURL: server.url)
         let done = try await TestEnv.eventually(timeout: .seconds(30)) {
             try await redis.drained(streams.features, group: "strategy-engine")
         }
@@ -56,9 +60,8 @@ struct StrategyEngineServiceTests {
         let again = try RunningService.start(
             "strategy-engine",
             environment: [
-                "STRATEGIES_FILE": file, "FEATURES_STREAM": streams.features, "SIGNALS_STREAM": streams.signals,
-                "CONSUMER_NAME": streams.consumer,
-            ])
+                "STRATEGIES_FILE": file, "CONSUMER_NAME": streams.consumer,
+            ], redisURL: server.url)
         let twice = try await TestEnv.eventually(timeout: .seconds(30)) {
             try await redis.xlen(streams.signals) == 4
         }

@@ -24,7 +24,8 @@ public final class LivePipeline: Sendable {
         topic = unique
         group = unique
         consumer = unique
-        redisServer = try await PrivateRedisServer()
+        // This checkout's ACL users (deploy/redis/users.acl), not the file rendered when the dev servers started.
+        redisServer = try await PrivateRedisServer(aclFile: try await StoreUsers.renderStrictACL())
         redis = RedisClient(configuration: try RedisConfiguration(url: redisServer.url), name: name)
     }
 
@@ -79,19 +80,26 @@ public final class LivePipeline: Sendable {
 
     /// Every message of `stream`, in order.
     public func messages<M: StreamMessage>(_ type: M.Type, in stream: String) async throws -> [M] {
-        var out: [M] = []
-        var start = "-"
-        while true {
-            let page = try await redis.xrange(stream, start: start, end: "+", count: 5_000)
-            guard let last = page.last else { return out }
-            for entry in page { out.append(try StreamFieldDecoder.decode(M.self, from: entry.fields)) }
-            start = "(" + last.id
-        }
+        try await redis.pagedMessages(type, in: stream)
     }
 
     /// Stops the private redis-server (the client first).
     public func close() async {
         redis.close()
         try? await redisServer.kill()
+    }
+}
+
+extension RedisClient {
+    /// Every message of `stream`, in order, read in pages of 5,000.
+    public func pagedMessages<M: StreamMessage>(_ type: M.Type, in stream: String) async throws -> [M] {
+        var out: [M] = []
+        var start = "-"
+        while true {
+            let page = try await xrange(stream, start: start, end: "+", count: 5_000)
+            guard let last = page.last else { return out }
+            for entry in page { out.append(try StreamFieldDecoder.decode(M.self, from: entry.fields)) }
+            start = "(" + last.id
+        }
     }
 }
