@@ -55,7 +55,7 @@ struct IngestSettings: Sendable {
             spreadPrefix: try env.string("INGEST_SPREAD_PREFIX", default: "te:spread_bps:"),
             offsetsKey: try env.string("INGEST_OFFSETS_KEY", default: "te:ingest:offsets:" + topic),
             booksKey: try env.string("INGEST_BOOKS_KEY", default: "te:ingest:books:" + topic),
-            shards: try env.int("STREAM_SHARDS", default: 1, range: 1...4096),
+            shards: try env.streamShards(),
             snapshotTimeoutNs: Int64(try env.int("INGEST_SNAPSHOT_TIMEOUT_MS", default: 10_000, range: 1...86_400_000)) * 1_000_000,
             batchSize: try env.int("INGEST_BATCH_SIZE", default: 500, range: 1...100_000),
             depthLevels: try env.int("INGEST_DEPTH_LEVELS", default: 10, range: 0...1000))

@@ -114,7 +114,7 @@ struct ExplainCommand: AsyncParsableCommand {
             guard let t = record.featureTsNs else {
                 throw CLIError("decision \(record.decisionId) names te:features entry \(entryId) but no feature_ts_ns")
             }
-            let shards = try Env.int("STREAM_SHARDS", default: 1, range: 1...4096)
+            let shards = try Env().streamShards()
             let featuresStream = StreamKey.features(for: record.symbol, shards: shards)
             let ticksStream = StreamKey.ticks(for: record.symbol, shards: shards)
             let redis = try Inspect.redis()
