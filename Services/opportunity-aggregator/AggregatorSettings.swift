@@ -26,6 +26,17 @@ struct AggregatorSettings: Sendable {
     var streamMaxLen = 1_000_000
 
     var stateKey: String { "\(statePrefix):state" }
+
+    /// The settings of shard `k` of `shards` (DESIGN.md "Shards"): input `te:signals:{k}` and the state under
+    /// `{prefix}:{k}`, so the batch's MULTI (state, seen ids, XACK) stays in the shard's slot. One shard keeps
+    /// today's names.
+    func shard(_ k: Int, of shards: Int) -> AggregatorSettings {
+        guard shards > 1 else { return self }
+        var settings = self
+        settings.inputStream = StreamKey.sharded(inputStream, shard: k, of: shards)
+        settings.statePrefix = "\(statePrefix):{\(k)}"
+        return settings
+    }
     func seenKey(_ signalID: String) -> String { "\(statePrefix):seen:\(signalID)" }
     /// The idle closer looks this often.
     var idleCheckInterval: Duration { min(.seconds(1), max(.milliseconds(10), idleCloseAfter / 4)) }

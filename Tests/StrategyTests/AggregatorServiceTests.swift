@@ -190,4 +190,58 @@ struct AggregatorServiceTests {
         #expect(try await final.stop() == 0)
         await cleanUp(redis, streams, ids: signals.map(\.id))
     }
+
+    /// STREAM_SHARDS = 2: one process reads both `te:signals:{k}`, each shard with its own state in its own
+    /// slot; each symbol's opportunities are the state machine's over its shard's signals alone.
+    @Test func withShardsEachShardIsAggregatedOnItsOwn() async throws {
+        let redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "test")
+        defer { redis.close() }
+        let streams = TestStreams()
+        let shards = 2
+        // Two symbols in different shards.
+        let candidates = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT"]
+        let first = candidates[0]
+        let second = try #require(candidates.first {
+            StreamKey.shard(of: $0, shards: shards) != StreamKey.shard(of: first, shards: shards)
+        })
+        var expected: [String: [Opportunity]] = [:]
+        var ids: [String] = []
+        for (i, symbol) in [first, second].enumerated() {
+            let signals = signalSequence(count: 300, seed: 21 + UInt64(i)).map { s in
+                let ts = s.tsNs
+                return Signal(
+                    id: Signal.makeID(symbol: symbol, strategy: s.strategy, tsNs: ts), symbol: symbol,
+                    strategy: s.strategy, direction: s.direction, confidence: s.confidence, tsNs: ts, features: s.features)
+            }
+            expected[symbol] = referenceOpportunities(signals, configuration)
+            ids += signals.map(\.id)
+            let k = StreamKey.shard(of: symbol, shards: shards)
+            try await redis.add(signals, to: StreamKey.sharded(streams.signals, shard: k, of: shards))
+        }
+        #expect(expected.values.allSatisfy { $0.count > 20 })
+
+        let service = try RunningService.start(
+            "opportunity-aggregator",
+            environment: environment(
+                streams, idleCloseMs: 2000, extra: ["STREAM_SHARDS": String(shards), "STREAM_BATCH_SIZE": "16"]))
+        let total = expected.values.map(\.count).reduce(0, +)
+        let got = try await output(redis, streams, count: total, process: service.process)
+        #expect(got.count == total)
+        for symbol in [first, second] {
+            #expect(got.filter { $0.symbol == symbol } == expected[symbol])
+        }
+        // Each shard's state lives under its own tagged prefix.
+        for k in 0..<shards {
+            #expect(try await !redis.hgetall("\(streams.statePrefix):{\(k)}:state").isEmpty)
+        }
+        #expect(try await service.stop() == 0)
+        for k in 0..<shards {
+            let prefix = "\(streams.statePrefix):{\(k)}"
+            _ = try? await redis.del([StreamKey.sharded(streams.signals, shard: k, of: shards), "\(prefix):state"])
+            for chunk in stride(from: 0, to: ids.count, by: 500) {
+                _ = try? await redis.del(ids[chunk..<min(chunk + 500, ids.count)].map { "\(prefix):seen:\($0)" })
+            }
+        }
+        _ = try? await redis.del([streams.opportunities])
+    }
 }

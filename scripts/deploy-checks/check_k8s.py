@@ -29,9 +29,12 @@ import yaml
 
 # Stages that stay at one replica, and why (deploy/k8s/README.md): outcome-tracker holds each symbol's
 # quotes from its te:ticks group in one process.
-SINGLE_REPLICA = {"outcome-tracker": "its te:ticks quotes and held decisions are per process"}
+SINGLE_REPLICA = {
+    "outcome-tracker": "its te:ticks quotes and held decisions are per process",
+    "opportunity-aggregator": "one process reads every te:signals shard; no shard ownership across replicas yet",
+}
 # Stages whose replicas own symbol shards (DESIGN.md "Shards"): more replicas than shards own nothing.
-SHARD_OWNED = {"feature-pipeline", "opportunity-aggregator"}
+SHARD_OWNED = {"feature-pipeline", "strategy-engine"}
 METRICS_TXT = Path(__file__).resolve().parents[2] / "deploy" / "metrics.txt"
 
 
