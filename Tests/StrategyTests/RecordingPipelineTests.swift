@@ -47,36 +47,46 @@ struct RecordingPipelineTests {
     /// reach while the pipeline runs; once every stage has drained its input the aggregator is stopped and
     /// started again with a short one, which closes the last windows (and puts a restart with open windows,
     /// state reloaded from Redis, on the path).
-    func run(tickCount: Int) async throws -> Outcome {
+    ///
+    /// `shards`: `STREAM_SHARDS` of every stage; the recording's one symbol then lives in shard `k` of each
+    /// stream (`te:ticks:{k}` …), owned under a lease by feature-pipeline and strategy-engine.
+    func run(tickCount: Int, symbol: String, shards: Int = 1) async throws -> Outcome {
         let pipeline = try await LivePipeline("e2e")
         defer { Task { await pipeline.close() } }
         let strategies = repositoryRoot.appendingPathComponent("deploy/strategies/default.json").path
+        let sharding = ["STREAM_SHARDS": String(shards)]
+        let k = StreamKey.shard(of: symbol, shards: shards)
+        let ticks = StreamKey.sharded(StreamKey.ticks, shard: k, of: shards)
+        let features = StreamKey.sharded(StreamKey.features, shard: k, of: shards)
+        let signals = StreamKey.sharded(StreamKey.signals, shard: k, of: shards)
+        let state = shards == 1 ? "te:agg:state" : "te:agg:{\(k)}:state"
         let upstream = [
-            try await pipeline.startIngest(),
-            try pipeline.start("feature-pipeline"),
-            try pipeline.start("strategy-engine", ["STRATEGIES_FILE": strategies]),
+            try await pipeline.startIngest(nil, sharding),
+            try pipeline.start("feature-pipeline", sharding),
+            try pipeline.start("strategy-engine", sharding.merging(["STRATEGIES_FILE": strategies]) { $1 }),
         ]
-        let aggregator = try pipeline.start("opportunity-aggregator", ["IDLE_CLOSE_MS": "3600000"])
+        let aggregator = try pipeline.start(
+            "opportunity-aggregator", sharding.merging(["IDLE_CLOSE_MS": "3600000"]) { $1 })
         try await pipeline.replay(Self.recording)
         func logs() -> String {
             (upstream + [aggregator]).map { "\($0.name):\n\($0.output().suffix(1500))" }.joined(separator: "\n")
         }
         let drained = try await TestEnv.eventually(timeout: .seconds(300), every: .milliseconds(250)) {
-            guard (try? await pipeline.redis.xlen(StreamKey.ticks)) ?? 0 >= tickCount else { return false }
+            guard (try? await pipeline.redis.xlen(ticks)) ?? 0 >= tickCount else { return false }
             // In pipeline order: each stage acknowledges in the same transaction as it writes its output.
-            guard try await pipeline.drained(StreamKey.ticks, group: "feature-pipeline") else { return false }
-            guard try await pipeline.drained(StreamKey.features, group: "strategy-engine") else { return false }
-            return try await pipeline.drained(StreamKey.signals, group: "opportunity-aggregator")
+            guard try await pipeline.drained(ticks, group: "feature-pipeline") else { return false }
+            guard try await pipeline.drained(features, group: "strategy-engine") else { return false }
+            return try await pipeline.drained(signals, group: "opportunity-aggregator")
         }
         if !drained { throw TestFailure("pipeline did not drain:\n\(logs())") }
-        #expect(try await pipeline.redis.xlen(StreamKey.ticks) == tickCount)
+        #expect(try await pipeline.redis.xlen(ticks) == tickCount)
         #expect(try await pipeline.redis.xlen(StreamKey.dlq) == 0)
         aggregator.terminate()
         #expect(try await aggregator.waitForExit(timeout: .seconds(20)) == 0)
 
-        let closer = try pipeline.start("opportunity-aggregator", ["IDLE_CLOSE_MS": "200"])
+        let closer = try pipeline.start("opportunity-aggregator", sharding.merging(["IDLE_CLOSE_MS": "200"]) { $1 })
         let closed = try await TestEnv.eventually(timeout: .seconds(60), every: .milliseconds(200)) {
-            let state = try await pipeline.redis.hgetall("te:agg:state")
+            let state = try await pipeline.redis.hgetall(state)
             return !state.isEmpty && !state.keys.contains { $0.hasPrefix("w:") }
         }
         if !closed { throw TestFailure("windows not closed:\n\(closer.output().suffix(2000))") }
@@ -85,18 +95,21 @@ struct RecordingPipelineTests {
             #expect(try await process.waitForExit(timeout: .seconds(20)) == 0, "\(process.name): \(process.output().suffix(1500))")
         }
         return Outcome(
-            signals: try await pipeline.messages(Signal.self, in: StreamKey.signals),
+            signals: try await pipeline.messages(Signal.self, in: signals),
             opportunities: try await pipeline.messages(Opportunity.self, in: StreamKey.opportunities))
     }
 
     @Test func defaultStrategiesGiveAPlausibleRepeatableSetOfOpportunities() async throws {
-        let tickCount = try recordingTicks(Self.recording).count
+        let ticks = try recordingTicks(Self.recording)
+        let tickCount = ticks.count
         #expect(tickCount > 60_000)
+        let symbol = try #require(ticks.first?.symbol)
+        #expect(ticks.allSatisfy { $0.symbol == symbol })
 
         // Two independent runs (own topics, own redis-servers) at the same time: nothing is shared but the
-        // broker and the machine.
-        async let firstRun = run(tickCount: tickCount)
-        async let secondRun = run(tickCount: tickCount)
+        // broker and the machine. The second runs every stage with STREAM_SHARDS = 4.
+        async let firstRun = run(tickCount: tickCount, symbol: symbol)
+        async let secondRun = run(tickCount: tickCount, symbol: symbol, shards: 4)
         let first = try await firstRun
         let second = try await secondRun
         let ids = Set(first.opportunities.map(\.id))
@@ -117,7 +130,7 @@ struct RecordingPipelineTests {
         let reference = referenceOpportunities(first.signals, OpportunityAggregator.Configuration())
         #expect(finalStates(first.opportunities) == finalStates(reference))
 
-        // The second run from the same input on a fresh topic and Redis: the same signals and the same
+        // The second run from the same input on a fresh topic and Redis, sharded: the same signals and the same
         // opportunities, entry for entry (the messages carry event times only, no wall-clock field).
         #expect(second.signals == first.signals)
         #expect(second.opportunities == first.opportunities)
