@@ -12,6 +12,7 @@ help:
 	@echo "make dev-up    start Redis, PostgreSQL, the Kafka dev broker and Triton locally; writes .dev/env"
 	@echo "make dev-down  stop what dev-up started"
 	@echo "make bench     run the benchmark suite (results in bench/results/)"
+	@echo "make format    format the Swift sources (.swift-format); make test checks it first"
 	@echo "make up/down   docker compose stack (see deploy/README.md)"
 
 deps:
@@ -33,6 +34,7 @@ dev-down:
 # servers and runs the whole suite against them. Integration tests fail, never skip, when a server is missing.
 # train-venv: matplotlib for the test of `te model --plot`, lightgbm for the served-LightGBM check (TritonTests).
 test: deps train-venv
+	@$(MAKE) --no-print-directory format-check
 	$(SWIFT) build --build-tests
 	@DEV_REDIS_CLUSTER=$${DEV_REDIS_CLUSTER:-1} scripts/dev-up.sh
 	set -a; source .dev/env; set +a; \

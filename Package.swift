@@ -31,7 +31,7 @@ let package = Package(
         .library(name: "TEKafka", targets: ["TEKafka"]),
         // The fuzz targets' entry points, for the libFuzzer binaries of fuzz/Package.swift.
         .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
-        .library(name: "GatewayFuzzTargets", targets: ["GatewayFuzzTargets"]),
+        .library(name: "GatewayFuzzTargets", targets: ["GatewayFuzzTargets"])
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -51,7 +51,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
         // OTLP/HTTP only: the default traits add the OTLP/gRPC exporter (grpc-swift 2 and its NIO transport);
         // AsyncHTTPClient and NIOSSL, which OTLP/HTTP needs, are already built for HummingbirdTesting.
-        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
+        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"])
     ],
     targets: [
         // MARK: C libraries (Debian -dev packages, found through pkg-config)
@@ -92,7 +92,7 @@ let package = Package(
                 "CNghttp2", "CProtobufC", "CTritonProto", "TECore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio")
             ],
             path: "Shared/TritonClient", swiftSettings: swiftSettings),
 
@@ -120,7 +120,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
-                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "OTel", package: "swift-otel")
             ],
             path: "Shared/ServiceKit", swiftSettings: swiftSettings),
 
@@ -130,19 +130,27 @@ let package = Package(
             name: "AuditStorage",
             dependencies: [
                 "TEModels", "TEPostgres", .product(name: "Logging", package: "swift-log"),
-                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Crypto", package: "swift-crypto")
             ],
             path: "Shared/AuditStorage", swiftSettings: swiftSettings),
 
         // MARK: Executables
         .executableTarget(
-            name: "Ingest", dependencies: ["ServiceKit", "TEKafka", "MarketData", .product(name: "Tracing", package: "swift-distributed-tracing")], path: "Services/ingest",
+            name: "Ingest",
+            dependencies: [
+                "ServiceKit", "TEKafka", "MarketData", .product(name: "Tracing", package: "swift-distributed-tracing")
+            ], path: "Services/ingest",
             swiftSettings: swiftSettings),
         .executableTarget(
-            name: "FeaturePipeline", dependencies: ["ServiceKit", "FeatureEngine", .product(name: "Tracing", package: "swift-distributed-tracing")],
+            name: "FeaturePipeline",
+            dependencies: [
+                "ServiceKit", "FeatureEngine", .product(name: "Tracing", package: "swift-distributed-tracing")
+            ],
             path: "Services/feature-pipeline", swiftSettings: swiftSettings),
         .executableTarget(
-            name: "StrategyEngine", dependencies: ["ServiceKit", "Strategies", .product(name: "Tracing", package: "swift-distributed-tracing")], path: "Services/strategy-engine",
+            name: "StrategyEngine",
+            dependencies: ["ServiceKit", "Strategies", .product(name: "Tracing", package: "swift-distributed-tracing")],
+            path: "Services/strategy-engine",
             swiftSettings: swiftSettings),
         .executableTarget(
             name: "OpportunityAggregator", dependencies: ["ServiceKit", "Strategies"],
@@ -171,25 +179,29 @@ let package = Package(
                 .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
                 // The push streams' WebSocket upgrade and frames (PushWebSocket.swift says why not hummingbird-websocket's server).
                 .product(name: "NIOWebSocket", package: "swift-nio"),
-                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "Tracing", package: "swift-distributed-tracing")
             ],
             path: "Shared/GatewayCore", swiftSettings: swiftSettings),
         .executableTarget(
             name: "AuditWriter",
-            dependencies: ["AuditStorage", "ServiceKit", "TECore", "TEPostgres", .product(name: "Prometheus", package: "swift-prometheus")],
+            dependencies: [
+                "AuditStorage", "ServiceKit", "TECore", "TEPostgres",
+                .product(name: "Prometheus", package: "swift-prometheus")
+            ],
             path: "Services/audit-writer",
             swiftSettings: swiftSettings),
         .executableTarget(
             name: "OutcomeTracker",
             dependencies: [
-                "ServiceKit", "FeatureEngine", .product(name: "DequeModule", package: "swift-collections"),
+                "ServiceKit", "FeatureEngine", .product(name: "DequeModule", package: "swift-collections")
             ],
             path: "Services/outcome-tracker", swiftSettings: swiftSettings),
         .executableTarget(
             name: "TE",
             dependencies: [
-                "AuditStorage", "ServiceKit", "TECore", "TEKafka", "TEPostgres", "TritonClient", "MarketData", "FeatureEngine",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "AuditStorage", "ServiceKit", "TECore", "TEKafka", "TEPostgres", "TritonClient", "MarketData",
+                "FeatureEngine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser")
             ],
             path: "Services/te", swiftSettings: swiftSettings),
         .executableTarget(
@@ -205,7 +217,8 @@ let package = Package(
             name: "ModelsTests", dependencies: ["TEModels"], path: "Tests/ModelsTests",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "RedisTests", dependencies: ["TECore", "TERedis", "ServiceKit", "TestSupport"], path: "Tests/RedisTests",
+            name: "RedisTests", dependencies: ["TECore", "TERedis", "ServiceKit", "TestSupport"],
+            path: "Tests/RedisTests",
             swiftSettings: swiftSettings),
         .testTarget(
             // ingest's cycle and fence naming, no servers (the server-backed ingest tests are in KafkaTests).
@@ -221,13 +234,15 @@ let package = Package(
             name: "FeatureTests", dependencies: ["TECore", "FeatureEngine", "MarketData", "TestSupport"],
             path: "Tests/FeatureTests", swiftSettings: swiftSettings),
         .testTarget(
-            name: "StrategyTests", dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport", "TEPostgres", "AuditStorage"], path: "Tests/StrategyTests",
+            name: "StrategyTests",
+            dependencies: ["Strategies", "FeatureEngine", "MarketData", "TestSupport", "TEPostgres", "AuditStorage"],
+            path: "Tests/StrategyTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "TritonTests",
             dependencies: [
                 "TritonClient", "TECore", "TestSupport", .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio")
             ],
             path: "Tests/TritonTests",
             swiftSettings: swiftSettings),
@@ -243,11 +258,12 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
-                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras")
             ], path: "Tests/GatewayTests",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "FuzzRegressionTests", dependencies: ["FuzzTargets", "GatewayFuzzTargets"], path: "Tests/FuzzRegressionTests",
+            name: "FuzzRegressionTests", dependencies: ["FuzzTargets", "GatewayFuzzTargets"],
+            path: "Tests/FuzzRegressionTests",
             swiftSettings: swiftSettings),
         .target(
             name: "FuzzTargets", dependencies: ["MarketData", "TEModels"], path: "Tests/FuzzTargets",
@@ -265,12 +281,13 @@ let package = Package(
                 .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
                 // GatewayChannel.setup (a logger) and the push paths as the upgrade gate reads them (URI).
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird")
             ],
             path: "Tests/GatewayFuzzTargets", swiftSettings: swiftSettings),
         .target(
             name: "TestSupport",
-            dependencies: ["TERedis", "ServiceKit", .product(name: "Hummingbird", package: "hummingbird")], path: "Tests/TestSupport",
-            swiftSettings: swiftSettings),
+            dependencies: ["TERedis", "ServiceKit", .product(name: "Hummingbird", package: "hummingbird")],
+            path: "Tests/TestSupport",
+            swiftSettings: swiftSettings)
     ]
 )

@@ -20,19 +20,19 @@ let package = Package(
         .executable(name: "gateway-bench", targets: ["GatewayBench"]),
         .executable(name: "pipeline-bench", targets: ["PipelineBench"]),
         .executable(name: "ingest-bench", targets: ["IngestBench"]),
-        .executable(name: "codec-bench", targets: ["CodecBench"]),
+        .executable(name: "codec-bench", targets: ["CodecBench"])
     ],
     dependencies: [
         .package(path: ".."),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
-        .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.1"),
+        .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.1")
     ],
     targets: [
         .executableTarget(
             name: "RedisBench",
             dependencies: [
                 .product(name: "TERedis", package: root),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Histogram", package: "hdrhistogram-swift")
             ],
             path: "Sources/RedisBench",
             swiftSettings: [.swiftLanguageMode(.v6)]),
@@ -42,7 +42,7 @@ let package = Package(
             dependencies: [
                 .product(name: "TERedis", package: root),
                 .product(name: "TEModels", package: root),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Histogram", package: "hdrhistogram-swift")
             ],
             path: "Sources/StrategiesBench",
             swiftSettings: [.swiftLanguageMode(.v6)]),
@@ -56,14 +56,14 @@ let package = Package(
                 .product(name: "MarketData", package: root),
                 .product(name: "TERedis", package: root),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
-                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer")
             ],
             path: "Sources/FeatureBench", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
             name: "TritonBench",
             dependencies: [
                 .product(name: "TritonClient", package: root),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Histogram", package: "hdrhistogram-swift")
             ],
             path: "Sources/triton-bench",
             swiftSettings: [.swiftLanguageMode(.v6)]),
@@ -73,7 +73,7 @@ let package = Package(
             dependencies: [
                 .product(name: "TERedis", package: root),
                 .product(name: "TEModels", package: root),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Histogram", package: "hdrhistogram-swift")
             ],
             path: "Sources/AuditBench", swiftSettings: [.swiftLanguageMode(.v6)]),
         // End-to-end latency Kafka produce → te:features / te:opportunities through the real services, and
@@ -84,7 +84,7 @@ let package = Package(
                 .product(name: "TEKafka", package: root),
                 .product(name: "TERedis", package: root),
                 .product(name: "MarketData", package: root),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Histogram", package: "hdrhistogram-swift")
             ],
             path: "Sources/PipelineBench", swiftSettings: [.swiftLanguageMode(.v6)]),
         // Open-loop produce → ingest → Redis latency of a running ingest (bench/run-ingest.sh).
@@ -94,7 +94,7 @@ let package = Package(
                 .product(name: "TEKafka", package: root),
                 .product(name: "TERedis", package: root),
                 .product(name: "MarketData", package: root),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Histogram", package: "hdrhistogram-swift")
             ],
             path: "Sources/IngestBench", swiftSettings: [.swiftLanguageMode(.v6)]),
         // ns and allocations per entry of each stream codec against the Codable encoding (bench/run-codecs.sh).
@@ -105,13 +105,13 @@ let package = Package(
                 .product(name: "TERedis", package: root),
                 .product(name: "MarketData", package: root),
                 .product(name: "FeatureEngine", package: root),
-                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer")
             ],
             path: "Sources/CodecBench", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
             name: "GatewayBench",
             dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")],
             path: "Sources/GatewayBench",
-            swiftSettings: [.swiftLanguageMode(.v6)]),
+            swiftSettings: [.swiftLanguageMode(.v6)])
     ]
 )

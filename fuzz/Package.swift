@@ -18,7 +18,7 @@ let package = Package(
         .executable(name: "fuzz-normalizer", targets: ["NormalizerFuzz"]),
         .executable(name: "fuzz-stream-codec", targets: ["StreamCodecFuzz"]),
         .executable(name: "fuzz-score-request", targets: ["ScoreRequestFuzz"]),
-        .executable(name: "fuzz-http-framing", targets: ["HTTPFramingFuzz"]),
+        .executable(name: "fuzz-http-framing", targets: ["HTTPFramingFuzz"])
     ],
     dependencies: [.package(path: "..")],
     targets: [
@@ -35,6 +35,6 @@ let package = Package(
             path: "Sources/ScoreRequestFuzz", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
             name: "HTTPFramingFuzz", dependencies: ["CLibFuzzer", .product(name: "GatewayFuzzTargets", package: root)],
-            path: "Sources/HTTPFramingFuzz", swiftSettings: [.swiftLanguageMode(.v6)]),
+            path: "Sources/HTTPFramingFuzz", swiftSettings: [.swiftLanguageMode(.v6)])
     ]
 )

@@ -85,24 +85,34 @@ struct AuditMetrics: Sendable {
 
     init(registry: PrometheusCollectorRegistry) {
         inserted = registry.makeCounter(
-            descriptor: .init(metricName: "te_audit_rows_inserted", unitName: "total", helpText: "Rows inserted into decisions."))
+            descriptor: .init(
+                metricName: "te_audit_rows_inserted", unitName: "total", helpText: "Rows inserted into decisions."))
         duplicates = registry.makeCounter(
-            descriptor: .init(metricName: "te_audit_duplicates_skipped", unitName: "total", helpText: "Records already in decisions (redeliveries), skipped."))
+            descriptor: .init(
+                metricName: "te_audit_duplicates_skipped", unitName: "total",
+                helpText: "Records already in decisions (redeliveries), skipped."))
         rejected = registry.makeCounter(
-            descriptor: .init(metricName: "te_audit_rows_rejected", unitName: "total", helpText: "Records PostgreSQL rejected for their data, dead-lettered."))
+            descriptor: .init(
+                metricName: "te_audit_rows_rejected", unitName: "total",
+                helpText: "Records PostgreSQL rejected for their data, dead-lettered."))
         retries = registry.makeCounter(
-            descriptor: .init(metricName: "te_audit_retries", unitName: "total", helpText: "Batch writes retried because PostgreSQL was unavailable."))
+            descriptor: .init(
+                metricName: "te_audit_retries", unitName: "total",
+                helpText: "Batch writes retried because PostgreSQL was unavailable."))
         batchRows = registry.makeValueHistogram(
-            descriptor: .init(metricName: "te_audit_batch", unitName: "rows", helpText: "Records per batch transaction."),
+            descriptor: .init(
+                metricName: "te_audit_batch", unitName: "rows", helpText: "Records per batch transaction."),
             buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000])
         commitDuration = registry.makeDurationHistogram(
             descriptor: .init(
                 metricName: "te_audit_commit_duration", unitName: "seconds",
-                helpText: "Time to write one batch into decisions: its COPY (and, for a redelivery, the read of stored ids and chain head), COMMIT."),
+                helpText:
+                    "Time to write one batch into decisions: its COPY (and, for a redelivery, the read of stored ids and chain head), COMMIT."
+            ),
             buckets: [
                 .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
                 .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
-                .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10),
+                .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10)
             ])
     }
 }

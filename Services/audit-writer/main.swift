@@ -68,13 +68,15 @@ await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { res
     return [
         AuditWriterService(
             store: stage.store,
-            migrator: migrations.map { AuditStore(connection: PostgresConnection(configuration: $0, logger: resources.logger)) },
+            migrator: migrations.map {
+                AuditStore(connection: PostgresConnection(configuration: $0, logger: resources.logger))
+            },
             worker: StreamWorker(
                 stage: stage, redis: redis, configuration: worker, readiness: resources.readiness,
                 logger: resources.logger),
             tables: [
                 StreamWorker(stage: outcomes, redis: redis, configuration: worker, logger: resources.logger),
-                StreamWorker(stage: rollout, redis: redis, configuration: worker, logger: resources.logger),
+                StreamWorker(stage: rollout, redis: redis, configuration: worker, logger: resources.logger)
             ],
             logger: resources.logger)
     ]
@@ -108,7 +110,7 @@ struct AuditWriterService: Service {
                 try await (migrator ?? store).migrate(logger: logger)
                 await migrator?.connection.close()
             }
-        } catch where Task.isShuttingDownGracefully || Task.isCancelled {
+        } catch  where Task.isShuttingDownGracefully || Task.isCancelled {
             return
         }
         try await withThrowingTaskGroup(of: Void.self) { group in

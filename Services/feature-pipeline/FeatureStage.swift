@@ -66,7 +66,10 @@ struct FeatureStage: StreamStage {
     private var metrics: FeatureMetrics
 
     /// Shard `shard` of `shards` (`te:ticks` → `te:features` when unsharded).
-    init(settings: FeatureSettings, shard: Int = 0, of shards: Int = 1, registry: PrometheusCollectorRegistry, logger: Logger) {
+    init(
+        settings: FeatureSettings, shard: Int = 0, of shards: Int = 1, registry: PrometheusCollectorRegistry,
+        logger: Logger
+    ) {
         inputStream = StreamKey.sharded(StreamKey.ticks, shard: shard, of: shards)
         outputStream = StreamKey.sharded(StreamKey.features, shard: shard, of: shards)
         self.settings = settings
@@ -174,7 +177,7 @@ struct FeatureStage: StreamStage {
             metadata: [
                 "before": "\(id)", "entries_read": "\(scanned)", "ticks_replayed": "\(history.count)",
                 "symbols": "\(coverage.symbols.count)", "complete": "\(coverage.isSufficient)",
-                "uncovered_symbols": "\(coverage.uncoveredSymbols.joined(separator: ","))",
+                "uncovered_symbols": "\(coverage.uncoveredSymbols.joined(separator: ","))"
             ])
     }
 }
@@ -200,7 +203,7 @@ struct FeatureMetrics: Sendable {
                 helpText: "Feature computation time per quote"),
             buckets: [
                 .nanoseconds(250), .nanoseconds(500), .microseconds(1), .microseconds(2), .microseconds(5),
-                .microseconds(10), .microseconds(25), .microseconds(50), .microseconds(100), .microseconds(1000),
+                .microseconds(10), .microseconds(25), .microseconds(50), .microseconds(100), .microseconds(1000)
             ])
     }
 
@@ -214,7 +217,8 @@ struct FeatureMetrics: Sendable {
             c.increment()
             // A symbol's out-of-order series exists (at 0) from its first quote, so rate() has a series.
             if outOfOrders[symbol] == nil {
-                outOfOrders[symbol] = Metrics.Counter(label: "te_features_out_of_order_total", dimensions: [("symbol", symbol)])
+                outOfOrders[symbol] = Metrics.Counter(
+                    label: "te_features_out_of_order_total", dimensions: [("symbol", symbol)])
             }
         }
     }

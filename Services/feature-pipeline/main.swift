@@ -15,6 +15,8 @@ await ServiceRunner.run(service: "feature-pipeline", defaultMetricsPort: 9102) {
         ShardedStreamWorker(
             stage: "feature-pipeline", input: StreamKey.ticks, settings: sharding, redis: redis, configuration: worker,
             readiness: resources.readiness, logger: logger
-        ) { k in FeatureStage(settings: settings, shard: k, of: sharding.shards, registry: registry, logger: stageLogger) }
+        ) { k in
+            FeatureStage(settings: settings, shard: k, of: sharding.shards, registry: registry, logger: stageLogger)
+        }
     ]
 }

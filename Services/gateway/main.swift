@@ -17,8 +17,9 @@ await ServiceRunner.run(service: "gateway", defaultMetricsPort: nil) { resources
             "canary": "\(config.canaryEnabled ? "\(config.canaryVersion)@\(config.canaryFraction)" : "off")",
             "shadow": "\(config.shadowEnabled)", "score_timeout_ms": "\(config.scoreTimeoutMs)",
             "api_clients": "\(dependencies.keys.table.clients.joined(separator: ","))",
-            "api_keys_file": "\(config.apiKeysFile ?? "-")", "rate_limit": "\(config.rateLimit.map { "\($0)/s" } ?? "off")",
-            "event_loop_executor": "\(onEventLoops)",
+            "api_keys_file": "\(config.apiKeysFile ?? "-")",
+            "rate_limit": "\(config.rateLimit.map { "\($0)/s" } ?? "off")",
+            "event_loop_executor": "\(onEventLoops)"
         ])
     return [buildApplication(dependencies)]
 }

@@ -234,7 +234,8 @@ struct FencedBatch {
     static func spread(key: String, bps: Double, tsNs: Int64, expireSeconds: Int) -> RedisCommand {
         let padded = String(repeating: "0", count: max(0, 20 - String(tsNs).count)) + String(tsNs)
         return RedisCommand(
-            "EVAL", spreadScript, "1", "te:ingest:spread_ts:" + StreamKey.hashTag(of: key), key, "\(bps)", padded, String(expireSeconds))
+            "EVAL", spreadScript, "1", "te:ingest:spread_ts:" + StreamKey.hashTag(of: key), key, "\(bps)", padded,
+            String(expireSeconds))
     }
 
     /// What the script did: messages written, messages it found already written, refused commands.
@@ -249,6 +250,7 @@ struct FencedBatch {
         guard let items = reply.array, items.count == 3, let applied = items[0].int, let skipped = items[1].int else {
             throw RedisError(.unexpectedReply, "ingest batch script replied \(reply)")
         }
-        return Outcome(applied: Int(applied), skipped: Int(skipped), errors: (items[2].array ?? []).compactMap(\.string))
+        return Outcome(
+            applied: Int(applied), skipped: Int(skipped), errors: (items[2].array ?? []).compactMap(\.string))
     }
 }

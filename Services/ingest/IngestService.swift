@@ -67,12 +67,15 @@ struct IngestService: Service {
         logger.info(
             "ingest consuming",
             metadata: [
-                "topic": "\(settings.topic)", "group": "\(settings.group)", "group_instance_id": "\(settings.groupInstanceID ?? "")",
-                "shards": "\(settings.shards)",
+                "topic": "\(settings.topic)", "group": "\(settings.group)",
+                "group_instance_id": "\(settings.groupInstanceID ?? "")",
+                "shards": "\(settings.shards)"
             ])
         defer { redis.close() }
         let groups = settings.groups
-        var books = IngestBooks(normalizer: MarketNormalizer(depthLevels: settings.depthLevels, snapshotTimeoutNs: settings.snapshotTimeoutNs))
+        var books = IngestBooks(
+            normalizer: MarketNormalizer(
+                depthLevels: settings.depthLevels, snapshotTimeoutNs: settings.snapshotTimeoutNs))
         var cycle = IngestCycle(topic: settings.topic, groups: groups.count)
         var batch: [KafkaConsumerMessage] = []
         var built: BuiltBatch?
@@ -103,16 +106,19 @@ struct IngestService: Service {
                     if let lag = try? await consumer.lag() { metrics.kafkaLag.record(Double(lag)) }
                 }
                 metrics.consumed.increment(by: Int64(batch.count))
-                action = cycle.event(.polled(
-                    batch.map { IngestCycle.Position(partition: $0.partition, offset: $0.offset) },
-                    generation: consumer.assignmentGeneration, now: .now))
+                action = cycle.event(
+                    .polled(
+                        batch.map { IngestCycle.Position(partition: $0.partition, offset: $0.offset) },
+                        generation: consumer.assignmentGeneration, now: .now))
             case .restore(let partition):
                 do {
                     let stored = try await storedState(settings.topic, partition, consumer)
                     restore(stored.books, of: partition, into: &books)
                     action = cycle.event(.restored(partition: partition, fences: stored.fences))
                 } catch {
-                    logger.warning("reading the stored ingest fences failed; retrying", metadata: ["partition": "\(partition)", "error": "\(error)"])
+                    logger.warning(
+                        "reading the stored ingest fences failed; retrying",
+                        metadata: ["partition": "\(partition)", "error": "\(error)"])
                     action = cycle.event(.restoreFailed)
                 }
             case .build(let fences):
@@ -155,7 +161,8 @@ struct IngestService: Service {
                 // the session times out, instead of moving twice.
                 logger.info(
                     settings.groupInstanceID == nil
-                        ? "ingest stopping: leaving the consumer group" : "ingest stopping: closing the consumer (static member: partitions kept for its restart)")
+                        ? "ingest stopping: leaving the consumer group"
+                        : "ingest stopping: closing the consumer (static member: partitions kept for its restart)")
                 await consumer.close()
                 return
             case .fail:
@@ -186,7 +193,9 @@ struct IngestService: Service {
         /// A message at or below its shard's fence changed `symbol`'s book: that change is already in the
         /// stored checkpoint, so the book goes back to it (or away, when none was stored).
         mutating func undo(_ symbol: String, partition: Int32) {
-            if let stored = restored[symbol], stored.partition == partition, normalizer.restoreBook(symbol, checkpoint: stored.checkpoint) {
+            if let stored = restored[symbol], stored.partition == partition,
+                normalizer.restoreBook(symbol, checkpoint: stored.checkpoint)
+            {
                 return
             }
             normalizer.removeBook(symbol)
@@ -195,10 +204,14 @@ struct IngestService: Service {
     }
 
     /// Normalizes the messages of `batch` that some group does not hold yet and builds each group's script.
-    private func build(_ batch: [KafkaConsumerMessage], fences: IngestCycle.Fences, books: inout IngestBooks) -> BuiltBatch {
+    private func build(_ batch: [KafkaConsumerMessage], fences: IngestCycle.Fences, books: inout IngestBooks)
+        -> BuiltBatch
+    {
         let groups = settings.groups
         let dlq = groups.count - 1
-        var scripts = groups.map { FencedBatch(offsetsKey: $0.fenceKey, booksKey: $0.booksKey, capacity: batch.count * 256 / groups.count) }
+        var scripts = groups.map {
+            FencedBatch(offsetsKey: $0.fenceKey, booksKey: $0.booksKey, capacity: batch.count * 256 / groups.count)
+        }
         var out = BuiltBatch()
         // A symbol's last fresh spread of the batch (a latest-value key) and the messages by position.
         var spreads: [String: (bps: Double, tsNs: Int64)] = [:]
@@ -219,7 +232,8 @@ struct IngestService: Service {
             var fenced = false
             let receiveTsNs = Self.receiveTime(message)
             let normalized = books.normalizer.normalize(
-                payload: message.value, receiveTsNs: receiveTsNs, key: message.key.map { String(decoding: $0, as: UTF8.self) })
+                payload: message.value, receiveTsNs: receiveTsNs,
+                key: message.key.map { String(decoding: $0, as: UTF8.self) })
             switch normalized {
             case .ticks(let ticks):
                 let source = Self.lineage(message)
@@ -297,12 +311,15 @@ struct IngestService: Service {
         }
         for k in scripts.indices {
             for (partition, offset) in scripts[k].last {
-                if let i = index[IngestCycle.Position(partition: partition, offset: offset)] { scripts[k].fingerprint(of: batch[i]) }
+                if let i = index[IngestCycle.Position(partition: partition, offset: offset)] {
+                    scripts[k].fingerprint(of: batch[i])
+                }
             }
         }
         for (symbol, partition) in changedBooks {
             let k = settings.shard(of: symbol)
-            guard let offset = scripts[k].last[partition], let checkpoint = books.normalizer.checkpoint(ofBook: symbol) else { continue }
+            guard let offset = scripts[k].last[partition], let checkpoint = books.normalizer.checkpoint(ofBook: symbol)
+            else { continue }
             scripts[k].book(partition: partition, offset: offset, symbol: symbol, checkpoint: checkpoint)
             books.partitions[symbol] = partition
         }
@@ -312,8 +329,10 @@ struct IngestService: Service {
         }
         if out.scripts > 0 {
             for (symbol, spread) in spreads {
-                out.commands.append(FencedBatch.spread(
-                    key: settings.spreadPrefix + symbol, bps: spread.bps, tsNs: spread.tsNs, expireSeconds: settings.spreadTTLSeconds))
+                out.commands.append(
+                    FencedBatch.spread(
+                        key: settings.spreadPrefix + symbol, bps: spread.bps, tsNs: spread.tsNs,
+                        expireSeconds: settings.spreadTTLSeconds))
             }
         }
         return out
@@ -361,7 +380,9 @@ struct IngestService: Service {
                     outcomes.append(outcome)
                 }
                 for reply in replies.dropFirst(batch.scripts) {
-                    if case .error(let message) = reply { logger.error("redis refused a spread update", metadata: ["error": "\(message)"]) }
+                    if case .error(let message) = reply {
+                        logger.error("redis refused a spread update", metadata: ["error": "\(message)"])
+                    }
                 }
                 return outcomes
             } catch {
@@ -386,11 +407,13 @@ struct IngestService: Service {
     /// exist; inside the log, the message there must have the stored fingerprint (one short read of that
     /// message per partition, offset and assignment). Books without a stored offset (the fence was
     /// deleted) are forgotten too.
-    private func storedState(_ topic: String, _ partition: Int32, _ consumer: KafkaConsumer) async throws -> StoredState {
+    private func storedState(_ topic: String, _ partition: Int32, _ consumer: KafkaConsumer) async throws -> StoredState
+    {
         let groups = settings.groups
-        let replies = try await redis.pipeline(groups.map {
-            RedisCommand("EVAL", FencedBatch.restoreScript, "2", $0.fenceKey, $0.booksKey, String(partition))
-        })
+        let replies = try await redis.pipeline(
+            groups.map {
+                RedisCommand("EVAL", FencedBatch.restoreScript, "2", $0.fenceKey, $0.booksKey, String(partition))
+            })
         var state = StoredState(fences: [], books: [])
         var watermarks: (low: Int64, high: Int64)?
         var fingerprints: [Int64: String?] = [:]
@@ -411,14 +434,18 @@ struct IngestService: Service {
                 if !books.isEmpty {
                     logger.warning(
                         "order books stored without an offset for their partition: forgetting them",
-                        metadata: ["key": "\(group.booksKey)", "partition": "\(partition)", "symbols": "\(books.map(\.symbol))"])
+                        metadata: [
+                            "key": "\(group.booksKey)", "partition": "\(partition)", "symbols": "\(books.map(\.symbol))"
+                        ])
                     try await forget(partition, in: group, stale: "")
                 }
                 state.fences.append(-1)
                 continue
             }
             guard let stored = FencedBatch.parseStored(text) else {
-                logger.error("ignoring a stored offset that is not an integer", metadata: ["key": "\(group.fenceKey)", "partition": "\(partition)", "value": "\(text)"])
+                logger.error(
+                    "ignoring a stored offset that is not an integer",
+                    metadata: ["key": "\(group.fenceKey)", "partition": "\(partition)", "value": "\(text)"])
                 state.fences.append(-1)
                 continue
             }
@@ -438,12 +465,14 @@ struct IngestService: Service {
                     found = known
                 } else {
                     let message = try await KafkaConsumer.message(
-                        at: stored.offset, topic: topic, partition: partition, configuration: settings.kafka, logger: logger)
+                        at: stored.offset, topic: topic, partition: partition, configuration: settings.kafka,
+                        logger: logger)
                     found = message.map(FencedBatch.fingerprint)
                     fingerprints[stored.offset] = found
                 }
                 if found != String(expected) {
-                    stale = "the message at the stored ingest offset is not the one written (topic re-created?): forgetting it"
+                    stale =
+                        "the message at the stored ingest offset is not the one written (topic re-created?): forgetting it"
                 }
             }
             guard let stale else {
@@ -453,7 +482,10 @@ struct IngestService: Service {
             }
             logger.warning(
                 "\(stale)",
-                metadata: ["key": "\(group.fenceKey)", "partition": "\(partition)", "stored": "\(text)", "low_watermark": "\(low)", "high_watermark": "\(high)"])
+                metadata: [
+                    "key": "\(group.fenceKey)", "partition": "\(partition)", "stored": "\(text)",
+                    "low_watermark": "\(low)", "high_watermark": "\(high)"
+                ])
             try await forget(partition, in: group, stale: text)
             state.fences.append(-1)
         }
@@ -461,14 +493,18 @@ struct IngestService: Service {
     }
 
     private func forget(_ partition: Int32, in group: IngestSettings.FenceGroup, stale: String) async throws {
-        _ = try await redis.send(RedisCommand(
-            "EVAL", FencedBatch.forgetScript, "2", group.fenceKey, group.booksKey, String(partition), stale)).throwingError()
+        _ = try await redis.send(
+            RedisCommand(
+                "EVAL", FencedBatch.forgetScript, "2", group.fenceKey, group.booksKey, String(partition), stale)
+        ).throwingError()
     }
 
     /// Makes the books of `partition`'s symbols those stored with its fences: restored from their
     /// checkpoints, and forgotten where Redis has none (a book this instance built before the partition
     /// went away and came back is no longer the partition's state).
-    private func restore(_ stored: [(symbol: String, checkpoint: Substring)], of partition: Int32, into books: inout IngestBooks) {
+    private func restore(
+        _ stored: [(symbol: String, checkpoint: Substring)], of partition: Int32, into books: inout IngestBooks
+    ) {
         let symbols = Set(stored.map(\.symbol))
         for (symbol, owner) in books.partitions where owner == partition && !symbols.contains(symbol) {
             books.normalizer.removeBook(symbol)
@@ -487,7 +523,9 @@ struct IngestService: Service {
             }
         }
         if !stored.isEmpty {
-            logger.info("order books restored", metadata: ["partition": "\(partition)", "symbols": "\(stored.map(\.symbol).sorted())"])
+            logger.info(
+                "order books restored",
+                metadata: ["partition": "\(partition)", "symbols": "\(stored.map(\.symbol).sorted())"])
         }
     }
 
@@ -498,7 +536,8 @@ struct IngestService: Service {
         metrics.offsetResets.increment()
         metrics.lostMessages.increment(by: reset.lostMessages)
         let range = "\(reset.requested)…\(max(reset.requested, reset.lowWatermark) - 1)"
-        let what = reset.lostMessages > 0
+        let what =
+            reset.lostMessages > 0
             ? "kafka offset reset: messages deleted by retention before ingest read them"
             : "kafka offset reset: the committed offset is beyond the log's end (log truncated or topic re-created)"
         let fields: [(String, String)] = [
@@ -506,19 +545,22 @@ struct IngestService: Service {
             ("to_offset", "\(reset.lostMessages > 0 ? reset.lowWatermark - 1 : reset.requested)"),
             ("lost_messages", "\(reset.lostMessages)"), ("low_watermark", "\(reset.lowWatermark)"),
             ("high_watermark", "\(reset.highWatermark)"), ("resumed_at", "\(reset.resumedAt)"),
-            ("librdkafka_reason", reset.reason),
+            ("librdkafka_reason", reset.reason)
         ]
         logger.error("\(what)", metadata: Logger.Metadata(uniqueKeysWithValues: fields.map { ($0.0, .string($0.1)) }))
         let letter = DeadLetter(
             stage: "ingest",
-            reason: "offset_reset: \(reset.topic)/\(reset.partition) offsets \(range) not available (log \(reset.lowWatermark)…\(reset.highWatermark - 1)); \(reset.lostMessages) messages lost; resumed at \(reset.resumedAt)",
+            reason:
+                "offset_reset: \(reset.topic)/\(reset.partition) offsets \(range) not available (log \(reset.lowWatermark)…\(reset.highWatermark - 1)); \(reset.lostMessages) messages lost; resumed at \(reset.resumedAt)",
             payload: JSONText.object(fields), tsNs: Int64(Date().timeIntervalSince1970 * 1e9))
         var backoff = Duration.milliseconds(100)
         for _ in 1...5 {
             do {
                 let fields = try StreamFieldEncoder.encode(letter)
-                _ = try await redis.send(RedisCommand(
-                    ["XADD", settings.dlqStream, "MAXLEN", "~", "100000", "*"] + fields.flatMap { [$0.0, $0.1] })).throwingError()
+                _ = try await redis.send(
+                    RedisCommand(
+                        ["XADD", settings.dlqStream, "MAXLEN", "~", "100000", "*"] + fields.flatMap { [$0.0, $0.1] })
+                ).throwingError()
                 return
             } catch {
                 logger.warning("writing the offset-reset dead letter failed; retrying", metadata: ["error": "\(error)"])
@@ -538,8 +580,9 @@ struct IngestService: Service {
                 "order book gap: dropped the book; quotes carry no depth until the next snapshot",
                 metadata: [
                     "symbol": "\(symbol)", "expected_after_update_id": "\(expectedAfter)",
-                    "diff_first_update_id": "\(firstU.map(String.init) ?? "-")", "diff_last_update_id": "\(lastU.map(String.init) ?? "-")",
-                    "diff_previous_update_id": "\(previousU.map(String.init) ?? "-")",
+                    "diff_first_update_id": "\(firstU.map(String.init) ?? "-")",
+                    "diff_last_update_id": "\(lastU.map(String.init) ?? "-")",
+                    "diff_previous_update_id": "\(previousU.map(String.init) ?? "-")"
                 ])
         case .snapshotOverdue(let waitedNs):
             metrics.snapshotOverdue(symbol: symbol)
@@ -548,7 +591,9 @@ struct IngestService: Service {
                 metadata: ["symbol": "\(symbol)", "waited_ms": "\(waitedNs / 1_000_000)"])
         case .resynced(let waitedNs):
             metrics.resynced(symbol: symbol)
-            logger.info("order book back in sync after a gap", metadata: ["symbol": "\(symbol)", "waited_ms": "\(waitedNs / 1_000_000)"])
+            logger.info(
+                "order book back in sync after a gap",
+                metadata: ["symbol": "\(symbol)", "waited_ms": "\(waitedNs / 1_000_000)"])
         }
     }
 }
@@ -578,10 +623,12 @@ final class IngestMetrics: Sendable {
                 .microseconds(100), .microseconds(250), .microseconds(500), .microseconds(750), .milliseconds(1),
                 .microseconds(1500), .milliseconds(2), .milliseconds(3), .milliseconds(5), .microseconds(7500),
                 .milliseconds(10), .milliseconds(15), .milliseconds(25), .milliseconds(50), .milliseconds(100),
-                .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
+                .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10)
             ])
         // Registered at 0 so alerts on rate() have a series before the first dead letter.
-        for reason in NormalizeRejection.codes { _ = Counter(label: "te_ingest_dlq_total", dimensions: [("reason", reason)]) }
+        for reason in NormalizeRejection.codes {
+            _ = Counter(label: "te_ingest_dlq_total", dimensions: [("reason", reason)])
+        }
     }
 
     func deadLettered(reason: String) {

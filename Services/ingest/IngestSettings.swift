@@ -56,7 +56,8 @@ struct IngestSettings: Sendable {
             offsetsKey: try env.string("INGEST_OFFSETS_KEY", default: "te:ingest:offsets:" + topic),
             booksKey: try env.string("INGEST_BOOKS_KEY", default: "te:ingest:books:" + topic),
             shards: try env.streamShards(),
-            snapshotTimeoutNs: Int64(try env.int("INGEST_SNAPSHOT_TIMEOUT_MS", default: 10_000, range: 1...86_400_000)) * 1_000_000,
+            snapshotTimeoutNs: Int64(try env.int("INGEST_SNAPSHOT_TIMEOUT_MS", default: 10_000, range: 1...86_400_000))
+                * 1_000_000,
             batchSize: try env.int("INGEST_BATCH_SIZE", default: 500, range: 1...100_000),
             depthLevels: try env.int("INGEST_DEPTH_LEVELS", default: 10, range: 0...1000))
     }

@@ -12,7 +12,8 @@ await ServiceRunner.run(service: "ingest", defaultMetricsPort: 9101) { resources
     resources.readiness.add("kafka") { try await kafka.check() }
     return [
         IngestService(
-            settings: settings, redis: client, logger: resources.logger, metrics: IngestMetrics(registry: resources.registry),
+            settings: settings, redis: client, logger: resources.logger,
+            metrics: IngestMetrics(registry: resources.registry),
             kafka: kafka)
     ]
 }

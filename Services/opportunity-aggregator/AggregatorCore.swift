@@ -54,7 +54,8 @@ actor AggregatorCore {
         self.aggregator = OpportunityAggregator(configuration: settings.aggregation)
         var emitted: [OpportunityAggregator.EmitReason: Counter] = [:]
         for reason in OpportunityAggregator.EmitReason.allCases {
-            emitted[reason] = Counter(label: "te_opportunities_emitted_total", dimensions: [("reason", reason.rawValue)])
+            emitted[reason] = Counter(
+                label: "te_opportunities_emitted_total", dimensions: [("reason", reason.rawValue)])
         }
         self.emitted = emitted
     }
@@ -213,7 +214,9 @@ actor AggregatorCore {
     /// What makes a decoded signal unusable (dead-lettered): the state keys and ids rely on these.
     static func problem(with signal: Signal) -> String? {
         if !Symbol.isValid(signal.symbol) { return "field 'symbol': not a valid symbol: \"\(signal.symbol)\"" }
-        if !(0...1).contains(signal.confidence) { return "field 'confidence': must be in [0, 1], got \(signal.confidence)" }
+        if !(0...1).contains(signal.confidence) {
+            return "field 'confidence': must be in [0, 1], got \(signal.confidence)"
+        }
         if signal.id.isEmpty { return "field 'id': empty" }
         if signal.tsNs <= 0 { return "field 'ts_ns': must be positive" }
         return nil

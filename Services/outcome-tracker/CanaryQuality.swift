@@ -46,7 +46,9 @@ struct CanaryQuality {
             if r.modelVersion == settings.primaryVersion, let c = r.canary, c.mode == "shadow",
                 c.version == settings.canaryVersion
             {
-                if let canaryScore = c.score { judge.addPaired(primary: score, canary: canaryScore, eligible: eligible) }
+                if let canaryScore = c.score {
+                    judge.addPaired(primary: score, canary: canaryScore, eligible: eligible)
+                }
             } else if r.modelVersion == settings.canaryVersion, r.canary?.mode == "canary" {
                 judge.addCanary(score: score, traded: r.decision == .trade, eligible: eligible)
             } else if r.modelVersion == settings.primaryVersion {
@@ -68,7 +70,9 @@ struct CanaryQuality {
             judgedCanary.record(max(judge.pairedCount, judge.canaryCount))
             judgedPrimary.record(max(judge.pairedCount, judge.primaryCount))
         }
-        if let p = comparisons.first(where: { $0.metric == "precision" }) { precisionDelta.record(p.canary - p.primary) }
+        if let p = comparisons.first(where: { $0.metric == "precision" }) {
+            precisionDelta.record(p.canary - p.primary)
+        }
         let v: Int =
             switch verdict()?.kind {
             case .worse: -1
@@ -112,7 +116,8 @@ struct CanaryRolloutService: Service {
                     if let kind,
                         let next = current.next(kind, primary: settings.primaryVersion, canary: settings.canaryVersion)
                     {
-                        try await act(kind, to: next, verdict: verdict, current: current, store: store, replica: replica)
+                        try await act(
+                            kind, to: next, verdict: verdict, current: current, store: store, replica: replica)
                     } else if kind == nil, reportedInaction != current.generation {
                         reportedInaction = current.generation
                         logger.info(
@@ -148,15 +153,17 @@ struct CanaryRolloutService: Service {
             metadata["entry_id"] = "\(entryID)"
             logger.notice("canary \(kind == .rollback ? "rolled back" : "promoted") on quality", metadata: metadata)
         case .conflict(let generation):
-            logger.info("rollout state moved on before this verdict; re-reading", metadata: ["generation": "\(generation)"])
+            logger.info(
+                "rollout state moved on before this verdict; re-reading", metadata: ["generation": "\(generation)"])
         }
     }
 
     static func metadata(_ v: CanaryJudge.Verdict) -> Logger.Metadata {
         [
-            "evidence": "\(v.evidence.rawValue)", "metric": "\(v.comparison.metric)", "canary": "\(v.comparison.canary)",
+            "evidence": "\(v.evidence.rawValue)", "metric": "\(v.comparison.metric)",
+            "canary": "\(v.comparison.canary)",
             "primary": "\(v.comparison.primary)", "standard_error": "\(v.comparison.standardError)",
-            "canary_outcomes": "\(v.comparison.canaryCount)", "primary_outcomes": "\(v.comparison.primaryCount)",
+            "canary_outcomes": "\(v.comparison.canaryCount)", "primary_outcomes": "\(v.comparison.primaryCount)"
         ]
     }
 }

@@ -33,7 +33,9 @@ struct OutcomeSweeper: Service {
                     await state.written(ready)
                     written.increment(by: ready.count)
                 } catch {
-                    logger.error("writing outcomes failed; retrying", metadata: ["error": "\(error)", "outcomes": "\(ready.count)"])
+                    logger.error(
+                        "writing outcomes failed; retrying",
+                        metadata: ["error": "\(error)", "outcomes": "\(ready.count)"])
                 }
             }
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: settings.sweepInterval) }
@@ -46,7 +48,8 @@ struct OutcomeSweeper: Service {
             let chunk = ready[start..<min(start + 500, ready.count)]
             var commands: [RedisCommand] = []
             for e in chunk {
-                commands.append(try RedisCommand.xadd(outcomesStream, maxLen: settings.streamMaxLen, message: e.outcome))
+                commands.append(
+                    try RedisCommand.xadd(outcomesStream, maxLen: settings.streamMaxLen, message: e.outcome))
             }
             // A refused XADD fails the chunk before its XACK: the entries stay pending and are retried.
             for reply in try await writer.pipeline(commands) { try reply.throwingError() }

@@ -74,7 +74,9 @@ struct QualityMetrics {
     private mutating func makeVersion(_ name: String) -> Version {
         let dims = [("version", name)]
         var gauges: [String: Gauge] = [:]
-        for metric in ["te_model_precision", "te_model_coverage", "te_model_base_rate", "te_model_brier", "te_model_ece"] {
+        for metric in [
+            "te_model_precision", "te_model_coverage", "te_model_base_rate", "te_model_brier", "te_model_ece"
+        ] {
             gauges[metric] = Gauge(label: metric, dimensions: dims)
         }
         let reference = references.reference(version: name, logger: logger)
@@ -99,14 +101,17 @@ struct ReferenceLoader {
             logger.info("no MODEL_REFERENCE_DIR: no feature PSI", metadata: ["version": "\(version)"])
             return nil
         }
-        let path = URL(fileURLWithPath: directory).appendingPathComponent(version).appendingPathComponent("reference.json")
+        let path = URL(fileURLWithPath: directory).appendingPathComponent(version).appendingPathComponent(
+            "reference.json")
         do {
             let reference = try JSONDecoder().decode(ModelReference.self, from: Data(contentsOf: path))
             let invalid = reference.features.filter { !$0.value.isValid }.map(\.key).sorted()
             logger.info(
                 "PSI reference loaded",
-                metadata: ["version": "\(version)", "path": "\(path.path)", "features": "\(reference.features.count)",
-                    "unusable": "\(invalid.joined(separator: ","))"])
+                metadata: [
+                    "version": "\(version)", "path": "\(path.path)", "features": "\(reference.features.count)",
+                    "unusable": "\(invalid.joined(separator: ","))"
+                ])
             return reference
         } catch {
             logger.info(

@@ -118,7 +118,9 @@ struct QuoteStage: StreamStage {
         await state.replaceQuotes(histories)
         logger.info(
             "quotes rebuilt from the stream",
-            metadata: ["end": "\(end)", "entries_read": "\(scanned)", "symbols": "\(histories.count)",
-                "reached_start": "\(reachedStart)"])
+            metadata: [
+                "end": "\(end)", "entries_read": "\(scanned)", "symbols": "\(histories.count)",
+                "reached_start": "\(reachedStart)"
+            ])
     }
 }

@@ -22,11 +22,12 @@ await ServiceRunner.run(service: "outcome-tracker", defaultMetricsPort: 9105) { 
     let decisions = DecisionStage(inputStream: auditStream, state: state)
     let quotes = QuoteStage(inputStream: ticksStream, state: state, settings: settings, logger: logger)
     return [
-        StreamWorker(stage: quotes, redis: redis, configuration: worker, readiness: resources.readiness, logger: logger),
+        StreamWorker(
+            stage: quotes, redis: redis, configuration: worker, readiness: resources.readiness, logger: logger),
         StreamWorker(stage: decisions, redis: redis, configuration: worker, logger: logger),
         OutcomeSweeper(
             state: state, redis: redis, auditStream: auditStream, outcomesStream: outcomesStream,
             group: decisions.stage, settings: settings, logger: logger),
-        CanaryRolloutService(state: state, redis: redis, stream: rolloutStream, settings: settings, logger: logger),
+        CanaryRolloutService(state: state, redis: redis, stream: rolloutStream, settings: settings, logger: logger)
     ]
 }

@@ -23,7 +23,8 @@ await ServiceRunner.run(service: "strategy-engine", defaultMetricsPort: 9103) { 
     let sharding = try ShardedStreamWorker<StrategyStage>.Settings.fromEnvironment(resources.env)
     return [
         ShardedStreamWorker(
-            stage: "strategy-engine", input: settings.inputStream, settings: sharding, redis: redis, configuration: worker,
+            stage: "strategy-engine", input: settings.inputStream, settings: sharding, redis: redis,
+            configuration: worker,
             readiness: resources.readiness, logger: logger
         ) { k in StrategyStage(settings: settings, strategies: strategies, shard: k, of: sharding.shards) }
     ]

@@ -55,13 +55,16 @@ struct AuditChainVerify {
               AND ($3::text IS NULL OR chain_writer = $3)
             GROUP BY chain_writer ORDER BY chain_writer
             """, period)
-        report.unchained = Int(try await connection.query(
-            """
-            SELECT count(*) AS n FROM decisions
-            WHERE chain_writer IS NULL AND $3::text IS NULL
-              AND ($1::timestamptz IS NULL OR decided_at >= $1::timestamptz)
-              AND ($2::timestamptz IS NULL OR decided_at < $2::timestamptz)
-            """, period).rows.first?["n"] ?? "") ?? 0
+        report.unchained =
+            Int(
+                try await connection.query(
+                    """
+                    SELECT count(*) AS n FROM decisions
+                    WHERE chain_writer IS NULL AND $3::text IS NULL
+                      AND ($1::timestamptz IS NULL OR decided_at >= $1::timestamptz)
+                      AND ($2::timestamptz IS NULL OR decided_at < $2::timestamptz)
+                    """, period
+                ).rows.first?["n"] ?? "") ?? 0
         for range in ranges.rows {
             guard let name = range["chain_writer"], let lo = range["lo"].flatMap({ Int64($0) }),
                 let hi = range["hi"].flatMap({ Int64($0) })
@@ -112,8 +115,12 @@ struct AuditChainVerify {
                 let line = AuditChain.canonicalLine(columns: Array(row.values.dropFirst(4)))
                 let computed = AuditChain.rowHash(prevHash: expectedPrev, canonicalLine: line)
                 func broken(_ problem: String, expected: String, stored: String) -> (WriterResult, Break?) {
-                    (result, Break(writer: writer, decisionID: id, chainSeq: seq, problem: problem,
-                                   expectedHash: expected, storedHash: stored))
+                    (
+                        result,
+                        Break(
+                            writer: writer, decisionID: id, chainSeq: seq, problem: problem,
+                            expectedHash: expected, storedHash: stored)
+                    )
                 }
                 if seq != expectedSeq {
                     return broken(
@@ -121,7 +128,8 @@ struct AuditChainVerify {
                         expected: expectedPrev, stored: storedPrev)
                 }
                 if storedPrev != expectedPrev {
-                    return broken("prev_hash is not the previous row's row_hash", expected: expectedPrev, stored: storedPrev)
+                    return broken(
+                        "prev_hash is not the previous row's row_hash", expected: expectedPrev, stored: storedPrev)
                 }
                 if storedHash != computed {
                     return broken("row_hash does not match the row's contents", expected: computed, stored: storedHash)
@@ -143,15 +151,18 @@ extension AuditChainVerify.Report {
             "ok": broken == nil,
             "unchained_rows": unchained,
             "writers": writers.map {
-                ["writer": $0.writer, "rows_checked": $0.rows, "first_seq": $0.firstSeq, "last_seq": $0.lastSeq,
-                 "head_hash": $0.headHash] as [String: Any]
-            },
+                [
+                    "writer": $0.writer, "rows_checked": $0.rows, "first_seq": $0.firstSeq, "last_seq": $0.lastSeq,
+                    "head_hash": $0.headHash
+                ] as [String: Any]
+            }
         ]
         if let b = broken {
-            object["broken"] = [
-                "writer": b.writer, "decision_id": b.decisionID, "chain_seq": b.chainSeq, "problem": b.problem,
-                "expected_hash": b.expectedHash, "stored_hash": b.storedHash,
-            ] as [String: Any]
+            object["broken"] =
+                [
+                    "writer": b.writer, "decision_id": b.decisionID, "chain_seq": b.chainSeq, "problem": b.problem,
+                    "expected_hash": b.expectedHash, "stored_hash": b.storedHash
+                ] as [String: Any]
         }
         return object
     }
@@ -159,17 +170,21 @@ extension AuditChainVerify.Report {
     var text: String {
         var lines: [String] = []
         if let b = broken {
-            lines.append("chain broken: writer \(b.writer), decision_id \(b.decisionID), chain_seq \(b.chainSeq): \(b.problem)")
+            lines.append(
+                "chain broken: writer \(b.writer), decision_id \(b.decisionID), chain_seq \(b.chainSeq): \(b.problem)")
             lines.append("  expected \(b.expectedHash)")
             lines.append("  stored   \(b.storedHash)")
         }
         if writers.isEmpty {
             lines.append("no chained decisions in the period")
         } else {
-            lines.append(TextTable.render(
-                header: ["writer", "rows_checked", "first_seq", "last_seq", "head_hash"],
-                rows: writers.map { [$0.writer, String($0.rows), String($0.firstSeq), String($0.lastSeq), $0.headHash] },
-                rightAligned: [1, 2, 3]))
+            lines.append(
+                TextTable.render(
+                    header: ["writer", "rows_checked", "first_seq", "last_seq", "head_hash"],
+                    rows: writers.map {
+                        [$0.writer, String($0.rows), String($0.firstSeq), String($0.lastSeq), $0.headHash]
+                    },
+                    rightAligned: [1, 2, 3]))
         }
         if unchained > 0 { lines.append("\(unchained) rows from before the hash chain (unchained) not checked") }
         if broken == nil && !writers.isEmpty { lines.append("ok: every chained row fits") }

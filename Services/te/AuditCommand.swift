@@ -1,5 +1,5 @@
-import AuditStorage
 import ArgumentParser
+import AuditStorage
 import Foundation
 import Logging
 import TECore
@@ -26,11 +26,13 @@ struct AuditCommand: AsyncParsableCommand {
             if format.json {
                 // Each decision as its AuditRecord (DESIGN field names) plus the row's decided_at.
                 let encoder = JSONEncoder()
-                try format.printJSON(decisions.map { d -> Any in
-                    var object = (try? JSONSerialization.jsonObject(with: encoder.encode(d.record))) as? [String: Any] ?? [:]
-                    object["decided_at"] = d.decidedAt
-                    return object
-                })
+                try format.printJSON(
+                    decisions.map { d -> Any in
+                        var object =
+                            (try? JSONSerialization.jsonObject(with: encoder.encode(d.record))) as? [String: Any] ?? [:]
+                        object["decided_at"] = d.decidedAt
+                        return object
+                    })
                 return
             }
             if decisions.isEmpty {
@@ -42,14 +44,19 @@ struct AuditCommand: AsyncParsableCommand {
                 let model = [r.modelName, r.modelVersion].compactMap { $0 }.joined(separator: ":")
                 let canary = r.canary.map { "v\($0.version)=\($0.score.map { AuditCommand.number($0) } ?? "-")" }
                 return [
-                    d.decidedAt, r.decisionId, r.requestId, r.decision.rawValue, r.score.map { AuditCommand.number($0) } ?? "-",
+                    d.decidedAt, r.decisionId, r.requestId, r.decision.rawValue,
+                    r.score.map { AuditCommand.number($0) } ?? "-",
                     r.source.rawValue, model.isEmpty ? "-" : model, String(r.latencyUs),
-                    r.featureAgeMs.map { AuditCommand.number($0) } ?? "-", canary ?? "-", r.reason ?? "",
+                    r.featureAgeMs.map { AuditCommand.number($0) } ?? "-", canary ?? "-", r.reason ?? ""
                 ]
             }
-            print(TextTable.render(
-                header: ["decided_at", "decision_id", "request_id", "decision", "score", "source", "model", "latency_us", "feature_age_ms", "canary", "reason"],
-                rows: rows))
+            print(
+                TextTable.render(
+                    header: [
+                        "decided_at", "decision_id", "request_id", "decision", "score", "source", "model", "latency_us",
+                        "feature_age_ms", "canary", "reason"
+                    ],
+                    rows: rows))
         }
     }
 
@@ -74,20 +81,26 @@ struct AuditCommand: AsyncParsableCommand {
                 try format.printJSON([
                     "since": since, "until": until as Any? ?? NSNull(), "total": total,
                     "counts": counts.map { c -> [String: Any] in
-                        ["source": c.source, "decision": c.decision, "model_version": c.modelVersion as Any? ?? NSNull(), "count": c.count]
-                    },
+                        [
+                            "source": c.source, "decision": c.decision,
+                            "model_version": c.modelVersion as Any? ?? NSNull(), "count": c.count
+                        ]
+                    }
                 ])
                 return
             }
             print("decisions from \(since) to \(until ?? "now"): \(total)")
             guard !counts.isEmpty else { return }
-            print(TextTable.render(
-                header: ["source", "decision", "model_version", "count", "share"],
-                rows: counts.map {
-                    [$0.source, $0.decision, $0.modelVersion ?? "-", String($0.count),
-                     String(format: "%.1f%%", 100 * Double($0.count) / Double(total))]
-                },
-                rightAligned: [3, 4]))
+            print(
+                TextTable.render(
+                    header: ["source", "decision", "model_version", "count", "share"],
+                    rows: counts.map {
+                        [
+                            $0.source, $0.decision, $0.modelVersion ?? "-", String($0.count),
+                            String(format: "%.1f%%", 100 * Double($0.count) / Double(total))
+                        ]
+                    },
+                    rightAligned: [3, 4]))
         }
     }
 
@@ -105,7 +118,10 @@ struct AuditCommand: AsyncParsableCommand {
 
         @Flag(help: "Check the hash chain (chain_seq, prev_hash, row_hash) of each writer instead of re-scoring.")
         var chain = false
-        @Option(help: "Start: a duration back from now (30s, 15m, 1h, 7d) or a timestamp (2024-08-09 12:00:00+00). Default: 1h; with --chain the beginning.")
+        @Option(
+            help:
+                "Start: a duration back from now (30s, 15m, 1h, 7d) or a timestamp (2024-08-09 12:00:00+00). Default: 1h; with --chain the beginning."
+        )
         var since: String?
         @Option(help: "End (exclusive), same forms as --since. Default: now.") var until: String?
         @Option(help: "--chain: only this writer's chain (its AUDIT_WRITER_ID).") var writer: String?

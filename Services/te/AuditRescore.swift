@@ -75,14 +75,17 @@ struct AuditRescore {
         let answer: Result<String, Unverifiable>
         do {
             if try await client.modelReady(model: model, version: version, deadline: .now + timeout) {
-                answer = .success(try await client.artefactHash(model: model, version: version, deadline: .now + timeout))
+                answer = .success(
+                    try await client.artefactHash(model: model, version: version, deadline: .now + timeout))
             } else {
                 answer = .failure(.versionNotServed(model: model, version: version, detail: "not ready"))
             }
         } catch let error as TritonError {
             // NOT_FOUND: Triton does not know the version (or the model has no hash parameter for it).
-            answer = .failure(error.code == .notFound
-                ? .versionNotServed(model: model, version: version, detail: error.message) : .tritonFailed(error.message))
+            answer = .failure(
+                error.code == .notFound
+                    ? .versionNotServed(model: model, version: version, detail: error.message)
+                    : .tritonFailed(error.message))
         } catch {
             answer = .failure(.tritonFailed(String(describing: error)))
         }
@@ -91,7 +94,9 @@ struct AuditRescore {
     }
 
     /// Whether `record` can be re-scored: its model, version, FP32 features, once the served hash is checked.
-    mutating func check(_ record: AuditRecord) async -> Result<(model: String, version: String, row: [Float]), Unverifiable> {
+    mutating func check(_ record: AuditRecord) async -> Result<
+        (model: String, version: String, row: [Float]), Unverifiable
+    > {
         guard let features = record.features else { return .failure(.noFeatures) }
         guard let model = record.modelName, let version = record.modelVersion, let recorded = record.modelHash else {
             return .failure(.noModel)
@@ -168,7 +173,8 @@ struct AuditRescore {
                 if recorded.bitPattern == score.bitPattern {
                     report.matched += 1
                 } else {
-                    report.mismatches.append(Mismatch(decisionId: record.decisionId, recorded: recorded, rescored: score))
+                    report.mismatches.append(
+                        Mismatch(decisionId: record.decisionId, recorded: recorded, rescored: score))
                 }
             }
         }
@@ -180,39 +186,52 @@ struct AuditRescore {
 extension AuditRescore {
     /// `te audit verify`'s answer: counts, the largest mismatches, and what could not be verified and why.
     static func print(_ report: Report, since: String, until: String?, top: Int, format: OutputOptions) throws {
-        let reasons = report.unverifiable.sorted { $0.value.count > $1.value.count || ($0.value.count == $1.value.count && $0.key.description < $1.key.description) }
+        let reasons = report.unverifiable.sorted {
+            $0.value.count > $1.value.count
+                || ($0.value.count == $1.value.count && $0.key.description < $1.key.description)
+        }
         if format.json {
             try format.printJSON([
                 "since": since, "until": until as Any? ?? NSNull(), "decisions": report.decisions,
                 "verified": report.matched + report.mismatches.count, "matched": report.matched,
                 "mismatched": report.mismatches.count, "unverifiable": report.unverifiableCount,
                 "mismatches": report.mismatches.prefix(top).map { m -> [String: Any] in
-                    ["decision_id": m.decisionId, "recorded_score": Double(m.recorded), "rescore": Double(m.rescored),
-                     "abs_diff": Double(m.difference)]
+                    [
+                        "decision_id": m.decisionId, "recorded_score": Double(m.recorded),
+                        "rescore": Double(m.rescored),
+                        "abs_diff": Double(m.difference)
+                    ]
                 },
                 "unverifiable_reasons": reasons.map { reason, ids -> [String: Any] in
                     ["reason": reason.code, "detail": reason.description, "count": ids.count, "decision_ids": ids]
-                },
+                }
             ])
             return
         }
         Swift.print("model decisions from \(since) to \(until ?? "now"): \(report.decisions)")
-        Swift.print("matched \(report.matched)  mismatched \(report.mismatches.count)  unverifiable \(report.unverifiableCount)")
+        Swift.print(
+            "matched \(report.matched)  mismatched \(report.mismatches.count)  unverifiable \(report.unverifiableCount)"
+        )
         if !report.mismatches.isEmpty {
-            Swift.print("\n" + Inspect.warn("mismatches") + " (largest |Δ| first\(report.mismatches.count > top ? ", \(top) of \(report.mismatches.count)" : "")):")
-            Swift.print(TextTable.render(
-                header: ["decision_id", "recorded", "rescore", "abs_diff"],
-                rows: report.mismatches.prefix(top).map {
-                    [$0.decisionId, "\($0.recorded)", "\($0.rescored)", AuditCommand.number(Double($0.difference))]
-                },
-                rightAligned: [1, 2, 3]))
+            Swift.print(
+                "\n" + Inspect.warn("mismatches")
+                    + " (largest |Δ| first\(report.mismatches.count > top ? ", \(top) of \(report.mismatches.count)" : "")):"
+            )
+            Swift.print(
+                TextTable.render(
+                    header: ["decision_id", "recorded", "rescore", "abs_diff"],
+                    rows: report.mismatches.prefix(top).map {
+                        [$0.decisionId, "\($0.recorded)", "\($0.rescored)", AuditCommand.number(Double($0.difference))]
+                    },
+                    rightAligned: [1, 2, 3]))
         }
         if !reasons.isEmpty {
             Swift.print("\nunverifiable:")
-            Swift.print(TextTable.render(
-                header: ["count", "reason", "e.g."],
-                rows: reasons.map { [String($0.value.count), $0.key.description, $0.value[0]] },
-                rightAligned: [0]))
+            Swift.print(
+                TextTable.render(
+                    header: ["count", "reason", "e.g."],
+                    rows: reasons.map { [String($0.value.count), $0.key.description, $0.value[0]] },
+                    rightAligned: [0]))
         }
     }
 }

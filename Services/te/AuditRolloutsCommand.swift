@@ -30,14 +30,15 @@ extension AuditCommand {
             await store.connection.close()
             let fields = ["event_id", "kind", "model_name", "from_version", "to_version", "metric", "replica"]
             if format.json {
-                try format.printJSON(result.rows.map { row -> [String: Any] in
-                    var object: [String: Any] = [:]
-                    for f in fields { object[f] = row[f] as Any? ?? NSNull() }
-                    object["ts_ns"] = row["ts_ns"].flatMap { Int64($0) } as Any? ?? NSNull()
-                    object["value"] = row["value"].flatMap { Double($0) } as Any? ?? NSNull()
-                    object["limit"] = row["limit"].flatMap { Double($0) } as Any? ?? NSNull()
-                    return object
-                })
+                try format.printJSON(
+                    result.rows.map { row -> [String: Any] in
+                        var object: [String: Any] = [:]
+                        for f in fields { object[f] = row[f] as Any? ?? NSNull() }
+                        object["ts_ns"] = row["ts_ns"].flatMap { Int64($0) } as Any? ?? NSNull()
+                        object["value"] = row["value"].flatMap { Double($0) } as Any? ?? NSNull()
+                        object["limit"] = row["limit"].flatMap { Double($0) } as Any? ?? NSNull()
+                        return object
+                    })
                 return
             }
             if result.rows.isEmpty {
@@ -51,11 +52,13 @@ extension AuditCommand {
                     when, row["kind"] ?? "-", row["model_name"] ?? "-", versions, row["metric"] ?? "-",
                     row["value"].flatMap { Double($0) }.map { AuditCommand.number($0) } ?? "-",
                     row["limit"].flatMap { Double($0) }.map { AuditCommand.number($0) } ?? "-", row["replica"] ?? "-",
-                    row["event_id"] ?? "-",
+                    row["event_id"] ?? "-"
                 ]
             }
-            print(TextTable.render(
-                header: ["time", "kind", "model", "versions", "metric", "value", "limit", "replica", "event_id"], rows: rows))
+            print(
+                TextTable.render(
+                    header: ["time", "kind", "model", "versions", "metric", "value", "limit", "replica", "event_id"],
+                    rows: rows))
         }
     }
 }

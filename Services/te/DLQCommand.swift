@@ -41,15 +41,16 @@ struct DLQCommand: AsyncParsableCommand {
         case .list:
             let entries = try await redis.xrevrange(stream, count: n)
             if format.json {
-                try format.printJSON(entries.map { e -> [String: Any] in
-                    guard let d = try? StreamFieldDecoder.decode(DeadLetter.self, from: e.fields) else {
-                        return ["id": e.id, "undecodable": true]
-                    }
-                    return [
-                        "id": e.id, "stage": d.stage, "reason": d.reason, "source": d.source as Any? ?? NSNull(),
-                        "ts_ns": d.tsNs, "encoding": d.encoding as Any? ?? NSNull(), "payload": d.payload,
-                    ]
-                })
+                try format.printJSON(
+                    entries.map { e -> [String: Any] in
+                        guard let d = try? StreamFieldDecoder.decode(DeadLetter.self, from: e.fields) else {
+                            return ["id": e.id, "undecodable": true]
+                        }
+                        return [
+                            "id": e.id, "stage": d.stage, "reason": d.reason, "source": d.source as Any? ?? NSNull(),
+                            "ts_ns": d.tsNs, "encoding": d.encoding as Any? ?? NSNull(), "payload": d.payload
+                        ]
+                    })
                 return
             }
             let rows: [[String]] = entries.map { e in
@@ -93,8 +94,13 @@ struct DLQCommand: AsyncParsableCommand {
                 let letter = try StreamFieldDecoder.decode(DeadLetter.self, from: e.fields)
                 guard let source = letter.source else { throw CLIError("\(id) has no source to re-drive to") }
                 if source.hasPrefix("kafka:") {
-                    if producer == nil { producer = try KafkaProducer(configuration: try KafkaConfiguration.fromEnvironment(), logger: Logger(label: "te")) }
-                    if try await !redriveToKafka(id: id, entry: e, letter: letter, source: source, redis: redis, producer: producer!) {
+                    if producer == nil {
+                        producer = try KafkaProducer(
+                            configuration: try KafkaConfiguration.fromEnvironment(), logger: Logger(label: "te"))
+                    }
+                    if try await !redriveToKafka(
+                        id: id, entry: e, letter: letter, source: source, redis: redis, producer: producer!)
+                    {
                         missing.append(id)
                     }
                 } else {
@@ -103,14 +109,18 @@ struct DLQCommand: AsyncParsableCommand {
                     // goes in first, once per letter id (a marker in the input's slot, checked in the same
                     // script), then the letter is removed. A re-drive interrupted between the two, repeated or
                     // run twice at once never adds the payload twice; the next one removes the letter.
-                    let reply = try await redis.send(RedisCommand(
-                        ["EVAL", Self.addOnceScript, "2", Self.redrivenKey(source), source, id] + fields.flatMap { [$0.0, $0.1] }))
+                    let reply = try await redis.send(
+                        RedisCommand(
+                            ["EVAL", Self.addOnceScript, "2", Self.redrivenKey(source), source, id]
+                                + fields.flatMap { [$0.0, $0.1] }))
                     _ = try await redis.send(RedisCommand(["XDEL", stream, id])).throwingError()
                     if let newID = try reply.throwingError().string {
                         print("\(id) → \(source) \(newID)")
                     } else {
                         missing.append(id)
-                        print("\(id): already re-driven (by an earlier or a concurrent re-drive): letter removed, nothing sent")
+                        print(
+                            "\(id): already re-driven (by an earlier or a concurrent re-drive): letter removed, nothing sent"
+                        )
                     }
                 }
             }
@@ -143,9 +153,11 @@ struct DLQCommand: AsyncParsableCommand {
             return false
         }
         do {
-            try await producer.send(KafkaOutgoingMessage(
-                topic: topic, key: Self.symbol(in: value).map { Array($0.utf8) }, value: value,
-                timestampMs: letter.tsNs / 1_000_000, headers: [KafkaHeader(key: "ts_ns", string: String(letter.tsNs))]))
+            try await producer.send(
+                KafkaOutgoingMessage(
+                    topic: topic, key: Self.symbol(in: value).map { Array($0.utf8) }, value: value,
+                    timestampMs: letter.tsNs / 1_000_000,
+                    headers: [KafkaHeader(key: "ts_ns", string: String(letter.tsNs))]))
         } catch {
             let restored = try await redis.xadd(stream, fields: entry.fields)
             throw CLIError("\(id): producing to \(topic) failed (\(error)); the dead letter is back as \(restored)")
@@ -156,7 +168,9 @@ struct DLQCommand: AsyncParsableCommand {
 
     /// The stream fields a stage dead-lettered (a JSON object of strings), in their original order.
     static func streamFields(ofPayload payload: String, id: String) throws -> [(String, String)] {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(payload.utf8)) as? [String: Any], !object.isEmpty else {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(payload.utf8)) as? [String: Any],
+            !object.isEmpty
+        else {
             throw CLIError("\(id): payload is not a JSON object of stream fields")
         }
         // JSONSerialization forgets the order; each key occurs once as `"key":` in the text (inside a
@@ -182,8 +196,11 @@ struct DLQCommand: AsyncParsableCommand {
 
     /// Printable ASCII as is, anything else as `\xNN`.
     static func escaped(_ bytes: [UInt8]) -> String {
-        bytes.map { $0 >= 0x20 && $0 < 0x7f && $0 != UInt8(ascii: "\\") ? String(UnicodeScalar($0)) : "\\x" + String($0, radix: 16).leftPad(2) }
-            .joined()
+        bytes.map {
+            $0 >= 0x20 && $0 < 0x7f && $0 != UInt8(ascii: "\\")
+                ? String(UnicodeScalar($0)) : "\\x" + String($0, radix: 16).leftPad(2)
+        }
+        .joined()
     }
 
     /// The `"s":"…"` or Kraken pair of a venue message, for the Kafka key.

@@ -1,5 +1,5 @@
-import AuditStorage
 import ArgumentParser
+import AuditStorage
 import FeatureEngine
 import Foundation
 import ServiceKit
@@ -24,13 +24,18 @@ struct ExplainCommand: AsyncParsableCommand {
             """)
 
     @Argument(help: "The decision_id (UUID) of the gateway's answer.") var decisionId: String
-    @Option(parsing: .singleValue, help: "Rebuild the window from this recording instead of te:ticks (repeat for several, in order).")
+    @Option(
+        parsing: .singleValue,
+        help: "Rebuild the window from this recording instead of te:ticks (repeat for several, in order).")
     var recording: [String] = []
-    @Option(name: .customLong("window-ms"), help: "W when the snapshot entry is gone (default: FEATURE_WINDOW_MS, else 5000).")
+    @Option(
+        name: .customLong("window-ms"),
+        help: "W when the snapshot entry is gone (default: FEATURE_WINDOW_MS, else 5000).")
     var windowMs: Int?
     @Option(help: "Triton gRPC endpoint host:port. Default: $TRITON_URL.") var tritonUrl: String?
     @Option(help: "Per Triton call timeout in milliseconds.") var timeoutMs: Int = 2000
-    @Option(help: "Ticks of the window to list in the table output (the newest); -o json lists all.") var ticks: Int = 20
+    @Option(help: "Ticks of the window to list in the table output (the newest); -o json lists all.") var ticks: Int =
+        20
     @OptionGroup var format: OutputOptions
 
     func validate() throws {
@@ -124,7 +129,8 @@ struct ExplainCommand: AsyncParsableCommand {
             let window = try snapshot?.windowMs ?? windowMs ?? FeaturesCommand.environmentWindowMs()
             var replay = SnapshotReplay<Origin>(symbol: record.symbol, tsNs: t, windowNs: Int64(window) * 1_000_000)
             var lineage = Lineage(
-                source: snapshot != nil ? .featuresEntry : recordings.isEmpty ? .recomputedFromTicks : .recomputedFromRecording,
+                source: snapshot != nil
+                    ? .featuresEntry : recordings.isEmpty ? .recomputedFromTicks : .recomputedFromRecording,
                 featuresStream: featuresStream, ticksStream: recordings.isEmpty ? ticksStream : nil, snapshot: snapshot,
                 windowMs: window, windowFrom: recordings.isEmpty ? ticksStream : recordings.joined(separator: " "))
             if recordings.isEmpty {
@@ -133,12 +139,15 @@ struct ExplainCommand: AsyncParsableCommand {
                 // streams compare only by their milliseconds: within one millisecond each stream counts its own
                 // sequence (a batch of ticks at ms-0…ms-49, its first snapshot at ms-1), so the scan starts at the
                 // end of the snapshot's millisecond. Later ticks it meets are past t and skipped.
-                var end = StreamID(entryId).map { StreamID(milliseconds: $0.milliseconds, sequence: .max).description } ?? entryId
+                var end =
+                    StreamID(entryId).map { StreamID(milliseconds: $0.milliseconds, sequence: .max).description }
+                    ?? entryId
                 scan: while !replay.complete {
                     let page = try await redis.xrevrange(ticksStream, end: end, start: "-", count: 2000)
                     for e in page {
                         guard let tick = try? StreamFieldDecoder.decode(Tick.self, from: e.fields) else { continue }
-                        replay.feedBackwards(.init(tick: tick, origin: Origin(entryId: e.id, src: e.fields.first { $0.0 == "src" }?.1)))
+                        replay.feedBackwards(
+                            .init(tick: tick, origin: Origin(entryId: e.id, src: e.fields.first { $0.0 == "src" }?.1)))
                         if replay.complete { break scan }
                     }
                     guard page.count == 2000, let last = page.last else { break }
@@ -157,14 +166,18 @@ struct ExplainCommand: AsyncParsableCommand {
                         }
                     }
                 } catch is StopReading {}
-                for tick in history.reversed() where !replay.complete { replay.feedBackwards(.init(tick: tick, origin: Origin())) }
+                for tick in history.reversed() where !replay.complete {
+                    replay.feedBackwards(.init(tick: tick, origin: Origin()))
+                }
             }
             let rebuilt = replay.result(recorded: record.features)
             lineage.window = rebuilt
             var notes: [String] = []
             if rebuilt.snapshot == nil { notes.append("no quote of \(record.symbol) at ts_ns \(t) found") }
             if rebuilt.previousQuote == nil {
-                notes.append("no quote of \(record.symbol) at or before t − W (its first quote is in the window, or the ticks before it are gone)")
+                notes.append(
+                    "no quote of \(record.symbol) at or before t − W (its first quote is in the window, or the ticks before it are gone)"
+                )
             }
             lineage.note = notes.isEmpty ? nil : notes.joined(separator: "; ")
             return lineage
@@ -228,14 +241,16 @@ struct ExplainCommand: AsyncParsableCommand {
         static func hex(_ value: Float) -> String { String(format: "0x%08x", value.bitPattern) }
 
         static func tickJSON(_ entry: SnapshotReplay<Origin>.Entry) -> [String: Any] {
-            var object = (try? JSONSerialization.jsonObject(with: JSONEncoder().encode(entry.tick))) as? [String: Any] ?? [:]
+            var object =
+                (try? JSONSerialization.jsonObject(with: JSONEncoder().encode(entry.tick))) as? [String: Any] ?? [:]
             if let id = entry.origin.entryId { object["entry_id"] = id }
             if let src = entry.origin.src { object["src"] = src }
             return object
         }
 
         func json() throws -> [String: Any] {
-            var decision = (try JSONSerialization.jsonObject(with: JSONEncoder().encode(record))) as? [String: Any] ?? [:]
+            var decision =
+                (try JSONSerialization.jsonObject(with: JSONEncoder().encode(record))) as? [String: Any] ?? [:]
             decision["decided_at"] = stored.decidedAt
             var lineageObject: [String: Any] = ["source": lineage.source.rawValue]
             lineageObject["feature_snapshot_id"] = Self.orNull(record.featureSnapshotId)
@@ -245,24 +260,32 @@ struct ExplainCommand: AsyncParsableCommand {
             lineageObject["window_from"] = Self.orNull(lineage.windowFrom)
             lineageObject["entry_matches_record"] = Self.orNull(entryMatchesRecord)
             lineageObject["note"] = Self.orNull(lineage.note)
-            lineageObject["snapshot"] = Self.orNull(try lineage.snapshot.map { try JSONSerialization.jsonObject(with: JSONEncoder().encode($0)) })
+            lineageObject["snapshot"] = Self.orNull(
+                try lineage.snapshot.map { try JSONSerialization.jsonObject(with: JSONEncoder().encode($0)) })
             var object: [String: Any] = [
                 "decision": decision, "lineage": lineageObject, "features": featureRows(),
                 "features_match": Self.orNull(featuresMatch), "source": record.source.rawValue,
                 "latency_us": record.latencyUs, "budget_ms": budgetMs,
                 "budget_used": Double(record.latencyUs) / (budgetMs * 1000),
                 "feature_age_ms": Self.orNull(record.featureAgeMs), "reason": Self.orNull(record.reason),
-                "canary": Self.orNull(record.canary.map { ["version": $0.version, "score": Self.orNull($0.score), "mode": Self.orNull($0.mode)] as [String: Any] }),
+                "canary": Self.orNull(
+                    record.canary.map {
+                        ["version": $0.version, "score": Self.orNull($0.score), "mode": Self.orNull($0.mode)]
+                            as [String: Any]
+                    })
             ]
             if let window = lineage.window {
                 let t = record.featureTsNs ?? 0
-                object["window"] = [
-                    "from_ns_exclusive": t - Int64(lineage.windowMs ?? 0) * 1_000_000, "to_ns": t,
-                    "previous_quote": Self.orNull(window.previousQuote.map(Self.tickJSON)),
-                    "quotes": window.quotes.map(Self.tickJSON), "trades": window.trades.map(Self.tickJSON),
-                    "quotes_at_t": window.quotesAtT,
-                    "snapshot": Self.orNull(try window.snapshot.map { try JSONSerialization.jsonObject(with: JSONEncoder().encode($0)) }),
-                ] as [String: Any]
+                object["window"] =
+                    [
+                        "from_ns_exclusive": t - Int64(lineage.windowMs ?? 0) * 1_000_000, "to_ns": t,
+                        "previous_quote": Self.orNull(window.previousQuote.map(Self.tickJSON)),
+                        "quotes": window.quotes.map(Self.tickJSON), "trades": window.trades.map(Self.tickJSON),
+                        "quotes_at_t": window.quotesAtT,
+                        "snapshot": Self.orNull(
+                            try window.snapshot.map { try JSONSerialization.jsonObject(with: JSONEncoder().encode($0)) }
+                        )
+                    ] as [String: Any]
             } else {
                 object["window"] = NSNull()
             }
@@ -272,15 +295,17 @@ struct ExplainCommand: AsyncParsableCommand {
             case .refused(let reason):
                 object["rescore"] = ["refused": reason.description, "reason": reason.code]
             case .scored(let score):
-                object["rescore"] = [
-                    "model_name": record.modelName ?? "", "model_version": record.modelVersion ?? "",
-                    "model_hash": record.modelHash ?? "", "score": Double(score),
-                    "recorded_score": Self.orNull(record.score), "match": scoreMatches ?? false,
-                    "abs_diff": Self.orNull(record.score.map { abs(Double(score) - $0) }),
-                ] as [String: Any]
+                object["rescore"] =
+                    [
+                        "model_name": record.modelName ?? "", "model_version": record.modelVersion ?? "",
+                        "model_hash": record.modelHash ?? "", "score": Double(score),
+                        "recorded_score": Self.orNull(record.score), "match": scoreMatches ?? false,
+                        "abs_diff": Self.orNull(record.score.map { abs(Double(score) - $0) })
+                    ] as [String: Any]
             }
             if let outcome {
-                object["outcome"] = Dictionary(uniqueKeysWithValues: outcome.map { ($0.column, Self.outcomeValue($0.column, $0.value)) })
+                object["outcome"] = Dictionary(
+                    uniqueKeysWithValues: outcome.map { ($0.column, Self.outcomeValue($0.column, $0.value)) })
             } else {
                 object["outcome"] = NSNull()
             }
@@ -292,37 +317,52 @@ struct ExplainCommand: AsyncParsableCommand {
             let r = record
             var out: [String] = []
             let model = [r.modelName, r.modelVersion].compactMap { $0 }.joined(separator: ":")
-            out.append(Inspect.bold("decision \(r.decisionId)") + "  \(r.symbol)  \(r.decision.rawValue)  score \(number(r.score))  source \(r.source.rawValue)")
-            out.append("decided     \(stored.decidedAt)  request_id \(r.requestId)\(r.client.map { "  client \($0)" } ?? "")")
+            out.append(
+                Inspect.bold("decision \(r.decisionId)")
+                    + "  \(r.symbol)  \(r.decision.rawValue)  score \(number(r.score))  source \(r.source.rawValue)")
+            out.append(
+                "decided     \(stored.decidedAt)  request_id \(r.requestId)\(r.client.map { "  client \($0)" } ?? "")")
             out.append("model       \(model.isEmpty ? "-" : model)  hash \(r.modelHash ?? "-")")
             let share = String(format: "%.1f%%", Double(r.latencyUs) / (budgetMs * 10))
             out.append("latency     \(r.latencyUs) µs of the \(AuditCommand.number(budgetMs)) ms budget (\(share))")
-            out.append("feature age \(number(r.featureAgeMs)) ms   canary \(r.canary.map { "v\($0.version) \($0.mode ?? "") \(number($0.score))" } ?? "-")   reason \(r.reason ?? "-")")
+            out.append(
+                "feature age \(number(r.featureAgeMs)) ms   canary \(r.canary.map { "v\($0.version) \($0.mode ?? "") \(number($0.score))" } ?? "-")   reason \(r.reason ?? "-")"
+            )
             var lineageLine = "lineage     \(lineage.source.rawValue)"
             if let id = r.featureSnapshotId {
-                lineageLine += "  entry \(id) of \(lineage.featuresStream ?? "te:features")  ts_ns \(r.featureTsNs.map(String.init) ?? "-")  W \(lineage.windowMs.map(String.init) ?? "-") ms"
+                lineageLine +=
+                    "  entry \(id) of \(lineage.featuresStream ?? "te:features")  ts_ns \(r.featureTsNs.map(String.init) ?? "-")  W \(lineage.windowMs.map(String.init) ?? "-") ms"
                 if lineage.snapshot == nil { lineageLine += Inspect.warn("  (entry gone)") }
             }
             out.append(lineageLine)
-            if entryMatchesRecord == false { out.append("            " + Inspect.warn("the entry's features are not the recorded ones")) }
+            if entryMatchesRecord == false {
+                out.append("            " + Inspect.warn("the entry's features are not the recorded ones"))
+            }
             if let note = lineage.note { out.append("            " + Inspect.warn(note)) }
             if let window = lineage.window {
-                out.append("window      from \(lineage.windowFrom ?? "-"): \(window.quotes.count) quotes, \(window.trades.count) trades in (t−W, t]; previous quote \(window.previousQuote.map { Self.tickLine($0) } ?? "none")")
+                out.append(
+                    "window      from \(lineage.windowFrom ?? "-"): \(window.quotes.count) quotes, \(window.trades.count) trades in (t−W, t]; previous quote \(window.previousQuote.map { Self.tickLine($0) } ?? "none")"
+                )
             }
             if r.features != nil {
                 // FP32 values in their shortest round-trip form (what the model got), beside their bits.
                 func fp32(_ value: Any?) -> String { (value as? Double).map { "\(Float($0))" } ?? "-" }
                 let rows = featureRows().map { row -> [String] in
                     let match = (row["match"] as? Bool).map { $0 ? "=" : Inspect.warn("≠") } ?? ""
-                    return [row["name"] as! String, fp32(row["recorded"]), (row["recorded_fp32_bits"] as? String) ?? "-",
-                            fp32(row["recomputed"]), (row["recomputed_fp32_bits"] as? String) ?? "-", match]
+                    return [
+                        row["name"] as! String, fp32(row["recorded"]), (row["recorded_fp32_bits"] as? String) ?? "-",
+                        fp32(row["recomputed"]), (row["recomputed_fp32_bits"] as? String) ?? "-", match
+                    ]
                 }
                 out.append("")
                 out.append(Inspect.table(["feature", "recorded", "fp32", "recomputed", "fp32", ""], rows))
                 switch featuresMatch {
                 case true?: out.append("features match bit-for-bit (FP32, as sent to the model)")
                 case false?: out.append(Inspect.warn("features DIFFER from the recomputation"))
-                case nil: out.append("features not recomputed (\(lineage.source == .requestFeatures ? "they came in the request" : "no window"))")
+                case nil:
+                    out.append(
+                        "features not recomputed (\(lineage.source == .requestFeatures ? "they came in the request" : "no window"))"
+                    )
                 }
             }
             out.append("")
@@ -330,8 +370,11 @@ struct ExplainCommand: AsyncParsableCommand {
             case nil: out.append("re-score    not applicable (source \(r.source.rawValue))")
             case .refused(let reason): out.append(Inspect.warn("re-score    refused: \(reason)"))
             case .scored(let score):
-                let verdict = scoreMatches == true ? "equal" : Inspect.warn("DIFFERENT (|Δ| \(number(r.score.map { abs(Double(score) - $0) })))")
-                out.append("re-score    \(score) vs recorded \(r.score.map { "\(Float($0))" } ?? "-") on \(model): \(verdict)")
+                let verdict =
+                    scoreMatches == true
+                    ? "equal" : Inspect.warn("DIFFERENT (|Δ| \(number(r.score.map { abs(Double(score) - $0) })))")
+                out.append(
+                    "re-score    \(score) vs recorded \(r.score.map { "\(Float($0))" } ?? "-") on \(model): \(verdict)")
             }
             if let outcome {
                 out.append("outcome     " + outcome.map { "\($0.column)=\($0.value ?? "null")" }.joined(separator: " "))
@@ -342,14 +385,18 @@ struct ExplainCommand: AsyncParsableCommand {
                 let entries = (window.quotes + window.trades).sorted { $0.tick.tsNs < $1.tick.tsNs }.suffix(limit)
                 out.append("")
                 out.append("window ticks (newest \(entries.count) of \(window.quotes.count + window.trades.count)):")
-                out.append(Inspect.table(
-                    ["ts_ns", "kind", "bid", "bid_size", "ask", "ask_size", "price", "size", "entry", "src"],
-                    entries.map { e in
-                        let t = e.tick
-                        func exact(_ v: Double?) -> String { v.map { "\($0)" } ?? "-" }  // prices need every digit
-                        return [String(t.tsNs), t.kind.rawValue, exact(t.bid), exact(t.bidSize), exact(t.ask), exact(t.askSize),
-                                exact(t.price), exact(t.size), e.origin.entryId ?? "-", e.origin.src ?? "-"]
-                    }))
+                out.append(
+                    Inspect.table(
+                        ["ts_ns", "kind", "bid", "bid_size", "ask", "ask_size", "price", "size", "entry", "src"],
+                        entries.map { e in
+                            let t = e.tick
+                            func exact(_ v: Double?) -> String { v.map { "\($0)" } ?? "-" }  // prices need every digit
+                            return [
+                                String(t.tsNs), t.kind.rawValue, exact(t.bid), exact(t.bidSize), exact(t.ask),
+                                exact(t.askSize),
+                                exact(t.price), exact(t.size), e.origin.entryId ?? "-", e.origin.src ?? "-"
+                            ]
+                        }))
             }
             return out.joined(separator: "\n")
         }

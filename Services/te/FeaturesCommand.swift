@@ -24,7 +24,8 @@ struct FeaturesCommand: AsyncParsableCommand {
     @Argument(help: "Recordings to read, in order.")
     var files: [String]
 
-    @Option(name: .customLong("window-ms"), help: "The window W in milliseconds (default: FEATURE_WINDOW_MS, else 5000).")
+    @Option(
+        name: .customLong("window-ms"), help: "The window W in milliseconds (default: FEATURE_WINDOW_MS, else 5000).")
     var windowMs: Int?
 
     @Option(name: [.short, .customLong("output")], help: "Write the CSV here instead of standard output.")
@@ -103,18 +104,20 @@ struct FeaturesCommand: AsyncParsableCommand {
     /// H and the cost from the options, else `OUTCOME_HORIZON_MS` and `OUTCOME_COST_BPS` (as the tracker reads them).
     static func labelRule(horizonMs: Int?, costBps: Double?) throws -> OutcomeRule {
         let env = Env().values
-        let horizon = try horizonMs ?? env["OUTCOME_HORIZON_MS"].map { text in
-            guard let value = Int(text), value > 0 else {
-                throw ValidationError("OUTCOME_HORIZON_MS must be a positive integer, got \"\(text)\"")
-            }
-            return value
-        } ?? 5000
-        let cost = try costBps ?? env["OUTCOME_COST_BPS"].map { text in
-            guard let value = Double(text), value >= 0, value.isFinite else {
-                throw ValidationError("OUTCOME_COST_BPS must be a number ≥ 0, got \"\(text)\"")
-            }
-            return value
-        } ?? 4
+        let horizon =
+            try horizonMs ?? env["OUTCOME_HORIZON_MS"].map { text in
+                guard let value = Int(text), value > 0 else {
+                    throw ValidationError("OUTCOME_HORIZON_MS must be a positive integer, got \"\(text)\"")
+                }
+                return value
+            } ?? 5000
+        let cost =
+            try costBps ?? env["OUTCOME_COST_BPS"].map { text in
+                guard let value = Double(text), value >= 0, value.isFinite else {
+                    throw ValidationError("OUTCOME_COST_BPS must be a number ≥ 0, got \"\(text)\"")
+                }
+                return value
+            } ?? 4
         return OutcomeRule(horizonMs: horizon, costBps: cost)
     }
 

@@ -27,12 +27,20 @@ enum Inspect {
             var n = 0
             var inEscape = false
             for c in s.unicodeScalars {
-                if c == "\u{1B}" { inEscape = true } else if inEscape { if c == "m" { inEscape = false } } else { n += 1 }
+                if c == "\u{1B}" {
+                    inEscape = true
+                } else if inEscape {
+                    if c == "m" { inEscape = false }
+                } else {
+                    n += 1
+                }
             }
             return n
         }
         var widths = header.map(width)
-        for row in rows { for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], width(cell)) } }
+        for row in rows {
+            for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], width(cell)) }
+        }
         func line(_ cells: [String]) -> String {
             cells.enumerated().map { i, c in c + String(repeating: " ", count: max(0, widths[i] - width(c))) }
                 .joined(separator: "  ").trimmingCharacters(in: .whitespaces)
@@ -84,7 +92,8 @@ struct OutputOptions: ParsableArguments {
 
     /// Prints `object` as pretty, key-sorted JSON (the `-o json` document).
     func printJSON(_ object: Any) throws {
-        let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        let data = try JSONSerialization.data(
+            withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         print(String(decoding: data, as: UTF8.self))
     }
 }
@@ -106,7 +115,9 @@ extension Inspect {
     /// `90s`, `5m`, `2h`, `1d` in seconds; nil for anything else.
     static func durationSeconds(_ text: String) -> Double? {
         let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
-        guard let unit = text.last, let scale = units[unit], let amount = Double(text.dropLast()), amount >= 0 else { return nil }
+        guard let unit = text.last, let scale = units[unit], let amount = Double(text.dropLast()), amount >= 0 else {
+            return nil
+        }
         return amount * scale
     }
 
@@ -117,11 +128,14 @@ extension Inspect {
         if let back = durationSeconds(text) { return String(Int64((now.timeIntervalSince1970 - back) * 1000)) }
         if text.allSatisfy({ $0.isNumber || $0 == "-" }), text.first?.isNumber == true { return text }
         let formatter = ISO8601DateFormatter()
-        for options: ISO8601DateFormatter.Options in [[.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime]] {
+        for options: ISO8601DateFormatter.Options in [
+            [.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime]
+        ] {
             formatter.formatOptions = options
             if let date = formatter.date(from: text) { return String(Int64(date.timeIntervalSince1970 * 1000)) }
         }
-        throw ValidationError("\(option) '\(text)': expected a duration (90s, 5m, 2h, 1d), an entry id or an ISO-8601 time")
+        throw ValidationError(
+            "\(option) '\(text)': expected a duration (90s, 5m, 2h, 1d), an entry id or an ISO-8601 time")
     }
 
     /// Fails with one line when `key` is not a stream (missing, or another type).

@@ -31,7 +31,9 @@ struct MetricsText: Sendable {
                     rest = rest.dropFirst()
                     continue
                 }
-                guard let eq = rest.firstIndex(of: "="), rest[rest.index(after: eq)...].first == "\"" else { return nil }
+                guard let eq = rest.firstIndex(of: "="), rest[rest.index(after: eq)...].first == "\"" else {
+                    return nil
+                }
                 let key = String(rest[..<eq])
                 var value = ""
                 var i = rest.index(eq, offsetBy: 2)

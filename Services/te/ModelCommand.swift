@@ -7,7 +7,8 @@ import TEPostgres
 /// `QualitySummary` the outcome-tracker exports live, over a period instead of a rolling window.
 struct ModelCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "model", abstract: "Model quality per version from outcomes (POSTGRES_URL): base rate, precision, Brier, ECE.",
+        commandName: "model",
+        abstract: "Model quality per version from outcomes (POSTGRES_URL): base rate, precision, Brier, ECE.",
         discussion: """
             Only labelled outcomes count (eligible not null). Brier is compared with the constant that always \
             answers the period's base rate; a model with no edge does not beat it. The reliability table has 10 \
@@ -20,7 +21,10 @@ struct ModelCommand: AsyncParsableCommand {
     @Option(help: "End (exclusive), same forms as --since.") var until: String?
     @Option(help: "Only this model version.") var version: String?
     @Flag(help: "Print each version's reliability table.") var reliability = false
-    @Option(help: "Also draw each version's reliability diagram and score histogram into this PNG (matplotlib: TE_PYTHON or .dev/venv-train).")
+    @Option(
+        help:
+            "Also draw each version's reliability diagram and score histogram into this PNG (matplotlib: TE_PYTHON or .dev/venv-train)."
+    )
     var plot: String?
     @OptionGroup var format: OutputOptions
 
@@ -40,27 +44,36 @@ struct ModelCommand: AsyncParsableCommand {
         var byVersion: [String: [ScoredOutcome]] = [:]
         for row in result.rows {
             byVersion[row["version"] ?? "-", default: []].append(
-                ScoredOutcome(score: row["score"].flatMap { Double($0) }, traded: row["decision"] == "trade", eligible: row["eligible"] == "t"))
+                ScoredOutcome(
+                    score: row["score"].flatMap { Double($0) }, traded: row["decision"] == "trade",
+                    eligible: row["eligible"] == "t"))
         }
         let summaries = byVersion.keys.sorted().map { ($0, QualitySummary(byVersion[$0]!)) }
         if let plot {
-            guard !summaries.isEmpty else { throw CLIError("--plot: no labelled outcomes in the period, nothing to draw") }
-            let period = [since.map { "since \($0)" }, until.map { "until \($0)" }].compactMap { $0 }.joined(separator: " ")
+            guard !summaries.isEmpty else {
+                throw CLIError("--plot: no labelled outcomes in the period, nothing to draw")
+            }
+            let period = [since.map { "since \($0)" }, until.map { "until \($0)" }].compactMap { $0 }.joined(
+                separator: " ")
             try ModelPlot.draw(
                 summaries, scores: byVersion.mapValues { $0.compactMap(\.score) },
                 title: "model quality from outcomes" + (period.isEmpty ? "" : ", \(period)"), to: plot)
         }
         if format.json {
-            try format.printJSON(summaries.map { version, q -> [String: Any] in
-                [
-                    "version": version, "outcomes": q.outcomes, "base_rate": q.baseRate, "coverage": q.coverage,
-                    "precision": q.precision as Any? ?? NSNull(), "brier": q.brier as Any? ?? NSNull(),
-                    "constant_brier": q.constantBrier, "ece": q.ece as Any? ?? NSNull(),
-                    "reliability": q.reliability.map { b -> [String: Any] in
-                        ["lower": b.lower, "upper": b.upper, "count": b.count, "mean_score": b.meanScore, "eligible_rate": b.eligibleRate]
-                    },
-                ]
-            })
+            try format.printJSON(
+                summaries.map { version, q -> [String: Any] in
+                    [
+                        "version": version, "outcomes": q.outcomes, "base_rate": q.baseRate, "coverage": q.coverage,
+                        "precision": q.precision as Any? ?? NSNull(), "brier": q.brier as Any? ?? NSNull(),
+                        "constant_brier": q.constantBrier, "ece": q.ece as Any? ?? NSNull(),
+                        "reliability": q.reliability.map { b -> [String: Any] in
+                            [
+                                "lower": b.lower, "upper": b.upper, "count": b.count, "mean_score": b.meanScore,
+                                "eligible_rate": b.eligibleRate
+                            ]
+                        }
+                    ]
+                })
             return
         }
         guard !summaries.isEmpty else {
@@ -68,20 +81,32 @@ struct ModelCommand: AsyncParsableCommand {
             return
         }
         func f(_ v: Double?, _ digits: Int = 4) -> String { v.map { String(format: "%.\(digits)f", $0) } ?? "-" }
-        print(TextTable.render(
-            header: ["version", "outcomes", "base_rate", "coverage", "precision", "brier", "brier_const", "edge", "ece"],
-            rows: summaries.map { version, q in
-                let edge = q.brier.map { $0 < q.constantBrier ? "yes" : "no" } ?? "-"
-                return [version, String(q.outcomes), f(q.baseRate, 3), f(q.coverage, 3), f(q.precision, 3), f(q.brier), f(q.constantBrier), edge, f(q.ece, 3)]
-            },
-            rightAligned: [1, 2, 3, 4, 5, 6, 8]))
+        print(
+            TextTable.render(
+                header: [
+                    "version", "outcomes", "base_rate", "coverage", "precision", "brier", "brier_const", "edge", "ece"
+                ],
+                rows: summaries.map { version, q in
+                    let edge = q.brier.map { $0 < q.constantBrier ? "yes" : "no" } ?? "-"
+                    return [
+                        version, String(q.outcomes), f(q.baseRate, 3), f(q.coverage, 3), f(q.precision, 3), f(q.brier),
+                        f(q.constantBrier), edge, f(q.ece, 3)
+                    ]
+                },
+                rightAligned: [1, 2, 3, 4, 5, 6, 8]))
         guard reliability else { return }
         for (version, q) in summaries {
             print("\nreliability, version \(version)")
-            print(TextTable.render(
-                header: ["score_bin", "n", "mean_score", "eligible_rate"],
-                rows: q.reliability.map { ["\(f($0.lower, 1))–\(f($0.upper, 1))", String($0.count), f($0.meanScore, 3), f($0.eligibleRate, 3)] },
-                rightAligned: [1, 2, 3]))
+            print(
+                TextTable.render(
+                    header: ["score_bin", "n", "mean_score", "eligible_rate"],
+                    rows: q.reliability.map {
+                        [
+                            "\(f($0.lower, 1))–\(f($0.upper, 1))", String($0.count), f($0.meanScore, 3),
+                            f($0.eligibleRate, 3)
+                        ]
+                    },
+                    rightAligned: [1, 2, 3]))
         }
     }
 

@@ -9,7 +9,9 @@ import TECore
 enum ModelPlot {
     static let histogramBins = 20
 
-    static func draw(_ summaries: [(String, QualitySummary)], scores: [String: [Double]], title: String, to output: String)
+    static func draw(
+        _ summaries: [(String, QualitySummary)], scores: [String: [Double]], title: String, to output: String
+    )
         throws
     {
         let (python, script) = try locate()
@@ -24,10 +26,11 @@ enum ModelPlot {
                 "reliability": q.reliability.map {
                     ["mean_score": $0.meanScore, "eligible_rate": $0.eligibleRate, "count": $0.count] as [String: Any]
                 },
-                "histogram": ["edges": (0...histogramBins).map { Double($0) / Double(histogramBins) }, "counts": counts],
+                "histogram": ["edges": (0...histogramBins).map { Double($0) / Double(histogramBins) }, "counts": counts]
             ]
         }
-        let data = FileManager.default.temporaryDirectory.appendingPathComponent("te-model-plot-\(UUID().uuidString).json")
+        let data = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "te-model-plot-\(UUID().uuidString).json")
         try JSONSerialization.data(withJSONObject: ["title": title, "versions": versions]).write(to: data)
         defer { try? FileManager.default.removeItem(at: data) }
         let process = Process()
@@ -49,7 +52,8 @@ enum ModelPlot {
     static func locate() throws -> (python: String, script: String) {
         let fm = FileManager.default
         var starts = [URL(fileURLWithPath: fm.currentDirectoryPath)]
-        starts.append(URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent())
+        starts.append(
+            URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent())
         var root: URL?
         search: for start in starts {
             var dir = start.standardizedFileURL
@@ -70,7 +74,9 @@ enum ModelPlot {
             Env.optional("TE_PYTHON")
             ?? root.appendingPathComponent(".dev/venv-train/bin/python").path
         guard fm.isExecutableFile(atPath: python) else {
-            throw CLIError("--plot needs a Python with matplotlib: `make train-venv` (makes .dev/venv-train) or set TE_PYTHON (not found: \(python))")
+            throw CLIError(
+                "--plot needs a Python with matplotlib: `make train-venv` (makes .dev/venv-train) or set TE_PYTHON (not found: \(python))"
+            )
         }
         return (python, root.appendingPathComponent("deploy/triton/plot_quality.py").path)
     }

@@ -30,6 +30,7 @@ struct OfflineTicks {
 
     var summary: String {
         let reasons = rejected.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        return "\(messages) messages, \(ignored) ignored, \(rejected.values.reduce(0, +)) rejected\(reasons.isEmpty ? "" : " (\(reasons))")"
+        return
+            "\(messages) messages, \(ignored) ignored, \(rejected.values.reduce(0, +)) rejected\(reasons.isEmpty ? "" : " (\(reasons))")"
     }
 }

@@ -38,20 +38,26 @@ struct PendingCommand: AsyncParsableCommand {
                 "consumers": summary.consumers,
                 "entries": entries.map { e -> [String: Any] in
                     ["id": e.id, "consumer": e.consumer, "idle_ms": milliseconds(e.idle), "deliveries": e.deliveries]
-                },
+                }
             ])
             return
         }
         print("\(Inspect.bold(String(summary.count))) pending in \(stream) / \(group)")
         if !summary.consumers.isEmpty {
-            print(Inspect.table(["CONSUMER", "PENDING"], summary.consumers.sorted { $0.key < $1.key }.map { [$0.key, String($0.value)] }))
+            print(
+                Inspect.table(
+                    ["CONSUMER", "PENDING"],
+                    summary.consumers.sorted { $0.key < $1.key }.map { [$0.key, String($0.value)] }))
         }
         guard !entries.isEmpty else { return }
         print("")
-        print(Inspect.table(["ID", "CONSUMER", "IDLE", "DELIVERIES"] + (format.wide ? ["ADDED_AT"] : []), entries.map { e in
-            let deliveries = e.deliveries > 1 ? Inspect.warn(String(e.deliveries)) : String(e.deliveries)
-            let added = format.wide ? [Inspect.milliseconds(ofID: e.id).map(format.time(ms:)) ?? "-"] : []
-            return [e.id, e.consumer, Inspect.duration(milliseconds(e.idle)), deliveries] + added
-        }))
+        print(
+            Inspect.table(
+                ["ID", "CONSUMER", "IDLE", "DELIVERIES"] + (format.wide ? ["ADDED_AT"] : []),
+                entries.map { e in
+                    let deliveries = e.deliveries > 1 ? Inspect.warn(String(e.deliveries)) : String(e.deliveries)
+                    let added = format.wide ? [Inspect.milliseconds(ofID: e.id).map(format.time(ms:)) ?? "-"] : []
+                    return [e.id, e.consumer, Inspect.duration(milliseconds(e.idle)), deliveries] + added
+                }))
     }
 }

@@ -26,7 +26,9 @@ struct ReplayCommand: AsyncParsableCommand {
 
     func validate() throws {
         if speed != "max" {
-            guard let s = Double(speed), s > 0, s.isFinite else { throw ValidationError("--speed must be a positive number or max") }
+            guard let s = Double(speed), s > 0, s.isFinite else {
+                throw ValidationError("--speed must be a positive number or max")
+            }
         }
         for file in files where !FileManager.default.isReadableFile(atPath: file) {
             throw ValidationError("cannot read \(file)")
@@ -43,7 +45,8 @@ struct ReplayCommand: AsyncParsableCommand {
         do {
             try await producer.prepare(topic: topic)
         } catch {
-            FileHandle.standardError.write(Data("te replay: no metadata for \(topic) yet (\(error)); producing anyway\n".utf8))
+            FileHandle.standardError.write(
+                Data("te replay: no metadata for \(topic) yet (\(error)); producing anyway\n".utf8))
         }
         let factor: Double? = speed == "max" ? nil : 1 / Double(speed)!
         let progress = ReplayProgress(quiet: quiet, limit: limit)
@@ -74,7 +77,8 @@ struct ReplayCommand: AsyncParsableCommand {
                             timestampMs: ts / 1_000_000,
                             headers: [
                                 KafkaHeader(key: "ts_ns", string: String(ts)),
-                                KafkaHeader(key: "produced_ns", string: String(Int64(Date().timeIntervalSince1970 * 1e9))),
+                                KafkaHeader(
+                                    key: "produced_ns", string: String(Int64(Date().timeIntervalSince1970 * 1e9)))
                             ])
                         try await producer.enqueue(out, retryEvery: .milliseconds(5)) { outcome.record($0) }
                         sent += 1
@@ -89,7 +93,8 @@ struct ReplayCommand: AsyncParsableCommand {
         let elapsed = ContinuousClock.now - startWall
         progress.finish(sent: sent, delivered: outcome.delivered, failed: outcome.failed, elapsed: elapsed)
         if outcome.failed > 0 {
-            throw ValidationError("\(outcome.failed) messages were not delivered; first error: \(outcome.firstError ?? "?")")
+            throw ValidationError(
+                "\(outcome.failed) messages were not delivered; first error: \(outcome.firstError ?? "?")")
         }
     }
 }
@@ -173,7 +178,9 @@ final class ReplayProgress {
         guard !quiet else { return }
         if tty { write("\r\u{1B}[2K") }
         let rate = elapsed.seconds > 0 ? Double(sent) / elapsed.seconds : 0
-        write("replay: \(sent) messages in \(String(format: "%.2f", elapsed.seconds)) s (\(Int(rate)) msg/s), \(delivered) delivered, \(failed) failed\n")
+        write(
+            "replay: \(sent) messages in \(String(format: "%.2f", elapsed.seconds)) s (\(Int(rate)) msg/s), \(delivered) delivered, \(failed) failed\n"
+        )
     }
 
     private func write(_ text: String) { FileHandle.standardError.write(Data(text.utf8)) }

@@ -8,7 +8,8 @@ import TERedis
 /// "Model quality"; `RolloutState`), and the operator's way back to the configured versions.
 struct RolloutCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "rollout", abstract: "The shared canary rollout state (REDIS_URL): status, or restore the configured versions.",
+        commandName: "rollout",
+        abstract: "The shared canary rollout state (REDIS_URL): status, or restore the configured versions.",
         discussion: """
             Gateways, the outcome-tracker and this command change the state only by compare-and-set on its \
             generation, each change appending one RolloutEvent to te:rollout (ROLLOUT_STREAM) in the same step. \
@@ -28,13 +29,16 @@ struct RolloutCommand: AsyncParsableCommand {
     }
 
     static func describe(_ s: RolloutState, model: String, format: OutputOptions) throws {
-        let serving = s.primaryVersion.map { p in RolloutState.servingPrimary(s.status, primary: p, canary: s.canaryVersion ?? p) }
+        let serving = s.primaryVersion.map { p in
+            RolloutState.servingPrimary(s.status, primary: p, canary: s.canaryVersion ?? p)
+        }
         if format.json {
             try format.printJSON([
                 "model": model, "generation": s.generation, "status": s.status.rawValue,
-                "primary_version": s.primaryVersion as Any? ?? NSNull(), "canary_version": s.canaryVersion as Any? ?? NSNull(),
+                "primary_version": s.primaryVersion as Any? ?? NSNull(),
+                "canary_version": s.canaryVersion as Any? ?? NSNull(),
                 "serving_primary": serving as Any? ?? NSNull(), "ts_ns": s.tsNs as Any? ?? NSNull(),
-                "event_id": s.eventId as Any? ?? NSNull(),
+                "event_id": s.eventId as Any? ?? NSNull()
             ])
             return
         }
@@ -46,8 +50,12 @@ struct RolloutCommand: AsyncParsableCommand {
         print(
             Inspect.table(
                 ["MODEL", "GENERATION", "STATUS", "PRIMARY", "CANARY", "SERVING AS PRIMARY", "SINCE", "EVENT"],
-                [[model, String(s.generation), s.status.rawValue, s.primaryVersion ?? "-", s.canaryVersion ?? "-",
-                    serving ?? "-", when, s.eventId ?? "-"]]))
+                [
+                    [
+                        model, String(s.generation), s.status.rawValue, s.primaryVersion ?? "-", s.canaryVersion ?? "-",
+                        serving ?? "-", when, s.eventId ?? "-"
+                    ]
+                ]))
     }
 
     struct Status: AsyncParsableCommand {
@@ -76,18 +84,24 @@ struct RolloutCommand: AsyncParsableCommand {
             guard let primary = current.primaryVersion, let canary = current.canaryVersion,
                 let next = current.next(.restore, primary: primary, canary: canary)
             else {
-                print("nothing to restore: \(target.model) is at generation \(current.generation), \(current.status.rawValue)")
+                print(
+                    "nothing to restore: \(target.model) is at generation \(current.generation), \(current.status.rawValue)"
+                )
                 return
             }
             let event = RolloutState.event(
                 .restore, model: target.model, primary: primary, canary: canary, metric: nil, value: nil, limit: nil,
                 replica: "te@" + StreamWorkerConfiguration.hostName(), eventId: RolloutStore.newEventID(),
                 tsNs: wallClockNs(), restoring: current.status)
-            switch try await store.transition(expected: current.generation, to: next, primary: primary, canary: canary, event: event) {
+            switch try await store.transition(
+                expected: current.generation, to: next, primary: primary, canary: canary, event: event)
+            {
             case .applied(let state, _):
                 try RolloutCommand.describe(state, model: target.model, format: format)
             case .conflict(let generation):
-                throw CLIError("the rollout state changed while restoring (now generation \(generation)); run `te model rollout status` and retry")
+                throw CLIError(
+                    "the rollout state changed while restoring (now generation \(generation)); run `te model rollout status` and retry"
+                )
             }
         }
     }

@@ -1,8 +1,9 @@
 import ArgumentParser
 import Foundation
+
 #if canImport(FoundationNetworking)
-import FoundationNetworking
-import TECore
+    import FoundationNetworking
+    import TECore
 #endif
 
 /// `te score SYMBOL [--features a,b,…] [--freshness-ms N]`: one `POST /v1/score` against a gateway,
@@ -46,9 +47,11 @@ struct ScoreCommand: AsyncParsableCommand {
         request.httpMethod = "POST"
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")
         // `client:key` or a bare key: the key is what follows the first colon.
-        let key = apiKey ?? env["GATEWAY_API_KEYS"]?.split(separator: ",").first.map {
-            String($0.split(separator: ":", maxSplits: 1).last ?? "").trimmingCharacters(in: .whitespaces)
-        }
+        let key =
+            apiKey
+            ?? env["GATEWAY_API_KEYS"]?.split(separator: ",").first.map {
+                String($0.split(separator: ":", maxSplits: 1).last ?? "").trimmingCharacters(in: .whitespaces)
+            }
         if let key, !key.isEmpty { request.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization") }
         if let requestID { request.setValue(requestID, forHTTPHeaderField: "X-Request-Id") }
         request.httpBody = try JSONSerialization.data(withJSONObject: body)

@@ -19,16 +19,20 @@ struct StreamsCommand: AsyncParsableCommand {
             streams.append((key, try await redis.xinfoStream(key), try await redis.xinfoGroups(key)))
         }
         if format.json {
-            try format.printJSON(streams.map { s -> [String: Any] in
-                [
-                    "stream": s.key, "length": s.info.length,
-                    "first_entry_id": s.info.firstEntryID as Any? ?? NSNull(),
-                    "last_entry_id": s.info.lastEntryID as Any? ?? NSNull(),
-                    "groups": s.groups.map { g -> [String: Any] in
-                        ["name": g.name, "pending": g.pending, "lag": g.lag as Any? ?? NSNull(), "consumers": g.consumers]
-                    },
-                ]
-            })
+            try format.printJSON(
+                streams.map { s -> [String: Any] in
+                    [
+                        "stream": s.key, "length": s.info.length,
+                        "first_entry_id": s.info.firstEntryID as Any? ?? NSNull(),
+                        "last_entry_id": s.info.lastEntryID as Any? ?? NSNull(),
+                        "groups": s.groups.map { g -> [String: Any] in
+                            [
+                                "name": g.name, "pending": g.pending, "lag": g.lag as Any? ?? NSNull(),
+                                "consumers": g.consumers
+                            ]
+                        }
+                    ]
+                })
             return
         }
         guard !streams.isEmpty else {
@@ -36,16 +40,23 @@ struct StreamsCommand: AsyncParsableCommand {
             return
         }
         let rows = streams.map { s -> [String] in
-            let groupText = s.groups.isEmpty
+            let groupText =
+                s.groups.isEmpty
                 ? Inspect.dim("(no groups)")
                 : s.groups.map { g in
                     let lag = g.lag.map(String.init) ?? "?"
                     let text = "\(g.name)[pending \(g.pending), lag \(lag), consumers \(g.consumers)]"
                     return g.pending > 0 || (g.lag ?? 0) > 1000 ? Inspect.warn(text) : text
                 }.joined(separator: " ")
-            var row = [s.key, String(s.info.length), Inspect.age(ofID: s.info.firstEntryID), Inspect.age(ofID: s.info.lastEntryID)]
+            var row = [
+                s.key, String(s.info.length), Inspect.age(ofID: s.info.firstEntryID),
+                Inspect.age(ofID: s.info.lastEntryID)
+            ]
             if format.wide {
-                row += [s.info.lastEntryID ?? "-", s.info.lastEntryID.flatMap(Inspect.milliseconds(ofID:)).map(format.time(ms:)) ?? "-"]
+                row += [
+                    s.info.lastEntryID ?? "-",
+                    s.info.lastEntryID.flatMap(Inspect.milliseconds(ofID:)).map(format.time(ms:)) ?? "-"
+                ]
             }
             return row + [groupText]
         }

@@ -32,7 +32,9 @@ struct TailCommand: AsyncParsableCommand {
         let sharded = [StreamKey.ticks, StreamKey.features, StreamKey.signals].contains(key) && shards > 1
         guard let shard else { return sharded ? StreamKey.allShards(key, shards: shards) : [key] }
         guard sharded, (0..<shards).contains(shard) else {
-            throw ValidationError("--shard needs a sharded stream (te:ticks, te:features, te:signals) and 0 ≤ k < STREAM_SHARDS (\(shards))")
+            throw ValidationError(
+                "--shard needs a sharded stream (te:ticks, te:features, te:signals) and 0 ≤ k < STREAM_SHARDS (\(shards))"
+            )
         }
         return [StreamKey.sharded(key, shard: shard, of: shards)]
     }
@@ -45,7 +47,9 @@ struct TailCommand: AsyncParsableCommand {
         }
         var found: [String] = []
         for key in keys where try await redis.send(RedisCommand(["TYPE", key])).string == "stream" { found.append(key) }
-        guard !found.isEmpty else { throw CLIError("no stream \(keys.joined(separator: ", ")) (`te streams` lists them)") }
+        guard !found.isEmpty else {
+            throw CLIError("no stream \(keys.joined(separator: ", ")) (`te streams` lists them)")
+        }
         return found
     }
 
@@ -53,7 +57,8 @@ struct TailCommand: AsyncParsableCommand {
         let key = stream.hasPrefix("te:") || stream.contains(":") ? stream : "te:" + stream
         let redis = try Inspect.redis()
         defer { redis.close() }
-        let keys = try await Self.existing(try Self.keys(key, shard: shard, shards: try Env().streamShards()), in: redis)
+        let keys = try await Self.existing(
+            try Self.keys(key, shard: shard, shards: try Env().streamShards()), in: redis)
         let start = try since.map { try Inspect.streamBound($0, option: "--since") }
         let end = try until.map { try Inspect.streamBound($0, option: "--until") }
         // Several shards: each shard's N, merged by id (ids of different streams order by their milliseconds).
@@ -67,7 +72,10 @@ struct TailCommand: AsyncParsableCommand {
             }
             entries += part.map { (key, $0) }
         }
-        entries.sort { (StreamID($0.1.id) ?? StreamID(milliseconds: 0, sequence: 0)) < (StreamID($1.1.id) ?? StreamID(milliseconds: 0, sequence: 0)) }
+        entries.sort {
+            (StreamID($0.1.id) ?? StreamID(milliseconds: 0, sequence: 0))
+                < (StreamID($1.1.id) ?? StreamID(milliseconds: 0, sequence: 0))
+        }
         entries = start != nil ? Array(entries.prefix(n)) : Array(entries.suffix(n))
         for (key, entry) in entries { show(entry, stream: keys.count > 1 ? key : nil) }
         guard follow else { return }
@@ -78,7 +86,8 @@ struct TailCommand: AsyncParsableCommand {
             let groups = redis.isCluster ? keys.map { [$0] } : [keys]
             for group in groups {
                 let block: Duration = .milliseconds(max(50, 1000 / groups.count))
-                for result in try await redis.xread(streams: group.map { ($0, cursors[$0]!) }, count: 100, block: block) {
+                for result in try await redis.xread(streams: group.map { ($0, cursors[$0]!) }, count: 100, block: block)
+                {
                     for entry in result.entries {
                         show(entry, stream: keys.count > 1 ? result.stream : nil)
                         cursors[result.stream] = entry.id
@@ -96,12 +105,15 @@ struct TailCommand: AsyncParsableCommand {
             for (k, v) in entry.fields { fields[k] = v }
             var object: [String: Any] = ["id": entry.id, "time_ms": ms as Any? ?? NSNull(), "fields": fields]
             if let stream { object["stream"] = stream }
-            if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) {
+            if let data = try? JSONSerialization.data(
+                withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+            {
                 print(String(decoding: data, as: UTF8.self))
             }
             return
         }
-        let when = (ms.map { Inspect.dim(format.time(ms: $0)) + " " } ?? "") + (stream.map { Inspect.dim($0) + " " } ?? "")
+        let when =
+            (ms.map { Inspect.dim(format.time(ms: $0)) + " " } ?? "") + (stream.map { Inspect.dim($0) + " " } ?? "")
         print(pretty ? when + Inspect.pretty(entry) : when + Inspect.line(entry))
     }
 }

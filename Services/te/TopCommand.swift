@@ -6,7 +6,7 @@ import TEModels
 import TERedis
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// `te top`: a live view of every stage — input and output rates, lag, pending, dead letters, p99 — and the
@@ -40,7 +40,8 @@ struct TopCommand: AsyncParsableCommand {
         if once || isatty(STDOUT_FILENO) != 1 || isatty(STDIN_FILENO) != 1 {
             let first = await sampler.sample()
             try await Task.sleep(for: period)
-            print(TopFrame(stages: stages, previous: first, current: await sampler.sample(), colour: Inspect.colour).text)
+            print(
+                TopFrame(stages: stages, previous: first, current: await sampler.sample(), colour: Inspect.colour).text)
             return
         }
         let terminal = RawTerminal()
@@ -49,7 +50,9 @@ struct TopCommand: AsyncParsableCommand {
         let (events, continuation) = AsyncStream.makeStream(of: Event.self)
         terminal.onKey { key in
             // q, Q, Ctrl-C (raw mode delivers it as a byte), Ctrl-D
-            if key == UInt8(ascii: "q") || key == UInt8(ascii: "Q") || key == 3 || key == 4 { continuation.yield(.quit) }
+            if key == UInt8(ascii: "q") || key == UInt8(ascii: "Q") || key == 3 || key == 4 {
+                continuation.yield(.quit)
+            }
         }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -83,27 +86,32 @@ struct TopStage: Sendable {
         var stages = [
             TopStage(name: "ingest", kind: .ingest, target: "127.0.0.1:9101", input: nil, output: StreamKey.ticks),
             TopStage(
-                name: "feature-pipeline", kind: .stream, target: "127.0.0.1:9102", input: (StreamKey.ticks, "feature-pipeline"),
+                name: "feature-pipeline", kind: .stream, target: "127.0.0.1:9102",
+                input: (StreamKey.ticks, "feature-pipeline"),
                 output: StreamKey.features),
             TopStage(
-                name: "strategy-engine", kind: .stream, target: "127.0.0.1:9103", input: (StreamKey.features, "strategy-engine"),
+                name: "strategy-engine", kind: .stream, target: "127.0.0.1:9103",
+                input: (StreamKey.features, "strategy-engine"),
                 output: StreamKey.signals),
             TopStage(
                 name: "opportunity-aggregator", kind: .stream, target: "127.0.0.1:9104",
                 input: (StreamKey.signals, "opportunity-aggregator"), output: StreamKey.opportunities),
             TopStage(
-                name: "outcome-tracker", kind: .stream, target: "127.0.0.1:9105", input: (StreamKey.audit, "outcome-tracker"),
+                name: "outcome-tracker", kind: .stream, target: "127.0.0.1:9105",
+                input: (StreamKey.audit, "outcome-tracker"),
                 output: "te:outcomes"),
             TopStage(
                 name: "audit-writer", kind: .stream, target: "127.0.0.1:9106", input: (StreamKey.audit, "audit-writer"),
                 output: nil),
-            TopStage(name: "gateway", kind: .gateway, target: "127.0.0.1:8080", input: nil, output: StreamKey.audit),
+            TopStage(name: "gateway", kind: .gateway, target: "127.0.0.1:8080", input: nil, output: StreamKey.audit)
         ]
         for item in (overrides ?? "").split(separator: ",") {
             let parts = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-            guard parts.count == 2, let i = stages.firstIndex(where: { $0.name == parts[0] }), parts[1].contains(":") else {
+            guard parts.count == 2, let i = stages.firstIndex(where: { $0.name == parts[0] }), parts[1].contains(":")
+            else {
                 throw ValidationError(
-                    "--targets: '\(item)' is not name=host:port with name one of \(stages.map(\.name).joined(separator: ", "))")
+                    "--targets: '\(item)' is not name=host:port with name one of \(stages.map(\.name).joined(separator: ", "))"
+                )
             }
             stages[i].target = parts[1]
         }
@@ -113,7 +121,10 @@ struct TopStage: Sendable {
 
 /// Everything one refresh read.
 struct TopSample: Sendable {
-    struct Group: Sendable { let lag: Int?; let pending: Int }
+    struct Group: Sendable {
+        let lag: Int?
+        let pending: Int
+    }
     let at: ContinuousClock.Instant
     let metrics: [String: MetricsText]  // by stage; absent when its /metrics did not answer
     let groups: [String: Group]  // by stage
@@ -146,7 +157,9 @@ struct TopSampler: Sendable {
             }
             let streams = Set(stages.compactMap(\.output) + [StreamKey.dlq]).sorted()
             for stream in streams {
-                guard let reply = try? await redis.send(RedisCommand(["XINFO", "STREAM", stream])), let items = reply.array else {
+                guard let reply = try? await redis.send(RedisCommand(["XINFO", "STREAM", stream])),
+                    let items = reply.array
+                else {
                     continue
                 }
                 var i = 0
@@ -188,7 +201,9 @@ struct TopFrame {
             return (now >= before ? now - before : now) / seconds
         }
         func streamRate(_ stream: String?) -> Double? {
-            guard seconds > 0, let stream, let now = current.streamsAdded[stream], let before = previous?.streamsAdded[stream] else {
+            guard seconds > 0, let stream, let now = current.streamsAdded[stream],
+                let before = previous?.streamsAdded[stream]
+            else {
                 return nil
             }
             return Double(max(0, now - before)) / seconds
@@ -207,23 +222,31 @@ struct TopFrame {
                     stage.name, state, Self.rate(rate(stage.name, "te_ingest_messages_consumed_total")),
                     Self.rate(rate(stage.name, "te_ingest_ticks_total")), lag, "-",
                     Self.rate(rate(stage.name, "te_ingest_dlq_total")),
-                    Self.latency(metrics?.quantile(0.99, of: "te_ingest_latency_seconds", since: previous?.metrics[stage.name])),
+                    Self.latency(
+                        metrics?.quantile(0.99, of: "te_ingest_latency_seconds", since: previous?.metrics[stage.name]))
                 ])
             case .stream:
                 let group = current.groups[stage.name]
-                let out = stage.output == nil ? rate(stage.name, "te_audit_rows_inserted_total") : streamRate(stage.output)
+                let out =
+                    stage.output == nil ? rate(stage.name, "te_audit_rows_inserted_total") : streamRate(stage.output)
                 rows.append([
                     stage.name, state, Self.rate(rate(stage.name, "te_stream_entries_processed_total")), Self.rate(out),
-                    group.map { $0.lag.map { Self.count(Double($0)) } ?? "?" } ?? "-", group.map { Self.count(Double($0.pending)) } ?? "-",
+                    group.map { $0.lag.map { Self.count(Double($0)) } ?? "?" } ?? "-",
+                    group.map { Self.count(Double($0.pending)) } ?? "-",
                     Self.rate(rate(stage.name, "te_stream_dlq_total")),
-                    Self.latency(metrics?.quantile(0.99, of: "te_stream_batch_duration_seconds", since: previous?.metrics[stage.name])),
+                    Self.latency(
+                        metrics?.quantile(
+                            0.99, of: "te_stream_batch_duration_seconds", since: previous?.metrics[stage.name]))
                 ])
             case .gateway:
                 let requests = rate(stage.name, "te_gateway_requests_total")
                 rows.append([
                     stage.name, state, Self.rate(requests), Self.rate(streamRate(stage.output)), "-",
                     metrics?.sum("te_gateway_audit_buffer_depth").map { Self.count($0) } ?? "-",
-                    "-", Self.latency(metrics?.quantile(0.99, of: "te_gateway_request_duration_seconds", since: previous?.metrics[stage.name])),
+                    "-",
+                    Self.latency(
+                        metrics?.quantile(
+                            0.99, of: "te_gateway_request_duration_seconds", since: previous?.metrics[stage.name]))
                 ])
                 guard let metrics else { continue }
                 let sources = ["model", "cache", "rules", "abstain"].map { source -> String in
@@ -231,30 +254,38 @@ struct TopFrame {
                     let share = (requests ?? 0) > 0 ? 100 * r / requests! : 0
                     return "\(source) \(String(format: "%.0f", share))%"
                 }
-                let breakers = metrics.values("te_gateway_breaker_state", by: "endpoint").sorted { $0.key < $1.key }.map { endpoint, value in
+                let breakers = metrics.values("te_gateway_breaker_state", by: "endpoint").sorted { $0.key < $1.key }.map
+                { endpoint, value in
                     let state = value >= 2 ? paint("open", "31") : value >= 1 ? paint("half-open", "33") : "closed"
                     return "\(endpoint) \(state)"
                 }
                 let rollbacks = metrics.sum("canary_rollbacks_total") ?? 0
                 let disagree = rate(stage.name, "canary_disagree_total")
                 gatewayLines = [
-                    "gateway  sources " + sources.joined(separator: " · ") + "   breakers " + (breakers.isEmpty ? "-" : breakers.joined(separator: " · ")),
-                    "         canary rollbacks \(Self.count(rollbacks))" + (rollbacks > 0 ? paint(" (rolled back)", "33") : "")
-                        + "   disagree \(Self.rate(disagree))/s   audit dropped \(Self.count(metrics.sum("te_gateway_audit_dropped_total") ?? 0))",
+                    "gateway  sources " + sources.joined(separator: " · ") + "   breakers "
+                        + (breakers.isEmpty ? "-" : breakers.joined(separator: " · ")),
+                    "         canary rollbacks \(Self.count(rollbacks))"
+                        + (rollbacks > 0 ? paint(" (rolled back)", "33") : "")
+                        + "   disagree \(Self.rate(disagree))/s   audit dropped \(Self.count(metrics.sum("te_gateway_audit_dropped_total") ?? 0))"
                 ]
             }
         }
         lines.append(Inspect.table(["STAGE", "STATE", "IN/s", "OUT/s", "LAG", "PENDING", "DLQ/s", "P99"], rows))
         lines.append("")
         lines += gatewayLines
-        let streams = (stages.compactMap(\.output) + [StreamKey.dlq]).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
+        let streams = (stages.compactMap(\.output) + [StreamKey.dlq]).reduce(into: [String]()) {
+            if !$0.contains($1) { $0.append($1) }
+        }
         let streamText = streams.compactMap { stream -> String? in
             guard let length = current.streamLengths[stream] else { return nil }
             let growth = streamRate(stream).map { " +\(Self.rate($0))/s" } ?? ""
             let text = "\(stream) \(Self.count(Double(length)))\(growth)"
             return stream == StreamKey.dlq && (streamRate(stream) ?? 0) > 0 ? paint(text, "33") : text
         }
-        lines.append("streams  " + (streamText.isEmpty ? paint("(REDIS_URL not set or unreachable)", "2") : streamText.joined(separator: "  ")))
+        lines.append(
+            "streams  "
+                + (streamText.isEmpty
+                    ? paint("(REDIS_URL not set or unreachable)", "2") : streamText.joined(separator: "  ")))
         text = lines.joined(separator: "\n")
     }
 
@@ -300,7 +331,8 @@ final class RawTerminal: @unchecked Sendable {
     }
 
     func onKey(_ handler: @escaping @Sendable (UInt8) -> Void) {
-        let source = DispatchSource.makeReadSource(fileDescriptor: STDIN_FILENO, queue: DispatchQueue(label: "te-top-keys"))
+        let source = DispatchSource.makeReadSource(
+            fileDescriptor: STDIN_FILENO, queue: DispatchQueue(label: "te-top-keys"))
         source.setEventHandler {
             var byte: UInt8 = 0
             if read(STDIN_FILENO, &byte, 1) == 1 { handler(byte) }
@@ -311,7 +343,10 @@ final class RawTerminal: @unchecked Sendable {
 
     func draw(_ frame: String) {
         // Home, then each line cleared to its end, then the rest of the screen: no flicker from a full clear.
-        write("\u{1B}[H" + frame.split(separator: "\n", omittingEmptySubsequences: false).map { $0 + "\u{1B}[K" }.joined(separator: "\r\n") + "\u{1B}[J")
+        write(
+            "\u{1B}[H"
+                + frame.split(separator: "\n", omittingEmptySubsequences: false).map { $0 + "\u{1B}[K" }.joined(
+                    separator: "\r\n") + "\u{1B}[J")
     }
 
     func restore() {
@@ -324,7 +359,9 @@ final class RawTerminal: @unchecked Sendable {
         var bytes = Array(text.utf8)
         var offset = 0
         while offset < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { Foundation.write(STDOUT_FILENO, $0.baseAddress! + offset, $0.count - offset) }
+            let n = bytes.withUnsafeMutableBytes {
+                Foundation.write(STDOUT_FILENO, $0.baseAddress! + offset, $0.count - offset)
+            }
             if n <= 0 { break }
             offset += n
         }

@@ -49,7 +49,8 @@ struct TritonCommand: AsyncParsableCommand {
             var models: [(version: String, ready: Bool, error: String?)] = []
             for version in versions {
                 do {
-                    let modelReady = try await client.modelReady(model: options.modelName, version: version, deadline: options.deadline)
+                    let modelReady = try await client.modelReady(
+                        model: options.modelName, version: version, deadline: options.deadline)
                     models.append((version, modelReady, nil))
                     healthy = healthy && modelReady
                 } catch let error as TritonError {
@@ -60,13 +61,18 @@ struct TritonCommand: AsyncParsableCommand {
             if format.json {
                 try format.printJSON([
                     "server": ["live": live, "ready": ready], "model": options.modelName, "healthy": healthy,
-                    "versions": models.map { ["version": $0.version, "ready": $0.ready, "error": $0.error ?? NSNull()] as [String: Any] },
+                    "versions": models.map {
+                        ["version": $0.version, "ready": $0.ready, "error": $0.error ?? NSNull()] as [String: Any]
+                    }
                 ])
             } else {
                 print("server live=\(live) ready=\(ready)\n")
-                print(Inspect.table(
-                    ["MODEL", "VERSION", "READY", "ERROR"],
-                    models.map { [options.modelName, $0.version, $0.ready ? "true" : Inspect.warn("false"), $0.error ?? ""] }))
+                print(
+                    Inspect.table(
+                        ["MODEL", "VERSION", "READY", "ERROR"],
+                        models.map {
+                            [options.modelName, $0.version, $0.ready ? "true" : Inspect.warn("false"), $0.error ?? ""]
+                        }))
             }
             if !healthy { throw ExitCode(1) }
         }
@@ -90,13 +96,18 @@ struct TritonCommand: AsyncParsableCommand {
                 try format.printJSON([
                     "name": metadata.name, "platform": metadata.platform, "backend": config.backend,
                     "versions": metadata.versions.sorted(), "max_batch_size": config.maxBatchSize,
-                    "version_policy": "\(config.versionPolicy)", "inputs": tensors(metadata.inputs), "outputs": tensors(metadata.outputs),
+                    "version_policy": "\(config.versionPolicy)", "inputs": tensors(metadata.inputs),
+                    "outputs": tensors(metadata.outputs),
                     "artefact_sha256": Dictionary(
-                        uniqueKeysWithValues: metadata.versions.map { ($0, config.artefactHash(version: $0).map { $0 as Any } ?? NSNull()) }),
+                        uniqueKeysWithValues: metadata.versions.map {
+                            ($0, config.artefactHash(version: $0).map { $0 as Any } ?? NSNull())
+                        })
                 ])
                 return
             }
-            print("model \(metadata.name) platform=\(metadata.platform) backend=\(config.backend) versions=\(metadata.versions.joined(separator: ","))")
+            print(
+                "model \(metadata.name) platform=\(metadata.platform) backend=\(config.backend) versions=\(metadata.versions.joined(separator: ","))"
+            )
             print("max_batch_size \(config.maxBatchSize) version_policy \(config.versionPolicy)")
             for t in metadata.inputs { print("input  \(t.name) \(t.datatype) \(t.shape)") }
             for t in metadata.outputs { print("output \(t.name) \(t.datatype) \(t.shape)") }
@@ -128,7 +139,7 @@ struct TritonCommand: AsyncParsableCommand {
             if format.json {
                 let micros = elapsed.components.seconds * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000
                 try format.printJSON([
-                    "model": options.modelName, "version": version, "score": Double(scores[0]), "latency_us": micros,
+                    "model": options.modelName, "version": version, "score": Double(scores[0]), "latency_us": micros
                 ])
                 return
             }

@@ -6,11 +6,13 @@ struct TE: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "te",
         abstract: "Trade Eligibility operator CLI.",
-        discussion: "Connection settings come from the environment (REDIS_URL, KAFKA_BROKERS, POSTGRES_URL, TRITON_URL); `source .dev/env` after `make dev-up`.",
+        discussion:
+            "Connection settings come from the environment (REDIS_URL, KAFKA_BROKERS, POSTGRES_URL, TRITON_URL); `source .dev/env` after `make dev-up`.",
         subcommands: [
             ReplayCommand.self, StreamsCommand.self, TailCommand.self, PendingCommand.self, DLQCommand.self,
-            FeaturesCommand.self, TritonCommand.self, AuditCommand.self, ModelCommand.self, ScoreCommand.self, TopCommand.self,
-            ExplainCommand.self,
+            FeaturesCommand.self, TritonCommand.self, AuditCommand.self, ModelCommand.self, ScoreCommand.self,
+            TopCommand.self,
+            ExplainCommand.self
         ])
 }
 
@@ -31,7 +33,9 @@ do {
         var syncCommand = command
         try syncCommand.run()
     }
-} catch let error where error is ExitCode || error is CleanExit || error is ValidationError || TE.exitCode(for: error) == .success {
+} catch let error
+    where error is ExitCode || error is CleanExit || error is ValidationError || TE.exitCode(for: error) == .success
+{
     // The last: `--help` parses into ArgumentParser's own help command, whose run() throws its (internal)
     // help request; exit(withError:) prints the help and exits 0 (train.py's `te features --help` needs it).
     TE.exit(withError: error)

@@ -96,7 +96,7 @@ public struct AuditChain: Sendable, Equatable {
         "feature_snapshot_id",
         "feature_ts_ns",
         "trace_id",
-        "client",
+        "client"
     ]
 
     /// `SELECT <canonical columns> FROM decisions`: wrapped in `COPY (…) TO STDOUT` it prints the canonical

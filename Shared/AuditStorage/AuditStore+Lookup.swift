@@ -10,7 +10,9 @@ extension AuditStore {
         guard Self.isUUID(decisionId) else { return nil }
         let result = try await connection.query(
             "SELECT \(Self.selectColumns) FROM decisions WHERE decision_id = $1::uuid", [decisionId])
-        return try result.rows.first.map { StoredDecision(record: try Self.record(from: $0), decidedAt: $0["decided_at"] ?? "") }
+        return try result.rows.first.map {
+            StoredDecision(record: try Self.record(from: $0), decidedAt: $0["decided_at"] ?? "")
+        }
     }
 
     /// Decisions answered by the model (`source = model`) with `since <= decided_at < until`, oldest first, at
@@ -25,7 +27,9 @@ extension AuditStore {
             ORDER BY decided_at, decision_id
             LIMIT $3::bigint
             """, [since, until, limit.map(String.init)])
-        return try result.rows.map { StoredDecision(record: try Self.record(from: $0), decidedAt: $0["decided_at"] ?? "") }
+        return try result.rows.map {
+            StoredDecision(record: try Self.record(from: $0), decidedAt: $0["decided_at"] ?? "")
+        }
     }
 
     /// The `outcomes` row of `decisionId` column by column (text as PostgreSQL prints it, nil for NULL); nil

@@ -60,7 +60,7 @@ public struct AuditStore: Sendable {
                 """),
         .outcomesAndRolloutEvents,
         StoreRoles.migration,
-        auditChainMigration,
+        auditChainMigration
     ]
 
     /// Version 5: the hash chain's columns (`AuditChain`). Rows from before it keep NULLs (unchained); the
@@ -167,7 +167,8 @@ public struct AuditStore: Sendable {
         writer: String, query: (String, [String?]) async throws -> PostgresQueryResult
     ) async throws -> AuditChain {
         let result = try await query(
-            "SELECT chain_seq, row_hash FROM decisions WHERE chain_writer = $1 ORDER BY chain_seq DESC LIMIT 1", [writer])
+            "SELECT chain_seq, row_hash FROM decisions WHERE chain_writer = $1 ORDER BY chain_seq DESC LIMIT 1",
+            [writer])
         guard let row = result.rows.first else { return AuditChain(writer: writer) }
         guard let text = row["chain_seq"], let seq = Int64(text), let hash = row["row_hash"] else {
             throw RowDecodingError(column: "chain_seq", value: row["chain_seq"])
@@ -222,14 +223,16 @@ public struct AuditStore: Sendable {
     /// Why PostgreSQL would reject `record`, nil when it would not: decision_id must be a UUID
     /// (8-4-4-4-12 hex digits) and text cannot hold NUL (COPY fails with 22021).
     public static func problem(with record: AuditRecord) -> String? {
-        guard isUUID(record.decisionId) else { return "decision_id is not a UUID: \(String(record.decisionId.prefix(64)).debugDescription)" }
+        guard isUUID(record.decisionId) else {
+            return "decision_id is not a UUID: \(String(record.decisionId.prefix(64)).debugDescription)"
+        }
         let texts: [(String, String?)] = [
             ("request_id", record.requestId), ("symbol", record.symbol), ("model_name", record.modelName),
             ("model_version", record.modelVersion), ("model_hash", record.modelHash),
             ("canary_version", record.canary?.version), ("canary_mode", record.canary?.mode), ("reason", record.reason),
-            ("feature_snapshot_id", record.featureSnapshotId), ("trace_id", record.traceId), ("client", record.client),
+            ("feature_snapshot_id", record.featureSnapshotId), ("trace_id", record.traceId), ("client", record.client)
         ]
-        for case let (column, text?) in texts where text.utf8.contains(0) {
+        for case (let column, let text?) in texts where text.utf8.contains(0) {
             return "\(column) contains a NUL character, which PostgreSQL text cannot hold"
         }
         return nil
@@ -262,7 +265,8 @@ public struct AuditStore: Sendable {
         var encoder = CopyTextEncoder(reservingCapacity: records.count * 700)
         for (record, link) in zip(records, links) {
             encoder.append(decidedAtText(tsNs: record.tsNs))
-            appendRecordColumns(record, to: &encoder, decisionID: record.decisionId, number: text, features: featuresJSON)
+            appendRecordColumns(
+                record, to: &encoder, decisionID: record.decisionId, number: text, features: featuresJSON)
             encoder.append(writer)
             encoder.append(String(link.seq))
             encoder.append(link.prevHash)
@@ -374,7 +378,9 @@ public struct AuditStore: Sendable {
         let result = try await connection.query(
             "SELECT \(Self.selectColumns) FROM decisions WHERE symbol = $1 ORDER BY decided_at DESC, decision_id LIMIT $2",
             [symbol, String(limit)])
-        return try result.rows.map { StoredDecision(record: try Self.record(from: $0), decidedAt: $0["decided_at"] ?? "") }
+        return try result.rows.map {
+            StoredDecision(record: try Self.record(from: $0), decidedAt: $0["decided_at"] ?? "")
+        }
     }
 
     /// Every stored decision, by ts_ns (for tests and exports of small tables).
@@ -403,8 +409,9 @@ public struct AuditStore: Sendable {
             ORDER BY source, decision, model_version NULLS LAST
             """, [since, until])
         return result.rows.map {
-            Count(source: $0["source"] ?? "", decision: $0["decision"] ?? "", modelVersion: $0["model_version"],
-                  count: Int($0["n"] ?? "") ?? 0)
+            Count(
+                source: $0["source"] ?? "", decision: $0["decision"] ?? "", modelVersion: $0["model_version"],
+                count: Int($0["n"] ?? "") ?? 0)
         }
     }
 

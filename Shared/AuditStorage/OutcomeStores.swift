@@ -16,7 +16,9 @@ public protocol StreamRowStore: Sendable {
 extension StreamRowStore {
     /// Inserts in one transaction per batch of at most `chunk` rows; rows with a `problem` are returned
     /// (index, reason) instead. Returns the rows inserted.
-    public func insertSkippingBadRows(_ rows: [Row]) async throws -> (inserted: Int, rejected: [(index: Int, reason: String)]) {
+    public func insertSkippingBadRows(_ rows: [Row]) async throws -> (
+        inserted: Int, rejected: [(index: Int, reason: String)]
+    ) {
         var rejected: [(index: Int, reason: String)] = []
         var good: [Row] = []
         for (index, row) in rows.enumerated() {
@@ -48,7 +50,7 @@ extension StreamRowStore {
     static func text(_ value: Double?) -> String? { value.map { "\($0)" } }
 
     static func textProblem(_ texts: [(String, String?)]) -> String? {
-        for case let (column, text?) in texts where text.utf8.contains(0) {
+        for case (let column, let text?) in texts where text.utf8.contains(0) {
             return "\(column) contains a NUL character, which PostgreSQL text cannot hold"
         }
         return nil
@@ -65,10 +67,12 @@ public struct OutcomeStore: StreamRowStore {
 
     static let columns = [
         "decision_id", "symbol", "model_version", "score", "decision", "horizon_ms", "mid_at_decision",
-        "mid_at_horizon", "spread_bps_at_decision", "return_bps", "eligible", "resolved_ts_ns", "reason",
+        "mid_at_horizon", "spread_bps_at_decision", "return_bps", "eligible", "resolved_ts_ns", "reason"
     ]
-    static let values = ["#::uuid", "#", "#", "#::float8", "#", "#::integer", "#::float8", "#::float8", "#::float8",
-        "#::float8", "#::boolean", "#::bigint", "#"]
+    static let values = [
+        "#::uuid", "#", "#", "#::float8", "#", "#::integer", "#::float8", "#::float8", "#::float8",
+        "#::float8", "#::boolean", "#::bigint", "#"
+    ]
 
     public static func problem(with row: Outcome) -> String? {
         guard AuditStore.isUUID(row.decisionId) else {
@@ -86,13 +90,16 @@ public struct OutcomeStore: StreamRowStore {
             parameters.reserveCapacity(chunk.count * Self.columns.count)
             for o in chunk {
                 parameters += [
-                    o.decisionId, o.symbol, o.modelVersion, Self.text(o.score), o.decision.rawValue, String(o.horizonMs),
+                    o.decisionId, o.symbol, o.modelVersion, Self.text(o.score), o.decision.rawValue,
+                    String(o.horizonMs),
                     Self.text(o.midAtDecision), Self.text(o.midAtHorizon), Self.text(o.spreadBpsAtDecision),
-                    Self.text(o.returnBps), o.eligible.map { $0 ? "true" : "false" }, String(o.resolvedTsNs), o.reason,
+                    Self.text(o.returnBps), o.eligible.map { $0 ? "true" : "false" }, String(o.resolvedTsNs), o.reason
                 ]
             }
             inserted += try await connection.execute(
-                Self.insertSQL(table: "outcomes", columns: Self.columns, values: Self.values, key: "decision_id", rows: chunk.count),
+                Self.insertSQL(
+                    table: "outcomes", columns: Self.columns, values: Self.values, key: "decision_id", rows: chunk.count
+                ),
                 parameters)
         }
         return inserted
@@ -109,11 +116,13 @@ public struct RolloutEventStore: StreamRowStore {
 
     static let columns = [
         "event_id", "ts_ns", "occurred_at", "kind", "model_name", "from_version", "to_version", "metric", "value",
-        "\"limit\"", "replica",
+        "\"limit\"", "replica"
     ]
     // occurred_at is ts_ns to the microsecond (integer arithmetic, as decisions.decided_at).
-    static let values = ["#::uuid", "#::bigint", "to_timestamp(0) + (#::bigint / 1000) * interval '1 microsecond'", "#",
-        "#", "#", "#", "#", "#::float8", "#::float8", "#"]
+    static let values = [
+        "#::uuid", "#::bigint", "to_timestamp(0) + (#::bigint / 1000) * interval '1 microsecond'", "#",
+        "#", "#", "#", "#", "#::float8", "#::float8", "#"
+    ]
 
     public static func problem(with row: RolloutEvent) -> String? {
         guard AuditStore.isUUID(row.eventId) else {
@@ -121,7 +130,7 @@ public struct RolloutEventStore: StreamRowStore {
         }
         return textProblem([
             ("model_name", row.modelName), ("from_version", row.fromVersion), ("to_version", row.toVersion),
-            ("metric", row.metric), ("replica", row.replica),
+            ("metric", row.metric), ("replica", row.replica)
         ])
     }
 
@@ -130,7 +139,7 @@ public struct RolloutEventStore: StreamRowStore {
         for e in rows {
             parameters += [
                 e.eventId, String(e.tsNs), String(e.tsNs), e.kind.rawValue, e.modelName, e.fromVersion, e.toVersion,
-                e.metric, Self.text(e.value), Self.text(e.limit), e.replica,
+                e.metric, Self.text(e.value), Self.text(e.limit), e.replica
             ]
         }
         let sql = Self.insertSQL(

@@ -168,12 +168,19 @@ public struct CanaryJudge: Sendable {
             canaryBrier += c
             primaryBrier += q
             diffs.add(c - q)
-            if p.canary >= policy.threshold { canaryTrades.0 += 1; if p.eligible { canaryTrades.1 += 1 } }
-            if p.primary >= policy.threshold { primaryTrades.0 += 1; if p.eligible { primaryTrades.1 += 1 } }
+            if p.canary >= policy.threshold {
+                canaryTrades.0 += 1
+                if p.eligible { canaryTrades.1 += 1 }
+            }
+            if p.primary >= policy.threshold {
+                primaryTrades.0 += 1
+                if p.eligible { primaryTrades.1 += 1 }
+            }
         }
         var out = [
             Comparison(
-                metric: "brier", canary: canaryBrier / Double(n), primary: primaryBrier / Double(n), worseBy: diffs.mean,
+                metric: "brier", canary: canaryBrier / Double(n), primary: primaryBrier / Double(n),
+                worseBy: diffs.mean,
                 standardError: diffs.standardErrorOfMean, canaryCount: n, primaryCount: n)
         ]
         if let p = precisionComparison(canary: canaryTrades, primary: primaryTrades) { out.append(p) }
@@ -188,12 +195,18 @@ public struct CanaryJudge: Sendable {
         for s in canarySide {
             let y = s.eligible ? 1.0 : 0.0
             canary.add((s.score - y) * (s.score - y))
-            if s.traded { canaryTrades.0 += 1; if s.eligible { canaryTrades.1 += 1 } }
+            if s.traded {
+                canaryTrades.0 += 1
+                if s.eligible { canaryTrades.1 += 1 }
+            }
         }
         for s in primarySide {
             let y = s.eligible ? 1.0 : 0.0
             primary.add((s.score - y) * (s.score - y))
-            if s.traded { primaryTrades.0 += 1; if s.eligible { primaryTrades.1 += 1 } }
+            if s.traded {
+                primaryTrades.0 += 1
+                if s.eligible { primaryTrades.1 += 1 }
+            }
         }
         let se = (canary.variance / Double(canary.count) + primary.variance / Double(primary.count)).squareRoot()
         var out = [

@@ -23,7 +23,7 @@ public enum FeatureCSV {
         let f = s.features
         for value in [
             f.spreadBps, f.imbalance, f.depthImbalance, f.ofiNorm, f.realizedVolBps, f.midReturnBps, f.tickRate,
-            f.micropriceOffsetBps,
+            f.micropriceOffsetBps
         ] {
             line += ","
             line += value.description

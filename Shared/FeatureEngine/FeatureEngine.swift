@@ -2,11 +2,11 @@ import DequeModule
 import TEModels
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Rolling microstructure features over an event-time window, per symbol (DESIGN.md "Feature vector"
@@ -130,7 +130,8 @@ public enum FixedPoint {
         let shift = 128 - magnitude.leadingZeroBitCount - 62
         let kept = magnitude >> shift
         let sticky: UInt128 = (magnitude & ((1 << shift) - 1)) != 0 ? 1 : 0
-        let value = Double(UInt64(truncatingIfNeeded: kept | sticky)) * Double(sign: .plus, exponent: shift, significand: 1)
+        let value =
+            Double(UInt64(truncatingIfNeeded: kept | sticky)) * Double(sign: .plus, exponent: shift, significand: 1)
         return x < 0 ? -value : value
     }
 }
@@ -197,7 +198,8 @@ struct SymbolWindow {
                 return .rejected(field: "ask_size")
             }
             latestTsNs = tick.tsNs
-            return .snapshot(applyQuote(tick, bid: bid, bidSize: bidSize, ask: ask, askSize: askSize, windowNs: windowNs))
+            return .snapshot(
+                applyQuote(tick, bid: bid, bidSize: bidSize, ask: ask, askSize: askSize, windowNs: windowNs))
         }
     }
 

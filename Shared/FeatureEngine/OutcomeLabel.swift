@@ -2,11 +2,11 @@ import DequeModule
 import TEModels
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// The one definition of a decision's label (DESIGN.md "Model quality"), shared by `te features --label`

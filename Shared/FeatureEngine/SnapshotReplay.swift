@@ -87,8 +87,10 @@ public struct SnapshotReplay<Origin: Sendable>: Sendable {
                 previous = entry
             }
         }
-        let chosen = candidates.first { s in recorded.map { FeatureBits.equal(s.features, $0) } ?? false } ?? candidates.last
-        return Result(previousQuote: previous, quotes: quotes, trades: trades, snapshot: chosen, quotesAtT: candidates.count)
+        let chosen =
+            candidates.first { s in recorded.map { FeatureBits.equal(s.features, $0) } ?? false } ?? candidates.last
+        return Result(
+            previousQuote: previous, quotes: quotes, trades: trades, snapshot: chosen, quotesAtT: candidates.count)
     }
 }
 

@@ -27,7 +27,9 @@ public struct APIKeyTable: Sendable, Equatable {
     }
 
     /// Parses entries separated by `separator` (`,` for the variable, newline for the file).
-    public static func parse(_ text: String, separator: Character, source: String) throws(ConfigurationError) -> APIKeyTable {
+    public static func parse(_ text: String, separator: Character, source: String) throws(ConfigurationError)
+        -> APIKeyTable
+    {
         var table = APIKeyTable()
         for (index, rawEntry) in text.split(separator: separator, omittingEmptySubsequences: false).enumerated() {
             let entry = rawEntry.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -43,10 +45,12 @@ public struct APIKeyTable: Sendable, Equatable {
                 key = Substring(entry)
             }
             guard isValidClientName(client) else {
-                throw ConfigurationError(variable: source, problem: "\(position): client name must be 1-64 of [A-Za-z0-9._-]")
+                throw ConfigurationError(
+                    variable: source, problem: "\(position): client name must be 1-64 of [A-Za-z0-9._-]")
             }
             guard !key.isEmpty, !key.contains(where: \.isWhitespace) else {
-                throw ConfigurationError(variable: source, problem: "\(position): the key is empty or contains whitespace")
+                throw ConfigurationError(
+                    variable: source, problem: "\(position): the key is empty or contains whitespace")
             }
             try table.add(client: client, key: Array(key.utf8), position: position, source: source)
         }
@@ -62,7 +66,8 @@ public struct APIKeyTable: Sendable, Equatable {
         return merged
     }
 
-    private mutating func add(client: String, key: [UInt8], position: String, source: String) throws(ConfigurationError) {
+    private mutating func add(client: String, key: [UInt8], position: String, source: String) throws(ConfigurationError)
+    {
         if let existing = entries.first(where: { $0.key == key }) {
             guard existing.client == client else {
                 throw ConfigurationError(variable: source, problem: "\(position): the same key is given to two clients")
@@ -75,7 +80,8 @@ public struct APIKeyTable: Sendable, Equatable {
     static func isValidClientName(_ name: String) -> Bool {
         (1...64).contains(name.utf8.count)
             && name.utf8.allSatisfy { b in
-                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x5F
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D
+                    || b == 0x5F
                     || b == 0x2E
             }
     }
@@ -155,7 +161,8 @@ public final class APIKeyStore: Sendable {
         self.metrics = metrics
         self.rateLimit = rateLimit
         self.authEnabled = authEnabled
-        anonymous = APIClient(name: APIClient.anonymousName, authenticated: false, metrics: metrics, rateLimit: rateLimit)
+        anonymous = APIClient(
+            name: APIClient.anonymousName, authenticated: false, metrics: metrics, rateLimit: rateLimit)
         current = Mutex(Current(table: APIKeyTable(), clients: [:]))
         replace(table)
     }
@@ -174,7 +181,8 @@ public final class APIKeyStore: Sendable {
             var clients: [String: APIClient] = [:]
             for name in table.clients {
                 clients[name] =
-                    state.clients[name] ?? APIClient(name: name, authenticated: true, metrics: metrics, rateLimit: rateLimit)
+                    state.clients[name]
+                    ?? APIClient(name: name, authenticated: true, metrics: metrics, rateLimit: rateLimit)
             }
             state = Current(table: table, clients: clients)
         }
@@ -212,7 +220,8 @@ struct APIKeyFileWatcher: Service {
     static func load(path: String, fixed: APIKeyTable) throws -> APIKeyTable {
         let text = try String(contentsOfFile: path, encoding: .utf8)
         return try fixed.merging(
-            try APIKeyTable.parse(text, separator: "\n", source: "GATEWAY_API_KEYS_FILE"), source: "GATEWAY_API_KEYS_FILE")
+            try APIKeyTable.parse(text, separator: "\n", source: "GATEWAY_API_KEYS_FILE"),
+            source: "GATEWAY_API_KEYS_FILE")
     }
 
     func run() async throws {
@@ -243,10 +252,13 @@ struct APIKeyFileWatcher: Service {
             let table = try Self.load(path: path, fixed: fixed)
             store.replace(table)
             logger.info(
-                "API keys reloaded", metadata: ["reason": "\(reason)", "clients": "\(table.clients.joined(separator: ","))"])
+                "API keys reloaded",
+                metadata: ["reason": "\(reason)", "clients": "\(table.clients.joined(separator: ","))"])
         } catch {
             // The error names a line, never a key; a missing file is reported by errno.
-            logger.error("API keys file not reloaded; keeping the previous keys", metadata: ["reason": "\(reason)", "error": "\(error)"])
+            logger.error(
+                "API keys file not reloaded; keeping the previous keys",
+                metadata: ["reason": "\(reason)", "error": "\(error)"])
         }
     }
 }

@@ -43,7 +43,9 @@ public final class CanaryController: Sendable {
     public var rollback: CanaryMonitor.Breach? { state.withLock { $0.breach } }
 
     /// What this replica serves now.
-    public var status: RolloutState.Status { state.withLock { Self.status($0, primary: primaryVersion, canary: version) } }
+    public var status: RolloutState.Status {
+        state.withLock { Self.status($0, primary: primaryVersion, canary: version) }
+    }
 
     /// The shared state last applied.
     public var followed: RolloutState { state.withLock { $0.followed } }

@@ -57,7 +57,9 @@ public struct CircuitBreaker: Sendable, Equatable {
     public mutating func recordFailure(now: ContinuousClock.Instant) {
         switch state {
         case .closed(let failures):
-            state = failures + 1 >= failureThreshold ? .open(until: now + openDuration) : .closed(consecutiveFailures: failures + 1)
+            state =
+                failures + 1 >= failureThreshold
+                ? .open(until: now + openDuration) : .closed(consecutiveFailures: failures + 1)
         case .halfOpen:
             state = .open(until: now + openDuration)
         case .open:

@@ -55,7 +55,9 @@ public final class EndpointLane: Sendable {
     func score(_ v: FeatureVector, version: String, deadline: ContinuousClock.Instant, inline: Bool = false)
         async throws(InferenceFailure) -> Double
     {
-        guard let batcher = batchers[version] else { throw InferenceFailure(.modelError, "version \(version) not configured") }
+        guard let batcher = batchers[version] else {
+            throw InferenceFailure(.modelError, "version \(version) not configured")
+        }
         return try await batcher.score(v, deadline: deadline, inline: inline)
     }
 }
@@ -109,9 +111,12 @@ public final class DecisionEngine: Sendable {
         cache = ScoreCache()
         let versions = [config.modelVersion, config.canaryVersion]
         self.primary = EndpointLane(endpoint: primary, versions: versions, config: config, metrics: metrics)
-        self.secondary = secondary.map { EndpointLane(endpoint: $0, versions: versions, config: config, metrics: metrics) }
+        self.secondary = secondary.map {
+            EndpointLane(endpoint: $0, versions: versions, config: config, metrics: metrics)
+        }
         canary = CanaryController(
-            primaryVersion: config.modelVersion, version: config.canaryVersion, canaryEnabled: config.canaryEnabled, shadowEnabled: config.shadowEnabled,
+            primaryVersion: config.modelVersion, version: config.canaryVersion, canaryEnabled: config.canaryEnabled,
+            shadowEnabled: config.shadowEnabled,
             fraction: config.canaryFraction,
             limits: CanaryMonitor.Limits(
                 maxErrorRate: config.canaryMaxErrorRate, maxP99Ms: config.canaryMaxP99Ms,
@@ -140,8 +145,7 @@ public final class DecisionEngine: Sendable {
     public func score(
         _ request: ScoreRequest, requestID clientRequestID: String?, arrival: ContinuousClock.Instant,
         client: APIClient? = nil
-    ) async -> ScoreAnswer
-    {
+    ) async -> ScoreAnswer {
         await decide(request, requestID: clientRequestID, arrival: arrival, client: client, traceID: nil, traced: false)
     }
 
@@ -163,11 +167,14 @@ public final class DecisionEngine: Sendable {
             var context = ServiceContext.topLevel
             context.traceID = String(id)
             let answer = await ServiceContext.withValue(context) {
-                await decide(request, requestID: clientRequestID, arrival: arrival, client: client, traceID: String(id), traced: false)
+                await decide(
+                    request, requestID: clientRequestID, arrival: arrival, client: client, traceID: String(id),
+                    traced: false)
             }
             return (answer, parent)
         }
-        let span = Traces.startSpan("POST /v1/score", parent: parent, state: parent == nil ? nil : incoming.state, kind: .server)
+        let span = Traces.startSpan(
+            "POST /v1/score", parent: parent, state: parent == nil ? nil : incoming.state, kind: .server)
         let out = Traces.headers(of: span.context).parent
         let traceID = out.flatMap { TraceHeaders.traceID(ofParent: $0) }.map(String.init)
         var context = span.context
@@ -176,7 +183,8 @@ public final class DecisionEngine: Sendable {
         span.attributes["http.route"] = "/v1/score"
         span.attributes["te.symbol"] = request.symbol
         let answer = await ServiceContext.withValue(context) {
-            await decide(request, requestID: clientRequestID, arrival: arrival, client: client, traceID: traceID, traced: true)
+            await decide(
+                request, requestID: clientRequestID, arrival: arrival, client: client, traceID: traceID, traced: true)
         }
         let response = answer.response
         span.attributes["te.decision_id"] = response.decisionId
@@ -263,7 +271,9 @@ public final class DecisionEngine: Sendable {
             let identity = identities.identity(version: answer.version)
             model = identity
             cache.put(request.symbol, score: answer.score, model: identity, at: .now)
-        } else if let cached = cache.get(request.symbol), ContinuousClock.now - cached.at <= .microseconds(Int64(config.cacheTTLMs * 1000)) {
+        } else if let cached = cache.get(request.symbol),
+            ContinuousClock.now - cached.at <= .microseconds(Int64(config.cacheTTLMs * 1000))
+        {
             score = cached.score
             source = .cache
             model = cached.model
@@ -321,7 +331,7 @@ public final class DecisionEngine: Sendable {
             metadata: [
                 "decision_id": "\(decisionID)", "request_id": "\(requestID)", "symbol": "\(request.symbol)",
                 "decision": "\(decision.rawValue)", "source": "\(source.rawValue)", "reason": "\(reason ?? "-")",
-                "latency_us": "\(latencyUs)",
+                "latency_us": "\(latencyUs)"
             ])
         switch config.auditDurability {
         case .async:
@@ -420,7 +430,9 @@ public final class DecisionEngine: Sendable {
             return await modelStage(
                 .inline, vector, useCanary: useCanary, deadline: modelDeadline, traced: traced, reasons: &reasons)
         }
-        let hedgeAt = hardDeadline - .microseconds(Int64(timeoutUs)) + .microseconds(Int64(config.hedgeAfter * 1000 * (1 - jitter())))
+        let hedgeAt =
+            hardDeadline - .microseconds(Int64(timeoutUs))
+            + .microseconds(Int64(config.hedgeAfter * 1000 * (1 - jitter())))
         return await withTaskGroup(of: RaceMessage.self) { group -> (ModelAnswer?, Bool) in
             group.addTask {
                 try? await Task.sleep(until: modelDeadline, clock: .continuous)
@@ -450,7 +462,8 @@ public final class DecisionEngine: Sendable {
     /// outcomes and the timers, keeps the breakers, metrics and canary monitor. `.inline` runs a leg to
     /// its end where it starts; `.race` launches it into the caller's task group and waits on it (`io`).
     private func modelStage(
-        _ mode: ModelStageMode, _ vector: FeatureVector, useCanary: Bool, deadline modelDeadline: ContinuousClock.Instant,
+        _ mode: ModelStageMode, _ vector: FeatureVector, useCanary: Bool,
+        deadline modelDeadline: ContinuousClock.Instant,
         traced: Bool, reasons: inout [String],
         io: (RaceIO) async -> RaceMessage? = { _ in nil }
     ) async -> (ModelAnswer?, Bool) {
@@ -651,7 +664,7 @@ public final class DecisionEngine: Sendable {
             "canary rolled back",
             metadata: [
                 "canary_version": "\(config.canaryVersion)", "model_hash": "\(identity.hash)",
-                "breach": "\(breach)", "generation": "\(generation)",
+                "breach": "\(breach)", "generation": "\(generation)"
             ])
         rollout.emit(
             RolloutRequest(
@@ -670,7 +683,7 @@ public final class DecisionEngine: Sendable {
             "rollout state followed",
             metadata: [
                 "generation": "\(state.generation)", "from": "\(change.from.rawValue)", "to": "\(change.to.rawValue)",
-                "serving_primary": "\(canary.servingPrimary)", "event_id": "\(state.eventId ?? "-")",
+                "serving_primary": "\(canary.servingPrimary)", "event_id": "\(state.eventId ?? "-")"
             ])
     }
 
@@ -681,7 +694,8 @@ public final class DecisionEngine: Sendable {
     ) -> RolloutEvent {
         let limits = CanaryMonitor.Limits(
             maxErrorRate: config.canaryMaxErrorRate, maxP99Ms: config.canaryMaxP99Ms,
-            maxDisagreeRate: config.canaryMaxDisagreeRate, window: config.canaryWindow, minSamples: config.canaryMinSamples)
+            maxDisagreeRate: config.canaryMaxDisagreeRate, window: config.canaryWindow,
+            minSamples: config.canaryMinSamples)
         return RolloutState.event(
             .rollback, model: identity.name, primary: config.modelVersion, canary: config.canaryVersion,
             metric: breach.metric, value: breach.value, limit: breach.limit(limits), replica: replica,

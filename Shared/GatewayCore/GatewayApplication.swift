@@ -46,7 +46,8 @@ public func buildDependencies(
     let metrics = GatewayMetrics(registry: registry)
     let keepalive = (
         interval: config.tritonKeepaliveMs > 0 ? Duration.milliseconds(config.tritonKeepaliveMs) : nil,
-        timeout: Duration.milliseconds(config.tritonKeepaliveTimeoutMs))
+        timeout: Duration.milliseconds(config.tritonKeepaliveTimeoutMs)
+    )
     let primary = try TritonEndpoint(
         label: "primary", url: config.tritonURL, modelName: config.modelName, keepalive: keepalive)
     let secondary = try config.tritonSecondaryURL.map {
@@ -55,7 +56,8 @@ public func buildDependencies(
     let memory = FeatureMemory()
     let audit = AuditBuffer(capacity: config.auditBufferMax, metrics: metrics)
     let identities = ModelIdentityStore(modelName: config.modelName)
-    let loader = OnlineFeatureLoader(redis: queryRedis, memory: memory, keyPrefix: config.onlineKeyPrefix, logger: logger)
+    let loader = OnlineFeatureLoader(
+        redis: queryRedis, memory: memory, keyPrefix: config.onlineKeyPrefix, logger: logger)
     let engine = DecisionEngine(
         config: config, metrics: metrics, primary: primary, secondary: secondary, features: memory, audit: audit,
         identities: identities, logger: logger,
@@ -76,7 +78,9 @@ public func buildDependencies(
     if let secondary { endpoints.append(secondary) }
     let push = PushStreams(config: config, registry: registry)
     // A blocked XREAD holds its connection: one client per push feed.
-    let pushRedis = (0..<2).map { RedisClient(configuration: redisConfiguration, name: "gateway-push-\($0)", logger: logger) }
+    let pushRedis = (0..<2).map {
+        RedisClient(configuration: redisConfiguration, name: "gateway-push-\($0)", logger: logger)
+    }
     // Stopped in reverse order: the clients' closer first in the list, so it stops last.
     var services: [any Service] = [
         RedisClientsCloser(clients: [queryRedis, auditRedis] + feedRedis + pushRedis),
@@ -88,7 +92,8 @@ public func buildDependencies(
         engine.comparisons,
         loader.tasks,
         RolloutEventWriter(
-            store: RolloutStore(redis: auditRedis, model: config.modelName, stream: config.rolloutStream, group: config.auditGroup),
+            store: RolloutStore(
+                redis: auditRedis, model: config.modelName, stream: config.rolloutStream, group: config.auditGroup),
             engine: engine, logger: logger),
         RolloutFollower(
             store: RolloutStore(redis: queryRedis, model: config.modelName, stream: config.rolloutStream, group: nil),
@@ -101,7 +106,7 @@ public func buildDependencies(
             heartbeatInterval: .milliseconds(config.pushHeartbeatMs), logger: logger, encode: PushEncoding.opportunity),
         PushFeed(
             redis: pushRedis[1], stream: config.auditStream, broadcaster: push.decisions,
-            heartbeatInterval: .milliseconds(config.pushHeartbeatMs), logger: logger, encode: PushEncoding.decision),
+            heartbeatInterval: .milliseconds(config.pushHeartbeatMs), logger: logger, encode: PushEncoding.decision)
     ]
     services.insert(
         contentsOf: zip(feedRedis, featureStreams).map { redis, stream in
@@ -184,13 +189,16 @@ struct RouteErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     /// Each path's methods.
     let methods: [String: [HTTPRequest.Method]]
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
         var path = request.uri.path
         if path.count > 1, path.hasSuffix("/") { path.removeLast() }  // the router matches "/healthz/" as "/healthz"
         if let allowed = methods[path], !allowed.contains(request.method) {
             let list = allowed.map(\.rawValue).joined(separator: ", ")
             var response = GatewayAPI.clientError(
-                RequestError(.methodNotAllowed, "\(request.method.rawValue) is not allowed on \(path); allowed: \(list)"))
+                RequestError(
+                    .methodNotAllowed, "\(request.method.rawValue) is not allowed on \(path); allowed: \(list)"))
             response.headers[.allow] = list
             return response
         }
@@ -207,7 +215,9 @@ struct RouteErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 struct AdmissionMiddleware<Context: RequestContext>: RouterMiddleware {
     let api: GatewayAPI
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
         let path = request.uri.path
         guard GatewayAPI.isProtected(path) else { return try await next(request, context) }
         switch api.admit(authorization: request.headers[.authorization]) {
@@ -223,7 +233,8 @@ struct GatewayAPI: Sendable {
     var keys: APIKeyStore { d.keys }
     init(_ d: GatewayDependencies) { self.d = d }
 
-    static let unauthorizedBody = RequestError.json(code: "unauthorized", message: "missing or invalid bearer token", field: nil)
+    static let unauthorizedBody = RequestError.json(
+        code: "unauthorized", message: "missing or invalid bearer token", field: nil)
 
     /// Paths that need a key and count against the client's rate limit.
     static func isProtected(_ path: String) -> Bool { path.hasPrefix("/v1/") || path.hasPrefix("/debug/") }
@@ -262,12 +273,15 @@ struct GatewayAPI: Sendable {
     static func rateLimitedBody(client: APIClient, retryAfter: Int, limit: Double) -> String {
         RequestError.json(
             code: "rate_limited",
-            message: "client \(client.name) is over its limit of \(limit) requests/s; retry after \(retryAfter) s", field: nil)
+            message: "client \(client.name) is over its limit of \(limit) requests/s; retry after \(retryAfter) s",
+            field: nil)
     }
     static let bodyTooLarge = RequestError(.bodyTooLarge, "body exceeds \(ScoreRequestParser.maxBodyBytes) bytes")
 
     static func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
-        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
+        Response(
+            status: status, headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(string: body)))
     }
 
     static func error(_ status: HTTPResponse.Status, code: String, message: String, field: String?) -> Response {
@@ -278,9 +292,10 @@ struct GatewayAPI: Sendable {
 
     /// Every route's path and methods (`buildRouter` registers them; a test checks them against deploy/openapi.yaml).
     static let routeMethods: [String: [HTTPRequest.Method]] = [
-        "/v1/score": [.post], "/v1/opportunities": [.get], "/v1/opportunities/stream": [.get], "/v1/decisions/stream": [.get],
+        "/v1/score": [.post], "/v1/opportunities": [.get], "/v1/opportunities/stream": [.get],
+        "/v1/decisions/stream": [.get],
         "/debug/features": [.get], "/debug/triton": [.get],
-        "/healthz": [.get], "/readyz": [.get], "/metrics": [.get], "/openapi.yaml": [.get],
+        "/healthz": [.get], "/readyz": [.get], "/metrics": [.get], "/openapi.yaml": [.get]
     ]
 
     // MARK: POST /v1/score
@@ -349,7 +364,8 @@ struct GatewayAPI: Sendable {
 
     static let requestIDHeader = HTTPField.Name("X-Request-Id")!
 
-    static let notJSON = RequestError(.unsupportedMediaType, "Content-Type must be application/json", field: "Content-Type")
+    static let notJSON = RequestError(
+        .unsupportedMediaType, "Content-Type must be application/json", field: "Content-Type")
 
     /// `application/json`, any case, parameters (`; charset=utf-8`) allowed. A missing type is not JSON:
     /// the body is only read as what the client declares.
@@ -359,7 +375,8 @@ struct GatewayAPI: Sendable {
         let expected = "application/json".utf8
         var trimmed = mediaType.drop { $0 == 0x20 || $0 == 0x09 }
         while let last = trimmed.last, last == 0x20 || last == 0x09 { trimmed = trimmed.dropLast() }
-        return trimmed.count == expected.count && zip(trimmed, expected).allSatisfy { b, e in (b >= 0x41 && b <= 0x5A ? b | 0x20 : b) == e }
+        return trimmed.count == expected.count
+            && zip(trimmed, expected).allSatisfy { b, e in (b >= 0x41 && b <= 0x5A ? b | 0x20 : b) == e }
     }
 
     /// The client's `X-Request-Id` when it is an allowed id (1–128 of `[A-Za-z0-9_-]`), else nil (the
@@ -367,7 +384,8 @@ struct GatewayAPI: Sendable {
     static func requestID(_ header: String?) -> String? {
         if let header, (1...128).contains(header.utf8.count),
             header.utf8.allSatisfy({ b in
-                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x5F
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D
+                    || b == 0x5F
             })
         {
             return header
@@ -386,7 +404,8 @@ struct GatewayAPI: Sendable {
         var limit = 20
         if let raw = query["limit"] {
             guard let value = Int(raw), (1...1000).contains(value) else {
-                return Self.clientError(RequestError(.invalidQuery, "limit must be an integer in 1...1000", field: "limit"))
+                return Self.clientError(
+                    RequestError(.invalidQuery, "limit must be an integer in 1...1000", field: "limit"))
             }
             limit = value
         }
@@ -458,10 +477,12 @@ struct GatewayAPI: Sendable {
         for _ in 0..<n {
             let t0 = ContinuousClock.now
             do throws(InferenceFailure) {
-                let scores = try await endpoint.infer(version: version, rows: row, rowCount: 1, deadline: .now + .seconds(2))
+                let scores = try await endpoint.infer(
+                    version: version, rows: row, rowCount: 1, deadline: .now + .seconds(2))
                 lastScore = scores.first
                 let elapsed = ContinuousClock.now - t0
-                latencies.append(elapsed.components.seconds * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000)
+                latencies.append(
+                    elapsed.components.seconds * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000)
             } catch {
                 errors.append("\(error)")
             }
@@ -544,7 +565,8 @@ enum ScoreResponseJSON {
 
     static func encode(_ r: ScoreResponse) -> String {
         // decision_id is a gateway-made UUID: hex and dashes, nothing to escape.
-        var s = "{\"decision_id\":\"\(r.decisionId)\",\"request_id\":\"\(JSONText.escape(r.requestId))\",\"symbol\":\"\(JSONText.escape(r.symbol))\""
+        var s =
+            "{\"decision_id\":\"\(r.decisionId)\",\"request_id\":\"\(JSONText.escape(r.requestId))\",\"symbol\":\"\(JSONText.escape(r.symbol))\""
         s += ",\"decision\":\"\(r.decision.rawValue)\",\"score\":\(JSONText.number(r.score))"
         s += ",\"source\":\"\(r.source.rawValue)\",\"model\":\(r.model.map(model) ?? "null")"
         s += ",\"feature_age_ms\":\(JSONText.number(r.featureAgeMs)),\"latency_us\":\(r.latencyUs)"

@@ -181,7 +181,8 @@ public struct GatewayConfiguration: Sendable {
         streamShards = try reader.streamShards()
         if let text = reader.optional("AUDIT_DURABILITY") {
             guard let value = AuditDurability(rawValue: text.lowercased()) else {
-                throw ConfigurationError(variable: "AUDIT_DURABILITY", problem: "must be sync or async, got \"\(text)\"")
+                throw ConfigurationError(
+                    variable: "AUDIT_DURABILITY", problem: "must be sync or async, got \"\(text)\"")
             }
             auditDurability = value
         }

@@ -30,7 +30,7 @@ public final class GatewayMetrics: Sendable {
     static let latencyBuckets: [Duration] = [
         .microseconds(100), .microseconds(250), .microseconds(500), .microseconds(750), .milliseconds(1),
         .microseconds(1500), .milliseconds(2), .milliseconds(3), .milliseconds(5), .milliseconds(10),
-        .milliseconds(20), .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1),
+        .milliseconds(20), .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1)
     ]
 
     static func name(_ name: String, _ help: String) -> MetricNameDescriptor {
@@ -48,7 +48,8 @@ public final class GatewayMetrics: Sendable {
             descriptor: Self.name("te_gateway_audit_buffer_depth", "Audit records waiting to be written to te:audit"),
             labels: [])
         auditDropped = registry.makeCounter(
-            descriptor: Self.name("te_gateway_audit_dropped_total", "Audit records dropped because the buffer was full"),
+            descriptor: Self.name(
+                "te_gateway_audit_dropped_total", "Audit records dropped because the buffer was full"),
             labels: [])
         auditWritten = registry.makeCounter(
             descriptor: Self.name("te_gateway_audit_written_total", "Audit records written to te:audit"), labels: [])
@@ -68,13 +69,15 @@ public final class GatewayMetrics: Sendable {
         canaryErrors = registry.makeCounter(
             descriptor: Self.name("te_gateway_canary_errors_total", "Canary inference calls that failed"), labels: [])
         rolloutGeneration = registry.makeGauge(
-            descriptor: Self.name("te_rollout_generation", "Generation of the shared rollout state this replica follows"),
+            descriptor: Self.name(
+                "te_rollout_generation", "Generation of the shared rollout state this replica follows"),
             labels: [])
         var status: [RolloutState.Status: Gauge] = [:]
         for s in RolloutState.Status.allCases {
             status[s] = registry.makeGauge(
                 descriptor: Self.name(
-                    "te_rollout_status", "1 for the rollout status this replica serves (configured, rolled_back, promoted), else 0"),
+                    "te_rollout_status",
+                    "1 for the rollout status this replica serves (configured, rolled_back, promoted), else 0"),
                 labels: [("status", s.rawValue)])
         }
         rolloutStatus = status
@@ -82,7 +85,8 @@ public final class GatewayMetrics: Sendable {
         for k in RolloutEvent.Kind.allCases {
             transitions[k] = registry.makeCounter(
                 descriptor: Self.name(
-                    "te_rollout_transitions_total", "Transitions of the shared rollout state this process made, by kind"),
+                    "te_rollout_transitions_total", "Transitions of the shared rollout state this process made, by kind"
+                ),
                 labels: [("kind", k.rawValue)])
         }
         rolloutTransitions = transitions
@@ -115,7 +119,9 @@ public final class GatewayMetrics: Sendable {
         for reason in Self.legFallbackReasons(endpoint) { fallback(reason: reason, by: 0) }
     }
 
-    func request(decision: Decision, source: ScoreSource) { anonymousRequests.request(decision: decision, source: source) }
+    func request(decision: Decision, source: ScoreSource) {
+        anonymousRequests.request(decision: decision, source: source)
+    }
 
     /// A client's series: decisions by decision and source, and its rate-limited requests. Registered at 0
     /// when the client first appears (the registry hands back the same counters for the same labels).
@@ -126,7 +132,8 @@ public final class GatewayMetrics: Sendable {
         static let decisions: [Decision] = [.trade, .noTrade, .abstain]
 
         static func index(_ decision: Decision, _ source: ScoreSource) -> Int {
-            decisions.firstIndex(of: decision)! * ScoreSource.allCases.count + ScoreSource.allCases.firstIndex(of: source)!
+            decisions.firstIndex(of: decision)! * ScoreSource.allCases.count + ScoreSource.allCases.firstIndex(
+                of: source)!
         }
 
         func request(decision: Decision, source: ScoreSource) { requests[Self.index(decision, source)].increment() }
@@ -134,7 +141,8 @@ public final class GatewayMetrics: Sendable {
 
     func clientCounters(_ client: String) -> ClientCounters { Self.makeClientCounters(registry, client) }
 
-    private static func makeClientCounters(_ registry: PrometheusCollectorRegistry, _ client: String) -> ClientCounters {
+    private static func makeClientCounters(_ registry: PrometheusCollectorRegistry, _ client: String) -> ClientCounters
+    {
         var requests: [Counter] = []
         for decision in ClientCounters.decisions {
             for source in ScoreSource.allCases {
@@ -145,7 +153,8 @@ public final class GatewayMetrics: Sendable {
             }
         }
         let rateLimited = registry.makeCounter(
-            descriptor: name("te_gateway_rate_limited_total", "Requests answered 429 rate_limited (GATEWAY_RATE_LIMIT), by client"),
+            descriptor: name(
+                "te_gateway_rate_limited_total", "Requests answered 429 rate_limited (GATEWAY_RATE_LIMIT), by client"),
             labels: [("client", client)])
         return ClientCounters(requests: requests, rateLimited: rateLimited)
     }
@@ -186,7 +195,8 @@ public final class GatewayMetrics: Sendable {
         let gauge = breakerGauges.withLock { map in
             if let g = map[endpoint] { return g }
             let g = registry.makeGauge(
-                descriptor: Self.name("te_gateway_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open"),
+                descriptor: Self.name(
+                    "te_gateway_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open"),
                 labels: [("endpoint", endpoint)])
             map[endpoint] = g
             return g

@@ -12,7 +12,9 @@ public enum GatewayRuntime {
     /// `GATEWAY_EVENT_LOOP_EXECUTOR=false` keeps the default pool.
     @discardableResult
     public static func installEventLoopExecutor(environment: [String: String]) -> Bool {
-        if let value = environment["GATEWAY_EVENT_LOOP_EXECUTOR"]?.lowercased(), ["0", "false", "no", "off"].contains(value) {
+        if let value = environment["GATEWAY_EVENT_LOOP_EXECUTOR"]?.lowercased(),
+            ["0", "false", "no", "off"].contains(value)
+        {
             return false
         }
         return NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()

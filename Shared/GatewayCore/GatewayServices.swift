@@ -65,14 +65,16 @@ enum StreamTail {
         var backoff = RetryBackoff(retry)
         while !Task.isCancelled {
             do {
-                for result in try await redis.xread(streams: [(stream, cursor)], count: 1000, block: .milliseconds(500)) {
+                for result in try await redis.xread(streams: [(stream, cursor)], count: 1000, block: .milliseconds(500))
+                {
                     handle(result.entries)
                     if let last = result.entries.last { cursor = last.id }
                 }
                 backoff.succeeded()
             } catch {
                 if Task.isCancelled { break }
-                logger.warning("reading a stream failed; retrying", metadata: ["stream": "\(stream)", "error": "\(error)"])
+                logger.warning(
+                    "reading a stream failed; retrying", metadata: ["stream": "\(stream)", "error": "\(error)"])
                 try? await Task.sleep(for: backoff.failed())
             }
             onWake()
@@ -255,10 +257,11 @@ public struct AuditStreamWriter: Service {
                 // A partial batch means the writer is keeping up record by record: linger so the next
                 // write carries several. At one connection this halves the audit path's thread wake-ups
                 // (writer task, Redis thread, reply) that compete with requests for the 2 cores.
-                if deadline == nil, (batch.count < batchMax), (linger > .zero) { try? await Task.sleep(for: linger) }
+                if deadline == nil, batchMax > batch.count, linger > .zero { try? await Task.sleep(for: linger) }
                 if backoff.failures > 0 {
                     logger.info(
-                        "audit writes recovered", metadata: ["failed_attempts": "\(backoff.failures)", "depth": "\(buffer.depth)"])
+                        "audit writes recovered",
+                        metadata: ["failed_attempts": "\(backoff.failures)", "depth": "\(buffer.depth)"])
                 }
                 backoff.succeeded()
             } catch {
@@ -296,7 +299,10 @@ public struct IdentityRefresher: Service {
     let interval: Duration
     let logger: Logger
 
-    public init(endpoints: [any InferenceEndpoint], versions: [String], store: ModelIdentityStore, interval: Duration, logger: Logger) {
+    public init(
+        endpoints: [any InferenceEndpoint], versions: [String], store: ModelIdentityStore, interval: Duration,
+        logger: Logger
+    ) {
         self.endpoints = endpoints
         self.versions = versions
         self.store = store
@@ -325,7 +331,8 @@ public struct IdentityRefresher: Service {
                 for _ in 0..<3 {
                     if Task.isCancelled { return }
                     do throws(InferenceFailure) {
-                        _ = try await endpoint.infer(version: version, rows: rows, rowCount: 4, deadline: .now + .milliseconds(500))
+                        _ = try await endpoint.infer(
+                            version: version, rows: rows, rowCount: 4, deadline: .now + .milliseconds(500))
                     } catch {
                         continue versions  // unreachable or unknown version: do not insist
                     }
@@ -344,7 +351,9 @@ public struct IdentityRefresher: Service {
                     if previous != identity {
                         logger.info(
                             "model identity",
-                            metadata: ["name": "\(identity.name)", "version": "\(identity.version)", "hash": "\(identity.hash)"])
+                            metadata: [
+                                "name": "\(identity.name)", "version": "\(identity.version)", "hash": "\(identity.hash)"
+                            ])
                     }
                     break
                 } catch {

@@ -77,4 +77,3 @@ public final class ModelIdentityStore: Sendable {
 
     public func known(version: String) -> Bool { identities.withLock { $0[version] != nil } }
 }
-

@@ -102,7 +102,7 @@ final class FramingErrorHandler: ChannelDuplexHandler, RemovableChannelHandler {
             status: .badRequest,
             headerFields: [
                 .contentType: "application/json", .contentLength: String(body.readableBytes), .connection: "close",
-                .date: HTTPDate.now(), .server: "te-gateway",
+                .date: HTTPDate.now(), .server: "te-gateway"
             ])
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(body)), promise: nil)

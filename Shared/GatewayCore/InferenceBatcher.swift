@@ -42,7 +42,8 @@ public final class InferenceBatcher: Sendable {
     private let state = Mutex(State())
 
     public init(
-        endpoint: any InferenceEndpoint, version: String, maxRows: Int, maxInFlight: Int, rowsPerCall: ValueHistogram? = nil
+        endpoint: any InferenceEndpoint, version: String, maxRows: Int, maxInFlight: Int,
+        rowsPerCall: ValueHistogram? = nil
     ) {
         self.endpoint = endpoint
         self.version = version
@@ -146,14 +147,18 @@ public final class InferenceBatcher: Sendable {
             call.attributes["triton.batch_size"] = batch.count
             call.attributes["triton.endpoint"] = endpoint.label
             call.attributes["model.version"] = version
-            for p in batch[(first + 1)...] { if let t = p.trace { call.addLink(SpanLink(context: t, attributes: [:])) } }
+            for p in batch[(first + 1)...] {
+                if let t = p.trace { call.addLink(SpanLink(context: t, attributes: [:])) }
+            }
             span = call
         }
         defer { span?.end() }
         do {
-            let scores = try await endpoint.infer(version: version, rows: rows, rowCount: batch.count, deadline: deadline)
+            let scores = try await endpoint.infer(
+                version: version, rows: rows, rowCount: batch.count, deadline: deadline)
             guard scores.count == batch.count else {
-                let failure = InferenceFailure(.modelError, "model returned \(scores.count) scores for \(batch.count) rows")
+                let failure = InferenceFailure(
+                    .modelError, "model returned \(scores.count) scores for \(batch.count) rows")
                 for p in batch { p.slot.finish(.failure(failure)) }
                 return
             }

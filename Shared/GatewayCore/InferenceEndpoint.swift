@@ -6,7 +6,8 @@ public protocol InferenceEndpoint: Sendable {
     /// `primary` or `secondary`: the `endpoint` label of metrics.
     var label: String { get }
     /// Scores `rowCount` rows of `FeatureVector.count` FP32 values; one score per row.
-    func infer(version: String, rows: [Float], rowCount: Int, deadline: ContinuousClock.Instant) async throws(InferenceFailure)
+    func infer(version: String, rows: [Float], rowCount: Int, deadline: ContinuousClock.Instant)
+        async throws(InferenceFailure)
         -> [Float]
     /// Name, version and artefact hash as Triton reports them.
     func identity(version: String) async throws(InferenceFailure) -> ModelIdentity

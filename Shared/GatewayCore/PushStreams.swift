@@ -85,23 +85,27 @@ public final class PushBroadcaster: Sendable {
             MetricNameDescriptor(metricName: metric, unitName: "", helpText: help)
         }
         eventsSent = registry.makeCounter(
-            descriptor: descriptor("te_gateway_push_events_total", "Events queued to push clients, by stream"), labels: [("stream", name)])
+            descriptor: descriptor("te_gateway_push_events_total", "Events queued to push clients, by stream"),
+            labels: [("stream", name)])
         var gauges: [PushTransport: Gauge] = [:]
         var drops: [PushTransport: [DropReason: Counter]] = [:]
         var refused: [PushTransport: Counter] = [:]
         for transport in PushTransport.allCases {
             let labels = [("stream", name), ("transport", transport.rawValue)]
             gauges[transport] = registry.makeGauge(
-                descriptor: descriptor("te_gateway_push_clients", "Push clients connected, by stream and transport"), labels: labels)
+                descriptor: descriptor("te_gateway_push_clients", "Push clients connected, by stream and transport"),
+                labels: labels)
             for reason in [DropReason.slowConsumer, .shutdown] {
                 drops[transport, default: [:]][reason] = registry.makeCounter(
                     descriptor: descriptor(
-                        "te_gateway_push_dropped_total", "Push clients dropped by the gateway, by stream, transport and reason"),
+                        "te_gateway_push_dropped_total",
+                        "Push clients dropped by the gateway, by stream, transport and reason"),
                     labels: labels + [("reason", reason.rawValue)])
             }
             refused[transport] = registry.makeCounter(
                 descriptor: descriptor(
-                    "te_gateway_push_refused_total", "Push connections refused at the client limit, by stream and transport"),
+                    "te_gateway_push_refused_total",
+                    "Push connections refused at the client limit, by stream and transport"),
                 labels: labels)
         }
         clientsGauges = gauges
@@ -114,11 +118,13 @@ public final class PushBroadcaster: Sendable {
     public func subscribe(
         symbol: String?, transport: PushTransport, onDrop: @escaping @Sendable () -> Void
     ) -> Subscription? {
-        let (messages, continuation) = AsyncStream.makeStream(of: Message.self, bufferingPolicy: .bufferingOldest(queueLimit))
+        let (messages, continuation) = AsyncStream.makeStream(
+            of: Message.self, bufferingPolicy: .bufferingOldest(queueLimit))
         let id = state.withLock { s -> Int? in
             guard !s.closed, s.clients.count < maxClients else { return nil }
             s.nextID += 1
-            s.clients[s.nextID] = Client(continuation: continuation, symbol: symbol, transport: transport, onDrop: onDrop)
+            s.clients[s.nextID] = Client(
+                continuation: continuation, symbol: symbol, transport: transport, onDrop: onDrop)
             return s.nextID
         }
         guard let id else {
@@ -247,7 +253,8 @@ public struct PushStreams: Sendable {
 
     init(config: GatewayConfiguration, registry: PrometheusCollectorRegistry) {
         opportunities = PushBroadcaster(
-            name: "opportunities", maxClients: config.pushMaxClients, queueLimit: config.pushQueueLimit, registry: registry)
+            name: "opportunities", maxClients: config.pushMaxClients, queueLimit: config.pushQueueLimit,
+            registry: registry)
         decisions = PushBroadcaster(
             name: "decisions", maxClients: config.pushMaxClients, queueLimit: config.pushQueueLimit, registry: registry)
     }
@@ -292,7 +299,8 @@ struct PushQuery: Sendable {
         let resumeFrom = resumeText.flatMap { StreamID($0) }
         if resumeText != nil && resumeFrom == nil {
             return .failure(
-                RequestError(.invalidQuery, "Last-Event-ID must be a stream entry id (<ms>-<seq>)", field: "Last-Event-ID"))
+                RequestError(
+                    .invalidQuery, "Last-Event-ID must be a stream entry id (<ms>-<seq>)", field: "Last-Event-ID"))
         }
         return .success(PushQuery(symbol: symbol, resumeFrom: resumeFrom))
     }
@@ -312,7 +320,8 @@ struct PushRoute: Sendable {
                 broadcaster: d.push.opportunities, stream: d.config.opportunitiesStream, event: "opportunity",
                 encode: PushEncoding.opportunity),
             "/v1/decisions/stream": PushRoute(
-                broadcaster: d.push.decisions, stream: d.config.auditStream, event: "decision", encode: PushEncoding.decision),
+                broadcaster: d.push.decisions, stream: d.config.auditStream, event: "decision",
+                encode: PushEncoding.decision)
         ]
     }
 
@@ -320,7 +329,8 @@ struct PushRoute: Sendable {
     var tooManyStreams: String {
         RequestError.json(
             code: "too_many_streams",
-            message: "the gateway serves at most \(broadcaster.maxClients) \(broadcaster.name) streams at a time", field: nil)
+            message: "the gateway serves at most \(broadcaster.maxClients) \(broadcaster.name) streams at a time",
+            field: nil)
     }
 
     /// What a client gets, whatever the transport: after `query.resumeFrom` the entries the stream still holds
@@ -369,36 +379,41 @@ extension GatewayAPI {
         if PushWebSocket.isUpgrade(request.headers) {
             // `GatewayChannel` upgrades (or refuses) a connection's first request; a later one cannot switch.
             var response = Self.clientError(
-                RequestError(.malformedHTTP, "a WebSocket upgrade must be the connection's first request", field: "Upgrade"))
+                RequestError(
+                    .malformedHTTP, "a WebSocket upgrade must be the connection's first request", field: "Upgrade"))
             response.headers[.connection] = "close"
             return response
         }
         let channel = context.channel
-        guard let subscription = route.broadcaster.subscribe(symbol: query.symbol, transport: .sse, onDrop: { channel.close(promise: nil) })
+        guard
+            let subscription = route.broadcaster.subscribe(
+                symbol: query.symbol, transport: .sse, onDrop: { channel.close(promise: nil) })
         else {
             return Self.json(.serviceUnavailable, route.tooManyStreams)
         }
         let redis = d.redis
         let headers: HTTPFields = [
-            .contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no",
+            .contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"
         ]
-        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-            defer { route.broadcaster.unsubscribe(subscription.id) }
-            try await withGracefulShutdownHandler {
-                try await writer.write(ByteBuffer(string: "retry: 1000\n\n"))
-                try await route.deliver(
-                    subscription, query: query, redis: redis,
-                    send: { events in
-                        var frames = ByteBuffer()
-                        for e in events { Self.appendFrame(e, event: route.event, to: &frames) }
-                        try await writer.write(frames)
-                    },
-                    keepAlive: { try await writer.write(ByteBuffer(string: ": keep-alive\n\n")) })
-                try await writer.finish(nil)
-            } onGracefulShutdown: {
-                route.broadcaster.unsubscribe(subscription.id)
-            }
-        })
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { writer in
+                defer { route.broadcaster.unsubscribe(subscription.id) }
+                try await withGracefulShutdownHandler {
+                    try await writer.write(ByteBuffer(string: "retry: 1000\n\n"))
+                    try await route.deliver(
+                        subscription, query: query, redis: redis,
+                        send: { events in
+                            var frames = ByteBuffer()
+                            for e in events { Self.appendFrame(e, event: route.event, to: &frames) }
+                            try await writer.write(frames)
+                        },
+                        keepAlive: { try await writer.write(ByteBuffer(string: ": keep-alive\n\n")) })
+                    try await writer.finish(nil)
+                } onGracefulShutdown: {
+                    route.broadcaster.unsubscribe(subscription.id)
+                }
+            })
     }
 
     static let lastEventIDHeader = HTTPField.Name("Last-Event-ID")!

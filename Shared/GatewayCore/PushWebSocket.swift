@@ -86,16 +86,19 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
                             try sync.addHandler(HTTPConnectionStateHandler(logger: logger))
                             return .http(
                                 try NIOAsyncChannel(
-                                    wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true)))
+                                    wrappingChannelSynchronously: channel,
+                                    configuration: .init(isOutboundHalfClosureEnabled: true)))
                         }
                     }))
             // As Hummingbird's HTTP1Channel: requests are ordered by the async channel, errors answered by the app.
             configuration.enablePipelining = false
             configuration.enableErrorHandling = false
             configuration.enableResponseHeaderValidation = false
-            let upgrade = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
+            let upgrade = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(
+                configuration: configuration)
             let gate = PushUpgradeGate(admitted: admitted) { head in admit(head, channel: channel, logger: logger) }
-            let upgradeHandler = try channel.pipeline.syncOperations.handler(type: NIOTypedHTTPServerUpgradeHandler<Upgrade>.self)
+            let upgradeHandler = try channel.pipeline.syncOperations.handler(
+                type: NIOTypedHTTPServerUpgradeHandler<Upgrade>.self)
             try channel.pipeline.syncOperations.addHandler(gate, position: .before(upgradeHandler))
             return Value(upgrade: upgrade, channel: channel)
         }
@@ -116,13 +119,16 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
     /// judged (key and rate limit, query, client limit): a push client, or the API's refusal. Anything else
     /// that asks for an upgrade (another path, another protocol) is served as plain HTTP.
     func admit(_ head: HTTPRequestHead, channel: any Channel, logger: Logger) -> PushUpgradeGate.Decision {
-        guard head.method == .GET, head.headers[canonicalForm: "upgrade"].contains(where: { $0.lowercased() == "websocket" })
+        guard head.method == .GET,
+            head.headers[canonicalForm: "upgrade"].contains(where: { $0.lowercased() == "websocket" })
         else { return .plainHTTP }
         let uri = URI(head.uri)
         var path = uri.path
         if path.count > 1, path.hasSuffix("/") { path.removeLast() }
         guard let route = routes[path] else { return .plainHTTP }
-        if case .refused(let status, let body, let retryAfter) = api.admit(authorization: head.headers.first(name: "Authorization")) {
+        if case .refused(let status, let body, let retryAfter) = api.admit(
+            authorization: head.headers.first(name: "Authorization"))
+        {
             return .refuse(status, body, retryAfter: retryAfter)
         }
         let query: PushQuery
@@ -130,10 +136,12 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
         case .failure(let error): return .refuse(error.status, error.json, retryAfter: nil)
         case .success(let parsed): query = parsed
         }
-        guard head.headers.first(name: "Sec-WebSocket-Key")?.isEmpty == false, head.headers.first(name: "Sec-WebSocket-Version") == "13"
+        guard head.headers.first(name: "Sec-WebSocket-Key")?.isEmpty == false,
+            head.headers.first(name: "Sec-WebSocket-Version") == "13"
         else {
             let error = RequestError(
-                .malformedHTTP, "a WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13", field: "Sec-WebSocket-Version")
+                .malformedHTTP, "a WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13",
+                field: "Sec-WebSocket-Version")
             return .refuse(error.status, error.json, retryAfter: nil)
         }
         let eventLoop = channel.eventLoop
@@ -145,8 +153,11 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
         else { return .refuse(.serviceUnavailable, route.tooManyStreams, retryAfter: nil) }
         let broadcaster = route.broadcaster
         channel.closeFuture.whenComplete { _ in broadcaster.unsubscribe(subscription.id) }
-        logger.debug("push websocket", metadata: ["stream": "\(route.broadcaster.name)", "symbol": "\(query.symbol ?? "*")"])
-        return .upgrade(PushWebSocketSession(route: route, query: query, subscription: subscription, channel: channel, handler: handler))
+        logger.debug(
+            "push websocket", metadata: ["stream": "\(route.broadcaster.name)", "symbol": "\(query.symbol ?? "*")"])
+        return .upgrade(
+            PushWebSocketSession(
+                route: route, query: query, subscription: subscription, channel: channel, handler: handler))
     }
 }
 
@@ -191,7 +202,9 @@ final class PushUpgradeGate: ChannelInboundHandler, RemovableChannelHandler {
                 admitted.value = session
             case .refuse(let status, let body, let retryAfter):
                 refused = true
-                var headers: HTTPHeaders = ["Content-Type": "application/json", "Connection": "close", "Server": "te-gateway"]
+                var headers: HTTPHeaders = [
+                    "Content-Type": "application/json", "Connection": "close", "Server": "te-gateway"
+                ]
                 if status == .unauthorized { headers.add(name: "WWW-Authenticate", value: "Bearer") }
                 if let retryAfter { headers.add(name: "Retry-After", value: String(retryAfter)) }
                 respond(context: context, status: status, body: body, headers: headers)
@@ -221,7 +234,9 @@ final class PushUpgradeGate: ChannelInboundHandler, RemovableChannelHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    private func respond(context: ChannelHandlerContext, status: HTTPResponse.Status, body: String, headers: HTTPHeaders) {
+    private func respond(
+        context: ChannelHandlerContext, status: HTTPResponse.Status, body: String, headers: HTTPHeaders
+    ) {
         let buffer = context.channel.allocator.buffer(string: body)
         var head = HTTPResponseHead(version: .http1_1, status: .init(statusCode: status.code), headers: headers)
         head.headers.add(name: "Content-Length", value: String(buffer.readableBytes))
@@ -323,7 +338,8 @@ final class PushWebSocketHandler: ChannelInboundHandler, RemovableChannelHandler
 
     func ping() {
         guard let context, !closeSent else { return }
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
+        context.writeAndFlush(
+            wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
     }
 
     func close(_ code: WebSocketErrorCode, reason: String) {
@@ -336,7 +352,8 @@ final class PushWebSocketHandler: ChannelInboundHandler, RemovableChannelHandler
         var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         data.write(webSocketErrorCode: code)
         data.writeString(reason)
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)), promise: nil)
+        context.writeAndFlush(
+            wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)), promise: nil)
         closeTimer = context.eventLoop.scheduleTask(in: PushWebSocket.closeTimeout) { context.close(promise: nil) }
     }
 
@@ -345,7 +362,8 @@ final class PushWebSocketHandler: ChannelInboundHandler, RemovableChannelHandler
         switch frame.opcode {
         case .ping:
             guard !closeSent else { return }
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
         case .connectionClose:
             if closeSent {
                 context.close(promise: nil)
@@ -356,8 +374,10 @@ final class PushWebSocketHandler: ChannelInboundHandler, RemovableChannelHandler
                 let code = data.readWebSocketErrorCode() ?? .normalClosure
                 var answer = context.channel.allocator.buffer(capacity: 2)
                 answer.write(webSocketErrorCode: code)
-                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: answer)))
-                    .whenComplete { _ in context.close(promise: nil) }
+                context.writeAndFlush(
+                    wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: answer))
+                )
+                .whenComplete { _ in context.close(promise: nil) }
             }
         default:
             break  // the stream is one-way: the client's messages and pongs need no answer
@@ -372,4 +392,3 @@ final class PushWebSocketHandler: ChannelInboundHandler, RemovableChannelHandler
         context.fireUserInboundEventTriggered(event)
     }
 }
-

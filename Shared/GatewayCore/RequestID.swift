@@ -20,13 +20,17 @@ public enum RequestID {
                 }
             }
             put(high, nibbles: 8, from: 15)
-            out[i] = UInt8(ascii: "-"); i += 1
+            out[i] = UInt8(ascii: "-")
+            i += 1
             put(high, nibbles: 4, from: 7)
-            out[i] = UInt8(ascii: "-"); i += 1
+            out[i] = UInt8(ascii: "-")
+            i += 1
             put(high, nibbles: 4, from: 3)
-            out[i] = UInt8(ascii: "-"); i += 1
+            out[i] = UInt8(ascii: "-")
+            i += 1
             put(low, nibbles: 4, from: 15)
-            out[i] = UInt8(ascii: "-"); i += 1
+            out[i] = UInt8(ascii: "-")
+            i += 1
             put(low, nibbles: 12, from: 11)
             return i
         }

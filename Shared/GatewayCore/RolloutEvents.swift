@@ -68,7 +68,8 @@ public struct RolloutEventWriter: Service {
         try? await retryingUntilShutdown(
             Self.retry,
             onRetry: { attempt, error, _ in
-                logger.warning("rollout step not written yet; retrying", metadata: ["error": "\(error)", "failures": "\(attempt)"])
+                logger.warning(
+                    "rollout step not written yet; retrying", metadata: ["error": "\(error)", "failures": "\(attempt)"])
             }
         ) {
             switch try await store.transition(
@@ -79,8 +80,10 @@ public struct RolloutEventWriter: Service {
                 engine.metrics.rolloutTransition(request.event.kind)
                 logger.info(
                     "rollout event written",
-                    metadata: ["kind": "\(request.event.kind.rawValue)", "event_id": "\(request.event.eventId)",
-                        "generation": "\(state.generation)", "entry_id": "\(entryID)"])
+                    metadata: [
+                        "kind": "\(request.event.kind.rawValue)", "event_id": "\(request.event.eventId)",
+                        "generation": "\(state.generation)", "entry_id": "\(entryID)"
+                    ])
                 engine.applyRollout(state)
             case .conflict(let generation):
                 logger.info(
@@ -116,7 +119,9 @@ public struct RolloutFollower: Service {
                 failing = false
             } catch {
                 // Keeps serving the last state applied.
-                if !failing { logger.warning("rollout state unreadable; keeping the last one", metadata: ["error": "\(error)"]) }
+                if !failing {
+                    logger.warning("rollout state unreadable; keeping the last one", metadata: ["error": "\(error)"])
+                }
                 failing = true
             }
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }

@@ -97,7 +97,9 @@ final class ScoreFastPathHandler<Responder: ScoreResponder>: ChannelDuplexHandle
         }
     }
 
-    private func answer(_ head: HTTPRequest, body: ByteBuffer?, arrival: ContinuousClock.Instant, context: ChannelHandlerContext) {
+    private func answer(
+        _ head: HTTPRequest, body: ByteBuffer?, arrival: ContinuousClock.Instant, context: ChannelHandlerContext
+    ) {
         let admitted: Responder.Admitted
         switch responder.admit(head, body: body) {
         case .reply(let reply):

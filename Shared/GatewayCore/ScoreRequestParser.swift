@@ -41,7 +41,8 @@ public struct RequestError: Error, Equatable, Sendable {
         case .unsupportedMediaType: .unsupportedMediaType
         case .notFound: .notFound
         case .methodNotAllowed: .methodNotAllowed
-        case .malformedJSON, .invalidType, .unknownField, .duplicateField, .missingField, .invalidSymbol, .invalidFeatures,
+        case .malformedJSON, .invalidType, .unknownField, .duplicateField, .missingField, .invalidSymbol,
+            .invalidFeatures,
             .nonFiniteNumber, .invalidValue, .bodyTooLarge, .invalidQuery, .malformedHTTP:
             .badRequest
         }
@@ -114,7 +115,9 @@ public enum ScoreRequestParser {
                 }
                 switch key {
                 case "symbol":
-                    guard p.peek() == UInt8(ascii: "\"") else { throw try p.typeError(field: key, expected: "a string") }
+                    guard p.peek() == UInt8(ascii: "\"") else {
+                        throw try p.typeError(field: key, expected: "a string")
+                    }
                     symbol = try p.string(field: key)
                 case "ts_ns":
                     if try p.null() { break }
@@ -155,7 +158,8 @@ public enum ScoreRequestParser {
         if let features {
             guard features.count == FeatureVector.count else {
                 throw RequestError(
-                    .invalidFeatures, "expected \(FeatureVector.count) numbers, got \(features.count)", field: "features")
+                    .invalidFeatures, "expected \(FeatureVector.count) numbers, got \(features.count)",
+                    field: "features")
             }
         }
         if let tsNs, tsNs < 0 { throw RequestError(.invalidValue, "must not be negative", field: "ts_ns") }
@@ -293,7 +297,9 @@ struct JSONScanner {
             case UInt8(ascii: "t"): out.append(0x09)
             case UInt8(ascii: "u"):
                 guard i + 6 <= raw.count,
-                    let code = UInt32(String(decoding: UnsafeRawBufferPointer(rebasing: raw[(i + 2)..<(i + 6)]), as: UTF8.self), radix: 16)
+                    let code = UInt32(
+                        String(decoding: UnsafeRawBufferPointer(rebasing: raw[(i + 2)..<(i + 6)]), as: UTF8.self),
+                        radix: 16)
                 else { throw malformed("bad \\u escape") }
                 // Surrogates are not needed by any valid field value; they decode to U+FFFD.
                 let scalar = Unicode.Scalar(code) ?? "\u{FFFD}"
@@ -383,7 +389,8 @@ struct JSONScanner {
             let value = try number(field: element)
             // The model takes FP32: a double beyond Float's range would reach it as ±infinity.
             guard Float(value).isFinite else {
-                throw RequestError(.invalidValue, "outside the model's FP32 range (magnitude at most 3.4028235e38)", field: element)
+                throw RequestError(
+                    .invalidValue, "outside the model's FP32 range (magnitude at most 3.4028235e38)", field: element)
             }
             values.append(value)
             skipSpace()

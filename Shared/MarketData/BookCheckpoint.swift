@@ -57,7 +57,9 @@ enum BookCheckpoint {
             switch tokens.next() {
             case "awaiting": state = .awaitingSnapshot
             case "out":
-                guard let since = tokens.int(), let overdue = tokens.int(), overdue == 0 || overdue == 1 else { return nil }
+                guard let since = tokens.int(), let overdue = tokens.int(), overdue == 0 || overdue == 1 else {
+                    return nil
+                }
                 state = .outOfSync(sinceNs: since, overdue: overdue == 1)
             case "snapshot":
                 guard let id = tokens.int() else { return nil }
@@ -78,15 +80,25 @@ enum BookCheckpoint {
                     let tsNs = tokens.int(), let diffBids = tokens.levels(), let diffAsks = tokens.levels()
                 else { return nil }
                 let previousU: Int64?
-                if previous == "-" { previousU = nil } else if let p = Int64(previous) { previousU = p } else { return nil }
-                buffer.append(.init(firstU: firstU, lastU: lastU, previousU: previousU, tsNs: tsNs, bids: diffBids, asks: diffAsks))
+                if previous == "-" {
+                    previousU = nil
+                } else if let p = Int64(previous) {
+                    previousU = p
+                } else {
+                    return nil
+                }
+                buffer.append(
+                    .init(
+                        firstU: firstU, lastU: lastU, previousU: previousU, tsNs: tsNs, bids: diffBids, asks: diffAsks))
             }
             guard tokens.next() == nil else { return nil }
-            return .binance(BinanceOrderBook(
-                state: state, bids: bids, asks: asks, buffer: buffer, resyncs: Int(resyncs),
-                snapshotTimeoutNs: snapshotTimeoutNs))
+            return .binance(
+                BinanceOrderBook(
+                    state: state, bids: bids, asks: asks, buffer: buffer, resyncs: Int(resyncs),
+                    snapshotTimeoutNs: snapshotTimeoutNs))
         case ("kraken", "1"):
-            guard let bids = tokens.side(descending: true), let asks = tokens.side(descending: false), tokens.next() == nil
+            guard let bids = tokens.side(descending: true), let asks = tokens.side(descending: false),
+                tokens.next() == nil
             else { return nil }
             return .kraken(bids: bids, asks: asks)
         default:

@@ -28,7 +28,8 @@ struct JSONTape {
         guard bytes.count < Int(Int32.max) else { return false }
         var parser = Parser(bytes: bytes)
         parser.skipWhitespace()
-        guard parser.i < bytes.count, bytes[parser.i] == UInt8(ascii: "{") || bytes[parser.i] == UInt8(ascii: "[") else {
+        guard parser.i < bytes.count, bytes[parser.i] == UInt8(ascii: "{") || bytes[parser.i] == UInt8(ascii: "[")
+        else {
             return false
         }
         guard parser.value(into: &nodes, depth: 0) else { return false }
@@ -76,7 +77,9 @@ struct JSONTape {
             } else {
                 while true {
                     if object {
-                        guard i < bytes.count, bytes[i] == UInt8(ascii: "\""), string(into: &nodes) else { return false }
+                        guard i < bytes.count, bytes[i] == UInt8(ascii: "\""), string(into: &nodes) else {
+                            return false
+                        }
                         skipWhitespace()
                         guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { return false }
                         i += 1
@@ -109,7 +112,8 @@ struct JSONTape {
             let n = word.utf8CodeUnitCount
             guard bytes.count - i >= n else { return false }
             for k in 0..<n where bytes[i + k] != word.utf8Start[k] { return false }
-            nodes.append(Node(kind: kind, escaped: false, start: Int32(i), end: Int32(i + n), next: Int32(nodes.count + 1)))
+            nodes.append(
+                Node(kind: kind, escaped: false, start: Int32(i), end: Int32(i + n), next: Int32(nodes.count + 1)))
             i += n
             return true
         }
@@ -136,7 +140,8 @@ struct JSONTape {
                 guard isDigit(i) else { return false }
                 while isDigit(i) { i += 1 }
             }
-            nodes.append(Node(kind: .number, escaped: false, start: Int32(start), end: Int32(i), next: Int32(nodes.count + 1)))
+            nodes.append(
+                Node(kind: .number, escaped: false, start: Int32(start), end: Int32(i), next: Int32(nodes.count + 1)))
             return true
         }
 
@@ -149,7 +154,10 @@ struct JSONTape {
                 let byte = bytes[i]
                 switch byte {
                 case UInt8(ascii: "\""):
-                    nodes.append(Node(kind: .string, escaped: escaped, start: Int32(start), end: Int32(i), next: Int32(nodes.count + 1)))
+                    nodes.append(
+                        Node(
+                            kind: .string, escaped: escaped, start: Int32(start), end: Int32(i),
+                            next: Int32(nodes.count + 1)))
                     i += 1
                     return true
                 case UInt8(ascii: "\\"):
@@ -415,7 +423,7 @@ struct JSONView {
 enum DecimalText {
     private static let powers: [Double] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
-        1e19, 1e20, 1e21, 1e22,
+        1e19, 1e20, 1e21, 1e22
     ]
 
     /// `Double(String(decoding: text, as: UTF8.self))`, without the `String` for plain decimals.
@@ -480,7 +488,8 @@ enum DecimalText {
             let b = text[k]
             guard b >= 0x30, b <= 0x39 else { return nil }
             let (m, o1) = value.multipliedReportingOverflow(by: 10)
-            let (s, o2) = negative ? m.subtractingReportingOverflow(Int64(b - 0x30)) : m.addingReportingOverflow(Int64(b - 0x30))
+            let (s, o2) =
+                negative ? m.subtractingReportingOverflow(Int64(b - 0x30)) : m.addingReportingOverflow(Int64(b - 0x30))
             guard !o1, !o2 else { return nil }
             value = s
             k += 1

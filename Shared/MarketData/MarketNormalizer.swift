@@ -17,7 +17,7 @@ public struct NormalizeRejection: Error, Sendable, Equatable, CustomStringConver
     /// Every `code` the normalizer gives (metric label values known up front).
     public static let codes = [
         "bad_json", "unknown_format", "missing_field", "non_finite", "crossed_book", "negative_price",
-        "non_positive_size", "negative_size", "invalid_value",
+        "non_positive_size", "negative_size", "invalid_value"
     ]
 }
 
@@ -239,7 +239,8 @@ public struct MarketNormalizer: Sendable {
                 symbol: symbol, tsNs: receiveTsNs, bid: bid, bidSize: bidSize, ask: ask,
                 askSize: try Self.number(json, data, "A"), venue: market.venue)
             tick.seq = Self.int(json, json.member(data, "u"))
-            tick.exchangeTsNs = Self.nanoseconds(milliseconds: Self.int(json, json.member(data, "T") ?? json.member(data, "E")))
+            tick.exchangeTsNs = Self.nanoseconds(
+                milliseconds: Self.int(json, json.member(data, "T") ?? json.member(data, "E")))
             if depthLevels > 0, let book = binanceBooks[symbol], book.isSynced {
                 tick.bids = [[bid, bidSize]] + book.bids.levels(after: bid, limit: depthLevels - 1)
                 tick.asks = [[ask, tick.askSize!]] + book.asks.levels(after: ask, limit: depthLevels - 1)
@@ -259,18 +260,25 @@ public struct MarketNormalizer: Sendable {
             guard let event = json.member(data, "e"), json.isString(event, "depthUpdate") else {
                 let name = json.string(stream) ?? ""
                 let channelName = name.split(separator: "@").dropFirst().first.map(String.init) ?? ""
-                if channelName.hasPrefix("kline") || channelName.hasPrefix("ticker") || channelName.hasPrefix("miniTicker") {
+                if channelName.hasPrefix("kline") || channelName.hasPrefix("ticker")
+                    || channelName.hasPrefix("miniTicker")
+                {
                     return .ignored("binance \(channelName)")
                 }
                 throw NormalizeRejection(code: "unknown_format", detail: "unknown Binance stream \(name)")
             }
-            guard let firstU = Self.int(json, json.member(data, "U")) else { throw MessageDecodingError(field: "U", reason: "missing") }
-            guard let lastU = Self.int(json, json.member(data, "u")) else { throw MessageDecodingError(field: "u", reason: "missing") }
+            guard let firstU = Self.int(json, json.member(data, "U")) else {
+                throw MessageDecodingError(field: "U", reason: "missing")
+            }
+            guard let lastU = Self.int(json, json.member(data, "u")) else {
+                throw MessageDecodingError(field: "u", reason: "missing")
+            }
             let diff = BinanceOrderBook.Diff(
                 firstU: firstU, lastU: lastU, previousU: Self.int(json, json.member(data, "pu")), tsNs: receiveTsNs,
                 bids: try Self.levels(json, json.member(data, "b"), field: "b"),
                 asks: try Self.levels(json, json.member(data, "a"), field: "a"))
-            let outcome = binanceBooks[symbol, default: BinanceOrderBook(snapshotTimeoutNs: snapshotTimeoutNs)].apply(diff)
+            let outcome = binanceBooks[symbol, default: BinanceOrderBook(snapshotTimeoutNs: snapshotTimeoutNs)].apply(
+                diff)
             changedBooks.insert(symbol)
             switch outcome {
             case .applied, .buffered, .stale: break
@@ -282,9 +290,11 @@ public struct MarketNormalizer: Sendable {
         }
     }
 
-    private mutating func binanceSnapshot(_ json: JSONView, key: String?, receiveTsNs: Int64) throws -> NormalizeResult {
+    private mutating func binanceSnapshot(_ json: JSONView, key: String?, receiveTsNs: Int64) throws -> NormalizeResult
+    {
         guard let key, !key.isEmpty else {
-            throw MessageDecodingError(field: "symbol", reason: "missing: a bare depth snapshot needs the symbol as its key")
+            throw MessageDecodingError(
+                field: "symbol", reason: "missing: a bare depth snapshot needs the symbol as its key")
         }
         let root = json.root
         // Only the futures snapshot carries a transaction time; COIN-M names carry an underscore.
@@ -296,8 +306,9 @@ public struct MarketNormalizer: Sendable {
         }
         let bids = try Self.levels(json, json.member(root, "bids"), field: "bids")
         let asks = try Self.levels(json, json.member(root, "asks"), field: "asks")
-        let outcome = binanceBooks[symbol, default: BinanceOrderBook(snapshotTimeoutNs: snapshotTimeoutNs)].applySnapshot(
-            lastUpdateId: lastUpdateId, tsNs: receiveTsNs, bids: bids, asks: asks)
+        let outcome = binanceBooks[symbol, default: BinanceOrderBook(snapshotTimeoutNs: snapshotTimeoutNs)]
+            .applySnapshot(
+                lastUpdateId: lastUpdateId, tsNs: receiveTsNs, bids: bids, asks: asks)
         changedBooks.insert(symbol)
         switch outcome {
         case .synced: break
@@ -335,7 +346,9 @@ public struct MarketNormalizer: Sendable {
 
     static func binanceSymbol(_ raw: String, market: BinanceMarket) throws(MessageDecodingError) -> String {
         let symbol = raw.uppercased() + (market == .usdM ? "-PERP" : "")
-        guard Symbol.isValid(symbol) else { throw MessageDecodingError(field: "symbol", reason: "not a valid symbol: \"\(raw)\"") }
+        guard Symbol.isValid(symbol) else {
+            throw MessageDecodingError(field: "symbol", reason: "not a valid symbol: \"\(raw)\"")
+        }
         return symbol
     }
 
@@ -357,28 +370,40 @@ public struct MarketNormalizer: Sendable {
     private func normalizeHyperliquid(_ json: JSONView, channel: Value, receiveTsNs: Int64) throws -> NormalizeResult {
         let data = json.member(json.root, "data")
         if json.isString(channel, "l2Book") {
-            guard let data, json.kind(data) == .object else { throw MessageDecodingError(field: "data", reason: "missing in an l2Book message") }
+            guard let data, json.kind(data) == .object else {
+                throw MessageDecodingError(field: "data", reason: "missing in an l2Book message")
+            }
             let symbol = try Self.hyperliquidSymbol(json, data)
-            guard let levels = json.member(data, "levels") else { throw MessageDecodingError(field: "levels", reason: "missing") }
+            guard let levels = json.member(data, "levels") else {
+                throw MessageDecodingError(field: "levels", reason: "missing")
+            }
             var sides = json.elements(levels)
-            guard json.kind(levels) == .array, sides.count == 2, let bidList = sides.next(), let askList = sides.next() else {
+            guard json.kind(levels) == .array, sides.count == 2, let bidList = sides.next(), let askList = sides.next()
+            else {
                 throw MessageDecodingError(field: "levels", reason: "expected [bids, asks]")
             }
             let bids = try Self.hyperliquidLevels(json, bidList, field: "levels[0]", descending: true)
             let asks = try Self.hyperliquidLevels(json, askList, field: "levels[1]", descending: false)
-            guard let bestBid = bids.first, let bestAsk = asks.first else { return .ignored("hyperliquid book one-sided") }
+            guard let bestBid = bids.first, let bestAsk = asks.first else {
+                return .ignored("hyperliquid book one-sided")
+            }
             var tick = Tick.quote(
-                symbol: symbol, tsNs: receiveTsNs, bid: bestBid[0], bidSize: bestBid[1], ask: bestAsk[0], askSize: bestAsk[1],
+                symbol: symbol, tsNs: receiveTsNs, bid: bestBid[0], bidSize: bestBid[1], ask: bestAsk[0],
+                askSize: bestAsk[1],
                 bids: depthLevels > 0 ? Array(bids.prefix(depthLevels)) : nil,
                 asks: depthLevels > 0 ? Array(asks.prefix(depthLevels)) : nil, venue: "hyperliquid")
             tick.exchangeTsNs = Self.nanoseconds(milliseconds: Self.int(json, json.member(data, "time")))
             return .ticks([try tick.validated()])
         }
         if json.isString(channel, "trades") {
-            guard let data, json.kind(data) == .array else { throw MessageDecodingError(field: "data", reason: "expected an array of trades") }
+            guard let data, json.kind(data) == .array else {
+                throw MessageDecodingError(field: "data", reason: "expected an array of trades")
+            }
             var ticks: [Tick] = []
             for (i, trade) in json.elements(data).enumerated() {
-                guard json.kind(trade) == .object else { throw MessageDecodingError(field: "data[\(i)]", reason: "expected a trade object") }
+                guard json.kind(trade) == .object else {
+                    throw MessageDecodingError(field: "data[\(i)]", reason: "expected a trade object")
+                }
                 let side: Side
                 switch json.member(trade, "side") {
                 case let v? where json.isString(v, "B"): side = .buy
@@ -387,7 +412,8 @@ public struct MarketNormalizer: Sendable {
                 default: throw MessageDecodingError(field: "side", reason: "expected B or A")
                 }
                 var tick = Tick.trade(
-                    symbol: try Self.hyperliquidSymbol(json, trade), tsNs: receiveTsNs, price: try Self.number(json, trade, "px"),
+                    symbol: try Self.hyperliquidSymbol(json, trade), tsNs: receiveTsNs,
+                    price: try Self.number(json, trade, "px"),
                     size: try Self.number(json, trade, "sz"), side: side, venue: "hyperliquid")
                 tick.seq = Self.int(json, json.member(trade, "tid"))
                 tick.exchangeTsNs = Self.nanoseconds(milliseconds: Self.int(json, json.member(trade, "time")))
@@ -405,7 +431,9 @@ public struct MarketNormalizer: Sendable {
     private static func hyperliquidSymbol(_ json: JSONView, _ object: Value) throws(MessageDecodingError) -> String {
         let coin = try string(json, object, "coin")
         let symbol = coin.uppercased() + "-PERP"
-        guard Symbol.isValid(symbol) else { throw MessageDecodingError(field: "coin", reason: "not a valid symbol: \"\(coin)\"") }
+        guard Symbol.isValid(symbol) else {
+            throw MessageDecodingError(field: "coin", reason: "not a valid symbol: \"\(coin)\"")
+        }
         return symbol
     }
 
@@ -415,10 +443,14 @@ public struct MarketNormalizer: Sendable {
     private static func hyperliquidLevels(
         _ json: JSONView, _ list: Value, field: String, descending: Bool
     ) throws(MessageDecodingError) -> [[Double]] {
-        guard json.kind(list) == .array else { throw MessageDecodingError(field: field, reason: "expected an array of levels") }
+        guard json.kind(list) == .array else {
+            throw MessageDecodingError(field: field, reason: "expected an array of levels")
+        }
         var out: [[Double]] = []
         for (i, level) in json.elements(list).enumerated() {
-            guard json.kind(level) == .object else { throw MessageDecodingError(field: "\(field)[\(i)]", reason: "expected {px, sz, n}") }
+            guard json.kind(level) == .object else {
+                throw MessageDecodingError(field: "\(field)[\(i)]", reason: "expected {px, sz, n}")
+            }
             let price = try number(json, level, "px")
             let size = try number(json, level, "sz")
             guard price > 0, size >= 0 else {
@@ -436,10 +468,14 @@ public struct MarketNormalizer: Sendable {
 
     private mutating func normalizeKraken(_ json: JSONView, receiveTsNs: Int64) throws -> NormalizeResult {
         let array = Array(json.elements(json.root))
-        guard array.count >= 4, let channel = json.string(array[array.count - 2]), let pair = json.string(array[array.count - 1]) else {
+        guard array.count >= 4, let channel = json.string(array[array.count - 2]),
+            let pair = json.string(array[array.count - 1])
+        else {
             throw NormalizeRejection(code: "unknown_format", detail: "an array that is no Kraken v1 message")
         }
-        guard Symbol.isValid(pair) else { throw MessageDecodingError(field: "pair", reason: "not a valid symbol: \"\(pair)\"") }
+        guard Symbol.isValid(pair) else {
+            throw MessageDecodingError(field: "pair", reason: "not a valid symbol: \"\(pair)\"")
+        }
         let payloads = array[1..<(array.count - 2)]
         if channel == "trade" {
             guard let trades = payloads.first, json.kind(trades) == .array else {
@@ -452,10 +488,12 @@ public struct MarketNormalizer: Sendable {
                     throw MessageDecodingError(field: "trade[\(i)]", reason: "expected [price, volume, time, side, …]")
                 }
                 var tick = Tick.trade(
-                    symbol: pair, tsNs: receiveTsNs, price: try Self.number(json, fields[0], field: "trade[\(i)].price"),
+                    symbol: pair, tsNs: receiveTsNs,
+                    price: try Self.number(json, fields[0], field: "trade[\(i)].price"),
                     size: try Self.number(json, fields[1], field: "trade[\(i)].volume"),
                     side: json.isString(fields[3], "s") ? .sell : .buy, venue: "kraken")
-                tick.exchangeTsNs = (try? Self.number(json, fields[2], field: "time")).flatMap(Self.nanoseconds(seconds:))
+                tick.exchangeTsNs = (try? Self.number(json, fields[2], field: "time")).flatMap(
+                    Self.nanoseconds(seconds:))
                 ticks.append(try tick.validated())
             }
             return .ticks(ticks)
@@ -463,7 +501,9 @@ public struct MarketNormalizer: Sendable {
         if channel == "ticker" {
             guard let ticker = payloads.first, let a = json.member(ticker, "a"), let b = json.member(ticker, "b"),
                 json.kind(a) == .array, json.kind(b) == .array
-            else { throw MessageDecodingError(field: "ticker", reason: "expected a and b as [price, wholeLot, lotVolume]") }
+            else {
+                throw MessageDecodingError(field: "ticker", reason: "expected a and b as [price, wholeLot, lotVolume]")
+            }
             let av = Array(json.elements(a))
             let bv = Array(json.elements(b))
             guard av.count >= 3, bv.count >= 3 else {
@@ -471,7 +511,8 @@ public struct MarketNormalizer: Sendable {
             }
             let tick = Tick.quote(
                 symbol: pair, tsNs: receiveTsNs, bid: try Self.number(json, bv[0], field: "b.price"),
-                bidSize: try Self.number(json, bv[2], field: "b.volume"), ask: try Self.number(json, av[0], field: "a.price"),
+                bidSize: try Self.number(json, bv[2], field: "b.volume"),
+                ask: try Self.number(json, av[0], field: "a.price"),
                 askSize: try Self.number(json, av[2], field: "a.volume"), venue: "kraken")
             return .ticks([try tick.validated()])
         }
@@ -486,7 +527,7 @@ public struct MarketNormalizer: Sendable {
                 }
                 for (isBid, raw, field) in [
                     (true, json.member(part, "bs"), "bs"), (false, json.member(part, "as"), "as"),
-                    (true, json.member(part, "b"), "b"), (false, json.member(part, "a"), "a"),
+                    (true, json.member(part, "b"), "b"), (false, json.member(part, "a"), "a")
                 ] {
                     guard let raw else { continue }
                     for level in try Self.levels(json, raw, field: field) {
@@ -501,7 +542,9 @@ public struct MarketNormalizer: Sendable {
             guard sawSnapshot else { return .ignored("kraken book update before its snapshot") }
             krakenBooks[pair] = book
             changedBooks.insert(pair)
-            guard let bestBid = book.bids.best, let bestAsk = book.asks.best else { return .ignored("kraken book one-sided") }
+            guard let bestBid = book.bids.best, let bestAsk = book.asks.best else {
+                return .ignored("kraken book one-sided")
+            }
             let tick = Tick.quote(
                 symbol: pair, tsNs: receiveTsNs, bid: bestBid.price, bidSize: bestBid.size, ask: bestAsk.price,
                 askSize: bestAsk.size, bids: depthLevels > 0 ? book.bids.top(depthLevels) : nil,
@@ -513,30 +556,47 @@ public struct MarketNormalizer: Sendable {
 
     // MARK: - Field access that names the field
 
-    static func stringField(_ json: JSONView, _ object: Value, _ field: StaticString) throws(MessageDecodingError) -> Value {
-        guard let value = json.member(object, field) else { throw MessageDecodingError(field: "\(field)", reason: "missing") }
-        guard json.kind(value) == .string else { throw MessageDecodingError(field: "\(field)", reason: "expected a string") }
+    static func stringField(_ json: JSONView, _ object: Value, _ field: StaticString) throws(MessageDecodingError)
+        -> Value
+    {
+        guard let value = json.member(object, field) else {
+            throw MessageDecodingError(field: "\(field)", reason: "missing")
+        }
+        guard json.kind(value) == .string else {
+            throw MessageDecodingError(field: "\(field)", reason: "expected a string")
+        }
         return value
     }
 
-    static func string(_ json: JSONView, _ object: Value, _ field: StaticString) throws(MessageDecodingError) -> String {
+    static func string(_ json: JSONView, _ object: Value, _ field: StaticString) throws(MessageDecodingError) -> String
+    {
         json.string(try stringField(json, object, field)) ?? ""
     }
 
-    static func number(_ json: JSONView, _ object: Value, _ field: StaticString) throws(MessageDecodingError) -> Double {
-        guard let value = json.member(object, field) else { throw MessageDecodingError(field: "\(field)", reason: "missing") }
+    static func number(_ json: JSONView, _ object: Value, _ field: StaticString) throws(MessageDecodingError) -> Double
+    {
+        guard let value = json.member(object, field) else {
+            throw MessageDecodingError(field: "\(field)", reason: "missing")
+        }
         return try number(json, value, field: "\(field)")
     }
 
     /// Venues send prices as strings ("61837.63000000") or numbers.
-    static func number(_ json: JSONView, _ value: Value, field: @autoclosure () -> String) throws(MessageDecodingError) -> Double {
+    static func number(_ json: JSONView, _ value: Value, field: @autoclosure () -> String) throws(MessageDecodingError)
+        -> Double
+    {
         let parsed: Double?
         switch json.kind(value) {
-        case .string: parsed = json.isEscaped(value) ? json.string(value).flatMap { Double($0) } : DecimalText.double(json.rawBytes(value))
+        case .string:
+            parsed =
+                json.isEscaped(value)
+                ? json.string(value).flatMap { Double($0) } : DecimalText.double(json.rawBytes(value))
         case .number: parsed = json.jsonNumber(value)
         default: parsed = nil
         }
-        guard let parsed else { throw MessageDecodingError(field: field(), reason: "expected a number, got \(json.describe(value))") }
+        guard let parsed else {
+            throw MessageDecodingError(field: field(), reason: "expected a number, got \(json.describe(value))")
+        }
         guard parsed.isFinite else { throw MessageDecodingError(field: field(), reason: "not a finite number") }
         return parsed
     }
@@ -563,13 +623,19 @@ public struct MarketNormalizer: Sendable {
 
     static func nanoseconds(seconds: Double) -> Int64? { Int64(exactly: (seconds * 1e9).rounded()) }
 
-    static func levels(_ json: JSONView, _ raw: Value?, field: StaticString) throws(MessageDecodingError) -> [BinanceOrderBook.Level] {
+    static func levels(_ json: JSONView, _ raw: Value?, field: StaticString) throws(MessageDecodingError)
+        -> [BinanceOrderBook.Level]
+    {
         try levels(json, raw, field: "\(field)")
     }
 
-    static func levels(_ json: JSONView, _ raw: Value?, field: String) throws(MessageDecodingError) -> [BinanceOrderBook.Level] {
+    static func levels(_ json: JSONView, _ raw: Value?, field: String) throws(MessageDecodingError) -> [BinanceOrderBook
+        .Level]
+    {
         guard let raw else { return [] }
-        guard json.kind(raw) == .array else { throw MessageDecodingError(field: field, reason: "expected an array of levels") }
+        guard json.kind(raw) == .array else {
+            throw MessageDecodingError(field: field, reason: "expected an array of levels")
+        }
         var out: [BinanceOrderBook.Level] = []
         out.reserveCapacity(json.elements(raw).count)
         for (i, entry) in json.elements(raw).enumerated() {

@@ -191,7 +191,9 @@ struct BinanceOrderBook: Sendable, Equatable {
     }
 
     /// `tsNs`: the snapshot message's receive time.
-    mutating func applySnapshot(lastUpdateId: Int64, tsNs: Int64, bids snapshotBids: [Level], asks snapshotAsks: [Level])
+    mutating func applySnapshot(
+        lastUpdateId: Int64, tsNs: Int64, bids snapshotBids: [Level], asks snapshotAsks: [Level]
+    )
         -> SnapshotOutcome
     {
         var outcome = SnapshotOutcome.synced

@@ -81,7 +81,8 @@ public final class RecordingReader {
         if let process {
             process.waitUntilExit()
             if process.terminationStatus != 0 {
-                throw RecordingError(path: path, line: lineNumber, reason: "decompression failed (exit \(process.terminationStatus))")
+                throw RecordingError(
+                    path: path, line: lineNumber, reason: "decompression failed (exit \(process.terminationStatus))")
             }
         }
         return nil
@@ -118,7 +119,8 @@ public final class RecordingReader {
             switch kind {
             case "recv":
                 let payload = Array(data.utf8)
-                return RecordedMessage(tsNs: tsNs, key: Self.scanSymbol(payload) ?? Self.scanKrakenPair(payload), payload: payload)
+                return RecordedMessage(
+                    tsNs: tsNs, key: Self.scanSymbol(payload) ?? Self.scanKrakenPair(payload), payload: payload)
             case "http":
                 guard let url = object["url"] as? String, url.contains("/depth"),
                     let symbol = URLComponents(string: url)?.queryItems?.first(where: { $0.name == "symbol" })?.value
@@ -130,7 +132,8 @@ public final class RecordingReader {
         }
         // A normalized Tick
         guard let symbol = object["symbol"] as? String, let ts = (object["ts_ns"] as? NSNumber)?.int64Value else {
-            throw RecordingError(path: path, line: lineNumber, reason: "a JSON line that is no Tick (needs symbol and ts_ns)")
+            throw RecordingError(
+                path: path, line: lineNumber, reason: "a JSON line that is no Tick (needs symbol and ts_ns)")
         }
         return RecordedMessage(tsNs: ts, key: symbol, payload: Array(line))
     }
@@ -142,7 +145,8 @@ public final class RecordingReader {
         var i = 0
         let end = payload.count - needle.count
         while i < end {
-            if payload[i] == needle[0], payload[i + 1] == needle[1], payload[i + 2] == needle[2], payload[i + 3] == needle[3],
+            if payload[i] == needle[0], payload[i + 1] == needle[1], payload[i + 2] == needle[2],
+                payload[i + 3] == needle[3],
                 payload[i + 4] == needle[4]
             {
                 let start = i + needle.count
@@ -156,7 +160,8 @@ public final class RecordingReader {
 
     /// A Kraken v1 array ends with the pair: `…,"book-1000","XBT/USD"]`.
     static func scanKrakenPair(_ payload: [UInt8]) -> String? {
-        guard payload.last == UInt8(ascii: "]"), payload.count > 3, payload[payload.count - 2] == UInt8(ascii: "\"") else { return nil }
+        guard payload.last == UInt8(ascii: "]"), payload.count > 3, payload[payload.count - 2] == UInt8(ascii: "\"")
+        else { return nil }
         let close = payload.count - 2
         guard let open = payload[..<close].lastIndex(of: UInt8(ascii: "\"")) else { return nil }
         return String(decoding: payload[(open + 1)..<close], as: UTF8.self)

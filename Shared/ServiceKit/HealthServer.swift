@@ -53,7 +53,12 @@ public final class ReadinessChecks: Sendable {
             list.indices.map { i in start(&list, i, now: now) }
         }
         let all = Gate(count: gates.count)
-        for gate in gates { Task { await gate.wait(); all.arrive() } }
+        for gate in gates {
+            Task {
+                await gate.wait()
+                all.arrive()
+            }
+        }
         Task { [wait = min(answerWithin, timeout)] in
             try? await Task.sleep(for: wait)
             all.open()
@@ -88,7 +93,9 @@ public final class ReadinessChecks: Sendable {
                 reason = "\(error)"
             }
             probes.withLock { list in
-                guard let j = list.firstIndex(where: { $0.name == name }), list[j].generation == generation else { return }
+                guard let j = list.firstIndex(where: { $0.name == name }), list[j].generation == generation else {
+                    return
+                }
                 list[j].running = nil
                 list[j].last = (reason, .now)
             }

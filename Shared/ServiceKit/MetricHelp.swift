@@ -13,23 +13,27 @@ public enum MetricHelp {
         "te_stream_consumer_lag_entries": "Entries in the input stream not yet delivered to the stage's group.",
         "te_stream_pending_entries": "Entries delivered to the stage's group and not yet acknowledged.",
         "te_stream_claimed_total": "Pending entries of a dead or stalled consumer claimed by this one.",
-        "te_stream_fenced_writes_total": "Shard commits refused by Redis because this replica's lease of the shard was gone (docs/sharding.md).",
+        "te_stream_fenced_writes_total":
+            "Shard commits refused by Redis because this replica's lease of the shard was gone (docs/sharding.md).",
         "te_shards_owned": "Shards of the stage whose lease this replica holds.",
         "te_shard_changes_total": "Shard leases acquired, released for balance, or lost, by change.",
         "te_ingest_messages_consumed_total": "Kafka messages read by ingest.",
         "te_ingest_ticks_total": "Normalized ticks written to te:ticks, by kind.",
         "te_ingest_dlq_total": "Kafka messages ingest could not use, sent to te:dlq, by reason.",
-        "te_ingest_kafka_lag_messages": "Messages in the assigned partitions not yet read (high watermark minus position).",
+        "te_ingest_kafka_lag_messages":
+            "Messages in the assigned partitions not yet read (high watermark minus position).",
         "te_ingest_latency_seconds": "Time from a message's receive timestamp to its tick written to Redis.",
         "te_ingest_book_resyncs_total": "Order books rebuilt from a snapshot after a gap, by symbol.",
         "te_ingest_book_out_of_sync": "1 while a symbol's order book waits for a snapshot after a gap.",
         "te_ingest_book_gaps_total": "Sequence gaps found in a symbol's depth updates.",
-        "te_ingest_book_snapshot_overdue_total": "Books still out of sync after INGEST_SNAPSHOT_TIMEOUT_MS on the market clock.",
+        "te_ingest_book_snapshot_overdue_total":
+            "Books still out of sync after INGEST_SNAPSHOT_TIMEOUT_MS on the market clock.",
         "te_ingest_offset_resets_total": "Kafka offset resets (retention passed a committed offset).",
         "te_ingest_lost_messages_total": "Messages skipped by offset resets.",
         "te_ingest_redis_retries_total": "Fenced batch writes retried because Redis was unavailable.",
         "te_ingest_commit_failures_total": "Kafka offset commits that failed (retried with the next batch).",
-        "te_ingest_redelivered_skipped_total": "Redelivered Kafka messages skipped because their ticks were already written.",
+        "te_ingest_redelivered_skipped_total":
+            "Redelivered Kafka messages skipped because their ticks were already written.",
         "te_features_quotes_total": "Quotes turned into a feature snapshot, by symbol.",
         "te_features_out_of_order_total": "Ticks older than the symbol's latest, dropped, by symbol.",
         "te_features_window_quotes": "Quotes in the symbol's feature window.",
@@ -44,18 +48,25 @@ public enum MetricHelp {
         "te_outcome_held_decisions": "Decisions held until the market clock passes their horizon.",
         "te_outcome_unlabelled_total": "Outcomes written without a label (no quote at the decision or the horizon).",
         "te_model_outcomes_total": "Outcomes per model version.",
-        "te_model_precision": "Share of trade decisions that were eligible, over the rolling window, per model version.",
+        "te_model_precision":
+            "Share of trade decisions that were eligible, over the rolling window, per model version.",
         "te_model_coverage": "Share of decisions that were trade, over the rolling window, per model version.",
         "te_model_base_rate": "Share of eligible outcomes, over the rolling window, per model version.",
-        "te_model_brier": "Mean squared error of the score against the outcome, over the rolling window, per model version.",
+        "te_model_brier":
+            "Mean squared error of the score against the outcome, over the rolling window, per model version.",
         "te_model_ece": "Expected calibration error (10 equal-width bins), over the rolling window, per model version.",
         "te_feature_psi": "Population stability index of a feature against the version's training reference.",
         "te_audit_table_rows_inserted_total": "Rows audit-writer inserted, by table (outcomes, rollout_events).",
-        "te_canary_brier_delta": "Canary Brier minus the primary's on the judged window (positive: the canary is worse).",
-        "te_canary_precision_delta": "Canary precision of trade minus the primary's on the judged window (negative: the canary is worse).",
-        "te_canary_judged_outcomes": "Outcomes in the canary judge's window, by side (canary, primary; shadow pairs count on both).",
-        "te_canary_verdict": "The canary judge's verdict on outcomes: -1 worse, 0 none (or not enough outcomes), 1 better.",
-        "te_rollout_transitions_total": "Transitions of the shared rollout state this process made, by kind (rollback, promotion, restore).",
+        "te_canary_brier_delta":
+            "Canary Brier minus the primary's on the judged window (positive: the canary is worse).",
+        "te_canary_precision_delta":
+            "Canary precision of trade minus the primary's on the judged window (negative: the canary is worse).",
+        "te_canary_judged_outcomes":
+            "Outcomes in the canary judge's window, by side (canary, primary; shadow pairs count on both).",
+        "te_canary_verdict":
+            "The canary judge's verdict on outcomes: -1 worse, 0 none (or not enough outcomes), 1 better.",
+        "te_rollout_transitions_total":
+            "Transitions of the shared rollout state this process made, by kind (rollback, promotion, restore)."
     ]
 }
 
@@ -75,12 +86,16 @@ struct HelpTextMetricsFactory: MetricsFactory {
     }
 
     func makeFloatingPointCounter(label: String, dimensions: [(String, String)]) -> any FloatingPointCounterHandler {
-        guard let d = descriptor(label) else { return inner.makeFloatingPointCounter(label: label, dimensions: dimensions) }
+        guard let d = descriptor(label) else {
+            return inner.makeFloatingPointCounter(label: label, dimensions: dimensions)
+        }
         return registry.makeCounter(descriptor: d, labels: dimensions)
     }
 
     func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler {
-        guard let d = descriptor(label) else { return inner.makeRecorder(label: label, dimensions: dimensions, aggregate: aggregate) }
+        guard let d = descriptor(label) else {
+            return inner.makeRecorder(label: label, dimensions: dimensions, aggregate: aggregate)
+        }
         guard aggregate else { return registry.makeGauge(descriptor: d, labels: dimensions) }
         let buckets = inner.valueHistogramBuckets[label] ?? inner.defaultValueHistogramBuckets
         return registry.makeValueHistogram(descriptor: d, labels: dimensions, buckets: buckets)
@@ -98,7 +113,9 @@ struct HelpTextMetricsFactory: MetricsFactory {
     }
 
     func destroyCounter(_ handler: any CounterHandler) { inner.destroyCounter(handler) }
-    func destroyFloatingPointCounter(_ handler: any FloatingPointCounterHandler) { inner.destroyFloatingPointCounter(handler) }
+    func destroyFloatingPointCounter(_ handler: any FloatingPointCounterHandler) {
+        inner.destroyFloatingPointCounter(handler)
+    }
     func destroyRecorder(_ handler: any RecorderHandler) { inner.destroyRecorder(handler) }
     func destroyMeter(_ handler: any MeterHandler) { inner.destroyMeter(handler) }
     func destroyTimer(_ handler: any TimerHandler) { inner.destroyTimer(handler) }

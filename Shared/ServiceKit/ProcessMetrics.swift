@@ -16,14 +16,19 @@ public final class ProcessMetrics: Sendable {
     private let countedCPU = Mutex(0.0)
 
     public init(registry: PrometheusCollectorRegistry) {
-        func name(_ n: String, _ help: String) -> MetricNameDescriptor { MetricNameDescriptor(metricName: n, unitName: "", helpText: help) }
-        cpu = registry.makeCounter(descriptor: name("process_cpu_seconds_total", "Total user and system CPU time spent in seconds."))
-        resident = registry.makeGauge(descriptor: name("process_resident_memory_bytes", "Resident memory size in bytes."))
+        func name(_ n: String, _ help: String) -> MetricNameDescriptor {
+            MetricNameDescriptor(metricName: n, unitName: "", helpText: help)
+        }
+        cpu = registry.makeCounter(
+            descriptor: name("process_cpu_seconds_total", "Total user and system CPU time spent in seconds."))
+        resident = registry.makeGauge(
+            descriptor: name("process_resident_memory_bytes", "Resident memory size in bytes."))
         virtual = registry.makeGauge(descriptor: name("process_virtual_memory_bytes", "Virtual memory size in bytes."))
         openFDs = registry.makeGauge(descriptor: name("process_open_fds", "Number of open file descriptors."))
         maxFDs = registry.makeGauge(descriptor: name("process_max_fds", "Maximum number of open file descriptors."))
         threads = registry.makeGauge(descriptor: name("process_threads", "Number of OS threads in the process."))
-        startTime = registry.makeGauge(descriptor: name("process_start_time_seconds", "Start time of the process since the epoch in seconds."))
+        startTime = registry.makeGauge(
+            descriptor: name("process_start_time_seconds", "Start time of the process since the epoch in seconds."))
         update()
     }
 
@@ -70,14 +75,16 @@ struct ProcessSample: Equatable {
     /// last `)`), field 3 is the state; utime, stime are fields 14, 15, num_threads 20, starttime 22 (clock
     /// ticks after boot), vsize 23 (bytes), rss 24 (pages).
     static func parse(
-        stat: String, uptime: String, limits: String, openFDs: Int, now: Double, ticksPerSecond: Double, pageSize: Double
+        stat: String, uptime: String, limits: String, openFDs: Int, now: Double, ticksPerSecond: Double,
+        pageSize: Double
     ) -> ProcessSample? {
         guard let close = stat.lastIndex(of: ")") else { return nil }
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         // fields[0] is field 3 (state): field n is fields[n - 3].
         func field(_ n: Int) -> Double? { n - 3 < fields.count ? Double(fields[n - 3]) : nil }
         guard let utime = field(14), let stime = field(15), let threads = field(20), let start = field(22),
-            let vsize = field(23), let rss = field(24), let up = uptime.split(separator: " ").first.flatMap({ Double($0) }),
+            let vsize = field(23), let rss = field(24),
+            let up = uptime.split(separator: " ").first.flatMap({ Double($0) }),
             ticksPerSecond > 0
         else { return nil }
         let bootTime = now - up
@@ -88,6 +95,7 @@ struct ProcessSample: Equatable {
         }
         return ProcessSample(
             cpuSeconds: (utime + stime) / ticksPerSecond, virtualBytes: vsize, residentBytes: rss * pageSize,
-            threads: Int(threads), startTimeSeconds: bootTime + start / ticksPerSecond, openFDs: openFDs, maxFDs: maxFDs)
+            threads: Int(threads), startTimeSeconds: bootTime + start / ticksPerSecond, openFDs: openFDs, maxFDs: maxFDs
+        )
     }
 }

@@ -16,7 +16,8 @@ public struct RolloutStore: Sendable {
     /// audit-writer has not read.
     public let group: String?
 
-    public init(redis: RedisClient, model: String, stream: String = StreamKey.rollout, group: String? = "audit-writer") {
+    public init(redis: RedisClient, model: String, stream: String = StreamKey.rollout, group: String? = "audit-writer")
+    {
         self.redis = redis
         self.model = model
         self.stream = stream
@@ -70,7 +71,7 @@ public struct RolloutStore: Sendable {
         }
         var args = [
             "EVAL", Self.script, "2", key, stream, String(expected), status.rawValue, primary, canary,
-            String(event.tsNs), event.eventId,
+            String(event.tsNs), event.eventId
         ]
         for (k, v) in fields {
             args.append(k)
@@ -79,7 +80,9 @@ public struct RolloutStore: Sendable {
         let reply = try await redis.send(RedisCommand(args)).throwingError()
         guard let items = reply.array, let applied = items.first?.int, items.count >= 2, let generation = items[1].int
         else { throw RedisError(.unexpectedReply, "rollout transition replied \(reply)") }
-        guard applied == 1, items.count == 3, let id = items[2].string else { return .conflict(currentGeneration: generation) }
+        guard applied == 1, items.count == 3, let id = items[2].string else {
+            return .conflict(currentGeneration: generation)
+        }
         let state = RolloutState(
             generation: generation, status: status, primaryVersion: primary, canaryVersion: canary, tsNs: event.tsNs,
             eventId: event.eventId)

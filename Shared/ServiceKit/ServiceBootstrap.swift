@@ -18,7 +18,8 @@ public enum ServiceBootstrap {
         if let text = env.optional("LOG_LEVEL") {
             guard let parsed = Logger.Level(rawValue: text.lowercased()) else {
                 throw ConfigurationError(
-                    variable: "LOG_LEVEL", problem: "must be one of trace, debug, info, notice, warning, error, critical, got \"\(text)\"")
+                    variable: "LOG_LEVEL",
+                    problem: "must be one of trace, debug, info, notice, warning, error, critical, got \"\(text)\"")
             }
             level = parsed
         } else {
@@ -50,7 +51,7 @@ public enum ServiceBootstrap {
             factory.defaultDurationHistogramBuckets = [
                 .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .microseconds(2500),
                 .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
-                .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10),
+                .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10)
             ]
             MetricsSystem.bootstrap(HelpTextMetricsFactory(inner: factory))
         }

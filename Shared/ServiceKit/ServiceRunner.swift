@@ -32,11 +32,14 @@ public enum ServiceRunner {
         let registry = ServiceBootstrap.metrics()
         let logger = Logger(label: service)
         let readiness = ReadinessChecks()
-        let resources = ServiceResources(service: service, logger: logger, env: env, registry: registry, readiness: readiness)
+        let resources = ServiceResources(
+            service: service, logger: logger, env: env, registry: registry, readiness: readiness)
         var services: [any Service] = []
         do {
             // First in the group, so it stops last and flushes the spans of everything that drained before it.
-            if let exporter = try Traces.bootstrap(service: service, env: env, logger: logger) { services.append(exporter) }
+            if let exporter = try Traces.bootstrap(service: service, env: env, logger: logger) {
+                services.append(exporter)
+            }
             if let defaultMetricsPort {
                 let port = try env.int("METRICS_PORT", default: defaultMetricsPort, range: 0...65535)
                 services.append(HealthServer(port: port, registry: registry, readiness: readiness, logger: logger))

@@ -37,38 +37,41 @@ public struct ShardLeases: Sendable {
         """
 
     /// KEYS: members. ARGV: me, ttl ms, leaving (1: remove me). Reply: the live replicas.
-    static let heartbeatScript = now + """
-        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-        if ARGV[3] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) else
-          redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) end
-        redis.call('PEXPIRE', KEYS[1], 10 * tonumber(ARGV[2]))
-        return redis.call('ZRANGE', KEYS[1], 0, -1)
-        """
+    static let heartbeatScript =
+        now + """
+            redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+            if ARGV[3] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) else
+              redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) end
+            redis.call('PEXPIRE', KEYS[1], 10 * tonumber(ARGV[2]))
+            return redis.call('ZRANGE', KEYS[1], 0, -1)
+            """
 
     /// KEYS: lease. Reply: {holder or '', token, ms left (≤ 0: expired)}.
-    static let readScript = now + """
-        local h = redis.call('HMGET', KEYS[1], 'holder', 'token', 'until_ms')
-        return {h[1] or '', tonumber(h[2] or '0'), tonumber(h[3] or '0') - now}
-        """
+    static let readScript =
+        now + """
+            local h = redis.call('HMGET', KEYS[1], 'holder', 'token', 'until_ms')
+            return {h[1] or '', tonumber(h[2] or '0'), tonumber(h[3] or '0') - now}
+            """
 
     /// KEYS: lease. ARGV: me, my token (0: none), ttl ms, mode (`renew` or `acquire`).
     /// renew: extends only a lease held by me under my token. acquire: takes a free or expired lease, or
     /// one held under my name by an earlier run of mine, with the next token.
     /// Reply: {1, token} held, or {0, current token}.
-    static let acquireScript = now + """
-        local h = redis.call('HMGET', KEYS[1], 'holder', 'token', 'until_ms')
-        local holder, token, untilMs = h[1], tonumber(h[2] or '0'), tonumber(h[3] or '0')
-        local ttl = tonumber(ARGV[3])
-        if holder == ARGV[1] and token == tonumber(ARGV[2]) then
-          redis.call('HSET', KEYS[1], 'until_ms', now + ttl)
-          return {1, token}
-        end
-        if ARGV[4] ~= 'acquire' then return {0, token} end
-        if holder and holder ~= '' and holder ~= ARGV[1] and untilMs > now then return {0, token} end
-        token = token + 1
-        redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'token', token, 'until_ms', now + ttl)
-        return {1, token}
-        """
+    static let acquireScript =
+        now + """
+            local h = redis.call('HMGET', KEYS[1], 'holder', 'token', 'until_ms')
+            local holder, token, untilMs = h[1], tonumber(h[2] or '0'), tonumber(h[3] or '0')
+            local ttl = tonumber(ARGV[3])
+            if holder == ARGV[1] and token == tonumber(ARGV[2]) then
+              redis.call('HSET', KEYS[1], 'until_ms', now + ttl)
+              return {1, token}
+            end
+            if ARGV[4] ~= 'acquire' then return {0, token} end
+            if holder and holder ~= '' and holder ~= ARGV[1] and untilMs > now then return {0, token} end
+            token = token + 1
+            redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'token', token, 'until_ms', now + ttl)
+            return {1, token}
+            """
 
     /// KEYS: lease. ARGV: me, my token. Frees the lease (keeps the token). Reply: 1 released, 0 not mine.
     static let releaseScript = """
@@ -82,20 +85,21 @@ public struct ShardLeases: Sendable {
     /// count and arguments. Runs the commands only while the lease is mine, under my token, and unexpired;
     /// error replies of single commands are counted (Redis has no rollback, like MULTI/EXEC).
     /// Reply: {1, failed commands} written, or {0, holder, token} refused.
-    static let commitScript = now + """
-        local h = redis.call('HMGET', KEYS[1], 'holder', 'token', 'until_ms')
-        if h[1] ~= ARGV[1] or tonumber(h[2] or '0') ~= tonumber(ARGV[2]) or tonumber(h[3] or '0') <= now then
-          return {0, h[1] or '', tonumber(h[2] or '0')}
-        end
-        local i, failed = 4, 0
-        for _ = 1, tonumber(ARGV[3]) do
-          local argc = tonumber(ARGV[i])
-          local reply = redis.pcall(unpack(ARGV, i + 1, i + argc))
-          if type(reply) == 'table' and reply.err then failed = failed + 1 end
-          i = i + 1 + argc
-        end
-        return {1, failed}
-        """
+    static let commitScript =
+        now + """
+            local h = redis.call('HMGET', KEYS[1], 'holder', 'token', 'until_ms')
+            if h[1] ~= ARGV[1] or tonumber(h[2] or '0') ~= tonumber(ARGV[2]) or tonumber(h[3] or '0') <= now then
+              return {0, h[1] or '', tonumber(h[2] or '0')}
+            end
+            local i, failed = 4, 0
+            for _ = 1, tonumber(ARGV[3]) do
+              local argc = tonumber(ARGV[i])
+              local reply = redis.pcall(unpack(ARGV, i + 1, i + argc))
+              if type(reply) == 'table' and reply.err then failed = failed + 1 end
+              i = i + 1 + argc
+            end
+            return {1, failed}
+            """
 
     /// Per-symbol latest-value hash written outside the shard's step: KEYS: the hash. ARGV: ts_ns (decimal),
     /// ttl seconds, then field/value pairs. Written only if not older than what is there (`ts_ns` compared
@@ -117,7 +121,9 @@ public struct ShardLeases: Sendable {
     public func read(_ k: Int) -> RedisCommand { RedisCommand(["EVAL", Self.readScript, "1", key(k)]) }
 
     public func acquire(_ k: Int, token: Int64 = 0, renew: Bool = false) -> RedisCommand {
-        RedisCommand(["EVAL", Self.acquireScript, "1", key(k), me, String(token), String(ttlMs), renew ? "renew" : "acquire"])
+        RedisCommand([
+            "EVAL", Self.acquireScript, "1", key(k), me, String(token), String(ttlMs), renew ? "renew" : "acquire"
+        ])
     }
 
     public func release(_ k: Int, token: Int64) -> RedisCommand {

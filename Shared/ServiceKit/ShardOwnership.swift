@@ -93,7 +93,8 @@ public struct ShardOwnership: Sendable {
         precondition(leases.count == shards, "one lease per shard")
         var actions: [Action] = []
         // Lost: another holder, or our name under another token (a restart of ours took it over).
-        for (k, token) in owned.sorted(by: { $0.key < $1.key }) where leases[k].holder != me || leases[k].token != token {
+        for (k, token) in owned.sorted(by: { $0.key < $1.key }) where leases[k].holder != me || leases[k].token != token
+        {
             owned[k] = nil
             actions.append(.drop(shard: k))
         }

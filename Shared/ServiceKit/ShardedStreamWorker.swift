@@ -79,7 +79,8 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
     public let logger: Logger
 
     public init(
-        stage stageName: String, input: String, settings: Settings, redis: RedisConfiguration, configuration: StreamWorkerConfiguration,
+        stage stageName: String, input: String, settings: Settings, redis: RedisConfiguration,
+        configuration: StreamWorkerConfiguration,
         readiness: ReadinessChecks? = nil, logger: Logger, makeStage: @escaping @Sendable (_ shard: Int) -> Stage
     ) {
         self.stageName = stageName
@@ -101,11 +102,15 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
         let control = RedisClient(configuration: redis, name: "\(stageName)-leases", logger: logger)
         defer { control.close() }
         readiness?.add("redis") { try await control.ping() }
-        let ttlMs = Int(settings.lease.components.seconds * 1000 + settings.lease.components.attoseconds / 1_000_000_000_000_000)
-        let leases = ShardLeases(stage: stageName, input: input, shards: settings.shards, me: configuration.consumerName, ttlMs: ttlMs)
+        let ttlMs = Int(
+            settings.lease.components.seconds * 1000 + settings.lease.components.attoseconds / 1_000_000_000_000_000)
+        let leases = ShardLeases(
+            stage: stageName, input: input, shards: settings.shards, me: configuration.consumerName, ttlMs: ttlMs)
         var driver = Driver(
-            worker: self, control: control, leases: leases, ownership: ShardOwnership(shards: settings.shards, me: leases.me))
-        driver.logger.info("sharded stream worker starting", metadata: ["shards": "\(settings.shards)", "lease_ms": "\(ttlMs)"])
+            worker: self, control: control, leases: leases,
+            ownership: ShardOwnership(shards: settings.shards, me: leases.me))
+        driver.logger.info(
+            "sharded stream worker starting", metadata: ["shards": "\(settings.shards)", "lease_ms": "\(ttlMs)"])
         while !WorkerLoop<Stage>.shuttingDown {
             let roundStart = ContinuousClock.now
             do {
@@ -113,7 +118,9 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
             } catch {
                 driver.logger.warning("lease round failed", metadata: ["error": "\(error)"])
             }
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(until: roundStart + settings.lease / 3, clock: .continuous) }
+            try? await cancelWhenGracefulShutdown {
+                try await Task.sleep(until: roundStart + settings.lease / 3, clock: .continuous)
+            }
         }
         await driver.stopAll()
         driver.logger.info("sharded stream worker stopped")
@@ -195,7 +202,8 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
             }
             if !renewals.isEmpty {
                 let sentAt = ContinuousClock.now
-                let replies = try await control.pipeline(renewals.map { leases.acquire($0.0, token: $0.1, renew: true) })
+                let replies = try await control.pipeline(
+                    renewals.map { leases.acquire($0.0, token: $0.1, renew: true) })
                 var more: [ShardOwnership.Action] = []
                 for ((k, _), reply) in zip(renewals, replies) {
                     let (held, _) = try ShardLeases.parseAcquire(reply)

@@ -78,7 +78,8 @@ public struct StageOutput: Sendable {
 
     /// XADD of `message` to `stream` (`MAXLEN ~ maxLen` when given), with the trace context `tp` last
     /// when given (see `StreamTrace`).
-    public mutating func add<M: StreamMessage>(_ message: M, to stream: String, maxLen: Int?, tp: String? = nil) throws {
+    public mutating func add<M: StreamMessage>(_ message: M, to stream: String, maxLen: Int?, tp: String? = nil) throws
+    {
         var fields = try StreamFieldWriter(encoding: message)
         if let tp { fields.field(StreamTrace.field, tp) }
         commands.append(.xadd(stream, maxLen: maxLen, fields: fields))

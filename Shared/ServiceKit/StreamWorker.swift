@@ -106,7 +106,8 @@ struct WorkerLoop<Stage: StreamStage> {
         // Every dead-letter reason this worker can count, registered at 0: alerts on rate() need the series.
         var counters: [String: Counter] = [:]
         for reason in ["decode", "max_deliveries", "stage"] {
-            counters[reason] = Counter(label: "te_stream_dlq_total", dimensions: [("stage", stage.stage), ("reason", reason)])
+            counters[reason] = Counter(
+                label: "te_stream_dlq_total", dimensions: [("stage", stage.stage), ("reason", reason)])
         }
         deadLettered = counters
     }
@@ -172,7 +173,8 @@ struct WorkerLoop<Stage: StreamStage> {
                 let (reader, group, consumer, stream) = (reader, group, consumer, stream)
                 let readable = fence?.allowsRead(for: readAhead.block ?? .zero) ?? true
                 async let next: StreamWorkerCore<Stage.Input>.Event =
-                    readable ? Self.read(readAhead, reader: reader, group: group, consumer: consumer, stream: stream) : .read([])
+                    readable
+                    ? Self.read(readAhead, reader: reader, group: group, consumer: consumer, stream: stream) : .read([])
                 let committed = await self.commit(commit)
                 if case .fenced = committed {
                     // The shard is lost: the read-ahead's entries stay pending for the next owner.
@@ -184,7 +186,8 @@ struct WorkerLoop<Stage: StreamStage> {
                 report()
                 if Self.shuttingDown { core.shutdownRequested() }
                 let wait = core.event(committed, now: .now)
-                precondition(wait.kind == "awaitReadAhead", "a commit with a read-ahead is followed by the read's outcome")
+                precondition(
+                    wait.kind == "awaitReadAhead", "a commit with a read-ahead is followed by the read's outcome")
                 event = await next
             case .commit(let commit, nil):
                 event = await self.commit(commit)
@@ -242,14 +245,19 @@ struct WorkerLoop<Stage: StreamStage> {
                 }
             }
             if steps.atomic.isEmpty { return .committed(failedCommands: 0) }
-            let reply = try await writer.send(fence.leases.commit(fence.shard, token: fence.token, commands: steps.atomic))
+            let reply = try await writer.send(
+                fence.leases.commit(fence.shard, token: fence.token, commands: steps.atomic))
             switch try ShardLeases.parseCommit(reply) {
             case .written(let failed):
-                if failed > 0 { logger.error("output commands failed inside the fenced step", metadata: ["failed": "\(failed)"]) }
+                if failed > 0 {
+                    logger.error("output commands failed inside the fenced step", metadata: ["failed": "\(failed)"])
+                }
                 return .committed(failedCommands: failed)
             case .fenced(let holder, let token):
                 fence.fenced.increment()
-                return .fenced("lease of shard \(fence.shard) is \(holder.isEmpty ? "free" : holder)'s under token \(token), ours was \(fence.token)")
+                return .fenced(
+                    "lease of shard \(fence.shard) is \(holder.isEmpty ? "free" : holder)'s under token \(token), ours was \(fence.token)"
+                )
             }
         } catch {
             return Self.failure(error)
@@ -309,7 +317,9 @@ struct WorkerLoop<Stage: StreamStage> {
             case .failedCommands(let count):
                 failed.increment(by: count)
             case .fenced(let reason):
-                logger.warning("write refused by the store: the shard's lease is gone; dropping the shard", metadata: ["reason": "\(reason)"])
+                logger.warning(
+                    "write refused by the store: the shard's lease is gone; dropping the shard",
+                    metadata: ["reason": "\(reason)"])
             case .batchFinished(let elapsed):
                 let c = elapsed.components
                 batchDuration.recordNanoseconds(c.seconds * 1_000_000_000 + c.attoseconds / 1_000_000_000)
@@ -328,7 +338,8 @@ struct WorkerLoop<Stage: StreamStage> {
             let others = rows.filter { $0.consumer != consumer }.map(\.id)
             if !others.isEmpty {
                 let taken = try await writer.xclaim(
-                    stream, group: group, consumer: consumer, minIdle: configuration.claimMinIdle, ids: others, justID: true)
+                    stream, group: group, consumer: consumer, minIdle: configuration.claimMinIdle, ids: others,
+                    justID: true)
                 total += taken.count
             }
             guard rows.count == 100, let last = rows.last else { break }

@@ -270,7 +270,9 @@ struct StreamWorkerCore<Input: StreamMessage> {
             readingPending = true
             pendingCursor = "0"
         }
-        if readingPending { return .read(ReadRequest(cursor: pendingCursor, count: configuration.batchSize, block: nil)) }
+        if readingPending {
+            return .read(ReadRequest(cursor: pendingCursor, count: configuration.batchSize, block: nil))
+        }
         return .read(ReadRequest(cursor: ">", count: configuration.batchSize, block: blockTime()))
     }
 
@@ -356,7 +358,10 @@ struct StreamWorkerCore<Input: StreamMessage> {
             batch = b
             // Pipelining only while reading new entries with no retry due: pending entries come first then.
             let ahead = !shuttingDown && !b.fromPending && !readingPending && pendingRetryAt == nil
-            return issue(c, readAhead: ahead ? ReadRequest(cursor: ">", count: configuration.batchSize, block: configuration.block) : nil)
+            return issue(
+                c,
+                readAhead: ahead
+                    ? ReadRequest(cursor: ">", count: configuration.batchSize, block: configuration.block) : nil)
         case .failure(let error):
             if b.deliveries.count == 1 {
                 failedEntry(b.deliveries[0], error: "\(error)")
@@ -408,7 +413,9 @@ struct StreamWorkerCore<Input: StreamMessage> {
     /// The stage's output, its dead letters (ids of this batch only) and the acknowledgements.
     private mutating func commit(_ output: StageOutput, acks: [String], processed: Int) -> Commit {
         // Entries the stage keeps pending are acknowledged by a later output of its own.
-        var c = Commit(outside: output.outside, outputs: output.commands, acks: acks.filter { !output.keepPending.contains($0) }, processed: processed)
+        var c = Commit(
+            outside: output.outside, outputs: output.commands, acks: acks.filter { !output.keepPending.contains($0) },
+            processed: processed)
         for (id, reason) in output.deadLetters {
             guard let entry = batch?.byID[id] else {
                 notes.append(.unknownDeadLetterID(id))
@@ -518,7 +525,8 @@ extension StreamWorkerCore.Commit {
     func fencedSteps(stream: String, group: String, configuration: StreamWorkerConfiguration, tsNs: Int64)
         -> (before: [RedisCommand], atomic: [RedisCommand])
     {
-        let before = outside + deadLetterCommands(stream: stream, group: group, configuration: configuration, tsNs: tsNs)
+        let before =
+            outside + deadLetterCommands(stream: stream, group: group, configuration: configuration, tsNs: tsNs)
         var atomic = outputs
         let ids = acknowledged
         if !ids.isEmpty { atomic.append(.xack(stream, group: group, ids: ids)) }
@@ -533,7 +541,8 @@ extension StreamWorkerCore.Commit {
                 stage: group, reason: d.reason, payload: JSONText.object(d.entry.fields), source: stream,
                 sourceId: d.entry.id, deliveries: d.deliveries, tsNs: tsNs)
             // Encoding a DeadLetter cannot fail: strings and integers only.
-            let fields = (try? StreamFieldEncoder.encode(letter)) ?? [("v", "1"), ("stage", group), ("reason", d.reason)]
+            let fields =
+                (try? StreamFieldEncoder.encode(letter)) ?? [("v", "1"), ("stage", group), ("reason", d.reason)]
             return .xadd(configuration.deadLetterStream, maxLen: configuration.deadLetterMaxLen, fields: fields)
         }
     }

@@ -25,7 +25,8 @@ public enum Traces {
     /// The tracer's background exporter as a `Service`, or nil when tracing is off (no endpoint, or
     /// `OTEL_SDK_DISABLED=true`). Once per process; the service must run in the `ServiceGroup`, where it
     /// flushes the spans still queued at graceful shutdown.
-    public static func bootstrap(service: String, env: Env, logger: Logger) throws(ConfigurationError) -> (any Service)? {
+    public static func bootstrap(service: String, env: Env, logger: Logger) throws(ConfigurationError) -> (any Service)?
+    {
         let endpoint = env.optional("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") ?? env.optional("OTEL_EXPORTER_OTLP_ENDPOINT")
         guard let endpoint, !endpoint.isEmpty else { return nil }
         if try env.bool("OTEL_SDK_DISABLED", default: false) { return nil }
@@ -34,7 +35,8 @@ public enum Traces {
             environment["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
         }
         if let arg = environment["OTEL_TRACES_SAMPLER_ARG"], Double(arg).map({ (0...1).contains($0) }) != true {
-            throw ConfigurationError(variable: "OTEL_TRACES_SAMPLER_ARG", problem: "must be a ratio in 0...1, got \"\(arg)\"")
+            throw ConfigurationError(
+                variable: "OTEL_TRACES_SAMPLER_ARG", problem: "must be a ratio in 0...1, got \"\(arg)\"")
         }
         var configuration = OTel.Configuration.default
         configuration.serviceName = service
@@ -49,7 +51,8 @@ public enum Traces {
         do {
             exporter = try OTel.bootstrap(configuration: configuration, environment: environment)
         } catch {
-            throw ConfigurationError(variable: "OTEL_EXPORTER_OTLP_ENDPOINT", problem: "OpenTelemetry setup failed: \(error)")
+            throw ConfigurationError(
+                variable: "OTEL_EXPORTER_OTLP_ENDPOINT", problem: "OpenTelemetry setup failed: \(error)")
         }
         on.store(true, ordering: .relaxed)
         logger.info("traces exported over OTLP/HTTP", metadata: ["endpoint": "\(endpoint)"])
@@ -64,7 +67,8 @@ public enum Traces {
         let tracer = InstrumentationSystem.tracer
         var context = ServiceContext.topLevel
         if let parent {
-            tracer.extract(TraceHeaders(parent: parent, state: state), into: &context, using: TraceHeaders.HeaderExtractor())
+            tracer.extract(
+                TraceHeaders(parent: parent, state: state), into: &context, using: TraceHeaders.HeaderExtractor())
         }
         return tracer.startSpan(name, context: context, ofKind: kind)
     }

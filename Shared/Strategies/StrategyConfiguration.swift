@@ -40,7 +40,8 @@ extension StrategySet {
         do {
             root = try JSONDecoder().decode(JSONValue.self, from: data)
         } catch {
-            throw StrategyConfigurationError(file: file, keyPath: "", reason: "malformed JSON: \(Self.jsonErrorText(error))")
+            throw StrategyConfigurationError(
+                file: file, keyPath: "", reason: "malformed JSON: \(Self.jsonErrorText(error))")
         }
         var reader = ConfigReader(file: file)
         return try reader.strategySet(root)
@@ -189,7 +190,8 @@ private struct ConfigReader {
         }
     }
 
-    func string(_ fields: [String: JSONValue], _ key: String, path: String) throws(StrategyConfigurationError) -> String {
+    func string(_ fields: [String: JSONValue], _ key: String, path: String) throws(StrategyConfigurationError) -> String
+    {
         guard let value = fields[key] else { throw fail("\(path).\(key)", "missing") }
         guard case .string(let text) = value else {
             throw fail("\(path).\(key)", "expected a string, got \(value.typeName)")
@@ -222,7 +224,9 @@ private struct ConfigReader {
         throws(StrategyConfigurationError) -> Double?
     {
         guard let value = fields[key] else { return nil }
-        guard case .number(let v) = value else { throw fail("\(path).\(key)", "expected a number, got \(value.typeName)") }
+        guard case .number(let v) = value else {
+            throw fail("\(path).\(key)", "expected a number, got \(value.typeName)")
+        }
         guard v.isFinite else { throw fail("\(path).\(key)", "not a finite number") }
         if let problem = bound.check(v) { throw fail("\(path).\(key)", problem) }
         return v

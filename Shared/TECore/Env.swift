@@ -31,19 +31,25 @@ public struct Env: Sendable {
     }
 
     /// `read(name)` when the variable is set, else nil: an optional setting with no default.
-    public func ifSet<T>(_ name: String, _ read: (String) throws(ConfigurationError) -> T) throws(ConfigurationError) -> T? {
+    public func ifSet<T>(_ name: String, _ read: (String) throws(ConfigurationError) -> T) throws(ConfigurationError)
+        -> T?
+    {
         guard optional(name) != nil else { return nil }
         return try read(name)
     }
 
     /// A required string; `hint` describes the expected form in the error.
-    public func string(_ name: String, default defaultValue: String? = nil, hint: String? = nil) throws(ConfigurationError) -> String {
+    public func string(_ name: String, default defaultValue: String? = nil, hint: String? = nil)
+        throws(ConfigurationError) -> String
+    {
         if let v = optional(name) { return v }
         if let defaultValue { return defaultValue }
         throw ConfigurationError(variable: name, problem: "is required" + (hint.map { " (\($0))" } ?? ""))
     }
 
-    public func int(_ name: String, default defaultValue: Int? = nil, range: ClosedRange<Int>? = nil) throws(ConfigurationError) -> Int {
+    public func int(_ name: String, default defaultValue: Int? = nil, range: ClosedRange<Int>? = nil)
+        throws(ConfigurationError) -> Int
+    {
         guard let text = optional(name) else {
             if let defaultValue { return defaultValue }
             throw ConfigurationError(variable: name, problem: "is required (an integer)")
@@ -52,12 +58,15 @@ public struct Env: Sendable {
             throw ConfigurationError(variable: name, problem: "must be an integer, got \"\(text)\"")
         }
         if let range, !range.contains(value) {
-            throw ConfigurationError(variable: name, problem: "must be in \(range.lowerBound)...\(range.upperBound), got \(value)")
+            throw ConfigurationError(
+                variable: name, problem: "must be in \(range.lowerBound)...\(range.upperBound), got \(value)")
         }
         return value
     }
 
-    public func double(_ name: String, default defaultValue: Double? = nil, range: ClosedRange<Double>? = nil) throws(ConfigurationError) -> Double {
+    public func double(_ name: String, default defaultValue: Double? = nil, range: ClosedRange<Double>? = nil)
+        throws(ConfigurationError) -> Double
+    {
         guard let text = optional(name) else {
             if let defaultValue { return defaultValue }
             throw ConfigurationError(variable: name, problem: "is required (a number)")
@@ -66,7 +75,8 @@ public struct Env: Sendable {
             throw ConfigurationError(variable: name, problem: "must be a number, got \"\(text)\"")
         }
         if let range, !range.contains(value) {
-            throw ConfigurationError(variable: name, problem: "must be in \(range.lowerBound)...\(range.upperBound), got \(value)")
+            throw ConfigurationError(
+                variable: name, problem: "must be in \(range.lowerBound)...\(range.upperBound), got \(value)")
         }
         return value
     }
@@ -85,7 +95,9 @@ public struct Env: Sendable {
     }
 
     /// A duration given in milliseconds (`*_MS` variables); must not be negative.
-    public func milliseconds(_ name: String, default defaultValue: Duration? = nil) throws(ConfigurationError) -> Duration {
+    public func milliseconds(_ name: String, default defaultValue: Duration? = nil) throws(ConfigurationError)
+        -> Duration
+    {
         guard optional(name) != nil else {
             if let defaultValue { return defaultValue }
             throw ConfigurationError(variable: name, problem: "is required (milliseconds)")
@@ -110,13 +122,19 @@ public struct Env: Sendable {
     // MARK: The process environment
 
     public static func optional(_ name: String) -> String? { Env().optional(name) }
-    public static func string(_ name: String, default d: String? = nil, hint: String? = nil) throws(ConfigurationError) -> String {
+    public static func string(_ name: String, default d: String? = nil, hint: String? = nil) throws(ConfigurationError)
+        -> String
+    {
         try Env().string(name, default: d, hint: hint)
     }
-    public static func int(_ name: String, default d: Int? = nil, range: ClosedRange<Int>? = nil) throws(ConfigurationError) -> Int {
+    public static func int(_ name: String, default d: Int? = nil, range: ClosedRange<Int>? = nil)
+        throws(ConfigurationError) -> Int
+    {
         try Env().int(name, default: d, range: range)
     }
-    public static func double(_ name: String, default d: Double? = nil, range: ClosedRange<Double>? = nil) throws(ConfigurationError) -> Double {
+    public static func double(_ name: String, default d: Double? = nil, range: ClosedRange<Double>? = nil)
+        throws(ConfigurationError) -> Double
+    {
         try Env().double(name, default: d, range: range)
     }
     public static func bool(_ name: String, default d: Bool? = nil) throws(ConfigurationError) -> Bool {

@@ -119,7 +119,7 @@ public final class KafkaConsumer: @unchecked Sendable {
             "enable.partition.eof": "false",
             // librdkafka's mock cluster (the dev broker) holds a Fetch for the whole wait even when data
             // arrives; a real broker answers as soon as data is there, so a short wait only costs idle fetches.
-            "fetch.wait.max.ms": "10",
+            "fetch.wait.max.ms": "10"
         ]
         if let groupInstanceID, !groupInstanceID.isEmpty { defaults["group.instance.id"] = groupInstanceID }
         let conf = try configuration.makeConf(context: context, defaults: defaults)
@@ -146,7 +146,8 @@ public final class KafkaConsumer: @unchecked Sendable {
                     rd_kafka_assign(rk, nil)
                 }
             default:
-                context.logger.error("kafka rebalance failed", metadata: ["error": "\(String(cString: rd_kafka_err2str(err)))"])
+                context.logger.error(
+                    "kafka rebalance failed", metadata: ["error": "\(String(cString: rd_kafka_err2str(err)))"])
                 rd_kafka_assign(rk, nil)
             }
         }
@@ -174,7 +175,9 @@ public final class KafkaConsumer: @unchecked Sendable {
         rebalance.release()
     }
 
-    private func onQueue<T: Sendable>(_ body: @escaping @Sendable (OpaquePointer) throws(KafkaError) -> T) async throws(KafkaError) -> T {
+    private func onQueue<T: Sendable>(_ body: @escaping @Sendable (OpaquePointer) throws(KafkaError) -> T)
+        async throws(KafkaError) -> T
+    {
         let lent = KafkaHandle(pointer: handle)
         let result = await executor.run { Result { () throws(KafkaError) -> T in try body(lent.pointer) } }
         // Only `deinit` shuts the executor down.
@@ -185,7 +188,8 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// Returns an empty batch on timeout. Throws only for fatal client errors; transient broker errors are
     /// logged and librdkafka retries them.
     public func poll(maxMessages: Int, timeout: Duration) async throws(KafkaError) -> [KafkaConsumerMessage] {
-        let timeoutMs = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let timeoutMs = Int32(
+            clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
         let logger = self.logger
         return try await onQueue { [self] (rk) throws(KafkaError) in
             if closed { throw KafkaError(code: .destroyed, message: "consumer is closed", isRetriable: false) }
@@ -205,10 +209,13 @@ public final class KafkaConsumer: @unchecked Sendable {
                         let code = rd_kafka_fatal_error(rk, &errstr, errstr.count)
                         throw KafkaError(
                             code: KafkaErrorCode(rawValue: code.rawValue),
-                            message: "consumer fatal error: \(String(decoding: errstr.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self))", isRetriable: false, isFatal: true)
+                            message:
+                                "consumer fatal error: \(String(decoding: errstr.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self))",
+                            isRetriable: false, isFatal: true)
                     }
                     if m.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
-                        logger.warning("kafka consumer error", metadata: ["error": "\(KafkaError(m.err, context: "consume"))"])
+                        logger.warning(
+                            "kafka consumer error", metadata: ["error": "\(KafkaError(m.err, context: "consume"))"])
                     }
                     continue
                 }
@@ -229,9 +236,10 @@ public final class KafkaConsumer: @unchecked Sendable {
         for line in lines {
             let marks = try? await watermarks(topic: line.topic, partition: line.partition)
             let low = marks?.low ?? -1
-            out.append(KafkaOffsetReset(
-                topic: line.topic, partition: line.partition, requested: line.offset, lowWatermark: low,
-                highWatermark: marks?.high ?? -1, resumedAt: low, reason: line.reason))
+            out.append(
+                KafkaOffsetReset(
+                    topic: line.topic, partition: line.partition, requested: line.offset, lowWatermark: low,
+                    highWatermark: marks?.high ?? -1, resumedAt: low, reason: line.reason))
         }
         return out
     }
@@ -239,7 +247,8 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// Whether a broker answers a metadata request within `timeout` (on a thread of its own: the call
     /// blocks). For readiness: a consumer with no broker reachable cannot make progress.
     public func brokersReachable(timeout: Duration = .milliseconds(80)) async throws(KafkaError) {
-        let ms = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let ms = Int32(
+            clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
         let lent = KafkaHandle(pointer: handle)
         let err = await BlockingExecutor.runAlone(name: "kafka-metadata") {
             var metadata: UnsafePointer<rd_kafka_metadata>?
@@ -247,7 +256,9 @@ public final class KafkaConsumer: @unchecked Sendable {
             if let metadata { rd_kafka_metadata_destroy(metadata) }
             return err
         }
-        if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "no Kafka broker answered within \(timeout)") }
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            throw KafkaError(err, context: "no Kafka broker answered within \(timeout)")
+        }
     }
 
     /// Commits the given next-offsets synchronously (the broker has them when this returns).
@@ -292,13 +303,17 @@ public final class KafkaConsumer: @unchecked Sendable {
 
     /// The partition's low and high watermarks (first offset still in the log; offset the next produced
     /// message gets), asked of the broker.
-    public func watermarks(topic: String, partition: Int32, timeout: Duration = .seconds(5)) async throws(KafkaError) -> (low: Int64, high: Int64) {
+    public func watermarks(topic: String, partition: Int32, timeout: Duration = .seconds(5)) async throws(KafkaError)
+        -> (low: Int64, high: Int64)
+    {
         let timeoutMs = Int32(clamping: timeout.components.seconds * 1000)
         return try await onQueue { (rk) throws(KafkaError) in
             var low: Int64 = 0
             var high: Int64 = 0
             let err = rd_kafka_query_watermark_offsets(rk, topic, partition, &low, &high, timeoutMs)
-            if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "watermarks of \(topic)/\(partition)") }
+            if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                throw KafkaError(err, context: "watermarks of \(topic)/\(partition)")
+            }
             return (low, high)
         }
     }
@@ -307,7 +322,8 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// group and commits nothing (on a thread of its own: the poll blocks); nil when the log has no message
     /// there. A one-off per call (a client is created and destroyed): meant for rare checks, not for reading.
     public static func message(
-        at offset: Int64, topic: String, partition: Int32, configuration: KafkaConfiguration, timeout: Duration = .seconds(10),
+        at offset: Int64, topic: String, partition: Int32, configuration: KafkaConfiguration,
+        timeout: Duration = .seconds(10),
         logger: Logger = Logger(label: "kafka")
     ) async throws(KafkaError) -> KafkaConsumerMessage? {
         let timeoutMs = timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000
@@ -358,11 +374,13 @@ private func readOne(
     _ logger: Logger
 ) throws(KafkaError) -> KafkaConsumerMessage? {
     let context = ClientContext(logger: logger)
-    let conf = try configuration.makeConf(context: context, defaults: [
-        "group.id": "te-read-one", "enable.auto.commit": "false", "enable.auto.offset.store": "false",
-        // An offset outside the log must surface as an error, not be moved to one end of it.
-        "auto.offset.reset": "error", "enable.partition.eof": "true", "fetch.wait.max.ms": "10",
-    ])
+    let conf = try configuration.makeConf(
+        context: context,
+        defaults: [
+            "group.id": "te-read-one", "enable.auto.commit": "false", "enable.auto.offset.store": "false",
+            // An offset outside the log must surface as an error, not be moved to one end of it.
+            "auto.offset.reset": "error", "enable.partition.eof": "true", "fetch.wait.max.ms": "10"
+        ])
     let rk = try makeClient(type: RD_KAFKA_CONSUMER, conf: conf)
     defer {
         rd_kafka_consumer_close(rk)
@@ -384,7 +402,8 @@ private func readOne(
             let message = copyMessage(raw)
             if message.offset == offset { return message }
             if message.offset > offset { return nil }  // compacted away
-        case RD_KAFKA_RESP_ERR__PARTITION_EOF, RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET, RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE:
+        case RD_KAFKA_RESP_ERR__PARTITION_EOF, RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET,
+            RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE:
             return nil
         default:
             continue  // transient: librdkafka retries

@@ -34,7 +34,8 @@ public struct KafkaError: Error, CustomStringConvertible, Sendable {
         self.init(
             code: KafkaErrorCode(rawValue: rd_kafka_error_code(error).rawValue),
             message: "\(context): \(String(cString: rd_kafka_error_string(error)))",
-            isRetriable: rd_kafka_error_is_retriable(error) != 0 || KafkaErrorCode(rawValue: rd_kafka_error_code(error).rawValue).isRetriable,
+            isRetriable: rd_kafka_error_is_retriable(error) != 0
+                || KafkaErrorCode(rawValue: rd_kafka_error_code(error).rawValue).isRetriable,
             isFatal: rd_kafka_error_is_fatal(error) != 0, file: file, line: line)
     }
 

@@ -71,7 +71,10 @@ public enum KafkaLog {
             }
             context.logger.log(
                 level: KafkaLog.level(syslog: syslogLevel), "\(text)",
-                metadata: ["source": "librdkafka", "facility": "\(facility.map { String(cString: $0) } ?? "")", "client": "\(client)"])
+                metadata: [
+                    "source": "librdkafka", "facility": "\(facility.map { String(cString: $0) } ?? "")",
+                    "client": "\(client)"
+                ])
         }
     }
 }

@@ -59,20 +59,23 @@ public final class KafkaProducer: @unchecked Sendable {
         self.logger = logger
         let context = ClientContext(logger: logger)
         self.context = context
-        let conf = try configuration.makeConf(context: context, defaults: [
-            "linger.ms": "5",
-            // The dev broker (mock cluster) keeps ~5 MB per partition; JSON compresses ~5x.
-            "compression.codec": "lz4",
-            "enable.idempotence": "true",
-            "message.timeout.ms": "60000",
-            "queue.buffering.max.messages": "200000",
-        ])
+        let conf = try configuration.makeConf(
+            context: context,
+            defaults: [
+                "linger.ms": "5",
+                // The dev broker (mock cluster) keeps ~5 MB per partition; JSON compresses ~5x.
+                "compression.codec": "lz4",
+                "enable.idempotence": "true",
+                "message.timeout.ms": "60000",
+                "queue.buffering.max.messages": "200000"
+            ])
         rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
             guard let message, let opaque = message.pointee._private else { return }
             let report = Unmanaged<DeliveryReport>.fromOpaque(opaque).takeRetainedValue()
             let m = message.pointee
             if m.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-                report.completion(.success(KafkaDelivery(topic: report.topic, partition: m.partition, offset: m.offset)))
+                report.completion(
+                    .success(KafkaDelivery(topic: report.topic, partition: m.partition, offset: m.offset)))
             } else {
                 report.completion(.failure(KafkaError(m.err, context: "delivery to \(report.topic)")))
             }
@@ -172,7 +175,7 @@ public final class KafkaProducer: @unchecked Sendable {
             do {
                 try produce(message, completion: completion)
                 return
-            } catch where error.code == .queueFull {
+            } catch  where error.code == .queueFull {
                 try await Task.sleep(for: retryEvery)
             }
         }
@@ -209,7 +212,8 @@ public final class KafkaProducer: @unchecked Sendable {
     /// latency bench measured). Call it before a pacing clock starts. Blocks in librdkafka, so it runs on a
     /// dedicated thread.
     public func prepare(topic: String, timeout: Duration = .seconds(10)) async throws(KafkaError) {
-        let ms = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let ms = Int32(
+            clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
         let lent = KafkaHandle(pointer: handle)
         let err = await BlockingExecutor.runAlone(name: "kafka-metadata") {
             guard let rkt = rd_kafka_topic_new(lent.pointer, topic, nil) else { return rd_kafka_last_error() }
@@ -228,7 +232,8 @@ public final class KafkaProducer: @unchecked Sendable {
     /// Waits until every enqueued message has a delivery report. `rd_kafka_flush` blocks, so it runs on a
     /// dedicated thread.
     public func flush(timeout: Duration = .seconds(30)) async throws(KafkaError) {
-        let ms = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let ms = Int32(
+            clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
         let lent = KafkaHandle(pointer: handle)
         let err = await BlockingExecutor.runAlone(name: "kafka-flush") { rd_kafka_flush(lent.pointer, ms) }
         if err != RD_KAFKA_RESP_ERR_NO_ERROR {

@@ -79,7 +79,9 @@ public struct Tick: StreamMessage, Equatable {
     /// Checks what a consumer relies on: the fields of its kind present, finite, positive, and an
     /// uncrossed book. The error names the field and the reason.
     public func validated() throws(MessageDecodingError) -> Tick {
-        guard Symbol.isValid(symbol) else { throw MessageDecodingError(field: "symbol", reason: "not a valid symbol: \"\(symbol)\"") }
+        guard Symbol.isValid(symbol) else {
+            throw MessageDecodingError(field: "symbol", reason: "not a valid symbol: \"\(symbol)\"")
+        }
         guard tsNs > 0 else { throw MessageDecodingError(field: "ts_ns", reason: "must be positive") }
         func require(_ value: Double?, _ field: String, allowZero: Bool) throws(MessageDecodingError) -> Double {
             guard let value else { throw MessageDecodingError(field: field, reason: "missing for a \(kind.rawValue)") }
@@ -95,7 +97,9 @@ public struct Tick: StreamMessage, Equatable {
             _ = try require(bidSize, "bid_size", allowZero: true)
             let ask = try require(ask, "ask", allowZero: false)
             _ = try require(askSize, "ask_size", allowZero: true)
-            guard ask > bid else { throw MessageDecodingError(field: "ask", reason: "crossed or locked book: ask \(ask) <= bid \(bid)") }
+            guard ask > bid else {
+                throw MessageDecodingError(field: "ask", reason: "crossed or locked book: ask \(ask) <= bid \(bid)")
+            }
             for (name, levels) in [("bids", bids), ("asks", asks)] {
                 for level in levels ?? [] {
                     guard level.count == 2, level[0].isFinite, level[1].isFinite, level[0] > 0, level[1] >= 0 else {
@@ -138,7 +142,7 @@ public enum Symbol {
 public struct FeatureVector: Codable, Sendable, Equatable {
     public static let names = [
         "spread_bps", "imbalance", "depth_imbalance", "ofi_norm",
-        "realized_vol_bps", "mid_return_bps", "tick_rate", "microprice_offset_bps",
+        "realized_vol_bps", "mid_return_bps", "tick_rate", "microprice_offset_bps"
     ]
     public static let count = 8
 
@@ -371,7 +375,11 @@ public struct ScoreRequest: Codable, Sendable, Equatable {
     }
 }
 
-public enum Decision: String, Codable, Sendable { case trade, noTrade = "no_trade", abstain }
+public enum Decision: String, Codable, Sendable {
+    case trade
+    case noTrade = "no_trade"
+    case abstain
+}
 
 public enum ScoreSource: String, Codable, Sendable, CaseIterable { case model, cache, rules, abstain }
 
@@ -589,7 +597,9 @@ public struct DeadLetter: StreamMessage, Equatable {
         stage: String, reason: String, payloadBytes: [UInt8], source: String? = nil, sourceId: String? = nil,
         deliveries: Int? = nil, tsNs: Int64
     ) {
-        self.init(stage: stage, reason: reason, payload: "", source: source, sourceId: sourceId, deliveries: deliveries, tsNs: tsNs)
+        self.init(
+            stage: stage, reason: reason, payload: "", source: source, sourceId: sourceId, deliveries: deliveries,
+            tsNs: tsNs)
         if let text = String(validating: payloadBytes, as: UTF8.self) {
             payload = text
         } else {

@@ -98,7 +98,8 @@ public struct RolloutState: Sendable, Equatable {
             case .restore: previous == .promoted ? (canary, primary) : (primary, canary)
             }
         return RolloutEvent(
-            eventId: eventId, tsNs: tsNs, kind: kind, modelName: model, fromVersion: from, toVersion: to, metric: metric,
+            eventId: eventId, tsNs: tsNs, kind: kind, modelName: model, fromVersion: from, toVersion: to,
+            metric: metric,
             value: value, limit: limit, replica: replica)
     }
 }

@@ -24,8 +24,12 @@ extension Tick: StreamFieldEncodable {
         w.field("kind", kind.rawValue)
         if let bid { w.field("bid", double: bid) }
         if let ask { w.field("ask", double: ask) }
-        if let bids { try w.field("bids") { (j: inout JSONTextWriter) throws(MessageEncodingError) in try j.levels(bids) } }
-        if let asks { try w.field("asks") { (j: inout JSONTextWriter) throws(MessageEncodingError) in try j.levels(asks) } }
+        if let bids {
+            try w.field("bids") { (j: inout JSONTextWriter) throws(MessageEncodingError) in try j.levels(bids) }
+        }
+        if let asks {
+            try w.field("asks") { (j: inout JSONTextWriter) throws(MessageEncodingError) in try j.levels(asks) }
+        }
         if let price { w.field("price", double: price) }
         if let size { w.field("size", double: size) }
         if let side { w.field("side", side.rawValue) }
@@ -109,7 +113,8 @@ extension AuditRecord: StreamFieldEncodable {
         if let score { w.field("score", double: score) }
         w.field("source", source.rawValue)
         if let features {
-            try w.field("features") { (j: inout JSONTextWriter) throws(MessageEncodingError) in try j.features(features) }
+            try w.field("features") { (j: inout JSONTextWriter) throws(MessageEncodingError) in try j.features(features)
+            }
         }
         if let canary {
             try w.field("canary") { (j: inout JSONTextWriter) throws(MessageEncodingError) in

@@ -134,7 +134,9 @@ private struct FieldsKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtoco
         encoder.fields.append((key.stringValue, FieldText.double(value)))
     }
     mutating func encode(_ value: Float, forKey key: Key) throws { try encode(Double(value), forKey: key) }
-    mutating func encode(_ value: Int, forKey key: Key) throws { encoder.fields.append((key.stringValue, String(value))) }
+    mutating func encode(_ value: Int, forKey key: Key) throws {
+        encoder.fields.append((key.stringValue, String(value)))
+    }
     mutating func encode(_ value: Int64, forKey key: Key) throws {
         encoder.fields.append((key.stringValue, String(value)))
     }
@@ -182,7 +184,8 @@ enum FieldText {
 
 /// Decodes a `StreamMessage` from stream fields; the error names the field and the reason.
 public enum StreamFieldDecoder {
-    public static func decode<M: StreamMessage>(_ type: M.Type, from fields: [String: String]) throws(MessageDecodingError)
+    public static func decode<M: StreamMessage>(_ type: M.Type, from fields: [String: String])
+        throws(MessageDecodingError)
         -> M
     {
         guard let rawVersion = fields["v"] else { throw MessageDecodingError(field: "v", reason: "missing") }
@@ -201,7 +204,8 @@ public enum StreamFieldDecoder {
 
     /// Stream entries as read: a `StreamFieldDecodable` type's hand-written reader first (the hot path),
     /// the Codable decoder when it declines.
-    public static func decode<M: StreamMessage>(_ type: M.Type, from fields: [(String, String)]) throws(MessageDecodingError)
+    public static func decode<M: StreamMessage>(_ type: M.Type, from fields: [(String, String)])
+        throws(MessageDecodingError)
         -> M
     {
         if let fast = M.self as? any StreamFieldDecodable.Type, let message = fast.decodeFast(fields) as? M {
@@ -245,7 +249,9 @@ private struct FieldsKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtoco
     func contains(_ key: Key) -> Bool { fields[key.stringValue] != nil }
 
     func raw(_ key: Key) throws(MessageDecodingError) -> String {
-        guard let value = fields[key.stringValue] else { throw MessageDecodingError(field: key.stringValue, reason: "missing") }
+        guard let value = fields[key.stringValue] else {
+            throw MessageDecodingError(field: key.stringValue, reason: "missing")
+        }
         return value
     }
 
@@ -260,7 +266,8 @@ private struct FieldsKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtoco
         switch try raw(key) {
         case "true", "1": return true
         case "false", "0": return false
-        case let other: throw MessageDecodingError(field: key.stringValue, reason: "expected true or false, got \"\(other)\"")
+        case let other:
+            throw MessageDecodingError(field: key.stringValue, reason: "expected true or false, got \"\(other)\"")
         }
     }
 

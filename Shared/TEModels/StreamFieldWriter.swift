@@ -41,7 +41,8 @@ public struct StreamFieldWriter: Sendable {
             var offset = 0
             var i = 0
             while i + 1 < lengths.count {
-                let name = String(decoding: UnsafeBufferPointer(rebasing: all[offset..<offset + lengths[i]]), as: UTF8.self)
+                let name = String(
+                    decoding: UnsafeBufferPointer(rebasing: all[offset..<offset + lengths[i]]), as: UTF8.self)
                 offset += lengths[i]
                 let value = String(
                     decoding: UnsafeBufferPointer(rebasing: all[offset..<offset + lengths[i + 1]]), as: UTF8.self)

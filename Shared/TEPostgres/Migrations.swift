@@ -39,13 +39,14 @@ public enum Migrator {
             // Serialise writers; a transaction-level lock is released by COMMIT/ROLLBACK even if
             // this process dies.
             try await tx.execute("SELECT pg_advisory_xact_lock($1)", [advisoryLockKey])
-            try await tx.execute(script: """
-                CREATE TABLE IF NOT EXISTS schema_migrations (
-                    version integer PRIMARY KEY,
-                    name text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now()
-                )
-                """)
+            try await tx.execute(
+                script: """
+                    CREATE TABLE IF NOT EXISTS schema_migrations (
+                        version integer PRIMARY KEY,
+                        name text NOT NULL,
+                        applied_at timestamptz NOT NULL DEFAULT now()
+                    )
+                    """)
         }
         var applied: [Int] = []
         for migration in migrations.sorted(by: { $0.version < $1.version }) {
@@ -63,7 +64,8 @@ public enum Migrator {
                 }
                 if didApply {
                     applied.append(migration.version)
-                    logger.info("migration applied", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
+                    logger.info(
+                        "migration applied", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
                 }
             } catch let error as PostgresError {
                 throw MigrationError(version: migration.version, name: migration.name, underlying: error)

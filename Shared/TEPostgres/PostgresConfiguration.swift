@@ -55,7 +55,9 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
         if let db = database ?? parameters.first(where: { $0.0 == "dbname" })?.1 { out.append(("dbname", db)) }
         out.append(("application_name", applicationName))
         out.append(("connect_timeout", String(connectTimeoutSeconds)))
-        for (k, v) in [("keepalives", "1"), ("keepalives_idle", "10"), ("keepalives_interval", "5"), ("keepalives_count", "3")]
+        for (k, v) in [
+            ("keepalives", "1"), ("keepalives_idle", "10"), ("keepalives_interval", "5"), ("keepalives_count", "3")
+        ]
         where !out.contains(where: { $0.0 == k }) {
             out.append((k, v))
         }

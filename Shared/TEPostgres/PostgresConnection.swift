@@ -121,7 +121,8 @@ public final class PostgresConnection: Sendable {
 
     // MARK: Internals shared with PostgresTransaction
 
-    func query(_ sql: String, _ parameters: [String?], pin: UInt64?) async throws(PostgresError) -> PostgresQueryResult {
+    func query(_ sql: String, _ parameters: [String?], pin: UInt64?) async throws(PostgresError) -> PostgresQueryResult
+    {
         try await run(pin: pin) { (conn, _) throws(PostgresError) in
             let result = Session.execParams(conn, sql, parameters)
             return try Session.check(result, conn: conn, expect: nil, session: self.session)
@@ -286,7 +287,8 @@ final class Session: @unchecked Sendable {
                 sqlState: result.flatMap { Self.field($0, "C") })
         }
         guard let result else { return PostgresError(.protocolViolation, message: connectionMessage(conn)) }
-        let message = Self.field(result, "M") ?? String(cString: PQresultErrorMessage(result)).trimmingTrailingNewlines()
+        let message =
+            Self.field(result, "M") ?? String(cString: PQresultErrorMessage(result)).trimmingTrailingNewlines()
         return PostgresError(
             .server, message: configuration.scrub(message), sqlState: Self.field(result, "C"),
             detail: Self.field(result, "D").map(configuration.scrub), hint: Self.field(result, "H"))
@@ -316,7 +318,8 @@ final class Session: @unchecked Sendable {
         switch status {
         case PGRES_COMMAND_OK, PGRES_TUPLES_OK:
             if let expect, expect != status, !(expect == PGRES_COMMAND_OK && status == PGRES_TUPLES_OK) {
-                throw PostgresError(.protocolViolation, message: "unexpected result \(String(cString: PQresStatus(status)))")
+                throw PostgresError(
+                    .protocolViolation, message: "unexpected result \(String(cString: PQresStatus(status)))")
             }
             return rows(result)
         case PGRES_EMPTY_QUERY:
@@ -365,7 +368,8 @@ final class Session: @unchecked Sendable {
             var offset = 0
             while offset < buffer.count {
                 let length = min(chunk, buffer.count - offset)
-                let sent = buffer.baseAddress!.advanced(by: offset).withMemoryRebound(to: CChar.self, capacity: length) {
+                let sent = buffer.baseAddress!.advanced(by: offset).withMemoryRebound(to: CChar.self, capacity: length)
+                {
                     PQputCopyData(conn, $0, Int32(length))
                 }
                 if sent != 1 {

@@ -2,7 +2,9 @@
 extension RedisClient {
     /// XADD; returns the new entry's id. `maxLen` trims approximately (`MAXLEN ~ n`).
     @discardableResult
-    public func xadd(_ stream: String, id: String = "*", maxLen: Int? = nil, fields: [(String, String)]) async throws(RedisError) -> String {
+    public func xadd(_ stream: String, id: String = "*", maxLen: Int? = nil, fields: [(String, String)])
+        async throws(RedisError) -> String
+    {
         let reply = try await send(.xadd(stream, id: id, maxLen: maxLen, fields: fields))
         guard let id = reply.string else { throw RedisError(.unexpectedReply, "XADD replied \(reply)") }
         return id
@@ -13,21 +15,27 @@ extension RedisClient {
     }
 
     /// XRANGE stream start end [COUNT n], oldest first.
-    public func xrange(_ stream: String, start: String = "-", end: String = "+", count: Int? = nil) async throws(RedisError) -> [StreamEntry] {
+    public func xrange(_ stream: String, start: String = "-", end: String = "+", count: Int? = nil)
+        async throws(RedisError) -> [StreamEntry]
+    {
         var args = ["XRANGE", stream, start, end]
         if let count { args += ["COUNT", String(count)] }
         return try Self.entries(try await send(RedisCommand(args)))
     }
 
     /// XREVRANGE stream end start [COUNT n], newest first.
-    public func xrevrange(_ stream: String, end: String = "+", start: String = "-", count: Int? = nil) async throws(RedisError) -> [StreamEntry] {
+    public func xrevrange(_ stream: String, end: String = "+", start: String = "-", count: Int? = nil)
+        async throws(RedisError) -> [StreamEntry]
+    {
         var args = ["XREVRANGE", stream, end, start]
         if let count { args += ["COUNT", String(count)] }
         return try Self.entries(try await send(RedisCommand(args)))
     }
 
     /// XREAD [COUNT n] [BLOCK ms] STREAMS key… id…; empty when BLOCK timed out.
-    public func xread(streams: [(String, String)], count: Int? = nil, block: Duration? = nil) async throws(RedisError) -> [StreamReadResult] {
+    public func xread(streams: [(String, String)], count: Int? = nil, block: Duration? = nil) async throws(RedisError)
+        -> [StreamReadResult]
+    {
         var c = RedisCommand(name: "XREAD")
         if let count {
             c.append("COUNT")
@@ -47,7 +55,7 @@ extension RedisClient {
     public func xgroupCreate(stream: String, group: String, startID: String = "$") async throws(RedisError) {
         do {
             _ = try await send("XGROUP", "CREATE", stream, group, startID, "MKSTREAM")
-        } catch where error.isServerError("BUSYGROUP") {
+        } catch  where error.isServerError("BUSYGROUP") {
             return
         }
     }
@@ -126,13 +134,16 @@ extension RedisClient {
     /// XPENDING stream group (summary form).
     public func xpending(_ stream: String, group: String) async throws(RedisError) -> PendingSummary {
         let reply = try await send("XPENDING", stream, group)
-        guard let parts = reply.array, parts.count == 4 else { throw RedisError(.unexpectedReply, "XPENDING replied \(reply)") }
+        guard let parts = reply.array, parts.count == 4 else {
+            throw RedisError(.unexpectedReply, "XPENDING replied \(reply)")
+        }
         var consumers: [String: Int] = [:]
         for pair in parts[3].array ?? [] {
             if let p = pair.array, p.count == 2, let name = p[0].string, let n = p[1].int { consumers[name] = Int(n) }
         }
         return PendingSummary(
-            count: Int(parts[0].int ?? 0), smallestID: parts[1].string, largestID: parts[2].string, consumers: consumers)
+            count: Int(parts[0].int ?? 0), smallestID: parts[1].string, largestID: parts[2].string, consumers: consumers
+        )
     }
 
     /// XPENDING stream group [IDLE ms] start end count [consumer] (extended form).
@@ -163,7 +174,9 @@ extension RedisClient {
         guard let groups = reply.array else { throw RedisError(.unexpectedReply, "XINFO GROUPS replied \(reply)") }
         return try groups.map { group throws(RedisError) in
             let map = Self.map(group)
-            guard let name = map["name"]?.string else { throw RedisError(.unexpectedReply, "XINFO GROUPS entry \(group)") }
+            guard let name = map["name"]?.string else {
+                throw RedisError(.unexpectedReply, "XINFO GROUPS entry \(group)")
+            }
             return StreamGroupInfo(
                 name: name, consumers: Int(map["consumers"]?.int ?? 0), pending: Int(map["pending"]?.int ?? 0),
                 lastDeliveredID: map["last-delivered-id"]?.string ?? "0-0", lag: map["lag"]?.int.map { Int($0) },
@@ -175,7 +188,9 @@ extension RedisClient {
     public func xinfoStream(_ stream: String) async throws(RedisError) -> StreamInfo {
         let reply = try await send("XINFO", "STREAM", stream)
         let map = Self.map(reply)
-        guard let length = map["length"]?.int else { throw RedisError(.unexpectedReply, "XINFO STREAM replied \(reply)") }
+        guard let length = map["length"]?.int else {
+            throw RedisError(.unexpectedReply, "XINFO STREAM replied \(reply)")
+        }
         func entryID(_ r: RedisReply?) -> String? { r?.array?.first?.string }
         return StreamInfo(
             length: Int(length), groups: Int(map["groups"]?.int ?? 0),

@@ -17,7 +17,8 @@ public final class RedisClient: Sendable {
         self.name = name
         if let settings = configuration.cluster {
             self.thread = nil
-            self.cluster = RedisClusterClient(configuration: configuration, settings: settings, name: name, logger: logger)
+            self.cluster = RedisClusterClient(
+                configuration: configuration, settings: settings, name: name, logger: logger)
         } else {
             self.thread = RedisIOThread(name: name, configuration: configuration, logger: logger)
             self.cluster = nil
@@ -33,12 +34,16 @@ public final class RedisClient: Sendable {
         cluster?.close()
     }
 
-    private func run<T: Sendable>(_ body: @escaping @Sendable (RedisConnection) throws(RedisError) -> T) async throws(RedisError) -> T {
+    private func run<T: Sendable>(_ body: @escaping @Sendable (RedisConnection) throws(RedisError) -> T)
+        async throws(RedisError) -> T
+    {
         let result: Result<T, RedisError> = await withCheckedContinuation { continuation in
             let accepted = thread?.submit { connection in
                 continuation.resume(returning: Result { () throws(RedisError) -> T in try body(connection) })
             }
-            if accepted != true { continuation.resume(returning: .failure(RedisError(.closed, "client \(name) is closed"))) }
+            if accepted != true {
+                continuation.resume(returning: .failure(RedisError(.closed, "client \(name) is closed")))
+            }
         }
         return try result.get()
     }
@@ -56,7 +61,9 @@ public final class RedisClient: Sendable {
 
     func send(_ command: RedisCommand, extraTimeout: Duration?) async throws(RedisError) -> RedisReply {
         if let cluster { return try await cluster.pipeline([command], extraTimeout: extraTimeout)[0].throwingError() }
-        let replies = try await run { connection throws(RedisError) in try connection.execute([command], extraTimeout: extraTimeout) }
+        let replies = try await run { connection throws(RedisError) in
+            try connection.execute([command], extraTimeout: extraTimeout)
+        }
         return try replies[0].throwingError()
     }
 
@@ -80,7 +87,8 @@ public final class RedisClient: Sendable {
         if let cluster { replies = try await cluster.transaction(commands) } else { replies = try await pipeline(all) }
         for (i, reply) in replies.dropLast().enumerated() {
             if case .error(let message) = reply {
-                throw RedisError(.server, "transaction command \(i == 0 ? "MULTI" : commands[i - 1].name) rejected: \(message)")
+                throw RedisError(
+                    .server, "transaction command \(i == 0 ? "MULTI" : commands[i - 1].name) rejected: \(message)")
             }
         }
         switch replies[replies.count - 1] {
@@ -152,8 +160,12 @@ public final class RedisClient: Sendable {
     }
 
     /// Every key matching `pattern`, by iterating SCAN to the end.
-    public func scan(match pattern: String, count: Int = 500, type: String? = nil) async throws(RedisError) -> [String] {
-        guard let cluster else { return try await scan(match: pattern, count: count, type: type) { c throws(RedisError) in try await send(c) } }
+    public func scan(match pattern: String, count: Int = 500, type: String? = nil) async throws(RedisError) -> [String]
+    {
+        guard let cluster else {
+            return try await scan(match: pattern, count: count, type: type) { c throws(RedisError) in try await send(c)
+            }
+        }
         // Each master has its own keys and cursor.
         var keys: [String] = []
         for master in try await cluster.masters() {
@@ -174,7 +186,8 @@ public final class RedisClient: Sendable {
             var args = ["SCAN", cursor, "MATCH", pattern, "COUNT", String(count)]
             if let type { args += ["TYPE", type] }
             let reply = try await sendCommand(RedisCommand(args))
-            guard let parts = reply.array, parts.count == 2, let next = parts[0].string, let batch = parts[1].array else {
+            guard let parts = reply.array, parts.count == 2, let next = parts[0].string, let batch = parts[1].array
+            else {
                 throw RedisError(.unexpectedReply, "SCAN replied \(reply)")
             }
             keys.append(contentsOf: batch.compactMap(\.string))

@@ -76,7 +76,8 @@ final class RedisClusterClient: Sendable {
     func transaction(_ commands: [RedisCommand]) async throws(RedisError) -> [RedisReply] {
         let slot = try RedisClusterRouting.transactionSlot(of: commands)
         let unit = Unit(
-            commands: [RedisCommand("MULTI")] + commands + [RedisCommand("EXEC")], target: slot.map { .slot($0) } ?? .anyNode)
+            commands: [RedisCommand("MULTI")] + commands + [RedisCommand("EXEC")],
+            target: slot.map { .slot($0) } ?? .anyNode)
         return try await execute([unit], extraTimeout: nil)[0]
     }
 
@@ -189,7 +190,10 @@ final class RedisClusterClient: Sendable {
                 }
                 logger.debug(
                     "redis cluster: waiting to resend",
-                    metadata: ["redis": "\(name)", "attempt": "\(attempt)", "error": "\(lastError.map { "\($0)" } ?? "TRYAGAIN/CLUSTERDOWN")"])
+                    metadata: [
+                        "redis": "\(name)", "attempt": "\(attempt)",
+                        "error": "\(lastError.map { "\($0)" } ?? "TRYAGAIN/CLUSTERDOWN")"
+                    ])
                 try? await Task.sleep(for: RedisClusterRouting.resend.delay(attempt: attempt + 1))
                 attempt += 1
                 markStale()
@@ -220,7 +224,9 @@ final class RedisClusterClient: Sendable {
             }
             return out
         }
-        if batches.count == 1 { return [await run(commands(of: batches[0]), on: batches[0].node, extraTimeout: extraTimeout)] }
+        if batches.count == 1 {
+            return [await run(commands(of: batches[0]), on: batches[0].node, extraTimeout: extraTimeout)]
+        }
         let work = batches.map { (node: $0.node, commands: commands(of: $0)) }
         return await withTaskGroup(of: (Int, Outcome).self) { group in
             for (i, batch) in work.enumerated() {
@@ -243,7 +249,8 @@ final class RedisClusterClient: Sendable {
                     return
                 }
                 do throws(RedisError) {
-                    continuation.resume(returning: .replies(try connection.execute(commands, extraTimeout: extraTimeout)))
+                    continuation.resume(
+                        returning: .replies(try connection.execute(commands, extraTimeout: extraTimeout)))
                 } catch {
                     continuation.resume(returning: .failed(error))
                 }
@@ -256,7 +263,8 @@ final class RedisClusterClient: Sendable {
         state.withLock { s in
             if s.closed { return nil }
             if let thread = s.nodes[node] { return thread }
-            let thread = RedisIOThread(name: "\(name)-\(node.port)", configuration: configuration.node(node), logger: logger)
+            let thread = RedisIOThread(
+                name: "\(name)-\(node.port)", configuration: configuration.node(node), logger: logger)
             s.nodes[node] = thread
             return thread
         }
@@ -313,7 +321,7 @@ final class RedisClusterClient: Sendable {
                 metadata: [
                     "redis": "\(name)", "from": "\(node.map(\.description) ?? "several nodes")",
                     "masters": "\(map.masters.map(\.description).joined(separator: ","))",
-                    "complete": "\(map.coversAllSlots)",
+                    "complete": "\(map.coversAllSlots)"
                 ])
         }
     }

@@ -57,7 +57,8 @@ extension RedisConfiguration {
             let db = rest[rest.index(after: slash)...]
             rest = rest[..<slash]
             guard db.isEmpty || db == "0" else {
-                throw RedisError(.configuration, "database '\(db)' on a cluster: a Redis Cluster has only database 0 (\(usage))")
+                throw RedisError(
+                    .configuration, "database '\(db)' on a cluster: a Redis Cluster has only database 0 (\(usage))")
             }
         }
         var seeds: [RedisNodeAddress] = []

@@ -81,7 +81,8 @@ public struct RedisClusterRouting: Sendable {
             switch try target(of: command) {
             case .anyNode: continue
             case .allMasters:
-                throw RedisError(.server, "CROSSSLOT \(command.name) runs on every master and cannot be part of a transaction")
+                throw RedisError(
+                    .server, "CROSSSLOT \(command.name) runs on every master and cannot be part of a transaction")
             case .slot(let s):
                 if case .keys(let k) = command.clusterKeys { keys.append(contentsOf: k) }
                 if let slot, slot != s { throw crossSlot("a transaction's keys must all be in one slot", keys) }
@@ -97,7 +98,8 @@ public struct RedisClusterRouting: Sendable {
         }
         return RedisError(
             .server,
-            "CROSSSLOT \(what) (\(shown.joined(separator: ", "))); give keys that must change together one hash tag {…}")
+            "CROSSSLOT \(what) (\(shown.joined(separator: ", "))); give keys that must change together one hash tag {…}"
+        )
     }
 
     /// The master for `target`; nil when the slot has no known master (re-read the map first).

@@ -57,7 +57,9 @@ public struct RedisClusterSlotMap: Sendable, Equatable {
     /// CLUSTER SHARDS: `[[ "slots", [start, end, …], "nodes", [{id, port, ip, endpoint, role, health, …}, …] ], …]`.
     /// Each shard's master (role `master`) serves its slot ranges; `endpoint` is preferred over `ip`
     /// unless it is `?` (unknown) or empty. `replied` fills an empty host, as the spec asks.
-    public static func fromShards(_ reply: RedisReply, repliedBy replied: RedisNodeAddress) throws(RedisError) -> RedisClusterSlotMap {
+    public static func fromShards(_ reply: RedisReply, repliedBy replied: RedisNodeAddress) throws(RedisError)
+        -> RedisClusterSlotMap
+    {
         guard let shards = reply.array else { throw RedisError(.unexpectedReply, "CLUSTER SHARDS replied \(reply)") }
         var map = RedisClusterSlotMap()
         for shard in shards {
@@ -85,7 +87,9 @@ public struct RedisClusterSlotMap: Sendable, Equatable {
     }
 
     /// CLUSTER SLOTS: `[[start, end, [host, port, id, …], replica…], …]`.
-    public static func fromSlots(_ reply: RedisReply, repliedBy replied: RedisNodeAddress) throws(RedisError) -> RedisClusterSlotMap {
+    public static func fromSlots(_ reply: RedisReply, repliedBy replied: RedisNodeAddress) throws(RedisError)
+        -> RedisClusterSlotMap
+    {
         guard let ranges = reply.array else { throw RedisError(.unexpectedReply, "CLUSTER SLOTS replied \(reply)") }
         var map = RedisClusterSlotMap()
         for range in ranges {

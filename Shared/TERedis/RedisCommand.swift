@@ -76,7 +76,9 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     // MARK: Commands a pipeline or transaction writes
 
     /// `XADD stream [MAXLEN ~ n] id field value …`.
-    public static func xadd(_ stream: String, id: String = "*", maxLen: Int?, fields: [(String, String)]) -> RedisCommand {
+    public static func xadd(_ stream: String, id: String = "*", maxLen: Int?, fields: [(String, String)])
+        -> RedisCommand
+    {
         var c = RedisCommand(name: "XADD", capacity: 32 + stream.utf8.count + fields.count * 24)
         c.append(stream)
         if let maxLen {

@@ -66,14 +66,18 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
             let db = rest[rest.index(after: slash)...]
             rest = rest[..<slash]
             if !db.isEmpty {
-                guard let n = Int(db), n >= 0 else { throw RedisError(.configuration, "database '\(db)' is not a number (\(usage))") }
+                guard let n = Int(db), n >= 0 else {
+                    throw RedisError(.configuration, "database '\(db)' is not a number (\(usage))")
+                }
                 database = n
             }
         }
         var host: Substring
         var portText: Substring?
         if rest.hasPrefix("[") {
-            guard let close = rest.firstIndex(of: "]") else { throw RedisError(.configuration, "unterminated IPv6 host (\(usage))") }
+            guard let close = rest.firstIndex(of: "]") else {
+                throw RedisError(.configuration, "unterminated IPv6 host (\(usage))")
+            }
             host = rest[rest.index(after: rest.startIndex)..<close]
             let after = rest[rest.index(after: close)...]
             if after.hasPrefix(":") { portText = after.dropFirst() }

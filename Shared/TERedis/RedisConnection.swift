@@ -45,7 +45,9 @@ final class RedisConnection: @unchecked Sendable {
             redisSetTimeout(context, Self.timeval(configuration.commandTimeout + extraTimeout))
         }
         defer {
-            if extraTimeout != nil, let c = self.context { redisSetTimeout(c, Self.timeval(configuration.commandTimeout)) }
+            if extraTimeout != nil, let c = self.context {
+                redisSetTimeout(c, Self.timeval(configuration.commandTimeout))
+            }
         }
         for command in commands {
             let status = command.buffer.withUnsafeBufferPointer { bytes -> Int32 in
@@ -143,7 +145,8 @@ final class RedisConnection: @unchecked Sendable {
             let context = try connect()
             self.context = context
             if backoff.failures > 0 || everConnected {
-                logger.info("redis connected", metadata: ["redis": "\(configuration)", "after_failures": "\(backoff.failures)"])
+                logger.info(
+                    "redis connected", metadata: ["redis": "\(configuration)", "after_failures": "\(backoff.failures)"])
             }
             backoff.succeeded()
             nextAttempt = nil
@@ -156,7 +159,10 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     private func connect() throws(RedisError) -> UnsafeMutablePointer<redisContext> {
-        guard let context = redisConnectWithTimeout(configuration.host, Int32(configuration.port), Self.timeval(configuration.connectTimeout)) else {
+        guard
+            let context = redisConnectWithTimeout(
+                configuration.host, Int32(configuration.port), Self.timeval(configuration.connectTimeout))
+        else {
             throw RedisError(.connection, "cannot allocate a redis context")
         }
         if context.pointee.err != 0 {

@@ -19,10 +19,12 @@ public enum GRPCFraming {
     /// or trailing bytes.
     public static func singleMessage(in body: [UInt8]) throws(TritonError) -> Range<Int> {
         guard body.count >= prefixLength else {
-            throw TritonError(code: .protocolViolation, message: "gRPC response body of \(body.count) bytes has no message")
+            throw TritonError(
+                code: .protocolViolation, message: "gRPC response body of \(body.count) bytes has no message")
         }
         guard body[0] == 0 else {
-            throw TritonError(code: .protocolViolation, message: "compressed gRPC message (flag \(body[0])) not supported")
+            throw TritonError(
+                code: .protocolViolation, message: "compressed gRPC message (flag \(body[0])) not supported")
         }
         let length = Int(body[1]) << 24 | Int(body[2]) << 16 | Int(body[3]) << 8 | Int(body[4])
         guard body.count == prefixLength + length else {
@@ -40,7 +42,10 @@ public enum GRPCFraming {
         if seconds < 0 || (seconds == 0 && attoseconds <= 0) { return "1n" }
         let nanos = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         let totalNanos = nanos.overflow ? Int64.max : nanos.partialValue &+ (attoseconds + 999_999_999) / 1_000_000_000
-        let units: [(Int64, String)] = [(1, "n"), (1_000, "u"), (1_000_000, "m"), (1_000_000_000, "S"), (60_000_000_000, "M"), (3_600_000_000_000, "H")]
+        let units: [(Int64, String)] = [
+            (1, "n"), (1_000, "u"), (1_000_000, "m"), (1_000_000_000, "S"), (60_000_000_000, "M"),
+            (3_600_000_000_000, "H")
+        ]
         for (scale, unit) in units {
             let value = (totalNanos + scale - 1) / scale
             if value < 100_000_000 { return "\(value)\(unit)" }

@@ -81,7 +81,10 @@ final class GRPCCall: Sendable {
         let (continuation, body): (CheckedContinuation<[UInt8], any Error>?, [UInt8]) = progress.withValue { p in
             guard !p.finished else { return (nil, []) }
             p.finished = true
-            defer { p.continuation = nil; p.body = [] }
+            defer {
+                p.continuation = nil
+                p.body = []
+            }
             return (p.continuation, p.body)
         }
         continuation?.resume(returning: body)
@@ -91,11 +94,15 @@ final class GRPCCall: Sendable {
         let continuation: CheckedContinuation<[UInt8], any Error>? = progress.withValue { p in
             guard !p.finished else { return nil }
             p.finished = true
-            defer { p.continuation = nil; p.body = [] }
+            defer {
+                p.continuation = nil
+                p.body = []
+            }
             return p.continuation
         }
-        continuation?.resume(throwing: TritonError(
-            code: code, message: message, grpcStatus: grpcStatus, file: file, line: line))
+        continuation?.resume(
+            throwing: TritonError(
+                code: code, message: message, grpcStatus: grpcStatus, file: file, line: line))
     }
 }
 
@@ -147,7 +154,8 @@ final class HTTP2Connection: Sendable {
             // Capturing the isolated parameter isolates this closure to the caller's actor too; otherwise it would
             // run on the global executor and the `inEventLoop` test below would never hold.
             _ = isolation
-            return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[UInt8], any Error>) in
+            return try await withCheckedThrowingContinuation {
+                (continuation: CheckedContinuation<[UInt8], any Error>) in
                 if eventLoop.inEventLoop {
                     counters.callsStartedOnLoop.add(1, ordering: .relaxed)
                     core.value.start(call, continuation)
@@ -396,7 +404,7 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
             nghttp2_settings_entry(
                 settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue),
-                value: UInt32(core.settings.initialWindowSize)),
+                value: UInt32(core.settings.initialWindowSize))
         ]
         _ = nghttp2_submit_settings(newSession, UInt8(NGHTTP2_FLAG_NONE.rawValue), &entries, entries.count)
         // The connection-level window is not covered by SETTINGS: raise it with a WINDOW_UPDATE.
@@ -592,7 +600,8 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
         if streamID < 0 {
             // Stream IDs exhausted or session going away (GOAWAY): this connection can take no more; a new one will.
             call.fail(
-                .connection, "cannot open a stream on \(core.authority): \(String(cString: nghttp2_strerror(streamID)))")
+                .connection, "cannot open a stream on \(core.authority): \(String(cString: nghttp2_strerror(streamID)))"
+            )
             if nghttp2_session_want_read(session) == 0 || streamID == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE.rawValue {
                 context?.close(promise: nil)
             }
@@ -621,7 +630,9 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             if call.deadline <= now {
                 call.fail(.deadlineExceeded, "deadline passed; stream \(call.progress.value.streamID) cancelled")
                 reset(call)
-                if let submitted = call.progress.value.submittedAt, let action = keepalive?.callExpired(sentAt: submitted, now: now) {
+                if let submitted = call.progress.value.submittedAt,
+                    let action = keepalive?.callExpired(sentAt: submitted, now: now)
+                {
                     perform(action)
                 }
             } else if next == nil || call.deadline < next! {
@@ -666,7 +677,8 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: nghttp2 callbacks (called from mem_recv/mem_send, i.e. on the event loop)
 
     private static func install(_ cbs: OpaquePointer?) {
-        nghttp2_session_callbacks_set_on_header_callback(cbs) { _, frame, name, nameLength, value, valueLength, _, userData in
+        nghttp2_session_callbacks_set_on_header_callback(cbs) {
+            _, frame, name, nameLength, value, valueLength, _, userData in
             guard let frame, let name, let value else { return 0 }
             let handler = Unmanaged<GRPCSessionHandler>.fromOpaque(userData!).takeUnretainedValue()
             guard UInt32(frame.pointee.hd.type) == NGHTTP2_HEADERS.rawValue,
@@ -697,7 +709,8 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard let call = handler.streams.removeValue(forKey: streamID), !call.isFinished else { return 0 }
             let failure = call.progress.withValue { p in
                 GRPCFraming.outcome(
-                    httpStatus: p.httpStatus, grpcStatus: p.grpcStatus, grpcMessage: p.grpcMessage, resetCode: errorCode)
+                    httpStatus: p.httpStatus, grpcStatus: p.grpcStatus, grpcMessage: p.grpcMessage, resetCode: errorCode
+                )
             }
             if let failure {
                 call.fail(failure.code, failure.message, grpcStatus: failure.grpcStatus)

@@ -2,13 +2,13 @@ import CProtobufC
 import CTritonProto
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 #if _endian(big)
-#error("raw_input_contents/raw_output_contents are little-endian; this code copies host floats as they are")
+    #error("raw_input_contents/raw_output_contents are little-endian; this code copies host floats as they are")
 #endif
 
 /// A value of an inference request parameter (`InferParameter`'s oneof).
@@ -112,8 +112,9 @@ public enum InferenceCodec {
                                 outputPointer.pointee.name = cString(outputName)
                                 var inputs: UnsafeMutablePointer<Inference__ModelInferRequest__InferInputTensor>? =
                                     inputPointer
-                                var outputs: UnsafeMutablePointer<Inference__ModelInferRequest__InferRequestedOutputTensor>? =
-                                    outputPointer
+                                var outputs:
+                                    UnsafeMutablePointer<Inference__ModelInferRequest__InferRequestedOutputTensor>? =
+                                        outputPointer
                                 request.model_name = UnsafeMutablePointer(mutating: modelName)
                                 request.model_version = UnsafeMutablePointer(mutating: modelVersion)
                                 request.n_inputs = 1
@@ -127,7 +128,9 @@ public enum InferenceCodec {
                                         return withRequestParameters(parameters) { count, entries in
                                             request.n_parameters = count
                                             request.parameters = entries
-                                            return frame(size: inference__model_infer_request__get_packed_size(&request)) {
+                                            return frame(
+                                                size: inference__model_infer_request__get_packed_size(&request)
+                                            ) {
                                                 inference__model_infer_request__pack(&request, $0)
                                             }
                                         }
@@ -215,8 +218,9 @@ public enum InferenceCodec {
     public static func scores(from body: [UInt8], expectedCount: Int) throws(TritonError) -> [Float] {
         let range = try GRPCFraming.singleMessage(in: body)
         let decoded: Result<[Float], TritonError> = body.withUnsafeBufferPointer { buffer in
-            guard let response = inference__model_infer_response__unpack(
-                nil, range.count, buffer.baseAddress! + range.lowerBound)
+            guard
+                let response = inference__model_infer_response__unpack(
+                    nil, range.count, buffer.baseAddress! + range.lowerBound)
             else { return .failure(undecodable("ModelInferResponse")) }
             defer { inference__model_infer_response__free_unpacked(response, nil) }
             let r = response.pointee
@@ -227,9 +231,12 @@ public enum InferenceCodec {
             if r.n_raw_output_contents >= 1 {
                 let raw = r.raw_output_contents[0]
                 guard raw.len == expectedCount * MemoryLayout<Float>.size else {
-                    return .failure(TritonError(
-                        code: .protocolViolation,
-                        message: "output \(String(cString: first.pointee.name)) has \(raw.len) bytes, expected \(expectedCount) FP32"))
+                    return .failure(
+                        TritonError(
+                            code: .protocolViolation,
+                            message:
+                                "output \(String(cString: first.pointee.name)) has \(raw.len) bytes, expected \(expectedCount) FP32"
+                        ))
                 }
                 scores = [Float](unsafeUninitializedCapacity: expectedCount) { out, count in
                     if expectedCount > 0 {
@@ -240,8 +247,10 @@ public enum InferenceCodec {
             } else if let contents = first.pointee.contents, contents.pointee.n_fp32_contents == expectedCount {
                 scores = Array(UnsafeBufferPointer(start: contents.pointee.fp32_contents, count: expectedCount))
             } else {
-                return .failure(TritonError(
-                    code: .protocolViolation, message: "ModelInferResponse carries no FP32 data for \(expectedCount) rows"))
+                return .failure(
+                    TritonError(
+                        code: .protocolViolation,
+                        message: "ModelInferResponse carries no FP32 data for \(expectedCount) rows"))
             }
             return .success(scores)
         }
@@ -252,7 +261,9 @@ public enum InferenceCodec {
     public static func flag(from body: [UInt8]) throws(TritonError) -> Bool {
         let range = try GRPCFraming.singleMessage(in: body)
         let value: Bool? = body.withUnsafeBufferPointer { buffer in
-            guard let r = inference__model_ready_response__unpack(nil, range.count, buffer.baseAddress! + range.lowerBound)
+            guard
+                let r = inference__model_ready_response__unpack(
+                    nil, range.count, buffer.baseAddress! + range.lowerBound)
             else { return nil }
             defer { inference__model_ready_response__free_unpacked(r, nil) }
             return r.pointee.ready != 0
@@ -264,13 +275,15 @@ public enum InferenceCodec {
     public static func modelMetadata(from body: [UInt8]) throws(TritonError) -> ModelMetadata {
         let range = try GRPCFraming.singleMessage(in: body)
         let value: ModelMetadata? = body.withUnsafeBufferPointer { buffer in
-            guard let r = inference__model_metadata_response__unpack(
-                nil, range.count, buffer.baseAddress! + range.lowerBound)
+            guard
+                let r = inference__model_metadata_response__unpack(
+                    nil, range.count, buffer.baseAddress! + range.lowerBound)
             else { return nil }
             defer { inference__model_metadata_response__free_unpacked(r, nil) }
             let m = r.pointee
             func tensors(
-                _ n: Int, _ p: UnsafeMutablePointer<UnsafeMutablePointer<Inference__ModelMetadataResponse__TensorMetadata>?>?
+                _ n: Int,
+                _ p: UnsafeMutablePointer<UnsafeMutablePointer<Inference__ModelMetadataResponse__TensorMetadata>?>?
             ) -> [TensorMetadata] {
                 (0..<n).compactMap { i in
                     guard let t = p?[i]?.pointee else { return nil }
@@ -292,7 +305,9 @@ public enum InferenceCodec {
     public static func modelConfig(from body: [UInt8]) throws(TritonError) -> ModelConfig {
         let range = try GRPCFraming.singleMessage(in: body)
         let value: ModelConfig? = body.withUnsafeBufferPointer { buffer in
-            guard let r = inference__model_config_response__unpack(nil, range.count, buffer.baseAddress! + range.lowerBound)
+            guard
+                let r = inference__model_config_response__unpack(
+                    nil, range.count, buffer.baseAddress! + range.lowerBound)
             else { return nil }
             defer { inference__model_config_response__free_unpacked(r, nil) }
             guard let c = r.pointee.config?.pointee else { return nil }
@@ -312,13 +327,15 @@ public enum InferenceCodec {
             }
             let inputs: [ModelConfig.Tensor] = (0..<c.n_input).compactMap { i in
                 guard let t = c.input[i]?.pointee else { return nil }
-                return .init(name: String(cString: t.name), dataType: Int(t.data_type.rawValue),
-                             dims: Array(UnsafeBufferPointer(start: t.dims, count: t.n_dims)))
+                return .init(
+                    name: String(cString: t.name), dataType: Int(t.data_type.rawValue),
+                    dims: Array(UnsafeBufferPointer(start: t.dims, count: t.n_dims)))
             }
             let outputs: [ModelConfig.Tensor] = (0..<c.n_output).compactMap { i in
                 guard let t = c.output[i]?.pointee else { return nil }
-                return .init(name: String(cString: t.name), dataType: Int(t.data_type.rawValue),
-                             dims: Array(UnsafeBufferPointer(start: t.dims, count: t.n_dims)))
+                return .init(
+                    name: String(cString: t.name), dataType: Int(t.data_type.rawValue),
+                    dims: Array(UnsafeBufferPointer(start: t.dims, count: t.n_dims)))
             }
             var parameters: [String: String] = [:]
             for i in 0..<c.n_parameters {
@@ -326,7 +343,8 @@ public enum InferenceCodec {
                 parameters[String(cString: e.key)] = e.value.map { String(cString: $0.pointee.string_value) } ?? ""
             }
             return ModelConfig(
-                name: String(cString: c.name), platform: String(cString: c.platform), backend: String(cString: c.backend),
+                name: String(cString: c.name), platform: String(cString: c.platform),
+                backend: String(cString: c.backend),
                 maxBatchSize: Int(c.max_batch_size), versionPolicy: policy, inputs: inputs, outputs: outputs,
                 parameters: parameters)
         }

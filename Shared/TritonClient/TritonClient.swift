@@ -46,7 +46,9 @@ public struct TritonClientConfiguration: Sendable {
     /// Parses `TRITON_URL`-style endpoints: `host:port`, optionally prefixed with `grpc://` or `http://`.
     public init(url: String) throws(TritonError) {
         var rest = Substring(url.trimmingCharacters(in: " \t\n"))
-        for scheme in ["grpc://", "http://", "h2c://"] where rest.hasPrefix(scheme) { rest = rest.dropFirst(scheme.count) }
+        for scheme in ["grpc://", "http://", "h2c://"] where rest.hasPrefix(scheme) {
+            rest = rest.dropFirst(scheme.count)
+        }
         if rest.hasSuffix("/") { rest = rest.dropLast() }
         guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]), port > 0,
             port < 65536, colon != rest.startIndex
@@ -59,8 +61,8 @@ public struct TritonClientConfiguration: Sendable {
     }
 }
 
-private extension String {
-    func trimmingCharacters(in set: String) -> String {
+extension String {
+    fileprivate func trimmingCharacters(in set: String) -> String {
         var s = Substring(self)
         while let f = s.first, set.contains(f) { s = s.dropFirst() }
         while let l = s.last, set.contains(l) { s = s.dropLast() }
@@ -87,10 +89,12 @@ public final class TritonClient: Sendable {
         let settings = ConnectionSettings(
             host: configuration.host, port: configuration.port, connectTimeout: configuration.connectTimeout,
             reconnectBackoff: RetryPolicy(
-                initial: configuration.reconnectBackoff, maximum: max(configuration.reconnectBackoff, configuration.reconnectBackoffMax),
+                initial: configuration.reconnectBackoff,
+                maximum: max(configuration.reconnectBackoff, configuration.reconnectBackoffMax),
                 jitter: 0.2),
             initialWindowSize: configuration.initialWindowSize,
-            connectionWindowSize: configuration.connectionWindowSize, keepaliveInterval: configuration.keepaliveInterval,
+            connectionWindowSize: configuration.connectionWindowSize,
+            keepaliveInterval: configuration.keepaliveInterval,
             keepaliveTimeout: configuration.keepaliveTimeout)
         let group = configuration.eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
         var loops = Array(group.makeIterator())
@@ -132,7 +136,8 @@ public final class TritonClient: Sendable {
         guard rowCount >= 0, rows.count == rowCount * featureCount else {
             throw TritonError(
                 code: .invalidArgument,
-                message: "rows holds \(rows.count) values, expected \(rowCount) × \(featureCount)", file: file, line: line)
+                message: "rows holds \(rows.count) values, expected \(rowCount) × \(featureCount)", file: file,
+                line: line)
         }
         let request = rows.withUnsafeBufferPointer {
             InferenceCodec.inferRequest(
@@ -150,14 +155,16 @@ public final class TritonClient: Sendable {
     nonisolated(nonsending) public func serverLive(
         deadline: ContinuousClock.Instant = .now + .seconds(2), file: String = #fileID, line: Int = #line
     ) async throws -> Bool {
-        let body = try await call(.serverLive, InferenceCodec.emptyRequest(), deadline: deadline, file: file, line: line)
+        let body = try await call(
+            .serverLive, InferenceCodec.emptyRequest(), deadline: deadline, file: file, line: line)
         return try decode(file: file, line: line) { () throws(TritonError) in try InferenceCodec.flag(from: body) }
     }
 
     nonisolated(nonsending) public func serverReady(
         deadline: ContinuousClock.Instant = .now + .seconds(2), file: String = #fileID, line: Int = #line
     ) async throws -> Bool {
-        let body = try await call(.serverReady, InferenceCodec.emptyRequest(), deadline: deadline, file: file, line: line)
+        let body = try await call(
+            .serverReady, InferenceCodec.emptyRequest(), deadline: deadline, file: file, line: line)
         return try decode(file: file, line: line) { () throws(TritonError) in try InferenceCodec.flag(from: body) }
     }
 
@@ -188,7 +195,8 @@ public final class TritonClient: Sendable {
     ) async throws -> ModelConfig {
         let request = InferenceCodec.modelRequest(name: model, version: version)
         let body = try await call(.modelConfig, request, deadline: deadline, file: file, line: line)
-        return try decode(file: file, line: line) { () throws(TritonError) in try InferenceCodec.modelConfig(from: body) }
+        return try decode(file: file, line: line) { () throws(TritonError) in try InferenceCodec.modelConfig(from: body)
+        }
     }
 
     /// The sha256 of the weights that `version` of `model` serves, as the server reports it: model config parameter
@@ -263,7 +271,8 @@ public final class TritonClient: Sendable {
         do {
             return try body()
         } catch {
-            throw TritonError(code: error.code, message: error.message, grpcStatus: error.grpcStatus, file: file, line: line)
+            throw TritonError(
+                code: error.code, message: error.message, grpcStatus: error.grpcStatus, file: file, line: line)
         }
     }
 }

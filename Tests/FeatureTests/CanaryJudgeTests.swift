@@ -119,9 +119,14 @@ struct CanaryJudgeTests {
     func codec() {
         #expect(RolloutState(hash: [:]) == RolloutState())
         let s = RolloutState(
-            hash: ["generation": "3", "status": "promoted", "primary_version": "1", "canary_version": "2", "ts_ns": "7",
-                "event_id": "e"])
-        #expect(s == RolloutState(generation: 3, status: .promoted, primaryVersion: "1", canaryVersion: "2", tsNs: 7, eventId: "e"))
+            hash: [
+                "generation": "3", "status": "promoted", "primary_version": "1", "canary_version": "2", "ts_ns": "7",
+                "event_id": "e"
+            ])
+        #expect(
+            s
+                == RolloutState(
+                    generation: 3, status: .promoted, primaryVersion: "1", canaryVersion: "2", tsNs: 7, eventId: "e"))
         #expect(RolloutState(hash: ["generation": "x"]) == nil)
         #expect(RolloutState.key(model: "trade_eligibility") == "te:rollout:state:trade_eligibility:{te:rollout}")
     }

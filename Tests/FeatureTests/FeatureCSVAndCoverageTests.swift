@@ -1,5 +1,5 @@
-import TECore
 import FeatureEngine
+import TECore
 import TEModels
 import Testing
 
@@ -65,7 +65,8 @@ struct FeatureCSVAndCoverageTests {
             for tick in ticks[start..<cut] { _ = rebuilt.apply(tick) }
             var warm = 0
             for tick in ticks[cut...] {
-                let a = full.apply(tick), b = rebuilt.apply(tick)
+                let a = full.apply(tick)
+                let b = rebuilt.apply(tick)
                 if case .snapshot(let s) = b, s.warm {
                     #expect(a == b)
                     warm += 1
@@ -84,10 +85,13 @@ struct FixedPointTests {
         var samples: [Int128] = [0, 1, -1, Int128(Int64.max), Int128(Int64.min), 1 << 62, -(1 << 62), (1 << 62) - 1]
         for bits in 60...126 {
             let base: Int128 = 1 << bits
-            samples += [base, -base, base - 1, base + 1, -(base + 1), base | (1 << (bits - 53)), base | (1 << (bits - 54))]
+            samples += [
+                base, -base, base - 1, base + 1, -(base + 1), base | (1 << (bits - 53)), base | (1 << (bits - 54))
+            ]
         }
         for _ in 0..<20_000 {
-            let high = Int64.random(in: Int64.min / 4...Int64.max / 4, using: &rng) >> Int.random(in: 0...62, using: &rng)
+            let high =
+                Int64.random(in: Int64.min / 4...Int64.max / 4, using: &rng) >> Int.random(in: 0...62, using: &rng)
             let low = UInt64.random(in: 0...UInt64.max, using: &rng)
             samples.append(Int128(high) << 64 | Int128(low))
         }
@@ -95,7 +99,8 @@ struct FixedPointTests {
             #expect(FixedPoint.double(x).bitPattern == Double(x).bitPattern, "\(x)")
         }
         for _ in 0..<20_000 {
-            let v = (Double.random(in: -1...1, using: &rng) * 0x1p104 / Double(1 << Int.random(in: 0...60, using: &rng)))
+            let v =
+                (Double.random(in: -1...1, using: &rng) * 0x1p104 / Double(1 << Int.random(in: 0...60, using: &rng)))
                 .rounded()
             #expect(FixedPoint.int128(integral: v) == Int128(v), "\(v)")
         }
@@ -118,8 +123,10 @@ struct FastReaderRecordingTests {
             let fields = try StreamFieldEncoder.encode(tick)
             let codable = try StreamFieldDecoder.decodeCodable(Tick.self, from: fields)
             guard let fast = Tick.decodeFast(fields), fast == codable, fast.bids == codable.bids,
-                fast.bids.map({ $0.flatMap { $0.map(\.bitPattern) } }) == codable.bids.map({ $0.flatMap { $0.map(\.bitPattern) } }),
-                fast.asks.map({ $0.flatMap { $0.map(\.bitPattern) } }) == codable.asks.map({ $0.flatMap { $0.map(\.bitPattern) } })
+                fast.bids.map({ $0.flatMap { $0.map(\.bitPattern) } })
+                    == codable.bids.map({ $0.flatMap { $0.map(\.bitPattern) } }),
+                fast.asks.map({ $0.flatMap { $0.map(\.bitPattern) } })
+                    == codable.asks.map({ $0.flatMap { $0.map(\.bitPattern) } })
             else {
                 tickMismatches += 1
                 continue
@@ -128,7 +135,9 @@ struct FastReaderRecordingTests {
                 let fields = try StreamFieldEncoder.encode(snapshot)
                 let codable = try StreamFieldDecoder.decodeCodable(FeatureSnapshot.self, from: fields)
                 let fast = FeatureSnapshot.decodeFast(fields)
-                if fast != codable || fast?.features.values.map(\.bitPattern) != codable.features.values.map(\.bitPattern) {
+                if fast != codable
+                    || fast?.features.values.map(\.bitPattern) != codable.features.values.map(\.bitPattern)
+                {
                     snapshotMismatches += 1
                 }
             }

@@ -4,9 +4,9 @@ import TEModels
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// The definition, computed by rescanning everything: keeps all accepted ticks of each symbol and,
@@ -50,7 +50,10 @@ struct NaiveFeatures {
         let trades = ticks.filter { $0.kind == .trade && $0.tsNs > t - windowNs && $0.tsNs <= t }
         let volume = trades.reduce(Int128(0)) { $0 + Self.units($1.size!) }
 
-        let bid = tick.bid!, ask = tick.ask!, bs = tick.bidSize!, asz = tick.askSize!
+        let bid = tick.bid!
+        let ask = tick.ask!
+        let bs = tick.bidSize!
+        let asz = tick.askSize!
         let mid = (ask + bid) / 2
         let n = inWindow.count
         let first = quotes[inWindow.first!]
@@ -101,13 +104,16 @@ func randomTicks(count: Int, windowNs: Int64, seed: UInt64, outOfOrder: Bool = t
         }
         clock[symbol] = ts
         var tickTs = ts
-        if Int.random(in: 0..<50, using: &rng) == 0, outOfOrder { tickTs -= Int64.random(in: 1...windowNs, using: &rng) }
+        if Int.random(in: 0..<50, using: &rng) == 0, outOfOrder {
+            tickTs -= Int64.random(in: 1...windowNs, using: &rng)
+        }
         if Bool.random(using: &rng) || Int.random(in: 0..<3, using: &rng) == 0 {
             var mid = mids[symbol]!
             mid += Double(Int.random(in: -3...3, using: &rng)) * 0.005
             mids[symbol] = mid
             let halfSpread = Double(Int.random(in: 1...4, using: &rng)) * 0.005
-            let bid = mid - halfSpread, ask = mid + halfSpread
+            let bid = mid - halfSpread
+            let ask = mid + halfSpread
             var bids: [[Double]]? = nil
             var asks: [[Double]]? = nil
             if Int.random(in: 0..<4, using: &rng) == 0 {
@@ -137,7 +143,10 @@ struct FeatureEnginePropertyTests {
         let ticks = randomTicks(count: 4_000, windowNs: windowNs, seed: seed)
         var engine = FeatureEngine(windowNs: windowNs)
         var naive = NaiveFeatures(windowNs: windowNs)
-        var snapshots = 0, dropped = 0, warm = 0, crossings = 0
+        var snapshots = 0
+        var dropped = 0
+        var warm = 0
+        var crossings = 0
         var lastCount: [String: Int] = [:]
         for tick in ticks {
             let outcome = engine.apply(tick)
@@ -178,10 +187,14 @@ struct FeatureEnginePropertyTests {
         for (i, tick) in ticks.enumerated() { if case .snapshot(let s) = full.apply(tick) { fullSnapshots[i] = s } }
 
         var rebuilt = FeatureEngine(windowNs: windowNs)
-        var compared = 0, cold = 0
+        var compared = 0
+        var cold = 0
         for i in start..<ticks.count {
             guard case .snapshot(let s) = rebuilt.apply(ticks[i]) else { continue }
-            guard s.warm else { cold += 1; continue }
+            guard s.warm else {
+                cold += 1
+                continue
+            }
             #expect(s == fullSnapshots[i], "tick \(i)")
             compared += 1
         }

@@ -3,9 +3,9 @@ import TEModels
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// W = 1 s; timestamps are T0 + seconds.
@@ -72,7 +72,7 @@ struct FeatureEngineTests {
             (100.0, 102.0, -5.0),  // bid equal (2 − 3), ask equal (−5 + 1)
             (101.0, 101.5, -3.0),  // bid up, ask down
             (99.0, 103.0, -2.0),  // bid down, ask up
-            (100.0, 103.0, 0.0),  // bid equal, ask up
+            (100.0, 103.0, 0.0)  // bid equal, ask up
         ])
     func ofiClauses(bid: Double, ask: Double, expectedOFI: Double) throws {
         var engine = FeatureEngine(windowNs: second)
@@ -101,7 +101,8 @@ struct FeatureEngineTests {
     func windowEdge() throws {
         var engine = FeatureEngine(windowNs: second)
         _ = engine.apply(q(0, 100, 1, 102, 1))  // mid 101, the first quote: no term
-        let atHalf = try #require(engine.apply(q(0.5, 101, 2, 102, 1)).snapshot)  // mid 101.5, e = +2 (bid up) − 1 + 1 (ask equal) = 2
+        // mid 101.5, e = +2 (bid up) − 1 + 1 (ask equal) = 2
+        let atHalf = try #require(engine.apply(q(0.5, 101, 2, 102, 1)).snapshot)
         #expect(atHalf.warm == false)
         #expect(atHalf.features.ofiNorm == 2.0 / 1.25)  // mean half depth (2 + 3)/4
 
@@ -116,7 +117,8 @@ struct FeatureEngineTests {
         #expect(close(justInside.features.midReturnBps, log(102.0 / 101.0) * 1e4))
 
         // At exactly T0 + W the first quote is out: W holds the quotes at 0.5 and 1.0.
-        let s = try #require(engine.apply(q(1, 101, 1, 103, 1)).snapshot)  // mid 102, e = 1 − 2 (bid equal) + 1 (ask up) = 0
+        // mid 102, e = 1 − 2 (bid equal) + 1 (ask up) = 0
+        let s = try #require(engine.apply(q(1, 101, 1, 103, 1)).snapshot)
         #expect(s.nQuotes == 2)
         #expect(s.warm == true)  // the first quote is at t − W: W of history seen
         #expect(s.features.tickRate == 2)

@@ -17,7 +17,7 @@ struct ModelQualityTests {
             ScoredOutcome(score: 0.8, traded: true, eligible: false),
             ScoredOutcome(score: 0.3, traded: false, eligible: true),
             ScoredOutcome(score: 0.1, traded: false, eligible: false),
-            ScoredOutcome(score: nil, traded: false, eligible: false),  // abstain: no score
+            ScoredOutcome(score: nil, traded: false, eligible: false)  // abstain: no score
         ])
         #expect(s.outcomes == 5)
         #expect(near(s.baseRate, 0.4))
@@ -37,7 +37,7 @@ struct ModelQualityTests {
         let s = QualitySummary([
             ScoredOutcome(score: 0.2, traded: false, eligible: true),
             ScoredOutcome(score: 0.25, traded: false, eligible: false),
-            ScoredOutcome(score: 0.28, traded: false, eligible: false),
+            ScoredOutcome(score: 0.28, traded: false, eligible: false)
         ])
         // mean score 0.73/3, rate 1/3: |0.24333 − 0.33333| = 0.09.
         #expect(near(s.ece, 0.09))
@@ -76,7 +76,9 @@ struct ModelQualityTests {
         #expect(FeatureReference(edges: [0, 1, 2, 3], proportions: [0.5, 0.5]).isValid == false)
     }
 
-    func record(_ id: String, symbol: String = "BTCUSDT", featureTsNs: Int64?, tsNs: Int64 = 99_000_000_000) -> AuditRecord {
+    func record(_ id: String, symbol: String = "BTCUSDT", featureTsNs: Int64?, tsNs: Int64 = 99_000_000_000)
+        -> AuditRecord
+    {
         AuditRecord(
             decisionId: id, requestId: id, tsNs: tsNs, symbol: symbol, decision: .trade, score: 0.7, source: .model,
             modelName: "trade_eligibility", modelVersion: "1", modelHash: "h", features: nil, featureAgeMs: 1,

@@ -113,7 +113,7 @@ struct OutcomeLabelTests {
         // Two symbols interleaved: A's first row waits for A's quote after 1000; B's rows are behind it.
         let feed: [(String, LabelQuote)] = [
             ("A", quote(0, 99.5, 100.5)), ("B", quote(10, 9.5, 10.5)), ("B", quote(2000, 10.5, 11.5)),
-            ("A", quote(1200, 100.5, 101.5)), ("A", quote(1300, 100.5, 101.5)),
+            ("A", quote(1200, 100.5, 101.5)), ("A", quote(1300, 100.5, 101.5))
         ]
         for (i, (symbol, q)) in feed.enumerated() {
             labeler.observe(symbol: symbol, quote: q)

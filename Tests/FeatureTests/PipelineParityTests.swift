@@ -53,7 +53,8 @@ struct PipelineParityTests {
     /// → `ingest` → `te:ticks` → `feature-pipeline` (SIGKILLed a third of the way and restarted, so the
     /// rebuild from te:ticks is on the path) → `te:features` — against `te features` on the recording file
     /// itself: every row, every feature, bit for bit, and the same warm flags.
-    @Test("replay → ingest → feature-pipeline equals te features, across a SIGKILL and restart", .timeLimit(.minutes(5)))
+    @Test(
+        "replay → ingest → feature-pipeline equals te features, across a SIGKILL and restart", .timeLimit(.minutes(5)))
     func parityAcrossRestart() async throws {
         let recording = try RecordedData.file("binance/spot_ethusdt_20240808.gz")
         let ticks = try NormalizedRecording.ticks(recording)
@@ -118,7 +119,9 @@ struct PipelineParityTests {
                 && s.tradeVolume.bitPattern == row.tradeVolume.bitPattern && s.warm == expectedWarm[i]
             if !same {
                 mismatches += 1
-                if mismatches <= 3 { Issue.record("row \(i): streamed \(s) vs offline \(row), warm \(expectedWarm[i])") }
+                if mismatches <= 3 {
+                    Issue.record("row \(i): streamed \(s) vs offline \(row), warm \(expectedWarm[i])")
+                }
             }
         }
         #expect(mismatches == 0)

@@ -14,7 +14,7 @@ import Testing
 struct ShardedPipelineTests {
     static let shards = 4
     static let recordings = [
-        "binance/usdm_btcusdt_20240718.gz", "binance/usdm_ethusdt_20240718.gz", "binance/cm_ethusd_perp_20240808.gz",
+        "binance/usdm_btcusdt_20240718.gz", "binance/usdm_ethusdt_20240718.gz", "binance/cm_ethusd_perp_20240808.gz"
     ]
     static let leaseMs = 2000
 
@@ -45,7 +45,8 @@ struct ShardedPipelineTests {
             }
         }
         // Stable: a recording's own order is kept among equal receive times.
-        e.ticks = e.ticks.enumerated().sorted { ($0.element.tsNs, $0.offset) < ($1.element.tsNs, $1.offset) }.map(\.element)
+        e.ticks = e.ticks.enumerated().sorted { ($0.element.tsNs, $0.offset) < ($1.element.tsNs, $1.offset) }.map(
+            \.element)
         return e
     }
 
@@ -63,10 +64,11 @@ struct ShardedPipelineTests {
             try ChildProcess.built(
                 "feature-pipeline",
                 environment: [
-                    "REDIS_URL": server.url, "CONSUMER_NAME": name, "STREAM_SHARDS": String(ShardedPipelineTests.shards),
+                    "REDIS_URL": server.url, "CONSUMER_NAME": name,
+                    "STREAM_SHARDS": String(ShardedPipelineTests.shards),
                     "SHARD_LEASE_MS": String(ShardedPipelineTests.leaseMs), "STREAM_BATCH_SIZE": "200",
                     "STREAM_BLOCK_MS": "100", "FEATURE_TTL_SEC": "600", "METRICS_PORT": String(try TestEnv.freePort()),
-                    "LOG_LEVEL": "info",
+                    "LOG_LEVEL": "info"
                 ])
         }
 
@@ -75,7 +77,10 @@ struct ShardedPipelineTests {
             let size = (ticks.count + parts - 1) / parts
             var commands: [RedisCommand] = []
             for tick in ticks.dropFirst(part * size).prefix(size) {
-                commands.append(try .xadd(StreamKey.ticks(for: tick.symbol, shards: ShardedPipelineTests.shards), maxLen: nil, message: tick))
+                commands.append(
+                    try .xadd(
+                        StreamKey.ticks(for: tick.symbol, shards: ShardedPipelineTests.shards), maxLen: nil,
+                        message: tick))
                 if commands.count == 1000 {
                     for reply in try await redis.pipeline(commands) { _ = try reply.throwingError() }
                     commands = []
@@ -94,7 +99,8 @@ struct ShardedPipelineTests {
                 let last = try await redis.xrevrange(stream, count: 1).first?.id
                 lines.append(
                     "\(stream): \(try await redis.xlen(stream)) entries, last \(last ?? "-"), pending \(info?.pending ?? -1), "
-                        + "delivered \(info?.lastDeliveredID ?? "-"), lease \(try await redis.hgetall(StreamKey.sharded("te:lease:feature-pipeline:te:ticks", shard: k, of: ShardedPipelineTests.shards)))")
+                        + "delivered \(info?.lastDeliveredID ?? "-"), lease \(try await redis.hgetall(StreamKey.sharded("te:lease:feature-pipeline:te:ticks", shard: k, of: ShardedPipelineTests.shards)))"
+                )
             }
             return lines.joined(separator: "\n")
         }
@@ -106,7 +112,8 @@ struct ShardedPipelineTests {
 
         func features(_ k: Int) async throws -> [FeatureSnapshot] {
             try await redis.pagedMessages(
-                FeatureSnapshot.self, in: StreamKey.sharded(StreamKey.features, shard: k, of: ShardedPipelineTests.shards))
+                FeatureSnapshot.self,
+                in: StreamKey.sharded(StreamKey.features, shard: k, of: ShardedPipelineTests.shards))
         }
 
         /// Every shard's input written in full has been read and acknowledged.
@@ -135,13 +142,17 @@ struct ShardedPipelineTests {
                 var bySymbol: [String: [FeatureSnapshot]] = [:]
                 for s in snapshots { bySymbol[s.symbol, default: []].append(s) }
                 for (symbol, streamed) in bySymbol {
-                    #expect(StreamKey.shard(of: symbol, shards: ShardedPipelineTests.shards) == k, "\(symbol) in shard \(k)")
+                    #expect(
+                        StreamKey.shard(of: symbol, shards: ShardedPipelineTests.shards) == k, "\(symbol) in shard \(k)"
+                    )
                     let rows = expected.rows[symbol] ?? []
-                    #expect(streamed.count == rows.count, "\(symbol): \(streamed.count) streamed, \(rows.count) offline")
+                    #expect(
+                        streamed.count == rows.count, "\(symbol): \(streamed.count) streamed, \(rows.count) offline")
                     var mismatches = 0
                     for (i, (s, row)) in zip(streamed, rows).enumerated() {
                         let same =
-                            FeatureCSV.Row(s) == row && s.features.values.map(\.bitPattern) == row.features.map(\.bitPattern)
+                            FeatureCSV.Row(s) == row
+                            && s.features.values.map(\.bitPattern) == row.features.map(\.bitPattern)
                             && s.tradeVolume.bitPattern == row.tradeVolume.bitPattern
                         if !same {
                             mismatches += 1
@@ -191,7 +202,9 @@ struct ShardedPipelineTests {
         }
     }
 
-    @Test("three replicas, one SIGKILLed and one SIGSTOPped past its lease: still exact, late writes refused", .timeLimit(.minutes(6)))
+    @Test(
+        "three replicas, one SIGKILLed and one SIGSTOPped past its lease: still exact, late writes refused",
+        .timeLimit(.minutes(6)))
     func killedAndPausedReplicas() async throws {
         let expected = try await Self.expected()
         let run = try await Run()
@@ -220,7 +233,9 @@ struct ShardedPipelineTests {
         }
         #expect(moved, "shard \(busy[0]) stayed with the killed replica")
         // Reported, not asserted (timings depend on the machine's load).
-        print("sharded feature-pipeline: shard moved \(ContinuousClock.now - killedAt) after SIGKILL (lease \(Self.leaseMs) ms)")
+        print(
+            "sharded feature-pipeline: shard moved \(ContinuousClock.now - killedAt) after SIGKILL (lease \(Self.leaseMs) ms)"
+        )
 
         // SIGSTOP the owner of the last busy shard while ticks flow, past its lease; resume it once its shards moved.
         let pausedName = try #require(try await run.owner(of: busy[busy.count - 1]))
@@ -234,7 +249,9 @@ struct ShardedPipelineTests {
             return o != nil && o != pausedName
         }
         #expect(taken, "shard \(busy[busy.count - 1]) stayed with the paused replica")
-        print("sharded feature-pipeline: shard moved \(ContinuousClock.now - pausedAt) after SIGSTOP (lease \(Self.leaseMs) ms)")
+        print(
+            "sharded feature-pipeline: shard moved \(ContinuousClock.now - pausedAt) after SIGSTOP (lease \(Self.leaseMs) ms)"
+        )
         try await run.write(expected.ticks, part: 4, of: 6)
         paused.signal(SIGCONT)
         try await run.write(expected.ticks, part: 5, of: 6)

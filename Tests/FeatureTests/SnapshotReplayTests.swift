@@ -27,15 +27,21 @@ struct SnapshotReplayTests {
                 failures.append("tick \(i): no snapshot")
                 continue
             }
-            let sameBits = zip(rebuilt.features.values, streamed.features.values).allSatisfy { $0.bitPattern == $1.bitPattern }
+            let sameBits = zip(rebuilt.features.values, streamed.features.values).allSatisfy {
+                $0.bitPattern == $1.bitPattern
+            }
             if !sameBits || !FeatureBits.equal(rebuilt.features, streamed.features) {
                 failures.append("tick \(i): \(rebuilt.features.values) vs \(streamed.features.values)")
             }
             // The window it shows is the one the snapshot counted (its last quote is the snapshot's own).
             if result.quotes.count != streamed.nQuotes || result.trades.count != streamed.nTrades {
-                failures.append("tick \(i): \(result.quotes.count)/\(result.trades.count) vs \(streamed.nQuotes)/\(streamed.nTrades)")
+                failures.append(
+                    "tick \(i): \(result.quotes.count)/\(result.trades.count) vs \(streamed.nQuotes)/\(streamed.nTrades)"
+                )
             }
-            if result.quotes.last?.origin != i && result.quotesAtT == 1 { failures.append("tick \(i): last quote \(String(describing: result.quotes.last?.origin))") }
+            if result.quotes.last?.origin != i && result.quotesAtT == 1 {
+                failures.append("tick \(i): last quote \(String(describing: result.quotes.last?.origin))")
+            }
         }
         return (checked, failures)
     }
@@ -68,7 +74,9 @@ struct SnapshotReplayTests {
         var streamed: FeatureSnapshot?
         for t in ticks { if case .snapshot(let s) = engine.apply(t) { streamed = s } }
         var replay = SnapshotReplay<Int>(symbol: "X", tsNs: 3_000_000_000, windowNs: 1_000_000_000)
-        for (i, t) in ticks.enumerated().reversed() where !replay.complete { replay.feedBackwards(.init(tick: t, origin: i)) }
+        for (i, t) in ticks.enumerated().reversed() where !replay.complete {
+            replay.feedBackwards(.init(tick: t, origin: i))
+        }
         let result = replay.result()
         #expect(result.previousQuote?.origin == 1)
         #expect(result.snapshot == streamed)

@@ -13,7 +13,7 @@ let fuzzTargets: [String: @Sendable ([UInt8]) throws(FuzzViolation) -> Void] = [
     FuzzTarget.normalizer.rawValue: { bytes throws(FuzzViolation) in try FuzzTarget.normalizer.run(bytes) },
     FuzzTarget.streamCodec.rawValue: { bytes throws(FuzzViolation) in try FuzzTarget.streamCodec.run(bytes) },
     ScoreRequestFuzz.name: { bytes throws(FuzzViolation) in try ScoreRequestFuzz.run(bytes) },
-    HTTPFramingFuzz.name: { bytes throws(FuzzViolation) in try HTTPFramingFuzz.run(bytes) },
+    HTTPFramingFuzz.name: { bytes throws(FuzzViolation) in try HTTPFramingFuzz.run(bytes) }
 ]
 
 /// Every file under fuzz/<kind>/<target>/ (dot files aside), by target name.
@@ -23,7 +23,8 @@ func fuzzInputs(_ kind: String) throws -> [(String, URL)] {
     for target in try FileManager.default.contentsOfDirectory(atPath: root.path).sorted() where !target.hasPrefix(".") {
         #expect(fuzzTargets[target] != nil, "fuzz/\(kind)/\(target) names no fuzz target")
         let directory = root.appendingPathComponent(target)
-        for file in try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted() where !file.hasPrefix(".") {
+        for file in try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
+        where !file.hasPrefix(".") {
             out.append((target, directory.appendingPathComponent(file)))
         }
     }

@@ -23,7 +23,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         }
     }
 
-    public func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> Int32 { fuzzCallback(rawValue, start, count, run) }
+    public func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> Int32 {
+        fuzzCallback(rawValue, start, count, run)
+    }
 }
 
 /// libFuzzer's callback around a target's `run`: a violation is a crash, which is what libFuzzer records.
@@ -74,7 +76,8 @@ public enum NormalizerFuzz {
     /// `validated()` and the round trip apply to it: an object with `kind` and none of the Binance keys.
     static func isTickJSON(_ line: ArraySlice<UInt8>) -> Bool {
         guard let object = (try? JSONSerialization.jsonObject(with: Data(line))) as? [String: Any] else { return false }
-        return object["kind"] != nil && object["stream"] == nil && object["lastUpdateId"] == nil && !(object["event"] is String)
+        return object["kind"] != nil && object["stream"] == nil && object["lastUpdateId"] == nil
+            && !(object["event"] is String)
     }
 
     static func check(_ tick: Tick, receiveTsNs: Int64, venueMessage: Bool) throws(FuzzViolation) {
@@ -85,7 +88,9 @@ public enum NormalizerFuzz {
         }
         if venueMessage {
             guard tick.tsNs == receiveTsNs else { throw FuzzViolation("ts_ns is not the receive time in \(tick)") }
-            guard let venue = tick.venue, venues.contains(venue) else { throw FuzzViolation("unknown venue in \(tick)") }
+            guard let venue = tick.venue, venues.contains(venue) else {
+                throw FuzzViolation("unknown venue in \(tick)")
+            }
         }
         if venueMessage, tick.kind == .quote, let bid = tick.bid, let ask = tick.ask {
             try checkDepth(tick.bids, top: [bid, tick.bidSize ?? -1], descending: true, tick)
@@ -96,9 +101,13 @@ public enum NormalizerFuzz {
 
     static func checkDepth(_ levels: [[Double]]?, top: [Double], descending: Bool, _ tick: Tick) throws(FuzzViolation) {
         guard let levels else { return }
-        guard levels.count <= depthLevels else { throw FuzzViolation("\(levels.count) levels > \(depthLevels) in \(tick)") }
+        guard levels.count <= depthLevels else {
+            throw FuzzViolation("\(levels.count) levels > \(depthLevels) in \(tick)")
+        }
         // Kraken's quote is its book's top; Binance's level 0 is the bookTicker itself.
-        guard let first = levels.first, first == top else { throw FuzzViolation("depth does not start at the top of book in \(tick)") }
+        guard let first = levels.first, first == top else {
+            throw FuzzViolation("depth does not start at the top of book in \(tick)")
+        }
         for (a, b) in zip(levels, levels.dropFirst()) where descending ? !(a[0] > b[0]) : !(a[0] < b[0]) {
             throw FuzzViolation("depth levels out of order (\(a[0]), \(b[0])) in \(tick)")
         }
@@ -134,8 +143,11 @@ public enum StreamCodecFuzz {
         }
     }
 
-    static func check<M: StreamMessage & Equatable>(_ type: M.Type, _ fields: [(String, String)]) throws(FuzzViolation) {
-        let decoded = Result { () throws(MessageDecodingError) in try StreamFieldDecoder.decodeCodable(M.self, from: fields) }
+    static func check<M: StreamMessage & Equatable>(_ type: M.Type, _ fields: [(String, String)]) throws(FuzzViolation)
+    {
+        let decoded = Result { () throws(MessageDecodingError) in
+            try StreamFieldDecoder.decodeCodable(M.self, from: fields)
+        }
         if let fast = M.self as? any StreamFieldDecodable.Type, let value = fast.decodeFast(fields) {
             guard case .success(let reference) = decoded, let value = value as? M, value == reference else {
                 throw FuzzViolation("the fast reader accepted \(value); the Codable decoder gives \(decoded)")
@@ -167,6 +179,8 @@ public enum StreamCodecFuzz {
         } catch {
             throw FuzzViolation("\(message) encodes to \(fields), which does not decode: \(error)")
         }
-        guard again == message else { throw FuzzViolation("\(message) encodes to \(fields), which decodes to \(again)") }
+        guard again == message else {
+            throw FuzzViolation("\(message) encodes to \(fields), which decodes to \(again)")
+        }
     }
 }

@@ -1,8 +1,5 @@
 import Foundation
 import FuzzTargets
-// The pipeline's own handlers (FramingErrorHandler, ScoreFastPathHandler, GatewayAPI) are internal to
-// GatewayCore; debug builds (the tests' and fuzz/'s) are built for testing.
-@testable import GatewayCore
 import HTTPTypes
 import HummingbirdCore
 import Logging
@@ -11,6 +8,10 @@ import NIOEmbedded
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+
+// The pipeline's own handlers (FramingErrorHandler, ScoreFastPathHandler, GatewayAPI) are internal to
+// GatewayCore; debug builds (the tests' and fuzz/'s) are built for testing.
+@testable import GatewayCore
 
 /// The gateway's HTTP/1.1 framing over arbitrary bytes (fuzz/corpus/http-framing): the input is one
 /// connection's byte stream into the pipeline the gateway sets up for every connection, on an
@@ -41,7 +42,7 @@ public enum HTTPFramingFuzz {
         let key = (0..<32).map { _ in String(UInt8.random(in: 0...255), radix: 16) }.joined()
         do {
             let config = try GatewayConfiguration(environment: [
-                "REDIS_URL": "redis://127.0.0.1:1/0", "TRITON_URL": "127.0.0.1:1", "GATEWAY_API_KEYS": "fuzz:\(key)",
+                "REDIS_URL": "redis://127.0.0.1:1/0", "TRITON_URL": "127.0.0.1:1", "GATEWAY_API_KEYS": "fuzz:\(key)"
             ])
             return try buildDependencies(config)
         } catch {
@@ -70,7 +71,9 @@ public enum HTTPFramingFuzz {
         }
     }
 
-    public static func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> Int32 { fuzzCallback(name, start, count, run) }
+    public static func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> Int32 {
+        fuzzCallback(name, start, count, run)
+    }
 
     // MARK: The pipeline
 
@@ -143,7 +146,8 @@ public enum HTTPFramingFuzz {
                 let status: HTTPResponse.Status = lateUpgrade ? .badRequest : .notFound
                 let json =
                     lateUpgrade
-                    ? RequestError.json(code: "malformed_http", message: "stand-in #\(index): late upgrade", field: "Upgrade")
+                    ? RequestError.json(
+                        code: "malformed_http", message: "stand-in #\(index): late upgrade", field: "Upgrade")
                     : RequestError.json(code: "not_found", message: "stand-in #\(index)", field: nil)
                 index += 1
                 var body = context.channel.allocator.buffer(capacity: json.utf8.count)
@@ -224,7 +228,8 @@ public enum HTTPFramingFuzz {
         var failed = false
         let first = FirstHead()
         do {
-            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
+            try channel.pipeline.syncOperations.addHandler(
+                ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
             try channel.pipeline.syncOperations.addHandler(first)
             try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             let middle = bytes.count / 2
@@ -246,9 +251,11 @@ public enum HTTPFramingFuzz {
             switch part {
             case .head(let head):
                 heads += 1
-                current = (head.method == .post && ScorePipelineStateMachine.isScorePath(head.path),
-                           heads > 1 && isPushUpgrade(head),
-                           head.headerFields[.connection]?.lowercased() == "close")
+                current = (
+                    head.method == .post && ScorePipelineStateMachine.isScorePath(head.path),
+                    heads > 1 && isPushUpgrade(head),
+                    head.headerFields[.connection]?.lowercased() == "close"
+                )
             case .body: break
             case .end:
                 guard let request = current else { continue }
@@ -283,14 +290,17 @@ public enum HTTPFramingFuzz {
         let crlfcrlf: [UInt8] = Array("\r\n\r\n".utf8)
         while !rest.isEmpty {
             guard let headEnd = rest.indices.first(where: { rest[$0...].starts(with: crlfcrlf) }) else {
-                throw FuzzViolation("response \(out.count + 1): no end of head in \(String(decoding: rest.prefix(200), as: UTF8.self).debugDescription)")
+                throw FuzzViolation(
+                    "response \(out.count + 1): no end of head in \(String(decoding: rest.prefix(200), as: UTF8.self).debugDescription)"
+                )
             }
             let head = String(decoding: rest[..<headEnd], as: UTF8.self)
             rest = rest[(headEnd + 4)...]
             var lines = head.components(separatedBy: "\r\n")
             let statusLine = lines.removeFirst()
             let parts = statusLine.split(separator: " ", maxSplits: 2)
-            guard parts.count >= 2, parts[0] == "HTTP/1.1", let status = Int(parts[1]), (100...599).contains(status) else {
+            guard parts.count >= 2, parts[0] == "HTTP/1.1", let status = Int(parts[1]), (100...599).contains(status)
+            else {
                 throw FuzzViolation("response \(out.count + 1): bad status line \(statusLine.debugDescription)")
             }
             var length: Int?
@@ -303,7 +313,8 @@ public enum HTTPFramingFuzz {
                 }
             }
             guard let length, length <= rest.count else {
-                throw FuzzViolation("response \(out.count + 1) (\(status)): no Content-Length, or a body shorter than it")
+                throw FuzzViolation(
+                    "response \(out.count + 1) (\(status)): no Content-Length, or a body shorter than it")
             }
             let body = Array(rest.prefix(length))
             rest = rest.dropFirst(length)
@@ -314,7 +325,9 @@ public enum HTTPFramingFuzz {
                 let error = object["error"] as? [String: Any], let code = error["code"] as? String,
                 let message = error["message"] as? String
             else {
-                throw FuzzViolation("response \(out.count + 1) (\(status)): body is not the error JSON: \(String(decoding: body, as: UTF8.self).debugDescription)")
+                throw FuzzViolation(
+                    "response \(out.count + 1) (\(status)): body is not the error JSON: \(String(decoding: body, as: UTF8.self).debugDescription)"
+                )
             }
             let kind: Kind
             switch (status, code) {

@@ -13,7 +13,11 @@ public enum ScoreRequestFuzz {
     public static let name = "score-request"
 
     public static func run(_ bytes: [UInt8]) throws(FuzzViolation) {
-        guard case .success(let request) = Result(catching: { () throws(RequestError) in try ScoreRequestParser.parse(bytes) }) else {
+        guard
+            case .success(let request) = Result(catching: { () throws(RequestError) in
+                try ScoreRequestParser.parse(bytes)
+            })
+        else {
             return
         }
         guard Symbol.isValid(request.symbol) else { throw FuzzViolation("accepted the symbol \(request.symbol)") }
@@ -38,5 +42,7 @@ public enum ScoreRequestFuzz {
         guard again == request else { throw FuzzViolation("\(request) re-encoded parses as \(again)") }
     }
 
-    public static func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> Int32 { fuzzCallback(name, start, count, run) }
+    public static func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> Int32 {
+        fuzzCallback(name, start, count, run)
+    }
 }

@@ -7,8 +7,8 @@ import NIOCore
 import ServiceKit
 import TEModels
 import TERedis
-import Testing
 import TestSupport
+import Testing
 
 @Suite struct APIKeyTableTests {
     @Test func namedAndBareKeys() throws {
@@ -21,9 +21,10 @@ import TestSupport
 
     @Test func refusesWhatIsNotExactlyAKey() throws {
         let table = try APIKeyTable.parse("desk-a:secret-key", separator: ",", source: "GATEWAY_API_KEYS")
-        for header in [nil, "", "Bearer ", "Bearer secret", "Bearer secret-key2", "Bearer secret-kez", "Basic secret-key",
-            "bearer secret-key", "Bearer desk-a:secret-key"] as [String?]
-        {
+        for header in [
+            nil, "", "Bearer ", "Bearer secret", "Bearer secret-key2", "Bearer secret-kez", "Basic secret-key",
+            "bearer secret-key", "Bearer desk-a:secret-key"
+        ] as [String?] {
             #expect(table.client(authorization: header) == nil, "\(header ?? "nil")")
         }
     }
@@ -62,7 +63,7 @@ import TestSupport
     @Test func configurationReadsKeysFileAndRateLimit() throws {
         let c = try GatewayConfiguration(environment: [
             "REDIS_URL": "redis://h:1", "TRITON_URL": "h:1", "GATEWAY_API_KEYS": "desk-a:K1",
-            "GATEWAY_API_KEYS_FILE": "/etc/te/keys", "GATEWAY_RATE_LIMIT": "50",
+            "GATEWAY_API_KEYS_FILE": "/etc/te/keys", "GATEWAY_RATE_LIMIT": "50"
         ])
         #expect(c.apiKeys.clients == ["desk-a"])
         #expect(c.apiKeysFile == "/etc/te/keys")
@@ -72,7 +73,9 @@ import TestSupport
         #expect(!open.authEnabled)
         #expect(open.rateLimit == nil)
         #expect(throws: ConfigurationError.self) {
-            try GatewayConfiguration(environment: ["REDIS_URL": "redis://h:1", "TRITON_URL": "h:1", "GATEWAY_RATE_LIMIT": "0"])
+            try GatewayConfiguration(environment: [
+                "REDIS_URL": "redis://h:1", "TRITON_URL": "h:1", "GATEWAY_RATE_LIMIT": "0"
+            ])
         }
     }
 }
@@ -155,7 +158,8 @@ import TestSupport
         }
         try await GatewayTestEnv.withGateway(config, waitForIdentity: false) { _, client in
             let (answer, _) = try await client.score(
-                ScoreRequest(symbol: "BTCUSDT", features: Self.features), requestID: "named-1", authorization: "Bearer KEY-A-1")
+                ScoreRequest(symbol: "BTCUSDT", features: Self.features), requestID: "named-1",
+                authorization: "Bearer KEY-A-1")
             let redis = RedisClient(configuration: try RedisConfiguration(url: config.redisURL), name: "keys-check")
             defer { redis.close() }
             let records = try await redis.xrange(config.auditStream).map {
@@ -172,17 +176,20 @@ import TestSupport
             try "desk-a:KEY-A-2\ndesk-b:KEY-B-1\n".write(to: file, atomically: true, encoding: .utf8)
             let refused = await TestEnv.eventually {
                 (try? await client.execute(
-                    uri: "/v1/opportunities", method: .get, headers: [.authorization: "Bearer KEY-A-1"]))?.status == .unauthorized
+                    uri: "/v1/opportunities", method: .get, headers: [.authorization: "Bearer KEY-A-1"]))?.status
+                    == .unauthorized
             }
             #expect(refused)
             let old = try await client.execute(
-                uri: "/v1/score", method: .post, headers: [.authorization: "Bearer KEY-A-1", .contentType: "application/json"],
+                uri: "/v1/score", method: .post,
+                headers: [.authorization: "Bearer KEY-A-1", .contentType: "application/json"],
                 body: GatewayTestEnv.body(ScoreRequest(symbol: "BTCUSDT", features: Self.features)))
             #expect(old.status == .unauthorized)
             let (renewed, _) = try await client.score(
                 ScoreRequest(symbol: "BTCUSDT", features: Self.features), authorization: "Bearer KEY-A-2")
             #expect(!renewed.decisionId.isEmpty)
-            _ = try await client.score(ScoreRequest(symbol: "BTCUSDT", features: Self.features), authorization: "Bearer KEY-B-1")
+            _ = try await client.score(
+                ScoreRequest(symbol: "BTCUSDT", features: Self.features), authorization: "Bearer KEY-B-1")
             // The client kept its counters across the reload.
             #expect(try await Self.metric(client, "te_gateway_requests_total{") == 3)
         }
@@ -200,7 +207,8 @@ import TestSupport
             let request = ScoreRequest(symbol: "BTCUSDT", features: Self.features)
             _ = try await client.score(request, authorization: "Bearer KA")
             let limited = try await client.execute(
-                uri: "/v1/score", method: .post, headers: [.authorization: "Bearer KA", .contentType: "application/json"],
+                uri: "/v1/score", method: .post,
+                headers: [.authorization: "Bearer KA", .contentType: "application/json"],
                 body: GatewayTestEnv.body(request))
             #expect(limited.status == .tooManyRequests)
             let retryAfter = limited.headers[.retryAfter].flatMap { Int($0) }
@@ -225,7 +233,8 @@ import TestSupport
 /// gateway binary, as its own Redis user.
 @Suite(.timeLimit(.minutes(2))) struct KeysFileSignalTests {
     static func status(port: Int, key: String) async throws -> Int? {
-        let request = RawHTTP.get("/v1/opportunities", extraHeaders: "Authorization: Bearer \(key)\r\nConnection: close\r\n")
+        let request = RawHTTP.get(
+            "/v1/opportunities", extraHeaders: "Authorization: Bearer \(key)\r\nConnection: close\r\n")
         return try await RawHTTP.exchange(port: port, [request]).first?.status
     }
 
@@ -237,7 +246,8 @@ import TestSupport
             "gateway",
             environment: [
                 "HTTP_PORT": String(port), "HTTP_HOST": "127.0.0.1", "TRITON_URL": try GatewayTestEnv.tritonURL(),
-                "GATEWAY_API_KEYS_FILE": file.path, "AUDIT_STREAM": TestEnv.uniqueName("sighup-audit"), "LOG_LEVEL": "info",
+                "GATEWAY_API_KEYS_FILE": file.path, "AUDIT_STREAM": TestEnv.uniqueName("sighup-audit"),
+                "LOG_LEVEL": "info"
             ])
         defer { gateway.kill9() }
         let watching = await TestEnv.eventually(timeout: .seconds(30)) {

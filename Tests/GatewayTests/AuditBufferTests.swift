@@ -1,7 +1,8 @@
-@testable import GatewayCore
 import TEModels
 import TestSupport
 import Testing
+
+@testable import GatewayCore
 
 /// The audit buffer's sync-durability bookkeeping, without Redis: a waiter is released by the commit of
 /// the write that carried its record; an expired one withdraws its record unless that write is in flight.

@@ -47,7 +47,8 @@ import Testing
                 for i in 0..<32 {
                     group.addTask {
                         let (r, _) = try await client.score(
-                            ScoreRequest(symbol: "BTCUSDT", features: features), requestID: i % 2 == 0 ? "sync-\(i)" : nil)
+                            ScoreRequest(symbol: "BTCUSDT", features: features),
+                            requestID: i % 2 == 0 ? "sync-\(i)" : nil)
                         // Read at once: no waiting for the record to show up.
                         return (r, try Self.decode(try await check.xrange(config.auditStream)))
                     }
@@ -90,11 +91,13 @@ import Testing
 
             let restarted = try await PrivateRedisServer(port: server.port)
             // Ready again with no traffic at all (an unready replica gets none on Kubernetes).
-            #expect(await TestEnv.eventually(timeout: .seconds(20)) {
-                (try? await client.execute(uri: "/readyz", method: .get).status) == .ok
-            })
+            #expect(
+                await TestEnv.eventually(timeout: .seconds(20)) {
+                    (try? await client.execute(uri: "/readyz", method: .get).status) == .ok
+                })
             let back = await TestEnv.eventually(timeout: .seconds(20)) {
-                (try? await client.score(ScoreRequest(symbol: "BTCUSDT", features: features), requestID: "back-1")) != nil
+                (try? await client.score(ScoreRequest(symbol: "BTCUSDT", features: features), requestID: "back-1"))
+                    != nil
             }
             #expect(back)
             let fresh = RedisClient(configuration: try RedisConfiguration(url: config.redisURL), name: "check-after")
@@ -128,9 +131,10 @@ import Testing
             }
             print("readyz with Redis stopped (SIGSTOP) answered in \(times)")
             server.resume()
-            #expect(await TestEnv.eventually(timeout: .seconds(10)) {
-                (try? await client.execute(uri: "/readyz", method: .get).status) == .ok
-            })
+            #expect(
+                await TestEnv.eventually(timeout: .seconds(10)) {
+                    (try? await client.execute(uri: "/readyz", method: .get).status) == .ok
+                })
         }
         try await server.kill()
     }
@@ -171,12 +175,14 @@ import Testing
         let stream = config.auditStream
         let early = (0..<50).map { i in
             AuditRecord(
-                decisionId: RequestID.random(), requestId: "early-\(i)", tsNs: Int64(i), symbol: "BTCUSDT", decision: .abstain,
+                decisionId: RequestID.random(), requestId: "early-\(i)", tsNs: Int64(i), symbol: "BTCUSDT",
+                decision: .abstain,
                 score: nil, source: .abstain, modelName: nil, modelVersion: nil, modelHash: nil, features: nil,
                 featureAgeMs: nil, latencyUs: 0)
         }
         _ = try await redis.pipeline(try early.map { .xadd(stream, maxLen: nil, fields: try $0.streamFields()) })
-        #expect(try await StreamTrim.trim(redis, stream: stream, maxLen: 10) == 0)  // no group yet: nobody has read them
+        // no group yet: nobody has read them
+        #expect(try await StreamTrim.trim(redis, stream: stream, maxLen: 10) == 0)
 
         try await GatewayTestEnv.withGateway(config) { _, client in
             for i in 0..<5 {
@@ -203,7 +209,8 @@ import Testing
         _ = try await redis.xgroupDestroy(stream: stream, group: "other")
 
         // Everything acknowledged: MAXLEN is the bound.
-        let rest = try await redis.xreadgroup(group: "audit-writer", consumer: "c", streams: [(stream, ">")], count: 100)
+        let rest = try await redis.xreadgroup(
+            group: "audit-writer", consumer: "c", streams: [(stream, ">")], count: 100)
         try await redis.xack(stream, group: "audit-writer", ids: rest.flatMap(\.entries).map(\.id))
         #expect(try await StreamTrim.trim(redis, stream: stream, maxLen: 10) == 15)
         #expect(try await redis.xlen(stream) == 10)

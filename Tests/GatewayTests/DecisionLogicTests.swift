@@ -130,7 +130,9 @@ import Testing
     }
 
     @Test func rulesBaseline() {
-        let balanced = FeatureVector(spreadBps: 0, imbalance: 0, depthImbalance: 0, ofiNorm: 0, realizedVolBps: 0, midReturnBps: 0, tickRate: 0, micropriceOffsetBps: 0)
+        let balanced = FeatureVector(
+            spreadBps: 0, imbalance: 0, depthImbalance: 0, ofiNorm: 0, realizedVolBps: 0, midReturnBps: 0, tickRate: 0,
+            micropriceOffsetBps: 0)
         // σ(-0.5)
         #expect(abs(RulesBaseline.score(balanced) - 0.3775406687981454) < 1e-12)
         var skewed = balanced
@@ -145,10 +147,12 @@ import Testing
             try GatewayConfiguration(environment: ["TRITON_URL": "h:1"])
         }
         #expect(throws: ConfigurationError.self) {
-            try GatewayConfiguration(environment: ["REDIS_URL": "redis://h:1", "TRITON_URL": "h:1", "CANARY_FRACTION": "2"])
+            try GatewayConfiguration(environment: [
+                "REDIS_URL": "redis://h:1", "TRITON_URL": "h:1", "CANARY_FRACTION": "2"
+            ])
         }
         let c = try? GatewayConfiguration(environment: [
-            "REDIS_URL": "redis://h:1", "TRITON_URL": "h:1", "GATEWAY_API_KEYS": "a, b,,", "SCORE_TIMEOUT_MS": "15",
+            "REDIS_URL": "redis://h:1", "TRITON_URL": "h:1", "GATEWAY_API_KEYS": "a, b,,", "SCORE_TIMEOUT_MS": "15"
         ])
         #expect(c?.apiKeys.entries.count == 2)
         #expect(c?.apiKeys.clients == ["default"])
@@ -160,14 +164,16 @@ import Testing
 /// A failed batched call counts once against its endpoint, however many requests rode in it.
 @Suite struct BatchFailureCountingTests {
     @Test func oneRiderReportsTheCallsFailure() {
-        let failures = InferenceBatcher.riderFailures(InferenceFailure(.timeout, "deadline exceeded"), riders: 4, reporter: 1)
+        let failures = InferenceBatcher.riderFailures(
+            InferenceFailure(.timeout, "deadline exceeded"), riders: 4, reporter: 1)
         #expect(failures.count == 4)
         #expect(failures.map(\.countsAgainstEndpoint) == [false, true, false, false])
         #expect(failures.allSatisfy { $0.kind == .timeout && $0.message == "deadline exceeded" })
     }
 
     @Test func modelErrorsNeverCountEvenForTheReporter() {
-        let failures = InferenceBatcher.riderFailures(InferenceFailure(.modelError, "bad shape"), riders: 2, reporter: 0)
+        let failures = InferenceBatcher.riderFailures(
+            InferenceFailure(.modelError, "bad shape"), riders: 2, reporter: 0)
         #expect(failures.map(\.countsAgainstEndpoint) == [false, false])
     }
 
@@ -176,7 +182,11 @@ import Testing
         let t0 = ContinuousClock.now
         // One call with 32 riders failed: one counted failure, 31 abandoned.
         for f in InferenceBatcher.riderFailures(InferenceFailure(.timeout, "late"), riders: 32, reporter: 0) {
-            if f.countsAgainstEndpoint { breaker.recordFailure(now: t0) } else { breaker.recordAbandoned(permission: .allowed) }
+            if f.countsAgainstEndpoint {
+                breaker.recordFailure(now: t0)
+            } else {
+                breaker.recordAbandoned(permission: .allowed)
+            }
         }
         #expect(breaker.state == .closed(consecutiveFailures: 1))
     }

@@ -13,7 +13,9 @@ import TritonClient
 @Suite(.serialized, .timeLimit(.minutes(5))) struct GatewayIntegrationTests {
     let features = GatewayTestEnv.sampleFeatures
 
-    func redis() throws -> RedisClient { RedisClient(configuration: try TestEnv.redisConfiguration(), name: "gateway-test") }
+    func redis() throws -> RedisClient {
+        RedisClient(configuration: try TestEnv.redisConfiguration(), name: "gateway-test")
+    }
 
     func auditRecords(_ stream: String, expect count: Int? = nil) async throws -> [AuditRecord] {
         let redis = try redis()
@@ -37,7 +39,8 @@ import TritonClient
     @Test func modelAnswersWithIdentityAndIsAudited() async throws {
         let config = try GatewayTestEnv.config("model")
         let (response, record) = try await GatewayTestEnv.withGateway(config) { deps, client in
-            let (r, _) = try await client.score(ScoreRequest(symbol: "BTCUSDT", features: features), requestID: "req-model-1")
+            let (r, _) = try await client.score(
+                ScoreRequest(symbol: "BTCUSDT", features: features), requestID: "req-model-1")
             let records = try await auditRecords(config.auditStream, expect: 1)
             return (r, records.first)
         }
@@ -85,7 +88,9 @@ import TritonClient
         }
         for (response, _) in results {
             #expect(response.source == .model)
-            #expect(response.reason?.contains("primary_slow") == true || response.reason?.contains("primary_timeout") == true)
+            #expect(
+                response.reason?.contains("primary_slow") == true
+                    || response.reason?.contains("primary_timeout") == true)
         }
         withExtendedLifetime(silent) {}
     }
@@ -136,7 +141,8 @@ import TritonClient
         fields.append(("written_at_ns", String(tenSecondsAgo)))
         _ = try await redis.hset(config.onlineKeyPrefix + "ADAUSDT", fields: fields)
 
-        let (missing, stale, staleButAllowed) = try await GatewayTestEnv.withGateway(config, waitForIdentity: false) { _, client in
+        let (missing, stale, staleButAllowed) = try await GatewayTestEnv.withGateway(config, waitForIdentity: false) {
+            _, client in
             let missing = try await client.score(ScoreRequest(symbol: "NOPEUSDT"))
             let stale = try await client.score(ScoreRequest(symbol: "ADAUSDT", freshnessMs: 1000))
             let allowed = try await client.score(ScoreRequest(symbol: "ADAUSDT", freshnessMs: 60_000))
@@ -286,7 +292,9 @@ import TritonClient
         let answers = try await GatewayTestEnv.withGateway(config) { deps, client in
             _ = await TestEnv.eventually { deps.engine.identities.known(version: "2") }
             var out: [String: ScoreResponse] = [:]
-            for id in ids { out[id] = try await client.score(ScoreRequest(symbol: "BTCUSDT", features: features), requestID: id).0 }
+            for id in ids {
+                out[id] = try await client.score(ScoreRequest(symbol: "BTCUSDT", features: features), requestID: id).0
+            }
             return out
         }
         let canaryAnswered = Set(answers.filter { $0.value.model?.version == "2" }.keys)
@@ -332,8 +340,10 @@ import TritonClient
         let client = try TritonClient(url: try GatewayTestEnv.tritonURL())
         defer { client.close() }
         let row = features.map(Float.init)
-        let v1 = try await client.infer(model: "trade_eligibility", version: "1", rows: row, rowCount: 1, deadline: .now + .seconds(5))[0]
-        let v2 = try await client.infer(model: "trade_eligibility", version: "2", rows: row, rowCount: 1, deadline: .now + .seconds(5))[0]
+        let v1 = try await client.infer(
+            model: "trade_eligibility", version: "1", rows: row, rowCount: 1, deadline: .now + .seconds(5))[0]
+        let v2 = try await client.infer(
+            model: "trade_eligibility", version: "2", rows: row, rowCount: 1, deadline: .now + .seconds(5))[0]
         try #require(abs(v1 - v2) > 0.01)
         let config = try GatewayTestEnv.config("rollback-disagree") {
             $0.shadowEnabled = true
@@ -345,7 +355,9 @@ import TritonClient
         }
         let (rollback, decisions) = try await GatewayTestEnv.withGateway(config) { deps, client in
             var decisions: [Decision] = []
-            for _ in 0..<8 { decisions.append(try await client.score(ScoreRequest(symbol: "BTCUSDT", features: features)).0.decision) }
+            for _ in 0..<8 {
+                decisions.append(try await client.score(ScoreRequest(symbol: "BTCUSDT", features: features)).0.decision)
+            }
             _ = await TestEnv.eventually { deps.engine.canary.rollback != nil }
             return (deps.engine.canary.rollback, decisions)
         }
@@ -376,12 +388,13 @@ import TritonClient
             (#"{"symbol":"BTC","colour":"red"}"#, "unknown_field", "colour"),
             (#"{"features":[1,2,3,4,5,6,7,8]}"#, "missing_field", "symbol"),
             (#"{"symbol":"BTC","freshness_ms":-3}"#, "invalid_value", "freshness_ms"),
-            (#"{"symbol":"BTC","pad":""# + String(repeating: "a", count: 70_000) + #""}"#, "body_too_large", nil),
+            (#"{"symbol":"BTC","pad":""# + String(repeating: "a", count: 70_000) + #""}"#, "body_too_large", nil)
         ]
         try await GatewayTestEnv.withGateway(config, waitForIdentity: false) { _, client in
             for (body, code, field) in cases {
                 let r = try await client.execute(
-                    uri: "/v1/score", method: .post, headers: [.contentType: "application/json"], body: ByteBuffer(string: body))
+                    uri: "/v1/score", method: .post, headers: [.contentType: "application/json"],
+                    body: ByteBuffer(string: body))
                 #expect(r.status == .badRequest, "\(body.prefix(60))")
                 let json = try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any]
                 let error = json?["error"] as? [String: Any]
@@ -409,7 +422,9 @@ import TritonClient
         try await GatewayTestEnv.withGateway(locked, waitForIdentity: false) { _, client in
             for uri in ["/v1/opportunities", "/debug/features?symbol=BTCUSDT", "/debug/triton?n=1"] {
                 #expect(try await client.execute(uri: uri, method: .get).status == .unauthorized)
-                #expect(try await client.execute(uri: uri, method: .get, headers: [.authorization: "Bearer wrong"]).status == .unauthorized)
+                #expect(
+                    try await client.execute(uri: uri, method: .get, headers: [.authorization: "Bearer wrong"]).status
+                        == .unauthorized)
             }
             let denied = try await client.execute(
                 uri: "/v1/score", method: .post, headers: [.authorization: "Basic k1-secret"],
@@ -420,7 +435,8 @@ import TritonClient
             let missing = try await client.execute(
                 uri: "/v1/score", method: .post, body: ByteBuffer(string: #"{"symbol":"BTC"}"#))
             #expect(missing.status == .unauthorized)
-            let allowed = try await client.score(ScoreRequest(symbol: "BTCUSDT", features: features), authorization: "Bearer k2-secret")
+            let allowed = try await client.score(
+                ScoreRequest(symbol: "BTCUSDT", features: features), authorization: "Bearer k2-secret")
             #expect(allowed.0.source == .model || allowed.0.source == .rules)
             for uri in ["/healthz", "/metrics", "/openapi.yaml"] {
                 #expect(try await client.execute(uri: uri, method: .get).status == .ok)
@@ -442,7 +458,9 @@ import TritonClient
         let ids = try await GatewayTestEnv.withGateway(config) { deps, client in
             var ids: [String] = []
             for i in 0..<before {
-                ids.append(try await client.score(ScoreRequest(symbol: "BTCUSDT", features: features), requestID: "a-\(i)").0.requestId)
+                ids.append(
+                    try await client.score(ScoreRequest(symbol: "BTCUSDT", features: features), requestID: "a-\(i)").0
+                        .requestId)
             }
             let check = RedisClient(configuration: try RedisConfiguration(url: config.redisURL), name: "check")
             defer { check.close() }
@@ -450,14 +468,19 @@ import TritonClient
             try await server.kill()
             // Redis down: decisions still answered, audit records wait in the buffer.
             for i in 0..<during {
-                ids.append(try await client.score(ScoreRequest(symbol: "BTCUSDT", features: features), requestID: "b-\(i)").0.requestId)
+                ids.append(
+                    try await client.score(ScoreRequest(symbol: "BTCUSDT", features: features), requestID: "b-\(i)").0
+                        .requestId)
             }
             #expect(deps.engine.audit.depth > 0)
             let ready = try await client.execute(uri: "/readyz", method: .get)
             #expect(ready.status == .serviceUnavailable)
             // Redis back (empty: no persistence) on the same port: the buffered records arrive.
             let restarted = try await PrivateRedisServer(port: port)
-            #expect(await TestEnv.eventually(timeout: .seconds(20)) { (try? await check.xlen(config.auditStream)) == during })
+            #expect(
+                await TestEnv.eventually(timeout: .seconds(20)) {
+                    (try? await check.xlen(config.auditStream)) == during
+                })
             let records = try await check.xrange(config.auditStream).map {
                 try StreamFieldDecoder.decode(AuditRecord.self, from: $0.fields)
             }
@@ -477,7 +500,8 @@ import TritonClient
         defer { redis.close() }
         for (i, symbol) in ["BTCUSDT", "ETHUSDT", "BTCUSDT"].enumerated() {
             let o = Opportunity(
-                id: "\(symbol)-\(i)", symbol: symbol, direction: .buy, confidence: 0.7, strategies: ["s"], signalIds: ["x"],
+                id: "\(symbol)-\(i)", symbol: symbol, direction: .buy, confidence: 0.7, strategies: ["s"],
+                signalIds: ["x"],
                 firstTsNs: Int64(i), lastTsNs: Int64(i), count: 1, emitReason: "first")
             _ = try await redis.xadd(config.opportunitiesStream, fields: try StreamFieldEncoder.encode(o))
         }
@@ -493,7 +517,8 @@ import TritonClient
             deps.engine.features.put(
                 StoredFeatures(
                     snapshot: FeatureSnapshot(
-                        symbol: "LTCUSDT", tsNs: 1, windowMs: 5000, nQuotes: 1, nTrades: 0, tradeVolume: 0, lastPrice: 80,
+                        symbol: "LTCUSDT", tsNs: 1, windowMs: 5000, nQuotes: 1, nTrades: 0, tradeVolume: 0,
+                        lastPrice: 80,
                         warm: false, features: try FeatureVector(features)),
                     writtenAtNs: Int64(Date().timeIntervalSince1970 * 1e9)))
             let f = try await client.execute(uri: "/debug/features?symbol=LTCUSDT", method: .get)
@@ -511,7 +536,8 @@ import TritonClient
             let ready = try await client.execute(uri: "/readyz", method: .get)
             #expect(ready.status == .ok)
             let spec = try await client.execute(uri: "/openapi.yaml", method: .get)
-            let file = try String(contentsOf: GatewayTestEnv.repoRoot.appendingPathComponent("deploy/openapi.yaml"), encoding: .utf8)
+            let file = try String(
+                contentsOf: GatewayTestEnv.repoRoot.appendingPathComponent("deploy/openapi.yaml"), encoding: .utf8)
             // The served document is the file (scripts/gen-openapi-swift.sh embeds it).
             #expect(String(buffer: spec.body) == String(file.dropLast(file.hasSuffix("\n") ? 1 : 0)))
         }

@@ -35,9 +35,13 @@ final class SSETestClient: Sendable {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.so_rcvbuf), value: 4096)
             .connect(host: "127.0.0.1", port: port) { channel in
-                channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
             }
-        let request = "GET \(path) HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n" + headers.map { $0 + "\r\n" }.joined() + "\r\n"
+        let request =
+            "GET \(path) HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n" + headers.map { $0 + "\r\n" }.joined()
+            + "\r\n"
         let box = self.box
         task = Task {
             try await channel.executeThenClose { inbound, outbound in
@@ -62,7 +66,8 @@ final class SSETestClient: Sendable {
             s.status = lines.first.flatMap { Int($0.dropFirst(9).prefix(3)) }
             for line in lines.dropFirst() {
                 guard let colon = line.firstIndex(of: ":") else { continue }
-                s.headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+                s.headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(
+                    in: .whitespaces)
             }
             raw = String(raw[end.upperBound...])
         }
@@ -84,9 +89,15 @@ final class SSETestClient: Sendable {
             var event = SSEEvent(id: nil, event: nil, data: "")
             var isEvent = false
             for line in block.split(separator: "\n") {
-                if line.hasPrefix("id: ") { event.id = String(line.dropFirst(4)); isEvent = true }
+                if line.hasPrefix("id: ") {
+                    event.id = String(line.dropFirst(4))
+                    isEvent = true
+                }
                 if line.hasPrefix("event: ") { event.event = String(line.dropFirst(7)) }
-                if line.hasPrefix("data: ") { event.data = String(line.dropFirst(6)); isEvent = true }
+                if line.hasPrefix("data: ") {
+                    event.data = String(line.dropFirst(6))
+                    isEvent = true
+                }
             }
             if isEvent { s.events.append(event) } else if block.hasPrefix(":") { s.comments += 1 }
         }
@@ -100,7 +111,9 @@ final class SSETestClient: Sendable {
 
     /// Waits until `count` events have arrived (or `timeout`); returns what arrived.
     func events(count: Int, timeout: Duration = .seconds(30)) async -> [SSEEvent] {
-        _ = await TestEnv.eventually(timeout: timeout, every: .milliseconds(20)) { self.events.count >= count || self.closed }
+        _ = await TestEnv.eventually(timeout: timeout, every: .milliseconds(20)) {
+            self.events.count >= count || self.closed
+        }
         return events
     }
 
@@ -123,7 +136,9 @@ final class StalledSocket: Sendable {
         address.sin_port = in_port_t(UInt16(port).bigEndian)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         guard connected == 0 else { throw GatewayTestError(description: "connect failed: errno \(errno)") }
         let request = Array("GET \(path) HTTP/1.1\r\nHost: gw\r\n\r\n".utf8)
@@ -151,13 +166,15 @@ final class StalledSocket: Sendable {
 struct GatewayPushTests {
     static func opportunity(_ i: Int, symbol: String = "BTCUSDT") -> Opportunity {
         Opportunity(
-            id: "opp-\(i)", symbol: symbol, direction: i % 2 == 0 ? .buy : .sell, confidence: 0.5 + Double(i % 50) / 100,
+            id: "opp-\(i)", symbol: symbol, direction: i % 2 == 0 ? .buy : .sell,
+            confidence: 0.5 + Double(i % 50) / 100,
             strategies: ["momentum"], signalIds: ["sig-\(i)"], firstTsNs: 1_723_161_254_087_891_268 + Int64(i),
             lastTsNs: 1_723_161_254_087_891_268 + Int64(i) + 1000, count: 1)
     }
 
     /// XADDs the opportunities (pipelined) and returns their entry ids in order.
-    static func publish(_ opportunities: [Opportunity], to stream: String, redis: RedisClient) async throws -> [String] {
+    static func publish(_ opportunities: [Opportunity], to stream: String, redis: RedisClient) async throws -> [String]
+    {
         var ids: [String] = []
         for chunk in stride(from: 0, to: opportunities.count, by: 500) {
             let commands = try opportunities[chunk..<min(chunk + 500, opportunities.count)].map {
@@ -177,7 +194,10 @@ struct GatewayPushTests {
             defer { redis.close() }
             let all = try await SSETestClient(port: port, path: "/v1/opportunities/stream")
             let eth = try await SSETestClient(port: port, path: "/v1/opportunities/stream?symbol=ETHUSDT")
-            defer { all.close(); eth.close() }
+            defer {
+                all.close()
+                eth.close()
+            }
             #expect(await TestEnv.eventually { deps.push.opportunities.clientCount == 2 })
             #expect(all.status == 200)
 
@@ -192,11 +212,13 @@ struct GatewayPushTests {
             #expect(ethEvents.map(\.id) == zip(ids, opportunities).filter { $0.1.symbol == "ETHUSDT" }.map(\.0))
 
             // A client that saw up to ids[29] comes back: the rest of the backlog first, then live entries.
-            let resumed = try await SSETestClient(port: port, path: "/v1/opportunities/stream", headers: ["Last-Event-ID: \(ids[29])"])
+            let resumed = try await SSETestClient(
+                port: port, path: "/v1/opportunities/stream", headers: ["Last-Event-ID: \(ids[29])"])
             defer { resumed.close() }
             let backlog = await resumed.events(count: 30)
             #expect(backlog.map(\.id) == Array(ids[30...]))
-            let more = try await Self.publish((60..<70).map { Self.opportunity($0) }, to: config.opportunitiesStream, redis: redis)
+            let more = try await Self.publish(
+                (60..<70).map { Self.opportunity($0) }, to: config.opportunitiesStream, redis: redis)
             let after = await resumed.events(count: 40)
             #expect(after.map(\.id) == Array(ids[30...]) + more, "no gap and no duplicate across the switch to live")
             #expect(await all.events(count: 70).map(\.id) == ids + more)
@@ -233,10 +255,14 @@ struct GatewayPushTests {
             let received = reader.events
             #expect(received.count == count)
             #expect(received.map(\.id) == ids, "the reading client got every event in order")
-            #expect(await TestEnv.eventually { deps.push.opportunities.clientCount == 1 }, "the stalled one was dropped")
+            #expect(
+                await TestEnv.eventually { deps.push.opportunities.clientCount == 1 }, "the stalled one was dropped")
             #expect(await stalled.drainToEnd(), "the gateway closed the stalled client's connection")
             let metrics = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
-            #expect(metrics.contains("te_gateway_push_dropped_total{stream=\"opportunities\",transport=\"sse\",reason=\"slow_consumer\"} 1"), "\(metrics)")
+            #expect(
+                metrics.contains(
+                    "te_gateway_push_dropped_total{stream=\"opportunities\",transport=\"sse\",reason=\"slow_consumer\"} 1"
+                ), "\(metrics)")
         }
     }
 
@@ -264,11 +290,14 @@ struct GatewayPushTests {
 
             for (path, code) in [
                 ("/v1/opportunities/stream?last_event_id=yesterday", "invalid_query"),
-                ("/v1/opportunities/stream?symbol=%20bad", "invalid_symbol"),
+                ("/v1/opportunities/stream?symbol=%20bad", "invalid_symbol")
             ] {
-                let response = try await client.execute(uri: path, method: .get, headers: [.authorization: "Bearer push-key"])
+                let response = try await client.execute(
+                    uri: path, method: .get, headers: [.authorization: "Bearer push-key"])
                 #expect(response.status.code == 400, "\(path)")
-                #expect(String(buffer: response.body).contains("\"code\":\"\(code)\""), "\(path): \(String(buffer: response.body))")
+                #expect(
+                    String(buffer: response.body).contains("\"code\":\"\(code)\""),
+                    "\(path): \(String(buffer: response.body))")
             }
             let unauthorized = try await client.execute(uri: "/v1/decisions/stream", method: .get)
             #expect(unauthorized.status.code == 401)
@@ -285,8 +314,10 @@ struct GatewayPushTests {
             #expect(await TestEnv.eventually { deps.push.decisions.clientCount == 1 })
             var decisionIDs: [String] = []
             for i in 0..<5 {
-                decisionIDs.append(try await client.score(
-                    ScoreRequest(symbol: i == 2 ? "ETHUSDT" : "BTCUSDT", features: GatewayTestEnv.sampleFeatures)).0.decisionId)
+                decisionIDs.append(
+                    try await client.score(
+                        ScoreRequest(symbol: i == 2 ? "ETHUSDT" : "BTCUSDT", features: GatewayTestEnv.sampleFeatures)
+                    ).0.decisionId)
             }
             let events = await stream.events(count: 4)
             let records = try events.map { try JSONDecoder().decode(AuditRecord.self, from: Data($0.data.utf8)) }

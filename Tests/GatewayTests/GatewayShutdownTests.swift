@@ -28,10 +28,11 @@ struct GatewayShutdownTests {
             "gateway",
             environment: [
                 "REDIS_URL": try TestEnv.redisURL(), "TRITON_URL": triton, "HTTP_PORT": String(port),
-                "AUDIT_STREAM": stream, "ROLLOUT_STREAM": rollout, "AUDIT_DURABILITY": "async", "SHADOW_ENABLED": "true",
+                "AUDIT_STREAM": stream, "ROLLOUT_STREAM": rollout, "AUDIT_DURABILITY": "async",
+                "SHADOW_ENABLED": "true",
                 "SCORE_TIMEOUT_MS": "300", "LOG_LEVEL": "warning",
                 // A debug build under load breaches the canary's latency limit; a rollback would end shadowing.
-                "CANARY_MAX_P99_MS": "60000", "CANARY_MAX_ERROR_RATE": "1", "CANARY_MAX_DISAGREE_RATE": "1",
+                "CANARY_MAX_P99_MS": "60000", "CANARY_MAX_ERROR_RATE": "1", "CANARY_MAX_DISAGREE_RATE": "1"
             ])
         let up = await TestEnv.eventually(timeout: .seconds(30)) {
             (try? await GatewayHTTP.score(port: port, requestID: "warm-up"))?.status == 200
@@ -41,7 +42,9 @@ struct GatewayShutdownTests {
         let shadowing = await TestEnv.eventually(timeout: .seconds(30)) {
             _ = try? await GatewayHTTP.score(port: port, requestID: "warm-up")
             let entries = (try? await redis.xrange(stream)) ?? []
-            return entries.contains { (try? StreamFieldDecoder.decode(AuditRecord.self, from: $0.fields))?.canary != nil }
+            return entries.contains {
+                (try? StreamFieldDecoder.decode(AuditRecord.self, from: $0.fields))?.canary != nil
+            }
         }
         #expect(shadowing, "gateway output:\n\(gateway.output())")
 
@@ -68,7 +71,9 @@ struct GatewayShutdownTests {
         #expect(try await gateway.waitForExit(timeout: .seconds(30)) == 0, "gateway output:\n\(gateway.output())")
         await load.value
 
-        let records = try await redis.xrange(stream).map { try StreamFieldDecoder.decode(AuditRecord.self, from: $0.fields) }
+        let records = try await redis.xrange(stream).map {
+            try StreamFieldDecoder.decode(AuditRecord.self, from: $0.fields)
+        }
         let audited = Set(records.map(\.decisionId))
         let decisions = clients.answered.withLock { $0 }
         let missing = decisions.subtracting(audited)
@@ -78,7 +83,9 @@ struct GatewayShutdownTests {
         let modelRecords = records.filter { $0.source == .model && $0.requestId.hasPrefix("sigterm-") }
         #expect(!modelRecords.isEmpty)
         let uncompared = modelRecords.filter { $0.canary?.mode != "shadow" }
-        #expect(uncompared.isEmpty, "\(uncompared.count) of \(modelRecords.count) model answers without their shadow comparison")
+        #expect(
+            uncompared.isEmpty,
+            "\(uncompared.count) of \(modelRecords.count) model answers without their shadow comparison")
         _ = try? await redis.send("DEL", stream, rollout, RolloutState.key(model: "trade_eligibility", stream: rollout))
     }
 }

@@ -17,13 +17,17 @@ enum GatewayTestEnv {
     /// `TRITON_URL` from `.dev/env`, or an error that fails the test.
     static func tritonURL() throws -> String {
         guard let url = ProcessInfo.processInfo.environment["TRITON_URL"], !url.isEmpty else {
-            throw GatewayTestError(description: "TRITON_URL is not set: run the tests through `make test` (or `source .dev/env`), which starts Triton")
+            throw GatewayTestError(
+                description:
+                    "TRITON_URL is not set: run the tests through `make test` (or `source .dev/env`), which starts Triton"
+            )
         }
         return url
     }
 
     /// A configuration on the shared servers, with streams and keys of the test's own.
-    static func config(_ name: String, triton: String? = nil, _ adjust: (inout GatewayConfiguration) -> Void = { _ in }) throws
+    static func config(_ name: String, triton: String? = nil, _ adjust: (inout GatewayConfiguration) -> Void = { _ in })
+        throws
         -> GatewayConfiguration
     {
         // As the gateway's own Redis user (deploy/redis/users.acl), as in production.
@@ -116,7 +120,8 @@ enum RawHTTP {
             .connect(host: "127.0.0.1", port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
-                        wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: halfClose))
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(isOutboundHalfClosureEnabled: halfClose))
                 }
             }
         let text = try await channel.executeThenClose { inbound, outbound in
@@ -140,12 +145,14 @@ enum RawHTTP {
                 throw GatewayTestError(description: "incomplete response head: \(rest.prefix(200))")
             }
             let lines = rest[..<headEnd.lowerBound].split(separator: "\r\n", omittingEmptySubsequences: false)
-            guard let statusLine = lines.first, statusLine.hasPrefix("HTTP/1.1 "), let status = Int(statusLine.dropFirst(9).prefix(3))
+            guard let statusLine = lines.first, statusLine.hasPrefix("HTTP/1.1 "),
+                let status = Int(statusLine.dropFirst(9).prefix(3))
             else { throw GatewayTestError(description: "bad status line: \(lines.first ?? "")") }
             var headers: [String: String] = [:]
             for line in lines.dropFirst() {
                 guard let colon = line.firstIndex(of: ":") else { continue }
-                headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+                headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(
+                    in: .whitespaces)
             }
             let length = Int(headers["content-length"] ?? "0") ?? 0
             let bodyStart = headEnd.upperBound
@@ -211,7 +218,10 @@ final class PrivateTriton: Sendable {
         }
         let log = state.appendingPathComponent("start.log").path
         let script = GatewayTestEnv.repoRoot.appendingPathComponent("scripts/dev-triton.sh").path
-        let argv = ["/bin/bash", "-c", "exec \"$0\" \"$1\" \"$2\" \"$3\" >>\"$4\" 2>&1 </dev/null", script, "\(grpcPort)", "\(httpPort)", "\(metricsPort)", log]
+        let argv = [
+            "/bin/bash", "-c", "exec \"$0\" \"$1\" \"$2\" \"$3\" >>\"$4\" 2>&1 </dev/null", script, "\(grpcPort)",
+            "\(httpPort)", "\(metricsPort)", log
+        ]
         let envp = env.map { "\($0.key)=\($0.value)" }
         var pid: pid_t = 0
         let cArgs = argv.map { strdup($0) } + [nil]
@@ -225,18 +235,23 @@ final class PrivateTriton: Sendable {
         var status: Int32 = 0
         while waitpid(pid, &status, WNOHANG) == 0 { try await Task.sleep(for: .milliseconds(100)) }
         guard status == 0 else {
-            throw GatewayTestError(description: "dev-triton.sh failed (\(status)): \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+            throw GatewayTestError(
+                description:
+                    "dev-triton.sh failed (\(status)): \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
         }
     }
 
     var pid: Int32? {
-        guard let text = try? String(contentsOf: state.appendingPathComponent("run/triton.pid"), encoding: .utf8) else { return nil }
+        guard let text = try? String(contentsOf: state.appendingPathComponent("run/triton.pid"), encoding: .utf8) else {
+            return nil
+        }
         return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
     /// The server's process group (dev-triton.sh starts it with setsid): the server and its Python stubs.
     var processGroup: Int32? {
-        guard let text = try? String(contentsOf: state.appendingPathComponent("run/triton.pgid"), encoding: .utf8) else { return nil }
+        guard let text = try? String(contentsOf: state.appendingPathComponent("run/triton.pgid"), encoding: .utf8)
+        else { return nil }
         return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
@@ -261,7 +276,9 @@ final class PrivateTriton: Sendable {
         address.sin_port = UInt16(port).bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         } == 0
     }
 }

@@ -5,7 +5,7 @@ import TestSupport
 import Testing
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// W3C trace context and OTLP spans of the built `gateway` binary, on the real Redis and Triton, with an
@@ -14,7 +14,9 @@ import FoundationNetworking
 struct GatewayTraceTests {
     static let body = #"{"symbol":"BTCUSDT","features":[0.5,0.3,0.2,1,2,0.1,10,0.05]}"#
 
-    static func score(port: Int, headers: [String: String]) async throws -> (status: Int, body: [String: Any], traceparent: String?) {
+    static func score(port: Int, headers: [String: String]) async throws -> (
+        status: Int, body: [String: Any], traceparent: String?
+    ) {
         var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/score")!)
         request.httpMethod = "POST"
         request.timeoutInterval = 5
@@ -36,13 +38,16 @@ struct GatewayTraceTests {
         let gateway = try ChildProcess.built(
             "gateway",
             environment: [
-                "TRITON_URL": try GatewayTestEnv.tritonURL(), "HTTP_PORT": String(port), "AUDIT_STREAM": "\(prefix):audit",
-                "ROLLOUT_STREAM": "\(prefix):rollout", "SCORE_TIMEOUT_MS": "300", "LOG_LEVEL": "debug",
+                "TRITON_URL": try GatewayTestEnv.tritonURL(), "HTTP_PORT": String(port),
+                "AUDIT_STREAM": "\(prefix):audit",
+                "ROLLOUT_STREAM": "\(prefix):rollout", "SCORE_TIMEOUT_MS": "300", "LOG_LEVEL": "debug"
             ].merging(extra) { $1 })
         let up = await TestEnv.eventually(timeout: .seconds(30), every: .milliseconds(100)) {
             (try? await Self.score(port: port, headers: ["X-Request-Id": "warm-up"]))?.status == 200
         }
-        guard up else { throw GatewayTestError(description: "gateway did not answer:\n\(gateway.output().suffix(3000))") }
+        guard up else {
+            throw GatewayTestError(description: "gateway did not answer:\n\(gateway.output().suffix(3000))")
+        }
         return (gateway, port, "\(prefix):audit")
     }
 
@@ -65,20 +70,24 @@ struct GatewayTraceTests {
         }
     }
 
-    @Test("a traceparent's trace: spans under the given parent, returned in traceparent, in the audit entry and the log line")
+    @Test(
+        "a traceparent's trace: spans under the given parent, returned in traceparent, in the audit entry and the log line"
+    )
     func spansUnderTheGivenParent() async throws {
         let receiver = try await OTLPReceiver()
         defer { receiver.stop() }
         let (gateway, port, audit) = try await Self.startGateway([
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
-            "OTEL_SERVICE_NAME": "gateway-trace-test", "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_SERVICE_NAME": "gateway-trace-test", "OTEL_BSP_SCHEDULE_DELAY": "100"
         ])
         defer { gateway.kill9() }
 
         let traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
         let parentID = "00f067aa0ba902b7"
         let answer = try await Self.score(
-            port: port, headers: ["traceparent": "00-\(traceID)-\(parentID)-01", "tracestate": "desk=a", "X-Request-Id": "traced-1"])
+            port: port,
+            headers: ["traceparent": "00-\(traceID)-\(parentID)-01", "tracestate": "desk=a", "X-Request-Id": "traced-1"]
+        )
         #expect(answer.status == 200, "\(answer.body)")
         #expect(answer.body["source"] as? String == "model", "\(answer.body)")
         let decisionID = try #require(answer.body["decision_id"] as? String)
@@ -92,7 +101,9 @@ struct GatewayTraceTests {
 
         let exported = await TestEnv.eventually(timeout: .seconds(20), every: .milliseconds(100)) {
             let names = Set(receiver.spans.filter { $0.traceID == traceID }.map(\.name))
-            return names.isSuperset(of: ["POST /v1/score", "feature lookup", "model primary", "triton infer", "audit write"])
+            return names.isSuperset(of: [
+                "POST /v1/score", "feature lookup", "model primary", "triton infer", "audit write"
+            ])
         }
         let spans = receiver.spans.filter { $0.traceID == traceID }
         #expect(exported, "spans received: \(receiver.spans)\ngateway:\n\(gateway.output().suffix(3000))")
@@ -130,7 +141,9 @@ struct GatewayTraceTests {
         let freshID = try #require(fresh.body["decision_id"] as? String)
         #expect(try await Self.auditRecord(freshID, stream: audit)?.traceId == freshTrace)
         let root = await TestEnv.eventually(timeout: .seconds(20), every: .milliseconds(100)) {
-            receiver.spans.contains { $0.traceID == freshTrace && $0.name == "POST /v1/score" && $0.parentSpanID == nil }
+            receiver.spans.contains {
+                $0.traceID == freshTrace && $0.name == "POST /v1/score" && $0.parentSpanID == nil
+            }
         }
         #expect(root, "\(receiver.spans.filter { $0.traceID == freshTrace })")
 

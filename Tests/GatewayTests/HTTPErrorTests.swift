@@ -62,12 +62,16 @@ import Testing
         let head = "POST /v1/score HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
         let cases: [(name: String, request: String, field: String?)] = [
             ("bad Content-Length", head + "Content-Length: 12x\r\n\r\n" + valid, "Content-Length"),
-            ("conflicting Content-Length", head + "Content-Length: 3\r\nContent-Length: 4\r\n\r\n" + valid, "Content-Length"),
+            (
+                "conflicting Content-Length", head + "Content-Length: 3\r\nContent-Length: 4\r\n\r\n" + valid,
+                "Content-Length"
+            ),
             ("bad chunk size", head + "Transfer-Encoding: chunked\r\n\r\nzz\r\n" + valid + "\r\n0\r\n\r\n", nil),
             (
                 "Transfer-Encoding with Content-Length",
-                head + "Transfer-Encoding: chunked\r\nContent-Length: \(valid.utf8.count)\r\n\r\n" + valid, "Content-Length"
-            ),
+                head + "Transfer-Encoding: chunked\r\nContent-Length: \(valid.utf8.count)\r\n\r\n" + valid,
+                "Content-Length"
+            )
         ]
         try await GatewayTestEnv.withGateway(config, waitForIdentity: false) { _, client in
             let port = try #require(client.port)
@@ -81,7 +85,8 @@ import Testing
             }
             // Behind complete requests on the same connection (one of each path): their answers first, in order.
             let pipelined =
-                RawHTTP.score(valid, requestID: "first") + RawHTTP.get("/healthz") + head + "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"sym\r\nq\r\n"
+                RawHTTP.score(valid, requestID: "first") + RawHTTP.get("/healthz") + head
+                + "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"sym\r\nq\r\n"
             let responses = try await RawHTTP.exchange(port: port, [pipelined])
             try #require(responses.count == 3, "\(responses.map(\.status))")
             #expect(responses[0].status == 200)
@@ -115,7 +120,8 @@ import Testing
 
             func score(contentType: String?) -> String {
                 let type = contentType.map { "Content-Type: \($0)\r\n" } ?? ""
-                return "POST /v1/score HTTP/1.1\r\nHost: gw\r\n\(type)\(close)Content-Length: \(valid.utf8.count)\r\n\r\n\(valid)"
+                return
+                    "POST /v1/score HTTP/1.1\r\nHost: gw\r\n\(type)\(close)Content-Length: \(valid.utf8.count)\r\n\r\n\(valid)"
             }
             for type in ["text/plain", "application/x-www-form-urlencoded", "application/jsonx", nil] {
                 let e = try error(try await one(score(contentType: type)), status: 415, code: "unsupported_media_type")
@@ -136,7 +142,9 @@ import Testing
                 path = String(line.dropFirst(2).dropLast())
             } else if let p = path, line.hasPrefix("    "), !line.hasPrefix("     "), line.hasSuffix(":") {
                 let method = line.trimmingCharacters(in: .whitespaces).dropLast().uppercased()
-                if ["GET", "POST", "PUT", "DELETE", "PATCH"].contains(method) { documented[p, default: []].append(method) }
+                if ["GET", "POST", "PUT", "DELETE", "PATCH"].contains(method) {
+                    documented[p, default: []].append(method)
+                }
             } else if !line.hasPrefix(" ") {
                 path = nil
             }
@@ -156,15 +164,21 @@ import Testing
             })
         // Answered outside RequestError.Code: the bearer check, the rate limit, /debug/features, Redis outages,
         // sync audit, the push streams' client limit.
-        let others: Set = ["unauthorized", "rate_limited", "no_features", "redis_unavailable", "audit_unavailable", "too_many_streams"]
+        let others: Set = [
+            "unauthorized", "rate_limited", "no_features", "redis_unavailable", "audit_unavailable", "too_many_streams"
+        ]
         #expect(documented == Set(RequestError.Code.allCases.map(\.rawValue)).union(others))
     }
 
     @Test func contentTypeIsJSON() {
-        for yes in ["application/json", "application/json;charset=utf-8", "APPLICATION/JSON ; q=1", "\tapplication/json"] {
+        for yes in [
+            "application/json", "application/json;charset=utf-8", "APPLICATION/JSON ; q=1", "\tapplication/json"
+        ] {
             #expect(GatewayAPI.isJSON(contentType: yes), "\(yes)")
         }
-        for no in [nil, "", "application/jso", "application/json-seq", "text/json", "application/xml", "application/ json"] {
+        for no in [
+            nil, "", "application/jso", "application/json-seq", "text/json", "application/xml", "application/ json"
+        ] {
             #expect(!GatewayAPI.isJSON(contentType: no), "\(no ?? "nil")")
         }
     }

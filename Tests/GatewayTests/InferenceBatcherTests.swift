@@ -12,14 +12,17 @@ final class CallSizeRecorder: InferenceEndpoint {
 
     init(_ base: TritonEndpoint) { self.base = base }
 
-    func infer(version: String, rows: [Float], rowCount: Int, deadline: ContinuousClock.Instant) async throws(InferenceFailure)
+    func infer(version: String, rows: [Float], rowCount: Int, deadline: ContinuousClock.Instant)
+        async throws(InferenceFailure)
         -> [Float]
     {
         sizes.withLock { $0.append(rowCount) }
         return try await base.infer(version: version, rows: rows, rowCount: rowCount, deadline: deadline)
     }
 
-    func identity(version: String) async throws(InferenceFailure) -> ModelIdentity { try await base.identity(version: version) }
+    func identity(version: String) async throws(InferenceFailure) -> ModelIdentity {
+        try await base.identity(version: version)
+    }
     func isReady(version: String) async -> Bool { await base.isReady(version: version) }
 }
 

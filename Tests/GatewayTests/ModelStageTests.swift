@@ -29,7 +29,8 @@ final class ScriptedEndpoint: InferenceEndpoint {
 
     func set(_ version: String, _ behaviour: Behaviour) { script.withLock { $0[version] = behaviour } }
 
-    func infer(version: String, rows: [Float], rowCount: Int, deadline: ContinuousClock.Instant) async throws(InferenceFailure)
+    func infer(version: String, rows: [Float], rowCount: Int, deadline: ContinuousClock.Instant)
+        async throws(InferenceFailure)
         -> [Float]
     {
         calls.withLock { $0.append(version) }
@@ -65,13 +66,14 @@ final class ScriptedEndpoint: InferenceEndpoint {
             // Async audit: the record goes to the buffer, which no writer drains here.
             environment: [
                 "REDIS_URL": "redis://127.0.0.1:1/0", "TRITON_URL": "127.0.0.1:1", "SCORE_TIMEOUT_JITTER": "0",
-                "AUDIT_DURABILITY": "async",
+                "AUDIT_DURABILITY": "async"
             ]
-                .merging(environment) { $1 })
+            .merging(environment) { $1 })
         let metrics = GatewayMetrics(registry: PrometheusCollectorRegistry())
         return DecisionEngine(
             config: config, metrics: metrics, primary: primary, secondary: secondary, features: FeatureMemory(),
-            audit: AuditBuffer(capacity: 100, metrics: metrics), identities: ModelIdentityStore(modelName: "trade_eligibility"),
+            audit: AuditBuffer(capacity: 100, metrics: metrics),
+            identities: ModelIdentityStore(modelName: "trade_eligibility"),
             logger: Logger(label: "model-stage-test"))
     }
 
@@ -126,7 +128,8 @@ final class ScriptedEndpoint: InferenceEndpoint {
     @Test func aSilentPrimaryIsHedgedOnTheSecondary() async throws {
         let primary = ScriptedEndpoint("primary", ["1": .silent])
         let secondary = ScriptedEndpoint("secondary", ["1": .score(0.7)])
-        let r = await decide(try engine(primary: primary, secondary: secondary, ["SCORE_TIMEOUT_MS": "300", "HEDGE_AFTER_MS": "5"]))
+        let r = await decide(
+            try engine(primary: primary, secondary: secondary, ["SCORE_TIMEOUT_MS": "300", "HEDGE_AFTER_MS": "5"]))
         #expect(r.source == .model)
         #expect(r.reason == "primary_slow")
     }
@@ -134,7 +137,8 @@ final class ScriptedEndpoint: InferenceEndpoint {
     @Test func bothLegsSilentGiveUpAtTheDeadline() async throws {
         let primary = ScriptedEndpoint("primary", ["1": .silent])
         let secondary = ScriptedEndpoint("secondary", ["1": .silent])
-        let r = await decide(try engine(primary: primary, secondary: secondary, ["SCORE_TIMEOUT_MS": "40", "HEDGE_AFTER_MS": "5"]))
+        let r = await decide(
+            try engine(primary: primary, secondary: secondary, ["SCORE_TIMEOUT_MS": "40", "HEDGE_AFTER_MS": "5"]))
         #expect(r.source == .rules)
         // The legs' own deadline and the race's timer fall together: either may report first.
         #expect(Set(r.reason?.split(separator: ",") ?? []) == ["primary_timeout", "secondary_timeout", "cache_miss"])

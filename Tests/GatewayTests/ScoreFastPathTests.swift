@@ -27,7 +27,8 @@ import Testing
             let port = try #require(client.port)
             // One write: score, a Hummingbird route, score, a client error, another route, score + close.
             let pipelined =
-                RawHTTP.score(valid, requestID: "req-1") + RawHTTP.get("/healthz") + RawHTTP.score(valid, requestID: "req-3")
+                RawHTTP.score(valid, requestID: "req-1") + RawHTTP.get("/healthz")
+                + RawHTTP.score(valid, requestID: "req-3")
                 + RawHTTP.score(#"{"symbol":"BTCUSDT","features":[1,2]}"#, requestID: "req-4")
                 + RawHTTP.get("/v1/opportunities?limit=1")
                 + RawHTTP.score(valid, requestID: "req-6", extraHeaders: "Connection: close\r\n")
@@ -64,13 +65,15 @@ import Testing
             // the connection stays usable for the next request.
             var oversizedChunked =
                 "POST /v1/score HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-            for _ in 0..<3 { oversizedChunked += String(30_000, radix: 16) + "\r\n" + String(repeating: " ", count: 30_000) + "\r\n" }
+            for _ in 0..<3 {
+                oversizedChunked += String(30_000, radix: 16) + "\r\n" + String(repeating: " ", count: 30_000) + "\r\n"
+            }
             oversizedChunked += "0\r\n\r\n"
             let responses = try await RawHTTP.exchange(
                 port: port,
                 [
                     String(whole[..<cut]), String(whole[cut...]) + chunked, RawHTTP.score(oversized) + oversizedChunked,
-                    RawHTTP.score(valid, requestID: "after", extraHeaders: "Connection: close\r\n"),
+                    RawHTTP.score(valid, requestID: "after", extraHeaders: "Connection: close\r\n")
                 ])
             try #require(responses.count == 5, "\(responses.map(\.status))")
             _ = try scored(responses[0], requestID: "split")
@@ -93,7 +96,10 @@ import Testing
             let port = try #require(client.port)
             let responses = try await RawHTTP.exchange(
                 port: port,
-                [RawHTTP.score(valid, requestID: "hc-1") + RawHTTP.get("/healthz") + RawHTTP.score(valid, requestID: "hc-3")],
+                [
+                    RawHTTP.score(valid, requestID: "hc-1") + RawHTTP.get("/healthz")
+                        + RawHTTP.score(valid, requestID: "hc-3")
+                ],
                 halfClose: true)
             try #require(responses.count == 3, "\(responses.map(\.status))")
             _ = try scored(responses[0], requestID: "hc-1")

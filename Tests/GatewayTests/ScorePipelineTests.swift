@@ -22,15 +22,33 @@ import Testing
 
     @Test func takesAScoreRequestAndHoldsWhatFollowsUntilItIsAnswered() throws {
         var s = ScorePipelineStateMachine()
-        guard case .none = s.read(head(.post, "/v1/score?x=1"), now: now) else { Issue.record("head"); return }
-        guard case .none = s.read(.body(ByteBuffer(string: "{\"a\":")), now: now) else { Issue.record("body"); return }
-        guard case .none = s.read(.body(ByteBuffer(string: "1}")), now: now) else { Issue.record("body"); return }
-        guard case .answer(_, let body?, let at) = s.read(.end(nil), now: now) else { Issue.record("answer"); return }
+        guard case .none = s.read(head(.post, "/v1/score?x=1"), now: now) else {
+            Issue.record("head")
+            return
+        }
+        guard case .none = s.read(.body(ByteBuffer(string: "{\"a\":")), now: now) else {
+            Issue.record("body")
+            return
+        }
+        guard case .none = s.read(.body(ByteBuffer(string: "1}")), now: now) else {
+            Issue.record("body")
+            return
+        }
+        guard case .answer(_, let body?, let at) = s.read(.end(nil), now: now) else {
+            Issue.record("answer")
+            return
+        }
         #expect(String(buffer: body) == "{\"a\":1}")
         #expect(at == arrival)
         // Pipelined behind it: held, and no read while the answer is pending.
-        guard case .none = s.read(head(.get, "/healthz"), now: now) else { Issue.record("held"); return }
-        guard case .none = s.read(.end(nil), now: now) else { Issue.record("held"); return }
+        guard case .none = s.read(head(.get, "/healthz"), now: now) else {
+            Issue.record("held")
+            return
+        }
+        guard case .none = s.read(.end(nil), now: now) else {
+            Issue.record("held")
+            return
+        }
         #expect(s.heldParts == 2)
         #expect(s.readRequested() == false)
         #expect(s.inputClosed() == false, "the half-close waits for the answer")
@@ -38,21 +56,33 @@ import Testing
         // The answer closes (the server is quiescing): the held parts are dropped.
         #expect(s.answerReady() == true)
         #expect(s.heldParts == 0)
-        guard case .done(false, false, false) = s.replayNext(now: now) else { Issue.record("done"); return }
+        guard case .done(false, false, false) = s.replayNext(now: now) else {
+            Issue.record("done")
+            return
+        }
     }
 
     @Test func replaysHeldPartsThenTheHeldReadAndHalfClose() throws {
         var s = ScorePipelineStateMachine()
         _ = s.read(head(.post, "/v1/score"), now: now)
-        guard case .answer(_, let body?, _) = s.read(.end(nil), now: now) else { Issue.record("answer"); return }
+        guard case .answer(_, let body?, _) = s.read(.end(nil), now: now) else {
+            Issue.record("answer")
+            return
+        }
         #expect(body.readableBytes == 0, "no body: an empty one, for the parser to refuse")
         _ = s.read(head(.get, "/healthz"), now: now)
         _ = s.read(.end(nil), now: now)
         #expect(s.readRequested() == false)
         #expect(s.inputClosed() == false)
         #expect(s.answerReady() == false)
-        guard case .part(.forward(.head)) = s.replayNext(now: now) else { Issue.record("head replay"); return }
-        guard case .part(.forward(.end)) = s.replayNext(now: now) else { Issue.record("end replay"); return }
+        guard case .part(.forward(.head)) = s.replayNext(now: now) else {
+            Issue.record("head replay")
+            return
+        }
+        guard case .part(.forward(.end)) = s.replayNext(now: now) else {
+            Issue.record("end replay")
+            return
+        }
         guard case .done(readComplete: true, read: true, inputClosed: true) = s.replayNext(now: now) else {
             Issue.record("done")
             return
@@ -62,33 +92,60 @@ import Testing
 
     @Test func aScoreRequestBehindAnUnansweredRouteGoesToTheRouter() {
         var s = ScorePipelineStateMachine()
-        guard case .forward = s.read(head(.get, "/v1/opportunities"), now: now) else { Issue.record("get"); return }
-        guard case .forward = s.read(.end(nil), now: now) else { Issue.record("end"); return }
-        guard case .forward = s.read(head(.post, "/v1/score"), now: now) else { Issue.record("score forwarded"); return }
-        guard case .forward = s.read(.end(nil), now: now) else { Issue.record("end"); return }
+        guard case .forward = s.read(head(.get, "/v1/opportunities"), now: now) else {
+            Issue.record("get")
+            return
+        }
+        guard case .forward = s.read(.end(nil), now: now) else {
+            Issue.record("end")
+            return
+        }
+        guard case .forward = s.read(head(.post, "/v1/score"), now: now) else {
+            Issue.record("score forwarded")
+            return
+        }
+        guard case .forward = s.read(.end(nil), now: now) else {
+            Issue.record("end")
+            return
+        }
         s.forwardedResponseEnded()
         s.forwardedResponseEnded()
-        guard case .none = s.read(head(.post, "/v1/score"), now: now) else { Issue.record("taken"); return }
+        guard case .none = s.read(head(.post, "/v1/score"), now: now) else {
+            Issue.record("taken")
+            return
+        }
     }
 
     @Test func oversizedBodiesAreAnsweredWithoutABody() {
         var s = ScorePipelineStateMachine()
         _ = s.read(head(.post, "/v1/score", [.contentLength: String(ScoreRequestParser.maxBodyBytes + 1)]), now: now)
-        guard case .answer(_, nil, _) = s.read(.end(nil), now: now) else { Issue.record("declared"); return }
+        guard case .answer(_, nil, _) = s.read(.end(nil), now: now) else {
+            Issue.record("declared")
+            return
+        }
         _ = s.answerReady()
         _ = s.replayNext(now: now)
         _ = s.read(head(.post, "/v1/score"), now: now)
         let big = ByteBuffer(repeating: 0x20, count: ScoreRequestParser.maxBodyBytes / 2 + 1)
         _ = s.read(.body(big), now: now)
         _ = s.read(.body(big), now: now)
-        guard case .answer(_, nil, _) = s.read(.end(nil), now: now) else { Issue.record("found while reading"); return }
+        guard case .answer(_, nil, _) = s.read(.end(nil), now: now) else {
+            Issue.record("found while reading")
+            return
+        }
     }
 
     @Test func aHeadInsideARequestCloses() {
         var s = ScorePipelineStateMachine()
         _ = s.read(head(.post, "/v1/score"), now: now)
-        guard case .close = s.read(head(.post, "/v1/score"), now: now) else { Issue.record("close"); return }
-        guard case .none = s.read(.end(nil), now: now) else { Issue.record("dropped"); return }
+        guard case .close = s.read(head(.post, "/v1/score"), now: now) else {
+            Issue.record("close")
+            return
+        }
+        guard case .none = s.read(.end(nil), now: now) else {
+            Issue.record("dropped")
+            return
+        }
     }
 
     @Test func readsWaitWhileTheChannelIsNotWritable() {
@@ -139,7 +196,9 @@ import Testing
         var chunked =
             "POST /v1/score HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nX-Request-Id: chunked\r\n"
             + "Transfer-Encoding: chunked\r\n\r\n"
-        for piece in [valid.prefix(10), valid.dropFirst(10)] { chunked += String(piece.utf8.count, radix: 16) + "\r\n" + piece + "\r\n" }
+        for piece in [valid.prefix(10), valid.dropFirst(10)] {
+            chunked += String(piece.utf8.count, radix: 16) + "\r\n" + piece + "\r\n"
+        }
         try await wire.send(chunked)
         try await wire.send("0\r\n\r\n")
         let responses = try await wire.responses(2)
@@ -174,7 +233,8 @@ import Testing
     @Test func clientHalfCloseWithRequestsInFlight() async throws {
         let responder = GatedResponder(blocking: ["a"])
         let wire = try await Wire(responder)
-        try await wire.send(RawHTTP.score(valid, requestID: "a") + RawHTTP.get("/after") + RawHTTP.score(valid, requestID: "c"))
+        try await wire.send(
+            RawHTTP.score(valid, requestID: "a") + RawHTTP.get("/after") + RawHTTP.score(valid, requestID: "c"))
         try await responder.waitUntilWaiting("a")
         // The client shuts its side; the stand-in, like Hummingbird, closes the connection when it sees that.
         try await wire.halfClose()
@@ -303,12 +363,16 @@ final class Wire: Sendable {
 
     func halfClose() async throws {
         let channel = self.channel
-        try await channel.testingEventLoop.executeInContext { channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
+        try await channel.testingEventLoop.executeInContext {
+            channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        }
     }
 
     func quiesce() async throws {
         let channel = self.channel
-        try await channel.testingEventLoop.executeInContext { channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
+        try await channel.testingEventLoop.executeInContext {
+            channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
     }
 
     func read() async throws {

@@ -31,7 +31,9 @@ struct IngestCycleTests {
         var cycle = IngestCycle(topic: "ticks", groups: groups)
         step(&cycle, .started, .poll)
         step(&cycle, .polled(batch(0, 0...9), generation: 1, now: t0), .restore(partition: 0))
-        step(&cycle, .restored(partition: 0, fences: Array(repeating: -1, count: groups)), .build([0: Array(repeating: -1, count: groups)]))
+        step(
+            &cycle, .restored(partition: 0, fences: Array(repeating: -1, count: groups)),
+            .build([0: Array(repeating: -1, count: groups)]))
         step(&cycle, .built(writes: true), .send)
         step(&cycle, .sent, .poll)
         return cycle
@@ -65,7 +67,9 @@ struct IngestCycleTests {
     func rebalanceMidBatch() {
         var cycle = running()
         // Generation 2: partition 0 may have been written by another instance meanwhile.
-        step(&cycle, .polled(batch(0, 40...49) + batch(1, 5...6), generation: 2, now: t0 + .milliseconds(10)), .awaitWrite)
+        step(
+            &cycle, .polled(batch(0, 40...49) + batch(1, 5...6), generation: 2, now: t0 + .milliseconds(10)),
+            .awaitWrite)
         step(&cycle, .landed, .restore(partition: 0))
         #expect(cycle.fences.isEmpty)
         // The other instance wrote partition 0 up to 44 in shard 0 and 41 in the dead-letter group.
@@ -78,7 +82,9 @@ struct IngestCycleTests {
         #expect(cycle.uncommitted == [0: 10])
         // The same generation again: nothing is read.
         step(&cycle, .sent, .poll)
-        step(&cycle, .polled(batch(1, 7...8), generation: 2, now: t0 + .milliseconds(20)), .build([0: [49, 49], 1: [6, 6]]))
+        step(
+            &cycle, .polled(batch(1, 7...8), generation: 2, now: t0 + .milliseconds(20)),
+            .build([0: [49, 49], 1: [6, 6]]))
     }
 
     @Test("a batch the fences already hold writes nothing and is committable at once")
@@ -124,7 +130,9 @@ struct IngestCycleTests {
     @Test("the backoff doubles up to its cap")
     func backoffCap() {
         let backoff = IngestCycle.Backoff()
-        #expect((1...8).map(backoff.delay) == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5, 5].map { Duration.milliseconds(Int($0 * 1000)) })
+        #expect(
+            (1...8).map(backoff.delay)
+                == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5, 5].map { Duration.milliseconds(Int($0 * 1000)) })
     }
 
     @Test("a failed commit is retried while retriable, then left to the next commit, which carries it again")
@@ -185,7 +193,8 @@ struct IngestCycleTests {
 struct IngestFenceGroupTests {
     @Test("a group's fence and books share its stream's hash tag")
     func groupKeys() {
-        #expect(FencedBatch.groupKey("te:ingest:offsets:ticks", stream: "te:ticks:{0}") == "te:ingest:offsets:ticks:{0}")
+        #expect(
+            FencedBatch.groupKey("te:ingest:offsets:ticks", stream: "te:ticks:{0}") == "te:ingest:offsets:ticks:{0}")
         #expect(FencedBatch.groupKey("te:ingest:books:ticks", stream: "te:ticks") == "te:ingest:books:ticks:{te:ticks}")
     }
 }

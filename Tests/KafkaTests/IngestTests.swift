@@ -8,7 +8,7 @@ import TestSupport
 import Testing
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// One isolated pipeline: a mock Kafka cluster of the test's own, a unique topic and unique Redis keys.
@@ -46,7 +46,7 @@ struct IngestHarness {
             "KAFKA_BROKERS": cluster.bootstrapServers, "KAFKA_TOPIC": topic, "INGEST_TICKS_STREAM": ticks,
             "INGEST_DLQ_STREAM": dlq, "INGEST_SPREAD_PREFIX": spreadPrefix, "METRICS_PORT": "0",
             "KAFKA_CONF_session_timeout_ms": "6000", "REDIS_URL": redisURL,
-            "LOG_LEVEL": "info",
+            "LOG_LEVEL": "info"
         ]
     }
 
@@ -66,7 +66,8 @@ struct IngestHarness {
     }
 
     func replay(_ file: String, _ extra: [String]) async throws {
-        let replay = try ChildProcess.built("te", arguments: ["replay", "--topic", topic, "--quiet"] + extra + [file], environment: environment)
+        let replay = try ChildProcess.built(
+            "te", arguments: ["replay", "--topic", topic, "--quiet"] + extra + [file], environment: environment)
         let status = try await replay.waitForExit(timeout: .seconds(120))
         #expect(status == 0, "te replay failed: \(replay.output())")
     }
@@ -76,9 +77,13 @@ struct IngestHarness {
     }
 
     func cleanup() async {
-        let shards = (0..<4).flatMap { ["\(ticks):{\($0)}", "te:ingest:offsets:\(topic):{\($0)}", "te:ingest:books:\(topic):{\($0)}"] }
+        let shards = (0..<4).flatMap {
+            ["\(ticks):{\($0)}", "te:ingest:offsets:\(topic):{\($0)}", "te:ingest:books:\(topic):{\($0)}"]
+        }
         // One key per DEL: on a cluster they live in different slots.
-        for key in [ticks, dlq, offsetsKey, booksKey, "te:ingest:offsets:\(topic):{\(dlq)}", "te:ingest:books:\(topic):{\(dlq)}"] + shards {
+        for key in [
+            ticks, dlq, offsetsKey, booksKey, "te:ingest:offsets:\(topic):{\(dlq)}", "te:ingest:books:\(topic):{\(dlq)}"
+        ] + shards {
             _ = try? await redis.del([key])
         }
         redis.close()
@@ -95,7 +100,9 @@ func expectedTicks(_ path: String, limit limits: Int...) throws -> [Tick] {
         var n = 0
         while n < limit, let m = try reader.next() {
             n += 1
-            if case .ticks(let ticks) = normalizer.normalize(payload: m.payload, receiveTsNs: m.tsNs, key: m.key) { out += ticks }
+            if case .ticks(let ticks) = normalizer.normalize(payload: m.payload, receiveTsNs: m.tsNs, key: m.key) {
+                out += ticks
+            }
         }
     }
     return out
@@ -123,15 +130,18 @@ struct IngestTests {
         let limit = 3000
         try await h.replay(spotBTC, ["--speed", "max", "--limit", "\(limit)"])
         // Garbage, produced directly.
-        let producer = try KafkaProducer(configuration: KafkaConfiguration(brokers: h.cluster.bootstrapServers), logger: Logger(label: "test"))
+        let producer = try KafkaProducer(
+            configuration: KafkaConfiguration(brokers: h.cluster.bootstrapServers), logger: Logger(label: "test"))
         let garbage = [
             "{not json",
             #"{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"BTCUSDT","b":"61838","B":"1","a":"61837","A":"1"}}"#,
             #"{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"BTCUSDT","b":"NaN","B":"1","a":"61837","A":"1"}}"#,
-            #"{"hello":"world"}"#,
+            #"{"hello":"world"}"#
         ]
         for g in garbage {
-            try await producer.send(KafkaOutgoingMessage(topic: h.topic, key: Array("BTCUSDT".utf8), value: Array(g.utf8), timestampMs: 1_723_161_300_000))
+            try await producer.send(
+                KafkaOutgoingMessage(
+                    topic: h.topic, key: Array("BTCUSDT".utf8), value: Array(g.utf8), timestampMs: 1_723_161_300_000))
         }
         let expected = try expectedTicks(spotBTC, limit: limit)
         let arrived = await TestEnv.eventually(timeout: .seconds(60), every: .milliseconds(200)) {
@@ -142,7 +152,9 @@ struct IngestTests {
         #expect(arrived, "ingest output: \(ingest.output().suffix(2000))")
         let written = try await h.tickEntries()
         #expect(written == expected)
-        let letters = try await h.redis.xrange(h.dlq).map { try StreamFieldDecoder.decode(DeadLetter.self, from: $0.fields) }
+        let letters = try await h.redis.xrange(h.dlq).map {
+            try StreamFieldDecoder.decode(DeadLetter.self, from: $0.fields)
+        }
         #expect(letters.count == garbage.count)
         let reasons = letters.map { String($0.reason.prefix(while: { $0 != ":" })) }.sorted()
         #expect(reasons == ["bad_json", "crossed_book", "non_finite", "unknown_format"].sorted())
@@ -159,7 +171,8 @@ struct IngestTests {
         let h = try IngestHarness(partitions: 3)
         defer { Task { await h.cleanup() } }
         let ingest = try h.startIngest()
-        let producer = try KafkaProducer(configuration: KafkaConfiguration(brokers: h.cluster.bootstrapServers), logger: Logger(label: "test"))
+        let producer = try KafkaProducer(
+            configuration: KafkaConfiguration(brokers: h.cluster.bootstrapServers), logger: Logger(label: "test"))
         // Known messages on every partition (the key picks it), a dead letter in between so offsets and tick
         // counts part ways; each Tick has its own ts_ns, so it names the message it must come from.
         var expected: [Int64: String] = [:]
@@ -168,12 +181,15 @@ struct IngestTests {
             let symbol = symbols[i % symbols.count]
             let tsNs = 1_723_161_254_000_000_000 + Int64(i) * 1_000_000
             if i % 7 == 3 {
-                _ = try await producer.send(KafkaOutgoingMessage(topic: h.topic, key: Array(symbol.utf8), value: Array("{not json".utf8)))
+                _ = try await producer.send(
+                    KafkaOutgoingMessage(topic: h.topic, key: Array(symbol.utf8), value: Array("{not json".utf8)))
             }
-            let tick = #"{"symbol":"\#(symbol)","ts_ns":\#(tsNs),"kind":"quote","bid":100.5,"bid_size":1.5,"ask":100.75,"ask_size":2}"#
-            let delivery = try await producer.send(KafkaOutgoingMessage(
-                topic: h.topic, key: Array(symbol.utf8), value: Array(tick.utf8),
-                headers: [KafkaHeader(key: "ts_ns", string: String(tsNs))]))
+            let tick =
+                #"{"symbol":"\#(symbol)","ts_ns":\#(tsNs),"kind":"quote","bid":100.5,"bid_size":1.5,"ask":100.75,"ask_size":2}"#
+            let delivery = try await producer.send(
+                KafkaOutgoingMessage(
+                    topic: h.topic, key: Array(symbol.utf8), value: Array(tick.utf8),
+                    headers: [KafkaHeader(key: "ts_ns", string: String(tsNs))]))
             expected[tsNs] = "\(delivery.partition):\(delivery.offset)"
         }
         #expect(Set(expected.values.map { $0.split(separator: ":")[0] }).count > 1, "the messages span partitions")
@@ -233,7 +249,8 @@ struct IngestTests {
         _ = try await ingest.waitForExit(timeout: .seconds(20))
     }
 
-    @Test("a partition read again by another consumer (other group, same topic and outputs): every message written once")
+    @Test(
+        "a partition read again by another consumer (other group, same topic and outputs): every message written once")
     func reassignedPartitionsSkipWrittenOffsets() async throws {
         let h = try IngestHarness()
         defer { Task { await h.cleanup() } }
@@ -241,7 +258,8 @@ struct IngestTests {
         let limit = 2000
         try await h.replay(spotBTC, ["--speed", "max", "--limit", "\(limit)"])
         let once = try expectedTicks(spotBTC, limit: limit)
-        #expect(await TestEnv.eventually(timeout: .seconds(60)) { ((try? await h.redis.xlen(h.ticks)) ?? 0) >= once.count })
+        #expect(
+            await TestEnv.eventually(timeout: .seconds(60)) { ((try? await h.redis.xlen(h.ticks)) ?? 0) >= once.count })
         // A second group starts at the earliest offset: every message is at or below the stored offsets.
         let port = try TestEnv.freePort()
         let second = try h.startIngest(["KAFKA_GROUP": "ingest-other", "METRICS_PORT": "\(port)"])
@@ -258,14 +276,21 @@ struct IngestTests {
             await h.metric("te_ingest_messages_consumed_total", port: port) == Double(limit + more)
         }
         #expect(arrived)
-        #expect(await TestEnv.eventually(timeout: .seconds(30)) { ((try? await h.redis.xlen(h.ticks)) ?? 0) >= expected.count })
+        #expect(
+            await TestEnv.eventually(timeout: .seconds(30)) {
+                ((try? await h.redis.xlen(h.ticks)) ?? 0) >= expected.count
+            })
         try await Task.sleep(for: .seconds(1))
         let written = try await h.tickEntries()
         #expect(written.count == expected.count)
         #expect(tickCounts(written) == tickCounts(expected))
         let offsets = try await h.redis.hgetall(h.offsetsKey)
         // "<offset> <kafka timestamp ms>:<hash>" per partition that got messages.
-        #expect(!offsets.isEmpty && offsets.values.allSatisfy { $0.split(separator: " ").count == 2 && Int64($0.prefix(while: \.isNumber)) != nil })
+        #expect(
+            !offsets.isEmpty
+                && offsets.values.allSatisfy {
+                    $0.split(separator: " ").count == 2 && Int64($0.prefix(while: \.isNumber)) != nil
+                })
         for p in [first, second] { p.terminate() }
         #expect(try await first.waitForExit(timeout: .seconds(20)) == 0)
         #expect(try await second.waitForExit(timeout: .seconds(20)) == 0)
@@ -273,9 +298,11 @@ struct IngestTests {
 
     /// The stored offsets of an earlier log of the topic: beyond the new log's end, and inside it but naming
     /// another message (right offset, wrong fingerprint). Either way all of the new log is written.
-    @Test("stored offsets of a re-created topic are forgotten, not used to skip", arguments: [
-        "900000", "5 1723161254087:0123456789abcdef",
-    ])
+    @Test(
+        "stored offsets of a re-created topic are forgotten, not used to skip",
+        arguments: [
+            "900000", "5 1723161254087:0123456789abcdef"
+        ])
     func staleOffsetsOfARecreatedTopic(stored: String) async throws {
         let h = try IngestHarness()
         defer { Task { await h.cleanup() } }

@@ -39,7 +39,8 @@ struct InspectCommandTests {
         let claimed = try await redis.xclaim(stream, group: group, consumer: "bob", minIdle: .zero, ids: [ids[1]])
         #expect(claimed.map(\.id) == [ids[1]])
 
-        let (status, output) = try await runTe(["pending", stream, group], environment: ["REDIS_URL": try TestEnv.redisURL()])
+        let (status, output) = try await runTe(
+            ["pending", stream, group], environment: ["REDIS_URL": try TestEnv.redisURL()])
         #expect(status == 0, "\(output)")
         #expect(output.hasPrefix("3 pending in \(stream) / \(group)"), "\(output)")
         #expect(row(output, startingWith: "alice") == ["alice", "1"], "\(output)")
@@ -61,7 +62,9 @@ struct InspectCommandTests {
         #expect(missing.output.contains("NOGROUP"), "\(missing.output)")
     }
 
-    @Test("STREAM_SHARDS = 4: te tail merges a sharded stream's shards by id (--shard k: one), te pending shows each shard")
+    @Test(
+        "STREAM_SHARDS = 4: te tail merges a sharded stream's shards by id (--shard k: one), te pending shows each shard"
+    )
     func shardedTailAndPending() async throws {
         // The real sharded names (te:features:{k}): a Redis of the test's own.
         let server = try await PrivateRedisServer()
@@ -72,7 +75,9 @@ struct InspectCommandTests {
         }
         var ids: [String] = []
         for (n, k) in [(1, 0), (2, 2), (3, 0), (4, 2)] {
-            ids.append(try await redis.xadd(StreamKey.sharded(StreamKey.features, shard: k, of: 4), fields: [("n", String(n))]))
+            ids.append(
+                try await redis.xadd(StreamKey.sharded(StreamKey.features, shard: k, of: 4), fields: [("n", String(n))])
+            )
         }
         let environment = ["REDIS_URL": server.url, "STREAM_SHARDS": "4"]
         let all = try await runTe(["tail", "te:features", "-n", "3"], environment: environment)
@@ -86,23 +91,32 @@ struct InspectCommandTests {
             try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
         }
         #expect(objects.compactMap { $0["id"] as? String } == ids)
-        #expect(objects.compactMap { $0["stream"] as? String } == ["te:features:{0}", "te:features:{2}", "te:features:{0}", "te:features:{2}"])
+        #expect(
+            objects.compactMap { $0["stream"] as? String } == [
+                "te:features:{0}", "te:features:{2}", "te:features:{0}", "te:features:{2}"
+            ])
         let one = try await runTe(["tail", "te:features", "--shard", "2", "-o", "json"], environment: environment)
-        #expect(one.output.split(separator: "\n").compactMap {
-            (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["id"] as? String
-        } == [ids[1], ids[3]])
+        #expect(
+            one.output.split(separator: "\n").compactMap {
+                (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["id"] as? String
+            } == [ids[1], ids[3]])
         let wrong = try await runTe(["tail", "te:audit", "--shard", "1"], environment: environment)
         #expect(wrong.status != 0 && wrong.output.contains("--shard"), "\(wrong.output)")
 
         for k in [0, 2] {
-            try await redis.xgroupCreate(stream: StreamKey.sharded(StreamKey.features, shard: k, of: 4), group: "strategy-engine", startID: "0")
+            try await redis.xgroupCreate(
+                stream: StreamKey.sharded(StreamKey.features, shard: k, of: 4), group: "strategy-engine", startID: "0")
         }
         _ = try await redis.xreadgroup(
-            group: "strategy-engine", consumer: "se-0", streams: [(StreamKey.sharded(StreamKey.features, shard: 2, of: 4), ">")], count: 10)
-        let pending = try await runTe(["pending", "te:features", "strategy-engine", "--shard", "2"], environment: environment)
+            group: "strategy-engine", consumer: "se-0",
+            streams: [(StreamKey.sharded(StreamKey.features, shard: 2, of: 4), ">")], count: 10)
+        let pending = try await runTe(
+            ["pending", "te:features", "strategy-engine", "--shard", "2"], environment: environment)
         #expect(pending.status == 0 && pending.output.contains("2 pending in te:features:{2}"), "\(pending.output)")
         let every = try await runTe(["pending", "te:features", "strategy-engine"], environment: environment)
-        #expect(every.output.contains("0 pending in te:features:{0}") && every.output.contains("2 pending in te:features:{2}"), "\(every.output)")
+        #expect(
+            every.output.contains("0 pending in te:features:{0}")
+                && every.output.contains("2 pending in te:features:{2}"), "\(every.output)")
     }
 
     @Test("a stage's dead letter: te dlq list/show name stage, reason and payload; redrive puts it back exactly once")
@@ -113,12 +127,12 @@ struct InspectCommandTests {
         let redis = RedisClient(configuration: try RedisConfiguration(url: server.url), name: "dlq-test")
         defer { redis.close() }
         let environment = [
-            "REDIS_URL": server.url, "METRICS_PORT": String(try TestEnv.freePort()), "CONSUMER_NAME": "dlq-test",
+            "REDIS_URL": server.url, "METRICS_PORT": String(try TestEnv.freePort()), "CONSUMER_NAME": "dlq-test"
         ]
         // A tick whose ts_ns is not a number: feature-pipeline cannot decode it and dead-letters it.
         let malformed = [
             ("v", "1"), ("symbol", "BTCUSDT"), ("ts_ns", "yesterday"), ("kind", "quote"), ("bid", "61837.63"),
-            ("ask", "61837.64"), ("note", #"a "quoted" ts_ns: value"#),
+            ("ask", "61837.64"), ("note", #"a "quoted" ts_ns: value"#)
         ]
         let sourceID = try await redis.xadd(StreamKey.ticks, fields: malformed)
         let stage = try ChildProcess.built("feature-pipeline", environment: environment)
@@ -176,13 +190,18 @@ struct InspectCommandTests {
         let h = try IngestHarness(partitions: 1)
         defer { Task { await h.cleanup() } }
         let ingest = try h.startIngest()
-        let garbage = #"{"stream":"btcusdt@bookTicker","data":{"u":7,"s":"BTCUSDT","b":"61838","B":"1","a":"61837","A":"1"}}"#
-        let producer = try KafkaProducer(configuration: KafkaConfiguration(brokers: h.cluster.bootstrapServers), logger: Logger(label: "test"))
-        let original = try await producer.send(KafkaOutgoingMessage(
-            topic: h.topic, key: Array("BTCUSDT".utf8), value: Array(garbage.utf8), timestampMs: 1_723_161_300_000,
-            headers: [KafkaHeader(key: "ts_ns", string: "1723161300000123456")]))
+        let garbage =
+            #"{"stream":"btcusdt@bookTicker","data":{"u":7,"s":"BTCUSDT","b":"61838","B":"1","a":"61837","A":"1"}}"#
+        let producer = try KafkaProducer(
+            configuration: KafkaConfiguration(brokers: h.cluster.bootstrapServers), logger: Logger(label: "test"))
+        let original = try await producer.send(
+            KafkaOutgoingMessage(
+                topic: h.topic, key: Array("BTCUSDT".utf8), value: Array(garbage.utf8), timestampMs: 1_723_161_300_000,
+                headers: [KafkaHeader(key: "ts_ns", string: "1723161300000123456")]))
         let environment = h.environment
-        #expect(await TestEnv.eventually(timeout: .seconds(30)) { ((try? await h.redis.xlen(h.dlq)) ?? 0) == 1 }, "\(ingest.output())")
+        #expect(
+            await TestEnv.eventually(timeout: .seconds(30)) { ((try? await h.redis.xlen(h.dlq)) ?? 0) == 1 },
+            "\(ingest.output())")
         let first = try #require(try await h.redis.xrange(h.dlq).first)
         let letter = try StreamFieldDecoder.decode(DeadLetter.self, from: first.fields)
         #expect(letter.stage == "ingest")
@@ -198,10 +217,11 @@ struct InspectCommandTests {
         #expect(redrive.output.contains("\(first.id) → kafka topic \(h.topic)"), "\(redrive.output)")
         // ingest reads the re-driven message (still crossed) and dead-letters it again: the new letter is
         // the next offset of the same partition, with the same payload and recorded time.
-        #expect(await TestEnv.eventually(timeout: .seconds(30)) {
-            let ids = (try? await h.redis.xrange(h.dlq).map(\.id)) ?? []
-            return ids.count == 1 && ids != [first.id]
-        }, "\(ingest.output())")
+        #expect(
+            await TestEnv.eventually(timeout: .seconds(30)) {
+                let ids = (try? await h.redis.xrange(h.dlq).map(\.id)) ?? []
+                return ids.count == 1 && ids != [first.id]
+            }, "\(ingest.output())")
         let second = try #require(try await h.redis.xrange(h.dlq).first)
         let again = try StreamFieldDecoder.decode(DeadLetter.self, from: second.fields)
         #expect(again.source == "kafka:\(h.topic)/0@\(original.offset + 1)")

@@ -15,14 +15,17 @@ struct KafkaClientTests {
         let producer = try KafkaProducer(configuration: config, logger: Logger(label: "test"))
         var deliveries: [KafkaDelivery] = []
         for i in 0..<10 {
-            deliveries.append(try await producer.send(KafkaOutgoingMessage(
-                topic: topic, key: Array("SYM\(i % 2)".utf8), value: Array("value-\(i)".utf8),
-                timestampMs: 1_723_161_254_087 + Int64(i),
-                headers: [KafkaHeader(key: "ts_ns", string: "\(1_723_161_254_087_891_268 + Int64(i))")])))
+            deliveries.append(
+                try await producer.send(
+                    KafkaOutgoingMessage(
+                        topic: topic, key: Array("SYM\(i % 2)".utf8), value: Array("value-\(i)".utf8),
+                        timestampMs: 1_723_161_254_087 + Int64(i),
+                        headers: [KafkaHeader(key: "ts_ns", string: "\(1_723_161_254_087_891_268 + Int64(i))")])))
         }
         #expect(deliveries.allSatisfy { $0.topic == topic && $0.offset >= 0 })
 
-        let consumer = try KafkaConsumer(configuration: config, groupID: "g1", topics: [topic], logger: Logger(label: "test"))
+        let consumer = try KafkaConsumer(
+            configuration: config, groupID: "g1", topics: [topic], logger: Logger(label: "test"))
         var received: [KafkaConsumerMessage] = []
         let deadline = ContinuousClock.now + .seconds(30)
         while received.count < 10, ContinuousClock.now < deadline {
@@ -43,15 +46,19 @@ struct KafkaClientTests {
         }
         // Commit only the first 3 messages of each partition: a new member resumes after them.
         var done: [KafkaConsumerMessage] = []
-        for p in Set(received.map(\.partition)) { done += received.filter { $0.partition == p }.sorted { $0.offset < $1.offset }.prefix(3) }
+        for p in Set(received.map(\.partition)) {
+            done += received.filter { $0.partition == p }.sorted { $0.offset < $1.offset }.prefix(3)
+        }
         try await consumer.commit(KafkaOffset.after(done))
         #expect(try await consumer.lag() == 0)
         await consumer.close()
 
-        let again = try KafkaConsumer(configuration: config, groupID: "g1", topics: [topic], logger: Logger(label: "test"))
+        let again = try KafkaConsumer(
+            configuration: config, groupID: "g1", topics: [topic], logger: Logger(label: "test"))
         var rest: [KafkaConsumerMessage] = []
         let deadline2 = ContinuousClock.now + .seconds(30)
-        let remaining = Set(received.map { "\($0.partition)@\($0.offset)" }).subtracting(done.map { "\($0.partition)@\($0.offset)" })
+        let remaining = Set(received.map { "\($0.partition)@\($0.offset)" }).subtracting(
+            done.map { "\($0.partition)@\($0.offset)" })
         while rest.count < remaining.count, ContinuousClock.now < deadline2 {
             rest += try await again.poll(maxMessages: 100, timeout: .milliseconds(200))
         }
@@ -67,7 +74,8 @@ struct KafkaClientTests {
         #expect(config.properties == ["fetch.wait.max.ms": "7"])
         #expect(
             throws: ConfigurationError(
-                variable: "KAFKA_BROKERS", problem: "is required (host:port[,host:port…] of the Kafka bootstrap servers)")
+                variable: "KAFKA_BROKERS",
+                problem: "is required (host:port[,host:port…] of the Kafka bootstrap servers)")
         ) { try KafkaConfiguration.fromEnvironment(Env([:])) }
         let bad = KafkaConfiguration(brokers: "127.0.0.1:1", properties: ["no.such.property": "1"])
         do {

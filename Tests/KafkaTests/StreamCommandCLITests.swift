@@ -16,7 +16,9 @@ struct StreamCommandCLITests {
     /// Five entries at ids 1000-0 … 5000-0 (milliseconds since the epoch) and a group that read two of them.
     func makeStream() async throws -> String {
         let stream = TestEnv.uniqueName("cli")
-        for i in 1...5 { _ = try await redis.send(RedisCommand(["XADD", stream, "\(i * 1000)-0", "n", String(i), "kind", "quote"])) }
+        for i in 1...5 {
+            _ = try await redis.send(RedisCommand(["XADD", stream, "\(i * 1000)-0", "n", String(i), "kind", "quote"]))
+        }
         try await redis.xgroupCreate(stream: stream, group: "readers", startID: "0")
         _ = try await redis.xreadgroup(group: "readers", consumer: "c1", streams: [(stream, ">")], count: 2)
         return stream
@@ -25,7 +27,12 @@ struct StreamCommandCLITests {
     @Test("te streams: a row per stream with its length and groups; -o json gives the same as numbers")
     func streams() async throws {
         let stream = try await makeStream()
-        defer { Task { [redis] in _ = try? await redis.del([stream]); redis.close() } }
+        defer {
+            Task { [redis] in
+                _ = try? await redis.del([stream])
+                redis.close()
+            }
+        }
         let table = try await runTe(["streams", "--match", stream], environment: environment)
         #expect(table.status == 0, "\(table.output)")
         let cells = try #require(row(table.output, startingWith: stream), "\(table.output)")
@@ -56,19 +63,28 @@ struct StreamCommandCLITests {
     @Test("te tail: the last N with their times, --since/--until ranges by id or time, -o json lines")
     func tail() async throws {
         let stream = try await makeStream()
-        defer { Task { [redis] in _ = try? await redis.del([stream]); redis.close() } }
+        defer {
+            Task { [redis] in
+                _ = try? await redis.del([stream])
+                redis.close()
+            }
+        }
         func ids(_ output: String) -> [String] {
-            output.split(separator: "\n").compactMap { line in line.split(separator: " ").first(where: { $0.hasSuffix("-0") }).map(String.init) }
+            output.split(separator: "\n").compactMap { line in
+                line.split(separator: " ").first(where: { $0.hasSuffix("-0") }).map(String.init)
+            }
         }
         let last2 = try await runTe(["tail", stream, "-n", "2", "--utc"], environment: environment)
         #expect(last2.status == 0, "\(last2.output)")
         #expect(ids(last2.output) == ["4000-0", "5000-0"], "\(last2.output)")
         #expect(last2.output.hasPrefix("1970-01-01 00:00:04.000Z 4000-0 n=4 kind=quote"), "\(last2.output)")
 
-        let range = try await runTe(["tail", stream, "--since", "2000", "--until", "3000-0", "-n", "10"], environment: environment)
+        let range = try await runTe(
+            ["tail", stream, "--since", "2000", "--until", "3000-0", "-n", "10"], environment: environment)
         #expect(ids(range.output) == ["2000-0", "3000-0"], "\(range.output)")
 
-        let iso = try await runTe(["tail", stream, "--since", "1970-01-01T00:00:03Z", "-n", "2"], environment: environment)
+        let iso = try await runTe(
+            ["tail", stream, "--since", "1970-01-01T00:00:03Z", "-n", "2"], environment: environment)
         #expect(ids(iso.output) == ["3000-0", "4000-0"], "\(iso.output)")
 
         // Relative: every entry is from 1970, so "the last 5 minutes" holds none.
@@ -88,7 +104,8 @@ struct StreamCommandCLITests {
         #expect(bad.output.contains("--since 'yesterday'"), "\(bad.output)")
     }
 
-    @Test("te tail on a missing stream, on a key of another type, and te against an unreachable Redis: one line, exit 1")
+    @Test(
+        "te tail on a missing stream, on a key of another type, and te against an unreachable Redis: one line, exit 1")
     func failures() async throws {
         let missing = try await runTe(["tail", "te:nosuch-\(UUID().uuidString)"], environment: environment)
         #expect(missing.status == 1)
@@ -97,7 +114,12 @@ struct StreamCommandCLITests {
 
         let hash = TestEnv.uniqueName("cli-hash")
         _ = try await redis.send(RedisCommand(["HSET", hash, "a", "1"]))
-        defer { Task { [redis] in _ = try? await redis.del([hash]); redis.close() } }
+        defer {
+            Task { [redis] in
+                _ = try? await redis.del([hash])
+                redis.close()
+            }
+        }
         let wrongType = try await runTe(["tail", hash], environment: environment)
         #expect(wrongType.status == 1)
         #expect(wrongType.output == "te: \(hash) is a hash, not a stream\n", "\(wrongType.output)")
@@ -116,11 +138,18 @@ struct StreamCommandCLITests {
     func pendingAndDLQJSON() async throws {
         let stream = try await makeStream()
         let dlq = TestEnv.uniqueName("cli-dlq")
-        _ = try await redis.xadd(dlq, fields: [
-            ("v", "1"), ("stage", "feature-pipeline"), ("reason", "missing field bid"), ("payload", "{\"x\":1}"),
-            ("source", stream), ("ts_ns", "1723161254087891268"),
-        ])
-        defer { Task { [redis] in _ = try? await redis.del([stream, dlq]); redis.close() } }
+        _ = try await redis.xadd(
+            dlq,
+            fields: [
+                ("v", "1"), ("stage", "feature-pipeline"), ("reason", "missing field bid"), ("payload", "{\"x\":1}"),
+                ("source", stream), ("ts_ns", "1723161254087891268")
+            ])
+        defer {
+            Task { [redis] in
+                _ = try? await redis.del([stream, dlq])
+                redis.close()
+            }
+        }
         let pending = try await runTe(["pending", stream, "readers", "-o", "json"], environment: environment)
         #expect(pending.status == 0, "\(pending.output)")
         let summary = try #require(jsonOutput(pending.output) as? [String: Any], "\(pending.output)")

@@ -20,7 +20,8 @@ struct StreamTraceTests {
         let start: Int64 = 1_723_161_254_000_000_000
         let lines = (0..<count).map { i in
             let bid = 61_800 + Double(i % 7)
-            return #"{"symbol":"\#(symbol)","ts_ns":\#(start + Int64(i) * 10_000_000),"kind":"quote","bid":\#(bid),"bid_size":\#(1 + Double(i % 5)),"ask":\#(bid + 0.5),"ask_size":2,"venue":"binance"}"#
+            return
+                #"{"symbol":"\#(symbol)","ts_ns":\#(start + Int64(i) * 10_000_000),"kind":"quote","bid":\#(bid),"bid_size":\#(1 + Double(i % 5)),"ask":\#(bid + 0.5),"ask_size":2,"venue":"binance"}"#
         }
         try (lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
         return path
@@ -34,7 +35,7 @@ struct StreamTraceTests {
         defer { Task { await pipeline.close() } }
         let otel = [
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
-            "OTEL_TRACES_SAMPLER_ARG": "0.5", "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_TRACES_SAMPLER_ARG": "0.5", "OTEL_BSP_SCHEDULE_DELAY": "100"
         ]
         let count = 200
         let ingest = try await pipeline.startIngest(nil, otel)

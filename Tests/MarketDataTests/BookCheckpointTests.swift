@@ -59,7 +59,8 @@ import Testing
 
     @Test("Kraken books: restored = uninterrupted")
     func krakenRestart() throws {
-        let messages = Array(try RecordingReader.readAll(path: "\(dataDirectory)/cryptofeed/KRAKEN.jsonl.zst").prefix(2000))
+        let messages = Array(
+            try RecordingReader.readAll(path: "\(dataDirectory)/cryptofeed/KRAKEN.jsonl.zst").prefix(2000))
         let expected = uninterrupted(messages)
         for k in [3, 50, 1000, 1999] { #expect(restarted(messages, at: k) == expected, "restart at message \(k)") }
     }
@@ -76,7 +77,10 @@ import Testing
         _ = book.apply(futures)
         for state in [book, synced(), outOfSync()] {
             let text = BookCheckpoint.encode(state)
-            guard case .binance(let decoded) = BookCheckpoint.decode(Substring(text), snapshotTimeoutNs: state.snapshotTimeoutNs) else {
+            guard
+                case .binance(let decoded) = BookCheckpoint.decode(
+                    Substring(text), snapshotTimeoutNs: state.snapshotTimeoutNs)
+            else {
                 Issue.record("not decoded: \(text)")
                 continue
             }
@@ -85,10 +89,12 @@ import Testing
         }
     }
 
-    @Test("damaged or unknown checkpoints are refused, not half-restored", arguments: [
-        "", "binance 2 awaiting 0 0 0 0", "binance 1 synced x 0 0 0 0", "binance 1 awaiting 0 2 10 1 11 1 0 0",
-        "binance 1 awaiting 0 1 10 0 0 0", "binance 1 awaiting 0 0 0 0 extra", "kraken 1 1 5 1", "kraken 1 0 0 0",
-    ])
+    @Test(
+        "damaged or unknown checkpoints are refused, not half-restored",
+        arguments: [
+            "", "binance 2 awaiting 0 0 0 0", "binance 1 synced x 0 0 0 0", "binance 1 awaiting 0 2 10 1 11 1 0 0",
+            "binance 1 awaiting 0 1 10 0 0 0", "binance 1 awaiting 0 0 0 0 extra", "kraken 1 1 5 1", "kraken 1 0 0 0"
+        ])
     func refused(text: String) {
         var n = MarketNormalizer()
         let restored = n.restoreBook("ABCUSDT", checkpoint: Substring(text))
@@ -102,7 +108,8 @@ import Testing
         _ = book.applySnapshot(
             lastUpdateId: 100, tsNs: 1, bids: [.init(price: 10, size: 1), .init(price: 9.9, size: 2)],
             asks: [.init(price: 10.1, size: 0.3)])
-        _ = book.apply(.init(firstU: 99, lastU: 103, previousU: nil, tsNs: 2, bids: [.init(price: 9.95, size: 4)], asks: []))
+        _ = book.apply(
+            .init(firstU: 99, lastU: 103, previousU: nil, tsNs: 2, bids: [.init(price: 9.95, size: 4)], asks: []))
         return book
     }
 
@@ -124,7 +131,10 @@ import Testing
     func gapWithoutSnapshot() {
         let second: Int64 = 1_000_000_000
         var book = BinanceOrderBook(snapshotTimeoutNs: 10 * second)
-        #expect(book.applySnapshot(lastUpdateId: 100, tsNs: 0, bids: [.init(price: 10, size: 1)], asks: [.init(price: 11, size: 1)]) == .synced)
+        #expect(
+            book.applySnapshot(
+                lastUpdateId: 100, tsNs: 0, bids: [.init(price: 10, size: 1)], asks: [.init(price: 11, size: 1)])
+                == .synced)
         #expect(book.apply(diff(101, 102, ts: 1 * second)) == .applied)
         #expect(book.isSynced)
         #expect(book.apply(diff(105, 106, ts: 2 * second)) == .gap(expectedAfter: 102))
@@ -134,8 +144,11 @@ import Testing
         #expect(book.apply(diff(109, 110, ts: 12 * second)) == .snapshotOverdue(waitedNs: 10 * second))
         #expect(book.apply(diff(111, 112, ts: 30 * second)) == .buffered, "reported once per gap")
         #expect(book.state == .outOfSync(sinceNs: 2 * second, overdue: true))
-        #expect(book.applySnapshot(lastUpdateId: 108, tsNs: 31 * second, bids: [.init(price: 10, size: 2)], asks: [.init(price: 11, size: 2)])
-            == .resynced(waitedNs: 29 * second))
+        #expect(
+            book.applySnapshot(
+                lastUpdateId: 108, tsNs: 31 * second, bids: [.init(price: 10, size: 2)],
+                asks: [.init(price: 11, size: 2)])
+                == .resynced(waitedNs: 29 * second))
         #expect(book.state == .synced(lastU: 112))
         #expect(book.resyncs == 1)
     }
@@ -155,23 +168,31 @@ import Testing
         func depth(_ U: Int, _ u: Int) -> String {
             #"{"stream":"abcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"ABCUSDT","U":\#(U),"u":\#(u),"b":[["9.9","2"]],"a":[]}}"#
         }
-        let quote = #"{"stream":"abcusdt@bookTicker","data":{"u":1,"s":"ABCUSDT","b":"10.0","B":"1","a":"10.1","A":"1"}}"#
+        let quote =
+            #"{"stream":"abcusdt@bookTicker","data":{"u":1,"s":"ABCUSDT","b":"10.0","B":"1","a":"10.1","A":"1"}}"#
         let snapshot = #"{"lastUpdateId":100,"bids":[["10.0","1"],["9.8","3"]],"asks":[["10.1","1"],["10.2","2"]]}"#
         _ = n.normalize(payload: snapshot, receiveTsNs: 1, key: "ABCUSDT")
         _ = n.normalize(payload: depth(101, 102), receiveTsNs: 2, key: nil)
-        #expect(ticks(n.normalize(payload: quote, receiveTsNs: 3, key: nil)).first?.bids == [[10.0, 1], [9.9, 2], [9.8, 3]])
+        #expect(
+            ticks(n.normalize(payload: quote, receiveTsNs: 3, key: nil)).first?.bids == [[10.0, 1], [9.9, 2], [9.8, 3]])
         #expect(n.takeBookEvents().isEmpty)
         _ = n.normalize(payload: depth(110, 111), receiveTsNs: 4, key: nil)
         let gap = ticks(n.normalize(payload: quote, receiveTsNs: 5, key: nil)).first
         #expect(gap?.bids == nil && gap?.asks == nil && gap?.bid == 10.0, "no depth, L1 only")
         _ = n.normalize(payload: depth(112, 113), receiveTsNs: 4 + 6 * second, key: nil)
-        #expect(n.takeBookEvents() == [
-            BookEvent(symbol: "ABCUSDT", kind: .gap(expectedAfter: 102, firstU: 110, lastU: 111, previousU: nil)),
-            BookEvent(symbol: "ABCUSDT", kind: .snapshotOverdue(waitedNs: 6 * second)),
-        ])
-        _ = n.normalize(payload: #"{"lastUpdateId":111,"bids":[["10.0","1"]],"asks":[["10.1","1"]]}"#, receiveTsNs: 4 + 7 * second, key: "ABCUSDT")
+        #expect(
+            n.takeBookEvents() == [
+                BookEvent(symbol: "ABCUSDT", kind: .gap(expectedAfter: 102, firstU: 110, lastU: 111, previousU: nil)),
+                BookEvent(symbol: "ABCUSDT", kind: .snapshotOverdue(waitedNs: 6 * second))
+            ])
+        _ = n.normalize(
+            payload: #"{"lastUpdateId":111,"bids":[["10.0","1"]],"asks":[["10.1","1"]]}"#, receiveTsNs: 4 + 7 * second,
+            key: "ABCUSDT")
         #expect(n.takeBookEvents() == [BookEvent(symbol: "ABCUSDT", kind: .resynced(waitedNs: 7 * second))])
-        #expect(ticks(n.normalize(payload: quote, receiveTsNs: 5 + 7 * second, key: nil)).first?.bids == [[10.0, 1], [9.9, 2]])
+        #expect(
+            ticks(n.normalize(payload: quote, receiveTsNs: 5 + 7 * second, key: nil)).first?.bids == [
+                [10.0, 1], [9.9, 2]
+            ])
     }
 }
 
@@ -179,7 +200,8 @@ import Testing
     @Test("INGEST_DEPTH_LEVELS=0: quotes carry no bids/asks (Binance and Kraken)")
     func zeroLevels() throws {
         let spot = try BookCheckpointTests().firstMessages("\(dataDirectory)/binance/spot_btcusdt_20240808.gz", 400)
-        let kraken = Array(try RecordingReader.readAll(path: "\(dataDirectory)/cryptofeed/KRAKEN.jsonl.zst").prefix(300))
+        let kraken = Array(
+            try RecordingReader.readAll(path: "\(dataDirectory)/cryptofeed/KRAKEN.jsonl.zst").prefix(300))
         let quotes = BookCheckpointTests().uninterrupted(spot + kraken, depthLevels: 0).filter { $0.kind == .quote }
         #expect(quotes.contains { $0.venue == "kraken" } && quotes.contains { $0.venue == "binance" })
         #expect(quotes.allSatisfy { $0.bids == nil && $0.asks == nil })
@@ -187,14 +209,22 @@ import Testing
         #expect(!one.isEmpty && one.allSatisfy { $0.bids!.count == 1 && $0.asks!.count == 1 })
     }
 
-    @Test("a zero or negative size is not a negative price", arguments: [
-        (#"{"stream":"btcusdt@trade","data":{"s":"BTCUSDT","p":"10","q":"0","m":true}}"#, "non_positive_size"),
-        (#"{"stream":"btcusdt@trade","data":{"s":"BTCUSDT","p":"10","q":"-1","m":true}}"#, "non_positive_size"),
-        (#"{"stream":"btcusdt@bookTicker","data":{"s":"BTCUSDT","b":"1","B":"-1","a":"2","A":"1"}}"#, "negative_size"),
-        (#"{"stream":"btcusdt@trade","data":{"s":"BTCUSDT","p":"0","q":"1","m":true}}"#, "negative_price"),
-        (#"{"stream":"btcusdt@trade","data":{"s":"BTCUSDT","p":"-5","q":"1","m":true}}"#, "negative_price"),
-        (#"{"symbol":"BTCUSDT","ts_ns":5,"kind":"quote","bid":0,"bid_size":1,"ask":2,"ask_size":1}"#, "negative_price"),
-    ])
+    @Test(
+        "a zero or negative size is not a negative price",
+        arguments: [
+            (#"{"stream":"btcusdt@trade","data":{"s":"BTCUSDT","p":"10","q":"0","m":true}}"#, "non_positive_size"),
+            (#"{"stream":"btcusdt@trade","data":{"s":"BTCUSDT","p":"10","q":"-1","m":true}}"#, "non_positive_size"),
+            (
+                #"{"stream":"btcusdt@bookTicker","data":{"s":"BTCUSDT","b":"1","B":"-1","a":"2","A":"1"}}"#,
+                "negative_size"
+            ),
+            (#"{"stream":"btcusdt@trade","data":{"s":"BTCUSDT","p":"0","q":"1","m":true}}"#, "negative_price"),
+            (#"{"stream":"btcusdt@trade","data":{"s":"BTCUSDT","p":"-5","q":"1","m":true}}"#, "negative_price"),
+            (
+                #"{"symbol":"BTCUSDT","ts_ns":5,"kind":"quote","bid":0,"bid_size":1,"ask":2,"ask_size":1}"#,
+                "negative_price"
+            )
+        ])
     func sizeReasons(payload: String, code: String) {
         var n = MarketNormalizer()
         let r = rejection(n.normalize(payload: payload, receiveTsNs: 1, key: "BTCUSDT"))

@@ -21,8 +21,12 @@ func rejection(_ result: NormalizeResult) -> NormalizeRejection? {
     @Test func spotBTCQuotesAndTradesMatchTheRecording() throws {
         let path = "\(dataDirectory)/binance/spot_btcusdt_20240808.gz"
         var normalizer = MarketNormalizer()
-        var quotes = 0, trades = 0, withDepth = 0, rejected: [String] = []
-        var bookTickerLines = 0, tradeLines = 0
+        var quotes = 0
+        var trades = 0
+        var withDepth = 0
+        var rejected: [String] = []
+        var bookTickerLines = 0
+        var tradeLines = 0
         let reader = try RecordingReader(path: path)
         var lastTs: Int64 = 0
         while let message = try reader.next() {
@@ -64,7 +68,8 @@ func rejection(_ result: NormalizeResult) -> NormalizeRejection? {
     @Test func usdmFuturesIsItsOwnInstrumentAndStaysInSync() throws {
         let path = "\(dataDirectory)/binance/usdm_btcusdt_20240808.gz"
         var normalizer = MarketNormalizer()
-        var quotes = 0, rejected = 0
+        var quotes = 0
+        var rejected = 0
         let reader = try RecordingReader(path: path)
         while let message = try reader.next() {
             let result = normalizer.normalize(payload: message.payload, receiveTsNs: message.tsNs, key: message.key)
@@ -84,7 +89,9 @@ func rejection(_ result: NormalizeResult) -> NormalizeRejection? {
     @Test func krakenSampleParses() throws {
         let messages = try RecordingReader.readAll(path: "\(dataDirectory)/cryptofeed/KRAKEN.jsonl.zst")
         var normalizer = MarketNormalizer()
-        var quotes = 0, trades = 0, rejected: [String] = []
+        var quotes = 0
+        var trades = 0
+        var rejected: [String] = []
         var symbols = Set<String>()
         for message in messages {
             let result = normalizer.normalize(payload: message.payload, receiveTsNs: message.tsNs, key: message.key)
@@ -108,11 +115,16 @@ func rejection(_ result: NormalizeResult) -> NormalizeRejection? {
 
     @Test func cryptofeedBinanceSnapshotsAreKeyedFromTheURL() throws {
         let messages = try RecordingReader.readAll(path: "\(dataDirectory)/cryptofeed/BINANCE.jsonl.zst")
-        #expect(messages.contains { $0.key == "NKNUSDT" && String(decoding: $0.payload, as: UTF8.self).hasPrefix("{\"lastUpdateId\"") })
+        #expect(
+            messages.contains {
+                $0.key == "NKNUSDT" && String(decoding: $0.payload, as: UTF8.self).hasPrefix("{\"lastUpdateId\"")
+            })
         var normalizer = MarketNormalizer()
         var rejected = 0
         for message in messages {
-            if rejection(normalizer.normalize(payload: message.payload, receiveTsNs: message.tsNs, key: message.key)) != nil {
+            if rejection(normalizer.normalize(payload: message.payload, receiveTsNs: message.tsNs, key: message.key))
+                != nil
+            {
                 rejected += 1
             }
         }
@@ -125,16 +137,19 @@ func rejection(_ result: NormalizeResult) -> NormalizeRejection? {
     func depth(_ U: Int, _ u: Int, bids: [(String, String)] = [], asks: [(String, String)] = []) -> String {
         let b = bids.map { "[\"\($0.0)\",\"\($0.1)\"]" }.joined(separator: ",")
         let a = asks.map { "[\"\($0.0)\",\"\($0.1)\"]" }.joined(separator: ",")
-        return #"{"stream":"abcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"ABCUSDT","U":\#(U),"u":\#(u),"b":[\#(b)],"a":[\#(a)]}}"#
+        return
+            #"{"stream":"abcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"ABCUSDT","U":\#(U),"u":\#(u),"b":[\#(b)],"a":[\#(a)]}}"#
     }
-    let snapshot = #"{"lastUpdateId":100,"bids":[["10.0","1"],["9.9","2"],["9.8","3"]],"asks":[["10.1","1"],["10.2","2"]]}"#
+    let snapshot =
+        #"{"lastUpdateId":100,"bids":[["10.0","1"],["9.9","2"],["9.8","3"]],"asks":[["10.1","1"],["10.2","2"]]}"#
     func quote(_ bid: String, _ ask: String) -> String {
         #"{"stream":"abcusdt@bookTicker","data":{"u":1,"s":"ABCUSDT","b":"\#(bid)","B":"1","a":"\#(ask)","A":"1"}}"#
     }
 
     @Test func buffersDiffsDropsStaleOnesAndAppliesTheStraddlingOne() {
         var n = MarketNormalizer(depthLevels: 3)
-        _ = n.normalize(payload: depth(90, 95, bids: [("9.7", "9")]), receiveTsNs: 1, key: "ABCUSDT")  // stale: u <= 100
+        // stale: u <= 100
+        _ = n.normalize(payload: depth(90, 95, bids: [("9.7", "9")]), receiveTsNs: 1, key: "ABCUSDT")
         _ = n.normalize(payload: depth(99, 103, bids: [("9.9", "5")]), receiveTsNs: 2, key: "ABCUSDT")  // straddles 101
         #expect(!n.hasBook("ABCUSDT"))
         _ = n.normalize(payload: snapshot, receiveTsNs: 3, key: "ABCUSDT")
@@ -187,28 +202,51 @@ func rejection(_ result: NormalizeResult) -> NormalizeRejection? {
         }
         #expect(reason("{not json") == "bad_json")
         #expect(reason(#"{"hello":"world"}"#) == "unknown_format")
-        #expect(reason(#"{"stream":"btcusdt@bookTicker","data":{"s":"BTCUSDT","b":"2","B":"1","a":"1","A":"1"}}"#) == "crossed_book")
-        #expect(reason(#"{"stream":"btcusdt@bookTicker","data":{"s":"BTCUSDT","b":"NaN","B":"1","a":"1","A":"1"}}"#) == "non_finite")
-        #expect(reason(#"{"stream":"btcusdt@bookTicker","data":{"s":"BTCUSDT","B":"1","a":"1","A":"1"}}"#) == "missing_field")
-        #expect(reason(#"{"stream":"btcusdt@trade","data":{"s":"BTCUSDT","p":"-5","q":"1","m":true}}"#) == "negative_price")
+        #expect(
+            reason(#"{"stream":"btcusdt@bookTicker","data":{"s":"BTCUSDT","b":"2","B":"1","a":"1","A":"1"}}"#)
+                == "crossed_book")
+        #expect(
+            reason(#"{"stream":"btcusdt@bookTicker","data":{"s":"BTCUSDT","b":"NaN","B":"1","a":"1","A":"1"}}"#)
+                == "non_finite")
+        #expect(
+            reason(#"{"stream":"btcusdt@bookTicker","data":{"s":"BTCUSDT","B":"1","a":"1","A":"1"}}"#)
+                == "missing_field")
+        #expect(
+            reason(#"{"stream":"btcusdt@trade","data":{"s":"BTCUSDT","p":"-5","q":"1","m":true}}"#) == "negative_price")
         #expect(reason(#"{"symbol":"BTCUSDT","ts_ns":5,"kind":"quote","bid":1}"#) == "missing_field")
-        #expect(reason(#"{"lastUpdateId":1,"bids":[["x","1"]],"asks":[]}"#) == "missing_field" || reason(#"{"lastUpdateId":1,"bids":[["x","1"]],"asks":[]}"#) == "invalid_value")
+        #expect(
+            reason(#"{"lastUpdateId":1,"bids":[["x","1"]],"asks":[]}"#) == "missing_field"
+                || reason(#"{"lastUpdateId":1,"bids":[["x","1"]],"asks":[]}"#) == "invalid_value")
         #expect(reason("[1,2]") == "unknown_format")
     }
 
     @Test func normalizedTickJSONPassesThrough() {
         var n = MarketNormalizer()
-        let json = #"{"symbol":"BTCUSDT","ts_ns":1723161254087891268,"kind":"quote","bid":61837.63,"bid_size":3.78826,"ask":61837.64,"ask_size":1.54698,"venue":"binance"}"#
+        let json =
+            #"{"symbol":"BTCUSDT","ts_ns":1723161254087891268,"kind":"quote","bid":61837.63,"bid_size":3.78826,"ask":61837.64,"ask_size":1.54698,"venue":"binance"}"#
         let t = ticks(n.normalize(payload: json, receiveTsNs: 99, key: "BTCUSDT"))
-        #expect(t == [Tick.quote(symbol: "BTCUSDT", tsNs: 1723161254087891268, bid: 61837.63, bidSize: 3.78826, ask: 61837.64, askSize: 1.54698, venue: "binance")])
+        #expect(
+            t == [
+                Tick.quote(
+                    symbol: "BTCUSDT", tsNs: 1_723_161_254_087_891_268, bid: 61837.63, bidSize: 3.78826, ask: 61837.64,
+                    askSize: 1.54698, venue: "binance")
+            ])
     }
 
     @Test func tradeSideIsTheAggressor() {
         var n = MarketNormalizer()
-        let sell = ticks(n.normalize(payload: #"{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"10","q":"2","T":1723161255342,"m":true}}"#, receiveTsNs: 5, key: nil))
+        let sell = ticks(
+            n.normalize(
+                payload:
+                    #"{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"10","q":"2","T":1723161255342,"m":true}}"#,
+                receiveTsNs: 5, key: nil))
         #expect(sell.first?.side == .sell)
         #expect(sell.first?.exchangeTsNs == 1_723_161_255_342_000_000)
-        let buy = ticks(n.normalize(payload: #"{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":2,"p":"10","q":"2","m":false}}"#, receiveTsNs: 6, key: nil))
+        let buy = ticks(
+            n.normalize(
+                payload:
+                    #"{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":2,"p":"10","q":"2","m":false}}"#,
+                receiveTsNs: 6, key: nil))
         #expect(buy.first?.side == .buy)
     }
 }

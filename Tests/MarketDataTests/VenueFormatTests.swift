@@ -9,7 +9,10 @@ import Testing
     func hyperliquidRecording() throws {
         let path = "\(dataDirectory)/hyperliquid/btcusd_20250126.gz"
         var normalizer = MarketNormalizer(depthLevels: 10)
-        var quotes = 0, trades = 0, bookLines = 0, tradesInLines = 0
+        var quotes = 0
+        var trades = 0
+        var bookLines = 0
+        var tradesInLines = 0
         var rejected: [String] = []
         var sides = Set<Side>()
         let reader = try RecordingReader(path: path)
@@ -57,13 +60,25 @@ import Testing
 
     @Test func hyperliquidMalformedMessagesAreRejectedWithAReason() {
         var n = MarketNormalizer()
-        func reason(_ payload: String) -> String? { rejection(n.normalize(payload: payload, receiveTsNs: 1, key: nil))?.code }
-        #expect(reason(#"{"channel":"l2Book","data":{"coin":"BTC","time":1,"levels":[[{"px":"2","sz":"1","n":1}],[{"px":"1","sz":"1","n":1}]]}}"#) == "crossed_book")
+        func reason(_ payload: String) -> String? {
+            rejection(n.normalize(payload: payload, receiveTsNs: 1, key: nil))?.code
+        }
+        #expect(
+            reason(
+                #"{"channel":"l2Book","data":{"coin":"BTC","time":1,"levels":[[{"px":"2","sz":"1","n":1}],[{"px":"1","sz":"1","n":1}]]}}"#
+            ) == "crossed_book")
         #expect(reason(#"{"channel":"l2Book","data":{"time":1,"levels":[[],[]]}}"#) == "missing_field")
-        #expect(reason(#"{"channel":"trades","data":[{"coin":"BTC","side":"B","px":"NaN","sz":"1","time":1,"tid":1}]}"#) == "non_finite")
-        #expect(reason(#"{"channel":"trades","data":[{"coin":"BTC","side":"X","px":"1","sz":"1","time":1,"tid":1}]}"#) == "invalid_value")
+        #expect(
+            reason(#"{"channel":"trades","data":[{"coin":"BTC","side":"B","px":"NaN","sz":"1","time":1,"tid":1}]}"#)
+                == "non_finite")
+        #expect(
+            reason(#"{"channel":"trades","data":[{"coin":"BTC","side":"X","px":"1","sz":"1","time":1,"tid":1}]}"#)
+                == "invalid_value")
         #expect(reason(#"{"channel":"candle","data":{}}"#) == "unknown_format")
-        if case .ignored = n.normalize(payload: #"{"channel":"subscriptionResponse","data":{}}"#, receiveTsNs: 1, key: nil) {} else {
+        if case .ignored = n.normalize(
+            payload: #"{"channel":"subscriptionResponse","data":{}}"#, receiveTsNs: 1, key: nil)
+        {
+        } else {
             Issue.record("a subscription response is no market data")
         }
     }
@@ -72,7 +87,10 @@ import Testing
     func coinMRecording() throws {
         let path = "\(dataDirectory)/binance/cm_ethusd_perp_20240808.gz"
         var normalizer = MarketNormalizer()
-        var quotes = 0, trades = 0, withDepth = 0, rejected: [String] = []
+        var quotes = 0
+        var trades = 0
+        var withDepth = 0
+        var rejected: [String] = []
         var first: Tick?
         let reader = try RecordingReader(path: path)
         while let message = try reader.next() {
@@ -100,19 +118,22 @@ import Testing
         #expect(normalizer.hasBook("ETHUSD_PERP"))
         #expect(normalizer.resyncs["ETHUSD_PERP", default: 0] == 0)
         // The recording's first line: {"u":1007198631825,…,"b":"2682.17","B":"159","a":"2682.18","A":"3794",…}
-        #expect(first?.bid == 2682.17 && first?.bidSize == 159 && first?.askSize == 3794 && first?.seq == 1007198631825)
+        #expect(
+            first?.bid == 2682.17 && first?.bidSize == 159 && first?.askSize == 3794 && first?.seq == 1_007_198_631_825)
     }
 
     @Test func coinMAndUsdMAndSpotNeverShareABook() {
         var n = MarketNormalizer(depthLevels: 2)
         let spot = #"{"lastUpdateId":100,"bids":[["10.0","1"],["9.0","1"]],"asks":[["11.0","1"]]}"#
         let usdm = #"{"lastUpdateId":100,"E":1,"T":1,"bids":[["20.0","1"],["19.0","1"]],"asks":[["21.0","1"]]}"#
-        let coinm = #"{"lastUpdateId":100,"E":1,"T":1,"symbol":"BTCUSD_PERP","pair":"BTCUSD","bids":[["30.0","1"],["29.0","1"]],"asks":[["31.0","1"]]}"#
+        let coinm =
+            #"{"lastUpdateId":100,"E":1,"T":1,"symbol":"BTCUSD_PERP","pair":"BTCUSD","bids":[["30.0","1"],["29.0","1"]],"asks":[["31.0","1"]]}"#
         _ = n.normalize(payload: spot, receiveTsNs: 1, key: "BTCUSDT")
         _ = n.normalize(payload: usdm, receiveTsNs: 1, key: "BTCUSDT")
         _ = n.normalize(payload: coinm, receiveTsNs: 1, key: "BTCUSD_PERP")
         #expect(n.hasBook("BTCUSDT") && n.hasBook("BTCUSDT-PERP") && n.hasBook("BTCUSD_PERP"))
-        let quote = #"{"stream":"btcusd_perp@bookTicker","data":{"u":101,"e":"bookTicker","s":"BTCUSD_PERP","ps":"BTCUSD","b":"30.0","B":"5","a":"31.0","A":"7","T":1,"E":1}}"#
+        let quote =
+            #"{"stream":"btcusd_perp@bookTicker","data":{"u":101,"e":"bookTicker","s":"BTCUSD_PERP","ps":"BTCUSD","b":"30.0","B":"5","a":"31.0","A":"7","T":1,"E":1}}"#
         let t = ticks(n.normalize(payload: quote, receiveTsNs: 2, key: nil))
         #expect(t.first?.symbol == "BTCUSD_PERP" && t.first?.venue == "binance-coinm")
         #expect(t.first?.bids == [[30.0, 5], [29.0, 1]])

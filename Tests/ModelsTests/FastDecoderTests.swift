@@ -16,13 +16,18 @@ func bits(_ s: FeatureSnapshot) -> [UInt64?] {
 /// same value to the bit, or declines. Returns whether the fast reader took the entry.
 @discardableResult
 func agree<M: StreamFieldDecodable & Equatable>(
-    _ type: M.Type, _ fields: [(String, String)], bits: (M) -> [UInt64?], sourceLocation: SourceLocation = #_sourceLocation
+    _ type: M.Type, _ fields: [(String, String)], bits: (M) -> [UInt64?],
+    sourceLocation: SourceLocation = #_sourceLocation
 ) -> Bool {
     let fast = M.decodeFast(fields)
-    let codable = Result { () throws(MessageDecodingError) -> M in try StreamFieldDecoder.decodeCodable(M.self, from: fields) }
+    let codable = Result { () throws(MessageDecodingError) -> M in
+        try StreamFieldDecoder.decodeCodable(M.self, from: fields)
+    }
     switch codable {
     case .failure(let error):
-        #expect(fast == nil, "fast reader took an entry the Codable decoder rejects (\(error)): \(fields)", sourceLocation: sourceLocation)
+        #expect(
+            fast == nil, "fast reader took an entry the Codable decoder rejects (\(error)): \(fields)",
+            sourceLocation: sourceLocation)
         // The public entry point reports the Codable decoder's error.
         #expect(throws: error, sourceLocation: sourceLocation) { try StreamFieldDecoder.decode(M.self, from: fields) }
     case .success(let value):
@@ -114,7 +119,7 @@ func with(_ fields: [(String, String)], _ name: String, _ text: String?) -> [(St
         let badLevels = [
             "", "[", "]", "[[", "[[1,2]", "[[1,2],]", "[[1,2]]x", "[ [1,2]]", "[[1, 2]]", "[[01,2]]", "[[1.,2]]",
             "[[.5,2]]", "[[+1,2]]", "[[1e,2]]", "[[1e+,2]]", "[[-,2]]", "[[1,2],[3,\"4\"]]", "[[1,null]]",
-            "[[1e999,1]]", "[[1e-400,1]]", "[[NaN,1]]", "[1,2]", "{\"a\":1}", "[[1,2]",
+            "[[1e999,1]]", "[[1e-400,1]]", "[[NaN,1]]", "[1,2]", "{\"a\":1}", "[[1,2]"
         ]
         for text in badLevels {
             cases.append(with(quote, "bids", text))

@@ -21,8 +21,9 @@ func randomDouble(_ g: inout SplitMix64, nonFinite: Bool = false) -> Double {
     case 0: return Double(Int.random(in: 1...10_000_000, using: &g)) / 100
     case 1: return Double(Int.random(in: -1_000_000...1_000_000, using: &g)) / 100_000_000
     case 2: return Double(Int64.random(in: -(1 << 60)...(1 << 60), using: &g))
-    case 3: return [0.0, -0.0, 1e15, -1e15, 999_999_999_999_999, 1e-7, .leastNonzeroMagnitude, 0x1p-1070, 1e300, 0x1p53 + 2]
-        .randomElement(using: &g)!
+    case 3:
+        return [0.0, -0.0, 1e15, -1e15, 999_999_999_999_999, 1e-7, .leastNonzeroMagnitude, 0x1p-1070, 1e300, 0x1p53 + 2]
+            .randomElement(using: &g)!
     case 4: return Double.random(in: -1...1, using: &g)
     case 5, 6, 7:
         var d: Double
@@ -33,7 +34,9 @@ func randomDouble(_ g: inout SplitMix64, nonFinite: Bool = false) -> Double {
 }
 
 func randomText(_ g: inout SplitMix64) -> String {
-    let pieces = ["BTC", "usdt", "-", "/", "\"", "\\", "\n", "\u{1}", "\u{1f}", "é", "€", " ", "null", "0", ":", "{}", "[]"]
+    let pieces = [
+        "BTC", "usdt", "-", "/", "\"", "\\", "\n", "\u{1}", "\u{1f}", "é", "€", " ", "null", "0", ":", "{}", "[]"
+    ]
     let text = (0..<Int.random(in: 0...6, using: &g)).map { _ in pieces.randomElement(using: &g)! }.joined()
     // An optional field whose text is `null` reads as absent (the contract's rule): not a round trip.
     return text == "null" ? "nul" : text
@@ -61,10 +64,13 @@ func randomTick(_ g: inout SplitMix64, nonFinite: Bool) -> Tick {
     return Tick(
         symbol: randomText(&g), tsNs: Int64.random(in: .min ... .max, using: &g),
         kind: Bool.random(using: &g) ? .quote : .trade,
-        bid: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) }, bidSize: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) },
-        ask: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) }, askSize: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) },
+        bid: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) },
+        bidSize: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) },
+        ask: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) },
+        askSize: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) },
         bids: maybe(&g, levels), asks: maybe(&g, levels),
-        price: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) }, size: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) },
+        price: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) },
+        size: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) },
         side: maybe(&g) { Bool.random(using: &$0) ? .buy : .sell }, venue: maybe(&g, randomText),
         seq: maybe(&g) { Int64.random(in: .min ... .max, using: &$0) },
         exchangeTsNs: maybe(&g) { Int64.random(in: .min ... .max, using: &$0) })
@@ -72,7 +78,8 @@ func randomTick(_ g: inout SplitMix64, nonFinite: Bool) -> Tick {
 
 func randomSnapshot(_ g: inout SplitMix64, nonFinite: Bool) -> FeatureSnapshot {
     FeatureSnapshot(
-        symbol: randomText(&g), tsNs: Int64.random(in: .min ... .max, using: &g), windowMs: Int.random(in: 0...100_000, using: &g),
+        symbol: randomText(&g), tsNs: Int64.random(in: .min ... .max, using: &g),
+        windowMs: Int.random(in: 0...100_000, using: &g),
         nQuotes: Int.random(in: 0...1_000_000, using: &g), nTrades: Int.random(in: -5...1_000_000, using: &g),
         tradeVolume: randomDouble(&g, nonFinite: nonFinite), lastPrice: randomDouble(&g, nonFinite: nonFinite),
         warm: Bool.random(using: &g), features: randomFeatures(&g, nonFinite: nonFinite))
@@ -80,7 +87,8 @@ func randomSnapshot(_ g: inout SplitMix64, nonFinite: Bool) -> FeatureSnapshot {
 
 func randomSignal(_ g: inout SplitMix64, nonFinite: Bool) -> Signal {
     Signal(
-        id: randomText(&g), symbol: randomText(&g), strategy: randomText(&g), direction: Bool.random(using: &g) ? .buy : .sell,
+        id: randomText(&g), symbol: randomText(&g), strategy: randomText(&g),
+        direction: Bool.random(using: &g) ? .buy : .sell,
         confidence: randomDouble(&g, nonFinite: nonFinite), tsNs: Int64.random(in: .min ... .max, using: &g),
         features: randomFeatures(&g, nonFinite: nonFinite))
 }
@@ -100,10 +108,12 @@ func randomAudit(_ g: inout SplitMix64, nonFinite: Bool) -> AuditRecord {
     AuditRecord(
         decisionId: randomText(&g), requestId: randomText(&g), tsNs: Int64.random(in: .min ... .max, using: &g),
         symbol: randomText(&g), decision: [.trade, .noTrade, .abstain].randomElement(using: &g)!,
-        score: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) }, source: ScoreSource.allCases.randomElement(using: &g)!,
+        score: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) },
+        source: ScoreSource.allCases.randomElement(using: &g)!,
         modelName: maybe(&g, randomText), modelVersion: maybe(&g, randomText), modelHash: maybe(&g, randomText),
         features: maybe(&g) { randomFeatures(&$0, nonFinite: nonFinite) },
-        featureAgeMs: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) }, latencyUs: Int64.random(in: .min ... .max, using: &g),
+        featureAgeMs: maybe(&g) { randomDouble(&$0, nonFinite: nonFinite) },
+        latencyUs: Int64.random(in: .min ... .max, using: &g),
         // A canary score is finite here: the codec leaves a non-finite one out (see `canaryScoreThatIsNotANumberIsLeftOut`).
         canary: maybe(&g) { g in
             CanaryResult(version: randomText(&g), score: maybe(&g) { randomDouble(&$0) }, mode: maybe(&g, randomText))
@@ -206,7 +216,10 @@ func randomAudit(_ g: inout SplitMix64, nonFinite: Bool) -> AuditRecord {
         }
         var w = StreamFieldWriter()
         for n in [Int64.min, Int64.max, 0, -1, 10, -10, 1_723_161_254_087_891_268] { w.field("n", int: n) }
-        #expect(w.pairs.map(\.1) == ["-9223372036854775808", "9223372036854775807", "0", "-1", "10", "-10", "1723161254087891268"])
+        #expect(
+            w.pairs.map(\.1) == [
+                "-9223372036854775808", "9223372036854775807", "0", "-1", "10", "-10", "1723161254087891268"
+            ])
     }
 
     @Test func stringEscapesMatchJSONEncoder() throws {
@@ -232,11 +245,14 @@ func randomAudit(_ g: inout SplitMix64, nonFinite: Bool) -> AuditRecord {
             featureSnapshotId: "1700000000123-7", featureTsNs: 1_700_000_000_100_000_000,
             traceId: "4bf92f3577b34da6a3ce929d0e0e4736", client: "desk-a")
         let fields = try record.streamFields().pairs
-        #expect(fields.map(\.0) == [
-            "v", "symbol", "decision", "score", "source", "features", "canary", "client", "decision_id", "request_id",
-            "ts_ns", "model_name", "model_version", "model_hash", "feature_snapshot_id", "feature_ts_ns", "feature_age_ms",
-            "latency_us", "trace_id",
-        ])
+        #expect(
+            fields.map(\.0) == [
+                "v", "symbol", "decision", "score", "source", "features", "canary", "client", "decision_id",
+                "request_id",
+                "ts_ns", "model_name", "model_version", "model_hash", "feature_snapshot_id", "feature_ts_ns",
+                "feature_age_ms",
+                "latency_us", "trace_id"
+            ])
         let byName = Dictionary(uniqueKeysWithValues: fields)
         #expect(byName["v"] == "2")
         #expect(byName["feature_ts_ns"] == "1700000000100000000")
@@ -253,7 +269,8 @@ func randomAudit(_ g: inout SplitMix64, nonFinite: Bool) -> AuditRecord {
     /// Codable encoder would fail the whole record).
     @Test func canaryScoreThatIsNotANumberIsLeftOut() throws {
         let record = AuditRecord(
-            decisionId: "d", requestId: "r", tsNs: 1, symbol: "BTCUSDT", decision: .abstain, score: nil, source: .abstain,
+            decisionId: "d", requestId: "r", tsNs: 1, symbol: "BTCUSDT", decision: .abstain, score: nil,
+            source: .abstain,
             modelName: nil, modelVersion: nil, modelHash: nil, features: nil, featureAgeMs: nil, latencyUs: 0,
             canary: CanaryResult(version: "2", score: .nan, mode: "shadow"))
         let fields = Dictionary(uniqueKeysWithValues: try record.streamFields().pairs)
@@ -262,13 +279,16 @@ func randomAudit(_ g: inout SplitMix64, nonFinite: Bool) -> AuditRecord {
 
     @Test func aFailedJSONFieldNamesTheValueAndLeavesNothingBehind() throws {
         let tick = Tick.quote(symbol: "BTCUSDT", tsNs: 1, bid: 1, bidSize: 1, ask: 2, askSize: 1, bids: [[1, .nan]])
-        #expect(throws: MessageEncodingError(field: "bids[0][1]", reason: "nan cannot be JSON")) { try tick.streamFields() }
+        #expect(throws: MessageEncodingError(field: "bids[0][1]", reason: "nan cannot be JSON")) {
+            try tick.streamFields()
+        }
         var features = StreamFieldDecodingHostileTests.features
         features.ofiNorm = .infinity
         var w = StreamFieldWriter()
         w.field("a", "b")
         #expect(throws: MessageEncodingError(field: "features.ofi_norm", reason: "inf cannot be JSON")) {
-            try w.field("features") { (j: inout JSONTextWriter) throws(MessageEncodingError) in try j.features(features) }
+            try w.field("features") { (j: inout JSONTextWriter) throws(MessageEncodingError) in try j.features(features)
+            }
         }
         #expect(w.pairs.count == 1 && w.bytes.count == 2 && w.lengths == [1, 1])
     }
@@ -301,8 +321,9 @@ func randomAudit(_ g: inout SplitMix64, nonFinite: Bool) -> AuditRecord {
         "", " ", "null", "nan", "inf", "-inf", "1e999", "1e-400", "0x10", "+1", "01", "1.", ".5", "--1", "1e", "true",
         "\"", "[", "]", "{", "}", "[]", "{}", "[[]]", "[null]", "[\"a\\u0041\"]", "[\"a\",]", "[ \"a\"]", "\u{0}",
         "9223372036854775808", "-9223372036854775809", "99999999999999999999", "é", "buy", "sell", "quote",
-        "{\"mode\":null,\"version\":\"2\"}", "{\"version\":\"2\",\"mode\":\"m\"}", "{\"score\":1e999,\"version\":\"2\"}",
-        "{\"depth_imbalance\":0}", "[[1,2]", "[[1,2],[3,4]] ",
+        "{\"mode\":null,\"version\":\"2\"}", "{\"version\":\"2\",\"mode\":\"m\"}",
+        "{\"score\":1e999,\"version\":\"2\"}",
+        "{\"depth_imbalance\":0}", "[[1,2]", "[[1,2],[3,4]] "
     ]
 
     func mutations(_ fields: [(String, String)]) -> [[(String, String)]] {
@@ -339,7 +360,9 @@ func randomAudit(_ g: inout SplitMix64, nonFinite: Bool) -> AuditRecord {
         let o = Opportunity(
             id: "o1", symbol: "BTCUSDT", direction: .sell, confidence: 0.9, strategies: ["a", "b"],
             signalIds: ["s1", "s2"], firstTsNs: 1, lastTsNs: 2, count: 2, emitReason: "first", conflict: true)
-        for fields in mutations(try o.streamFields().pairs) { agree(Opportunity.self, fields, bits: { [$0.confidence.bitPattern] }) }
+        for fields in mutations(try o.streamFields().pairs) {
+            agree(Opportunity.self, fields, bits: { [$0.confidence.bitPattern] })
+        }
     }
 
     @Test func auditRecords() throws {
@@ -380,6 +403,7 @@ extension Signal {
 
 extension AuditRecord {
     var bits: [UInt64?] {
-        [score?.bitPattern, featureAgeMs?.bitPattern, canary?.score?.bitPattern] + (features?.values.map(\.bitPattern) ?? [])
+        [score?.bitPattern, featureAgeMs?.bitPattern, canary?.score?.bitPattern]
+            + (features?.values.map(\.bitPattern) ?? [])
     }
 }

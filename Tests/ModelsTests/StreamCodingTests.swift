@@ -54,15 +54,18 @@ import Testing
                 signalIds: ["s1", "s2"], firstTsNs: 1, lastTsNs: 2, count: 2, emitReason: "first"))
         _ = try roundTrip(
             AuditRecord(
-                decisionId: "6f9619ff-8b86-4011-b42d-00c04fc964ff", requestId: "6F9619FF-8B86-D011-B42D-00C04FC964FF", tsNs: 3, symbol: "BTCUSDT", decision: .noTrade,
+                decisionId: "6f9619ff-8b86-4011-b42d-00c04fc964ff", requestId: "6F9619FF-8B86-D011-B42D-00C04FC964FF",
+                tsNs: 3, symbol: "BTCUSDT", decision: .noTrade,
                 score: 0.25, source: .model, modelName: "trade_eligibility", modelVersion: "1", modelHash: "abc",
                 features: features, featureAgeMs: 1.5, latencyUs: 800, canary: CanaryResult(version: "2", score: 0.3)))
-        _ = try roundTrip(DeadLetter(stage: "ingest", reason: "bad JSON", payload: "{", source: "kafka:ticks/0@5", tsNs: 9))
+        _ = try roundTrip(
+            DeadLetter(stage: "ingest", reason: "bad JSON", payload: "{", source: "kafka:ticks/0@5", tsNs: 9))
     }
 
     @Test func malformedEntryNamesTheField() throws {
-        var fields = Dictionary(uniqueKeysWithValues: try StreamFieldEncoder.encode(
-            Tick.quote(symbol: "BTCUSDT", tsNs: 1, bid: 1, bidSize: 1, ask: 2, askSize: 1)))
+        var fields = Dictionary(
+            uniqueKeysWithValues: try StreamFieldEncoder.encode(
+                Tick.quote(symbol: "BTCUSDT", tsNs: 1, bid: 1, bidSize: 1, ask: 2, askSize: 1)))
         fields["bid"] = "abc"
         #expect(throws: MessageDecodingError(field: "bid", reason: "expected a number, got \"abc\"")) {
             try StreamFieldDecoder.decode(Tick.self, from: fields)
@@ -116,9 +119,12 @@ import Testing
 
 @Suite("binary-safe dead letters")
 struct DeadLetterPayloadTests {
-    @Test("valid UTF-8 stays text; anything else is base64 with encoding=base64; both give the bytes back", arguments: [
-        Array("{\"a\":\"é\"}".utf8), [0xff, 0xfe, 0x00, 0xc3, 0x28], [], [0x80], [0x61, 0xed, 0xa0, 0x80], Array(0...255),
-    ])
+    @Test(
+        "valid UTF-8 stays text; anything else is base64 with encoding=base64; both give the bytes back",
+        arguments: [
+            Array("{\"a\":\"é\"}".utf8), [0xff, 0xfe, 0x00, 0xc3, 0x28], [], [0x80], [0x61, 0xed, 0xa0, 0x80],
+            Array(0...255)
+        ])
     func payloads(bytes: [UInt8]) throws {
         let letter = DeadLetter(stage: "ingest", reason: "bad_json: x", payloadBytes: bytes, tsNs: 1)
         let valid = String(validating: bytes, as: UTF8.self) != nil

@@ -7,18 +7,22 @@ import Testing
 
 @Suite("te audit", .serialized, .timeLimit(.minutes(2)))
 struct AuditCLITests {
-    @Test("te audit recent and counts: tables, -o json with DESIGN's field names, and a clear line when PostgreSQL is down")
+    @Test(
+        "te audit recent and counts: tables, -o json with DESIGN's field names, and a clear line when PostgreSQL is down"
+    )
     func recentAndCounts() async throws {
         try await PostgresTestServer.withDatabase { db, configuration in
             let store = AuditStore(connection: db)
             _ = try await store.migrate(logger: PostgresTestServer.logger)
             let records = AuditRecords.make(12, symbol: "CLITEST")
             _ = try await store.insert(records)
-            let url = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
+            let url = try PostgresConfiguration.url(
+                try PostgresTestServer.url(), database: try #require(configuration.database))
             let environment = ["POSTGRES_URL": url]
 
             let newest = records.filter { $0.symbol == "CLITEST" }.sorted { $0.tsNs > $1.tsNs }.prefix(3)
-            let json = try await runTe(["audit", "recent", "--symbol", "CLITEST", "-n", "3", "-o", "json"], environment: environment)
+            let json = try await runTe(
+                ["audit", "recent", "--symbol", "CLITEST", "-n", "3", "-o", "json"], environment: environment)
             #expect(json.status == 0, "\(json.output)")
             let rows = try #require(jsonOutput(json.output) as? [[String: Any]], "\(json.output)")
             #expect(rows.map { $0["decision_id"] as? String } == newest.map(\.decisionId))
@@ -38,7 +42,9 @@ struct AuditCLITests {
             let groups = try #require(summary["counts"] as? [[String: Any]])
             #expect(groups.reduce(0) { $0 + ($1["count"] as? Int ?? 0) } == records.count)
             let modelRows = records.filter { $0.source == .model }.count
-            #expect(groups.filter { $0["source"] as? String == "model" }.reduce(0) { $0 + ($1["count"] as? Int ?? 0) } == modelRows)
+            #expect(
+                groups.filter { $0["source"] as? String == "model" }.reduce(0) { $0 + ($1["count"] as? Int ?? 0) }
+                    == modelRows)
 
             let empty = try await runTe(["audit", "recent", "--symbol", "NOSUCH"], environment: environment)
             #expect(empty.status == 0)
@@ -52,7 +58,9 @@ struct AuditCLITests {
         #expect(!result.output.contains("secret"), "the password never shows: \(result.output)")
     }
 
-    @Test("te model: per version outcomes, base rate, coverage, precision, Brier vs the constant, ECE; period and version filters")
+    @Test(
+        "te model: per version outcomes, base rate, coverage, precision, Brier vs the constant, ECE; period and version filters"
+    )
     func model() async throws {
         try await PostgresTestServer.withDatabase { db, configuration in
             let store = AuditStore(connection: db)
@@ -64,7 +72,7 @@ struct AuditCLITests {
             let rows: [(String, Double, String, String?, Int64)] = [
                 ("1", 0.95, "trade", "true", day8), ("1", 0.85, "trade", "false", day8),
                 ("1", 0.25, "no_trade", "false", day8), ("1", 0.15, "no_trade", "true", day8),
-                ("2", 0.6, "trade", "true", day10), ("2", 0.6, "trade", nil, day10),
+                ("2", 0.6, "trade", "true", day10), ("2", 0.6, "trade", nil, day10)
             ]
             for (version, score, decision, eligible, resolved) in rows {
                 _ = try await db.execute(
@@ -73,7 +81,8 @@ struct AuditCLITests {
                     VALUES ($1::uuid, 'BTCUSDT', $2, $3::float8, $4, 5000, $5::boolean, $6::bigint)
                     """, [UUID().uuidString.lowercased(), version, String(score), decision, eligible, String(resolved)])
             }
-            let url = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
+            let url = try PostgresConfiguration.url(
+                try PostgresTestServer.url(), database: try #require(configuration.database))
             let environment = ["POSTGRES_URL": url]
             let json = try await runTe(["model", "-o", "json"], environment: environment)
             #expect(json.status == 0, "\(json.output)")
@@ -95,12 +104,19 @@ struct AuditCLITests {
             #expect(table.status == 0, "\(table.output)")
             #expect(table.output.contains("reliability, version 1"), "\(table.output)")
             let v1Row = try #require(table.output.split(separator: "\n").first { $0.hasPrefix("1 ") })
-            #expect(v1Row.split(separator: " ").contains("no"), "Brier 0.38 does not beat the constant's 0.25: no edge: \(v1Row)")
+            #expect(
+                v1Row.split(separator: " ").contains("no"),
+                "Brier 0.38 does not beat the constant's 0.25: no edge: \(v1Row)")
 
-            let later = try await runTe(["model", "--since", "2024-08-09T00:00:00Z", "-o", "json"], environment: environment)
-            #expect((jsonOutput(later.output) as? [[String: Any]])?.map { $0["version"] as? String } == ["2"], "\(later.output)")
+            let later = try await runTe(
+                ["model", "--since", "2024-08-09T00:00:00Z", "-o", "json"], environment: environment)
+            #expect(
+                (jsonOutput(later.output) as? [[String: Any]])?.map { $0["version"] as? String } == ["2"],
+                "\(later.output)")
             let only1 = try await runTe(["model", "--version", "1", "-o", "json"], environment: environment)
-            #expect((jsonOutput(only1.output) as? [[String: Any]])?.map { $0["version"] as? String } == ["1"], "\(only1.output)")
+            #expect(
+                (jsonOutput(only1.output) as? [[String: Any]])?.map { $0["version"] as? String } == ["1"],
+                "\(only1.output)")
             let none = try await runTe(["model", "--version", "9"], environment: environment)
             #expect(none.output == "no labelled outcomes for version 9 in the period\n", "\(none.output)")
         }

@@ -14,7 +14,8 @@ struct AuditChainTests {
         .deletingLastPathComponent().path
 
     static func redis() throws -> RedisClient {
-        RedisClient(configuration: try TestEnv.redisConfiguration(), name: "chain-test", logger: PostgresTestServer.logger)
+        RedisClient(
+            configuration: try TestEnv.redisConfiguration(), name: "chain-test", logger: PostgresTestServer.logger)
     }
 
     /// Records with every character the canonical line escapes, and values jsonb and float8 print their own way.
@@ -29,9 +30,12 @@ struct AuditChainTests {
         return records
     }
 
-    static func verify(_ url: String, _ extra: [String] = []) async throws -> (status: Int32, output: String, json: [String: Any]?) {
+    static func verify(_ url: String, _ extra: [String] = []) async throws -> (
+        status: Int32, output: String, json: [String: Any]?
+    ) {
         let reader = try StoreUsers.readerPostgresURL(on: url)
-        let result = try await runTe(["audit", "verify", "--chain", "-o", "json"] + extra, environment: ["POSTGRES_URL": reader])
+        let result = try await runTe(
+            ["audit", "verify", "--chain", "-o", "json"] + extra, environment: ["POSTGRES_URL": reader])
         return (result.status, result.output, jsonOutput(result.output) as? [String: Any])
     }
 
@@ -64,21 +68,26 @@ struct AuditChainTests {
                 let fromRecord = AuditChain.canonicalLine(writer: "canon\twriter", seq: Int64(i + 1), record: record)
                 #expect(
                     fromRow == fromRecord,
-                    "row \(i + 1):\n\(String(decoding: fromRow, as: UTF8.self))\n\(String(decoding: fromRecord, as: UTF8.self))")
+                    "row \(i + 1):\n\(String(decoding: fromRow, as: UTF8.self))\n\(String(decoding: fromRecord, as: UTF8.self))"
+                )
             }
             #expect(chain.seq == 60)
 
             // The auditor's re-check: psql + sha256sum only, on the same SQL text.
             let script = try String(contentsOfFile: Self.root + "/scripts/audit-chain-check.sh", encoding: .utf8)
-            #expect(script.contains("canonical=\"\(AuditChain.canonicalSelect)\""), "scripts/audit-chain-check.sh carries the canonical SQL")
+            #expect(
+                script.contains("canonical=\"\(AuditChain.canonicalSelect)\""),
+                "scripts/audit-chain-check.sh carries the canonical SQL")
             let readme = try String(contentsOfFile: Self.root + "/deploy/README.md", encoding: .utf8)
             #expect(readme.contains(AuditChain.canonicalSelect), "deploy/README.md documents the canonical SQL")
-            let url = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
+            let url = try PostgresConfiguration.url(
+                try PostgresTestServer.url(), database: try #require(configuration.database))
             let check = try await Self.runScript(["canon\twriter"], url: try StoreUsers.readerPostgresURL(on: url))
             #expect(check.status == 0, "\(check.output)")
             #expect(check.output == "ok canon\twriter 60 \(chain.hash)\n", "\(check.output)")
 
-            try await db.execute("UPDATE decisions SET reason = 'edited' WHERE chain_writer = $1 AND chain_seq = 17", ["canon\twriter"])
+            try await db.execute(
+                "UPDATE decisions SET reason = 'edited' WHERE chain_writer = $1 AND chain_seq = 17", ["canon\twriter"])
             let tampered = try await Self.runScript(["canon\twriter"], url: url)
             #expect(tampered.status == 1)
             #expect(tampered.output.hasPrefix("broken: chain_seq 17 row_hash "), "\(tampered.output)")
@@ -93,12 +102,15 @@ struct AuditChainTests {
         return (status, process.output())
     }
 
-    @Test("audit-writer chains what it inserts: redeliveries, a SIGKILL between COMMIT and XACK, a restart and a second replica keep every chain whole; an UPDATE and a DELETE are named")
+    @Test(
+        "audit-writer chains what it inserts: redeliveries, a SIGKILL between COMMIT and XACK, a restart and a second replica keep every chain whole; an UPDATE and a DELETE are named"
+    )
     func writerChainsAndVerifyNamesTampering() async throws {
         try await PostgresTestServer.withDatabase { db, configuration in
             let harness = try AuditWriterHarness()
             let redis = try Self.redis()
-            let url = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
+            let url = try PostgresConfiguration.url(
+                try PostgresTestServer.url(), database: try #require(configuration.database))
             let records = Self.awkwardRecords(400)
 
             // Dies by SIGKILL right after its first COMMIT (50 rows), before the XACK.
@@ -156,8 +168,10 @@ struct AuditChainTests {
             #expect(checked > 0 && checked < a.count, "\(period.output)")
 
             // The admin (owner role) changes a score: the row is named, with both hashes.
-            let victim = try #require(try await db.query(
-                "SELECT decision_id::text AS id, row_hash FROM decisions WHERE chain_writer = 'writer-a' AND chain_seq = 120").rows.first)
+            let victim = try #require(
+                try await db.query(
+                    "SELECT decision_id::text AS id, row_hash FROM decisions WHERE chain_writer = 'writer-a' AND chain_seq = 120"
+                ).rows.first)
             try await db.execute("UPDATE decisions SET score = 0.999 WHERE decision_id = $1", [victim["id"]])
             result = try await Self.verify(url)
             #expect(result.status == 1, "\(result.output)")
@@ -165,11 +179,17 @@ struct AuditChainTests {
             #expect(broken["decision_id"] as? String == victim["id"])
             #expect(broken["chain_seq"] as? Int == 120)
             #expect(broken["stored_hash"] as? String == victim["row_hash"])
-            #expect((broken["expected_hash"] as? String)?.count == 64 && broken["expected_hash"] as? String != victim["row_hash"])
+            #expect(
+                (broken["expected_hash"] as? String)?.count == 64
+                    && broken["expected_hash"] as? String != victim["row_hash"])
             let text = try await runTe(
-                ["audit", "verify", "--chain"], environment: ["POSTGRES_URL": try StoreUsers.readerPostgresURL(on: url)])
+                ["audit", "verify", "--chain"], environment: ["POSTGRES_URL": try StoreUsers.readerPostgresURL(on: url)]
+            )
             #expect(text.status == 1)
-            #expect(text.output.contains("chain broken: writer writer-a, decision_id \(victim["id"] ?? "?"), chain_seq 120"), "\(text.output)")
+            #expect(
+                text.output.contains(
+                    "chain broken: writer writer-a, decision_id \(victim["id"] ?? "?"), chain_seq 120"),
+                "\(text.output)")
 
             // Put back, the chain fits again; a deleted row is a gap named at the row after it.
             try await db.execute(
@@ -177,7 +197,8 @@ struct AuditChainTests {
                 [victim["id"], records.first { $0.decisionId.lowercased() == victim["id"] }?.score.map { "\($0)" }])
             #expect(try await Self.verify(url).status == 0)
             let next = try await db.query(
-                "SELECT decision_id::text AS id FROM decisions WHERE chain_writer = 'writer-a' AND chain_seq = 61").rows.first?["id"]
+                "SELECT decision_id::text AS id FROM decisions WHERE chain_writer = 'writer-a' AND chain_seq = 61"
+            ).rows.first?["id"]
             try await db.execute("DELETE FROM decisions WHERE chain_writer = 'writer-a' AND chain_seq = 60")
             result = try await Self.verify(url)
             #expect(result.status == 1)
@@ -187,7 +208,8 @@ struct AuditChainTests {
             #expect((gap["problem"] as? String)?.contains("rows 60…60 are missing") == true, "\(result.output)")
 
             // --writer names a chain: without --chain (the re-score mode) it is refused, not ignored.
-            let misplaced = try await runTe(["audit", "verify", "--writer", "writer-a"], environment: ["POSTGRES_URL": url])
+            let misplaced = try await runTe(
+                ["audit", "verify", "--writer", "writer-a"], environment: ["POSTGRES_URL": url])
             #expect(misplaced.status != 0)
             #expect(misplaced.output.contains("--writer goes with --chain"), "\(misplaced.output)")
             await harness.cleanUp(redis: redis)
@@ -197,7 +219,9 @@ struct AuditChainTests {
     /// The audit writer on the dev Redis Cluster (`REDIS_CLUSTER_URL`) as its own ACL user: the slot map
     /// (CLUSTER SHARDS) and its stream commands are within its grant (deploy/redis/users.acl), writing to
     /// te:audit is not; what it inserts forms one whole chain.
-    @Test("audit-writer as its ACL user on the Redis Cluster: reads its stream, writes a whole chain, and is refused outside its grant")
+    @Test(
+        "audit-writer as its ACL user on the Redis Cluster: reads its stream, writes a whole chain, and is refused outside its grant"
+    )
     func auditWriterUserOnTheCluster() async throws {
         guard let cluster = ProcessInfo.processInfo.environment["REDIS_CLUSTER_URL"], !cluster.isEmpty else {
             throw TestSetupError("REDIS_CLUSTER_URL is not set (make dev-up with DEV_REDIS_CLUSTER=1, source .dev/env)")
@@ -205,10 +229,12 @@ struct AuditChainTests {
         try await PostgresTestServer.withDatabase { db, configuration in
             let harness = try AuditWriterHarness()
             let redis = RedisClient(configuration: try RedisConfiguration(url: cluster), name: "chain-cluster")
-            let url = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
+            let url = try PostgresConfiguration.url(
+                try PostgresTestServer.url(), database: try #require(configuration.database))
             let records = AuditRecords.make(120)
             try await harness.publish(records, redis: redis)
-            let writer = try harness.start(postgresURL: url, extra: ["REDIS_URL": cluster, "AUDIT_WRITER_ID": "cluster-writer"])
+            let writer = try harness.start(
+                postgresURL: url, extra: ["REDIS_URL": cluster, "AUDIT_WRITER_ID": "cluster-writer"])
             let done = await TestEnv.eventually(timeout: .seconds(60)) {
                 let rows = try? await rowCount(db)
                 let pending = try? await redis.xpending(harness.stream, group: "audit-writer").count
@@ -217,7 +243,9 @@ struct AuditChainTests {
             #expect(done, "writer output:\n\(writer.output())")
             #expect(try await Self.chainSeqs(db, writer: "cluster-writer") == Array(1...120))
             let verified = try await Self.verify(url, ["--writer", "cluster-writer"])
-            #expect(verified.status == 0 && Self.rowsChecked(verified.json) == ["cluster-writer": 120], "\(verified.output)")
+            #expect(
+                verified.status == 0 && Self.rowsChecked(verified.json) == ["cluster-writer": 120], "\(verified.output)"
+            )
             #expect(!writer.output().contains("NOPERM"), "\(writer.output())")
             writer.terminate()
             #expect(try await writer.waitForExit(timeout: .seconds(20)) == 0)
@@ -229,7 +257,9 @@ struct AuditChainTests {
             #expect(try await user.clusterSlotMap()?.coversAllSlots == true)
             var refusal: String?
             do {
-                if case .error(let message) = try await user.send(RedisCommand("XADD", "te:audit", "*", "decision_id", "forged")) {
+                if case .error(let message) = try await user.send(
+                    RedisCommand("XADD", "te:audit", "*", "decision_id", "forged"))
+                {
                     refusal = message
                 }
             } catch {

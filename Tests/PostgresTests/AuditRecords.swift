@@ -5,10 +5,13 @@ import TEPostgres
 
 /// Varied AuditRecords: every optional field both present and absent, awkward text, extreme numbers.
 enum AuditRecords {
-    static func make(_ count: Int, symbol: String = "BTCUSDT", startTsNs: Int64 = 1_723_161_254_087_891_268) -> [AuditRecord] {
+    static func make(_ count: Int, symbol: String = "BTCUSDT", startTsNs: Int64 = 1_723_161_254_087_891_268)
+        -> [AuditRecord]
+    {
         (0..<count).map { i in
             let full = i % 3 != 2
-            let features = full
+            let features =
+                full
                 ? FeatureVector(
                     spreadBps: 0.1 + Double(i), imbalance: -0.25, depthImbalance: 1e-7, ofiNorm: -12345.678,
                     realizedVolBps: 3.0e10, midReturnBps: -0.0001, tickRate: 42, micropriceOffsetBps: Double(i) / 7)
@@ -29,7 +32,8 @@ enum AuditRecords {
                 features: features,
                 featureAgeMs: full ? 12.5 + Double(i) : nil,
                 latencyUs: Int64(100 + i),
-                canary: i % 4 == 0 ? CanaryResult(version: "2", score: i % 8 == 0 ? 0.123456789012345 : nil, mode: "shadow") : nil,
+                canary: i % 4 == 0
+                    ? CanaryResult(version: "2", score: i % 8 == 0 ? 0.123456789012345 : nil, mode: "shadow") : nil,
                 reason: i % 6 == 1 ? "primary_timeout,breaker_open — ünï" : nil,
                 featureSnapshotId: full ? "1723161254087-\(i)" : nil, featureTsNs: full ? startTsNs - 1_000 : nil,
                 traceId: i % 5 == 0 ? "4bf92f3577b34da6a3ce929d0e0e4736" : nil, client: i % 2 == 0 ? "desk-a" : nil)

@@ -38,8 +38,9 @@ struct AuditStoreTests {
             // remainders, ±(2^53 − 1) µs: past that PostgreSQL's `bigint * interval` goes through float8 and
             // rounds, where the direct path stays exact.
             let times: [Int64] = [
-                0, 999, 1_000, -1, -999, -1_001, -86_400_000_000_001, 951_782_400_123_456_789, 1_723_075_200_000_000_001,
-                9_007_199_254_740_991_999, -9_007_199_254_740_991_999,
+                0, 999, 1_000, -1, -999, -1_001, -86_400_000_000_001, 951_782_400_123_456_789,
+                1_723_075_200_000_000_001,
+                9_007_199_254_740_991_999, -9_007_199_254_740_991_999
             ]
             var direct = AuditRecords.make(times.count)
             for (i, t) in times.enumerated() { direct[i].tsNs = t }
@@ -49,9 +50,11 @@ struct AuditStoreTests {
             for (i, t) in times.enumerated() { staged[i].tsNs = t }
             #expect(try await store.insert(staged + [direct[0]]) == .init(inserted: times.count, duplicates: 1))
             let mismatches = try await db.query(
-                "SELECT count(*) AS n FROM decisions WHERE decided_at <> to_timestamp(0) + (ts_ns / 1000) * interval '1 microsecond'")
+                "SELECT count(*) AS n FROM decisions WHERE decided_at <> to_timestamp(0) + (ts_ns / 1000) * interval '1 microsecond'"
+            )
             #expect(mismatches.rows.first?["n"] == "0")
-            #expect(try await db.query("SELECT count(*) AS n FROM decisions").rows.first?["n"] == String(2 * times.count))
+            #expect(
+                try await db.query("SELECT count(*) AS n FROM decisions").rows.first?["n"] == String(2 * times.count))
         }
     }
 
@@ -60,7 +63,8 @@ struct AuditStoreTests {
             let store = AuditStore(connection: db)
             try await store.migrate(logger: PostgresTestServer.logger)
             // A rule only the database knows (the validation cannot): found by bisection.
-            try await db.execute(script: "ALTER TABLE decisions ADD CONSTRAINT no_rejects CHECK (symbol <> 'REJECT-ME')")
+            try await db.execute(
+                script: "ALTER TABLE decisions ADD CONSTRAINT no_rejects CHECK (symbol <> 'REJECT-ME')")
             var records = AuditRecords.make(1000)
             records[3].decisionId = "not-a-uuid"
             records[7].symbol = "NUL\u{0}BYTE"  // text cannot hold NUL: 22021 from COPY
@@ -85,13 +89,18 @@ struct AuditStoreTests {
         #expect(AuditStore.problem(with: record) == nil)
         record.decisionId = record.decisionId.uppercased()
         #expect(AuditStore.problem(with: record) == nil)
-        for bad in ["", "6f9619ff8b86d011b42d00c04fc964ff", "6f9619ff-8b86-d011-b42d-00c04fc964fg", "{6f9619ff-8b86-d011-b42d-00c04fc964ff}"] {
+        for bad in [
+            "", "6f9619ff8b86d011b42d00c04fc964ff", "6f9619ff-8b86-d011-b42d-00c04fc964fg",
+            "{6f9619ff-8b86-d011-b42d-00c04fc964ff}"
+        ] {
             record.decisionId = bad
             #expect(AuditStore.problem(with: record)?.hasPrefix("decision_id is not a UUID") == true, "\(bad)")
         }
         record = AuditRecords.make(1)[0]
         record.canary = CanaryResult(version: "2\u{0}", score: nil)
-        #expect(AuditStore.problem(with: record) == "canary_version contains a NUL character, which PostgreSQL text cannot hold")
+        #expect(
+            AuditStore.problem(with: record)
+                == "canary_version contains a NUL character, which PostgreSQL text cannot hold")
     }
 
     @Test func recentAndCounts() async throws {

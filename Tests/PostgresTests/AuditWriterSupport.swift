@@ -6,7 +6,7 @@ import TestSupport
 import Testing
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// One running `audit-writer` (the built binary, `$TE_BIN_DIR/audit-writer`) on a test's own
@@ -34,7 +34,7 @@ struct AuditWriterHarness {
         var environment = [
             "REDIS_URL": try TestEnv.redisURL(), "POSTGRES_URL": postgresURL, "AUDIT_STREAM": stream,
             "DLQ_STREAM": dlq, "METRICS_PORT": String(metricsPort), "AUDIT_BATCH_SIZE": "50",
-            "STREAM_BLOCK_MS": "100", "CONSUMER_NAME": consumer, "RETRY_BACKOFF_MAX_MS": "500", "LOG_LEVEL": "info",
+            "STREAM_BLOCK_MS": "100", "CONSUMER_NAME": consumer, "RETRY_BACKOFF_MAX_MS": "500", "LOG_LEVEL": "info"
         ]
         for (k, v) in extra { environment[k] = v }
         return try ChildProcess.built("audit-writer", environment: environment)
@@ -42,7 +42,9 @@ struct AuditWriterHarness {
 
     func publish(_ records: [AuditRecord], redis: RedisClient) async throws {
         var commands: [RedisCommand] = []
-        for record in records { commands.append(.xadd(stream, maxLen: nil, fields: try StreamFieldEncoder.encode(record))) }
+        for record in records {
+            commands.append(.xadd(stream, maxLen: nil, fields: try StreamFieldEncoder.encode(record)))
+        }
         for chunk in stride(from: 0, to: commands.count, by: 200) {
             _ = try await redis.pipeline(Array(commands[chunk..<min(chunk + 200, commands.count)]))
         }
@@ -114,16 +116,19 @@ final class PrivatePostgresCluster: Sendable {
         try await asPostgres("createdb", ["-h", "127.0.0.1", "-p", String(port), "-U", "te", "te"])
         // The audit writer runs as its own role (StoreUsers); trust auth, so any password is accepted.
         try await asPostgres(
-            "psql", ["-h", "127.0.0.1", "-p", String(port), "-U", "te", "-d", "te", "-c", "CREATE ROLE te_audit_writer LOGIN"])
+            "psql",
+            ["-h", "127.0.0.1", "-p", String(port), "-U", "te", "-d", "te", "-c", "CREATE ROLE te_audit_writer LOGIN"])
     }
 
     var url: String { "postgres://te@127.0.0.1:\(port)/te" }
 
     func start() async throws {
-        try await asPostgres("pg_ctl", [
-            "-D", directory + "/data", "-l", directory + "/log", "-w", "-o",
-            "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c fsync=off", "start",
-        ])
+        try await asPostgres(
+            "pg_ctl",
+            [
+                "-D", directory + "/data", "-l", directory + "/log", "-w", "-o",
+                "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c fsync=off", "start"
+            ])
     }
 
     func stop() async throws {

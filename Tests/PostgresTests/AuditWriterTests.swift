@@ -10,7 +10,8 @@ import Testing
 @Suite("audit-writer end to end", .serialized, .timeLimit(.minutes(5)))
 struct AuditWriterTests {
     static func redis() throws -> RedisClient {
-        RedisClient(configuration: try TestEnv.redisConfiguration(), name: "audit-test", logger: PostgresTestServer.logger)
+        RedisClient(
+            configuration: try TestEnv.redisConfiguration(), name: "audit-test", logger: PostgresTestServer.logger)
     }
 
     static func expectStored(_ db: PostgresConnection, _ records: [AuditRecord]) async throws {
@@ -23,12 +24,14 @@ struct AuditWriterTests {
         try await PostgresTestServer.withDatabase { db, configuration in
             let harness = try AuditWriterHarness()
             let redis = try Self.redis()
-            let url = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
+            let url = try PostgresConfiguration.url(
+                try PostgresTestServer.url(), database: try #require(configuration.database))
             let records = AuditRecords.make(400)
             var bad = AuditRecords.make(2, startTsNs: 9)
             bad[0].decisionId = "not-a-uuid"
             bad[1].symbol = "NUL\u{0}BYTE"
-            try await harness.publish(Array(records[..<150]) + [bad[0]] + Array(records[150...]) + [bad[1]], redis: redis)
+            try await harness.publish(
+                Array(records[..<150]) + [bad[0]] + Array(records[150...]) + [bad[1]], redis: redis)
             let writer = try harness.start(postgresURL: url)
             let done = await TestEnv.eventually(timeout: .seconds(60)) { await rowCountIfReady(db) == records.count }
             let rows = await rowCountIfReady(db)
@@ -42,9 +45,11 @@ struct AuditWriterTests {
                 try StreamFieldDecoder.decode(DeadLetter.self, from: $0.fields)
             }
             #expect(letters.map(\.stage) == ["audit-writer", "audit-writer"])
-            #expect(letters.map(\.reason) == [
-                #"decision_id is not a UUID: "not-a-uuid""#, "symbol contains a NUL character, which PostgreSQL text cannot hold",
-            ])
+            #expect(
+                letters.map(\.reason) == [
+                    #"decision_id is not a UUID: "not-a-uuid""#,
+                    "symbol contains a NUL character, which PostgreSQL text cannot hold"
+                ])
             // Non-UUID, repeated and 128-character client request ids are stored as sent (checked above).
             #expect(Set(records.map(\.requestId)).contains("same-client-id"))
             let pendingDone = await TestEnv.eventually(timeout: .seconds(20)) {
@@ -72,7 +77,8 @@ struct AuditWriterTests {
         try await PostgresTestServer.withDatabase { db, configuration in
             let harness = try AuditWriterHarness()
             let redis = try Self.redis()
-            let url = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
+            let url = try PostgresConfiguration.url(
+                try PostgresTestServer.url(), database: try #require(configuration.database))
             let records = AuditRecords.make(300)
             try await harness.publish(records, redis: redis)
 
@@ -114,7 +120,8 @@ struct AuditWriterTests {
     func postgresStoppedForAWhile(_ cluster: PrivatePostgresCluster) async throws {
         let harness = try AuditWriterHarness()
         let redis = try Self.redis()
-        let db = PostgresConnection(configuration: try PostgresConfiguration(url: cluster.url), logger: PostgresTestServer.logger)
+        let db = PostgresConnection(
+            configuration: try PostgresConfiguration(url: cluster.url), logger: PostgresTestServer.logger)
         let records = AuditRecords.make(600)
         let writer = try harness.start(postgresURL: cluster.url)
 

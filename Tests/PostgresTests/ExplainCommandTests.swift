@@ -7,7 +7,7 @@ import TestSupport
 import Testing
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// `te explain` and `te audit verify` on decisions the real gateway made while a recording flowed through the
@@ -36,7 +36,9 @@ struct ExplainCommandTests {
         var requestFeaturesDecision: String
     }
 
-    @Test("explain: features match bit for bit, the re-score equals the record, a changed hash is refused, a trimmed snapshot is recomputed; verify finds a planted mismatch and unverifiable rows")
+    @Test(
+        "explain: features match bit for bit, the re-score equals the record, a changed hash is refused, a trimmed snapshot is recomputed; verify finds a planted mismatch and unverifiable rows"
+    )
     func explainAndVerify() async throws {
         guard let triton = ProcessInfo.processInfo.environment["TRITON_URL"], !triton.isEmpty else {
             throw TestSetupError("TRITON_URL is not set: source .dev/env")
@@ -51,21 +53,29 @@ struct ExplainCommandTests {
             let services = [
                 try await pipeline.startIngest(),
                 try pipeline.start("feature-pipeline"),
-                try pipeline.start("gateway", [
-                    "TRITON_URL": triton, "HTTP_PORT": String(port), "SCORE_TIMEOUT_MS": "1000", "LOG_LEVEL": "warning",
-                ]),
+                try pipeline.start(
+                    "gateway",
+                    [
+                        "TRITON_URL": triton, "HTTP_PORT": String(port), "SCORE_TIMEOUT_MS": "1000",
+                        "LOG_LEVEL": "warning"
+                    ]),
                 try pipeline.start("audit-writer", ["POSTGRES_URL": ownerURL, "AUDIT_BATCH_SIZE": "50"]),
                 // Outcomes: a decision after the recording's end never sees its horizon; written unlabelled after 10 s.
-                try pipeline.start("outcome-tracker", [
-                    "OUTCOME_HORIZON_MS": "5000", "OUTCOME_SWEEP_MS": "100", "OUTCOME_MAX_HOLD_MS": "10000",
-                    "CONSUMER_NAME": "outcome-tracker-explain",
-                ]),
+                try pipeline.start(
+                    "outcome-tracker",
+                    [
+                        "OUTCOME_HORIZON_MS": "5000", "OUTCOME_SWEEP_MS": "100", "OUTCOME_MAX_HOLD_MS": "10000",
+                        "CONSUMER_NAME": "outcome-tracker-explain"
+                    ])
             ]
             defer { for s in services { s.terminate() } }
-            func logs() -> String { services.map { "\($0.name):\n\($0.output().suffix(1500))" }.joined(separator: "\n") }
+            func logs() -> String {
+                services.map { "\($0.name):\n\($0.output().suffix(1500))" }.joined(separator: "\n")
+            }
             let features = "[0.5,0.3,0.2,1,2,0.1,10,0.05]"
             let up = await TestEnv.eventually(timeout: .seconds(30)) {
-                (try? await Self.score(port: port, #"{"symbol":"WARMUP","features":\#(features)}"#))?["source"] as? String == "model"
+                (try? await Self.score(port: port, #"{"symbol":"WARMUP","features":\#(features)}"#))?["source"]
+                    as? String == "model"
             }
             #expect(up, "\(logs())")
 
@@ -82,7 +92,9 @@ struct ExplainCommandTests {
             let body = #"{"symbol":"\#(Self.symbol)","freshness_ms":600000}"#
             while !replay.isCancelled {
                 let answer = try await Self.score(port: port, body)
-                if let id = answer["decision_id"] as? String, let source = answer["source"] as? String { answered[id] = source }
+                if let id = answer["decision_id"] as? String, let source = answer["source"] as? String {
+                    answered[id] = source
+                }
                 if answered.count >= 60 { break }
                 try await Task.sleep(for: .milliseconds(40))
             }
@@ -94,7 +106,9 @@ struct ExplainCommandTests {
             try await Task.sleep(for: .milliseconds(500))  // the gateway's feed reads the last snapshot
             for _ in 0..<5 {
                 let answer = try await Self.score(port: port, body)
-                if let id = answer["decision_id"] as? String, let source = answer["source"] as? String { answered[id] = source }
+                if let id = answer["decision_id"] as? String, let source = answer["source"] as? String {
+                    answered[id] = source
+                }
             }
             let fromRequest = try await Self.score(port: port, #"{"symbol":"\#(Self.symbol)","features":\#(features)}"#)
             let requestDecision = try #require(fromRequest["decision_id"] as? String)
@@ -111,7 +125,7 @@ struct ExplainCommandTests {
             #expect(stored, "\(logs())")
             let environment = [
                 "REDIS_URL": pipeline.redisServer.url, "POSTGRES_URL": readerURL, "TRITON_URL": triton,
-                "SCORE_TIMEOUT_MS": "1000",
+                "SCORE_TIMEOUT_MS": "1000"
             ]
 
             // Lineage in the record: the gateway's feature_snapshot_id names the real te:features entry.
@@ -125,7 +139,8 @@ struct ExplainCommandTests {
             for id in sample {
                 let record = try #require(records[id])
                 let entryID = try #require(record.featureSnapshotId, "\(id) has no feature_snapshot_id")
-                let entry = try #require(try await pipeline.redis.xrange(StreamKey.features, start: entryID, end: entryID).first)
+                let entry = try #require(
+                    try await pipeline.redis.xrange(StreamKey.features, start: entryID, end: entryID).first)
                 let snapshot = try StreamFieldDecoder.decode(FeatureSnapshot.self, from: entry.fields)
                 #expect(snapshot.symbol == Self.symbol)
                 #expect(record.featureTsNs == snapshot.tsNs)
@@ -141,7 +156,12 @@ struct ExplainCommandTests {
                 #expect(lineage["window_from"] as? String == StreamKey.ticks)
                 #expect(json["features_match"] as? Bool == true, "\(result.output.prefix(4000))")
                 let rows = try #require(json["features"] as? [[String: Any]])
-                #expect(rows.count == 8 && rows.allSatisfy { $0["match"] as? Bool == true && $0["recorded_fp32_bits"] as? String == $0["recomputed_fp32_bits"] as? String })
+                #expect(
+                    rows.count == 8
+                        && rows.allSatisfy {
+                            $0["match"] as? Bool == true
+                                && $0["recorded_fp32_bits"] as? String == $0["recomputed_fp32_bits"] as? String
+                        })
                 let rescore = try #require(json["rescore"] as? [String: Any], "\(result.output.prefix(3000))")
                 #expect(rescore["match"] as? Bool == true)
                 // As FP32, the model's output type (Foundation's JSON reader on Linux can miss a double's last bit).
@@ -152,9 +172,13 @@ struct ExplainCommandTests {
                 #expect(quotes.count == snapshot.nQuotes)
                 #expect((window["trades"] as? [[String: Any]])?.count == snapshot.nTrades)
                 #expect((quotes.last?["ts_ns"] as? NSNumber)?.int64Value == snapshot.tsNs)
-                #expect(quotes.allSatisfy { ($0["src"] as? String)?.split(separator: ":").compactMap { Int($0) }.count == 2 })
+                #expect(
+                    quotes.allSatisfy {
+                        ($0["src"] as? String)?.split(separator: ":").compactMap { Int($0) }.count == 2
+                    })
                 // A quote before the window exists once the symbol has W of history (the snapshot is warm).
-                #expect((window["previous_quote"] is [String: Any]) == snapshot.warm, "\(window["previous_quote"] ?? "-")")
+                #expect(
+                    (window["previous_quote"] is [String: Any]) == snapshot.warm, "\(window["previous_quote"] ?? "-")")
                 #expect(json["source"] as? String == "model")
                 #expect(json["latency_us"] as? Int == Int(record.latencyUs))
             }
@@ -169,18 +193,26 @@ struct ExplainCommandTests {
             var outcomeRow: PostgresRow?
             let resolved = await TestEnv.eventually(timeout: .seconds(90), every: .milliseconds(250)) {
                 outcomeRow = try? await db.query(
-                    "SELECT eligible, return_bps, resolved_ts_ns, reason FROM outcomes WHERE decision_id = $1::uuid", [first]).rows.first
+                    "SELECT eligible, return_bps, resolved_ts_ns, reason FROM outcomes WHERE decision_id = $1::uuid",
+                    [first]
+                ).rows.first
                 return outcomeRow != nil
             }
             #expect(resolved, "\(logs())")
             let withOutcome = try await runTe(["explain", first, "-o", "json"], environment: environment)
-            let outcome = try #require((jsonOutput(withOutcome.output) as? [String: Any])?["outcome"] as? [String: Any], "\(withOutcome.output.suffix(600))")
-            #expect((outcome["resolved_ts_ns"] as? NSNumber)?.int64Value == outcomeRow?["resolved_ts_ns"].flatMap { Int64($0) })
+            let outcome = try #require(
+                (jsonOutput(withOutcome.output) as? [String: Any])?["outcome"] as? [String: Any],
+                "\(withOutcome.output.suffix(600))")
+            #expect(
+                (outcome["resolved_ts_ns"] as? NSNumber)?.int64Value
+                    == outcomeRow?["resolved_ts_ns"].flatMap { Int64($0) })
             #expect(outcome["eligible"] as? Bool == outcomeRow?["eligible"].map { $0 == "t" }, "\(outcome)")
             // te prints the stored double exactly; Foundation's JSON reader on Linux can miss its last bit.
             let expectedReturn = outcomeRow?["return_bps"].flatMap { Double($0) }
             let shownReturn = outcome["return_bps"] as? Double
-            #expect(expectedReturn.map { e in shownReturn.map { abs($0 - e) <= 4 * e.ulp.magnitude } ?? false } ?? (shownReturn == nil), "\(outcome)")
+            #expect(
+                expectedReturn.map { e in shownReturn.map { abs($0 - e) <= 4 * e.ulp.magnitude } ?? false }
+                    ?? (shownReturn == nil), "\(outcome)")
             #expect(outcome["reason"] as? String == outcomeRow?["reason"], "\(outcome)")
             print("outcome of \(first): \(outcome)")
 
@@ -193,7 +225,8 @@ struct ExplainCommandTests {
             // Features that came in the request: re-scored, no window.
             let fromRequestRun = try await runTe(["explain", requestDecision, "-o", "json"], environment: environment)
             #expect(fromRequestRun.status == 0, "\(fromRequestRun.output)")
-            let fromRequestJSON = try #require(jsonOutput(fromRequestRun.output) as? [String: Any], "\(fromRequestRun.output)")
+            let fromRequestJSON = try #require(
+                jsonOutput(fromRequestRun.output) as? [String: Any], "\(fromRequestRun.output)")
             #expect((fromRequestJSON["lineage"] as? [String: Any])?["source"] as? String == "request features")
             #expect((fromRequestJSON["rescore"] as? [String: Any])?["match"] as? Bool == true)
             #expect(fromRequestJSON["features_match"] is NSNull)
@@ -208,7 +241,9 @@ struct ExplainCommandTests {
                 #expect(result.status == 0, "\(result.output)")
                 let json = try #require(jsonOutput(result.output) as? [String: Any], "\(result.output)")
                 let lineage = try #require(json["lineage"] as? [String: Any])
-                #expect(lineage["source"] as? String == (extra.isEmpty ? "recomputed from te:ticks" : "recomputed from recording"))
+                #expect(
+                    lineage["source"] as? String
+                        == (extra.isEmpty ? "recomputed from te:ticks" : "recomputed from recording"))
                 #expect(lineage["snapshot"] is NSNull)
                 #expect(lineage["window_from"] as? String == (extra.isEmpty ? StreamKey.ticks : Self.recording))
                 #expect(json["features_match"] as? Bool == true, "\(result.output.prefix(4000))")
@@ -229,10 +264,12 @@ struct ExplainCommandTests {
             while true {
                 let page = try await pipeline.redis.xrange(StreamKey.ticks, start: start, end: "+", count: 2000)
                 guard let last = page.last else { break }
-                _ = try await pipeline.redis.pipeline(page.map { .xadd(shardTicks, id: $0.id, maxLen: nil, fields: $0.fields) })
+                _ = try await pipeline.redis.pipeline(
+                    page.map { .xadd(shardTicks, id: $0.id, maxLen: nil, fields: $0.fields) })
                 start = "(" + last.id
             }
-            let featuresEntry = try #require(try await pipeline.redis.xrange(StreamKey.features, start: shardedEntry, end: shardedEntry).first)
+            let featuresEntry = try #require(
+                try await pipeline.redis.xrange(StreamKey.features, start: shardedEntry, end: shardedEntry).first)
             _ = try await pipeline.redis.xadd(shardFeatures, id: featuresEntry.id, fields: featuresEntry.fields)
             var shardedEnvironment = environment
             shardedEnvironment["STREAM_SHARDS"] = String(shards)
@@ -252,7 +289,9 @@ struct ExplainCommandTests {
             let cleanReport = try #require(jsonOutput(clean.output) as? [String: Any], "\(clean.output)")
             let modelRows = records.values.filter { $0.source == .model }.count
             // Answers given before the gateway had read the model's hash record it as "unknown".
-            let hashUnknown = records.values.filter { $0.source == .model && $0.modelHash == "unknown" }.map(\.decisionId).sorted()
+            let hashUnknown = records.values.filter { $0.source == .model && $0.modelHash == "unknown" }.map(
+                \.decisionId
+            ).sorted()
             #expect(cleanReport["decisions"] as? Int == modelRows)
             #expect(cleanReport["matched"] as? Int == modelRows - hashUnknown.count, "\(clean.output)")
             #expect(cleanReport["mismatched"] as? Int == 0)
@@ -262,17 +301,22 @@ struct ExplainCommandTests {
             let others = modelIDs.sorted().filter { !sample.contains($0) && !hashUnknown.contains($0) }
             let rehashed = try #require(others.first)
             let altered = try #require(others.dropFirst().first)
-            _ = try await db.execute("UPDATE decisions SET model_hash = 'sha256-of-other-weights' WHERE decision_id = $1::uuid", [rehashed])
+            _ = try await db.execute(
+                "UPDATE decisions SET model_hash = 'sha256-of-other-weights' WHERE decision_id = $1::uuid", [rehashed])
             let refused = try await runTe(["explain", rehashed], environment: environment)
             #expect(refused.status == 1, "\(refused.output)")
             let lastLine = refused.output.split(separator: "\n").last.map(String.init) ?? ""
-            #expect(lastLine.hasPrefix("te: refusing to re-score decision \(rehashed): model trade_eligibility version "), "\(refused.output)")
+            #expect(
+                lastLine.hasPrefix("te: refusing to re-score decision \(rehashed): model trade_eligibility version "),
+                "\(refused.output)")
             #expect(lastLine.hasSuffix("the decision was made by sha256-of-other-weights"), "\(lastLine)")
 
             // Planted: one altered score (a mismatch), rows that cannot be verified (a version Triton does not
             // serve, no features).
             let original = try #require(records[altered]?.score)
-            _ = try await db.execute("UPDATE decisions SET score = $2::float8 WHERE decision_id = $1::uuid", [altered, String(original + 0.25)])
+            _ = try await db.execute(
+                "UPDATE decisions SET score = $2::float8 WHERE decision_id = $1::uuid",
+                [altered, String(original + 0.25)])
             var unserved = try #require(records[altered])
             unserved.decisionId = UUID().uuidString.lowercased()
             unserved.requestId = unserved.decisionId
@@ -287,7 +331,10 @@ struct ExplainCommandTests {
             let bare = try await runTe(["explain", featureless.decisionId], environment: environment)
             #expect(bare.status == 1, "\(bare.output)")
             #expect(bare.output.contains("\noutcome     not known yet\n"), "\(bare.output)")
-            #expect(bare.output.hasSuffix("te: refusing to re-score decision \(featureless.decisionId): no features recorded\n"), "\(bare.output)")
+            #expect(
+                bare.output.hasSuffix(
+                    "te: refusing to re-score decision \(featureless.decisionId): no features recorded\n"),
+                "\(bare.output)")
             let planted = try await runTe(["audit", "verify"] + period, environment: environment)
             #expect(planted.status == 1, "\(planted.output)")
             let report = try #require(jsonOutput(planted.output) as? [String: Any], "\(planted.output)")
@@ -298,14 +345,17 @@ struct ExplainCommandTests {
             #expect(mismatch["decision_id"] as? String == altered)
             #expect(abs((mismatch["abs_diff"] as? Double ?? 0) - 0.25) < 1e-6, "\(mismatch)")
             let reasons = try #require(report["unverifiable_reasons"] as? [[String: Any]])
-            func ids(_ code: String) -> [String] { reasons.first { $0["reason"] as? String == code }?["decision_ids"] as? [String] ?? [] }
+            func ids(_ code: String) -> [String] {
+                reasons.first { $0["reason"] as? String == code }?["decision_ids"] as? [String] ?? []
+            }
             #expect(ids("hash_changed") == [rehashed], "\(reasons)")
             #expect(ids("version_not_served") == [unserved.decisionId], "\(reasons)")
             #expect(ids("no_features") == [featureless.decisionId], "\(reasons)")
             #expect(ids("hash_not_recorded") == hashUnknown, "\(reasons)")
             #expect(report["unverifiable"] as? Int == 3 + hashUnknown.count)
 
-            let limited = try await runTe(["audit", "verify", "--since", "1h", "--limit", "5", "-o", "json"], environment: environment)
+            let limited = try await runTe(
+                ["audit", "verify", "--since", "1h", "--limit", "5", "-o", "json"], environment: environment)
             #expect((jsonOutput(limited.output) as? [String: Any])?["decisions"] as? Int == 5, "\(limited.output)")
 
             let text = try await runTe(["audit", "verify", "--since", "1h"], environment: environment)

@@ -22,7 +22,8 @@ struct GatewayKillTests {
         try await PostgresTestServer.withDatabase { db, configuration in
             let harness = try AuditWriterHarness()
             let redis = try AuditWriterTests.redis()
-            let postgresURL = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
+            let postgresURL = try PostgresConfiguration.url(
+                try PostgresTestServer.url(), database: try #require(configuration.database))
             guard let triton = ProcessInfo.processInfo.environment["TRITON_URL"], !triton.isEmpty else {
                 throw TestSetupError("TRITON_URL is not set: source .dev/env (make dev-up starts Triton)")
             }
@@ -31,7 +32,7 @@ struct GatewayKillTests {
                 "gateway",
                 environment: [
                     "REDIS_URL": try TestEnv.redisURL(), "TRITON_URL": triton, "HTTP_PORT": String(port),
-                    "AUDIT_STREAM": harness.stream, "SCORE_TIMEOUT_MS": "300", "LOG_LEVEL": "warning",
+                    "AUDIT_STREAM": harness.stream, "SCORE_TIMEOUT_MS": "300", "LOG_LEVEL": "warning"
                 ])
             let up = await TestEnv.eventually(timeout: .seconds(30)) {
                 (try? await GatewayHTTP.score(port: port, requestID: "warm-up"))?.status == 200
@@ -77,12 +78,15 @@ struct GatewayKillTests {
             }
             #expect(drained, "writer output:\n\(writer.output())")
             let rows = try await db.query("SELECT decision_id::text AS d, request_id FROM decisions").rows
-            let stored = Dictionary(rows.map { ($0["d"] ?? "", $0["request_id"] ?? "") }, uniquingKeysWith: { a, _ in a })
+            let stored = Dictionary(
+                rows.map { ($0["d"] ?? "", $0["request_id"] ?? "") }, uniquingKeysWith: { a, _ in a })
             let missing = answered.keys.filter { stored[$0] == nil }
             #expect(missing.isEmpty, "\(missing.count) of \(answered.count) answered decisions have no row")
             #expect(answered.allSatisfy { stored[$0.key] == $0.value })
             #expect(stored.values.contains("repeated-id"))
-            print("gateway SIGKILL: \(answered.count) answered, \(stored.count) rows (records of requests cut off by the kill included)")
+            print(
+                "gateway SIGKILL: \(answered.count) answered, \(stored.count) rows (records of requests cut off by the kill included)"
+            )
             writer.terminate()
             #expect(try await writer.waitForExit(timeout: .seconds(20)) == 0)
             await harness.cleanUp(redis: redis)

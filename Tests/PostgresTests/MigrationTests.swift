@@ -15,26 +15,34 @@ struct MigrationTests {
             let store = AuditStore(connection: db)
             #expect(try await store.migrate(logger: PostgresTestServer.logger) == [1, 2, 3, 4, 5])
             let schema = try await db.query(Self.schemaQuery).rows.map(\.values)
-            let migrations = try await db.query("SELECT version, name, applied_at FROM schema_migrations").rows.map(\.values)
+            let migrations = try await db.query("SELECT version, name, applied_at FROM schema_migrations").rows.map(
+                \.values)
             #expect(try await store.migrate(logger: PostgresTestServer.logger) == [])
             #expect(try await db.query(Self.schemaQuery).rows.map(\.values) == schema)
-            #expect(try await db.query("SELECT version, name, applied_at FROM schema_migrations").rows.map(\.values) == migrations)
+            #expect(
+                try await db.query("SELECT version, name, applied_at FROM schema_migrations").rows.map(\.values)
+                    == migrations)
             let indexes = try await db.query(
                 "SELECT indexname FROM pg_indexes WHERE tablename = 'decisions' ORDER BY indexname"
             ).rows.map { $0["indexname"] }
-            #expect(indexes == [
-                "decisions_chain", "decisions_model_version_decided_at", "decisions_pkey", "decisions_request_id",
-                "decisions_source_decided_at", "decisions_symbol_decided_at",
-            ])
+            #expect(
+                indexes == [
+                    "decisions_chain", "decisions_model_version_decided_at", "decisions_pkey", "decisions_request_id",
+                    "decisions_source_decided_at", "decisions_symbol_decided_at"
+                ])
         }
     }
 
     @Test func concurrentMigratorsApplyEachMigrationOnce() async throws {
         try await PostgresTestServer.withDatabase { db, configuration in
-            let others = (0..<3).map { _ in PostgresConnection(configuration: configuration, logger: PostgresTestServer.logger) }
+            let others = (0..<3).map { _ in
+                PostgresConnection(configuration: configuration, logger: PostgresTestServer.logger)
+            }
             let applied = try await withThrowingTaskGroup(of: [Int].self) { group in
                 for connection in others + [db] {
-                    group.addTask { try await AuditStore(connection: connection).migrate(logger: PostgresTestServer.logger) }
+                    group.addTask {
+                        try await AuditStore(connection: connection).migrate(logger: PostgresTestServer.logger)
+                    }
                 }
                 var all: [Int] = []
                 for try await versions in group { all += versions }
@@ -86,7 +94,9 @@ struct MigrationTests {
                         'trade', 0.75, 'model', 'trade_eligibility', '1', 'abc', '{"depth_imbalance":0.2,"imbalance":0.3,"microprice_offset_bps":0.05,"mid_return_bps":0.1,"ofi_norm":1,"realized_vol_bps":2,"spread_bps":0.5,"tick_rate":10}', 2.5, 640, NULL)
                     """, [id, String(1_723_161_254_087_891_268 + i)])
             }
-            let before = try await db.query("SELECT request_id::text AS id, decided_at, ts_ns, symbol, score, features FROM decisions ORDER BY ts_ns")
+            let before = try await db.query(
+                "SELECT request_id::text AS id, decided_at, ts_ns, symbol, score, features FROM decisions ORDER BY ts_ns"
+            )
             #expect(try await store.migrate(logger: PostgresTestServer.logger) == [2, 3, 4, 5])
 
             let after = try await db.query(
@@ -99,8 +109,12 @@ struct MigrationTests {
             #expect(after.rows.map { $0["id"] } == old)
             #expect(after.rows.map { $0["request_id"] } == old)
             for (a, b) in zip(after.rows, before.rows) {
-                for column in ["decided_at", "ts_ns", "symbol", "score", "features"] { #expect(a[column] == b[column], "\(column)") }
-                for column in ["feature_snapshot_id", "feature_ts_ns", "trace_id", "client"] { #expect(a[column] == nil) }
+                for column in ["decided_at", "ts_ns", "symbol", "score", "features"] {
+                    #expect(a[column] == b[column], "\(column)")
+                }
+                for column in ["feature_snapshot_id", "feature_ts_ns", "trace_id", "client"] {
+                    #expect(a[column] == nil)
+                }
             }
             let types = try await db.query(
                 "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'decisions' AND column_name IN ('decision_id', 'request_id') ORDER BY column_name"

@@ -28,7 +28,7 @@ struct PostgresConnectionTests {
         try await PostgresTestServer.withDatabase { db, _ in
             try await db.execute(script: "CREATE TABLE c (id int, v text, w text)")
             let values: [String?] = [
-                "tab\there", "new\nline", "back\\slash", "\\N", nil, "cr\rlf\r\n", "", "ünï ✓ 🚀", "quote ' \"",
+                "tab\there", "new\nline", "back\\slash", "\\N", nil, "cr\rlf\r\n", "", "ünï ✓ 🚀", "quote ' \""
             ]
             var encoder = CopyTextEncoder()
             for (i, v) in values.enumerated() { encoder.appendRow([String(i), v, v == nil ? "x" : nil]) }
@@ -127,7 +127,8 @@ struct PostgresConnectionTests {
 
     @Test func closedConnectionRefusesWork() async throws {
         let db = PostgresConnection(
-            configuration: try PostgresConfiguration(url: try PostgresTestServer.url()), logger: PostgresTestServer.logger)
+            configuration: try PostgresConfiguration(url: try PostgresTestServer.url()),
+            logger: PostgresTestServer.logger)
         #expect(try await db.query("SELECT 1 AS one").rows.first?["one"] == "1")
         await db.close()
         let error = try await #require(throws: PostgresError.self) { try await db.query("SELECT 1") }

@@ -7,7 +7,7 @@ import TestSupport
 import Testing
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// The rollout on quality end to end, on real binaries: two `gateway` replicas in shadow mode (real Triton
@@ -46,13 +46,16 @@ struct QualityRolloutTests {
             trackerPort = try TestEnv.freePort()
             writerPort = try TestEnv.freePort()
             gatewayPorts = [try TestEnv.freePort(), try TestEnv.freePort()]
-            let common = ["REDIS_URL": server.url, "LOG_LEVEL": "info", "STREAM_BLOCK_MS": "100", "ROLLOUT_POLL_MS": "200"]
+            let common = [
+                "REDIS_URL": server.url, "LOG_LEVEL": "info", "STREAM_BLOCK_MS": "100", "ROLLOUT_POLL_MS": "200"
+            ]
             tracker = try ChildProcess.built(
                 "outcome-tracker",
                 environment: common.merging([
                     "METRICS_PORT": String(trackerPort), "OUTCOME_HORIZON_MS": String(QualityRolloutTests.horizonMs),
-                    "OUTCOME_SWEEP_MS": "50", "CANARY_QUALITY_MIN_OUTCOMES": "30", "CANARY_QUALITY_MIN_TRADES": "100000",
-                    "CANARY_AUTO_PROMOTE": autoPromote ? "true" : "false",
+                    "OUTCOME_SWEEP_MS": "50", "CANARY_QUALITY_MIN_OUTCOMES": "30",
+                    "CANARY_QUALITY_MIN_TRADES": "100000",
+                    "CANARY_AUTO_PROMOTE": autoPromote ? "true" : "false"
                 ]) { $1 }.merging(trackerOverrides) { $1 })
             var processes = [tracker]
             for (i, port) in gatewayPorts.enumerated() {
@@ -62,13 +65,15 @@ struct QualityRolloutTests {
                         environment: common.merging([
                             "TRITON_URL": triton, "HTTP_PORT": String(port), "SHADOW_ENABLED": "true",
                             "SCORE_TIMEOUT_MS": "500", "CANARY_MAX_DISAGREE_RATE": "1", "CANARY_MAX_P99_MS": "60000",
-                            "CANARY_MAX_ERROR_RATE": "1", "LOG_LEVEL": i == 0 ? "info" : "notice",
+                            "CANARY_MAX_ERROR_RATE": "1", "LOG_LEVEL": i == 0 ? "info" : "notice"
                         ]) { $1 }.merging(overrides) { $1 }))
             }
             processes.append(
                 try ChildProcess.built(
                     "audit-writer",
-                    environment: common.merging(["POSTGRES_URL": postgresURL, "METRICS_PORT": String(writerPort)]) { $1 }))
+                    environment: common.merging(["POSTGRES_URL": postgresURL, "METRICS_PORT": String(writerPort)]) {
+                        $1
+                    }))
             self.processes = processes
         }
 
@@ -79,7 +84,9 @@ struct QualityRolloutTests {
             try? await server.kill()
         }
 
-        func logs() -> String { processes.map { "--- \($0.name)\n\($0.output().suffix(3000))" }.joined(separator: "\n") }
+        func logs() -> String {
+            processes.map { "--- \($0.name)\n\($0.output().suffix(3000))" }.joined(separator: "\n")
+        }
 
         static func get(_ port: Int, _ path: String) async -> String? {
             guard let url = URL(string: "http://127.0.0.1:\(port)\(path)"),
@@ -114,7 +121,9 @@ struct QualityRolloutTests {
                 let ok = await TestEnv.eventually(timeout: .seconds(30)) { await Self.get(port, "/readyz") != nil }
                 #expect(ok, "gateway on \(port) not ready:\n\(logs())")
             }
-            let tracker = await TestEnv.eventually(timeout: .seconds(30)) { await Self.get(self.trackerPort, "/readyz") != nil }
+            let tracker = await TestEnv.eventually(timeout: .seconds(30)) {
+                await Self.get(self.trackerPort, "/readyz") != nil
+            }
             #expect(tracker, "outcome-tracker not ready:\n\(logs())")
         }
 
@@ -122,13 +131,17 @@ struct QualityRolloutTests {
         /// versions score differently), then for each the quotes that give it the label `label(record)`: mid
         /// 100 before the decision, 100·e^(50 bp) (eligible) or 100 within the horizon, and one quote past
         /// it so the horizon resolves. Returns the audited records.
-        func decide(_ count: Int = QualityRolloutTests.decisions, label: (AuditRecord) -> Bool) async throws -> [AuditRecord] {
+        func decide(_ count: Int = QualityRolloutTests.decisions, label: (AuditRecord) -> Bool) async throws
+            -> [AuditRecord]
+        {
             let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36).uppercased()
             for i in 0..<count {
                 let x = Double(i) / Double(count)
                 _ = try await score(
                     gatewayPorts[i % 2], symbol: "Q\(tag)-\(i)",
-                    features: [4 * x - 2, 1 - 2 * x, 0.5 - x, 20 * x - 10, 1 + 10 * x, 30 * x - 15, 2 + 40 * x, 3 * x - 1.5])
+                    features: [
+                        4 * x - 2, 1 - 2 * x, 0.5 - x, 20 * x - 10, 1 + 10 * x, 30 * x - 15, 2 + 40 * x, 3 * x - 1.5
+                    ])
             }
             let records = try await redis.xrange(StreamKey.audit).compactMap {
                 try? StreamFieldDecoder.decode(AuditRecord.self, from: $0.fields)
@@ -138,8 +151,10 @@ struct QualityRolloutTests {
             let h = QualityRolloutTests.horizonMs * 1_000_000
             for r in records {
                 let moved = label(r) ? 100 * exp(0.005) : 100
-                for (t, mid) in [(r.tsNs - 1_000_000, 100.0), (r.tsNs + h / 2, moved), (r.tsNs + h + 1_000_000, moved)] {
-                    let tick = Tick.quote(symbol: r.symbol, tsNs: t, bid: mid - 0.005, bidSize: 1, ask: mid + 0.005, askSize: 1)
+                for (t, mid) in [(r.tsNs - 1_000_000, 100.0), (r.tsNs + h / 2, moved), (r.tsNs + h + 1_000_000, moved)]
+                {
+                    let tick = Tick.quote(
+                        symbol: r.symbol, tsNs: t, bid: mid - 0.005, bidSize: 1, ask: mid + 0.005, askSize: 1)
                     ticks.append(.xadd(StreamKey.ticks, maxLen: nil, fields: try StreamFieldEncoder.encode(tick)))
                 }
             }
@@ -165,7 +180,9 @@ struct QualityRolloutTests {
 
         func events() async throws -> [RolloutEvent] {
             guard try await redis.send("EXISTS", StreamKey.rollout).int == 1 else { return [] }
-            return try await redis.xrange(StreamKey.rollout).map { try StreamFieldDecoder.decode(RolloutEvent.self, from: $0.fields) }
+            return try await redis.xrange(StreamKey.rollout).map {
+                try StreamFieldDecoder.decode(RolloutEvent.self, from: $0.fields)
+            }
         }
 
         /// Both replicas serve `status` at `generation` (their /metrics).
@@ -186,7 +203,8 @@ struct QualityRolloutTests {
         _ body: (Rig, PostgresConnection) async throws -> Void
     ) async throws {
         try await PostgresTestServer.withDatabase { db, configuration in
-            let url = try PostgresConfiguration.url(try PostgresTestServer.url(), database: try #require(configuration.database))
+            let url = try PostgresConfiguration.url(
+                try PostgresTestServer.url(), database: try #require(configuration.database))
             let rig = try await Rig(postgresURL: url, autoPromote: autoPromote, gateway: overrides, tracker: tracker)
             do {
                 try await rig.up()
@@ -199,7 +217,9 @@ struct QualityRolloutTests {
     }
 
     static func rolloutRows(_ db: PostgresConnection) async -> [PostgresRow] {
-        (try? await db.query("SELECT kind, metric, from_version, to_version, replica FROM rollout_events ORDER BY occurred_at").rows) ?? []
+        (try? await db.query(
+            "SELECT kind, metric, from_version, to_version, replica FROM rollout_events ORDER BY occurred_at"
+        ).rows) ?? []
     }
 
     @Test("a canary worse on outcomes is rolled back once, both replicas follow, and te restores it")
@@ -249,20 +269,26 @@ struct QualityRolloutTests {
             #expect(try await rig.events().map(\.kind) == [.rollback, .restore])
             #expect(await TestEnv.eventually(timeout: .seconds(20)) { await Self.rolloutRows(db).count == 2 })
             // `te audit rollouts` reads them back, newest first.
-            let listed = try await runTe(["audit", "rollouts", "-o", "json"], environment: ["POSTGRES_URL": rig.postgresURL])
+            let listed = try await runTe(
+                ["audit", "rollouts", "-o", "json"], environment: ["POSTGRES_URL": rig.postgresURL])
             #expect(listed.status == 0, "\(listed.output)")
             let rows = jsonOutput(listed.output) as? [[String: Any]]
             #expect(rows?.map { $0["kind"] as? String } == ["restore", "rollback"], "\(listed.output)")
             #expect(rows?.last?["metric"] as? String == "brier" && rows?.last?["from_version"] as? String == "2")
             let table = try await runTe(["audit", "rollouts"], environment: ["POSTGRES_URL": rig.postgresURL])
-            #expect(table.status == 0 && table.output.contains("rollback") && table.output.contains("2 → 1"), "\(table.output)")
+            #expect(
+                table.status == 0 && table.output.contains("rollback") && table.output.contains("2 → 1"),
+                "\(table.output)")
 
             // `te model --plot` on the outcomes the tracker wrote through audit-writer: a PNG of the
             // reliability diagram and score histogram (1200 × 500 px: figsize 12 × 5 at 100 dpi).
-            #expect(await TestEnv.eventually(timeout: .seconds(20)) {
-                let rows = (try? await db.query("SELECT count(*)::text AS n FROM outcomes WHERE eligible IS NOT NULL").rows) ?? []
-                return (rows.first?["n"].flatMap { Int($0) } ?? 0) >= QualityRolloutTests.decisions
-            })
+            #expect(
+                await TestEnv.eventually(timeout: .seconds(20)) {
+                    let rows =
+                        (try? await db.query("SELECT count(*)::text AS n FROM outcomes WHERE eligible IS NOT NULL").rows)
+                        ?? []
+                    return (rows.first?["n"].flatMap { Int($0) } ?? 0) >= QualityRolloutTests.decisions
+                })
             let png = FileManager.default.temporaryDirectory.appendingPathComponent("te-model-\(UUID().uuidString).png")
             let plot = try await runTe(["model", "--plot", png.path], environment: ["POSTGRES_URL": rig.postgresURL])
             #expect(plot.status == 0, "\(plot.output)")
@@ -273,12 +299,17 @@ struct QualityRolloutTests {
             func be32(_ at: Int) -> Int { bytes[at..<at + 4].reduce(0) { $0 << 8 | Int($1) } }
             #expect(be32(16) == 1200 && be32(20) == 500, "\(be32(16)) × \(be32(20))")
             #expect(bytes.count > 10_000 && Array(bytes.suffix(8).prefix(4)) == Array("IEND".utf8))
-            if let keep = ProcessInfo.processInfo.environment["TE_KEEP_PLOT"] { try? FileManager.default.copyItem(atPath: png.path, toPath: keep) }
+            if let keep = ProcessInfo.processInfo.environment["TE_KEEP_PLOT"] {
+                try? FileManager.default.copyItem(atPath: png.path, toPath: keep)
+            }
             try? FileManager.default.removeItem(at: png)
             let noPython = try await runTe(
-                ["model", "--plot", png.path], environment: ["POSTGRES_URL": rig.postgresURL, "TE_PYTHON": "/nonexistent/python"])
+                ["model", "--plot", png.path],
+                environment: ["POSTGRES_URL": rig.postgresURL, "TE_PYTHON": "/nonexistent/python"])
             #expect(noPython.status == 1)
-            #expect(noPython.output.hasPrefix("te: --plot needs a Python with matplotlib") && noPython.output.split(separator: "\n").count == 1,
+            #expect(
+                noPython.output.hasPrefix("te: --plot needs a Python with matplotlib")
+                    && noPython.output.split(separator: "\n").count == 1,
                 "\(noPython.output)")
         }
     }
@@ -287,12 +318,15 @@ struct QualityRolloutTests {
     func betterCanaryIsPromoted() async throws {
         try await Self.withRig(autoPromote: true) { rig, db in
             _ = try await rig.decideAndLabel { primary, canary in canary > primary }
-            let promoted = await TestEnv.eventually(timeout: .seconds(60)) { (try? await rig.state())?.status == .promoted }
+            let promoted = await TestEnv.eventually(timeout: .seconds(60)) {
+                (try? await rig.state())?.status == .promoted
+            }
             #expect(promoted, "\(rig.logs())")
             #expect(await rig.replicasFollow(.promoted, generation: 1), "\(rig.logs())")
             // The canary version answers as primary on both replicas.
             for port in rig.gatewayPorts {
-                let answer = try await rig.score(port, symbol: "PROMOTED", features: [0.5, 0.3, 0.2, 1, 2, 0.1, 10, 0.05])
+                let answer = try await rig.score(
+                    port, symbol: "PROMOTED", features: [0.5, 0.3, 0.2, 1, 2, 0.1, 10, 0.05])
                 #expect((answer["model"] as? [String: Any])?["version"] as? String == "2", "\(answer)")
             }
             let events = try await rig.events()
@@ -310,7 +344,8 @@ struct QualityRolloutTests {
             _ = try await rig.decideAndLabel { primary, canary in canary > primary }
             // The tracker reached its verdict and its rollout loop decided not to act on it.
             let judged = await TestEnv.eventually(timeout: .seconds(60)) {
-                await Rig.metric(rig.trackerPort, "te_canary_verdict") == 1 && rig.tracker.output().contains("not acting")
+                await Rig.metric(rig.trackerPort, "te_canary_verdict") == 1
+                    && rig.tracker.output().contains("not acting")
             }
             #expect(judged, "\(rig.logs())")
             #expect(try await rig.state() == RolloutState())
@@ -328,18 +363,22 @@ struct QualityRolloutTests {
         // Version 9 is not in the model repository: every canary call fails on the real Triton.
         let canary = [
             "SHADOW_ENABLED": "false", "CANARY_ENABLED": "true", "CANARY_FRACTION": "1", "CANARY_VERSION": "9",
-            "CANARY_MAX_ERROR_RATE": "0.05", "CANARY_MIN_SAMPLES": "5", "CANARY_WINDOW": "20",
+            "CANARY_MAX_ERROR_RATE": "0.05", "CANARY_MIN_SAMPLES": "5", "CANARY_WINDOW": "20"
         ]
         try await Self.withRig(autoPromote: false, gateway: canary) { rig, db in
             // Only replica 0 gets traffic, so only it can see the breach.
             for _ in 0..<8 {
-                let answer = try await rig.score(rig.gatewayPorts[0], symbol: "BREACH", features: [0.5, 0.3, 0.2, 1, 2, 0.1, 10, 0.05])
+                let answer = try await rig.score(
+                    rig.gatewayPorts[0], symbol: "BREACH", features: [0.5, 0.3, 0.2, 1, 2, 0.1, 10, 0.05])
                 #expect((answer["model"] as? [String: Any])?["version"] as? String == "1", "\(answer)")
             }
             #expect(await rig.replicasFollow(.rolledBack, generation: 1), "\(rig.logs())")
             // Replica 1 never called version 9: it answers with version 1 directly, no failed canary leg.
-            let answer = try await rig.score(rig.gatewayPorts[1], symbol: "FOLLOWER", features: [0.5, 0.3, 0.2, 1, 2, 0.1, 10, 0.05])
-            #expect((answer["model"] as? [String: Any])?["version"] as? String == "1" && (answer["reason"] ?? NSNull()) is NSNull, "\(answer)")
+            let answer = try await rig.score(
+                rig.gatewayPorts[1], symbol: "FOLLOWER", features: [0.5, 0.3, 0.2, 1, 2, 0.1, 10, 0.05])
+            #expect(
+                (answer["model"] as? [String: Any])?["version"] as? String == "1"
+                    && (answer["reason"] ?? NSNull()) is NSNull, "\(answer)")
             let events = try await rig.events()
             #expect(events.count == 1)
             #expect(events.first?.kind == .rollback && events.first?.metric == "error_rate")
@@ -356,7 +395,8 @@ struct QualityRolloutTests {
         // Half the requests (by request id) are answered by version 2; no shadow scores: the tracker
         // compares the canary's outcomes with the primary's over the same span.
         let canary = ["SHADOW_ENABLED": "false", "CANARY_ENABLED": "true", "CANARY_FRACTION": "0.5"]
-        try await Self.withRig(autoPromote: false, gateway: canary, tracker: ["CANARY_QUALITY_MIN_OUTCOMES": "15"]) { rig, db in
+        try await Self.withRig(autoPromote: false, gateway: canary, tracker: ["CANARY_QUALITY_MIN_OUTCOMES": "15"]) {
+            rig, db in
             // Each answer labelled against its own score: the primary's always right (eligible iff it said
             // trade), the canary's always wrong, so every canary outcome costs at least 0.25 in Brier.
             let records = try await rig.decide(60) { r in
@@ -366,7 +406,9 @@ struct QualityRolloutTests {
             let answeredBy = Dictionary(grouping: records, by: { $0.modelVersion ?? "-" }).mapValues(\.count)
             try #require((answeredBy["1"] ?? 0) >= 15 && (answeredBy["2"] ?? 0) >= 15, "\(answeredBy)")
             #expect(records.allSatisfy { $0.modelVersion != "2" || $0.canary?.mode == "canary" })
-            let rolledBack = await TestEnv.eventually(timeout: .seconds(60)) { (try? await rig.state())?.status == .rolledBack }
+            let rolledBack = await TestEnv.eventually(timeout: .seconds(60)) {
+                (try? await rig.state())?.status == .rolledBack
+            }
             #expect(rolledBack, "\(rig.logs())")
             #expect(await rig.replicasFollow(.rolledBack, generation: 1), "\(rig.logs())")
             let events = try await rig.events()
@@ -375,7 +417,8 @@ struct QualityRolloutTests {
             // Both replicas answer with the primary only now.
             for port in rig.gatewayPorts {
                 for i in 0..<6 {
-                    let answer = try await rig.score(port, symbol: "AFTER-\(i)", features: [0.5, 0.3, 0.2, 1, 2, 0.1, 10, 0.05])
+                    let answer = try await rig.score(
+                        port, symbol: "AFTER-\(i)", features: [0.5, 0.3, 0.2, 1, 2, 0.1, 10, 0.05])
                     #expect((answer["model"] as? [String: Any])?["version"] as? String == "1", "\(answer)")
                 }
             }

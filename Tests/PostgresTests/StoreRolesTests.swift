@@ -2,8 +2,8 @@ import AuditStorage
 import Foundation
 import TEModels
 import TEPostgres
-import Testing
 import TestSupport
+import Testing
 
 /// Migration 4's roles: the audit writer appends and reads, never rewrites history; the reader only reads.
 @Suite("Store roles (real server)", .timeLimit(.minutes(2)))
@@ -29,7 +29,8 @@ struct StoreRolesTests {
         try await PostgresTestServer.withDatabase { owner, configuration in
             try await AuditStore(connection: owner).migrate(logger: PostgresTestServer.logger)
             let database = configuration.database!
-            let writer = try Self.connect(StoreUsers.auditWriterPostgresURL(on: PostgresTestServer.url()), database: database)
+            let writer = try Self.connect(
+                StoreUsers.auditWriterPostgresURL(on: PostgresTestServer.url()), database: database)
             let store = AuditStore(connection: writer)
             let records = AuditRecords.make(3)
             #expect(try await store.insert(records).inserted == 3)
@@ -37,7 +38,7 @@ struct StoreRolesTests {
             #expect(try await store.insert(records).duplicates == 3)
             for statement in [
                 "UPDATE decisions SET score = 0", "DELETE FROM decisions", "TRUNCATE decisions",
-                "ALTER TABLE decisions DROP COLUMN client", "DROP TABLE decisions",
+                "ALTER TABLE decisions DROP COLUMN client", "DROP TABLE decisions"
             ] {
                 let error = await Self.refusal { _ = try await writer.execute(statement) }
                 // 42501 insufficient_privilege (also what a DDL statement by a non-owner gets).
@@ -55,7 +56,9 @@ struct StoreRolesTests {
             let readerURL = try StoreUsers.readerPostgresURL()
             let reader = try Self.connect(readerURL, database: configuration.database!)
             #expect(try await reader.query("SELECT count(*) AS n FROM decisions").rows.first?["n"] == "2")
-            let insert = await Self.refusal { _ = try await AuditStore(connection: reader).insert(AuditRecords.make(1)) }
+            let insert = await Self.refusal {
+                _ = try await AuditStore(connection: reader).insert(AuditRecords.make(1))
+            }
             #expect(insert?.sqlState == "42501", "\(String(describing: insert))")
             let delete = await Self.refusal { _ = try await reader.execute("DELETE FROM decisions") }
             #expect(delete?.sqlState == "42501", "\(String(describing: delete))")

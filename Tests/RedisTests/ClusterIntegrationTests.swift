@@ -48,12 +48,15 @@ struct ClusterIntegrationTests {
             let stream = "te:ticks:\(tag)"
             let output = "te:features:\(tag)"
             try await redis.xgroupCreate(stream: stream, group: "g", startID: "0")
-            let ids = [try await redis.xadd(stream, fields: [("n", "1")]), try await redis.xadd(stream, fields: [("n", "2")])]
-            let read = try await redis.xreadgroup(group: "g", consumer: "c", streams: [(stream, ">")], count: 10, block: .milliseconds(100))
+            let ids = [
+                try await redis.xadd(stream, fields: [("n", "1")]), try await redis.xadd(stream, fields: [("n", "2")])
+            ]
+            let read = try await redis.xreadgroup(
+                group: "g", consumer: "c", streams: [(stream, ">")], count: 10, block: .milliseconds(100))
             #expect(read.first?.entries.map(\.id) == ids)
             // Output and acknowledgement in one MULTI/EXEC: both keys carry the shard's tag.
             let replies = try await redis.transaction([
-                .xadd(output, maxLen: nil, fields: [("from", ids[1])]), .xack(stream, group: "g", ids: ids),
+                .xadd(output, maxLen: nil, fields: [("from", ids[1])]), .xack(stream, group: "g", ids: ids)
             ])
             #expect(replies.count == 2 && replies[1] == .integer(2))
             #expect(try await redis.xpending(stream, group: "g").count == 0)
@@ -91,7 +94,9 @@ struct ClusterIntegrationTests {
     @Test func keysInSeveralSlotsAreRefusedWithACrossSlotError() async throws {
         let redis = try Self.client("crossslot")
         defer { redis.close() }
-        await #expect(throws: RedisError.self) { try await redis.transaction([RedisCommand("INCR", "foo"), RedisCommand("INCR", "bar")]) }
+        await #expect(throws: RedisError.self) {
+            try await redis.transaction([RedisCommand("INCR", "foo"), RedisCommand("INCR", "bar")])
+        }
         do {
             _ = try await redis.send(RedisCommand("EVAL", "return 1", "2", "foo", "bar"))
             Issue.record("EVAL over two slots must be refused")
@@ -100,7 +105,8 @@ struct ClusterIntegrationTests {
             #expect(error.message.contains("foo → slot 12182") && error.message.contains("bar → slot 5061"))
         }
         do {
-            _ = try await redis.xreadgroup(group: "g", consumer: "c", streams: [("te:ticks:{0}", ">"), ("te:ticks:{1}", ">")])
+            _ = try await redis.xreadgroup(
+                group: "g", consumer: "c", streams: [("te:ticks:{0}", ">"), ("te:ticks:{1}", ">")])
             Issue.record("XREADGROUP over two slots must be refused")
         } catch {
             #expect(error.isServerError("CROSSSLOT"))
@@ -108,7 +114,9 @@ struct ClusterIntegrationTests {
         // One slot: the script runs on the master of its keys' slot.
         let tag = "{\(TestEnv.uniqueName("ce"))}"
         let reply = try await redis.send(
-            RedisCommand("EVAL", "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCR', KEYS[2])", "2", "\(tag)a", "\(tag)b", "x"))
+            RedisCommand(
+                "EVAL", "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCR', KEYS[2])", "2", "\(tag)a",
+                "\(tag)b", "x"))
         #expect(reply == .integer(1))
         #expect(try await redis.get("\(tag)a") == "x")
         try await redis.del(["\(tag)a", "\(tag)b"])
@@ -133,7 +141,8 @@ struct ClusterIntegrationTests {
 
         func finish() async throws {
             while true {
-                let keys = (try await source.send(RedisCommand("CLUSTER", "GETKEYSINSLOT", String(slot), "100")).array ?? [])
+                let keys =
+                    (try await source.send(RedisCommand("CLUSTER", "GETKEYSINSLOT", String(slot), "100")).array ?? [])
                     .compactMap(\.string)
                 if keys.isEmpty { break }
                 try await source.send(
@@ -177,7 +186,8 @@ struct ClusterIntegrationTests {
         } catch {
             #expect(error.isServerError("MOVED"))
         }
-        #expect(try await target.pipeline([RedisCommand("ASKING"), RedisCommand("EXISTS", "\(tag)new")])[1] == .integer(1))
+        #expect(
+            try await target.pipeline([RedisCommand("ASKING"), RedisCommand("EXISTS", "\(tag)new")])[1] == .integer(1))
         // A key still on the source is served there.
         #expect(try await redis.get("\(tag)old") == "before")
         // A transaction on a new key follows ASK too (ASKING, MULTI … EXEC).
@@ -220,7 +230,9 @@ struct ClusterIntegrationTests {
         let info = try #require(try await admin.send("INFO", "server").string)
         admin.close()
         func field(_ name: String) -> String? {
-            info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("\(name):") }.map { String($0.dropFirst(name.count + 1)) }
+            info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("\(name):") }.map {
+                String($0.dropFirst(name.count + 1))
+            }
         }
         let pid = try #require(field("process_id").flatMap { Int32($0) })
         let configFile = try #require(field("config_file"))

@@ -43,13 +43,16 @@ import Testing
 
     @Test func commandsAreRoutedByTheirKeys() throws {
         #expect(try RedisClusterRouting.target(of: RedisCommand("GET", "foo")) == .slot(12182))
-        #expect(try RedisClusterRouting.target(of: .xadd("{user1000}.s", maxLen: 10, fields: [("f", "v")])) == .slot(3443))
+        #expect(
+            try RedisClusterRouting.target(of: .xadd("{user1000}.s", maxLen: 10, fields: [("f", "v")])) == .slot(3443))
         #expect(try RedisClusterRouting.target(of: RedisCommand("XGROUP", "CREATE", "bar", "g", "$")) == .slot(5061))
         #expect(try RedisClusterRouting.target(of: RedisCommand("XINFO", "GROUPS", "hello")) == .slot(866))
         let read = RedisCommand(
             "XREADGROUP", "GROUP", "g", "c", "COUNT", "10", "BLOCK", "5", "STREAMS", "{a}1", "{a}2", ">", ">")
         #expect(try RedisClusterRouting.target(of: read) == RedisClusterTarget.slot(RedisClusterSlot.slot(of: "a")))
-        #expect(try RedisClusterRouting.target(of: RedisCommand("EVAL", "return 1", "2", "{x}a", "{x}b", "arg")) == .slot(RedisClusterSlot.slot(of: "x")))
+        #expect(
+            try RedisClusterRouting.target(of: RedisCommand("EVAL", "return 1", "2", "{x}a", "{x}b", "arg"))
+                == .slot(RedisClusterSlot.slot(of: "x")))
         #expect(try RedisClusterRouting.target(of: RedisCommand("EVAL", "return 1", "0")) == .anyNode)
         #expect(try RedisClusterRouting.target(of: RedisCommand("PING")) == .anyNode)
         #expect(try RedisClusterRouting.target(of: RedisCommand("FLUSHALL")) == .allMasters)
@@ -66,7 +69,9 @@ import Testing
             #expect(error.message.contains("foo → slot 12182"))
             #expect(error.message.contains("bar → slot 5061"))
         }
-        let sameSlot = [RedisCommand("INCR", "{t}a"), .xadd("{t}b", maxLen: nil, fields: [("f", "1")]), RedisCommand("PING")]
+        let sameSlot = [
+            RedisCommand("INCR", "{t}a"), .xadd("{t}b", maxLen: nil, fields: [("f", "1")]), RedisCommand("PING")
+        ]
         #expect(try RedisClusterRouting.transactionSlot(of: sameSlot) == RedisClusterSlot.slot(of: "t"))
         #expect(try RedisClusterRouting.transactionSlot(of: [RedisCommand("PING")]) == nil)
         do {
@@ -92,18 +97,19 @@ import Testing
 
     /// Replies shaped as Redis 7.0 sends them (RESP2).
     @Test func slotMapParsesClusterShardsAndClusterSlots() throws {
-        func node(_ port: Int, _ role: String, health: String = "online", endpoint: String = "127.0.0.1") -> RedisReply {
+        func node(_ port: Int, _ role: String, health: String = "online", endpoint: String = "127.0.0.1") -> RedisReply
+        {
             .array([
                 .bulk(Array("id".utf8)), .bulk(Array("abc".utf8)), .bulk(Array("port".utf8)), .integer(Int64(port)),
                 .bulk(Array("ip".utf8)), .bulk(Array("127.0.0.1".utf8)), .bulk(Array("endpoint".utf8)),
                 .bulk(Array(endpoint.utf8)), .bulk(Array("role".utf8)), .bulk(Array(role.utf8)),
-                .bulk(Array("health".utf8)), .bulk(Array(health.utf8)),
+                .bulk(Array("health".utf8)), .bulk(Array(health.utf8))
             ])
         }
         func shard(_ ranges: [Int], _ nodes: [RedisReply]) -> RedisReply {
             .array([
                 .bulk(Array("slots".utf8)), .array(ranges.map { .integer(Int64($0)) }), .bulk(Array("nodes".utf8)),
-                .array(nodes),
+                .array(nodes)
             ])
         }
         let seed = RedisNodeAddress(host: "127.0.0.1", port: 1)
@@ -112,7 +118,7 @@ import Testing
             // A failed master still listed next to the replica that took over: the live one wins.
             shard([5461, 10922], [node(7001, "master", health: "fail"), node(7004, "master")]),
             // An unknown endpoint ("?") falls back to the ip.
-            shard([10923, 12000, 12001, 16383], [node(7002, "master", endpoint: "?")]),
+            shard([10923, 12000, 12001, 16383], [node(7002, "master", endpoint: "?")])
         ])
         let map = try RedisClusterSlotMap.fromShards(shards, repliedBy: seed)
         #expect(map.coversAllSlots)
@@ -123,24 +129,28 @@ import Testing
             .array([
                 .integer(Int64(start)), .integer(Int64(end)),
                 .array([.bulk(Array(host.utf8)), .integer(Int64(port)), .bulk(Array("id".utf8))]),
-                .array([.bulk(Array(host.utf8)), .integer(Int64(port + 3)), .bulk(Array("id2".utf8))]),
+                .array([.bulk(Array(host.utf8)), .integer(Int64(port + 3)), .bulk(Array("id2".utf8))])
             ])
         }
         let slots = RedisReply.array([range(0, 8191, "", 7000), range(8192, 16383, "10.0.0.9", 7001)])
         let fromSlots = try RedisClusterSlotMap.fromSlots(slots, repliedBy: seed)
-        #expect(fromSlots.master(forSlot: 0) == RedisNodeAddress(host: "127.0.0.1", port: 7000))  // empty host: the replier's
+        // empty host: the replier's
+        #expect(fromSlots.master(forSlot: 0) == RedisNodeAddress(host: "127.0.0.1", port: 7000))
         #expect(fromSlots.master(forSlot: 9000) == RedisNodeAddress(host: "10.0.0.9", port: 7001))
         #expect(throws: RedisError.self) { try RedisClusterSlotMap.fromShards(.integer(1), repliedBy: seed) }
     }
 
     @Test func redirectionsAreParsedAndMovedUpdatesTheMap() {
-        #expect(RedisClusterRedirect(errorMessage: "MOVED 3999 10.0.0.2:7001", repliedBy: a) == .moved(slot: 3999, to: b))
+        #expect(
+            RedisClusterRedirect(errorMessage: "MOVED 3999 10.0.0.2:7001", repliedBy: a) == .moved(slot: 3999, to: b))
         #expect(RedisClusterRedirect(errorMessage: "ASK 3999 10.0.0.3:7002", repliedBy: a) == .ask(slot: 3999, to: c))
         // An empty endpoint means the host of the node that replied.
         #expect(
             RedisClusterRedirect(errorMessage: "MOVED 1 :7009", repliedBy: a)
                 == .moved(slot: 1, to: RedisNodeAddress(host: "10.0.0.1", port: 7009)))
-        #expect(RedisClusterRedirect(errorMessage: "TRYAGAIN Multiple keys request during rehashing of slot", repliedBy: a) == .tryLater)
+        #expect(
+            RedisClusterRedirect(errorMessage: "TRYAGAIN Multiple keys request during rehashing of slot", repliedBy: a)
+                == .tryLater)
         #expect(RedisClusterRedirect(errorMessage: "CLUSTERDOWN The cluster is down", repliedBy: a) == .tryLater)
         #expect(RedisClusterRedirect(errorMessage: "WRONGTYPE Operation against a key", repliedBy: a) == nil)
         #expect(RedisClusterRedirect(errorMessage: "MOVED x 10.0.0.2:7001", repliedBy: a) == nil)
@@ -148,7 +158,9 @@ import Testing
         var routing = RedisClusterRouting(map: threeMasters)
         #expect(!routing.needsRefresh)
         #expect(routing.redirect(in: [.status("OK"), .integer(1)], from: a) == nil)
-        #expect(routing.redirect(in: [.status("OK"), .error("MOVED 3999 10.0.0.2:7001")], from: a) == .moved(slot: 3999, to: b))
+        #expect(
+            routing.redirect(in: [.status("OK"), .error("MOVED 3999 10.0.0.2:7001")], from: a)
+                == .moved(slot: 3999, to: b))
         #expect(routing.node(for: .slot(3999)) == b)
         #expect(routing.node(for: .slot(3998)) == a)
         #expect(routing.needsRefresh)
@@ -164,7 +176,7 @@ import Testing
 
     @Test func pipelinesSplitIntoOneBatchPerNodeInTheCallersOrder() {
         let batches = RedisClusterRouting.batches([
-            (0, b, false), (1, a, false), (2, b, false), (3, c, true), (4, a, false), (5, b, false),
+            (0, b, false), (1, a, false), (2, b, false), (3, c, true), (4, a, false), (5, b, false)
         ])
         #expect(batches.map(\.node) == [b, a, c])
         #expect(batches.map(\.units) == [[0, 2, 5], [1, 4], [3]])
@@ -183,10 +195,11 @@ import Testing
 
     @Test func clusterURLsParseAndMalformedOnesNameTheProblem() throws {
         let config = try RedisConfiguration(url: "redis+cluster://:s3cret@127.0.0.1:7000,127.0.0.1:7001,[::1]:7002/0")
-        #expect(config.cluster?.seeds == [
-            RedisNodeAddress(host: "127.0.0.1", port: 7000), RedisNodeAddress(host: "127.0.0.1", port: 7001),
-            RedisNodeAddress(host: "::1", port: 7002),
-        ])
+        #expect(
+            config.cluster?.seeds == [
+                RedisNodeAddress(host: "127.0.0.1", port: 7000), RedisNodeAddress(host: "127.0.0.1", port: 7001),
+                RedisNodeAddress(host: "::1", port: 7002)
+            ])
         #expect(config.password == "s3cret")
         #expect(config.database == 0)
         #expect(config.description == "redis+cluster://:***@127.0.0.1:7000,127.0.0.1:7001,[::1]:7002/0")
@@ -199,7 +212,7 @@ import Testing
             ("redis+cluster://127.0.0.1", "not host:port"),
             ("redis+cluster://127.0.0.1:7000,,127.0.0.1:7001/0", "not host:port"),
             ("redis+cluster://127.0.0.1:99999/0", "not host:port"),
-            ("redis+cluster:///0", "not host:port"),
+            ("redis+cluster:///0", "not host:port")
         ] {
             do {
                 _ = try RedisConfiguration(url: url)

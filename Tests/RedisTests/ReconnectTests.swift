@@ -53,7 +53,8 @@ struct ReconnectTests {
         let redis = RedisClient(configuration: try RedisConfiguration(url: server.url), name: "blocked")
         defer { redis.close() }
         try await redis.xgroupCreate(stream: "s", group: "g", startID: "$")
-        async let read = redis.xreadgroup(group: "g", consumer: "c", streams: [("s", ">")], count: 1, block: .seconds(10))
+        async let read = redis.xreadgroup(
+            group: "g", consumer: "c", streams: [("s", ">")], count: 1, block: .seconds(10))
         try await Task.sleep(for: .milliseconds(200))
         try await server.kill()
         do {

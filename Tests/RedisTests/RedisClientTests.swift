@@ -34,7 +34,8 @@ struct RedisClientTests {
         #expect(try await redis.getBytes(key) == bytes)
         // Binary key and value through the raw command API as well.
         let binaryKey = Array(key.utf8) + [0, 255, 10]
-        try await redis.send(RedisCommand(bytes: [Array("SET".utf8), binaryKey, bytes, Array("EX".utf8), Array("60".utf8)]))
+        try await redis.send(
+            RedisCommand(bytes: [Array("SET".utf8), binaryKey, bytes, Array("EX".utf8), Array("60".utf8)]))
         #expect(try await redis.send(RedisCommand(bytes: [Array("GET".utf8), binaryKey])) == .bulk(bytes))
         try await redis.send(RedisCommand(bytes: [Array("DEL".utf8), binaryKey]))
         try await redis.del([key])
@@ -53,7 +54,10 @@ struct RedisClientTests {
         #expect(all.array?.compactMap(\.string) == (0..<1000).map(String.init))
         // An error reply stays in its place; the commands after it still run.
         let mixed = try await redis.pipeline([RedisCommand("GET", key), RedisCommand("LLEN", key)])
-        guard case .error(let message) = mixed[0] else { Issue.record("expected WRONGTYPE, got \(mixed[0])"); return }
+        guard case .error(let message) = mixed[0] else {
+            Issue.record("expected WRONGTYPE, got \(mixed[0])")
+            return
+        }
         #expect(message.hasPrefix("WRONGTYPE"))
         #expect(mixed[1] == .integer(1000))
         try await redis.del([key])
@@ -94,7 +98,9 @@ struct RedisClientTests {
         let redis = try client()
         defer { redis.close() }
         let key = TestEnv.uniqueName("tx")
-        let replies = try await redis.transaction([RedisCommand("INCR", key), RedisCommand("INCRBY", key, "4"), .expire(key, seconds: 60)])
+        let replies = try await redis.transaction([
+            RedisCommand("INCR", key), RedisCommand("INCRBY", key, "4"), .expire(key, seconds: 60)
+        ])
         #expect(replies == [.integer(1), .integer(5), .integer(1)])
         // A command Redis rejects while queueing aborts the whole transaction.
         await #expect(throws: RedisError.self) {
@@ -113,7 +119,8 @@ struct RedisClientTests {
         try await redis.set(key, "in3", expireSeconds: 30)
         let other = try client()
         defer { other.close() }
-        #expect(try await other.get(key) == nil || configuration.database == (try TestEnv.redisConfiguration()).database)
+        #expect(
+            try await other.get(key) == nil || configuration.database == (try TestEnv.redisConfiguration()).database)
         #expect(try await redis.get(key) == "in3")
         #expect(try await redis.send("CLIENT", "INFO").string?.contains("db=3") == true)
         try await redis.del([key])

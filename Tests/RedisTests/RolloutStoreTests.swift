@@ -15,7 +15,9 @@ import Testing
 
     @Test func racingRollbacksMakeOneTransitionAndOneEvent() async throws {
         let stream = TestEnv.uniqueName("rollout")
-        let clients = try (0..<8).map { RedisClient(configuration: try TestEnv.redisConfiguration(), name: "rollout-\($0)") }
+        let clients = try (0..<8).map {
+            RedisClient(configuration: try TestEnv.redisConfiguration(), name: "rollout-\($0)")
+        }
         defer { clients.forEach { $0.close() } }
         let store = RolloutStore(redis: clients[0], model: "m", stream: stream)
         #expect(try await store.read() == RolloutState())
@@ -24,7 +26,8 @@ import Testing
             for (i, client) in clients.enumerated() {
                 group.addTask {
                     try await RolloutStore(redis: client, model: "m", stream: stream).transition(
-                        expected: 0, to: .rolledBack, primary: "1", canary: "2", event: Self.event(.rollback, replica: "r\(i)"))
+                        expected: 0, to: .rolledBack, primary: "1", canary: "2",
+                        event: Self.event(.rollback, replica: "r\(i)"))
                 }
             }
             return try await group.reduce(into: []) { $0.append($1) }
@@ -33,14 +36,19 @@ import Testing
         #expect(applied.count == 1)
         #expect(outcomes.filter { $0 == .conflict(currentGeneration: 1) }.count == 7)
         let state = try await store.read()
-        #expect(state.generation == 1 && state.status == .rolledBack && state.primaryVersion == "1" && state.canaryVersion == "2")
-        let events = try await clients[0].xrange(stream).map { try StreamFieldDecoder.decode(RolloutEvent.self, from: $0.fields) }
+        #expect(
+            state.generation == 1 && state.status == .rolledBack && state.primaryVersion == "1"
+                && state.canaryVersion == "2")
+        let events = try await clients[0].xrange(stream).map {
+            try StreamFieldDecoder.decode(RolloutEvent.self, from: $0.fields)
+        }
         #expect(events.count == 1 && events.first?.eventId == state.eventId)
         // audit-writer's group exists from the stream's start, so a trim never passes the event.
         #expect(try await clients[0].xinfoGroups(stream).contains { $0.name == "audit-writer" })
         // A retried call (its reply lost) is refused: still one event.
         #expect(
-            try await store.transition(expected: 0, to: .rolledBack, primary: "1", canary: "2", event: Self.event(.rollback, replica: "r0"))
+            try await store.transition(
+                expected: 0, to: .rolledBack, primary: "1", canary: "2", event: Self.event(.rollback, replica: "r0"))
                 == .conflict(currentGeneration: 1))
         let restore = try await store.transition(
             expected: 1, to: .configured, primary: "1", canary: "2", event: Self.event(.restore, replica: "te"))

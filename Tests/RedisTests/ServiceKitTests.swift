@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Logging
 import Metrics
 import ServiceKit
@@ -11,11 +8,15 @@ import TERedis
 import TestSupport
 import Testing
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 @Suite("Env: typed configuration with one-line errors")
 struct EnvTests {
     let env = Env([
         "PORT": "9101", "BAD_INT": "12x", "RATIO": "0.25", "FLAG": "Yes", "OFF": "0", "EMPTY": " ",
-        "TIMEOUT_MS": "250", "REDIS_URL": "redis://h:1/2", "BAD_URL": "redis://h:port",
+        "TIMEOUT_MS": "250", "REDIS_URL": "redis://h:1/2", "BAD_URL": "redis://h:port"
     ])
 
     @Test func readsTypedValuesAndDefaults() throws {
@@ -39,9 +40,13 @@ struct EnvTests {
                 return (error as? ConfigurationError)?.description ?? "not a ConfigurationError: \(error)"
             }
         }
-        #expect(message { _ = try Env([:]).redis() } == "configuration error: REDIS_URL is required (redis://host:port/db)")
-        #expect(message { _ = try env.int("BAD_INT") } == "configuration error: BAD_INT must be an integer, got \"12x\"")
-        #expect(message { _ = try env.int("PORT", range: 1...1000) } == "configuration error: PORT must be in 1...1000, got 9101")
+        #expect(
+            message { _ = try Env([:]).redis() } == "configuration error: REDIS_URL is required (redis://host:port/db)")
+        #expect(
+            message { _ = try env.int("BAD_INT") } == "configuration error: BAD_INT must be an integer, got \"12x\"")
+        #expect(
+            message { _ = try env.int("PORT", range: 1...1000) }
+                == "configuration error: PORT must be in 1...1000, got 9101")
         #expect(message { _ = try env.bool("PORT") } == "configuration error: PORT must be true or false, got \"9101\"")
         #expect(message { _ = try env.double("MISSING") } == "configuration error: MISSING is required (a number)")
         let url = message { _ = try env.redis("BAD_URL") }
@@ -51,7 +56,8 @@ struct EnvTests {
 
     @Test func workerConfigurationFromEnvironment() throws {
         let c = try StreamWorkerConfiguration.fromEnvironment(
-            Env(["CONSUMER_NAME": "fp-0", "CLAIM_MIN_IDLE_MS": "200", "MAX_DELIVERIES": "3", "STREAM_BATCH_SIZE": "50"]))
+            Env(["CONSUMER_NAME": "fp-0", "CLAIM_MIN_IDLE_MS": "200", "MAX_DELIVERIES": "3", "STREAM_BATCH_SIZE": "50"])
+        )
         #expect(c.consumerName == "fp-0")
         #expect(c.claimMinIdle == .milliseconds(200))
         #expect(c.maxDeliveries == 3)
@@ -64,16 +70,23 @@ struct EnvTests {
             try StreamWorkerConfiguration.fromEnvironment(Env(["MAX_DELIVERIES": "0"]))
         }
         // The retry policy needs a cap at least its first delay: a startup error, not a crash.
-        #expect(throws: ConfigurationError(variable: "RETRY_BACKOFF_MAX_MS", problem: "must be at least RETRY_BACKOFF_MS")) {
-            try StreamWorkerConfiguration.fromEnvironment(Env(["RETRY_BACKOFF_MS": "500", "RETRY_BACKOFF_MAX_MS": "100"]))
+        #expect(
+            throws: ConfigurationError(variable: "RETRY_BACKOFF_MAX_MS", problem: "must be at least RETRY_BACKOFF_MS")
+        ) {
+            try StreamWorkerConfiguration.fromEnvironment(
+                Env(["RETRY_BACKOFF_MS": "500", "RETRY_BACKOFF_MAX_MS": "100"]))
         }
-        let retry = try StreamWorkerConfiguration.fromEnvironment(Env(["RETRY_BACKOFF_MS": "20", "RETRY_BACKOFF_MAX_MS": "80"])).retry
+        let retry = try StreamWorkerConfiguration.fromEnvironment(
+            Env(["RETRY_BACKOFF_MS": "20", "RETRY_BACKOFF_MAX_MS": "80"])
+        ).retry
         #expect((1...4).map { retry.ceiling(attempt: $0) } == [20, 40, 80, 80].map { .milliseconds($0) })
     }
 
     @Test func anOptionalSettingIsReadOnlyWhenSet() throws {
         let env = Env(["HEDGE_AFTER_MS": "12", "EMPTY": " "])
-        #expect(try env.ifSet("HEDGE_AFTER_MS") { (name) throws(ConfigurationError) in try env.int(name, range: 0...100) } == 12)
+        #expect(
+            try env.ifSet("HEDGE_AFTER_MS") { (name) throws(ConfigurationError) in try env.int(name, range: 0...100) }
+                == 12)
         #expect(try env.ifSet("EMPTY") { (name) throws(ConfigurationError) in try env.int(name) } == nil)
         #expect(throws: ConfigurationError(variable: "HEDGE_AFTER_MS", problem: "must be in 0...10, got 12")) {
             try env.ifSet("HEDGE_AFTER_MS") { (name) throws(ConfigurationError) in try env.int(name, range: 0...10) }
@@ -89,7 +102,10 @@ struct JSONLogTests {
             metadata: ["symbol": "BTCUSDT", "n": .stringConvertible(3), "levels": .array(["a", "b"])],
             now: Date(timeIntervalSince1970: 1_723_161_254.087))
         #expect(!line.contains("\n"))
-        #expect(line.hasPrefix("{\"ts\":\"2024-08-08T23:54:14.087Z\",\"level\":\"warning\",\"service\":\"ingest\",\"msg\":\"bad \\\"tick\\\"\\nnext\""))
+        #expect(
+            line.hasPrefix(
+                "{\"ts\":\"2024-08-08T23:54:14.087Z\",\"level\":\"warning\",\"service\":\"ingest\",\"msg\":\"bad \\\"tick\\\"\\nnext\""
+            ))
         let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
         #expect(object["msg"] as? String == "bad \"tick\"\nnext")
         #expect(object["label"] as? String == "ingest.kafka")
@@ -135,7 +151,9 @@ struct HealthServerTests {
             redisUp.withLock { $0 = false }
             let (notReady, body) = try await get(port, "/readyz")
             #expect(notReady == 503)
-            #expect(body == "{\"status\":\"not_ready\",\"down\":{\"redis\":\"redis connection error: connection refused\"}}")
+            #expect(
+                body == "{\"status\":\"not_ready\",\"down\":{\"redis\":\"redis connection error: connection refused\"}}"
+            )
             await group.triggerGracefulShutdown()
             try await tasks.waitForAll()
         }

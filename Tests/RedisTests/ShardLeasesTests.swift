@@ -1,8 +1,8 @@
 import Foundation
 import TEModels
 import TERedis
-import Testing
 import TestSupport
+import Testing
 
 @testable import ServiceKit
 
@@ -53,7 +53,8 @@ struct ShardLeasesTests {
         // Released: free, and the next holder gets the next token.
         #expect(try await redis.send(b.release(3, token: 1)).int == 0)
         #expect(try await redis.send(a.release(3, token: 1)).int == 1)
-        #expect(try ShardLeases.parseLease(try await redis.send(a.read(3))) == .init(holder: nil, token: 1, live: false))
+        #expect(
+            try ShardLeases.parseLease(try await redis.send(a.read(3))) == .init(holder: nil, token: 1, live: false))
         #expect(try await acquire(b, 3) == Held(true, 2))
         // A never-held shard reads as free.
         #expect(try ShardLeases.parseLease(try await redis.send(a.read(0))) == .free)
@@ -71,10 +72,14 @@ struct ShardLeasesTests {
         let step = [RedisCommand.xadd(output, maxLen: nil, fields: [("n", "1")]), .xack(input, group: "g", ids: [id])]
 
         let tokenA = try await acquire(a, 1).token
-        #expect(try ShardLeases.parseCommit(try await redis.send(a.commit(1, token: tokenA, commands: [step[0]]))) == .written(failedCommands: 0))
+        #expect(
+            try ShardLeases.parseCommit(try await redis.send(a.commit(1, token: tokenA, commands: [step[0]])))
+                == .written(failedCommands: 0))
         // A wrong-type command inside the step is counted, as inside MULTI/EXEC.
         let wrongType = RedisCommand("HSET", output, "f", "v")
-        #expect(try ShardLeases.parseCommit(try await redis.send(a.commit(1, token: tokenA, commands: [wrongType]))) == .written(failedCommands: 1))
+        #expect(
+            try ShardLeases.parseCommit(try await redis.send(a.commit(1, token: tokenA, commands: [wrongType])))
+                == .written(failedCommands: 1))
         // Paused past its lease, then taken by b: a's step is refused and nothing of it is written.
         let taken = try await TestEnv.eventually(timeout: .seconds(10)) { try await acquire(b, 1).held }
         #expect(taken)
@@ -84,7 +89,9 @@ struct ShardLeasesTests {
         #expect(try await redis.xpending(input, group: "g").count == 1)
         // a's renewal does not take it back either.
         #expect(try await acquire(a, 1, token: tokenA, renew: true).held == false)
-        #expect(try ShardLeases.parseCommit(try await redis.send(b.commit(1, token: tokenA + 1, commands: step))) == .written(failedCommands: 0))
+        #expect(
+            try ShardLeases.parseCommit(try await redis.send(b.commit(1, token: tokenA + 1, commands: step)))
+                == .written(failedCommands: 0))
         #expect(try await redis.xlen(output) == 2)
         #expect(try await redis.xpending(input, group: "g").count == 0)
         await cleanUp(a, streams: [input, output])
@@ -93,7 +100,8 @@ struct ShardLeasesTests {
     /// On the shared Redis Cluster (`REDIS_CLUSTER_URL`): the lease, the shard's input and output share shard
     /// k's hash tag, so the fenced step is one script on one node; a late holder is refused there too.
     @Test func onAClusterTheFencedStepIsOneSlot() async throws {
-        let url = try #require(ProcessInfo.processInfo.environment["REDIS_CLUSTER_URL"], "REDIS_CLUSTER_URL is not set (source .dev/env)")
+        let url = try #require(
+            ProcessInfo.processInfo.environment["REDIS_CLUSTER_URL"], "REDIS_CLUSTER_URL is not set (source .dev/env)")
         let cluster = RedisClient(configuration: try RedisConfiguration(url: url), name: "leases-cluster")
         defer { cluster.close() }
         let a = leases("a", ttlMs: 300)
@@ -101,18 +109,26 @@ struct ShardLeasesTests {
         let output = StreamKey.sharded(input + ":out", shard: 3, of: 4)
         let write = RedisCommand.xadd(output, maxLen: nil, fields: [("n", "1")])
         let tokenA = try ShardLeases.parseAcquire(try await cluster.send(a.acquire(3))).token
-        #expect(try ShardLeases.parseCommit(try await cluster.send(a.commit(3, token: tokenA, commands: [write]))) == .written(failedCommands: 0))
+        #expect(
+            try ShardLeases.parseCommit(try await cluster.send(a.commit(3, token: tokenA, commands: [write])))
+                == .written(failedCommands: 0))
         let taken = try await TestEnv.eventually(timeout: .seconds(10)) {
             try ShardLeases.parseAcquire(try await cluster.send(b.acquire(3))).held
         }
         #expect(taken)
-        #expect(try ShardLeases.parseCommit(try await cluster.send(a.commit(3, token: tokenA, commands: [write]))) == .fenced(holder: "b", token: tokenA + 1))
+        #expect(
+            try ShardLeases.parseCommit(try await cluster.send(a.commit(3, token: tokenA, commands: [write])))
+                == .fenced(holder: "b", token: tokenA + 1))
         #expect(try await cluster.xlen(output) == 1)
         // The heartbeat and the latest-value writes are single-key scripts, routed by their key.
         #expect(try await cluster.send(a.heartbeat()).array?.compactMap(\.string) == ["a"])
         let latest = TestEnv.uniqueName("online")
-        #expect(try await cluster.send(ShardLeases.latest(latest, tsNs: 2, ttlSeconds: 60, fields: [("ts_ns", "2")])).int == 1)
-        #expect(try await cluster.send(ShardLeases.latest(latest, tsNs: 1, ttlSeconds: 60, fields: [("ts_ns", "1")])).int == 0)
+        #expect(
+            try await cluster.send(ShardLeases.latest(latest, tsNs: 2, ttlSeconds: 60, fields: [("ts_ns", "2")])).int
+                == 1)
+        #expect(
+            try await cluster.send(ShardLeases.latest(latest, tsNs: 1, ttlSeconds: 60, fields: [("ts_ns", "1")])).int
+                == 0)
         _ = try await cluster.del([a.key(3)])
         _ = try await cluster.del([output])
         _ = try await cluster.del([a.membersKey])
@@ -129,7 +145,9 @@ struct ShardLeasesTests {
         }
         #expect(expired)
         let write = RedisCommand.xadd(output, maxLen: nil, fields: [("n", "1")])
-        #expect(try ShardLeases.parseCommit(try await redis.send(a.commit(2, token: token, commands: [write]))) == .fenced(holder: "a", token: token))
+        #expect(
+            try ShardLeases.parseCommit(try await redis.send(a.commit(2, token: token, commands: [write])))
+                == .fenced(holder: "a", token: token))
         #expect(try await redis.xlen(output) == 0)
         // Nobody else wrote meanwhile: the same holder may renew under the same token.
         #expect(try await acquire(a, 2, token: token, renew: true) == Held(true, token))
@@ -143,7 +161,9 @@ struct ShardLeasesTests {
         #expect(new == Held(true, old + 1))
         let output = StreamKey.sharded(input + ":out", shard: 0, of: 4)
         let write = RedisCommand.xadd(output, maxLen: nil, fields: [("n", "1")])
-        #expect(try ShardLeases.parseCommit(try await redis.send(a.commit(0, token: old, commands: [write]))) == .fenced(holder: "a", token: old + 1))
+        #expect(
+            try ShardLeases.parseCommit(try await redis.send(a.commit(0, token: old, commands: [write])))
+                == .fenced(holder: "a", token: old + 1))
         await cleanUp(a, streams: [output])
     }
 
@@ -159,7 +179,9 @@ struct ShardLeasesTests {
     @Test func theLatestValueNeverGoesBackInTime() async throws {
         let key = TestEnv.uniqueName("online")
         func write(_ tsNs: Int64, _ tag: String) async throws -> Int64? {
-            try await redis.send(ShardLeases.latest(key, tsNs: tsNs, ttlSeconds: 60, fields: [("ts_ns", String(tsNs)), ("tag", tag)])).int
+            try await redis.send(
+                ShardLeases.latest(key, tsNs: tsNs, ttlSeconds: 60, fields: [("ts_ns", String(tsNs)), ("tag", tag)])
+            ).int
         }
         #expect(try await write(1_723_161_254_087_891_268, "first") == 1)
         // 1 ns older: refused (a double could not tell these apart).

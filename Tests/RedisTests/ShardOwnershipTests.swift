@@ -109,7 +109,9 @@ struct ShardOwnershipTests {
         _ = o.event(.acquired(shard: 0, token: 1))
         _ = o.event(.acquired(shard: 1, token: 1))
         // "b" (shards 2, 3) stopped renewing: its heartbeat and leases expired.
-        let leases = [Self.held("a", 1), Self.held("a", 1), Self.held("b", 1, live: false), Self.held("b", 1, live: false)]
+        let leases = [
+            Self.held("a", 1), Self.held("a", 1), Self.held("b", 1, live: false), Self.held("b", 1, live: false)
+        ]
         let actions = o.event(.observed(members: ["a"], leases: leases))
         #expect(Set(Self.acquires(actions)) == [2, 3])
         #expect(actions.filter { if case .renew = $0 { true } else { false } }.count == 2)

@@ -1,13 +1,14 @@
 import Foundation
 import TERedis
-import Testing
 import TestSupport
+import Testing
 
 /// The services' Redis ACL users (deploy/redis/users.acl) refuse what is outside their grant, on the
 /// real key names (a private server with the strict file) and on the shared dev server.
 @Suite(.timeLimit(.minutes(1))) struct StoreUsersTests {
     static func client(_ service: String, on base: String) throws -> RedisClient {
-        RedisClient(configuration: try RedisConfiguration(url: StoreUsers.redisURL(for: service, on: base)), name: service)
+        RedisClient(
+            configuration: try RedisConfiguration(url: StoreUsers.redisURL(for: service, on: base)), name: service)
     }
 
     /// The server's refusal of `command` (the client throws error replies), nil when it ran.
@@ -53,7 +54,7 @@ import TestSupport
             ("audit-writer", ["XTRIM", "te:audit", "MAXLEN", "0"]),
             ("outcome-tracker", ["XADD", "te:audit", "*", "a", "1"]),
             ("te-reader", ["XADD", "te:ticks", "*", "a", "1"]),
-            ("te-reader", ["DEL", "te:ticks"]),
+            ("te-reader", ["DEL", "te:ticks"])
         ]
         for (service, command) in cases {
             let client = try Self.client(service == "te-reader" ? "te" : service, on: server.url)
@@ -62,7 +63,8 @@ import TestSupport
             #expect(reply?.contains("NOPERM") == true, "\(service) \(command[0]): \(String(describing: reply))")
             for admin in [["FLUSHALL"], ["CONFIG", "GET", "*"], ["KEYS", "*"], ["ACL", "LIST"]] {
                 let adminReply = await Self.refusal(client, admin)
-                #expect(adminReply?.contains("NOPERM") == true, "\(service) \(admin[0]): \(String(describing: adminReply))")
+                #expect(
+                    adminReply?.contains("NOPERM") == true, "\(service) \(admin[0]): \(String(describing: adminReply))")
             }
         }
         // The read-only user reads.
@@ -87,7 +89,9 @@ import TestSupport
         let gateway = try Self.client("gateway", on: server.url)
         defer { gateway.close() }
         for stream in ["te:opportunities", "te:audit", "te:features:{3}"] {
-            #expect(await Self.refusal(gateway, ["XREAD", "COUNT", "1", "STREAMS", stream, "0"]) == nil, "gateway XREAD \(stream)")
+            #expect(
+                await Self.refusal(gateway, ["XREAD", "COUNT", "1", "STREAMS", stream, "0"]) == nil,
+                "gateway XREAD \(stream)")
         }
         let ingest = try Self.client("ingest", on: server.url)
         defer { ingest.close() }

@@ -13,7 +13,12 @@ struct StreamCommandTests {
 
     @Test func xaddXrangeXrevrangeXlen() async throws {
         let s = TestEnv.uniqueName("xadd")
-        defer { Task { [redis] in _ = try? await redis.del([s]); redis.close() } }
+        defer {
+            Task { [redis] in
+                _ = try? await redis.del([s])
+                redis.close()
+            }
+        }
         var ids: [String] = []
         for i in 0..<5 { ids.append(try await redis.xadd(s, fields: [("v", "1"), ("n", String(i))])) }
         #expect(try await redis.xlen(s) == 5)
@@ -31,7 +36,12 @@ struct StreamCommandTests {
 
     @Test func xaddTrimsApproximately() async throws {
         let s = TestEnv.uniqueName("trim")
-        defer { Task { [redis] in _ = try? await redis.del([s]); redis.close() } }
+        defer {
+            Task { [redis] in
+                _ = try? await redis.del([s])
+                redis.close()
+            }
+        }
         var commands: [RedisCommand] = []
         for i in 0..<2000 { commands.append(.xadd(s, maxLen: 100, fields: [("n", String(i))])) }
         let replies = try await redis.pipeline(commands)
@@ -45,7 +55,13 @@ struct StreamCommandTests {
     @Test func xreadReturnsNewEntriesAndTimesOutEmpty() async throws {
         let s = TestEnv.uniqueName("xread")
         let other = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "xread-writer")
-        defer { Task { [redis] in _ = try? await redis.del([s]); redis.close(); other.close() } }
+        defer {
+            Task { [redis] in
+                _ = try? await redis.del([s])
+                redis.close()
+                other.close()
+            }
+        }
         let first = try await redis.xadd(s, fields: [("n", "0")])
         let read = try await redis.xread(streams: [(s, "0")], count: 10)
         #expect(read.count == 1 && read[0].stream == s && read[0].entries.map(\.id) == [first])
@@ -66,7 +82,8 @@ struct StreamCommandTests {
         let s = TestEnv.uniqueName("block")
         defer { client.close() }
         try await client.xgroupCreate(stream: s, group: "g", startID: "$")
-        let read = try await client.xreadgroup(group: "g", consumer: "c", streams: [(s, ">")], count: 1, block: .milliseconds(600))
+        let read = try await client.xreadgroup(
+            group: "g", consumer: "c", streams: [(s, ">")], count: 1, block: .milliseconds(600))
         #expect(read.isEmpty)
         // A command that outlasts the socket timeout fails as a retriable timeout; the client recovers.
         do {
@@ -84,7 +101,12 @@ struct StreamCommandTests {
 
     @Test func consumerGroupLifecycle() async throws {
         let s = TestEnv.uniqueName("group")
-        defer { Task { [redis] in _ = try? await redis.del([s]); redis.close() } }
+        defer {
+            Task { [redis] in
+                _ = try? await redis.del([s])
+                redis.close()
+            }
+        }
         // MKSTREAM creates the stream; a second create is a no-op (BUSYGROUP ignored).
         try await redis.xgroupCreate(stream: s, group: "g", startID: "0")
         try await redis.xgroupCreate(stream: s, group: "g", startID: "0")
@@ -121,14 +143,20 @@ struct StreamCommandTests {
 
         // Blocking XREADGROUP with nothing new times out empty.
         _ = try await redis.xreadgroup(group: "g", consumer: "bob", streams: [(s, ">")], count: 10)
-        let none = try await redis.xreadgroup(group: "g", consumer: "bob", streams: [(s, ">")], count: 10, block: .milliseconds(50))
+        let none = try await redis.xreadgroup(
+            group: "g", consumer: "bob", streams: [(s, ">")], count: 10, block: .milliseconds(50))
         #expect(none.isEmpty)
         #expect(try await redis.xgroupDestroy(stream: s, group: "g"))
     }
 
     @Test func idleEntriesAreClaimedAndDeletedOnesReported() async throws {
         let s = TestEnv.uniqueName("claim")
-        defer { Task { [redis] in _ = try? await redis.del([s]); redis.close() } }
+        defer {
+            Task { [redis] in
+                _ = try? await redis.del([s])
+                redis.close()
+            }
+        }
         try await redis.xgroupCreate(stream: s, group: "g", startID: "0")
         var ids: [String] = []
         for i in 0..<4 { ids.append(try await redis.xadd(s, fields: [("n", String(i))])) }
@@ -145,9 +173,11 @@ struct StreamCommandTests {
         #expect(try await redis.xpending(s, group: "g", minIdle: .seconds(60), count: 10).isEmpty)
 
         // XCLAIM of one entry (delivery counter +1), JUSTID of another (counter unchanged).
-        let claimed = try await redis.xclaim(s, group: "g", consumer: "alive", minIdle: .milliseconds(100), ids: [ids[0]])
+        let claimed = try await redis.xclaim(
+            s, group: "g", consumer: "alive", minIdle: .milliseconds(100), ids: [ids[0]])
         #expect(claimed.map(\.id) == [ids[0]] && claimed[0].field("n") == "0")
-        let justIDs = try await redis.xclaim(s, group: "g", consumer: "alive", minIdle: .milliseconds(100), ids: [ids[1]], justID: true)
+        let justIDs = try await redis.xclaim(
+            s, group: "g", consumer: "alive", minIdle: .milliseconds(100), ids: [ids[1]], justID: true)
         #expect(justIDs.map(\.id) == [ids[1]])
         let rows = try await redis.xpending(s, group: "g", count: 10, consumer: "alive")
         #expect(rows.map(\.deliveries) == [2, 1])

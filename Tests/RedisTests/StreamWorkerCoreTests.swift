@@ -94,7 +94,9 @@ struct StreamWorkerCoreTests {
         #expect(commit.deadLetters.map(\.deliveries) == [2])
         #expect(commit.acknowledged == ["2-0", "1-0"])
         // The pending cursor moved past the batch.
-        #expect(read(c.event(.committed(failedCommands: 0), now: t0)) == Core.ReadRequest(cursor: "2-0", count: 10, block: nil))
+        #expect(
+            read(c.event(.committed(failedCommands: 0), now: t0))
+                == Core.ReadRequest(cursor: "2-0", count: 10, block: nil))
         #expect(c.takeNotes().contains(.deadLettered(id: "1-0", reason: commit.deadLetters[0].reason, label: "decode")))
     }
 
@@ -117,7 +119,9 @@ struct StreamWorkerCoreTests {
         }
         #expect(third.acks == ["3-0"])
         // Until the retry is due, new entries are read, blocking no longer than until then.
-        #expect(read(c.event(.committed(failedCommands: 0), now: at(20))) == Core.ReadRequest(cursor: ">", count: 10, block: .milliseconds(80)))
+        #expect(
+            read(c.event(.committed(failedCommands: 0), now: at(20)))
+                == Core.ReadRequest(cursor: ">", count: 10, block: .milliseconds(80)))
         #expect(c.event(.read([]), now: at(100)).isRead(cursor: "0"))
 
         // Deliveries 2 and 3: it fails again, then it is dead-lettered with the stage's last error.
@@ -154,7 +158,8 @@ struct StreamWorkerCoreTests {
             Issue.record("expected the dead letter")
             return
         }
-        #expect(commit.deadLetters.map(\.reason) == ["max deliveries exceeded: delivered 3 times without acknowledgement"])
+        #expect(
+            commit.deadLetters.map(\.reason) == ["max deliveries exceeded: delivered 3 times without acknowledgement"])
         #expect(commit.deadLetters.map(\.label) == ["max_deliveries"])
     }
 

@@ -49,7 +49,8 @@ struct CopyStage: StreamStage {
                 out.deadLetter(id: d.id, reason: "rejected by stage")
                 continue
             }
-            out.append(.xadd(output, maxLen: nil, fields: [("n", String(d.message.n)), ("deliveries", String(d.deliveries))]))
+            out.append(
+                .xadd(output, maxLen: nil, fields: [("n", String(d.message.n)), ("deliveries", String(d.deliveries))]))
         }
         return out
     }
@@ -143,7 +144,9 @@ struct StreamWorkerTests {
         let pending = try await redis.xpending(input, group: group)
         #expect(pending.count == 0)
         // The claimed entries were delivered a second time, the others once.
-        let claimedDeliveries = try await redis.xrange(output).filter { Int($0.field("n")!)! < 12 }.map { $0.field("deliveries") }
+        let claimedDeliveries = try await redis.xrange(output).filter { Int($0.field("n")!)! < 12 }.map {
+            $0.field("deliveries")
+        }
         #expect(claimedDeliveries.allSatisfy { $0 == "2" })
         await cleanup()
     }
@@ -210,7 +213,9 @@ struct StreamWorkerTests {
             _ = await TestEnv.eventually { (try? await redis.xpending(input, group: group).count) == 0 }
         }
         #expect(try await outputs() == [7])
-        let letters = try await redis.xrange(dlq).map { try StreamFieldDecoder.decode(DeadLetter.self, from: $0.fields) }
+        let letters = try await redis.xrange(dlq).map {
+            try StreamFieldDecoder.decode(DeadLetter.self, from: $0.fields)
+        }
         let byID = Dictionary(uniqueKeysWithValues: letters.map { ($0.sourceId!, $0) })
         #expect(byID[badID]?.reason == "undecodable: field 'n': expected an integer, got \"not-a-number\"")
         #expect(byID[missingID]?.reason == "undecodable: field 'n': missing")

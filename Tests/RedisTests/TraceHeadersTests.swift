@@ -25,7 +25,7 @@ struct TraceHeadersTests {
         "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  // zero parent id
         "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",  // not hex
         "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  // separator
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",  // trailing
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-"  // trailing
     ])
     func aMalformedTraceparentHasNoTraceID(_ text: String) {
         #expect(TraceHeaders.traceID(ofParent: text) == nil)

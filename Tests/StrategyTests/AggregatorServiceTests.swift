@@ -9,7 +9,8 @@ import Testing
 /// What the service must produce for `signals` read in order: the pure state machine, with duplicate ids
 /// (anywhere in the sequence) ignored and every window closed at the end. One symbol, so the per-batch
 /// close tick cannot change the order.
-func referenceOpportunities(_ signals: [Signal], _ configuration: OpportunityAggregator.Configuration) -> [Opportunity] {
+func referenceOpportunities(_ signals: [Signal], _ configuration: OpportunityAggregator.Configuration) -> [Opportunity]
+{
     var aggregator = OpportunityAggregator(configuration: configuration)
     var seen = Set<String>()
     var out: [Opportunity] = []
@@ -61,7 +62,7 @@ struct AggregatorServiceTests {
             "SIGNALS_STREAM": streams.signals, "OPPORTUNITIES_STREAM": streams.opportunities,
             "AGG_STATE_PREFIX": streams.statePrefix, "CONSUMER_NAME": streams.consumer,
             "COOLDOWN_MS": "5000", "MIN_CONFIDENCE": "0.55", "MAX_SIGNAL_AGE_MS": "2000", "CLOSE_GRACE_MS": "1000",
-            "IDLE_CLOSE_MS": String(idleCloseMs),
+            "IDLE_CLOSE_MS": String(idleCloseMs)
         ]
         for (k, v) in extra { env[k] = v }
         return env
@@ -70,7 +71,8 @@ struct AggregatorServiceTests {
     func cleanUp(_ redis: RedisClient, _ streams: TestStreams, ids: [String]) async {
         _ = try? await redis.del(streams.keysToDelete)
         for chunk in stride(from: 0, to: ids.count, by: 500) {
-            _ = try? await redis.del(ids[chunk..<min(chunk + 500, ids.count)].map { "\(streams.statePrefix):seen:\($0)" })
+            _ = try? await redis.del(
+                ids[chunk..<min(chunk + 500, ids.count)].map { "\(streams.statePrefix):seen:\($0)" })
         }
     }
 
@@ -83,7 +85,8 @@ struct AggregatorServiceTests {
         }
         if !reached {
             throw TestFailure(
-                "only \(try await redis.xlen(streams.opportunities)) of \(count) opportunities; output:\n\(process.output())")
+                "only \(try await redis.xlen(streams.opportunities)) of \(count) opportunities; output:\n\(process.output())"
+            )
         }
         try await Task.sleep(for: .milliseconds(800))
         return try await redis.messages(Opportunity.self, in: streams.opportunities)
@@ -100,7 +103,8 @@ struct AggregatorServiceTests {
         try await redis.add(signals, to: streams.signals)
 
         let service = try RunningService.start(
-            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000, extra: ["STREAM_BATCH_SIZE": "16"]))
+            "opportunity-aggregator",
+            environment: environment(streams, idleCloseMs: 2000, extra: ["STREAM_BATCH_SIZE": "16"]))
         let got = try await output(redis, streams, count: expected.count, process: service.process)
         #expect(got == expected)
 
@@ -134,7 +138,8 @@ struct AggregatorServiceTests {
         try await redis.add([a, b], to: streams.signals)
 
         // Never closes on idleness: the window is open when the process dies.
-        let first = try RunningService.start("opportunity-aggregator", environment: environment(streams, idleCloseMs: 600_000))
+        let first = try RunningService.start(
+            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 600_000))
         let before = try await output(redis, streams, count: 2, process: first.process)
         #expect(before.map(\.emitReason) == ["first", "upgrade"])
         first.process.kill9()
@@ -142,7 +147,8 @@ struct AggregatorServiceTests {
 
         // While it is down: the rest of the window, and `b` again (an upstream redelivery).
         try await redis.add([c, b, d], to: streams.signals)
-        let second = try RunningService.start("opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000))
+        let second = try RunningService.start(
+            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000))
         let all = try await output(redis, streams, count: 4, process: second.process)
         #expect(all.map(\.emitReason) == ["first", "upgrade", "upgrade", "close"])
         #expect(Set(all.map(\.id)) == ["BTCUSDT:buy:\(ts(0)):rise"])
@@ -201,9 +207,10 @@ struct AggregatorServiceTests {
         // Two symbols in different shards.
         let candidates = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT"]
         let first = candidates[0]
-        let second = try #require(candidates.first {
-            StreamKey.shard(of: $0, shards: shards) != StreamKey.shard(of: first, shards: shards)
-        })
+        let second = try #require(
+            candidates.first {
+                StreamKey.shard(of: $0, shards: shards) != StreamKey.shard(of: first, shards: shards)
+            })
         var expected: [String: [Opportunity]] = [:]
         var ids: [String] = []
         for (i, symbol) in [first, second].enumerated() {
@@ -211,7 +218,8 @@ struct AggregatorServiceTests {
                 let ts = s.tsNs
                 return Signal(
                     id: Signal.makeID(symbol: symbol, strategy: s.strategy, tsNs: ts), symbol: symbol,
-                    strategy: s.strategy, direction: s.direction, confidence: s.confidence, tsNs: ts, features: s.features)
+                    strategy: s.strategy, direction: s.direction, confidence: s.confidence, tsNs: ts,
+                    features: s.features)
             }
             expected[symbol] = referenceOpportunities(signals, configuration)
             ids += signals.map(\.id)

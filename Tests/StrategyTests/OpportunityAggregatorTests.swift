@@ -91,7 +91,8 @@ struct OpportunityAggregatorTests {
         #expect(agg.apply(signal("e", .buy, 0.72, atMs: 400)).emissions.map(\.reason) == [.upgrade])
 
         var everyRise = OpportunityAggregator(
-            configuration: .init(cooldownNs: 5000 * ms, minConfidence: 0.5, maxSignalAgeNs: 2000 * ms, minUpgradeStep: 0))
+            configuration: .init(
+                cooldownNs: 5000 * ms, minConfidence: 0.5, maxSignalAgeNs: 2000 * ms, minUpgradeStep: 0))
         _ = everyRise.apply(signal("a", .buy, 0.60, atMs: 0))
         #expect(everyRise.apply(signal("b", .buy, 0.601, atMs: 100)).disposition == .upgraded)
         #expect(everyRise.apply(signal("c", .buy, 0.601, atMs: 200)).disposition == .merged)

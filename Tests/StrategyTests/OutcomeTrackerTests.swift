@@ -54,8 +54,11 @@ struct OutcomeTrackerTests {
     static func offlineLabels() async throws -> [Int64: (Double?, Int?)] {
         let csv = FileManager.default.temporaryDirectory.appendingPathComponent("labels-\(UUID().uuidString).csv")
         let te = try ChildProcess.built(
-            "te", arguments: ["features", "--label", "--horizon-ms", String(horizonMs), "--cost-bps", "4", "-o", csv.path,
-                recording])
+            "te",
+            arguments: [
+                "features", "--label", "--horizon-ms", String(horizonMs), "--cost-bps", "4", "-o", csv.path,
+                recording
+            ])
         #expect(try await te.waitForExit(timeout: .seconds(120)) == 0, "\(te.output())")
         var out: [Int64: (Double?, Int?)] = [:]
         for line in try String(contentsOf: csv, encoding: .utf8).split(separator: "\n").dropFirst() {
@@ -101,7 +104,9 @@ struct OutcomeTrackerTests {
     }
 
     static func publish(_ records: [AuditRecord], redis: RedisClient) async throws {
-        let commands = try records.map { RedisCommand.xadd(StreamKey.audit, maxLen: nil, fields: try StreamFieldEncoder.encode($0)) }
+        let commands = try records.map {
+            RedisCommand.xadd(StreamKey.audit, maxLen: nil, fields: try StreamFieldEncoder.encode($0))
+        }
         for start in stride(from: 0, to: commands.count, by: 200) {
             _ = try await redis.pipeline(Array(commands[start..<min(start + 200, commands.count)]))
         }
@@ -148,7 +153,9 @@ struct OutcomeTrackerTests {
         #expect(try await pipeline.redis.xlen(StreamKey.dlq) == 0)
         for process in processes {
             process.terminate()
-            #expect(try await process.waitForExit(timeout: .seconds(20)) == 0, "\(process.name): \(process.output().suffix(1500))")
+            #expect(
+                try await process.waitForExit(timeout: .seconds(20)) == 0,
+                "\(process.name): \(process.output().suffix(1500))")
         }
     }
 
@@ -156,7 +163,7 @@ struct OutcomeTrackerTests {
         [
             "OUTCOME_HORIZON_MS": String(Self.horizonMs), "OUTCOME_COST_BPS": "4", "OUTCOME_SWEEP_MS": "100",
             // The recording's last decisions never see their horizon: written unlabelled after 30 s held.
-            "OUTCOME_MAX_HOLD_MS": "30000", "CONSUMER_NAME": "outcome-tracker-test",
+            "OUTCOME_MAX_HOLD_MS": "30000", "CONSUMER_NAME": "outcome-tracker-test"
         ]
     }
 
@@ -178,7 +185,10 @@ struct OutcomeTrackerTests {
             let done = await TestEnv.eventually(timeout: .seconds(180), every: .milliseconds(250)) {
                 (try? await Self.rows(s.db).count) ?? 0 >= decisions.count
             }
-            if !done { throw TestFailure("outcomes incomplete:\n\(tracker.output().suffix(3000))\n\(writer.output().suffix(2000))") }
+            if !done {
+                throw TestFailure(
+                    "outcomes incomplete:\n\(tracker.output().suffix(3000))\n\(writer.output().suffix(2000))")
+            }
             let rows = try await Self.rows(s.db)
             #expect(rows.count == decisions.count)
             try await Self.checkLabels(rows, decisions: decisions, ticks: ticks)

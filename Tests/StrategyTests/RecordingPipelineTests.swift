@@ -15,7 +15,9 @@ func recordingTicks(_ path: String) throws -> [Tick] {
     var normalizer = MarketNormalizer()
     var ticks: [Tick] = []
     while let message = try reader.next() {
-        if case .ticks(let out) = normalizer.normalize(payload: message.payload, receiveTsNs: message.tsNs, key: message.key) {
+        if case .ticks(let out) = normalizer.normalize(
+            payload: message.payload, receiveTsNs: message.tsNs, key: message.key)
+        {
             ticks += out
         }
     }
@@ -29,7 +31,9 @@ func finalStates(_ opportunities: [Opportunity]) -> [String: Opportunity] {
     return out
 }
 
-@Suite("te replay → ingest → feature-pipeline → strategy-engine → opportunity-aggregator", .serialized, .timeLimit(.minutes(8)))
+@Suite(
+    "te replay → ingest → feature-pipeline → strategy-engine → opportunity-aggregator", .serialized,
+    .timeLimit(.minutes(8)))
 struct RecordingPipelineTests {
     static let recording = "/work/shared/data/binance/usdm_btcusdt_20240808.gz"
 
@@ -63,7 +67,7 @@ struct RecordingPipelineTests {
         let upstream = [
             try await pipeline.startIngest(nil, sharding),
             try pipeline.start("feature-pipeline", sharding),
-            try pipeline.start("strategy-engine", sharding.merging(["STRATEGIES_FILE": strategies]) { $1 }),
+            try pipeline.start("strategy-engine", sharding.merging(["STRATEGIES_FILE": strategies]) { $1 })
         ]
         let aggregator = try pipeline.start(
             "opportunity-aggregator", sharding.merging(["IDLE_CLOSE_MS": "3600000"]) { $1 })
@@ -92,7 +96,9 @@ struct RecordingPipelineTests {
         if !closed { throw TestFailure("windows not closed:\n\(closer.output().suffix(2000))") }
         for process in upstream + [closer] {
             process.terminate()
-            #expect(try await process.waitForExit(timeout: .seconds(20)) == 0, "\(process.name): \(process.output().suffix(1500))")
+            #expect(
+                try await process.waitForExit(timeout: .seconds(20)) == 0,
+                "\(process.name): \(process.output().suffix(1500))")
         }
         return Outcome(
             signals: try await pipeline.messages(Signal.self, in: signals),
@@ -113,7 +119,9 @@ struct RecordingPipelineTests {
         let first = try await firstRun
         let second = try await secondRun
         let ids = Set(first.opportunities.map(\.id))
-        print("recording pipeline: \(tickCount) ticks → \(first.signals.count) signals → \(ids.count) opportunities (\(first.opportunities.count) entries)")
+        print(
+            "recording pipeline: \(tickCount) ticks → \(first.signals.count) signals → \(ids.count) opportunities (\(first.opportunities.count) entries)"
+        )
         // Plausible: some opportunities, not thousands per second of recording (~345 s).
         #expect(ids.count >= 5 && ids.count <= 1000, "\(ids.count) opportunities from \(first.signals.count) signals")
         // Each opportunity: one `first`, one `close`, upgrades in between, all under one id.

@@ -25,7 +25,9 @@ struct RunningService {
     let metricsPort: Int
 
     /// `redisURL`: default the shared server's `REDIS_URL`.
-    static func start(_ product: String, environment: [String: String], redisURL: String? = nil) throws -> RunningService {
+    static func start(_ product: String, environment: [String: String], redisURL: String? = nil) throws
+        -> RunningService
+    {
         let port = try TestEnv.freePort()
         var env = environment
         env["METRICS_PORT"] = String(port)

@@ -10,7 +10,9 @@ import Testing
 @Suite("strategy-engine replicas on shards", .timeLimit(.minutes(3)))
 struct ShardedStrategyEngineTests {
     static let shards = 4
-    static let symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "BTCUSDT-PERP", "ETHUSD_PERP", "ADAUSDT", "DOGEUSDT"]
+    static let symbols = [
+        "BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "BTCUSDT-PERP", "ETHUSD_PERP", "ADAUSDT", "DOGEUSDT"
+    ]
 
     /// 400 snapshots per symbol, their features from a fixed-seed generator, in time order per symbol.
     static func snapshots() -> [FeatureSnapshot] {
@@ -45,7 +47,7 @@ struct ShardedStrategyEngineTests {
                 "strategy-engine",
                 environment: [
                     "STRATEGIES_FILE": file, "CONSUMER_NAME": "se-\(i)", "STREAM_SHARDS": String(shards),
-                    "SHARD_LEASE_MS": "2000", "STREAM_BATCH_SIZE": "50",
+                    "SHARD_LEASE_MS": "2000", "STREAM_BATCH_SIZE": "50"
                 ], redisURL: server.url)
         }
         // Every replica owns shards (balanced: ceil(4 / replicas) at most each) before the input comes.
@@ -53,7 +55,9 @@ struct ShardedStrategyEngineTests {
             var holders: [String: Int] = [:]
             for k in 0..<shards {
                 let key = StreamKey.sharded("te:lease:strategy-engine:\(StreamKey.features)", shard: k, of: shards)
-                guard let holder = try await redis.send("HGET", key, "holder").string, !holder.isEmpty else { return false }
+                guard let holder = try await redis.send("HGET", key, "holder").string, !holder.isEmpty else {
+                    return false
+                }
                 holders[holder, default: 0] += 1
             }
             return holders.count == replicas && holders.values.allSatisfy { $0 <= (shards + replicas - 1) / replicas }

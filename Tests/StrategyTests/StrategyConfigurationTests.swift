@@ -33,7 +33,7 @@ struct StrategyConfigurationTests {
                 Strategy(name: "r", rule: .rapidRise(.init(minChangeBps: 8, minVolume: 20, confidenceScaleBps: 8))),
                 Strategy(name: "f", rule: .rapidFall(.init(minChangeBps: 6.5, minVolume: 0, confidenceScaleBps: 2))),
                 Strategy(name: "p", rule: .imbalancePressure(.init(maxSpreadBps: 0.05, minImbalance: 0.9))),
-                Strategy(name: "o", rule: .ofiBreakout(.init(k: 40, minTickRate: 100, confidenceScale: 40))),
+                Strategy(name: "o", rule: .ofiBreakout(.init(k: 40, minTickRate: 100, confidenceScale: 40)))
             ])
     }
 
@@ -53,7 +53,10 @@ struct StrategyConfigurationTests {
               {"name": "c", "kind": "rapid_fall", "min_change_bps": -3, "min_volume": 20}
             ]}
             """)
-        #expect(e == StrategyConfigurationError(file: "test.json", keyPath: "strategies[2].min_change_bps", reason: "negative, got -3.0"))
+        #expect(
+            e
+                == StrategyConfigurationError(
+                    file: "test.json", keyPath: "strategies[2].min_change_bps", reason: "negative, got -3.0"))
         #expect(e?.description == "strategy file test.json: strategies[2].min_change_bps: negative, got -3.0")
     }
 
@@ -71,7 +74,8 @@ struct StrategyConfigurationTests {
 
     @Test func imbalanceAboveOne() {
         let e = error(
-            #"{"strategies": [{"name": "p", "kind": "imbalance_pressure", "max_spread_bps": 1, "min_imbalance": 1.5}]}"#)
+            #"{"strategies": [{"name": "p", "kind": "imbalance_pressure", "max_spread_bps": 1, "min_imbalance": 1.5}]}"#
+        )
         #expect(e?.keyPath == "strategies[0].min_imbalance")
         #expect(e?.reason == "must be in (0, 1], got 1.5")
     }
@@ -81,7 +85,8 @@ struct StrategyConfigurationTests {
             #"{"strategies": [{"name": "r", "kind": "rapid_rise", "min_change_bps": "8", "min_volume": 1}]}"#)
         #expect(e?.keyPath == "strategies[0].min_change_bps")
         #expect(e?.reason == "expected a number, got a string")
-        let b = error(#"{"strategies": [{"name": "r", "kind": "rapid_rise", "min_change_bps": true, "min_volume": 1}]}"#)
+        let b = error(
+            #"{"strategies": [{"name": "r", "kind": "rapid_rise", "min_change_bps": true, "min_volume": 1}]}"#)
         #expect(b?.reason == "expected a number, got a boolean")
     }
 
@@ -93,7 +98,8 @@ struct StrategyConfigurationTests {
 
     @Test func unknownKeyCatchesTypos() {
         let e = error(
-            #"{"strategies": [{"name": "r", "kind": "rapid_rise", "min_change_bps": 8, "min_volume": 1, "min_volme": 2}]}"#)
+            #"{"strategies": [{"name": "r", "kind": "rapid_rise", "min_change_bps": 8, "min_volume": 1, "min_volme": 2}]}"#
+        )
         #expect(e?.keyPath == "strategies[0].min_volme")
         #expect(e?.reason.hasPrefix("unknown key") == true)
     }

@@ -29,14 +29,14 @@ struct StrategyEngineServiceTests {
             snapshot(tsNs: 1, warm: false, tradeVolume: 50, ofiNorm: 80, midReturnBps: 20, tickRate: 200),  // cold
             snapshot(tsNs: 2, tradeVolume: 50, midReturnBps: 12, tickRate: 10),  // rise only, 0.75
             snapshot(tsNs: 3, tradeVolume: 50, ofiNorm: -75, midReturnBps: 7.9, tickRate: 150),  // ofi sell 0.75
-            snapshot(tsNs: 4, tradeVolume: 10, ofiNorm: 10, midReturnBps: 30, tickRate: 150),  // nothing
+            snapshot(tsNs: 4, tradeVolume: 10, ofiNorm: 10, midReturnBps: 30, tickRate: 150)  // nothing
         ]
         try await redis.add(snapshots, to: streams.features)
 
         let service = try RunningService.start(
             "strategy-engine",
             environment: [
-                "STRATEGIES_FILE": file, "CONSUMER_NAME": streams.consumer,
+                "STRATEGIES_FILE": file, "CONSUMER_NAME": streams.consumer
             ], redisURL: server.url)
         let done = try await TestEnv.eventually(timeout: .seconds(30)) {
             try await redis.drained(streams.features, group: "strategy-engine")
@@ -60,7 +60,7 @@ struct StrategyEngineServiceTests {
         let again = try RunningService.start(
             "strategy-engine",
             environment: [
-                "STRATEGIES_FILE": file, "CONSUMER_NAME": streams.consumer,
+                "STRATEGIES_FILE": file, "CONSUMER_NAME": streams.consumer
             ], redisURL: server.url)
         let twice = try await TestEnv.eventually(timeout: .seconds(30)) {
             try await redis.xlen(streams.signals) == 4

@@ -108,7 +108,7 @@ struct StrategyRuleTests {
     @Test func severalInstancesOfOneKindRunSideBySide() {
         let set = StrategySet([
             Strategy(name: "rise_small", rule: .rapidRise(.init(minChangeBps: 5, minVolume: 0))),
-            Strategy(name: "rise_big", rule: .rapidRise(.init(minChangeBps: 10, minVolume: 0))),
+            Strategy(name: "rise_big", rule: .rapidRise(.init(minChangeBps: 10, minVolume: 0)))
         ])
         #expect(set.evaluate(snapshot(midReturnBps: 6)).map(\.strategy) == ["rise_small"])
         let both = set.evaluate(snapshot(midReturnBps: 10))

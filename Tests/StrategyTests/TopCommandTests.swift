@@ -27,14 +27,15 @@ struct TopCommandTests {
         let services = [
             try await pipeline.startIngest(ports.ingest),
             try pipeline.start("feature-pipeline", ["METRICS_PORT": String(ports.features)]),
-            try pipeline.start("strategy-engine", ["METRICS_PORT": String(ports.strategy), "STRATEGIES_FILE": strategies]),
+            try pipeline.start(
+                "strategy-engine", ["METRICS_PORT": String(ports.strategy), "STRATEGIES_FILE": strategies])
         ]
         defer { for s in services { s.terminate() } }
         let closed = try TestEnv.freePort()
         let targets = [
             "ingest=127.0.0.1:\(ports.ingest)", "feature-pipeline=127.0.0.1:\(ports.features)",
             "strategy-engine=127.0.0.1:\(ports.strategy)", "opportunity-aggregator=127.0.0.1:\(closed)",
-            "outcome-tracker=127.0.0.1:\(closed)", "audit-writer=127.0.0.1:\(closed)", "gateway=127.0.0.1:\(closed)",
+            "outcome-tracker=127.0.0.1:\(closed)", "audit-writer=127.0.0.1:\(closed)", "gateway=127.0.0.1:\(closed)"
         ].joined(separator: ",")
         let session = "te-top-\(UInt32.random(in: 0...UInt32.max))"
         let te = TestEnv.binDirectory.appendingPathComponent("te").path
@@ -42,17 +43,25 @@ struct TopCommandTests {
         // The first tmux command forks the server, which keeps the client's inherited descriptors open, so
         // Foundation never sees that client end: start it without waiting and ask the server instead.
         // (A ChildProcess kills its process when released: keep the starter to the end of the test.)
-        let starter = try ChildProcess("/usr/bin/tmux", arguments: ["-L", socket, "new-session", "-d", "-s", session, "-x", "200", "-y", "30", command])
+        let starter = try ChildProcess(
+            "/usr/bin/tmux",
+            arguments: ["-L", socket, "new-session", "-d", "-s", session, "-x", "200", "-y", "30", command])
         defer {
             _ = try? ChildProcess("/usr/bin/tmux", arguments: ["-L", socket, "kill-server"])
             withExtendedLifetime(starter) {}
         }
-        #expect(await TestEnv.eventually(timeout: .seconds(10)) { (try? await tmux(["has-session", "-t", session]).status) == 0 })
+        #expect(
+            await TestEnv.eventually(timeout: .seconds(10)) {
+                (try? await tmux(["has-session", "-t", session]).status) == 0
+            })
         func screen() async throws -> String { try await tmux(["capture-pane", "-p", "-t", session]).output }
         /// The cells of the stage's row, "" past its end (so a screen without the row fails the expectation,
         /// not the test process).
         func cells(_ screen: String, _ stage: String) -> [String] {
-            let row = screen.split(separator: "\n").first { $0.hasPrefix(stage + " ") }.map { $0.split(separator: " ").map(String.init) } ?? []
+            let row =
+                screen.split(separator: "\n").first { $0.hasPrefix(stage + " ") }.map {
+                    $0.split(separator: " ").map(String.init)
+                } ?? []
             return row + Array(repeating: "", count: max(0, 8 - row.count))
         }
 
@@ -62,7 +71,8 @@ struct TopCommandTests {
         let flowing = await TestEnv.eventually(timeout: .seconds(120), every: .milliseconds(200)) {
             seen = (try? await screen()) ?? ""
             let row = cells(seen, "feature-pipeline")
-            return row[1] == "up" && !row[2].isEmpty && !row[3].isEmpty && row[2] != "-" && row[2] != "0" && row[3] != "-" && row[3] != "0"
+            return row[1] == "up" && !row[2].isEmpty && !row[3].isEmpty && row[2] != "-" && row[2] != "0"
+                && row[3] != "-" && row[3] != "0"
         }
         #expect(flowing, "\(seen)")
         try await replay.value
@@ -103,14 +113,23 @@ struct TopCommandTests {
     @Test("te top --once prints one plain frame (no escape codes) with every stage")
     func once() async throws {
         let closed = try TestEnv.freePort()
-        let targets = ["ingest", "feature-pipeline", "strategy-engine", "opportunity-aggregator", "outcome-tracker", "audit-writer", "gateway"]
-            .map { "\($0)=127.0.0.1:\(closed)" }.joined(separator: ",")
-        let result = try await runTe(["top", "--once", "--interval", "0.2", "--targets", targets], environment: ["REDIS_URL": try TestEnv.redisURL()])
+        let targets = [
+            "ingest", "feature-pipeline", "strategy-engine", "opportunity-aggregator", "outcome-tracker",
+            "audit-writer", "gateway"
+        ]
+        .map { "\($0)=127.0.0.1:\(closed)" }.joined(separator: ",")
+        let result = try await runTe(
+            ["top", "--once", "--interval", "0.2", "--targets", targets],
+            environment: ["REDIS_URL": try TestEnv.redisURL()])
         #expect(result.status == 0, "\(result.output)")
         #expect(!result.output.contains("\u{1B}"), "\(result.output)")
         for stage in targets.split(separator: ",").map({ String($0.split(separator: "=")[0]) }) {
-            #expect(result.output.contains("\(stage) ") && result.output.split(separator: "\n").contains { $0.hasPrefix(stage + " ") && $0.contains("down") },
-                    "\(stage): \(result.output)")
+            #expect(
+                result.output.contains("\(stage) ")
+                    && result.output.split(separator: "\n").contains {
+                        $0.hasPrefix(stage + " ") && $0.contains("down")
+                    },
+                "\(stage): \(result.output)")
         }
         let bad = try await runTe(["top", "--once", "--targets", "nosuch=1.2.3.4:5"])
         #expect(bad.status != 0)

@@ -28,7 +28,14 @@ struct BlockingExecutorTests {
         defer { executor.shutdown() }
         // A blocking C call's stand-in: usleep holds the executor's thread, not a cooperative one.
         let results = await withTaskGroup(of: Int?.self) { group in
-            for i in 0..<4 { group.addTask { await executor.run { usleep(1000); return i * i } } }
+            for i in 0..<4 {
+                group.addTask {
+                    await executor.run {
+                        usleep(1000)
+                        return i * i
+                    }
+                }
+            }
             return await group.reduce(into: []) { $0.append($1) }
         }
         #expect(Set(results.compactMap { $0 }) == [0, 1, 4, 9])

@@ -26,7 +26,8 @@ struct RetryPolicyTests {
             let ceiling = policy.ceiling(attempt: attempt)
             for _ in 0..<200 {
                 let d = policy.delay(attempt: attempt, using: &generator)
-                #expect(d <= ceiling && d >= ceiling * 0.5, "attempt \(attempt): \(d) outside \(ceiling * 0.5)…\(ceiling)")
+                #expect(
+                    d <= ceiling && d >= ceiling * 0.5, "attempt \(attempt): \(d) outside \(ceiling * 0.5)…\(ceiling)")
             }
         }
     }
@@ -38,7 +39,8 @@ struct RetryPolicyTests {
         #expect(draws.allSatisfy { $0 >= .zero && $0 <= .seconds(1) })
         #expect(draws.contains { $0 < .milliseconds(100) } && draws.contains { $0 > .milliseconds(900) })
         let none = RetryPolicy(initial: .milliseconds(25), maximum: .milliseconds(800), jitter: 0)
-        #expect((1...8).map { none.delay(attempt: $0) } == [25, 50, 100, 200, 400, 800, 800, 800].map { .milliseconds($0) })
+        #expect(
+            (1...8).map { none.delay(attempt: $0) } == [25, 50, 100, 200, 400, 800, 800, 800].map { .milliseconds($0) })
     }
 
     @Test func aSeededGeneratorGivesTheSameDelays() {
@@ -58,7 +60,9 @@ struct RetryPolicyTests {
 
     @Test func backoffCountsFailuresAndStartsOverAfterASuccess() {
         var backoff = RetryBackoff(RetryPolicy(initial: .milliseconds(10), maximum: .milliseconds(40), jitter: 0))
-        #expect([backoff.failed(), backoff.failed(), backoff.failed(), backoff.failed()] == [10, 20, 40, 40].map { .milliseconds($0) })
+        #expect(
+            [backoff.failed(), backoff.failed(), backoff.failed(), backoff.failed()]
+                == [10, 20, 40, 40].map { .milliseconds($0) })
         #expect(backoff.failures == 4)
         backoff.succeeded()
         #expect(backoff.failures == 0)

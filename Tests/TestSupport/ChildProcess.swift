@@ -43,10 +43,12 @@ public final class ChildProcess: Sendable {
     {
         let path = TestEnv.binDirectory.appendingPathComponent(product).path
         guard FileManager.default.isExecutableFile(atPath: path) else {
-            throw ChildProcessError(description: "\(path) is not built (swift build --product \(product), or set TE_BIN_DIR)")
+            throw ChildProcessError(
+                description: "\(path) is not built (swift build --product \(product), or set TE_BIN_DIR)")
         }
         let inherited = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        return try ChildProcess(path, arguments: arguments, environment: try StoreUsers.environment(for: product, inherited))
+        return try ChildProcess(
+            path, arguments: arguments, environment: try StoreUsers.environment(for: product, inherited))
     }
 
     public var pid: Int32 { process.processIdentifier }
@@ -91,17 +93,20 @@ public final class PrivateRedisServer: Sendable {
         let port = try port ?? TestEnv.freePort()
         self.port = port
         // The services' ACL users on their real key names.
-        guard let aclFile = aclFile ?? ProcessInfo.processInfo.environment["REDIS_ACL_FILE_STRICT"], !aclFile.isEmpty else {
+        guard let aclFile = aclFile ?? ProcessInfo.processInfo.environment["REDIS_ACL_FILE_STRICT"], !aclFile.isEmpty
+        else {
             throw MissingServerError(variable: "REDIS_ACL_FILE_STRICT")
         }
         self.server = try ChildProcess(
             "redis-server",
             arguments: [
                 "--port", String(port), "--save", "", "--appendonly", "no", "--daemonize", "no", "--bind", "127.0.0.1",
-                "--aclfile", aclFile,
+                "--aclfile", aclFile
             ])
         let up = await TestEnv.eventually(timeout: .seconds(10)) { Self.accepts(port: port) }
-        guard up else { throw ChildProcessError(description: "redis-server on \(port) did not start: \(server.output())") }
+        guard up else {
+            throw ChildProcessError(description: "redis-server on \(port) did not start: \(server.output())")
+        }
     }
 
     public var url: String { "redis://127.0.0.1:\(port)/0" }
@@ -124,7 +129,9 @@ public final class PrivateRedisServer: Sendable {
         address.sin_port = UInt16(port).bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         } == 0
     }
 }

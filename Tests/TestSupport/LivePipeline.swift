@@ -34,7 +34,7 @@ public final class LivePipeline: Sendable {
         var env = [
             "REDIS_URL": redisServer.url, "KAFKA_BROKERS": brokers, "KAFKA_TOPIC": topic, "KAFKA_GROUP": group,
             "CONSUMER_NAME": consumer, "METRICS_PORT": String(try TestEnv.freePort()), "STREAM_BLOCK_MS": "100",
-            "LOG_LEVEL": "info", "KAFKA_CONF_session_timeout_ms": "6000",
+            "LOG_LEVEL": "info", "KAFKA_CONF_session_timeout_ms": "6000"
         ]
         for (k, v) in extra { env[k] = v }
         return env
@@ -57,7 +57,8 @@ public final class LivePipeline: Sendable {
             ingest.output().contains("kafka partitions assigned")
         }
         guard assigned else {
-            throw ChildProcessError(description: "ingest got no partitions of \(topic):\n\(ingest.output().suffix(2000))")
+            throw ChildProcessError(
+                description: "ingest got no partitions of \(topic):\n\(ingest.output().suffix(2000))")
         }
         return ingest
     }
@@ -65,9 +66,12 @@ public final class LivePipeline: Sendable {
     /// `te replay FILE --speed max` into the pipeline's topic; returns when every message is delivered.
     public func replay(_ file: String) async throws {
         let replay = try ChildProcess.built(
-            "te", arguments: ["replay", "--topic", topic, "--speed", "max", "--quiet", file], environment: environment())
+            "te", arguments: ["replay", "--topic", topic, "--speed", "max", "--quiet", file], environment: environment()
+        )
         let status = try await replay.waitForExit(timeout: .seconds(120))
-        guard status == 0 else { throw ChildProcessError(description: "te replay failed (\(status)): \(replay.output())") }
+        guard status == 0 else {
+            throw ChildProcessError(description: "te replay failed (\(status)): \(replay.output())")
+        }
     }
 
     /// True once `group` has read every entry of `stream` and acknowledged it (false while the stream or the

@@ -37,7 +37,8 @@ public final class OTLPReceiver: Sendable {
             let spans = Self.decode(Data(buffer: body))
             received.spans.withLock { $0.append(contentsOf: spans) }
             return Response(
-                status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: "{}")))
+                status: .ok, headers: [.contentType: "application/json"],
+                body: .init(byteBuffer: ByteBuffer(string: "{}")))
         }
         var logger = Logger(label: "otlp-receiver")
         logger.logLevel = .warning
@@ -89,7 +90,8 @@ public final class OTLPReceiver: Sendable {
     private static func attributes(_ value: Any?) -> [String: String] {
         var out: [String: String] = [:]
         for attribute in value as? [[String: Any]] ?? [] {
-            guard let key = attribute["key"] as? String, let v = attribute["value"] as? [String: Any], let first = v.first
+            guard let key = attribute["key"] as? String, let v = attribute["value"] as? [String: Any],
+                let first = v.first
             else { continue }
             out[key] = "\(first.value)"
         }

@@ -9,7 +9,7 @@ public enum StoreUsers {
     /// The products that run as a Redis user of their own (`te`, the operator CLI, is run as the admin).
     public static let redisServices: Set<String> = [
         "ingest", "feature-pipeline", "strategy-engine", "opportunity-aggregator", "gateway", "audit-writer",
-        "outcome-tracker",
+        "outcome-tracker"
     ]
 
     /// `REDIS_URL_<SERVICE>`'s variable name.
@@ -59,7 +59,8 @@ public enum StoreUsers {
     /// test on a private server checks the grants as they are in the tree, not as they were when the dev
     /// servers started. Returns the file's path.
     public static func renderStrictACL() async throws -> String {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
         let source = root.appendingPathComponent("deploy/redis/users.acl")
         let users = try String(contentsOf: source, encoding: .utf8).split(separator: "\n")
             .filter { $0.hasPrefix("user ") }.map { String($0.split(separator: " ")[1]) }
@@ -71,11 +72,15 @@ public enum StoreUsers {
             else { throw MissingServerError(variable: variable) }
             environment["REDIS_PASSWORD_" + user.uppercased().replacingOccurrences(of: "-", with: "_")] = password
         }
-        let output = FileManager.default.temporaryDirectory.appendingPathComponent("users-strict-\(UUID().uuidString).acl").path
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "users-strict-\(UUID().uuidString).acl"
+        ).path
         let render = try ChildProcess(
             root.appendingPathComponent("scripts/redis-acl.sh").path,
             arguments: ["--default", "on", source.path, "-", output], environment: environment)
-        guard try await render.waitForExit() == 0 else { throw ChildProcessError(description: "redis-acl.sh failed: \(render.output())") }
+        guard try await render.waitForExit() == 0 else {
+            throw ChildProcessError(description: "redis-acl.sh failed: \(render.output())")
+        }
         return output
     }
 

@@ -79,12 +79,19 @@ private func floatBytes(_ values: [Float]) -> [UInt8] {
         let invalid = GRPCFraming.outcome(httpStatus: 200, grpcStatus: 3, grpcMessage: "bad shape", resetCode: 0)
         #expect(invalid?.code == .invalidArgument && invalid?.message == "bad shape" && invalid?.grpcStatus == 3)
         #expect(GRPCFraming.outcome(httpStatus: 200, grpcStatus: 5, grpcMessage: nil, resetCode: 0)?.code == .notFound)
-        #expect(GRPCFraming.outcome(httpStatus: 200, grpcStatus: 14, grpcMessage: nil, resetCode: 0)?.code == .unavailable)
+        #expect(
+            GRPCFraming.outcome(httpStatus: 200, grpcStatus: 14, grpcMessage: nil, resetCode: 0)?.code == .unavailable)
         #expect(GRPCFraming.outcome(httpStatus: 200, grpcStatus: 99, grpcMessage: nil, resetCode: 0)?.code == .unknown)
-        #expect(GRPCFraming.outcome(httpStatus: 200, grpcStatus: nil, grpcMessage: nil, resetCode: 7)?.code == .unavailable)
-        #expect(GRPCFraming.outcome(httpStatus: 200, grpcStatus: nil, grpcMessage: nil, resetCode: 2)?.code == .internalError)
-        #expect(GRPCFraming.outcome(httpStatus: 503, grpcStatus: nil, grpcMessage: nil, resetCode: 0)?.code == .unavailable)
-        #expect(GRPCFraming.outcome(httpStatus: 404, grpcStatus: nil, grpcMessage: nil, resetCode: 0)?.code == .unimplemented)
+        #expect(
+            GRPCFraming.outcome(httpStatus: 200, grpcStatus: nil, grpcMessage: nil, resetCode: 7)?.code == .unavailable)
+        #expect(
+            GRPCFraming.outcome(httpStatus: 200, grpcStatus: nil, grpcMessage: nil, resetCode: 2)?.code
+                == .internalError)
+        #expect(
+            GRPCFraming.outcome(httpStatus: 503, grpcStatus: nil, grpcMessage: nil, resetCode: 0)?.code == .unavailable)
+        #expect(
+            GRPCFraming.outcome(httpStatus: 404, grpcStatus: nil, grpcMessage: nil, resetCode: 0)?.code
+                == .unimplemented)
     }
 
     @Test func errorCodesAndRetriability() {
@@ -136,7 +143,8 @@ private func floatBytes(_ values: [Float]) -> [UInt8] {
         let rows = [Float](repeating: 0, count: 8)
         let encoded = rows.withUnsafeBufferPointer {
             InferenceCodec.inferRequest(
-                model: "m", version: "1", rows: $0, rowCount: 1, featureCount: 8, parameters: [("delay_ms", .int64(300))])
+                model: "m", version: "1", rows: $0, rowCount: 1, featureCount: 8,
+                parameters: [("delay_ms", .int64(300))])
         }
         var value = Proto()
         value.int(2, 300)  // int64_param = 2
@@ -148,7 +156,8 @@ private func floatBytes(_ values: [Float]) -> [UInt8] {
         // Field 4 comes after model_name (1) and model_version (2).
         let prefix: [UInt8] = [0x0a, 1, 0x6d, 0x12, 1, 0x31]
         #expect(Array(encoded[5..<(5 + prefix.count)]) == prefix)
-        #expect(Array(encoded[(5 + prefix.count)..<(5 + prefix.count + expectedField.bytes.count)]) == expectedField.bytes)
+        #expect(
+            Array(encoded[(5 + prefix.count)..<(5 + prefix.count + expectedField.bytes.count)]) == expectedField.bytes)
     }
 
     private func inferResponse(scores: [Float], shape: [UInt8]) -> [UInt8] {

@@ -11,7 +11,9 @@ private actor EventLoopCaller {
     init(loop: any EventLoop) { self.loop = loop }
 
     /// Scores `row`; also says whether the code before and after the call ran on `loop`.
-    func infer(_ client: TritonClient, row: [Float]) async throws -> (onLoopBefore: Bool, scores: [Float], onLoopAfter: Bool) {
+    func infer(_ client: TritonClient, row: [Float]) async throws -> (
+        onLoopBefore: Bool, scores: [Float], onLoopAfter: Bool
+    ) {
         let before = loop.inEventLoop
         let scores = try await client.infer(
             model: modelName, version: "1", rows: row, rowCount: 1, deadline: deadline(.seconds(10)))

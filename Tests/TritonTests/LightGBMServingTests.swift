@@ -24,7 +24,9 @@ struct LightGBMServingTests {
             let expected = try referenceScores(rows, versionDirectory: weights.directory)
             #expect(batch.count == 256)
             for (i, score) in batch.enumerated() {
-                #expect(abs(Double(score) - expected[i]) < 1e-6, "v\(version) row \(i): served \(score), lightgbm \(expected[i])")
+                #expect(
+                    abs(Double(score) - expected[i]) < 1e-6,
+                    "v\(version) row \(i): served \(score), lightgbm \(expected[i])")
             }
             // Not one constant: the booster's trees put these rows on different levels of the (stepwise) map.
             #expect(Set(batch).count > 1, "v\(version) gave one score for 256 rows")
@@ -49,7 +51,8 @@ struct LightGBMServingTests {
         defer { try? FileManager.default.removeItem(at: copy) }
         let vdir = copy.appendingPathComponent("\(modelName)/\(version)")
         let manifest = try #require(
-            try JSONSerialization.jsonObject(with: Data(contentsOf: vdir.appendingPathComponent("weights.json"))) as? [String: Any])
+            try JSONSerialization.jsonObject(with: Data(contentsOf: vdir.appendingPathComponent("weights.json")))
+                as? [String: Any])
         let name = try #require(manifest[file] as? String)
         // A digit of a number in the file (a leaf value or a breakpoint): still a valid file, another model.
         var bytes = try Data(contentsOf: vdir.appendingPathComponent(name))
@@ -65,6 +68,7 @@ struct LightGBMServingTests {
         let status = try await server.runScript()
         #expect(status != 0, "dev-triton.sh reported the tampered repository ready")
         let log = server.log()
-        #expect(log.contains("\(name): sha256") && log.contains("does not match weights.json files"), "\(log.suffix(3000))")
+        #expect(
+            log.contains("\(name): sha256") && log.contains("does not match weights.json files"), "\(log.suffix(3000))")
     }
 }

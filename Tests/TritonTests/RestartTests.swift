@@ -73,7 +73,9 @@ struct PrivateTriton {
 
     /// The server's process group, recorded by dev-triton.sh.
     func processGroup() throws -> Int32? {
-        guard FileManager.default.fileExists(atPath: state.appendingPathComponent("run/triton.pgid").path) else { return nil }
+        guard FileManager.default.fileExists(atPath: state.appendingPathComponent("run/triton.pgid").path) else {
+            return nil
+        }
         let text = try String(contentsOf: state.appendingPathComponent("run/triton.pgid"), encoding: .utf8)
         return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
     }

@@ -33,7 +33,8 @@ struct ModelWeights: Decodable {
 
     static func load(version: String) throws -> ModelWeights {
         let dir = directory(version: version)
-        var weights = try JSONDecoder().decode(ModelWeights.self, from: Data(contentsOf: dir.appendingPathComponent("weights.json")))
+        var weights = try JSONDecoder().decode(
+            ModelWeights.self, from: Data(contentsOf: dir.appendingPathComponent("weights.json")))
         weights.directory = dir
         return weights
     }
@@ -42,7 +43,8 @@ struct ModelWeights: Decodable {
     func scores(_ rows: [Float]) throws -> [Double] {
         switch kind {
         case "logistic_regression":
-            let coef = try #require(coef), intercept = try #require(intercept)
+            let coef = try #require(coef)
+            let intercept = try #require(intercept)
             return stride(from: 0, to: rows.count, by: 8).map { start in
                 var z = intercept
                 for i in 0..<8 { z += coef[i] * (Double(rows[start + i]) - mean[i]) / std[i] }
@@ -61,7 +63,8 @@ struct ReferenceScoreError: Error, CustomStringConvertible { let description: St
 /// Runs deploy/triton/score_reference.py on `rows` with the train venv's Python (`TE_PYTHON`, else
 /// .dev/venv-train, which `make test` installs). The FP32 features go over as the exact Doubles they are.
 func referenceScores(_ rows: [Float], versionDirectory: URL) throws -> [Double] {
-    let python = ProcessInfo.processInfo.environment["TE_PYTHON"].flatMap { $0.isEmpty ? nil : $0 }
+    let python =
+        ProcessInfo.processInfo.environment["TE_PYTHON"].flatMap { $0.isEmpty ? nil : $0 }
         ?? repositoryRoot.appendingPathComponent(".dev/venv-train/bin/python").path
     let input = FileManager.default.temporaryDirectory.appendingPathComponent("rows-\(UUID().uuidString).csv")
     defer { try? FileManager.default.removeItem(at: input) }
@@ -71,8 +74,12 @@ func referenceScores(_ rows: [Float], versionDirectory: URL) throws -> [Double] 
     try Data((text + "\n").utf8).write(to: input)
     let process = Process()
     process.executableURL = URL(fileURLWithPath: python)
-    process.arguments = [repositoryRoot.appendingPathComponent("deploy/triton/score_reference.py").path, versionDirectory.path, input.path]
-    let out = Pipe(), err = Pipe()
+    process.arguments = [
+        repositoryRoot.appendingPathComponent("deploy/triton/score_reference.py").path, versionDirectory.path,
+        input.path
+    ]
+    let out = Pipe()
+    let err = Pipe()
     process.standardOutput = out
     process.standardError = err
     try process.run()
@@ -80,11 +87,15 @@ func referenceScores(_ rows: [Float], versionDirectory: URL) throws -> [Double] 
     let errors = err.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     guard process.terminationStatus == 0 else {
-        throw ReferenceScoreError(description: "score_reference.py (\(python)) exited \(process.terminationStatus): \(String(decoding: errors, as: UTF8.self))")
+        throw ReferenceScoreError(
+            description:
+                "score_reference.py (\(python)) exited \(process.terminationStatus): \(String(decoding: errors, as: UTF8.self))"
+        )
     }
     let scores = String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap { Double($0) }
     guard scores.count * 8 == rows.count else {
-        throw ReferenceScoreError(description: "score_reference.py gave \(scores.count) scores for \(rows.count / 8) rows")
+        throw ReferenceScoreError(
+            description: "score_reference.py gave \(scores.count) scores for \(rows.count / 8) rows")
     }
     return scores
 }
@@ -105,11 +116,15 @@ func sampleRows(_ count: Int, seed: UInt64, weights: ModelWeights) -> [Float] {
 }
 
 /// Served FP32 scores against the expected Double ones: equal up to the FP32 rounding of the answer.
-func expectScores(_ scores: [Float], rows: [Float], weights: ModelWeights, sourceLocation: SourceLocation = #_sourceLocation) throws {
+func expectScores(
+    _ scores: [Float], rows: [Float], weights: ModelWeights, sourceLocation: SourceLocation = #_sourceLocation
+) throws {
     #expect(scores.count * 8 == rows.count, sourceLocation: sourceLocation)
     let expected = try weights.scores(rows)
     for (i, score) in scores.enumerated() where i < expected.count {
-        #expect(abs(Double(score) - expected[i]) < 1e-6, "row \(i): \(score) vs \(expected[i])", sourceLocation: sourceLocation)
+        #expect(
+            abs(Double(score) - expected[i]) < 1e-6, "row \(i): \(score) vs \(expected[i])",
+            sourceLocation: sourceLocation)
     }
 }
 
@@ -136,7 +151,8 @@ struct TritonServerTests {
     func artefactHashIsTheSha256OfTheServedWeights(version: String) async throws {
         let client = try TritonClient(url: try tritonURL())
         let hash = try await client.artefactHash(model: modelName, version: version)
-        let path = repositoryRoot.appendingPathComponent("deploy/triton/model_repository/\(modelName)/\(version)/weights.json")
+        let path = repositoryRoot.appendingPathComponent(
+            "deploy/triton/model_repository/\(modelName)/\(version)/weights.json")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
         process.arguments = [path.path]

@@ -12,7 +12,7 @@ import TEModels
 import TERedis
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 func argument(_ name: String, default value: String? = nil) -> String {
@@ -52,7 +52,8 @@ func databaseURL(_ base: String, _ db: String) -> String {
 }
 
 func metric(_ port: Int, _ name: String) async -> Double? {
-    guard let (data, _) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!) else {
+    guard let (data, _) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!)
+    else {
         return nil
     }
     for line in String(decoding: data, as: UTF8.self).split(separator: "\n") where line.hasPrefix(name + " ") {
@@ -148,11 +149,13 @@ let writerElapsed = clock.now - start
 writer.terminate()
 writer.waitUntilExit()
 
-let stored = Int(try psql(dbURL, ["-c", "SELECT count(*) FROM decisions"]).trimmingCharacters(in: .whitespacesAndNewlines))!
+let stored = Int(
+    try psql(dbURL, ["-c", "SELECT count(*) FROM decisions"]).trimmingCharacters(in: .whitespacesAndNewlines))!
 var latency = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
-for line in try psql(dbURL, ["-c", "SELECT (extract(epoch FROM inserted_at) * 1000000)::bigint - ts_ns / 1000 FROM decisions"])
-    .split(separator: "\n")
-{
+for line in try psql(
+    dbURL, ["-c", "SELECT (extract(epoch FROM inserted_at) * 1000000)::bigint - ts_ns / 1000 FROM decisions"]
+)
+.split(separator: "\n") {
     if let us = Int64(line) { _ = latency.record(UInt64(max(0, us))) }
 }
 
@@ -166,9 +169,10 @@ encoder.outputFormatting = [.sortedKeys]
 for r in sent {
     let features = r.features.map { String(decoding: try! encoder.encode($0), as: UTF8.self) }
     let fields: [String?] = [
-        r.decisionId, r.requestId, String(r.tsNs), r.symbol, r.decision.rawValue, r.score.map { "\($0)" }, r.source.rawValue,
+        r.decisionId, r.requestId, String(r.tsNs), r.symbol, r.decision.rawValue, r.score.map { "\($0)" },
+        r.source.rawValue,
         r.modelName, r.modelVersion, r.modelHash, features, r.featureAgeMs.map { "\($0)" }, String(r.latencyUs),
-        r.canary?.version, r.canary?.score.map { "\($0)" }, r.canary?.mode, r.reason,
+        r.canary?.version, r.canary?.score.map { "\($0)" }, r.canary?.mode, r.reason
     ]
     text += fields.map(copyField).joined(separator: "\t") + "\n"
 }
@@ -178,12 +182,15 @@ try psql(dbURL, ["-c", "CREATE TABLE decisions_raw (LIKE decisions INCLUDING ALL
 // carries exactly the writer's columns.
 try psql(dbURL, ["-c", "ALTER TABLE decisions_raw ALTER COLUMN decided_at SET DEFAULT now()"])
 let copyStart = clock.now
-try psql(dbURL, [
-    "-c",
-    "\\copy decisions_raw (decision_id, request_id, ts_ns, symbol, decision, score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us, canary_version, canary_score, canary_mode, reason) FROM '\(copyFile)'",
-])
+try psql(
+    dbURL,
+    [
+        "-c",
+        "\\copy decisions_raw (decision_id, request_id, ts_ns, symbol, decision, score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us, canary_version, canary_score, canary_mode, reason) FROM '\(copyFile)'"
+    ])
 let copyElapsed = clock.now - copyStart
-let rawStored = Int(try psql(dbURL, ["-c", "SELECT count(*) FROM decisions_raw"]).trimmingCharacters(in: .whitespacesAndNewlines))!
+let rawStored = Int(
+    try psql(dbURL, ["-c", "SELECT count(*) FROM decisions_raw"]).trimmingCharacters(in: .whitespacesAndNewlines))!
 try? FileManager.default.removeItem(atPath: copyFile)
 
 _ = try? await redis.del([stream, stream + ":dlq"])
@@ -201,8 +208,16 @@ struct Result: Codable {
     var rawCopy: Side
     var ratioWriterToCopy: Double
     var latencyXaddToInsertMicros: Percentiles
-    struct Side: Codable { var seconds: Double; var rowsPerSecond: Double; var rowsStored: Int }
-    struct Percentiles: Codable { var p50: UInt64; var p99: UInt64; var max: UInt64 }
+    struct Side: Codable {
+        var seconds: Double
+        var rowsPerSecond: Double
+        var rowsStored: Int
+    }
+    struct Percentiles: Codable {
+        var p50: UInt64
+        var p99: UInt64
+        var max: UInt64
+    }
 }
 let result = Result(
     rows: rows, batchSize: batch,

@@ -30,7 +30,9 @@ let reader = try RecordingReader(path: arguments[1])
 var normalizer = MarketNormalizer()
 var ticks: [Tick] = []
 while let message = try reader.next() {
-    if case .ticks(let out) = normalizer.normalize(payload: message.payload, receiveTsNs: message.tsNs, key: message.key) {
+    if case .ticks(let out) = normalizer.normalize(
+        payload: message.payload, receiveTsNs: message.tsNs, key: message.key)
+    {
         ticks += out
     }
 }
@@ -113,7 +115,9 @@ func bench<M: StreamFieldEncodable & Equatable>(_ name: String, _ messages: [M])
     for m in messages.prefix(1000) {
         let a = try StreamFieldEncoder.encodeCodable(m)
         let b = try m.streamFields().pairs
-        guard a.map(\.0) == b.map(\.0), a.map(\.1) == b.map(\.1) else { fatalError("\(name): codec text differs from Codable") }
+        guard a.map(\.0) == b.map(\.0), a.map(\.1) == b.map(\.1) else {
+            fatalError("\(name): codec text differs from Codable")
+        }
     }
     let encodeCodable = measure(messages.count) {
         for m in messages {
@@ -135,7 +139,9 @@ func bench<M: StreamFieldEncodable & Equatable>(_ name: String, _ messages: [M])
         }
     }
     let entries = try messages.map { try $0.streamFields().pairs }
-    let bytes = Double(entries.reduce(0) { $0 + $1.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count } }) / Double(entries.count)
+    let bytes =
+        Double(entries.reduce(0) { $0 + $1.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count } })
+        / Double(entries.count)
     let decodeCodable = measure(entries.count) {
         for fields in entries { if (try? StreamFieldDecoder.decodeCodable(M.self, from: fields)) != nil { sink &+= 1 } }
     }
@@ -149,11 +155,14 @@ func bench<M: StreamFieldEncodable & Equatable>(_ name: String, _ messages: [M])
 
 let rows = [
     try bench("Tick", ticks), try bench("FeatureSnapshot", snapshots), try bench("Signal", signals),
-    try bench("Opportunity", opportunities), try bench("AuditRecord", audits),
+    try bench("Opportunity", opportunities), try bench("AuditRecord", audits)
 ]
 
 func cell(_ m: (ns: Double, allocations: Double?)) -> [String: Any] {
-    ["ns_per_entry": (m.ns * 10).rounded() / 10, "allocations_per_entry": m.allocations.map { ($0 * 100).rounded() / 100 } ?? NSNull()]
+    [
+        "ns_per_entry": (m.ns * 10).rounded() / 10,
+        "allocations_per_entry": m.allocations.map { ($0 * 100).rounded() / 100 } ?? NSNull()
+    ]
 }
 let result: [String: Any] = [
     "benchmark": "stream-codecs",
@@ -165,9 +174,9 @@ let result: [String: Any] = [
         [
             "message": r.message, "entries": r.entries, "field_bytes_per_entry": (r.bytes * 10).rounded() / 10,
             "encode_codable": cell(r.encodeCodable), "encode_codec": cell(r.encodeCodec),
-            "decode_codable": cell(r.decodeCodable), "decode_codec": cell(r.decodeCodec),
+            "decode_codable": cell(r.decodeCodable), "decode_codec": cell(r.decodeCodec)
         ]
-    },
+    }
 ]
 let json = try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys])
 if let path = option("--json") { try json.write(to: URL(fileURLWithPath: path)) }

@@ -53,7 +53,7 @@ enum ServiceThroughput {
             "quotes_per_second": Double(quotes - 1) / spanSeconds,
             "ticks_per_second": Double(ticks.count) / spanSeconds,
             "wall_seconds_including_start": wallSeconds,
-            "batch_size": ProcessInfo.processInfo.environment["STREAM_BATCH_SIZE"] ?? "100 (default)",
+            "batch_size": ProcessInfo.processInfo.environment["STREAM_BATCH_SIZE"] ?? "100 (default)"
         ]
     }
 }

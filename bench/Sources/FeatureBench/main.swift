@@ -108,12 +108,12 @@ case "engine":
         "ticks_per_second": 1e9 / nsPerTick,
         "quote_latency_ns": [
             "p50": histogram.valueAtPercentile(50), "p99": histogram.valueAtPercentile(99),
-            "p999": histogram.valueAtPercentile(99.9), "max": histogram.max,
+            "p999": histogram.valueAtPercentile(99.9), "max": histogram.max
         ],
         "allocations_per_quote": interposed ? Double(mallocs) / Double(quotes) : NSNull(),
         "allocations_measured": interposed,
         "mallocs_steady_state_pass": interposed ? mallocs : NSNull(),
-        "malloc_calibration_count_for_1000": calibration,
+        "malloc_calibration_count_for_1000": calibration
     ]
     let json = try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys])
     if let path = option("--json") { try json.write(to: URL(fileURLWithPath: path)) }
@@ -131,7 +131,9 @@ func normalizedTicks(_ path: String) throws -> [Tick] {
     var normalizer = MarketNormalizer()
     var out: [Tick] = []
     while let message = try reader.next() {
-        if case .ticks(let ticks) = normalizer.normalize(payload: message.payload, receiveTsNs: message.tsNs, key: message.key) {
+        if case .ticks(let ticks) = normalizer.normalize(
+            payload: message.payload, receiveTsNs: message.tsNs, key: message.key)
+        {
             out += ticks
         }
     }

@@ -12,7 +12,7 @@ import Foundation
 import Histogram
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct Options {
@@ -74,7 +74,9 @@ final class Connection {
         address.sin_port = UInt16(port).bigEndian
         address.sin_addr.s_addr = inet_addr(host)
         let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         precondition(rc == 0, "connect to \(host):\(port) failed: errno \(errno)")
     }
@@ -89,8 +91,13 @@ final class Connection {
     func roundTrip(_ request: [UInt8]) -> Int {
         var sent = 0
         while sent < request.count {
-            let n = request.withUnsafeBytes { send(fd, $0.baseAddress! + sent, request.count - sent, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { if errno == EINTR { continue }; return -1 }
+            let n = request.withUnsafeBytes {
+                send(fd, $0.baseAddress! + sent, request.count - sent, Int32(MSG_NOSIGNAL))
+            }
+            if n <= 0 {
+                if errno == EINTR { continue }
+                return -1
+            }
             sent += n
         }
         while true {
@@ -101,7 +108,10 @@ final class Connection {
                 return status
             }
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, 65536, 0) }
-            if n <= 0 { if n < 0 && errno == EINTR { continue }; return -1 }
+            if n <= 0 {
+                if n < 0 && errno == EINTR { continue }
+                return -1
+            }
             pending.append(contentsOf: buffer[0..<n])
         }
     }
@@ -158,7 +168,8 @@ let body: String =
     : #"{"symbol":"\#(o.symbol)","freshness_ms":600000}"#
 let request = Array(
     (o.getPath.map { "GET \($0) HTTP/1.1\r\nHost: \(o.host)\r\n\r\n" }
-        ?? "POST /v1/score HTTP/1.1\r\nHost: \(o.host)\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)").utf8)
+        ?? "POST /v1/score HTTP/1.1\r\nHost: \(o.host)\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+        .utf8)
 
 final class Worker: @unchecked Sendable {  // owned by its one thread until joined via `done`
     var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
@@ -198,7 +209,8 @@ for (index, w) in workers.enumerated() {
                     break
                 }
                 if intended > now {
-                    var ts = timespec(tv_sec: Int((intended - now) / 1_000_000_000), tv_nsec: Int((intended - now) % 1_000_000_000))
+                    var ts = timespec(
+                        tv_sec: Int((intended - now) / 1_000_000_000), tv_nsec: Int((intended - now) % 1_000_000_000))
                     nanosleep(&ts, nil)
                 }
                 let sent = nowNs()
@@ -264,7 +276,7 @@ var result: [String: Any] = [
     "unsent": unsent,
     "p50_ms": ms(total.valueAtPercentile(50)), "p90_ms": ms(total.valueAtPercentile(90)),
     "sources": sources, "reasons": reasons,
-    "p99_ms": ms(total.valueAtPercentile(99)), "p999_ms": ms(total.valueAtPercentile(99.9)), "max_ms": ms(total.max),
+    "p99_ms": ms(total.valueAtPercentile(99)), "p999_ms": ms(total.valueAtPercentile(99.9)), "max_ms": ms(total.max)
 ]
 if o.mode == "open" {
     result["send_lag_p50_ms"] = ms(sendLag.valueAtPercentile(50))

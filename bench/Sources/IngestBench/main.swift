@@ -45,13 +45,16 @@ struct Options {
             case "--no-warmup": warmUp = false
             case "--no-prepare": prepare = false
             default:
-                FileHandle.standardError.write(Data(
-                    "usage: ingest-bench --file REC --topic T --stream S [--rate N|max] [--messages N] (KAFKA_BROKERS, REDIS_URL)\n".utf8))
+                FileHandle.standardError.write(
+                    Data(
+                        "usage: ingest-bench --file REC --topic T --stream S [--rate N|max] [--messages N] (KAFKA_BROKERS, REDIS_URL)\n"
+                            .utf8))
                 exit(2)
             }
         }
         guard !brokers.isEmpty, !redisURL.isEmpty, !file.isEmpty else {
-            FileHandle.standardError.write(Data("ingest-bench: KAFKA_BROKERS, REDIS_URL and --file are required\n".utf8))
+            FileHandle.standardError.write(
+                Data("ingest-bench: KAFKA_BROKERS, REDIS_URL and --file are required\n".utf8))
             exit(2)
         }
     }
@@ -64,7 +67,8 @@ func wallNs() -> Int64 {
 }
 
 func loadAverage() -> String {
-    ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "").split(separator: " ").prefix(3).joined(separator: " ")
+    ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "").split(separator: " ").prefix(3).joined(
+        separator: " ")
 }
 
 func log(_ s: String) { FileHandle.standardError.write(Data("ingest-bench: \(s)\n".utf8)) }
@@ -92,7 +96,10 @@ struct Observed {
 
 /// Reads the stream after `startID` until `expected` ticks arrived, or nothing new came for 15 s after
 /// the producer finished.
-func observe(_ redis: RedisClient, stream: String, after startID: String, expected: Int, scheduleStartNs: Int64, producer: ProducerState) async throws -> Observed {
+func observe(
+    _ redis: RedisClient, stream: String, after startID: String, expected: Int, scheduleStartNs: Int64,
+    producer: ProducerState
+) async throws -> Observed {
     var out = Observed()
     var last = startID
     var lastProgress = wallNs()
@@ -147,16 +154,22 @@ var normalizer = MarketNormalizer()
 var expectedTicks = 0
 while recorded.count < options.messages, let m = try reader.next() {
     recorded.append(m)
-    if case .ticks(let t) = normalizer.normalize(payload: m.payload, receiveTsNs: m.tsNs, key: m.key) { expectedTicks += t.count }
+    if case .ticks(let t) = normalizer.normalize(payload: m.payload, receiveTsNs: m.tsNs, key: m.key) {
+        expectedTicks += t.count
+    }
 }
-log("\(recorded.count) messages → \(expectedTicks) ticks expected; rate \(options.rate.map { "\(Int($0))/s" } ?? "max")")
+log(
+    "\(recorded.count) messages → \(expectedTicks) ticks expected; rate \(options.rate.map { "\(Int($0))/s" } ?? "max")"
+)
 
 var logger = Logger(label: "ingest-bench")
 logger.logLevel = .warning
 let producer = try KafkaProducer(
-    configuration: KafkaConfiguration(brokers: options.brokers, properties: KafkaConfiguration.passThroughProperties(options.env)),
+    configuration: KafkaConfiguration(
+        brokers: options.brokers, properties: KafkaConfiguration.passThroughProperties(options.env)),
     logger: logger)
-let redis = RedisClient(configuration: try RedisConfiguration(url: options.redisURL), name: "ingest-bench", logger: logger)
+let redis = RedisClient(
+    configuration: try RedisConfiguration(url: options.redisURL), name: "ingest-bench", logger: logger)
 let state = ProducerState()
 
 // Without it librdkafka parks the first messages until its 1 s topic scan (see `prepare`).
@@ -167,14 +180,21 @@ if options.prepare { try await producer.prepare(topic: options.topic) }
 let warmKeys = (0..<(options.warmUp ? 12 : 0)).map { "WARMUP\(Character(UnicodeScalar(UInt8(65 + $0))))" }
 for key in warmKeys {
     let tick = #"{"symbol":"\#(key)","ts_ns":\#(wallNs()),"kind":"quote","bid":1,"bid_size":1,"ask":2,"ask_size":1}"#
-    try await produce(producer, KafkaOutgoingMessage(topic: options.topic, key: Array(key.utf8), value: Array(tick.utf8)), state: state)
+    try await produce(
+        producer, KafkaOutgoingMessage(topic: options.topic, key: Array(key.utf8), value: Array(tick.utf8)),
+        state: state)
 }
 var startID = "0-0"  // the stream is the run's own
 var warmed = 0
 let warmDeadline = ContinuousClock.now + .seconds(60)
 while warmed < warmKeys.count {
-    guard ContinuousClock.now < warmDeadline else { log("warm-up ticks never arrived (is ingest running on \(options.topic)?)"); exit(1) }
-    for entry in try await redis.xread(streams: [(options.stream, startID)], count: 100, block: .milliseconds(200)).first?.entries ?? [] {
+    guard ContinuousClock.now < warmDeadline else {
+        log("warm-up ticks never arrived (is ingest running on \(options.topic)?)")
+        exit(1)
+    }
+    for entry in try await redis.xread(streams: [(options.stream, startID)], count: 100, block: .milliseconds(200))
+        .first?.entries ?? []
+    {
         startID = entry.id
         warmed += 1
     }
@@ -184,7 +204,9 @@ if options.warmUp { try await Task.sleep(for: .seconds(1)) }
 state.firstDeliveredNs.store(0, ordering: .relaxed)
 let scheduleStart = wallNs() + 50_000_000
 let observer = Task { [startID] in
-    try await observe(redis, stream: options.stream, after: startID, expected: expectedTicks, scheduleStartNs: scheduleStart, producer: state)
+    try await observe(
+        redis, stream: options.stream, after: startID, expected: expectedTicks, scheduleStartNs: scheduleStart,
+        producer: state)
 }
 
 // Open loop: message i is due at scheduleStart + i / rate; its ts_ns is that due time, whenever it is sent.
@@ -198,7 +220,11 @@ for (i, m) in recorded.enumerated() {
         dueNs = scheduleStart + offset
         let due = clockStart + .nanoseconds(offset)
         let now = ContinuousClock.now
-        if due > now { try await Task.sleep(until: due, tolerance: .microseconds(50)) } else { lateMax = max(lateMax, now - due) }
+        if due > now {
+            try await Task.sleep(until: due, tolerance: .microseconds(50))
+        } else {
+            lateMax = max(lateMax, now - due)
+        }
     } else {
         dueNs = wallNs()
     }
@@ -207,7 +233,10 @@ for (i, m) in recorded.enumerated() {
         producer,
         KafkaOutgoingMessage(
             topic: options.topic, key: m.key.map { Array($0.utf8) }, value: m.payload, timestampMs: dueNs / 1_000_000,
-            headers: [KafkaHeader(key: "ts_ns", string: String(dueNs)), KafkaHeader(key: "produced_ns", string: String(wallNs()))]),
+            headers: [
+                KafkaHeader(key: "ts_ns", string: String(dueNs)),
+                KafkaHeader(key: "produced_ns", string: String(wallNs()))
+            ]),
         state: state)
 }
 let producedAt = wallNs()
@@ -220,28 +249,35 @@ redis.close()
 func ms(_ micros: UInt64) -> Double { (Double(micros) / 1000 * 1000).rounded() / 1000 }
 func summary(_ h: Histogram<UInt64>) -> [String: Double] {
     [
-        "p50_ms": ms(h.valueAtPercentile(50)), "p90_ms": ms(h.valueAtPercentile(90)), "p99_ms": ms(h.valueAtPercentile(99)),
-        "p99_9_ms": ms(h.valueAtPercentile(99.9)), "max_ms": ms(h.max), "samples": Double(h.totalCount),
+        "p50_ms": ms(h.valueAtPercentile(50)), "p90_ms": ms(h.valueAtPercentile(90)),
+        "p99_ms": ms(h.valueAtPercentile(99)),
+        "p99_9_ms": ms(h.valueAtPercentile(99.9)), "max_ms": ms(h.max), "samples": Double(h.totalCount)
     ]
 }
 let produceSeconds = Double(producedAt - scheduleStart) / 1e9
 let endToEndSeconds = Double(seen.lastSeenNs - scheduleStart) / 1e9
 let worst = seen.perSecond.sorted { $0.value.maxMicros > $1.value.maxMicros }.prefix(8).map {
-    ["second": Double($0.key), "ticks": Double($0.value.count), "max_ms": ms($0.value.maxMicros), "over_100ms": Double($0.value.over100ms)]
+    [
+        "second": Double($0.key), "ticks": Double($0.value.count), "max_ms": ms($0.value.maxMicros),
+        "over_100ms": Double($0.value.over100ms)
+    ]
 }
 let result: [String: Any] = [
     "messages": recorded.count, "ticks_expected": expectedTicks, "ticks_seen": seen.ticks,
     "delivery_failures": state.failures.load(ordering: .relaxed),
     "rate_target_per_second": options.rate.map { Int($0) } as Any,
     "rate_offered_per_second": (Double(recorded.count) / produceSeconds).rounded(),
-    "producer_max_behind_schedule_ms": (Double(lateMax.components.attoseconds / 1_000_000_000_000) / 1000 + Double(lateMax.components.seconds) * 1000),
+    "producer_max_behind_schedule_ms":
+        (Double(lateMax.components.attoseconds / 1_000_000_000_000) / 1000 + Double(lateMax.components.seconds) * 1000),
     "messages_per_second_end_to_end": (Double(recorded.count) / endToEndSeconds).rounded(),
     "latency_produce_to_seen": summary(seen.latency),
     "latency_produce_to_redis_entry_id": summary(seen.serverLatency),
     "worst_seconds": worst,
-    "first_delivery_report_ms": Double((state.firstDeliveredNs.load(ordering: .relaxed) - state.firstProducedNs.load(ordering: .relaxed)) / 1000) / 1000,
+    "first_delivery_report_ms": Double(
+        (state.firstDeliveredNs.load(ordering: .relaxed) - state.firstProducedNs.load(ordering: .relaxed)) / 1000)
+        / 1000,
     "warm_up": options.warmUp, "producer_prepared": options.prepare,
-    "load_average_before": loadBefore, "load_average_after": loadAfter,
+    "load_average_before": loadBefore, "load_average_after": loadAfter
 ]
 let json = try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys])
 print(String(decoding: json, as: UTF8.self))

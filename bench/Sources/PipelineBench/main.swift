@@ -60,12 +60,14 @@ struct Options {
     }
 
     static func usage() -> Never {
-        FileHandle.standardError.write(Data("""
-            usage: pipeline-bench latency --recording FILE --rate MSGS_PER_S --messages N [--warmup S] [--topic T] [--redis URL] --json PATH
-                   pipeline-bench throughput [--messages N (Kafka messages replayed)] [--idle S] [--redis URL] --json PATH
-            KAFKA_BROKERS names the broker (latency mode).
+        FileHandle.standardError.write(
+            Data(
+                """
+                usage: pipeline-bench latency --recording FILE --rate MSGS_PER_S --messages N [--warmup S] [--topic T] [--redis URL] --json PATH
+                       pipeline-bench throughput [--messages N (Kafka messages replayed)] [--idle S] [--redis URL] --json PATH
+                KAFKA_BROKERS names the broker (latency mode).
 
-            """.utf8))
+                """.utf8))
         exit(2)
     }
 }
@@ -196,14 +198,18 @@ struct LatencyReport: Codable {
 func runLatency(_ o: Options) async throws -> LatencyReport {
     let messages = try await load(o.recording, limit: o.messages)
     guard !messages.isEmpty else { throw BenchError("\(o.recording): no messages") }
-    let producer = try KafkaProducer(configuration: try KafkaConfiguration.fromEnvironment(), logger: Logger(label: "pipeline-bench"))
+    let producer = try KafkaProducer(
+        configuration: try KafkaConfiguration.fromEnvironment(), logger: Logger(label: "pipeline-bench"))
     let times = ProduceTimes()
     let deliveries = Deliveries()
     let done = Flag()
     let idle = Duration.milliseconds(Int64(o.idle * 1000))
-    let features = Task { try await tail(o.redis, stream: "te:features", field: "ts_ns", times: times, producerDone: done, idle: idle) }
+    let features = Task {
+        try await tail(o.redis, stream: "te:features", field: "ts_ns", times: times, producerDone: done, idle: idle)
+    }
     let opportunities = Task {
-        try await tail(o.redis, stream: "te:opportunities", field: "last_ts_ns", times: times, producerDone: done, idle: idle)
+        try await tail(
+            o.redis, stream: "te:opportunities", field: "last_ts_ns", times: times, producerDone: done, idle: idle)
     }
 
     let clock = ContinuousClock()
@@ -227,7 +233,10 @@ func runLatency(_ o: Options) async throws -> LatencyReport {
             times.put(m.tsNs, (producedNs, scheduledNs, sent >= warmupCount))
             let out = KafkaOutgoingMessage(
                 topic: o.topic, key: m.key.map { Array($0.utf8) }, value: m.payload, timestampMs: m.tsNs / 1_000_000,
-                headers: [KafkaHeader(key: "ts_ns", string: String(m.tsNs)), KafkaHeader(key: "produced_ns", string: String(producedNs))])
+                headers: [
+                    KafkaHeader(key: "ts_ns", string: String(m.tsNs)),
+                    KafkaHeader(key: "produced_ns", string: String(producedNs))
+                ])
             try await producer.enqueue(out) { deliveries.record($0) }
             sent += 1
         }
@@ -262,8 +271,14 @@ struct ThroughputReport: Codable {
 func runThroughput(_ o: Options) async throws -> ThroughputReport {
     let redis = RedisClient(configuration: try RedisConfiguration(url: o.redis), name: "bench-observer")
     defer { redis.close() }
-    let groups = [("feature-pipeline", "te:ticks"), ("strategy-engine", "te:features"), ("opportunity-aggregator", "te:signals")]
-    struct Progress { var value = 0; var first: ContinuousClock.Instant?; var last: ContinuousClock.Instant? }
+    let groups = [
+        ("feature-pipeline", "te:ticks"), ("strategy-engine", "te:features"), ("opportunity-aggregator", "te:signals")
+    ]
+    struct Progress {
+        var value = 0
+        var first: ContinuousClock.Instant?
+        var last: ContinuousClock.Instant?
+    }
     var progress: [String: Progress] = ["ingest": Progress()]
     for (g, _) in groups { progress[g] = Progress() }
     var lastChange = ContinuousClock.now
@@ -299,7 +314,9 @@ func runThroughput(_ o: Options) async throws -> ThroughputReport {
                 per_second: span > 0 ? (Double(consumed) / span).rounded() : 0))
     }
     var outputs: [String: Int] = [:]
-    for s in ["te:ticks", "te:features", "te:signals", "te:opportunities", "te:dlq"] { outputs[s] = try await redis.xlen(s) }
+    for s in ["te:ticks", "te:features", "te:signals", "te:opportunities", "te:dlq"] {
+        outputs[s] = try await redis.xlen(s)
+    }
     return ThroughputReport(kafka_messages: o.messages, stages: stages, outputs: outputs)
 }
 

@@ -21,7 +21,10 @@ struct Options {
             case "--batch": batch = Int(args.popFirst() ?? "") ?? batch
             case "--output": output = args.popFirst() ?? output
             default:
-                FileHandle.standardError.write(Data("usage: redis-bench [--url redis://…] [--messages N] [--batch N] [--output PATH-without-extension]\n".utf8))
+                FileHandle.standardError.write(
+                    Data(
+                        "usage: redis-bench [--url redis://…] [--messages N] [--batch N] [--output PATH-without-extension]\n"
+                            .utf8))
                 exit(2)
             }
         }
@@ -101,12 +104,14 @@ func phase(_ name: String, messages: Int, elapsed: Duration, histogram: Histogra
 }
 
 /// Runs redis-benchmark's XADD with the same pipeline depth on one connection (`--csv`).
-func runRedisBenchmark(_ configuration: RedisConfiguration, stream: String, messages: Int, batch: Int) -> RedisBenchmarkResult? {
+func runRedisBenchmark(_ configuration: RedisConfiguration, stream: String, messages: Int, batch: Int)
+    -> RedisBenchmarkResult?
+{
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     var args = [
         "redis-benchmark", "-h", configuration.host, "-p", String(configuration.port), "--dbnum",
-        String(configuration.database), "-c", "1", "-n", String(messages), "-P", String(batch), "--csv",
+        String(configuration.database), "-c", "1", "-n", String(messages), "-P", String(batch), "--csv"
     ]
     if let password = configuration.password { args += ["-a", password] }
     args += ["XADD", stream, "*", "f", "v"]
@@ -146,7 +151,8 @@ try await redis.del([stream, rbStream])
 
 // Warm-up: connection, allocator, code paths.
 for _ in 0..<20 {
-    _ = try await redis.pipeline((0..<options.batch).map { _ in RedisCommand.xadd(stream, maxLen: nil, fields: [("f", "v")]) })
+    _ = try await redis.pipeline(
+        (0..<options.batch).map { _ in RedisCommand.xadd(stream, maxLen: nil, fields: [("f", "v")]) })
 }
 try await redis.del([stream])
 try await redis.xgroupCreate(stream: stream, group: group, startID: "0")
@@ -187,14 +193,17 @@ precondition(leftPending == 0, "\(leftPending) entries left pending")
 let reference = runRedisBenchmark(configuration, stream: rbStream, messages: added, batch: options.batch)
 try await redis.del([stream, rbStream])
 let info = try await redis.send("INFO", "server").string ?? ""
-let version = info.split(separator: "\r\n").first { $0.hasPrefix("redis_version:") }?.dropFirst("redis_version:".count) ?? "?"
+let version =
+    info.split(separator: "\r\n").first { $0.hasPrefix("redis_version:") }?.dropFirst("redis_version:".count) ?? "?"
 redis.close()
 
 let phases = [
     phase("xadd_pipelined", messages: added, elapsed: addElapsed, histogram: addHistogram),
-    phase("xreadgroup_xack", messages: consumed, elapsed: readElapsed, histogram: readHistogram),
+    phase("xreadgroup_xack", messages: consumed, elapsed: readElapsed, histogram: readHistogram)
 ]
-let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
+let load =
+    (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(
+        separator: " ") ?? "?"
 let report = Report(
     timestamp: ISO8601DateFormatter().string(from: Date()),
     machine: "\(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(load)",
@@ -209,16 +218,20 @@ try encoder.encode(report).write(to: URL(fileURLWithPath: options.output + ".jso
 func fmt(_ x: Double) -> String { String(format: "%.0f", x) }
 var md = "## redis: TERedis (hiredis) vs redis-benchmark\n\n"
 md += "\(report.server), \(report.machine); \(added) messages, pipelines of \(options.batch), one connection.\n\n"
-md += "| measure | msgs/s | round trips | p50 per round trip | p99 per round trip |\n| --- | ---: | ---: | ---: | ---: |\n"
+md +=
+    "| measure | msgs/s | round trips | p50 per round trip | p99 per round trip |\n| --- | ---: | ---: | ---: | ---: |\n"
 for p in phases {
-    md += "| TERedis \(p.name) | \(fmt(p.messagesPerSecond)) | \(p.roundTrips) | \(p.p50Micros) µs | \(p.p99Micros) µs |\n"
+    md +=
+        "| TERedis \(p.name) | \(fmt(p.messagesPerSecond)) | \(p.roundTrips) | \(p.p50Micros) µs | \(p.p99Micros) µs |\n"
 }
 if let r = reference {
-    md += "| redis-benchmark XADD (-c 1 -P \(options.batch)) | \(fmt(r.requestsPerSecond)) | | \(r.p50Millis.map { "\($0) ms" } ?? "?") (per request) | \(r.p99Millis.map { "\($0) ms" } ?? "?") (per request) |\n"
+    md +=
+        "| redis-benchmark XADD (-c 1 -P \(options.batch)) | \(fmt(r.requestsPerSecond)) | | \(r.p50Millis.map { "\($0) ms" } ?? "?") (per request) | \(r.p99Millis.map { "\($0) ms" } ?? "?") (per request) |\n"
     md += "\nXADD ratio TERedis / redis-benchmark: **\(String(format: "%.2f", report.xaddRatio ?? 0))**\n"
 } else {
     md += "\nredis-benchmark did not run: no ratio.\n"
 }
-md += "\nXREADGROUP+XACK is two round trips per batch (read, then ack); redis-benchmark has no equivalent, so it has no ratio.\n"
+md +=
+    "\nXREADGROUP+XACK is two round trips per batch (read, then ack); redis-benchmark has no equivalent, so it has no ratio.\n"
 try md.write(toFile: options.output + ".md", atomically: true, encoding: .utf8)
 print(md)

@@ -138,7 +138,8 @@ func startService(_ path: String, environment: [String: String]) throws -> Proce
     for (k, v) in environment { env[k] = v }
     process.environment = env
     process.standardOutput = FileHandle.nullDevice
-    let log = FileManager.default.temporaryDirectory.appendingPathComponent("\(URL(fileURLWithPath: path).lastPathComponent)-bench.log")
+    let log = FileManager.default.temporaryDirectory.appendingPathComponent(
+        "\(URL(fileURLWithPath: path).lastPathComponent)-bench.log")
     FileManager.default.createFile(atPath: log.path, contents: nil)
     process.standardError = try FileHandle(forWritingTo: log)
     try process.run()
@@ -160,12 +161,17 @@ func add<M: StreamMessage>(_ redis: RedisClient, _ messages: [M], to stream: Str
 }
 
 /// Waits for the group to start reading `stream` and to acknowledge all of it; the seconds in between.
-func drainTime(_ redis: RedisClient, stream: String, group: String, last: String, service: Process) async throws -> Double {
+func drainTime(_ redis: RedisClient, stream: String, group: String, last: String, service: Process) async throws
+    -> Double
+{
     let clock = ContinuousClock()
     var started: ContinuousClock.Instant?
     let deadline = clock.now + .seconds(600)
     while clock.now < deadline {
-        guard service.isRunning else { throw BenchError("\(group) exited (status \(service.terminationStatus)); see its log in \(NSTemporaryDirectory())") }
+        guard service.isRunning else {
+            throw BenchError(
+                "\(group) exited (status \(service.terminationStatus)); see its log in \(NSTemporaryDirectory())")
+        }
         if let info = try await redis.xinfoGroups(stream).first(where: { $0.name == group }) {
             if started == nil, info.lastDeliveredID != "0-0" { started = clock.now }
             if info.lastDeliveredID == last, info.pending == 0, let started { return seconds(clock.now - started) }
@@ -224,7 +230,6 @@ final class SentTimes: Sendable {
     func take(_ k: String) -> ContinuousClock.Instant? { times.withLock { $0.removeValue(forKey: k) } }
 }
 
-
 let options = Options()
 guard !options.url.isEmpty else {
     FileHandle.standardError.write(Data("REDIS_URL is required (source .dev/env)\n".utf8))
@@ -239,13 +244,19 @@ let opportunities = "bench:opportunities:\(pid)"
 let statePrefix = "bench:agg:\(pid)"
 let engineBin = "\(options.binDir)/strategy-engine"
 let aggregatorBin = "\(options.binDir)/opportunity-aggregator"
-let common = ["REDIS_URL": options.url, "LOG_LEVEL": "warning", "STREAM_BLOCK_MS": "50", "CONSUMER_NAME": "bench-\(pid)"]
+let common = [
+    "REDIS_URL": options.url, "LOG_LEVEL": "warning", "STREAM_BLOCK_MS": "50", "CONSUMER_NAME": "bench-\(pid)"
+]
 let engineEnv = common.merging(
-    ["STRATEGIES_FILE": options.strategiesFile, "FEATURES_STREAM": features, "SIGNALS_STREAM": signalsStream,
-     "METRICS_PORT": "0"], uniquingKeysWith: { $1 })
+    [
+        "STRATEGIES_FILE": options.strategiesFile, "FEATURES_STREAM": features, "SIGNALS_STREAM": signalsStream,
+        "METRICS_PORT": "0"
+    ], uniquingKeysWith: { $1 })
 let aggregatorEnv = common.merging(
-    ["SIGNALS_STREAM": signalsStream, "OPPORTUNITIES_STREAM": opportunities, "AGG_STATE_PREFIX": statePrefix,
-     "METRICS_PORT": "0", "MAX_SIGNAL_AGE_MS": "86400000"], uniquingKeysWith: { $1 })
+    [
+        "SIGNALS_STREAM": signalsStream, "OPPORTUNITIES_STREAM": opportunities, "AGG_STATE_PREFIX": statePrefix,
+        "METRICS_PORT": "0", "MAX_SIGNAL_AGE_MS": "86400000"
+    ], uniquingKeysWith: { $1 })
 
 func cleanUp() async throws {
     _ = try await redis.del([features, signalsStream, opportunities, "\(statePrefix):state"])
@@ -261,12 +272,14 @@ let snapshots = syntheticSnapshots(options.snapshots)
 try await add(redis, snapshots, to: features)
 let lastFeature = try await redis.xrevrange(features, count: 1).first!.id
 let engine = try startService(engineBin, environment: engineEnv)
-let engineSeconds = try await drainTime(redis, stream: features, group: "strategy-engine", last: lastFeature, service: engine)
+let engineSeconds = try await drainTime(
+    redis, stream: features, group: "strategy-engine", last: lastFeature, service: engine)
 stop(engine)
 let signalCount = try await redis.xlen(signalsStream)
 let lastSignal = try await redis.xrevrange(signalsStream, count: 1).first!.id
 let aggregator = try startService(aggregatorBin, environment: aggregatorEnv)
-let aggregatorSeconds = try await drainTime(redis, stream: signalsStream, group: "opportunity-aggregator", last: lastSignal, service: aggregator)
+let aggregatorSeconds = try await drainTime(
+    redis, stream: signalsStream, group: "opportunity-aggregator", last: lastSignal, service: aggregator)
 stop(aggregator)
 let opportunityCount = try await redis.xlen(opportunities)
 let throughput = [
@@ -276,7 +289,7 @@ let throughput = [
     Throughput(
         service: "opportunity-aggregator", input: signalCount, output: opportunityCount, seconds: aggregatorSeconds,
         inputPerSecond: Double(signalCount) / aggregatorSeconds,
-        outputPerSecond: Double(opportunityCount) / aggregatorSeconds),
+        outputPerSecond: Double(opportunityCount) / aggregatorSeconds)
 ]
 try await cleanUp()
 
@@ -328,10 +341,13 @@ func latency(_ service: String, _ h: Histogram<UInt64>) -> Latency {
 }
 
 let info = try await redis.send("INFO", "server").string ?? ""
-let version = info.split(separator: "\r\n").first { $0.hasPrefix("redis_version:") }?.dropFirst("redis_version:".count) ?? "?"
+let version =
+    info.split(separator: "\r\n").first { $0.hasPrefix("redis_version:") }?.dropFirst("redis_version:".count) ?? "?"
 redis.close()
 reader.close()
-let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
+let load =
+    (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(
+        separator: " ") ?? "?"
 let report = Report(
     timestamp: ISO8601DateFormatter().string(from: Date()),
     machine: "\(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(load)",
@@ -344,9 +360,11 @@ try encoder.encode(report).write(to: URL(fileURLWithPath: options.output + ".jso
 var md = "## strategies: strategy-engine and opportunity-aggregator (release binaries, real Redis)\n\n"
 md += "\(report.server), \(report.machine); strategy file `\(options.strategiesFile)`; default batch size (100).\n\n"
 md += "Throughput: a preloaded backlog drained by one consumer (first read → all acknowledged).\n\n"
-md += "| service | input entries | output entries | seconds | input/s | output/s |\n| --- | ---: | ---: | ---: | ---: | ---: |\n"
+md +=
+    "| service | input entries | output entries | seconds | input/s | output/s |\n| --- | ---: | ---: | ---: | ---: | ---: |\n"
 for t in throughput {
-    md += "| \(t.service) | \(t.input) | \(t.output) | \(String(format: "%.2f", t.seconds)) | \(Int(t.inputPerSecond)) | \(Int(t.outputPerSecond)) |\n"
+    md +=
+        "| \(t.service) | \(t.input) | \(t.output) | \(String(format: "%.2f", t.seconds)) | \(Int(t.inputPerSecond)) | \(Int(t.outputPerSecond)) |\n"
 }
 md += "\nLatency: entries added one at a time at \(options.rate)/s; XADD → output entry readable.\n\n"
 md += "| service | entries | p50 | p99 | max |\n| --- | ---: | ---: | ---: | ---: |\n"

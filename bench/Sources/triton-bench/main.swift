@@ -65,7 +65,8 @@ func run(client: TritonClient, options: Options, concurrency: Int, seconds: Doub
     let histograms = await withTaskGroup(of: (Histogram<UInt64>, Int).self) { group in
         for worker in 0..<concurrency {
             group.addTask {
-                var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+                var histogram = Histogram<UInt64>(
+                    highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
                 var errors = 0
                 var n = worker
                 while ContinuousClock.now < end {
@@ -113,13 +114,19 @@ var results: [Result] = []
 for c in options.concurrency {
     _ = await run(client: client, options: options, concurrency: c, seconds: options.warmup)
     let r = await run(client: client, options: options, concurrency: c, seconds: options.seconds)
-    FileHandle.standardError.write(Data(
-        "triton-bench: c=\(c) \(String(format: "%.1f", r.throughputPerSecond))/s p50=\(r.p50Microseconds)µs p99=\(r.p99Microseconds)µs errors=\(r.errors)\n".utf8))
+    FileHandle.standardError.write(
+        Data(
+            "triton-bench: c=\(c) \(String(format: "%.1f", r.throughputPerSecond))/s p50=\(r.p50Microseconds)µs p99=\(r.p99Microseconds)µs errors=\(r.errors)\n"
+                .utf8))
     results.append(r)
 }
 let encoder = JSONEncoder()
 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
 encoder.keyEncodingStrategy = .convertToSnakeCase
 let data = try encoder.encode(results)
-if let path = options.json { try data.write(to: URL(fileURLWithPath: path)) } else { print(String(decoding: data, as: UTF8.self)) }
+if let path = options.json {
+    try data.write(to: URL(fileURLWithPath: path))
+} else {
+    print(String(decoding: data, as: UTF8.self))
+}
 client.close()
