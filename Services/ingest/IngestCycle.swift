@@ -1,3 +1,4 @@
+import TECore
 import TEKafka
 
 /// ingest's assignment / write / commit / fence cycle as a value: `IngestService` performs each `Action` and
@@ -128,20 +129,14 @@ struct IngestCycle {
 
     /// Doubling delay with a cap: the wait before retrying Redis (writes, restores) and Kafka commits.
     struct Backoff: Equatable, Sendable {
-        var first: Duration = .milliseconds(100)
-        var cap: Duration = .seconds(5)
+        /// The shared policy (100 ms doubling to 5 s). Its ceiling, without jitter: the machine stays
+        /// deterministic, and one ingest per partition set has no herd to spread out.
+        var policy = RetryPolicy(initial: .milliseconds(100), maximum: .seconds(5), jitter: 0)
         /// Commit attempts before a failed commit is left to the next one (commits are cumulative).
         var commitAttempts = 5
 
         /// The delay before retry `attempt` (1 = after the first failure).
-        func delay(_ attempt: Int) -> Duration {
-            var d = first
-            for _ in 1..<max(attempt, 1) {
-                d = d * 2
-                if d >= cap { return cap }
-            }
-            return min(d, cap)
-        }
+        func delay(_ attempt: Int) -> Duration { policy.ceiling(attempt: max(attempt, 1)) }
     }
 
     /// Whether a message has nothing left to write: its offset is at or below every group's fence.
