@@ -1,6 +1,7 @@
 import FeatureEngine
 import TECore
 import TEModels
+import TestSupport
 import Testing
 
 @Suite("FeatureCSV and HistoryCoverage")

@@ -7,28 +7,6 @@ import TERedis
 import TestSupport
 import Testing
 
-/// The recordings of ../shared/data: `TE_DATA_DIR`, else the first `shared/data` found above this file
-/// (the repository's sibling, for a clone or a worktree).
-enum RecordedData {
-    static func file(_ relative: String) throws -> String {
-        if let dir = ProcessInfo.processInfo.environment["TE_DATA_DIR"] {
-            return URL(fileURLWithPath: dir).appendingPathComponent(relative).path
-        }
-        var dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        while dir.path != "/" {
-            let candidate = dir.appendingPathComponent("shared/data").appendingPathComponent(relative)
-            if FileManager.default.fileExists(atPath: candidate.path) { return candidate.path }
-            dir = dir.deletingLastPathComponent()
-        }
-        throw RecordingNotFound(relative: relative)
-    }
-}
-
-struct RecordingNotFound: Error, CustomStringConvertible {
-    let relative: String
-    var description: String { "recording \(relative) not found: set TE_DATA_DIR to ../shared/data" }
-}
-
 /// A recording's ticks as `ingest` produces them: MarketData's reader and normaliser, each message
 /// with its recorded receive time (the `ts_ns` header `te replay` sets) and key.
 enum NormalizedRecording {

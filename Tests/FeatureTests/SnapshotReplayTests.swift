@@ -1,5 +1,6 @@
 import FeatureEngine
 import TEModels
+import TestSupport
 import Testing
 
 /// `te explain`'s rebuild of one snapshot from the ticks before it equals, bit for bit, the snapshot the

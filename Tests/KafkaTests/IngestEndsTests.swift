@@ -12,7 +12,7 @@ import Testing
 #endif
 
 /// One Binance spot recording per symbol (the two symbols fall in different shards of 3).
-let twoSymbols = ["BTCUSDT": spotBTC, "ETHUSDT": "/work/shared/data/binance/spot_ethusdt_20240808.gz"]
+let twoSymbols = ["BTCUSDT": spotBTC, "ETHUSDT": RecordedData.path("binance/spot_ethusdt_20240808.gz")]
 
 /// Waits until each symbol's shard stream holds its expected ticks, then checks that it holds exactly those,
 /// in order (every field, depth included) and no other symbol's.

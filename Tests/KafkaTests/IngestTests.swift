@@ -118,7 +118,7 @@ func perSymbol(_ ticks: [Tick]) -> [String: [TickKey]] {
     Dictionary(grouping: ticks.map(TickKey.init), by: \.symbol)
 }
 
-let spotBTC = "/work/shared/data/binance/spot_btcusdt_20240808.gz"
+let spotBTC = RecordedData.path("binance/spot_btcusdt_20240808.gz")
 
 @Suite("ingest: Kafka → Redis", .serialized, .timeLimit(.minutes(5)))
 struct IngestTests {

@@ -14,7 +14,7 @@ import Testing
 /// real ingest and feature-pipeline (private Redis, own topic, own database; the shared Triton, never reloaded).
 @Suite("te explain and te audit verify on a replay", .serialized, .timeLimit(.minutes(10)))
 struct ExplainCommandTests {
-    static let recording = "/work/shared/data/binance/usdm_btcusdt_20240718.gz"
+    static let recording = RecordedData.path("binance/usdm_btcusdt_20240718.gz")
     static let symbol = "BTCUSDT-PERP"
 
     static func score(port: Int, _ body: String) async throws -> [String: Any] {

@@ -11,7 +11,7 @@ import Testing
 /// feature snapshots written to te:audit as the gateway writes them, outcomes → audit-writer → PostgreSQL.
 @Suite("outcome-tracker on a recording", .serialized, .timeLimit(.minutes(8)))
 struct OutcomeTrackerTests {
-    static let recording = "/work/shared/data/binance/usdm_btcusdt_20240718.gz"
+    static let recording = RecordedData.path("binance/usdm_btcusdt_20240718.gz")
     static let horizonMs: Int64 = 5000
     static let costBps = 4.0
 

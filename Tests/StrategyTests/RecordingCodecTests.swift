@@ -2,6 +2,7 @@ import FeatureEngine
 import Foundation
 import MarketData
 import TEModels
+import TestSupport
 import Testing
 
 @testable import Strategies
@@ -10,7 +11,7 @@ import Testing
 /// strategies' signals and the aggregator's opportunities are written with the same text the Codable
 /// encoding wrote (the contract) and read back to the same values.
 @Suite struct RecordingCodecTests {
-    static let recording = "/work/shared/data/binance/usdm_btcusdt_20240808.gz"
+    static let recording = RecordedData.path("binance/usdm_btcusdt_20240808.gz")
 
     static func defaultStrategies() throws -> StrategySet {
         let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

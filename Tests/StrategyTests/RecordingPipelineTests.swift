@@ -35,7 +35,7 @@ func finalStates(_ opportunities: [Opportunity]) -> [String: Opportunity] {
     "te replay → ingest → feature-pipeline → strategy-engine → opportunity-aggregator", .serialized,
     .timeLimit(.minutes(8)))
 struct RecordingPipelineTests {
-    static let recording = "/work/shared/data/binance/usdm_btcusdt_20240808.gz"
+    static let recording = RecordedData.path("binance/usdm_btcusdt_20240808.gz")
 
     struct Outcome {
         var signals: [Signal]

@@ -7,7 +7,7 @@ import Testing
 /// `te top` in a real pseudo-terminal (tmux) while a recording flows through the real binaries.
 @Suite("te top", .serialized, .timeLimit(.minutes(5)))
 struct TopCommandTests {
-    static let recording = "/work/shared/data/binance/usdm_btcusdt_20240718.gz"
+    static let recording = RecordedData.path("binance/usdm_btcusdt_20240718.gz")
 
     /// A tmux server of the test's own (its own socket), so nothing of the user's tmux is touched.
     let socket = "te-top-test-\(UInt32.random(in: 0...UInt32.max))"
