@@ -73,11 +73,13 @@ struct InspectCommandTests {
             redis.close()
             Task { try? await server.kill() }
         }
+        // Explicit ids: two streams' `*` ids in one millisecond can be equal, and equal ids have no order.
         var ids: [String] = []
         for (n, k) in [(1, 0), (2, 2), (3, 0), (4, 2)] {
             ids.append(
-                try await redis.xadd(StreamKey.sharded(StreamKey.features, shard: k, of: 4), fields: [("n", String(n))])
-            )
+                try await redis.xadd(
+                    StreamKey.sharded(StreamKey.features, shard: k, of: 4), id: "1723161254\(n)00-0",
+                    fields: [("n", String(n))]))
         }
         let environment = ["REDIS_URL": server.url, "STREAM_SHARDS": "4"]
         let all = try await runTe(["tail", "te:features", "-n", "3"], environment: environment)
