@@ -46,7 +46,9 @@ actor AggregatorCore {
     private let duplicates = Counter(label: "te_signals_duplicate_total")
     private let stale = Counter(label: "te_signals_stale_total")
     private let lowConfidence = Counter(label: "te_signals_low_confidence_total")
-    private let openWindows = Gauge(label: "te_opportunities_open_windows")
+    /// Per shard when sharded: each shard's core reports its own windows (one unlabelled gauge would show
+    /// whichever core wrote last).
+    private let openWindows: Gauge
 
     init(settings: AggregatorSettings, logger: Logger) {
         self.settings = settings
@@ -58,6 +60,8 @@ actor AggregatorCore {
                 label: "te_opportunities_emitted_total", dimensions: [("reason", reason.rawValue)])
         }
         self.emitted = emitted
+        self.openWindows = Gauge(
+            label: "te_opportunities_open_windows", dimensions: settings.shardIndex.map { [("shard", String($0))] } ?? [])
     }
 
     private func lock() async {

@@ -24,6 +24,8 @@ struct AggregatorSettings: Sendable {
     var statePrefix = "te:agg"
     /// `MAXLEN ~` of the output stream. `STREAM_MAXLEN`; default 1000000.
     var streamMaxLen = 1_000_000
+    /// The shard this state serves when `STREAM_SHARDS` > 1 (its gauges carry it as `shard`), else nil.
+    var shardIndex: Int?
 
     var stateKey: String { "\(statePrefix):state" }
 
@@ -35,6 +37,7 @@ struct AggregatorSettings: Sendable {
         var settings = self
         settings.inputStream = StreamKey.sharded(inputStream, shard: k, of: shards)
         settings.statePrefix = "\(statePrefix):{\(k)}"
+        settings.shardIndex = k
         return settings
     }
     func seenKey(_ signalID: String) -> String { "\(statePrefix):seen:\(signalID)" }

@@ -238,9 +238,10 @@ struct AggregatorServiceTests {
         for symbol in [first, second] {
             #expect(got.filter { $0.symbol == symbol } == expected[symbol])
         }
-        // Each shard's state lives under its own tagged prefix.
+        // Each shard's state lives under its own tagged prefix, and its open windows are its own gauge.
         for k in 0..<shards {
             #expect(try await !redis.hgetall("\(streams.statePrefix):{\(k)}:state").isEmpty)
+            #expect(await service.metric("te_opportunities_open_windows", labels: ["shard=\"\(k)\""]) != nil)
         }
         #expect(try await service.stop() == 0)
         for k in 0..<shards {
