@@ -61,7 +61,8 @@ actor AggregatorCore {
         }
         self.emitted = emitted
         self.openWindows = Gauge(
-            label: "te_opportunities_open_windows", dimensions: settings.shardIndex.map { [("shard", String($0))] } ?? [])
+            label: "te_opportunities_open_windows",
+            dimensions: settings.shardIndex.map { [("shard", String($0))] } ?? [])
     }
 
     private func lock() async {
