@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import TEModels
 
 /// One JSON object per line on stderr: `ts`, `level`, `service`, `msg`, then metadata (and
 /// `label` when it differs from the service). Lines are written with one `write(2)` each, so
@@ -110,12 +111,13 @@ public struct JSONLogHandler: LogHandler {
     }
 }
 
-/// JSON string escaping without Foundation's encoder (logs and dead-letter payloads).
+/// JSON strings for logs and dead-letter payloads, escaped by the stream codec's `JSONTextWriter` (one escaper
+/// for every JSON text we write).
 public enum JSONText {
     public static func appendString(_ s: String, to out: inout String) {
-        out += "\""
-        appendEscaped(s, to: &out)
-        out += "\""
+        var writer = JSONTextWriter()
+        writer.string(s)
+        out += String(decoding: writer.bytes, as: UTF8.self)
     }
 
     /// The string's JSON escaping without quotes; returns `s` itself when nothing needs escaping.
@@ -126,32 +128,15 @@ public enum JSONText {
             break
         }
         guard needs else { return s }
-        var out = ""
-        out.reserveCapacity(s.utf8.count + 8)
-        appendEscaped(s, to: &out)
-        return out
+        var writer = JSONTextWriter()
+        writer.string(s)
+        return String(decoding: writer.bytes.dropFirst().dropLast(), as: UTF8.self)
     }
 
     /// A finite number as JSON, `null` otherwise.
     public static func number(_ value: Double?) -> String {
         guard let value, value.isFinite else { return "null" }
         return "\(value)"
-    }
-
-    private static func appendEscaped(_ s: String, to out: inout String) {
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case let c where c.value < 0x20:
-                let hex = String(c.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
     }
 
     public static func quoted(_ s: String) -> String {

@@ -260,26 +260,11 @@ final class PrivateTriton: Sendable {
         guard let pid, let group = processGroup else { return }
         kill(-group, SIGKILL)
         _ = await TestEnv.eventually(timeout: .seconds(10)) { kill(pid, 0) != 0 }
-        _ = await TestEnv.eventually(timeout: .seconds(10)) { !Self.accepts(port: self.grpcPort) }
+        _ = await TestEnv.eventually(timeout: .seconds(10)) { !TestEnv.accepts(port: self.grpcPort) }
     }
 
     deinit {
         if let group = processGroup { kill(-group, SIGKILL) }
-    }
-
-    static func accepts(port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        } == 0
     }
 }
 

@@ -113,6 +113,18 @@ struct JSONLogTests {
         #expect(object["n"] as? String == "3")
         #expect(object["levels"] as? [String] == ["a", "b"])
     }
+
+    /// Every control character, quote, backslash and non-ASCII scalar round-trips through a JSON parser, with
+    /// the same escapes the stream codec writes (`\b`, `\f`, `\u00xx`), since both use one escaper.
+    @Test func escapesEveryControlCharacterAsTheCodecDoes() throws {
+        let text = String((0..<0x20).map { Character(UnicodeScalar(UInt8($0))) }) + "\"\\/é€😀"
+        let quoted = JSONText.quoted(text)
+        #expect(quoted.contains("\\b") && quoted.contains("\\f") && quoted.contains("\\u0001"))
+        let parsed = try JSONSerialization.jsonObject(with: Data("[\(quoted)]".utf8)) as? [String]
+        #expect(parsed == [text])
+        #expect(JSONText.escape("plain") == "plain")
+        #expect("\"" + JSONText.escape(text) + "\"" == quoted)
+    }
 }
 
 @Suite("Health server", .timeLimit(.minutes(1)))

@@ -103,7 +103,7 @@ public final class PrivateRedisServer: Sendable {
                 "--port", String(port), "--save", "", "--appendonly", "no", "--daemonize", "no", "--bind", "127.0.0.1",
                 "--aclfile", aclFile
             ])
-        let up = await TestEnv.eventually(timeout: .seconds(10)) { Self.accepts(port: port) }
+        let up = await TestEnv.eventually(timeout: .seconds(10)) { TestEnv.accepts(port: port) }
         guard up else {
             throw ChildProcessError(description: "redis-server on \(port) did not start: \(server.output())")
         }
@@ -118,20 +118,5 @@ public final class PrivateRedisServer: Sendable {
     public func kill() async throws {
         server.kill9()
         try await server.waitForExit(timeout: .seconds(10))
-    }
-
-    static func accepts(port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        } == 0
     }
 }

@@ -46,7 +46,7 @@ public final class OTLPReceiver: Sendable {
             router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)), logger: logger)
         server.withLock { $0 = Task { try await app.runService(gracefulShutdownSignals: []) } }
         let port = port
-        let up = await TestEnv.eventually(timeout: .seconds(10)) { PrivateRedisServer.accepts(port: port) }
+        let up = await TestEnv.eventually(timeout: .seconds(10)) { TestEnv.accepts(port: port) }
         guard up else { throw ChildProcessError(description: "the OTLP receiver did not listen on \(port)") }
     }
 
