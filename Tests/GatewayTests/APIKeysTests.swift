@@ -1,5 +1,5 @@
 import Foundation
-import GatewayCore
+import GatewayHTTP
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
@@ -9,6 +9,8 @@ import TEModels
 import TERedis
 import TestSupport
 import Testing
+
+@testable import GatewayEngine
 
 @Suite struct APIKeyTableTests {
     @Test func namedAndBareKeys() throws {

@@ -5,10 +5,12 @@ import NIOEmbedded
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+import ServiceKit
 import Synchronization
 import Testing
 
-@testable import GatewayCore
+@testable import GatewayEngine
+@testable import GatewayHTTP
 
 /// The pipelining rules as a pure state machine: what the fast path takes, holds and replays.
 @Suite struct ScorePipelineStateMachineTests {
@@ -338,17 +340,24 @@ final class Wire: Sendable {
     let socket: SocketEnd
     let router: RouterEnd
     private let output = Mutex("")
+    /// Runs the decisions the handler hands over, as the gateway's `decisions` service does in its group.
+    let decisions: BackgroundTasks
+    private let running: Task<Void, Never>
 
     init<R: ScoreResponder>(_ responder: R) async throws {
         let socket = SocketEnd()
         let router = RouterEnd()
+        let decisions = BackgroundTasks()
+        self.decisions = decisions
+        // The test's stand-in for the gateway's ServiceGroup; cancelled when the wire goes.
+        running = Task { await decisions.run() }
         channel = try await NIOAsyncTestingChannel { channel in
             let sync = channel.pipeline.syncOperations
             try sync.addHandler(socket)
             try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false)
             try sync.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             try sync.addHandler(FramingErrorHandler())
-            try sync.addHandler(ScoreFastPathHandler(responder: responder))
+            try sync.addHandler(ScoreFastPathHandler(responder: responder, decisions: decisions))
             try sync.addHandler(router)
         }
         self.socket = socket
@@ -408,6 +417,8 @@ final class Wire: Sendable {
     func closed() async throws {
         try await channel.closeFuture.get()
     }
+
+    deinit { running.cancel() }
 
     func finish() async throws {
         #expect(channel.isActive)

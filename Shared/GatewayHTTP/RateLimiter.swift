@@ -1,3 +1,4 @@
+import GatewayEngine
 import Synchronization
 
 /// A token bucket: `rate` tokens a second up to `capacity`, one per request. A value type driven by the
