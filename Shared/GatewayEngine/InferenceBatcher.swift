@@ -20,9 +20,9 @@ import Tracing
 /// is not cancelled while other requests ride along (the single-leg path) may use it: cancelling the
 /// carrier would fail the riders. Calls not carried inline run as child tasks of `tasks` (a service of the
 /// gateway), never as unstructured tasks: shutdown waits for them.
-public final class InferenceBatcher: Sendable {
-    public let endpoint: any InferenceEndpoint
-    public let version: String
+final class InferenceBatcher: Sendable {
+    let endpoint: any InferenceEndpoint
+    let version: String
     let maxRows: Int
     let maxInFlight: Int
     let rowsPerCall: Recorder?
@@ -43,7 +43,7 @@ public final class InferenceBatcher: Sendable {
 
     private let state = Mutex(State())
 
-    public init(
+    init(
         endpoint: any InferenceEndpoint, version: String, maxRows: Int, maxInFlight: Int, tasks: BackgroundTasks,
         rowsPerCall: Recorder? = nil
     ) {
@@ -56,7 +56,7 @@ public final class InferenceBatcher: Sendable {
     }
 
     /// The model's score for one feature vector.
-    public func score(_ features: FeatureVector, deadline: ContinuousClock.Instant, inline: Bool = false)
+    func score(_ features: FeatureVector, deadline: ContinuousClock.Instant, inline: Bool = false)
         async throws(InferenceFailure) -> Double
     {
         let slot = ResultSlot()
@@ -192,7 +192,7 @@ public final class InferenceBatcher: Sendable {
 extension InferenceBatcher {
     /// What each rider of a failed call is told: the same failure, but only `reporter` (the first rider
     /// still waiting) carries it to the breaker — one failed call counts once.
-    public static func riderFailures(_ error: InferenceFailure, riders: Int, reporter: Int) -> [InferenceFailure] {
+    static func riderFailures(_ error: InferenceFailure, riders: Int, reporter: Int) -> [InferenceFailure] {
         var shared = error
         shared.sharedWithBatch = true
         return (0..<riders).map { $0 == reporter ? error : shared }

@@ -1,5 +1,4 @@
 import Foundation
-import GatewayHTTP
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
@@ -11,6 +10,7 @@ import TestSupport
 import Testing
 
 @testable import GatewayEngine
+@testable import GatewayHTTP
 
 @Suite struct APIKeyTableTests {
     @Test func namedAndBareKeys() throws {
