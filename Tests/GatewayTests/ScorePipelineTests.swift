@@ -284,6 +284,19 @@ import Testing
         try await wire.closed()
         #expect(try RawHTTP.parse(try await wire.written()).count == 1, "the held request is not served")
     }
+
+    /// Once the decisions service has stopped (it stops after the HTTP server, so only a connection the server
+    /// is closing anyway can see this) a score request is not left hanging: the connection closes unanswered.
+    @Test func aScoreRequestAfterTheDecisionsStoppedClosesTheConnection() async throws {
+        let responder = GatedResponder()
+        let wire = try await Wire(responder)
+        wire.stopDecisions()
+        while wire.decisions.submit({}) { await Task.yield() }
+        try await wire.send(RawHTTP.score(valid, requestID: "late"))
+        try await wire.closed()
+        #expect(try await wire.written().isEmpty)
+        #expect(responder.decided.isEmpty)
+    }
 }
 
 /// Decides `X-Request-Id` as `{"request_id":…}` (validation by the real parser and the real error JSON),
@@ -419,6 +432,9 @@ final class Wire: Sendable {
     }
 
     deinit { running.cancel() }
+
+    /// Stops the decisions service as a shutdown does (it refuses new jobs from then on).
+    func stopDecisions() { running.cancel() }
 
     func finish() async throws {
         #expect(channel.isActive)
