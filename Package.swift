@@ -41,7 +41,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.5.0"),
-        // Already resolved through Hummingbird; named here because GatewayCore imports them directly.
+        // Already resolved through Hummingbird; named here because GatewayHTTP imports them directly.
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.34.1"),
@@ -157,17 +157,31 @@ let package = Package(
             path: "Services/opportunity-aggregator", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Gateway",
-            dependencies: ["GatewayCore"],
+            dependencies: ["GatewayHTTP"],
             path: "Services/gateway", swiftSettings: swiftSettings),
+        // The decision engine: fallback chain, breaker, batching, model stage, canary/shadow and the rollout
+        // follower, feature memory, audit buffer and writer; its Redis and Triton use. No HTTP.
         .target(
-            name: "GatewayCore",
+            name: "GatewayEngine",
             dependencies: [
                 "ServiceKit", "TECore", "TritonClient", "FeatureEngine", "TEModels", "TERedis",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing")
+            ],
+            path: "Shared/GatewayEngine", swiftSettings: swiftSettings),
+        // The gateway's HTTP layer over the engine: router, score fast path, API keys and rate limits, push streams.
+        .target(
+            name: "GatewayHTTP",
+            dependencies: [
+                "GatewayEngine", "ServiceKit", "TECore", "TEModels", "TERedis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -181,7 +195,7 @@ let package = Package(
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "Tracing", package: "swift-distributed-tracing")
             ],
-            path: "Shared/GatewayCore", swiftSettings: swiftSettings),
+            path: "Shared/GatewayHTTP", swiftSettings: swiftSettings),
         .executableTarget(
             name: "AuditWriter",
             dependencies: [
@@ -252,7 +266,8 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "GatewayCore", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird"),
+                "GatewayEngine", "GatewayHTTP", "TestSupport",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 // The score fast path's handler tests: the gateway's HTTP/1.1 pipeline on an in-memory channel.
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -271,7 +286,7 @@ let package = Package(
         .target(
             name: "GatewayFuzzTargets",
             dependencies: [
-                "FuzzTargets", "GatewayCore", "TEModels",
+                "FuzzTargets", "GatewayEngine", "GatewayHTTP", "TEModels",
                 // The HTTP framing target builds the gateway's pipeline on an EmbeddedChannel.
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -29,7 +29,7 @@ let package = Package(
         .executableTarget(
             name: "StreamCodecFuzz", dependencies: ["CLibFuzzer", .product(name: "FuzzTargets", package: root)],
             path: "Sources/StreamCodecFuzz", swiftSettings: [.swiftLanguageMode(.v6)]),
-        // GatewayCore pulls Hummingbird and NIO into the sanitized build (about 3 min more, once).
+        // GatewayHTTP pulls Hummingbird and NIO into the sanitized build (about 3 min more, once).
         .executableTarget(
             name: "ScoreRequestFuzz", dependencies: ["CLibFuzzer", .product(name: "GatewayFuzzTargets", package: root)],
             path: "Sources/ScoreRequestFuzz", swiftSettings: [.swiftLanguageMode(.v6)]),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates Shared/GatewayCore/OpenAPIDocument.swift from deploy/openapi.yaml (the single source of truth;
+# Regenerates Shared/GatewayHTTP/OpenAPIDocument.swift from deploy/openapi.yaml (the single source of truth;
 # GatewayTests checks that they match).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +10,4 @@ cd "$(dirname "$0")/.."
   cat deploy/openapi.yaml
   echo '"""##'
   echo '}'
-} > Shared/GatewayCore/OpenAPIDocument.swift
+} > Shared/GatewayHTTP/OpenAPIDocument.swift

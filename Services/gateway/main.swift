@@ -1,5 +1,6 @@
 import Foundation
-import GatewayCore
+import GatewayEngine
+import GatewayHTTP
 import ServiceKit
 
 let onEventLoops = GatewayRuntime.installEventLoopExecutor(environment: ProcessInfo.processInfo.environment)

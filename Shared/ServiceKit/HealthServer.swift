@@ -11,9 +11,13 @@ import Synchronization
 /// dependencies do: each call starts a probe per check (one at a time per check: a call finding a probe
 /// still running joins it) and waits for them at most `answerWithin`; a probe still running then is a
 /// failure ("no answer within …", with how long it has been running). A probe running longer than
-/// `timeout` is abandoned (its late result ignored) so the next call probes afresh. Probes are
-/// unstructured tasks: a check that ignores cancellation (a blocking driver call) cannot hold `/readyz`.
-public final class ReadinessChecks: Sendable {
+/// `timeout` is abandoned (its late result ignored) so the next call probes afresh, so a check that ignores
+/// cancellation (a blocking driver call) cannot hold `/readyz`.
+///
+/// The probes run as child tasks of `run()`: the checks are a `Service` of whoever serves `/readyz`
+/// (`HealthServer` runs them beside its HTTP server; the gateway lists them among its services). A probe
+/// not running (before `run()`, after shutdown) is a failure like a hung one.
+public final class ReadinessChecks: Service, Sendable {
     public typealias Check = @Sendable () async throws -> Void
 
     struct Probe {
@@ -26,6 +30,7 @@ public final class ReadinessChecks: Sendable {
     }
 
     private let probes = Mutex<[Probe]>([])
+    private let tasks = BackgroundTasks()
     /// How long a probe may run before it is abandoned. Default: 2 s.
     public let timeout: Duration
     /// How long `/readyz` waits for its probes. Default: 80 ms (answers within 100 ms).
@@ -46,6 +51,9 @@ public final class ReadinessChecks: Sendable {
 
     public var names: [String] { probes.withLock { $0.map(\.name) } }
 
+    /// Runs the probes until graceful shutdown (then waits for those running).
+    public func run() async { await tasks.run() }
+
     /// The failing checks and why; empty when ready. Returns within `min(answerWithin, timeout)`.
     public func failures() async -> [(name: String, reason: String)] {
         let now = ContinuousClock.now
@@ -53,17 +61,16 @@ public final class ReadinessChecks: Sendable {
             list.indices.map { i in start(&list, i, now: now) }
         }
         let all = Gate(count: gates.count)
-        for gate in gates {
-            Task {
-                await gate.wait()
-                all.arrive()
+        for gate in gates { gate.whenOpen { all.arrive() } }
+        let wait = min(answerWithin, timeout)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try? await Task.sleep(for: wait)
+                all.open()
             }
+            await all.wait()
+            group.cancelAll()
         }
-        Task { [wait = min(answerWithin, timeout)] in
-            try? await Task.sleep(for: wait)
-            all.open()
-        }
-        await all.wait()
         let after = ContinuousClock.now
         return probes.withLock { list in
             list.compactMap { probe -> (String, String)? in
@@ -85,7 +92,7 @@ public final class ReadinessChecks: Sendable {
         let gate = Gate(count: 1)
         list[i].running = (now, gate)
         let name = list[i].name
-        Task {
+        let started = tasks.submit { [self] in
             var reason: String?
             do {
                 try await check()
@@ -101,6 +108,8 @@ public final class ReadinessChecks: Sendable {
             }
             gate.arrive()
         }
+        // Not started (shutting down): it stays "running" until `timeout`, reported as no answer.
+        _ = started
         return gate
     }
 
@@ -114,6 +123,7 @@ final class Gate: Sendable {
     private struct State {
         var remaining: Int
         var waiters: [CheckedContinuation<Void, Never>] = []
+        var callbacks: [@Sendable () -> Void] = []
     }
 
     private let state: Mutex<State>
@@ -125,13 +135,28 @@ final class Gate: Sendable {
     func open() { release { $0.remaining = 0 } }
 
     private func release(_ change: (inout State) -> Void) {
-        let waiters: [CheckedContinuation<Void, Never>] = state.withLock { s in
+        let (waiters, callbacks) = state.withLock {
+            s -> ([CheckedContinuation<Void, Never>], [@Sendable () -> Void]) in
             change(&s)
-            guard s.remaining <= 0 else { return [] }
-            defer { s.waiters = [] }
-            return s.waiters
+            guard s.remaining <= 0 else { return ([], []) }
+            defer {
+                s.waiters = []
+                s.callbacks = []
+            }
+            return (s.waiters, s.callbacks)
         }
         for w in waiters { w.resume() }
+        for c in callbacks { c() }
+    }
+
+    /// Calls `callback` once open (at once if it is).
+    func whenOpen(_ callback: @escaping @Sendable () -> Void) {
+        let openNow = state.withLock { s in
+            if s.remaining <= 0 { return true }
+            s.callbacks.append(callback)
+            return false
+        }
+        if openNow { callback() }
     }
 
     func wait() async {
@@ -211,6 +236,14 @@ public struct HealthServer: Service {
     }
 
     public func run() async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await readiness.run() }
+            // At graceful shutdown both return; when the server fails the group cancels the probes.
+            try await serve()
+        }
+    }
+
+    private func serve() async throws {
         let router = Router()
         HealthRoutes.add(to: router, registry: registry, readiness: readiness)
         let logger = self.logger

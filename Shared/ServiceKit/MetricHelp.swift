@@ -1,9 +1,8 @@
 import Metrics
 import Prometheus
 
-/// The `# HELP` text of every metric family the services create through swift-metrics (the gateway and
-/// audit-writer name theirs where they register them). One table, so the text of a family is the same
-/// wherever it is created.
+/// The `# HELP` text of every metric family the services create through swift-metrics (audit-writer names
+/// its own where it registers them). One table, so the text of a family is the same wherever it is created.
 public enum MetricHelp {
     public static let text: [String: String] = [
         "te_stream_entries_processed_total": "Stream entries handled by the stage (output written and acknowledged).",
@@ -66,7 +65,31 @@ public enum MetricHelp {
         "te_canary_verdict":
             "The canary judge's verdict on outcomes: -1 worse, 0 none (or not enough outcomes), 1 better.",
         "te_rollout_transitions_total":
-            "Transitions of the shared rollout state this process made, by kind (rollback, promotion, restore)."
+            "Transitions of the shared rollout state this process made, by kind (rollback, promotion, restore).",
+        // gateway
+        "te_gateway_request_duration_seconds": "Score request duration, arrival to answer.",
+        "te_gateway_requests_total": "Score decisions by decision, source and client.",
+        "te_gateway_rate_limited_total": "Requests answered 429 rate_limited (GATEWAY_RATE_LIMIT), by client.",
+        "te_gateway_fallback_total": "Why a link of the fallback chain did not answer.",
+        "te_gateway_triton_duration_seconds": "Triton inference call duration.",
+        "te_gateway_batch_rows": "Rows per batched Triton inference call.",
+        "te_gateway_breaker_state": "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+        "te_gateway_audit_buffer_depth": "Audit records waiting to be written to te:audit.",
+        "te_gateway_audit_dropped_total": "Audit records dropped because the buffer was full.",
+        "te_gateway_audit_written_total": "Audit records written to te:audit.",
+        "te_gateway_audit_unavailable_total":
+            "Decisions answered 503 audit_unavailable: their record did not reach Redis in time (sync durability).",
+        "te_gateway_canary_errors_total": "Canary inference calls that failed.",
+        "canary_abs_delta": "Absolute difference between canary and primary scores.",
+        "canary_disagree_total": "Canary decisions that differ from the primary's.",
+        "canary_rollbacks_total": "Automatic canary rollbacks.",
+        "te_rollout_generation": "Generation of the shared rollout state this replica follows.",
+        "te_rollout_status":
+            "1 for the rollout status this replica serves (configured, rolled_back, promoted), else 0.",
+        "te_gateway_push_clients": "Push clients connected, by stream and transport.",
+        "te_gateway_push_events_total": "Events queued to push clients, by stream.",
+        "te_gateway_push_dropped_total": "Push clients dropped by the gateway, by stream, transport and reason.",
+        "te_gateway_push_refused_total": "Push connections refused at the client limit, by stream and transport."
     ]
 }
 

@@ -46,15 +46,26 @@ public enum ServiceBootstrap {
             defer { s.metrics = true }
             return !s.metrics
         }
-        if first {
-            var factory = PrometheusMetricsFactory(registry: registry)
-            factory.defaultDurationHistogramBuckets = [
-                .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .microseconds(2500),
-                .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
-                .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10)
-            ]
-            MetricsSystem.bootstrap(HelpTextMetricsFactory(inner: factory))
-        }
+        if first { MetricsSystem.bootstrap(metricsFactory(registry: registry)) }
         return registry
+    }
+
+    /// The swift-metrics factory every service's metrics go through: onto `registry`, HELP text from
+    /// `MetricHelp`, the services' default duration buckets, and a family's own buckets where given. `metrics()`
+    /// bootstraps the process with one on `ServiceBootstrap.registry`; a component that serves its own registry
+    /// (the gateway: one per instance, several in a test process) makes its own with its histograms' buckets.
+    public static func metricsFactory(
+        registry: PrometheusCollectorRegistry, durationBuckets: [String: [Duration]] = [:],
+        valueBuckets: [String: [Double]] = [:]
+    ) -> any MetricsFactory {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = [
+            .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .microseconds(2500),
+            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+            .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10)
+        ]
+        factory.durationHistogramBuckets = durationBuckets
+        factory.valueHistogramBuckets = valueBuckets
+        return HelpTextMetricsFactory(inner: factory)
     }
 }

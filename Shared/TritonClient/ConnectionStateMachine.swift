@@ -1,13 +1,16 @@
 import TECore
 
-/// The lifecycle of one Triton connection, without I/O: idle → connecting → ready(session) → idle (lost or
-/// failed) … → closed, and when a call may start a connect. `ConnectionCore` is its driver: it owns the
+/// The lifecycle of one Triton connection, without I/O: idle → connecting → ready(session) → idle (lost, failed
+/// or going away) … → closed, and when a call may start a connect. `ConnectionCore` is its driver: it owns the
 /// socket, the nghttp2 session, the calls waiting for a connect and the deadline timer, and does what the
 /// machine answers. Keepalive is `KeepaliveState`, per session.
 ///
 /// Reconnect backoff: after a failed connect, calls fail at once (`unreachable`) until the policy's delay for
 /// the consecutive failures so far has passed, then the next call connects again (jittered, so replicas that
 /// lost Triton together do not all come back at the same instant); a connect that succeeds resets it.
+///
+/// GOAWAY: a session the server is ending (or whose stream IDs ran out) takes no new calls; its calls in flight
+/// finish on it (it drains) while the next call connects anew, at once.
 struct ConnectionStateMachine<Session: AnyObject> {
     enum State {
         case idle
@@ -44,6 +47,8 @@ struct ConnectionStateMachine<Session: AnyObject> {
     private(set) var failures = 0
     /// Until when calls fail at once, and why.
     private(set) var unreachable: (until: ContinuousClock.Instant, reason: String)?
+    /// Sessions going away whose calls in flight still finish on them, until their channel ends.
+    private(set) var draining: [Session] = []
 
     init(backoff: RetryPolicy) { self.backoff = backoff }
 
@@ -91,17 +96,35 @@ struct ConnectionStateMachine<Session: AnyObject> {
     /// A session's channel went away (its calls have been failed): true when it was the current one (the
     /// next call reconnects, at once: a lost connection is not a failed connect).
     mutating func sessionEnded(_ session: Session) -> Bool {
+        draining.removeAll { $0 === session }
         guard case .ready(let current) = state, current === session else { return false }
         state = .idle
         return true
     }
 
-    /// The client is closing: the session to close, if one is up. The driver fails the waiting calls.
-    mutating func close() -> Session? {
-        let previous = state
+    /// The server sent GOAWAY on `session` (or its stream IDs ran out): it takes no new calls and drains; true
+    /// when it was the current one (the next call connects a new session, at once: not a failed connect).
+    mutating func sessionGoingAway(_ session: Session) -> Bool {
+        guard case .ready(let current) = state, current === session else { return false }
+        state = .idle
+        draining.append(session)
+        return true
+    }
+
+    /// The sessions whose calls are in flight: the current one and those draining (deadlines and cancels reach
+    /// calls on all of them).
+    var sessions: [Session] {
+        if case .ready(let session) = state { return [session] + draining }
+        return draining
+    }
+
+    /// The client is closing: the sessions to close (the current one and those draining). The driver fails the
+    /// waiting calls.
+    mutating func close() -> [Session] {
+        let open = sessions
         state = .closed
-        if case .ready(let session) = previous { return session }
-        return nil
+        draining = []
+        return open
     }
 
     var isClosed: Bool {

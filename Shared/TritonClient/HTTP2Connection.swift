@@ -245,7 +245,7 @@ final class ConnectionCore {
         call.progress.value.cancelRequested = true
         guard call.progress.value.continuation != nil, !call.isFinished else { return }
         call.fail(.cancelled, "call cancelled")
-        if case .ready(let session) = machine.state { session.reset(call) }
+        for session in machine.sessions { session.reset(call) }
     }
 
     // MARK: deadlines
@@ -274,7 +274,7 @@ final class ConnectionCore {
             }
             waiting.removeAll { $0.isFinished }
         }
-        if case .ready(let session) = machine.state { session.expire(now: now, next: &next) }
+        for session in machine.sessions { session.expire(now: now, next: &next) }
         if let next { armDeadline(next) }
     }
 
@@ -328,6 +328,13 @@ final class ConnectionCore {
         return true
     }
 
+    /// The server is ending the session (GOAWAY) or its stream IDs ran out: new calls go to a new connection while
+    /// its calls in flight finish on it.
+    func sessionGoingAway(_ session: GRPCSessionHandler, reason: String) {
+        guard machine.sessionGoingAway(session) else { return }
+        logger.info("triton session going away", metadata: ["endpoint": "\(authority)", "reason": "\(reason)"])
+    }
+
     /// The session's channel went away; its calls have been failed. The next call reconnects.
     func sessionEnded(_ session: GRPCSessionHandler, reason: String) {
         guard machine.sessionEnded(session) else { return }
@@ -335,14 +342,14 @@ final class ConnectionCore {
     }
 
     func close() {
-        let session = machine.close()
+        let sessions = machine.close()
         deadlineTimer?.cancel()
         deadlineTimer = nil
         timerDeadline = nil
         let calls = waiting
         waiting.removeAll()
         for call in calls { call.fail(.cancelled, "Triton client closed") }
-        session?.close(failing: "Triton client closed")
+        for session in sessions { session.close(failing: "Triton client closed") }
     }
 
     var isClosed: Bool { machine.isClosed }
@@ -376,7 +383,6 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     var headerRanges: [(Int, Int, Int, Int)] = []
     var keepalive: KeepaliveState?
     var keepaliveTimer: Scheduled<Void>?
-    var keepaliveTimerAt: ContinuousClock.Instant?
 
     init(core: ConnectionCore) {
         self.core = core
@@ -428,46 +434,28 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         if let interval = core.settings.keepaliveInterval {
-            keepalive = KeepaliveState(interval: interval, timeout: core.settings.keepaliveTimeout, now: .now)
-            armKeepalive()
+            let now = ContinuousClock.now
+            keepalive = KeepaliveState(interval: interval, timeout: core.settings.keepaliveTimeout, now: now)
+            perform(keepalive!.started(now: now))
         }
         flush()
     }
 
     // MARK: keepalive
 
-    private func rearmKeepalive() {
-        keepaliveTimer?.cancel()
-        keepaliveTimer = nil
-        keepaliveTimerAt = nil
-        armKeepalive()
-    }
-
-    /// Schedules the keepalive check for when it is next due, unless one is armed for earlier.
-    private func armKeepalive() {
-        guard let keepalive, let context, !ended else { return }
-        let due = keepalive.nextCheck(now: .now)
-        if let armed = keepaliveTimerAt, armed <= due { return }
-        keepaliveTimer?.cancel()
-        keepaliveTimerAt = due
-        keepaliveTimer = context.eventLoop.assumeIsolated().scheduleTask(in: delay(until: due)) { [self] in
-            keepaliveTimer = nil
-            keepaliveTimerAt = nil
-            perform(self.keepalive?.check(now: .now, callsInFlight: !streams.isEmpty) ?? .none)
-            armKeepalive()
-        }
-    }
-
+    /// Does what `KeepaliveState` answered.
     private func perform(_ action: KeepaliveState.Action) {
         guard let session, let context, !ended else { return }
         switch action {
         case .none:
             return
-        case .sendPing:
+        case .arm(let at):
+            arm(at, context: context)
+        case .sendPing(let at):
             core.counters.keepalivePings.add(1, ordering: .relaxed)
             _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
             queueFlush()
-            armKeepalive()
+            if let at { arm(at, context: context) }
         case .declareDead:
             core.counters.keepaliveTimeouts.add(1, ordering: .relaxed)
             closeReason = "no answer to an HTTP/2 PING within \(core.settings.keepaliveTimeout)"
@@ -477,15 +465,19 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    private func arm(_ at: ContinuousClock.Instant, context: ChannelHandlerContext) {
+        keepaliveTimer?.cancel()
+        keepaliveTimer = context.eventLoop.assumeIsolated().scheduleTask(in: delay(until: at)) { [self] in
+            keepaliveTimer = nil
+            guard keepalive != nil else { return }
+            perform(keepalive!.timerFired(now: .now, callsInFlight: !streams.isEmpty))
+        }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         guard let session else { return }
-        if keepalive?.awaitingAnswer == true {
-            keepalive!.bytesRead(now: .now)
-            rearmKeepalive()  // the timer waited for the PING's answer: move it to the next regular check
-        } else {
-            keepalive?.bytesRead(now: .now)
-        }
+        if keepalive != nil { perform(keepalive!.bytesRead(now: .now)) }
         let consumed = buffer.withUnsafeReadableBytes { bytes in
             nghttp2_session_mem_recv(session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), bytes.count)
         }
@@ -602,6 +594,7 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             call.fail(
                 .connection, "cannot open a stream on \(core.authority): \(String(cString: nghttp2_strerror(streamID)))"
             )
+            core.sessionGoingAway(self, reason: String(cString: nghttp2_strerror(streamID)))
             if nghttp2_session_want_read(session) == 0 || streamID == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE.rawValue {
                 context?.close(promise: nil)
             }
@@ -619,7 +612,8 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// RST_STREAM for a call that was failed locally (cancelled, deadline).
     func reset(_ call: GRPCCall) {
         let streamID = call.progress.value.streamID
-        guard streamID > 0, let session, streams[streamID] != nil else { return }
+        // Stream IDs are per session: the same ID on another session is another call.
+        guard streamID > 0, let session, streams[streamID] === call else { return }
         _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, NGHTTP2_CANCEL.rawValue)
         core.counters.streamsReset.add(1, ordering: .relaxed)
         queueFlush()
@@ -677,6 +671,14 @@ final class GRPCSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: nghttp2 callbacks (called from mem_recv/mem_send, i.e. on the event loop)
 
     private static func install(_ cbs: OpaquePointer?) {
+        nghttp2_session_callbacks_set_on_frame_recv_callback(cbs) { _, frame, userData in
+            guard let frame, UInt32(frame.pointee.hd.type) == NGHTTP2_GOAWAY.rawValue else { return 0 }
+            let handler = Unmanaged<GRPCSessionHandler>.fromOpaque(userData!).takeUnretainedValue()
+            let goaway = frame.pointee.goaway
+            handler.core.sessionGoingAway(
+                handler, reason: "GOAWAY (error code \(goaway.error_code), last stream \(goaway.last_stream_id))")
+            return 0
+        }
         nghttp2_session_callbacks_set_on_header_callback(cbs) {
             _, frame, name, nameLength, value, valueLength, _, userData in
             guard let frame, let name, let value else { return 0 }

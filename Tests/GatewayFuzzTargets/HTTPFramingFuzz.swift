@@ -10,8 +10,9 @@ import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 
 // The pipeline's own handlers (FramingErrorHandler, ScoreFastPathHandler, GatewayAPI) are internal to
-// GatewayCore; debug builds (the tests' and fuzz/'s) are built for testing.
-@testable import GatewayCore
+// GatewayHTTP; debug builds (the tests' and fuzz/'s) are built for testing.
+@testable import GatewayEngine
+@testable import GatewayHTTP
 
 /// The gateway's HTTP/1.1 framing over arbitrary bytes (fuzz/corpus/http-framing): the input is one
 /// connection's byte stream into the pipeline the gateway sets up for every connection, on an

@@ -1,10 +1,11 @@
 import Foundation
 import FuzzTargets
-import GatewayCore
+import GatewayEngine
+import GatewayHTTP
 import TEModels
 
 /// The score request parser over an arbitrary body (fuzz/corpus/score-request). Apart from the light
-/// targets of FuzzTargets because GatewayCore brings Hummingbird and NIO into the sanitized build.
+/// targets of FuzzTargets because GatewayHTTP brings Hummingbird and NIO into the sanitized build.
 ///
 /// Invariants: an accepted request has a valid symbol, a non-negative `ts_ns`, `freshness_ms` in range and
 /// either no features or exactly 8 finite ones that stay finite as Float (the model input); the body is a

@@ -1,5 +1,4 @@
 import Foundation
-import GatewayCore
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
@@ -9,6 +8,9 @@ import TEModels
 import TERedis
 import TestSupport
 import Testing
+
+@testable import GatewayEngine
+@testable import GatewayHTTP
 
 @Suite struct APIKeyTableTests {
     @Test func namedAndBareKeys() throws {

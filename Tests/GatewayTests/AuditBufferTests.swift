@@ -2,7 +2,8 @@ import TEModels
 import TestSupport
 import Testing
 
-@testable import GatewayCore
+@testable import GatewayEngine
+@testable import GatewayHTTP
 
 /// The audit buffer's sync-durability bookkeeping, without Redis: a waiter is released by the commit of
 /// the write that carried its record; an expired one withdraws its record unless that write is in flight.

@@ -1,5 +1,5 @@
 import Foundation
-import GatewayCore
+import GatewayHTTP
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
@@ -9,6 +9,8 @@ import TEModels
 import TERedis
 import TestSupport
 import Testing
+
+@testable import GatewayEngine
 
 /// AUDIT_DURABILITY, the audit group and trimming, and `/readyz`, against real Redis and Triton
 /// (private Redis servers where a test stops one).

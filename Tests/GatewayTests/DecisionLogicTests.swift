@@ -1,7 +1,9 @@
-import GatewayCore
+import GatewayHTTP
 import ServiceKit
 import TEModels
 import Testing
+
+@testable import GatewayEngine
 
 /// Pure decision logic with hand-made inputs (no I/O).
 @Suite struct DecisionLogicTests {

@@ -1,7 +1,9 @@
 import Foundation
-import GatewayCore
+import GatewayHTTP
 import TestSupport
 import Testing
+
+@testable import GatewayEngine
 
 @Suite("te score and te triton", .serialized, .timeLimit(.minutes(3)))
 struct GatewayCLITests {

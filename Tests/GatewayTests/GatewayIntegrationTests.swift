@@ -1,5 +1,5 @@
 import Foundation
-import GatewayCore
+import GatewayHTTP
 import Hummingbird
 import HummingbirdTesting
 import NIOCore
@@ -8,6 +8,8 @@ import TERedis
 import TestSupport
 import Testing
 import TritonClient
+
+@testable import GatewayEngine
 
 /// Against real Redis and real Triton (`make dev-up`), plus private servers for stop/restart tests.
 @Suite(.serialized, .timeLimit(.minutes(5))) struct GatewayIntegrationTests {

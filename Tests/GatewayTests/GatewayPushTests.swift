@@ -1,5 +1,5 @@
 import Foundation
-import GatewayCore
+import GatewayHTTP
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -7,6 +7,8 @@ import TEModels
 import TERedis
 import TestSupport
 import Testing
+
+@testable import GatewayEngine
 
 /// One Server-Sent Events event as a client reads it.
 struct SSEEvent: Equatable {

@@ -1,5 +1,5 @@
 import Foundation
-import GatewayCore
+import GatewayHTTP
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
@@ -9,6 +9,8 @@ import NIOPosix
 import TEModels
 import TERedis
 import TestSupport
+
+@testable import GatewayEngine
 
 enum GatewayTestEnv {
     static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

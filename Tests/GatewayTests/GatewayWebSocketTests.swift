@@ -1,5 +1,5 @@
 import Foundation
-import GatewayCore
+import GatewayHTTP
 import HTTPTypes
 import NIOCore
 import Synchronization
@@ -7,6 +7,8 @@ import TEModels
 import TERedis
 import TestSupport
 import Testing
+
+@testable import GatewayEngine
 
 /// A push message as the gateway sends it over WebSocket.
 struct PushMessage: Decodable, Equatable {

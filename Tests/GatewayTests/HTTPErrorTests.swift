@@ -3,7 +3,8 @@ import HTTPTypes
 import NIOCore
 import Testing
 
-@testable import GatewayCore
+@testable import GatewayEngine
+@testable import GatewayHTTP
 
 /// When the answer to a request the decoder could not frame goes out: after the answers of every complete
 /// request before it, then nothing more.

@@ -1,8 +1,11 @@
-import GatewayCore
+import GatewayHTTP
+import ServiceKit
 import Synchronization
 import TEModels
 import TestSupport
 import Testing
+
+@testable import GatewayEngine
 
 /// The real Triton endpoint, recording the size of every call the batcher makes through it.
 final class CallSizeRecorder: InferenceEndpoint {
@@ -36,21 +39,27 @@ final class CallSizeRecorder: InferenceEndpoint {
     @Test func concurrentCallersCoalesceAndEveryRequestIsAnsweredOnce() async throws {
         let endpoint = CallSizeRecorder(
             try TritonEndpoint(label: "primary", url: try GatewayTestEnv.tritonURL(), modelName: "trade_eligibility"))
-        let batcher = InferenceBatcher(endpoint: endpoint, version: "1", maxRows: 64, maxInFlight: 1)
+        let calls = BackgroundTasks()
+        let batcher = InferenceBatcher(endpoint: endpoint, version: "1", maxRows: 64, maxInFlight: 1, tasks: calls)
         let vector = try FeatureVector(GatewayTestEnv.sampleFeatures)
         let expected = try await endpoint.infer(
             version: "1", rows: vector.values.map(Float.init), rowCount: 1, deadline: .now + .seconds(5))[0]
         endpoint.sizes.withLock { $0.removeAll() }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for _ in 0..<Self.clients {
-                group.addTask {
-                    for _ in 0..<Self.rounds {
-                        let score = try await batcher.score(vector, deadline: .now + .seconds(5), inline: true)
-                        #expect(abs(score - Double(expected)) < 1e-6)
+        try await withThrowingTaskGroup(of: Void.self) { running in
+            // The batches no caller carries inline run here, as in the gateway's `calls` service.
+            running.addTask { await calls.run() }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<Self.clients {
+                    group.addTask {
+                        for _ in 0..<Self.rounds {
+                            let score = try await batcher.score(vector, deadline: .now + .seconds(5), inline: true)
+                            #expect(abs(score - Double(expected)) < 1e-6)
+                        }
                     }
                 }
+                try await group.waitForAll()
             }
-            try await group.waitForAll()
+            running.cancelAll()
         }
         let sizes = endpoint.sizes.withLock { $0 }
         #expect(sizes.reduce(0, +) == Self.clients * Self.rounds)

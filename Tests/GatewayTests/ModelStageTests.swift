@@ -1,10 +1,12 @@
 import Foundation
-import GatewayCore
+import GatewayHTTP
 import Logging
 import Prometheus
 import Synchronization
 import TEModels
 import Testing
+
+@testable import GatewayEngine
 
 /// An endpoint that answers as its script says, per model version: no Triton.
 final class ScriptedEndpoint: InferenceEndpoint {
@@ -77,8 +79,14 @@ final class ScriptedEndpoint: InferenceEndpoint {
             logger: Logger(label: "model-stage-test"))
     }
 
+    /// One decision while the engine's batched calls run (its `calls` service, as in the gateway's group).
     func decide(_ engine: DecisionEngine) async -> ScoreResponse {
-        await engine.score(request, requestID: nil, arrival: .now).response
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await engine.calls.run() }
+            let response = await engine.score(request, requestID: nil, arrival: .now).response
+            group.cancelAll()
+            return response
+        }
     }
 
     @Test func primaryAloneAnswersInline() async throws {

@@ -1,5 +1,7 @@
-import GatewayCore
+import GatewayHTTP
 import Testing
+
+@testable import GatewayEngine
 
 @Suite struct RequestIDTests {
     @Test func randomIsALowercaseVersion4UUID() {

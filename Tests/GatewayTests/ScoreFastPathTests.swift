@@ -1,9 +1,11 @@
 import Foundation
-import GatewayCore
+import GatewayHTTP
 import HummingbirdTesting
 import TEModels
 import TestSupport
 import Testing
+
+@testable import GatewayEngine
 
 /// The event-loop fast path of `POST /v1/score` on the wire: request order on a pipelined connection
 /// shared with Hummingbird's routes, bodies arriving in pieces or chunked, oversized bodies, and

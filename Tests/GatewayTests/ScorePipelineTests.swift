@@ -5,10 +5,12 @@ import NIOEmbedded
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+import ServiceKit
 import Synchronization
 import Testing
 
-@testable import GatewayCore
+@testable import GatewayEngine
+@testable import GatewayHTTP
 
 /// The pipelining rules as a pure state machine: what the fast path takes, holds and replays.
 @Suite struct ScorePipelineStateMachineTests {
@@ -282,6 +284,19 @@ import Testing
         try await wire.closed()
         #expect(try RawHTTP.parse(try await wire.written()).count == 1, "the held request is not served")
     }
+
+    /// Once the decisions service has stopped (it stops after the HTTP server, so only a connection the server
+    /// is closing anyway can see this) a score request is not left hanging: the connection closes unanswered.
+    @Test func aScoreRequestAfterTheDecisionsStoppedClosesTheConnection() async throws {
+        let responder = GatedResponder()
+        let wire = try await Wire(responder)
+        wire.stopDecisions()
+        while wire.decisions.submit({}) { await Task.yield() }
+        try await wire.send(RawHTTP.score(valid, requestID: "late"))
+        try await wire.closed()
+        #expect(try await wire.written().isEmpty)
+        #expect(responder.decided.isEmpty)
+    }
 }
 
 /// Decides `X-Request-Id` as `{"request_id":…}` (validation by the real parser and the real error JSON),
@@ -338,17 +353,24 @@ final class Wire: Sendable {
     let socket: SocketEnd
     let router: RouterEnd
     private let output = Mutex("")
+    /// Runs the decisions the handler hands over, as the gateway's `decisions` service does in its group.
+    let decisions: BackgroundTasks
+    private let running: Task<Void, Never>
 
     init<R: ScoreResponder>(_ responder: R) async throws {
         let socket = SocketEnd()
         let router = RouterEnd()
+        let decisions = BackgroundTasks()
+        self.decisions = decisions
+        // The test's stand-in for the gateway's ServiceGroup; cancelled when the wire goes.
+        running = Task { await decisions.run() }
         channel = try await NIOAsyncTestingChannel { channel in
             let sync = channel.pipeline.syncOperations
             try sync.addHandler(socket)
             try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false)
             try sync.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             try sync.addHandler(FramingErrorHandler())
-            try sync.addHandler(ScoreFastPathHandler(responder: responder))
+            try sync.addHandler(ScoreFastPathHandler(responder: responder, decisions: decisions))
             try sync.addHandler(router)
         }
         self.socket = socket
@@ -408,6 +430,11 @@ final class Wire: Sendable {
     func closed() async throws {
         try await channel.closeFuture.get()
     }
+
+    deinit { running.cancel() }
+
+    /// Stops the decisions service as a shutdown does (it refuses new jobs from then on).
+    func stopDecisions() { running.cancel() }
 
     func finish() async throws {
         #expect(channel.isActive)

@@ -1,6 +1,8 @@
-import GatewayCore
+import GatewayHTTP
 import TEModels
 import Testing
+
+@testable import GatewayEngine
 
 @Suite struct ScoreRequestParserTests {
     func parse(_ s: String) throws(RequestError) -> ScoreRequest { try ScoreRequestParser.parse(Array(s.utf8)) }

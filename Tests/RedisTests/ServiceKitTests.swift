@@ -171,21 +171,28 @@ struct HealthServerTests {
         }
     }
 
-    /// A check that never returns and ignores cancellation (a blocking driver call) cannot hold /readyz:
+    /// A check that does not return and ignores cancellation (a blocking driver call) cannot hold /readyz:
     /// each call answers after `answerWithin`, joins the probe already running instead of piling up new
-    /// ones, and reports how long it has been running; the healthy check is reported ok meanwhile.
+    /// ones, and reports how long it has been running; the healthy check is reported ok meanwhile. The probe
+    /// is a child task of the checks' `run()`, which returns once it has.
     @Test func hungCheckNeitherHoldsReadinessNorPilesUp() async {
         let readiness = ReadinessChecks(timeout: .seconds(60), answerWithin: .milliseconds(50))
         let started = Mutex(0)
+        let hung = Mutex<CheckedContinuation<Void, Never>?>(nil)
         readiness.add("ok") {}
         readiness.add("hung") {
             started.withLock { $0 += 1 }
-            await withUnsafeContinuation { (_: UnsafeContinuation<Void, Never>) in }
+            await withCheckedContinuation { c in hung.withLock { $0 = c } }
         }
-        for _ in 0..<3 {
-            let failures = await readiness.failures()
-            #expect(failures.map(\.name) == ["hung"])
-            #expect(failures.first?.reason.hasPrefix("no answer within") == true)
+        await Self.running(readiness) {
+            for _ in 0..<3 {
+                let failures = await readiness.failures()
+                #expect(failures.map(\.name) == ["hung"])
+                #expect(failures.first?.reason.hasPrefix("no answer within") == true)
+            }
+            #expect(started.withLock { $0 } == 1)
+            while hung.withLock({ $0 == nil }) { await Task.yield() }
+            hung.withLock { $0!.resume() }
         }
         #expect(started.withLock { $0 } == 1)
     }
@@ -193,9 +200,29 @@ struct HealthServerTests {
     @Test func slowCheckTimesOut() async {
         let readiness = ReadinessChecks(timeout: .milliseconds(100))
         readiness.add("slow") { try await Task.sleep(for: .seconds(5)) }
+        await Self.running(readiness) {
+            let failures = await readiness.failures()
+            #expect(failures.map(\.name) == ["slow"])
+            #expect(failures.first?.reason.hasPrefix("no answer within") == true)
+        }
+    }
+
+    /// With nothing running the checks' probes, every check is reported unanswered, never passed.
+    @Test func checksNotRunAreNotReady() async {
+        let readiness = ReadinessChecks(timeout: .milliseconds(100), answerWithin: .milliseconds(20))
+        readiness.add("ok") {}
         let failures = await readiness.failures()
-        #expect(failures.map(\.name) == ["slow"])
+        #expect(failures.map(\.name) == ["ok"])
         #expect(failures.first?.reason.hasPrefix("no answer within") == true)
+    }
+
+    /// Runs `body` while `readiness` runs its probes, then stops them (cancelling the sleeping one).
+    static func running(_ readiness: ReadinessChecks, _ body: () async -> Void) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await readiness.run() }
+            await body()
+            group.cancelAll()
+        }
     }
 }
 

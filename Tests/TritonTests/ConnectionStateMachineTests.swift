@@ -65,7 +65,7 @@ import Testing
     @Test func closeEndsEverything() {
         var m = ConnectionStateMachine<Session>(backoff: backoff)
         _ = m.callStarted(now: t0)
-        #expect(m.close() == nil, "no session yet")
+        #expect(m.close().isEmpty, "no session yet")
         #expect(m.connectFailed(reason: "late", now: t0, random: 0) == false, "the connect ended after the close")
         #expect(m.sessionReady(Session()) == false, "the driver closes that channel")
         #expect(m.callStarted(now: t0) == .failClosed)
@@ -74,7 +74,39 @@ import Testing
         _ = ready.callStarted(now: t0)
         let session = Session()
         _ = ready.sessionReady(session)
-        #expect(ready.close() === session)
+        #expect(ready.close().map(ObjectIdentifier.init) == [ObjectIdentifier(session)])
         #expect(ready.isClosed)
+    }
+
+    @Test func aSessionGoingAwayDrainsWhileTheNextCallConnectsAnew() {
+        var m = ConnectionStateMachine<Session>(backoff: backoff)
+        _ = m.callStarted(now: t0)
+        let old = Session()
+        _ = m.sessionReady(old)
+        #expect(m.sessionGoingAway(Session()) == false, "not the current session")
+        #expect(m.sessionGoingAway(old) == true)
+        #expect(m.sessionGoingAway(old) == false, "already going away")
+        #expect(m.callStarted(now: t0) == .waitAndConnect, "new calls do not go to a session going away")
+        #expect(m.failures == 0, "going away is not a failed connect")
+        let new = Session()
+        #expect(m.sessionReady(new) == true)
+        #expect(m.callStarted(now: t0) == .submit(new))
+        // Deadlines and cancels still reach the calls finishing on the old one.
+        #expect(m.sessions.map(ObjectIdentifier.init) == [ObjectIdentifier(new), ObjectIdentifier(old)])
+        #expect(m.sessionEnded(old) == false, "its end is not the current session's")
+        #expect(m.sessions.map(ObjectIdentifier.init) == [ObjectIdentifier(new)])
+        #expect(m.callStarted(now: t0) == .submit(new))
+    }
+
+    @Test func closeClosesTheSessionsStillDraining() {
+        var m = ConnectionStateMachine<Session>(backoff: backoff)
+        _ = m.callStarted(now: t0)
+        let old = Session()
+        _ = m.sessionReady(old)
+        _ = m.sessionGoingAway(old)
+        #expect(m.close().map(ObjectIdentifier.init) == [ObjectIdentifier(old)], "no current session, one draining")
+        #expect(m.sessions.isEmpty)
+        #expect(m.sessionGoingAway(old) == false)
+        #expect(m.callStarted(now: t0) == .failClosed)
     }
 }

@@ -9,47 +9,69 @@ import Testing
 @Suite struct KeepaliveStateTests {
     let t0 = ContinuousClock.now
 
+    func started(interval: Duration = .seconds(10), timeout: Duration = .seconds(2)) -> KeepaliveState {
+        var k = KeepaliveState(interval: interval, timeout: timeout, now: t0)
+        #expect(k.started(now: t0) == .arm(t0 + interval), "the first check, one interval on")
+        return k
+    }
+
     @Test func busyQuietConnectionIsPingedAndAnAnswerKeepsIt() {
-        var k = KeepaliveState(interval: .seconds(10), timeout: .seconds(2), now: t0)
-        #expect(k.nextCheck(now: t0) == t0 + .seconds(10))
-        #expect(k.check(now: t0 + .seconds(9), callsInFlight: true) == .none)
-        #expect(k.check(now: t0 + .seconds(10), callsInFlight: true) == .sendPing)
-        #expect(k.nextCheck(now: t0 + .seconds(10)) == t0 + .seconds(12))
-        #expect(k.check(now: t0 + .seconds(11), callsInFlight: true) == .none, "one PING at a time")
-        k.bytesRead(now: t0 + .milliseconds(10_001))  // the ACK
-        #expect(k.check(now: t0 + .seconds(12), callsInFlight: true) == .none)
-        #expect(k.nextCheck(now: t0 + .seconds(12)) == t0 + .milliseconds(20_001))
+        var k = started()
+        // Fired early (timers may): nothing due yet, the timer stays armed for the due instant.
+        #expect(k.timerFired(now: t0 + .seconds(9), callsInFlight: true) == .arm(t0 + .seconds(10)))
+        #expect(k.timerFired(now: t0 + .seconds(10), callsInFlight: true) == .sendPing(arm: t0 + .seconds(12)))
+        #expect(
+            k.timerFired(now: t0 + .seconds(11), callsInFlight: true) == .arm(t0 + .seconds(12)), "one PING at a time")
+        // The ACK: the timer, armed for the answer's deadline, moves to the next regular check.
+        #expect(k.bytesRead(now: t0 + .milliseconds(10_001)) == .arm(t0 + .milliseconds(20_001)))
+        #expect(!k.awaitingAnswer)
+        #expect(
+            k.timerFired(now: t0 + .milliseconds(20_001), callsInFlight: true)
+                == .sendPing(arm: t0 + .milliseconds(22_001)))
     }
 
     @Test func idleConnectionIsNeverPinged() {
         // gRPC servers answer PINGs without calls with GOAWAY too_many_pings after the third.
-        var k = KeepaliveState(interval: .seconds(10), timeout: .seconds(2), now: t0)
-        #expect(k.check(now: t0 + .seconds(60), callsInFlight: false) == .none)
-        #expect(k.nextCheck(now: t0 + .seconds(60)) == t0 + .seconds(70), "no busy timer while idle")
+        var k = started()
+        #expect(
+            k.timerFired(now: t0 + .seconds(60), callsInFlight: false) == .arm(t0 + .seconds(70)),
+            "no busy timer while idle")
+        #expect(k.timerFired(now: t0 + .seconds(70), callsInFlight: false) == .arm(t0 + .seconds(80)))
+        #expect(!k.awaitingAnswer)
     }
 
     @Test func unansweredPingDeclaresTheConnectionDead() {
-        var k = KeepaliveState(interval: .seconds(10), timeout: .seconds(2), now: t0)
-        #expect(k.check(now: t0 + .seconds(10), callsInFlight: true) == .sendPing)
-        #expect(k.check(now: t0 + .seconds(12), callsInFlight: false) == .declareDead, "even once the calls are gone")
+        var k = started()
+        #expect(k.timerFired(now: t0 + .seconds(10), callsInFlight: true) == .sendPing(arm: t0 + .seconds(12)))
+        #expect(
+            k.timerFired(now: t0 + .seconds(12), callsInFlight: false) == .declareDead, "even once the calls are gone")
     }
 
-    @Test func readsPostponeThePing() {
-        var k = KeepaliveState(interval: .seconds(10), timeout: .seconds(2), now: t0)
-        k.bytesRead(now: t0 + .seconds(5))
-        #expect(k.check(now: t0 + .seconds(10), callsInFlight: true) == .none)
-        #expect(k.nextCheck(now: t0 + .seconds(10)) == t0 + .seconds(15))
+    @Test func readsPostponeThePingWithoutMovingTheTimer() {
+        var k = started()
+        #expect(k.bytesRead(now: t0 + .seconds(5)) == .none, "no timer work per read")
+        #expect(k.timerFired(now: t0 + .seconds(10), callsInFlight: true) == .arm(t0 + .seconds(15)))
+        #expect(k.timerFired(now: t0 + .seconds(15), callsInFlight: true) == .sendPing(arm: t0 + .seconds(17)))
     }
 
     @Test func expiredCallPingsAtOnceOnlyWhenNothingWasReadSinceItWasSent() {
-        var k = KeepaliveState(interval: .seconds(10), timeout: .seconds(2), now: t0)
-        k.bytesRead(now: t0 + .seconds(2))
+        var k = started()
+        _ = k.bytesRead(now: t0 + .seconds(2))
         // Sent before the last read: the connection answered since, no PING.
         #expect(k.callExpired(sentAt: t0 + .seconds(1), now: t0 + .seconds(3)) == .none)
-        // Sent after it and nothing read since: PING now, dead `timeout` later without an answer.
-        #expect(k.callExpired(sentAt: t0 + .milliseconds(2_500), now: t0 + .seconds(3)) == .sendPing)
+        // Sent after it and nothing read since: PING now, the timer brought forward to the answer's deadline.
+        #expect(
+            k.callExpired(sentAt: t0 + .milliseconds(2_500), now: t0 + .seconds(3)) == .sendPing(arm: t0 + .seconds(5)))
         #expect(k.callExpired(sentAt: t0 + .milliseconds(2_600), now: t0 + .seconds(3)) == .none, "one PING at a time")
-        #expect(k.check(now: t0 + .seconds(5), callsInFlight: false) == .declareDead)
+        #expect(k.timerFired(now: t0 + .seconds(5), callsInFlight: false) == .declareDead)
+    }
+
+    @Test func aPingWhoseDeadlineIsAfterTheArmedTimerLeavesTheTimerAlone() {
+        var k = started(interval: .seconds(1), timeout: .seconds(5))
+        // Armed for t0+1 s; an expiry PING at t0+0.5 s answers by t0+5.5 s: the earlier timer stays and re-arms then.
+        #expect(k.callExpired(sentAt: t0 + .milliseconds(100), now: t0 + .milliseconds(500)) == .sendPing(arm: nil))
+        #expect(k.timerFired(now: t0 + .seconds(1), callsInFlight: true) == .arm(t0 + .milliseconds(5_500)))
+        #expect(k.timerFired(now: t0 + .milliseconds(5_500), callsInFlight: true) == .declareDead)
     }
 }
 

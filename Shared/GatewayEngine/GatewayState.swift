@@ -43,22 +43,22 @@ public final class FeatureMemory: Sendable {
 }
 
 /// A symbol's last model score, answered (as `cache`) while younger than `CACHE_TTL_MS`.
-public final class ScoreCache: Sendable {
-    public struct Entry: Sendable, Equatable {
-        public var score: Double
-        public var model: ModelIdentity
-        public var at: ContinuousClock.Instant
+final class ScoreCache: Sendable {
+    struct Entry: Sendable, Equatable {
+        var score: Double
+        var model: ModelIdentity
+        var at: ContinuousClock.Instant
     }
 
     private let entries = Mutex<[String: Entry]>([:])
 
-    public init() {}
+    init() {}
 
-    public func put(_ symbol: String, score: Double, model: ModelIdentity, at: ContinuousClock.Instant) {
+    func put(_ symbol: String, score: Double, model: ModelIdentity, at: ContinuousClock.Instant) {
         entries.withLock { $0[symbol] = Entry(score: score, model: model, at: at) }
     }
 
-    public func get(_ symbol: String) -> Entry? { entries.withLock { $0[symbol] } }
+    func get(_ symbol: String) -> Entry? { entries.withLock { $0[symbol] } }
 }
 
 /// Model identity per version, as last read from Triton.

@@ -1,3 +1,4 @@
+import GatewayEngine
 import HTTPTypes
 import ServiceKit
 import TEModels

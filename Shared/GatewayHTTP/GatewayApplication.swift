@@ -1,4 +1,5 @@
 import Foundation
+import GatewayEngine
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore
@@ -14,6 +15,8 @@ import TERedis
 public struct GatewayDependencies: Sendable {
     public let config: GatewayConfiguration
     public let engine: DecisionEngine
+    /// The gateway's metrics (`/metrics` serves their registry).
+    public let metrics: GatewayMetrics
     /// Opportunities, debug reads, readiness and cold starts.
     public let redis: RedisClient
     public let onlineLoader: OnlineFeatureLoader
@@ -27,6 +30,9 @@ public struct GatewayDependencies: Sendable {
     public let push: PushStreams
     /// Who may call `/v1/*` and `/debug/*`, and each client's counters and rate limit.
     public let keys: APIKeyStore
+    /// The fast path's decisions, each a child task of this service (the last of `services`: it stops right
+    /// after the HTTP server, once no connection waits for an answer).
+    public let decisions: BackgroundTasks
 }
 
 /// Builds the gateway's clients, state and background services from its configuration.
@@ -76,7 +82,7 @@ public func buildDependencies(
         table: initialKeys, authEnabled: config.authEnabled, metrics: metrics, rateLimit: config.rateLimit)
     var endpoints: [any InferenceEndpoint] = [primary]
     if let secondary { endpoints.append(secondary) }
-    let push = PushStreams(config: config, registry: registry)
+    let push = PushStreams(config: config, metrics: metrics)
     // A blocked XREAD holds its connection: one client per push feed.
     let pushRedis = (0..<2).map {
         RedisClient(configuration: redisConfiguration, name: "gateway-push-\($0)", logger: logger)
@@ -88,7 +94,9 @@ public func buildDependencies(
             redis: auditRedis, buffer: audit, stream: config.auditStream, group: config.auditGroup,
             batchMax: config.auditBatchMax, maxLen: config.streamMaxLen, durability: config.auditDurability,
             syncWait: config.auditSyncWait, logger: logger),
-        // After the audit writer, so it stops first: its comparisons' records reach the writer's drain.
+        // After the audit writer, so they stop first: the comparisons' records reach the writer's drain, and the
+        // batched calls outlive the comparisons that make them.
+        engine.calls,
         engine.comparisons,
         loader.tasks,
         RolloutEventWriter(
@@ -118,6 +126,9 @@ public func buildDependencies(
     let readiness = ReadinessChecks()
     readiness.add("redis") { try await queryRedis.ping() }
     let tritonProbes = ReadinessChecks()
+    let decisions = BackgroundTasks()
+    // The probes' tasks; the decisions last, so they stop first (before what a decision uses).
+    services += [readiness, tritonProbes, decisions]
     tritonProbes.add("triton_primary") {
         guard await primary.isReady(version: config.modelVersion) else { throw TritonNotReady() }
     }
@@ -127,8 +138,9 @@ public func buildDependencies(
         }
     }
     return GatewayDependencies(
-        config: config, engine: engine, redis: queryRedis, onlineLoader: loader, services: services, logger: logger,
-        readiness: readiness, tritonProbes: tritonProbes, push: push, keys: keys)
+        config: config, engine: engine, metrics: metrics, redis: queryRedis, onlineLoader: loader, services: services,
+        logger: logger,
+        readiness: readiness, tritonProbes: tritonProbes, push: push, keys: keys, decisions: decisions)
 }
 
 struct TritonNotReady: Error, CustomStringConvertible {
@@ -439,7 +451,7 @@ struct GatewayAPI: Sendable {
         guard Symbol.isValid(symbol) else {
             return Self.clientError(RequestError(.invalidSymbol, "not a valid symbol", field: "symbol"))
         }
-        var stored = d.engine.features.get(symbol)
+        var stored = d.engine.latestFeatures(symbol)
         var origin = "memory"
         if stored == nil {
             stored = await d.onlineLoader.fetch(symbol)
@@ -468,7 +480,7 @@ struct GatewayAPI: Sendable {
             }
             n = value
         }
-        let endpoint = d.engine.primary.endpoint
+        let endpoint = d.engine.primaryEndpoint
         let version = d.config.modelVersion
         let row = [Float](repeating: 0, count: FeatureVector.count)
         var latencies: [Int64] = []
@@ -492,7 +504,7 @@ struct GatewayAPI: Sendable {
             guard !sorted.isEmpty else { return "null" }
             return String(sorted[min(sorted.count - 1, Int(Double(sorted.count - 1) * p))])
         }
-        let identity = d.engine.identities.identity(version: version)
+        let identity = d.engine.identity(version: version)
         let errorList = errors.prefix(5).map { "\"\(JSONText.escape($0))\"" }.joined(separator: ",")
         let body =
             "{\"endpoint\":\"\(JSONText.escape(d.config.tritonURL))\",\"n\":\(n),\"ok\":\(latencies.count),"
@@ -512,7 +524,8 @@ struct GatewayAPI: Sendable {
         async let redisFailures = d.readiness.failures()
         async let tritonFailures = d.tritonProbes.failures()
         let (redisDown, tritonDown) = await (redisFailures, tritonFailures)
-        let audit = d.engine.audit
+        let health = d.engine.health
+        let audit = health.audit
         // A failed last write counts only while records wait: once Redis answers again an idle (unready,
         // so trafficless) replica has nothing to write that would clear the flag.
         let auditOK = !(audit.degraded && audit.depth > 0) && !audit.isFull
@@ -522,9 +535,9 @@ struct GatewayAPI: Sendable {
             guard d.tritonProbes.names.contains(name) else { return "null" }
             return tritonDown.contains { $0.name == name } ? "false" : "true"
         }
-        func breaker(_ lane: EndpointLane?) -> String {
-            guard let lane else { return "null" }
-            switch lane.breakerState {
+        func breaker(_ state: CircuitBreaker.State?) -> String {
+            guard let state else { return "null" }
+            switch state {
             case .closed: return "\"closed\""
             case .open: return "\"open\""
             case .halfOpen: return "\"half_open\""
@@ -533,19 +546,20 @@ struct GatewayAPI: Sendable {
         var body = "{\"ready\":\(ready),\"redis\":\(redisError == nil)"
         if let redisError { body += ",\"redis_error\":\(JSONText.quoted(redisError))" }
         body += ",\"triton_primary\":\(triton("triton_primary")),\"triton_secondary\":\(triton("triton_secondary"))"
-        body += ",\"breakers\":{\"primary\":\(breaker(d.engine.primary)),\"secondary\":\(breaker(d.engine.secondary))}"
+        body +=
+            ",\"breakers\":{\"primary\":\(breaker(health.primaryBreaker)),\"secondary\":\(breaker(health.secondaryBreaker))}"
         body += ",\"audit\":{\"ok\":\(auditOK),\"durability\":\"\(d.config.auditDurability.rawValue)\""
         body += ",\"buffer_depth\":\(audit.depth),\"capacity\":\(audit.capacity),\"dropped\":\(audit.dropped)"
         body += ",\"withdrawn\":\(audit.withdrawn)}"
-        body += ",\"canary\":\(d.engine.canary.rollback.map { JSONText.quoted("rolled_back: \($0)") } ?? "\"active\"")}"
+        body += ",\"canary\":\(health.canaryRollback.map { JSONText.quoted("rolled_back: \($0)") } ?? "\"active\"")}"
         return Self.json(ready ? .ok : .serviceUnavailable, body)
     }
 
     func metrics() -> Response {
-        d.engine.metrics.process.update()
+        d.metrics.process.update()
         return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-            body: .init(byteBuffer: ByteBuffer(bytes: d.engine.metrics.registry.emitToBuffer())))
+            body: .init(byteBuffer: ByteBuffer(bytes: d.metrics.registry.emitToBuffer())))
     }
 }
 
@@ -594,11 +608,11 @@ extension GatewayAPI: ScoreResponder {
     func decide(_ a: AdmittedScore, arrival: ContinuousClock.Instant) async -> ScoreReply {
         guard let incoming = a.trace else {
             let (status, json) = ScoreResponseJSON.answer(
-                await d.engine.score(a.request, requestID: a.requestID, arrival: arrival, client: a.client))
+                await d.engine.score(a.request, requestID: a.requestID, arrival: arrival, client: a.client.score))
             return ScoreReply(status: status, json: json)
         }
         let (answer, traceparent) = await d.engine.score(
-            a.request, requestID: a.requestID, arrival: arrival, client: a.client, trace: incoming)
+            a.request, requestID: a.requestID, arrival: arrival, client: a.client.score, trace: incoming)
         let (status, json) = ScoreResponseJSON.answer(answer)
         return ScoreReply(status: status, json: json, traceparent: traceparent)
     }

@@ -1,4 +1,5 @@
 import Foundation
+import GatewayEngine
 import HTTPTypes
 import NIOCore
 import NIOHTTPTypes
@@ -47,7 +48,8 @@ extension RequestError {
 /// Serves `POST /v1/score` on the connection's event loop, in the channel pipeline ahead of
 /// Hummingbird's router; every other request passes through to Hummingbird unchanged. A thin driver of
 /// `ScorePipelineStateMachine` (which says what is taken, held and replayed, and when): it performs the
-/// machine's actions, runs the decision in one Task and writes the answer from the event loop.
+/// machine's actions, hands the decision to `decisions` (a child task of that service, not an unstructured
+/// `Task`: the ServiceGroup owns every decision in flight) and writes the answer from the event loop.
 ///
 /// Why: through Hummingbird every request crosses NIOAsyncChannel's async sequences, a Request/Response
 /// pair and the router: 41 µs of gateway CPU per `GET /healthz` on this 2-core machine (release, 32
@@ -64,9 +66,15 @@ final class ScoreFastPathHandler<Responder: ScoreResponder>: ChannelDuplexHandle
     typealias OutboundOut = HTTPResponsePart
 
     private let responder: Responder
+    private let decisions: BackgroundTasks
     private var state = ScorePipelineStateMachine()
 
-    init(responder: Responder) { self.responder = responder }
+    /// `decisions` runs each admitted request's decision; a service listed before the HTTP server, so it stops
+    /// after the server has drained its connections (and with them this handler's answers).
+    init(responder: Responder, decisions: BackgroundTasks) {
+        self.responder = responder
+        self.decisions = decisions
+    }
 
     // MARK: inbound
 
@@ -110,7 +118,7 @@ final class ScoreFastPathHandler<Responder: ScoreResponder>: ChannelDuplexHandle
         let responder = self.responder
         let eventLoop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: eventLoop)
-        Task {
+        let taken = decisions.submit {
             let reply = await responder.decide(admitted, arrival: arrival)
             if eventLoop.inEventLoop {
                 let (handler, context) = bound.value
@@ -122,6 +130,9 @@ final class ScoreFastPathHandler<Responder: ScoreResponder>: ChannelDuplexHandle
                 }
             }
         }
+        // Refused only once the decisions service has begun to stop, which is after the HTTP server has: a
+        // connection still reading then is one the server is closing anyway.
+        if !taken { context.close(promise: nil) }
     }
 
     /// Writes a score answer, then replays what was held back while it was computed.

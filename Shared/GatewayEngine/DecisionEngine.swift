@@ -1,26 +1,35 @@
 import Foundation
 import Logging
+import Metrics
 import ServiceKit
 import Synchronization
 import TEModels
 import Tracing
 
 /// One Triton endpoint with its breaker and a batcher per model version.
-public final class EndpointLane: Sendable {
-    public let endpoint: any InferenceEndpoint
+final class EndpointLane: Sendable {
+    let endpoint: any InferenceEndpoint
     let batchers: [String: InferenceBatcher]
+    /// `te_gateway_triton_duration_seconds` per model version.
+    private let tritonDurations: [String: Metrics.Timer]
     private let breaker: Mutex<CircuitBreaker>
     let metrics: GatewayMetrics
 
-    init(endpoint: any InferenceEndpoint, versions: [String], config: GatewayConfiguration, metrics: GatewayMetrics) {
+    init(
+        endpoint: any InferenceEndpoint, versions: [String], config: GatewayConfiguration, metrics: GatewayMetrics,
+        calls: BackgroundTasks
+    ) {
         self.endpoint = endpoint
         var batchers: [String: InferenceBatcher] = [:]
+        var durations: [String: Metrics.Timer] = [:]
         for v in versions {
+            durations[v] = metrics.tritonDuration(endpoint: endpoint.label, version: v)
             batchers[v] = InferenceBatcher(
                 endpoint: endpoint, version: v, maxRows: config.batchMaxRows, maxInFlight: config.batchMaxInFlight,
-                rowsPerCall: metrics.batchRows(endpoint: endpoint.label, version: v))
+                tasks: calls, rowsPerCall: metrics.batchRows(endpoint: endpoint.label, version: v))
         }
         self.batchers = batchers
+        tritonDurations = durations
         breaker = Mutex(
             CircuitBreaker(
                 failureThreshold: config.breakerFailures,
@@ -31,7 +40,10 @@ public final class EndpointLane: Sendable {
 
     var label: String { endpoint.label }
 
-    public var breakerState: CircuitBreaker.State { breaker.withLock { $0.state } }
+    /// A successful inference call's duration.
+    func recordCall(version: String, duration: Duration) { tritonDurations[version]?.record(duration: duration) }
+
+    var breakerState: CircuitBreaker.State { breaker.withLock { $0.state } }
 
     func acquire() -> CircuitBreaker.Permission {
         let (permission, gauge) = breaker.withLock { b in (b.acquire(now: .now), b.gaugeValue) }
@@ -77,21 +89,28 @@ public enum ScoreAnswer: Sendable, Equatable {
 
 /// Turns a validated request into a decision: features, the fallback chain under one deadline,
 /// canary/shadow, the audit record. Never throws: every failure ends in a safer source.
+///
+/// Its public surface is what the HTTP layer needs: `score`, the services to run (`comparisons`, `calls`),
+/// and a read-only view for the debug and readiness endpoints (`latestFeatures`, `identity`,
+/// `primaryEndpoint`, `health`); its parts stay inside the module.
 public final class DecisionEngine: Sendable {
-    public let config: GatewayConfiguration
-    public let metrics: GatewayMetrics
-    public let features: FeatureMemory
-    public let cache: ScoreCache
-    public let identities: ModelIdentityStore
-    public let audit: AuditBuffer
+    let config: GatewayConfiguration
+    let metrics: GatewayMetrics
+    let features: FeatureMemory
+    let cache: ScoreCache
+    let identities: ModelIdentityStore
+    let audit: AuditBuffer
     /// The async shadow/canary comparisons, after the answer; a service of the gateway listed after the
     /// audit writer, so shutdown finishes them before the writer drains.
     public let comparisons = BackgroundTasks()
-    public let canary: CanaryController
+    /// The batched inference calls no request carries inline; a service listed before `comparisons`, so it
+    /// stops after them (they call the canary too).
+    public let calls = BackgroundTasks()
+    let canary: CanaryController
     /// This replica's rollout steps (breach rollbacks) for the shared state, performed by `RolloutEventWriter`.
-    public let rollout = RolloutEvents()
-    public let primary: EndpointLane
-    public let secondary: EndpointLane?
+    let rollout = RolloutEvents()
+    let primary: EndpointLane
+    let secondary: EndpointLane?
     let coldStart: (@Sendable (String, ContinuousClock.Instant) async -> StoredFeatures?)?
     let logger: Logger
 
@@ -110,9 +129,11 @@ public final class DecisionEngine: Sendable {
         self.coldStart = coldStart
         cache = ScoreCache()
         let versions = [config.modelVersion, config.canaryVersion]
-        self.primary = EndpointLane(endpoint: primary, versions: versions, config: config, metrics: metrics)
+        let calls = self.calls
+        self.primary = EndpointLane(
+            endpoint: primary, versions: versions, config: config, metrics: metrics, calls: calls)
         self.secondary = secondary.map {
-            EndpointLane(endpoint: $0, versions: versions, config: config, metrics: metrics)
+            EndpointLane(endpoint: $0, versions: versions, config: config, metrics: metrics, calls: calls)
         }
         canary = CanaryController(
             primaryVersion: config.modelVersion, version: config.canaryVersion, canaryEnabled: config.canaryEnabled,
@@ -144,7 +165,7 @@ public final class DecisionEngine: Sendable {
     /// record and its counters count the decision); nil for a caller outside the HTTP API.
     public func score(
         _ request: ScoreRequest, requestID clientRequestID: String?, arrival: ContinuousClock.Instant,
-        client: APIClient? = nil
+        client: ScoreClient? = nil
     ) async -> ScoreAnswer {
         await decide(request, requestID: clientRequestID, arrival: arrival, client: client, traceID: nil, traced: false)
     }
@@ -157,7 +178,7 @@ public final class DecisionEngine: Sendable {
     /// the record and the log lines its trace id, and is answered as it came.
     public func score(
         _ request: ScoreRequest, requestID clientRequestID: String?, arrival: ContinuousClock.Instant,
-        client: APIClient? = nil, trace incoming: TraceHeaders
+        client: ScoreClient? = nil, trace incoming: TraceHeaders
     ) async -> (ScoreAnswer, traceparent: String?) {
         let parent = incoming.parent.flatMap { TraceHeaders.traceID(ofParent: $0) == nil ? nil : $0 }
         guard Traces.enabled else {
@@ -206,7 +227,7 @@ public final class DecisionEngine: Sendable {
     /// a request span is the current context).
     private func decide(
         _ request: ScoreRequest, requestID clientRequestID: String?, arrival: ContinuousClock.Instant,
-        client: APIClient?, traceID: String?, traced: Bool
+        client: ScoreClient?, traceID: String?, traced: Bool
     ) async -> ScoreAnswer {
         let decisionID = RequestID.random()
         let requestID = clientRequestID ?? decisionID
@@ -298,7 +319,7 @@ public final class DecisionEngine: Sendable {
         } else {
             metrics.request(decision: decision, source: source)
         }
-        metrics.requestDuration.record(latency)
+        metrics.requestDuration.record(duration: latency)
         for r in reasons { metrics.fallback(reason: r) }
         let reason = reasons.isEmpty ? nil : reasons.joined(separator: ",")
 
@@ -509,7 +530,7 @@ public final class DecisionEngine: Sendable {
             permissions[leg] = nil
             let l = lane(leg)
             l.record(outcome.map { $0.map { _ in () } }, permission: permission)
-            if case .success = outcome { metrics.triton(endpoint: l.label, version: version(leg), duration: elapsed) }
+            if case .success = outcome { l.recordCall(version: version(leg), duration: elapsed) }
             if leg == .primary, useCanary {
                 switch outcome {
                 case .success: break  // judged with its disagreement in compare()
@@ -642,7 +663,7 @@ public final class DecisionEngine: Sendable {
         case (.canary, _):
             observeCanary(.init(failed: false, latencyMs: answer.latency.milliseconds, disagreed: disagreed))
         case (.shadow, .scored):
-            metrics.triton(endpoint: primary.label, version: otherVersion, duration: elapsed)
+            primary.recordCall(version: otherVersion, duration: elapsed)
             observeCanary(.init(failed: false, latencyMs: elapsed.milliseconds, disagreed: disagreed))
         case (.shadow, .failed):
             metrics.canaryErrors.increment()
@@ -706,5 +727,34 @@ public final class DecisionEngine: Sendable {
 extension Duration {
     var milliseconds: Double {
         Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15
+    }
+}
+
+// MARK: - What the HTTP layer reads
+
+extension DecisionEngine {
+    /// The features the engine holds for `symbol` (from the feed or a cold start), if any.
+    public func latestFeatures(_ symbol: String) -> StoredFeatures? { features.get(symbol) }
+
+    /// The model identity Triton reported for `version` (hash `unknown` until it has).
+    public func identity(version: String) -> ModelIdentity { identities.identity(version: version) }
+
+    /// The primary Triton endpoint (`/debug/triton` calls it directly, outside the fallback chain).
+    public var primaryEndpoint: any InferenceEndpoint { primary.endpoint }
+
+    /// What `/readyz` reports of the engine.
+    public struct Health: Sendable {
+        public var primaryBreaker: CircuitBreaker.State
+        /// nil without a secondary endpoint.
+        public var secondaryBreaker: CircuitBreaker.State?
+        public var audit: AuditBuffer
+        /// Why the canary was rolled back; nil while it is active.
+        public var canaryRollback: CanaryMonitor.Breach?
+    }
+
+    public var health: Health {
+        Health(
+            primaryBreaker: primary.breakerState, secondaryBreaker: secondary?.breakerState, audit: audit,
+            canaryRollback: canary.rollback)
     }
 }

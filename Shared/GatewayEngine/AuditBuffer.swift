@@ -91,7 +91,7 @@ public final class AuditBuffer: Sendable {
     }
 
     private func afterEnqueue(accepted: Bool, writer: CheckedContinuation<Void, Never>?, depth: Int) {
-        metrics?.auditBufferDepth.set(Double(depth))
+        metrics?.auditBufferDepth.record(depth)
         if !accepted { metrics?.auditDropped.increment() }
         writer?.resume()
     }
@@ -163,7 +163,7 @@ public final class AuditBuffer: Sendable {
             return (released, s.live)
         }
         for c in released { c.resume(returning: true) }
-        metrics?.auditBufferDepth.set(Double(depth))
+        metrics?.auditBufferDepth.record(depth)
         metrics?.auditWritten.increment(by: Int64(written))
     }
 

@@ -50,38 +50,6 @@ public struct FeatureFeed: Service {
     }
 }
 
-/// Reading a stream from its tail (`$`) with plain `XREAD BLOCK` on a connection of its own, so every
-/// replica sees every entry: what the feature feed and the push feeds share. Redis failures are logged and
-/// retried after `retry`'s pause; `onWake` runs after every read, entries or not.
-enum StreamTail {
-    /// 50 ms doubling to 2 s, jittered.
-    static let retry = RetryPolicy(initial: .milliseconds(50), maximum: .seconds(2))
-
-    static func follow(
-        redis: RedisClient, stream: String, logger: Logger, onWake: () -> Void = {},
-        _ handle: ([StreamEntry]) -> Void
-    ) async {
-        var cursor = "$"
-        var backoff = RetryBackoff(retry)
-        while !Task.isCancelled {
-            do {
-                for result in try await redis.xread(streams: [(stream, cursor)], count: 1000, block: .milliseconds(500))
-                {
-                    handle(result.entries)
-                    if let last = result.entries.last { cursor = last.id }
-                }
-                backoff.succeeded()
-            } catch {
-                if Task.isCancelled { break }
-                logger.warning(
-                    "reading a stream failed; retrying", metadata: ["stream": "\(stream)", "error": "\(error)"])
-                try? await Task.sleep(for: backoff.failed())
-            }
-            onWake()
-        }
-    }
-}
-
 extension Int {
     var isPowerOf2: Bool { self > 0 && (self & (self - 1)) == 0 }
 }
@@ -124,7 +92,7 @@ public final class OnlineFeatureLoader: Sendable {
         return await slot.wait()
     }
 
-    func fetch(_ symbol: String) async -> StoredFeatures? {
+    public func fetch(_ symbol: String) async -> StoredFeatures? {
         do {
             let fields = try await redis.hgetall(keyPrefix + symbol)
             guard !fields.isEmpty else {
@@ -365,10 +333,12 @@ public struct IdentityRefresher: Service {
 }
 
 /// Closes the Redis clients last, after the other services (the service group stops in reverse order).
-struct RedisClientsCloser: Service {
+public struct RedisClientsCloser: Service {
     let clients: [RedisClient]
 
-    func run() async throws {
+    public init(clients: [RedisClient]) { self.clients = clients }
+
+    public func run() async throws {
         try? await gracefulShutdown()
         for client in clients { client.close() }
     }

@@ -1,3 +1,4 @@
+import GatewayEngine
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore
@@ -57,7 +58,7 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
     /// The gateway's handlers in front of Hummingbird's on a connection that stays HTTP (`additionalChannelHandlers`;
     /// the http-framing fuzz target builds its connections with the same).
     static func httpHandlers(api: GatewayAPI, fastPath: Bool) -> [any RemovableChannelHandler] {
-        [FramingErrorHandler()] + (fastPath ? [ScoreFastPathHandler(responder: api)] : [])
+        [FramingErrorHandler()] + (fastPath ? [ScoreFastPathHandler(responder: api, decisions: api.d.decisions)] : [])
     }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {

@@ -1,3 +1,4 @@
+import GatewayEngine
 import HTTPTypes
 import NIOCore
 import NIOHTTPTypes

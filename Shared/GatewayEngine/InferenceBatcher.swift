@@ -1,4 +1,4 @@
-import Prometheus
+import Metrics
 import ServiceKit
 import Synchronization
 import TECore
@@ -16,15 +16,17 @@ import Tracing
 ///
 /// `score(_:deadline:inline:)` with `inline: true` makes the caller's own task send the call it
 /// starts, saving a task hop per request at low load (measured: ~10–40 µs per hop on this 2-core
-/// machine); the queue that built up meanwhile is handed to a new task. Only callers whose task is not
-/// cancelled while other requests ride along (the single-leg path) may use it: cancelling the
-/// carrier would fail the riders.
-public final class InferenceBatcher: Sendable {
-    public let endpoint: any InferenceEndpoint
-    public let version: String
+/// machine); the queue that built up meanwhile is handed to a child task of `tasks`. Only callers whose task
+/// is not cancelled while other requests ride along (the single-leg path) may use it: cancelling the
+/// carrier would fail the riders. Calls not carried inline run as child tasks of `tasks` (a service of the
+/// gateway), never as unstructured tasks: shutdown waits for them.
+final class InferenceBatcher: Sendable {
+    let endpoint: any InferenceEndpoint
+    let version: String
     let maxRows: Int
     let maxInFlight: Int
-    let rowsPerCall: ValueHistogram?
+    let rowsPerCall: Recorder?
+    let tasks: BackgroundTasks
 
     private struct Pending {
         var row: FeatureVector
@@ -41,10 +43,11 @@ public final class InferenceBatcher: Sendable {
 
     private let state = Mutex(State())
 
-    public init(
-        endpoint: any InferenceEndpoint, version: String, maxRows: Int, maxInFlight: Int,
-        rowsPerCall: ValueHistogram? = nil
+    init(
+        endpoint: any InferenceEndpoint, version: String, maxRows: Int, maxInFlight: Int, tasks: BackgroundTasks,
+        rowsPerCall: Recorder? = nil
     ) {
+        self.tasks = tasks
         self.endpoint = endpoint
         self.version = version
         self.maxRows = max(1, maxRows)
@@ -53,7 +56,7 @@ public final class InferenceBatcher: Sendable {
     }
 
     /// The model's score for one feature vector.
-    public func score(_ features: FeatureVector, deadline: ContinuousClock.Instant, inline: Bool = false)
+    func score(_ features: FeatureVector, deadline: ContinuousClock.Instant, inline: Bool = false)
         async throws(InferenceFailure) -> Double
     {
         let slot = ResultSlot()
@@ -94,7 +97,15 @@ public final class InferenceBatcher: Sendable {
     }
 
     private func launch(_ batch: [Pending]) {
-        Task { await self.run(batch) }
+        guard !tasks.submit({ await self.run(batch) }) else { return }
+        // `tasks` has stopped (shutdown): nothing will send this batch or the queue behind it.
+        let failure = InferenceFailure(.unavailable, "gateway shutting down")
+        var stranded = batch
+        while true {
+            for p in stranded { p.slot.finish(.failure(failure)) }
+            guard let next = nextBatchOrIdle() else { return }
+            stranded = next
+        }
     }
 
     private func run(_ initial: [Pending]) async {
@@ -119,7 +130,7 @@ public final class InferenceBatcher: Sendable {
             }
         }
         if !live.isEmpty {
-            rowsPerCall?.record(Double(live.count))
+            rowsPerCall?.record(live.count)
             await call(live)
         }
     }
@@ -181,7 +192,7 @@ public final class InferenceBatcher: Sendable {
 extension InferenceBatcher {
     /// What each rider of a failed call is told: the same failure, but only `reporter` (the first rider
     /// still waiting) carries it to the breaker — one failed call counts once.
-    public static func riderFailures(_ error: InferenceFailure, riders: Int, reporter: Int) -> [InferenceFailure] {
+    static func riderFailures(_ error: InferenceFailure, riders: Int, reporter: Int) -> [InferenceFailure] {
         var shared = error
         shared.sharedWithBatch = true
         return (0..<riders).map { $0 == reporter ? error : shared }

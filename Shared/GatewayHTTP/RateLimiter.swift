@@ -1,28 +1,29 @@
+import GatewayEngine
 import Synchronization
 
 /// A token bucket: `rate` tokens a second up to `capacity`, one per request. A value type driven by the
 /// caller's clock (nanoseconds, monotonic), so it is tested without sleeping.
-public struct TokenBucket: Sendable, Equatable {
-    public enum Verdict: Sendable, Equatable {
+struct TokenBucket: Sendable, Equatable {
+    enum Verdict: Sendable, Equatable {
         case allowed
         /// Refused; a token will be there after this many whole seconds (at least 1: `Retry-After`).
         case limited(retryAfterSeconds: Int)
     }
 
-    public let ratePerSecond: Double
-    public let capacity: Double
-    public private(set) var tokens: Double
+    let ratePerSecond: Double
+    let capacity: Double
+    private(set) var tokens: Double
     /// When `tokens` was last brought up to date; nil until the first request (the bucket starts full).
     private var updatedNs: Int64?
 
     /// `GATEWAY_RATE_LIMIT`'s bucket: `ratePerSecond` with a burst of the same size (at least one request).
-    public init(ratePerSecond: Double) {
+    init(ratePerSecond: Double) {
         self.ratePerSecond = ratePerSecond
         capacity = max(1, ratePerSecond)
         tokens = capacity
     }
 
-    public mutating func take(nowNs: Int64) -> Verdict {
+    mutating func take(nowNs: Int64) -> Verdict {
         if let updatedNs, nowNs > updatedNs {
             tokens = min(capacity, tokens + Double(nowNs - updatedNs) / 1e9 * ratePerSecond)
         }

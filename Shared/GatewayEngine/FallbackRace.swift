@@ -3,17 +3,17 @@
 /// the primary is still pending at the hedge time; the first success answers; at the model deadline
 /// (or when both legs failed) the chain moves on to cache, rules, abstain. `reasons` says why the
 /// earlier legs did not answer (`primary_timeout`, `primary_breaker_open`, `secondary_unavailable`, …).
-public struct FallbackRace: Sendable, Equatable {
-    public enum Leg: String, Sendable { case primary, secondary }
+struct FallbackRace: Sendable, Equatable {
+    enum Leg: String, Sendable { case primary, secondary }
 
-    public enum LegState: Sendable, Equatable {
+    enum LegState: Sendable, Equatable {
         case idle
         case running
         case failed
         case succeeded
     }
 
-    public enum Event: Sendable, Equatable {
+    enum Event: Sendable, Equatable {
         /// The leg's breaker refused the call.
         case skipped(Leg)
         case succeeded(Leg)
@@ -22,29 +22,29 @@ public struct FallbackRace: Sendable, Equatable {
         case deadline
     }
 
-    public enum Action: Sendable, Equatable {
+    enum Action: Sendable, Equatable {
         case wait
         case start(Leg)
         case answer(Leg)
         case giveUp
     }
 
-    public private(set) var primary: LegState = .idle
-    public private(set) var secondary: LegState
-    public private(set) var reasons: [String] = []
-    public private(set) var finished = false
+    private(set) var primary: LegState = .idle
+    private(set) var secondary: LegState
+    private(set) var reasons: [String] = []
+    private(set) var finished = false
 
     /// `hasSecondary`: a secondary endpoint is configured.
-    public init(hasSecondary: Bool) {
+    init(hasSecondary: Bool) {
         secondary = hasSecondary ? .idle : .failed
     }
 
-    public mutating func start() -> Action {
+    mutating func start() -> Action {
         primary = .running
         return .start(.primary)
     }
 
-    public mutating func on(_ event: Event) -> Action {
+    mutating func on(_ event: Event) -> Action {
         guard !finished else { return .wait }
         switch event {
         case .skipped(let leg):

@@ -10,12 +10,12 @@ import TEModels
 /// rolled back (no canary or shadow traffic) or promoted (the canary version answers as primary). A
 /// breach this replica sees stops its own canary traffic at once (the safe direction) while its
 /// compare-and-set on the shared state is under way; the next state applied decides from then on.
-public final class CanaryController: Sendable {
-    public let primaryVersion: String
-    public let version: String
-    public let canaryEnabled: Bool
-    public let shadowEnabled: Bool
-    public let fraction: Double
+final class CanaryController: Sendable {
+    let primaryVersion: String
+    let version: String
+    let canaryEnabled: Bool
+    let shadowEnabled: Bool
+    let fraction: Double
 
     private struct State {
         var monitor: CanaryMonitor
@@ -27,7 +27,7 @@ public final class CanaryController: Sendable {
 
     private let state: Mutex<State>
 
-    public init(
+    init(
         primaryVersion: String = "1", version: String, canaryEnabled: Bool, shadowEnabled: Bool, fraction: Double,
         limits: CanaryMonitor.Limits
     ) {
@@ -40,15 +40,15 @@ public final class CanaryController: Sendable {
     }
 
     /// The last breach this replica's own observations caused (nil when the canary was never breached here).
-    public var rollback: CanaryMonitor.Breach? { state.withLock { $0.breach } }
+    var rollback: CanaryMonitor.Breach? { state.withLock { $0.breach } }
 
     /// What this replica serves now.
-    public var status: RolloutState.Status {
+    var status: RolloutState.Status {
         state.withLock { Self.status($0, primary: primaryVersion, canary: version) }
     }
 
     /// The shared state last applied.
-    public var followed: RolloutState { state.withLock { $0.followed } }
+    var followed: RolloutState { state.withLock { $0.followed } }
 
     private static func status(_ s: State, primary: String, canary: String) -> RolloutState.Status {
         s.breachPending != nil ? .rolledBack : s.followed.status(primary: primary, canary: canary)
@@ -57,15 +57,15 @@ public final class CanaryController: Sendable {
     var active: Bool { status == .configured }
 
     /// The version answering as primary: the configured one, or the canary once promoted.
-    public var servingPrimary: String { RolloutState.servingPrimary(status, primary: primaryVersion, canary: version) }
+    var servingPrimary: String { RolloutState.servingPrimary(status, primary: primaryVersion, canary: version) }
 
     /// Whether this request is answered by the canary.
-    public func routesToCanary(requestID: String) -> Bool {
+    func routesToCanary(requestID: String) -> Bool {
         guard canaryEnabled, fraction > 0, active else { return false }
         return Self.unitHash(requestID) < fraction
     }
 
-    public var shadowing: Bool { shadowEnabled && active }
+    var shadowing: Bool { shadowEnabled && active }
 
     /// Records one canary observation; on the transition to a breach returns it with the generation it was
     /// judged under (the expected generation of the shared rollback).
@@ -96,7 +96,7 @@ public final class CanaryController: Sendable {
     }
 
     /// FNV-1a 64 of the bytes, as a number in [0, 1).
-    public static func unitHash(_ s: String) -> Double {
+    static func unitHash(_ s: String) -> Double {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in s.utf8 {
             h ^= UInt64(b)

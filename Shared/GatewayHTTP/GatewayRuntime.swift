@@ -1,3 +1,4 @@
+import GatewayEngine
 import NIOCore
 import NIOPosix
 

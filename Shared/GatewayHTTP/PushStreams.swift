@@ -1,10 +1,12 @@
 import Foundation
+import GatewayEngine
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore
 import Logging
+import Metrics
 import NIOCore
-import Prometheus
+import ServiceKit
 import ServiceLifecycle
 import Synchronization
 import TEModels
@@ -72,41 +74,29 @@ public final class PushBroadcaster: Sendable {
     public let maxClients: Int
     public let queueLimit: Int
     private let state = Mutex(State())
-    private let clientsGauges: [PushTransport: Gauge]
+    private let clientsGauges: [PushTransport: Meter]
     private let eventsSent: Counter
     private let drops: [PushTransport: [DropReason: Counter]]
     private let refused: [PushTransport: Counter]
 
-    public init(name: String, maxClients: Int, queueLimit: Int, registry: PrometheusCollectorRegistry) {
+    /// Metrics through swift-metrics onto `factory` (the gateway's, `GatewayMetrics.factory`).
+    init(name: String, maxClients: Int, queueLimit: Int, factory: any MetricsFactory) {
         self.name = name
         self.maxClients = maxClients
         self.queueLimit = queueLimit
-        func descriptor(_ metric: String, _ help: String) -> MetricNameDescriptor {
-            MetricNameDescriptor(metricName: metric, unitName: "", helpText: help)
-        }
-        eventsSent = registry.makeCounter(
-            descriptor: descriptor("te_gateway_push_events_total", "Events queued to push clients, by stream"),
-            labels: [("stream", name)])
-        var gauges: [PushTransport: Gauge] = [:]
+        eventsSent = Counter(label: "te_gateway_push_events_total", dimensions: [("stream", name)], factory: factory)
+        var gauges: [PushTransport: Meter] = [:]
         var drops: [PushTransport: [DropReason: Counter]] = [:]
         var refused: [PushTransport: Counter] = [:]
         for transport in PushTransport.allCases {
             let labels = [("stream", name), ("transport", transport.rawValue)]
-            gauges[transport] = registry.makeGauge(
-                descriptor: descriptor("te_gateway_push_clients", "Push clients connected, by stream and transport"),
-                labels: labels)
+            gauges[transport] = Meter(label: "te_gateway_push_clients", dimensions: labels, factory: factory)
             for reason in [DropReason.slowConsumer, .shutdown] {
-                drops[transport, default: [:]][reason] = registry.makeCounter(
-                    descriptor: descriptor(
-                        "te_gateway_push_dropped_total",
-                        "Push clients dropped by the gateway, by stream, transport and reason"),
-                    labels: labels + [("reason", reason.rawValue)])
+                drops[transport, default: [:]][reason] = Counter(
+                    label: "te_gateway_push_dropped_total", dimensions: labels + [("reason", reason.rawValue)],
+                    factory: factory)
             }
-            refused[transport] = registry.makeCounter(
-                descriptor: descriptor(
-                    "te_gateway_push_refused_total",
-                    "Push connections refused at the client limit, by stream and transport"),
-                labels: labels)
+            refused[transport] = Counter(label: "te_gateway_push_refused_total", dimensions: labels, factory: factory)
         }
         clientsGauges = gauges
         self.drops = drops
@@ -251,12 +241,13 @@ public struct PushStreams: Sendable {
     public let opportunities: PushBroadcaster
     public let decisions: PushBroadcaster
 
-    init(config: GatewayConfiguration, registry: PrometheusCollectorRegistry) {
+    init(config: GatewayConfiguration, metrics: GatewayMetrics) {
         opportunities = PushBroadcaster(
             name: "opportunities", maxClients: config.pushMaxClients, queueLimit: config.pushQueueLimit,
-            registry: registry)
+            factory: metrics.factory)
         decisions = PushBroadcaster(
-            name: "decisions", maxClients: config.pushMaxClients, queueLimit: config.pushQueueLimit, registry: registry)
+            name: "decisions", maxClients: config.pushMaxClients, queueLimit: config.pushQueueLimit,
+            factory: metrics.factory)
     }
 
 }

@@ -9,8 +9,8 @@ import TEModels
 ///
 /// Balanced books score σ(-0.5) ≈ 0.38 (no trade at the default threshold 0.5); |depth_imbalance| above
 /// 0.2 with a sub-basis-point spread crosses it; wide spreads and high volatility pull the score down.
-public enum RulesBaseline {
-    public static func score(_ f: FeatureVector) -> Double {
+enum RulesBaseline {
+    static func score(_ f: FeatureVector) -> Double {
         let z = -0.5 - 0.8 * f.spreadBps + 2.5 * abs(f.depthImbalance) - 0.05 * f.realizedVolBps
         return 1 / (1 + exp(-z))
     }
