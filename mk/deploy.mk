@@ -1,7 +1,7 @@
 # Deployment targets, included from the top-level Makefile.
 #   make up / make down    the whole system in docker-compose (needs a Docker engine)
 #   make up-canary-demo    the same with shadow scoring on, to watch the canary being rolled back
-#   make up-scaled         the same with two replicas of every stage but outcome-tracker and opportunity-aggregator (STREAM_SHARDS=4;
+#   make up-scaled         the same with two replicas of every stage but outcome-tracker (STREAM_SHARDS=4;
 #                          their metrics ports on free host ports: `docker compose ps` lists them)
 #   make check-deploy      validates Dockerfile, compose, Kubernetes, Prometheus and Grafana files
 #                          offline (installs its validators; TE_METRICS_URLS="url ..." adds live checks)
@@ -20,7 +20,7 @@ up-canary-demo:
 up-scaled:
 	@scripts/compose-env.sh
 	TE_STAGE_REPLICAS=2 STREAM_SHARDS=4 TE_PORT_INGEST= TE_PORT_FEATURE_PIPELINE= TE_PORT_STRATEGY_ENGINE= \
-	TE_PORT_AUDIT_WRITER= $(COMPOSE) up -d --build
+	TE_PORT_AUDIT_WRITER= TE_PORT_OPPORTUNITY_AGGREGATOR= $(COMPOSE) up -d --build
 
 down:
 	$(COMPOSE) down

@@ -19,30 +19,37 @@ struct AggregatorSettings: Sendable {
     var inputStream = StreamKey.signals
     /// Output stream. `OPPORTUNITIES_STREAM`; default `te:opportunities`.
     var outputStream = StreamKey.opportunities
-    /// Prefix of the aggregator's own keys: `{prefix}:state` (hash) and `{prefix}:seen:{signal id}`.
-    /// `AGG_STATE_PREFIX`; default `te:agg`.
+    /// Prefix of the aggregator's own keys: `{prefix}:state` (hash), `{prefix}:outbox` (stream),
+    /// `{prefix}:seen:{signal id}` and `{prefix}:relayed:{te:opportunities}` (hash). With shards, each shard's
+    /// keys are under `{prefix}:{k}`. `AGG_STATE_PREFIX`; default `te:agg`.
     var statePrefix = "te:agg"
     /// `MAXLEN ~` of the output stream. `STREAM_MAXLEN`; default 1000000.
     var streamMaxLen = 1_000_000
     /// The shard this state serves when `STREAM_SHARDS` > 1 (its gauges carry it as `shard`), else nil.
     var shardIndex: Int?
+    /// `{prefix}:{k}` of the shard when sharded.
+    var shardPrefix: String?
 
-    var stateKey: String { "\(statePrefix):state" }
+    /// The shard's keys' prefix.
+    var keyPrefix: String { shardPrefix ?? statePrefix }
+    var stateKey: String { "\(keyPrefix):state" }
+    /// The shard's outbox of opportunities (see `ShardOutbox`).
+    var outboxKey: String { "\(keyPrefix):outbox" }
+    /// What every shard's relay remembers, in the output stream's slot.
+    var relayedKey: String { ShardOutbox.relayedKey(prefix: statePrefix, target: outputStream) }
 
     /// The settings of shard `k` of `shards` (DESIGN.md "Shards"): input `te:signals:{k}` and the state under
-    /// `{prefix}:{k}`, so the batch's MULTI (state, seen ids, XACK) stays in the shard's slot. One shard keeps
+    /// `{prefix}:{k}`, so the batch's fenced step (outbox, state, seen ids, XACK) stays in the shard's slot. One shard keeps
     /// today's names.
     func shard(_ k: Int, of shards: Int) -> AggregatorSettings {
         guard shards > 1 else { return self }
         var settings = self
         settings.inputStream = StreamKey.sharded(inputStream, shard: k, of: shards)
-        settings.statePrefix = "\(statePrefix):{\(k)}"
+        settings.shardPrefix = "\(statePrefix):{\(k)}"
         settings.shardIndex = k
         return settings
     }
-    func seenKey(_ signalID: String) -> String { "\(statePrefix):seen:\(signalID)" }
-    /// The idle closer looks this often.
-    var idleCheckInterval: Duration { min(.seconds(1), max(.milliseconds(10), idleCloseAfter / 4)) }
+    func seenKey(_ signalID: String) -> String { "\(keyPrefix):seen:\(signalID)" }
 
     static func fromEnvironment(_ env: Env) throws(ConfigurationError) -> AggregatorSettings {
         let d = AggregatorSettings()

@@ -38,8 +38,11 @@ public enum MetricHelp {
         "te_features_window_quotes": "Quotes in the symbol's feature window.",
         "te_features_compute_seconds": "Time to compute one feature snapshot.",
         "te_signals_total": "Signals emitted, by strategy and direction.",
-        "te_opportunities_emitted_total": "Opportunities written to te:opportunities, by why their window closed.",
+        "te_opportunities_emitted_total":
+            "Opportunities emitted (via the shard's outbox to te:opportunities), by why their window closed.",
         "te_opportunities_open_windows": "Aggregation windows currently open.",
+        "te_opportunities_relay_failures_total":
+            "Relays of a shard's committed outbox to te:opportunities that failed (retried; nothing lost).",
         "te_signals_duplicate_total": "Signals seen twice (redelivery) and ignored.",
         "te_signals_stale_total": "Signals older than their symbol's open window, ignored.",
         "te_signals_low_confidence_total": "Signals below the aggregator's confidence floor, ignored.",

@@ -93,8 +93,11 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
         self.logger = logger
     }
 
+    /// A shard's worker: a child of `run`'s task group. `stop` ends its stop stream (the child then cancels
+    /// its loop, which finishes the batch in hand); `done` ends when the child has returned.
     private struct Running {
-        var task: Task<Void, Never>
+        var stop: AsyncStream<Void>.Continuation
+        var done: AsyncStream<Void>
         var fence: ShardFence
     }
 
@@ -111,18 +114,21 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
             ownership: ShardOwnership(shards: settings.shards, me: leases.me))
         driver.logger.info(
             "sharded stream worker starting", metadata: ["shards": "\(settings.shards)", "lease_ms": "\(ttlMs)"])
-        while !WorkerLoop<Stage>.shuttingDown {
-            let roundStart = ContinuousClock.now
-            do {
-                try await driver.round()
-            } catch {
-                driver.logger.warning("lease round failed", metadata: ["error": "\(error)"])
+        // Every shard's worker is a child of this group: none outlives `run`, and each is stopped on its own.
+        await withDiscardingTaskGroup { group in
+            while !WorkerLoop<Stage>.shuttingDown {
+                let roundStart = ContinuousClock.now
+                do {
+                    try await driver.round(&group)
+                } catch {
+                    driver.logger.warning("lease round failed", metadata: ["error": "\(error)"])
+                }
+                try? await cancelWhenGracefulShutdown {
+                    try await Task.sleep(until: roundStart + settings.lease / 3, clock: .continuous)
+                }
             }
-            try? await cancelWhenGracefulShutdown {
-                try await Task.sleep(until: roundStart + settings.lease / 3, clock: .continuous)
-            }
+            await driver.stopAll()
         }
-        await driver.stopAll()
         driver.logger.info("sharded stream worker stopped")
     }
 
@@ -158,7 +164,7 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
             owned.record(0)
         }
 
-        mutating func round() async throws {
+        mutating func round(_ group: inout DiscardingTaskGroup) async throws {
             var actions: [ShardOwnership.Action] = []
             for (k, r) in running where r.fence.isStopped {
                 running[k] = nil
@@ -171,13 +177,13 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
             var views: [ShardOwnership.Lease] = []
             for reply in replies.dropFirst() { views.append(try ShardLeases.parseLease(reply)) }
             actions += ownership.event(.observed(members: members, leases: views))
-            try await perform(actions)
+            try await perform(actions, &group)
             owned.record(ownership.owned.count)
         }
 
         /// Drops first (at once), then renewals (so a slow release cannot let a lease lapse), releases and
         /// acquisitions.
-        mutating func perform(_ actions: [ShardOwnership.Action]) async throws {
+        mutating func perform(_ actions: [ShardOwnership.Action], _ group: inout DiscardingTaskGroup) async throws {
             var renewals: [(Int, Int64)] = []
             var releases: [(Int, Int64)] = []
             var acquisitions: [Int] = []
@@ -186,7 +192,7 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
                 case .drop(let k):
                     // Its writes are refused by the store already; stop it reading too.
                     running[k]?.fence.revoke()
-                    running[k]?.task.cancel()
+                    running[k]?.stop.finish()
                     running[k] = nil
                     changes["lost"]?.increment()
                     logger.warning("shard lost: its lease is gone or another replica's", metadata: ["shard": "\(k)"])
@@ -197,7 +203,7 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
                 case .acquire(let k):
                     acquisitions.append(k)
                 case .start(let k, let token):
-                    start(k, token: token, validUntil: .now + worker.settings.lease)
+                    start(k, token: token, validUntil: .now + worker.settings.lease, in: &group)
                 }
             }
             if !renewals.isEmpty {
@@ -210,7 +216,7 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
                     if held { running[k]?.fence.extend(to: sentAt + worker.settings.lease) }
                     more += ownership.event(.renewed(shard: k, held: held))
                 }
-                try await perform(more)
+                try await perform(more, &group)
             }
             for (k, token) in releases {
                 await stop(k)
@@ -232,12 +238,14 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
                     _ = ownership.event(.acquired(shard: k, token: token))
                     changes["acquired"]?.increment()
                     logger.info("shard acquired", metadata: ["shard": "\(k)", "token": "\(token)"])
-                    start(k, token: token, validUntil: sentAt + worker.settings.lease)
+                    start(k, token: token, validUntil: sentAt + worker.settings.lease, in: &group)
                 }
             }
         }
 
-        mutating func start(_ k: Int, token: Int64, validUntil: ContinuousClock.Instant) {
+        mutating func start(
+            _ k: Int, token: Int64, validUntil: ContinuousClock.Instant, in group: inout DiscardingTaskGroup
+        ) {
             let fence = ShardFence(shard: k, token: token, leases: leases, validUntil: validUntil, fenced: fenced)
             var shardConfiguration = worker.configuration
             // The shard is this replica's alone now: whatever the previous owner left pending is claimed
@@ -250,31 +258,53 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
             logger[metadataKey: "shard"] = "\(k)"
             logger[metadataKey: "token"] = "\(token)"
             let shardLogger = logger
-            let task = Task {
-                let reader = RedisClient(configuration: redis, name: "\(name)-read", logger: shardLogger)
-                let writer = RedisClient(configuration: redis, name: "\(name)-write", logger: shardLogger)
-                defer {
-                    reader.close()
-                    writer.close()
-                    fence.markStopped()
-                }
-                var loop = WorkerLoop(
-                    stage: stage, reader: reader, writer: writer, configuration: configuration, fence: fence,
-                    logger: shardLogger)
-                do {
-                    try await loop.run()
-                } catch {
-                    shardLogger.error("shard worker failed", metadata: ["error": "\(error)"])
+            let (stops, stop) = AsyncStream<Void>.makeStream()
+            let (done, finished) = AsyncStream<Void>.makeStream()
+            group.addTask {
+                defer { finished.finish() }
+                // Whichever ends first cancels the other: the stop stream ending (the worker then finishes
+                // its batch in hand), or the worker returning by itself (its lease lost).
+                await withTaskGroup(of: Void.self) { shard in
+                    shard.addTask { for await _ in stops {} }
+                    shard.addTask {
+                        await Self.work(
+                            stage: stage, redis: redis, name: name, configuration: configuration, fence: fence,
+                            logger: shardLogger)
+                    }
+                    await shard.next()
+                    shard.cancelAll()
                 }
             }
-            running[k] = Running(task: task, fence: fence)
+            running[k] = Running(stop: stop, done: done, fence: fence)
+        }
+
+        /// One shard's worker, until it is cancelled or its lease is lost.
+        static func work(
+            stage: Stage, redis: RedisConfiguration, name: String, configuration: StreamWorkerConfiguration,
+            fence: ShardFence, logger shardLogger: Logger
+        ) async {
+            let reader = RedisClient(configuration: redis, name: "\(name)-read", logger: shardLogger)
+            let writer = RedisClient(configuration: redis, name: "\(name)-write", logger: shardLogger)
+            defer {
+                reader.close()
+                writer.close()
+                fence.markStopped()
+            }
+            var loop = WorkerLoop(
+                stage: stage, reader: reader, writer: writer, configuration: configuration, fence: fence,
+                logger: shardLogger)
+            do {
+                try await loop.run()
+            } catch {
+                shardLogger.error("shard worker failed", metadata: ["error": "\(error)"])
+            }
         }
 
         /// Stops shard `k`'s worker gracefully (it finishes the batch in hand) and waits for it.
         mutating func stop(_ k: Int) async {
             guard let r = running.removeValue(forKey: k) else { return }
-            r.task.cancel()
-            await r.task.value
+            r.stop.finish()
+            for await _ in r.done {}
         }
 
         /// Graceful shutdown: every worker finishes its batch, then the leases and the heartbeat are

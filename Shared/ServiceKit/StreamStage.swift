@@ -24,11 +24,19 @@ public protocol StreamStage: Sendable {
     /// nothing. A stage that holds state until its output is durable (see `StageOutput.keepPending`)
     /// releases it here; when the write fails this is not called and `handle` sees the entries again.
     mutating func committed() async
+    /// True when the stage has output of its own while its input is quiet (`idle`). Default: false.
+    var callsIdle: Bool { get }
+    /// Called (when `callsIdle`) after a read of new entries came back empty: output without input, e.g.
+    /// windows closed because the input went quiet. Written like a batch's output (no acknowledgements),
+    /// then `committed` is called; throwing backs off. Default: nothing.
+    mutating func idle() async throws -> StageOutput
 }
 
 extension StreamStage {
     public mutating func prepare(redis: RedisClient) async throws {}
     public mutating func committed() async {}
+    public var callsIdle: Bool { false }
+    public mutating func idle() async throws -> StageOutput { .none }
 }
 
 /// One decoded entry handed to a stage.

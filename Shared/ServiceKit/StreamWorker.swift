@@ -90,7 +90,7 @@ struct WorkerLoop<Stage: StreamStage> {
         self.group = stage.stage
         self.stream = stage.inputStream
         self.consumer = configuration.consumerName
-        self.core = StreamWorkerCore(configuration: configuration, now: .now)
+        self.core = StreamWorkerCore(configuration: configuration, now: .now, callsIdle: stage.callsIdle)
         var logger = logger
         logger[metadataKey: "stage"] = "\(stage.stage)"
         logger[metadataKey: "consumer"] = "\(configuration.consumerName)"
@@ -192,6 +192,12 @@ struct WorkerLoop<Stage: StreamStage> {
             case .commit(let commit, nil):
                 event = await self.commit(commit)
                 if case .committed = event { await stage.committed() }
+            case .idle:
+                do {
+                    event = .idled(.success(try await stage.idle()))
+                } catch {
+                    event = .idled(.failure(error))
+                }
             case .awaitReadAhead:
                 preconditionFailure("a read-ahead is awaited only inside its commit")
             case .backOff(let delay):

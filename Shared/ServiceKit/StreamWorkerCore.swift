@@ -71,6 +71,9 @@ struct StreamWorkerCore<Input: StreamMessage> {
         case awaitReadAhead
         /// Sleep (cut short by shutdown), then report `.backedOff`.
         case backOff(Duration)
+        /// A read of new entries came back empty: ask the stage for output of its own (`StreamStage.idle`),
+        /// then report `.idled`. Only when `callsIdle`.
+        case idle
         case stop
     }
 
@@ -90,6 +93,8 @@ struct StreamWorkerCore<Input: StreamMessage> {
         /// A Redis command failed (read, pending lookup, commit). `noGroup`: the group is gone.
         case redisFailed(String, noGroup: Bool)
         case backedOff
+        /// The stage's idle output (nothing: `.none`), or its error.
+        case idled(Result<StageOutput, any Error>)
         /// The commit was refused by the store: this worker's shard lease is gone (see `ShardLeases`).
         /// Nothing of it was written or acknowledged; the worker stops and its state is dropped.
         case fenced(String)
@@ -113,6 +118,9 @@ struct StreamWorkerCore<Input: StreamMessage> {
     }
 
     let configuration: StreamWorkerConfiguration
+    /// Whether an empty read of new entries is followed by `.idle` (a stage with output of its own, such as
+    /// windows that close on a quiet input).
+    let callsIdle: Bool
     /// The retry jitter draw in 0..<1 (`RetryPolicy.delay(attempt:fraction:)`); injectable so tests are exact.
     var jitter: () -> Double
 
@@ -156,10 +164,11 @@ struct StreamWorkerCore<Input: StreamMessage> {
     private var readAhead: [StreamEntry]?
 
     init(
-        configuration: StreamWorkerConfiguration, now: Instant,
+        configuration: StreamWorkerConfiguration, now: Instant, callsIdle: Bool = false,
         jitter: @escaping () -> Double = { Double.random(in: 0..<1) }
     ) {
         self.configuration = configuration
+        self.callsIdle = callsIdle
         self.now = now
         self.jitter = jitter
     }
@@ -210,6 +219,12 @@ struct StreamWorkerCore<Input: StreamMessage> {
             return classify(deliveries: counts)
         case .handled(let result):
             return handled(result)
+        case .idled(.success(let output)):
+            // Output without input: nothing to acknowledge; written (fenced under a lease) like a batch's.
+            return issue(Commit(outside: output.outside, outputs: output.commands), readAhead: nil)
+        case .idled(.failure(let error)):
+            notes.append(.batchFailed("idle output: \(error)"))
+            return backOff()
         case .committed(let failedCommands):
             if failedCommands > 0 { notes.append(.failedCommands(failedCommands)) }
             return committed()
@@ -287,7 +302,11 @@ struct StreamWorkerCore<Input: StreamMessage> {
 
     private mutating func received(_ entries: [StreamEntry], fromPending: Bool) -> Action {
         if entries.isEmpty {
-            if fromPending { readingPending = false }
+            if fromPending {
+                readingPending = false
+            } else if callsIdle && !shuttingDown {
+                return .idle
+            }
             return nextCycle()
         }
         batch = Batch(startedAt: now, fromPending: fromPending, entries: entries)
@@ -499,6 +518,7 @@ extension StreamWorkerCore.Action {
         case .commit: "commit"
         case .awaitReadAhead: "awaitReadAhead"
         case .backOff: "backOff"
+        case .idle: "idle"
         case .stop: "stop"
         }
     }

@@ -280,6 +280,38 @@ struct StreamWorkerCoreTests {
         #expect(commands[2].description == "XACK in g 1-0 2-0")
         #expect(c.takeNotes().contains(.unknownDeadLetterID("9-0")))
     }
+
+    /// A stage with output of its own (`callsIdle`) is asked after each empty read of new entries; its output
+    /// is committed with no acknowledgement, and nothing is asked of a stage without it, nor on shutdown.
+    @Test func anEmptyReadAsksAnIdleStageForOutputAndCommitsItWithoutAcks() {
+        var plain = running()
+        #expect(read(plain.event(.read([]), now: t0))?.cursor == ">")
+
+        var configuration = StreamWorkerConfiguration(consumerName: "me", batchSize: 10)
+        configuration.retryBackoff = .milliseconds(100)
+        var c = Core(configuration: configuration, now: t0, callsIdle: true, jitter: { 0 })
+        #expect(read(started(&c))?.cursor == "0")
+        // An empty re-read of own pending entries is not idleness: the next read is of new entries.
+        #expect(read(c.event(.read([]), now: t0))?.cursor == ">")
+        #expect(c.event(.read([]), now: t0).kind == "idle")
+        #expect(read(c.event(.idled(.success(.none)), now: t0))?.cursor == ">")
+        #expect(c.event(.read([]), now: t0).kind == "idle")
+        var out = StageOutput()
+        out.append(.xadd("out", maxLen: nil, fields: [("n", "1")]))
+        guard case .commit(let commit, nil) = c.event(.idled(.success(out)), now: t0) else {
+            Issue.record("expected a commit without a read-ahead")
+            return
+        }
+        #expect(commit.outputs.count == 1 && commit.acknowledged.isEmpty && commit.processed == 0)
+        #expect(read(c.event(.committed(failedCommands: 0), now: t0))?.cursor == ">")
+        // A failing idle stage backs off; on shutdown an empty read stops.
+        #expect(c.event(.read([]), now: t0).kind == "idle")
+        #expect(c.event(.idled(.failure(TestError())), now: t0).kind == "backOff")
+        #expect(read(c.event(.backedOff, now: at(100)))?.cursor == ">")
+        c.shutdownRequested()
+        #expect(c.event(.read([]), now: at(100)).kind == "stop")
+    }
+
 }
 
 extension StreamWorkerCore.Action {
@@ -309,3 +341,5 @@ func handled<I>(_ a: StreamWorkerCore<I>.Action) -> [StreamDelivery<I>]? {
     if case .handle(let b) = a { return b }
     return nil
 }
+
+struct TestError: Error {}

@@ -68,12 +68,11 @@ struct AggregatorServiceTests {
         return env
     }
 
-    func cleanUp(_ redis: RedisClient, _ streams: TestStreams, ids: [String]) async {
-        _ = try? await redis.del(streams.keysToDelete)
-        for chunk in stride(from: 0, to: ids.count, by: 500) {
-            _ = try? await redis.del(
-                ids[chunk..<min(chunk + 500, ids.count)].map { "\(streams.statePrefix):seen:\($0)" })
-        }
+    /// A redis-server of the test's own with this checkout's ACL users (the aggregator's grant as it is in the
+    /// tree, `test:*` names allowed), so the shared server's users (rendered when it started) do not matter.
+    func privateRedis() async throws -> (PrivateRedisServer, RedisClient) {
+        let server = try await PrivateRedisServer(aclFile: try await StoreUsers.renderStrictACL(testKeys: true))
+        return (server, RedisClient(configuration: try RedisConfiguration(url: server.url), name: "test"))
     }
 
     /// Waits until the output has `count` entries and then a little longer, to catch extra ones.
@@ -93,8 +92,11 @@ struct AggregatorServiceTests {
     }
 
     @Test func sameOpportunitiesAsTheStateMachineAndRedeliveredSignalsAreIgnored() async throws {
-        let redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "test")
-        defer { redis.close() }
+        let (server, redis) = try await privateRedis()
+        defer {
+            redis.close()
+            Task { try? await server.kill() }
+        }
         let streams = TestStreams()
         let signals = signalSequence(count: 400, seed: 7)
         let expected = referenceOpportunities(signals, configuration)
@@ -104,7 +106,8 @@ struct AggregatorServiceTests {
 
         let service = try RunningService.start(
             "opportunity-aggregator",
-            environment: environment(streams, idleCloseMs: 2000, extra: ["STREAM_BATCH_SIZE": "16"]))
+            environment: environment(streams, idleCloseMs: 2000, extra: ["STREAM_BATCH_SIZE": "16"]),
+            redisURL: server.url)
         let got = try await output(redis, streams, count: expected.count, process: service.process)
         #expect(got == expected)
 
@@ -124,12 +127,14 @@ struct AggregatorServiceTests {
         #expect((await service.metric("te_signals_stale_total") ?? 0) > 0)
         #expect((await service.metric("te_signals_low_confidence_total") ?? 0) > 0)
         #expect(try await service.stop() == 0)
-        await cleanUp(redis, streams, ids: signals.map(\.id))
     }
 
     @Test func restartInTheMiddleOfAWindowNeitherLosesNorDuplicates() async throws {
-        let redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "test")
-        defer { redis.close() }
+        let (server, redis) = try await privateRedis()
+        defer {
+            redis.close()
+            Task { try? await server.kill() }
+        }
         let streams = TestStreams()
         let a = signal("rise", .buy, 0.6, atMs: 0)
         let b = signal("ofi", .buy, 0.7, atMs: 1000)
@@ -139,7 +144,7 @@ struct AggregatorServiceTests {
 
         // Never closes on idleness: the window is open when the process dies.
         let first = try RunningService.start(
-            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 600_000))
+            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 600_000), redisURL: server.url)
         let before = try await output(redis, streams, count: 2, process: first.process)
         #expect(before.map(\.emitReason) == ["first", "upgrade"])
         first.process.kill9()
@@ -148,7 +153,7 @@ struct AggregatorServiceTests {
         // While it is down: the rest of the window, and `b` again (an upstream redelivery).
         try await redis.add([c, b, d], to: streams.signals)
         let second = try RunningService.start(
-            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000))
+            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000), redisURL: server.url)
         let all = try await output(redis, streams, count: 4, process: second.process)
         #expect(all.map(\.emitReason) == ["first", "upgrade", "upgrade", "close"])
         #expect(Set(all.map(\.id)) == ["BTCUSDT:buy:\(ts(0)):rise"])
@@ -158,12 +163,14 @@ struct AggregatorServiceTests {
         #expect(all[3].strategies == ["rise", "ofi", "book"])
         #expect(all == referenceOpportunities([a, b, c, b, d], configuration))
         #expect(try await second.stop() == 0)
-        await cleanUp(redis, streams, ids: [a, b, c, d].map(\.id))
     }
 
     @Test func repeatedSIGKILLsAtRandomPointsGiveExactlyTheUninterruptedOutput() async throws {
-        let redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "test")
-        defer { redis.close() }
+        let (server, redis) = try await privateRedis()
+        defer {
+            redis.close()
+            Task { try? await server.kill() }
+        }
         let streams = TestStreams()
         let signals = signalSequence(count: 4000, seed: 42)
         let expected = referenceOpportunities(signals, configuration)
@@ -178,7 +185,8 @@ struct AggregatorServiceTests {
         while try await !redis.drained(streams.signals, group: "opportunity-aggregator") {
             guard ContinuousClock.now < deadline else { throw TestFailure("input not drained after \(kills) kills") }
             let service = try RunningService.start(
-                "opportunity-aggregator", environment: environment(streams, idleCloseMs: 600_000, extra: extra))
+                "opportunity-aggregator", environment: environment(streams, idleCloseMs: 600_000, extra: extra),
+                redisURL: server.url)
             try await Task.sleep(for: .milliseconds(30 + Int.random(in: 0...170)))
             service.process.kill9()
             try await service.process.waitForExit()
@@ -189,19 +197,22 @@ struct AggregatorServiceTests {
 
         // A last, clean run closes the open windows on idleness.
         let final = try RunningService.start(
-            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000, extra: extra))
+            "opportunity-aggregator", environment: environment(streams, idleCloseMs: 2000, extra: extra),
+            redisURL: server.url)
         let got = try await output(redis, streams, count: expected.count, process: final.process)
         #expect(got.count == expected.count, "last killed run's output:\n\(last?.output() ?? "")")
         #expect(got == expected)
         #expect(try await final.stop() == 0)
-        await cleanUp(redis, streams, ids: signals.map(\.id))
     }
 
-    /// STREAM_SHARDS = 2: one process reads both `te:signals:{k}`, each shard with its own state in its own
+    /// STREAM_SHARDS = 2: one replica owns both `te:signals:{k}`, each shard with its own state in its own
     /// slot; each symbol's opportunities are the state machine's over its shard's signals alone.
     @Test func withShardsEachShardIsAggregatedOnItsOwn() async throws {
-        let redis = RedisClient(configuration: try TestEnv.redisConfiguration(), name: "test")
-        defer { redis.close() }
+        let (server, redis) = try await privateRedis()
+        defer {
+            redis.close()
+            Task { try? await server.kill() }
+        }
         let streams = TestStreams()
         let shards = 2
         // Two symbols in different shards.
@@ -231,7 +242,8 @@ struct AggregatorServiceTests {
         let service = try RunningService.start(
             "opportunity-aggregator",
             environment: environment(
-                streams, idleCloseMs: 2000, extra: ["STREAM_SHARDS": String(shards), "STREAM_BATCH_SIZE": "16"]))
+                streams, idleCloseMs: 2000, extra: ["STREAM_SHARDS": String(shards), "STREAM_BATCH_SIZE": "16"]),
+            redisURL: server.url)
         let total = expected.values.map(\.count).reduce(0, +)
         let got = try await output(redis, streams, count: total, process: service.process)
         #expect(got.count == total)
@@ -244,13 +256,116 @@ struct AggregatorServiceTests {
             #expect(await service.metric("te_opportunities_open_windows", labels: ["shard=\"\(k)\""]) != nil)
         }
         #expect(try await service.stop() == 0)
-        for k in 0..<shards {
-            let prefix = "\(streams.statePrefix):{\(k)}"
-            _ = try? await redis.del([StreamKey.sharded(streams.signals, shard: k, of: shards), "\(prefix):state"])
-            for chunk in stride(from: 0, to: ids.count, by: 500) {
-                _ = try? await redis.del(ids[chunk..<min(chunk + 500, ids.count)].map { "\(prefix):seen:\($0)" })
+    }
+
+    /// Four symbols, one per shard of 4, each with its own signal sequence, written to its shard's stream.
+    static func shardedSignals(shards: Int, signals: String) -> (
+        bySymbol: [String: [Signal]], streams: [String: [Signal]]
+    ) {
+        let candidates = [
+            "BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "BNBUSDT", "LTCUSDT", "DOTUSDT",
+            "AVAXUSDT", "LINKUSDT", "TRXUSDT"
+        ]
+        var chosen: [Int: String] = [:]
+        for symbol in candidates where chosen[StreamKey.shard(of: symbol, shards: shards)] == nil {
+            chosen[StreamKey.shard(of: symbol, shards: shards)] = symbol
+        }
+        var bySymbol: [String: [Signal]] = [:]
+        var streams: [String: [Signal]] = [:]
+        for (k, symbol) in chosen.sorted(by: { $0.key < $1.key }) {
+            let sequence = signalSequence(count: 1500, seed: 100 + UInt64(k)).map { s in
+                Signal(
+                    id: Signal.makeID(symbol: symbol, strategy: s.strategy, tsNs: s.tsNs), symbol: symbol,
+                    strategy: s.strategy, direction: s.direction, confidence: s.confidence, tsNs: s.tsNs,
+                    features: s.features)
+            }
+            bySymbol[symbol] = sequence
+            streams[StreamKey.sharded(signals, shard: k, of: shards)] = sequence
+        }
+        return (bySymbol, streams)
+    }
+
+    /// `replicas` aggregators on STREAM_SHARDS = 4 over the same signals on a server of their own; with
+    /// `killOne`, the first replica is SIGKILLed once some opportunities are out. Returns the output stream.
+    func shardedRun(replicas: Int, killOne: Bool) async throws -> (
+        got: [Opportunity], expected: [String: [Opportunity]]
+    ) {
+        let (server, redis) = try await privateRedis()
+        defer {
+            redis.close()
+            Task { try? await server.kill() }
+        }
+        let streams = TestStreams()
+        let shards = 4
+        let input = Self.shardedSignals(shards: shards, signals: streams.signals)
+        #expect(input.bySymbol.count == shards)
+        var expected: [String: [Opportunity]] = [:]
+        for (symbol, signals) in input.bySymbol { expected[symbol] = referenceOpportunities(signals, configuration) }
+        let total = expected.values.map(\.count).reduce(0, +)
+
+        // Small batches so the run lasts long enough to kill a replica in the middle of it.
+        let services = try (0..<replicas).map { i in
+            try RunningService.start(
+                "opportunity-aggregator",
+                environment: environment(
+                    streams, idleCloseMs: 2000,
+                    extra: [
+                        "STREAM_SHARDS": String(shards), "STREAM_BATCH_SIZE": "4", "SHARD_LEASE_MS": "1000",
+                        "CONSUMER_NAME": "\(streams.consumer)-\(i)"
+                    ]),
+                redisURL: server.url)
+        }
+        // Every replica owns shards before the input comes (each of two holds two).
+        let balanced = try await TestEnv.eventually(timeout: .seconds(30), every: .milliseconds(100)) {
+            var owned: [Double] = []
+            for service in services { owned.append(await service.metric("te_shards_owned") ?? 0) }
+            return owned.reduce(0, +) == Double(shards) && owned.allSatisfy { $0 >= Double(shards / replicas) }
+        }
+        #expect(balanced, "shards not balanced: \(services.map { $0.process.output().suffix(800) })")
+        for (stream, signals) in input.streams.sorted(by: { $0.key < $1.key }) {
+            try await redis.add(signals, to: stream)
+        }
+
+        if killOne {
+            let started = try await TestEnv.eventually(timeout: .seconds(60), every: .milliseconds(20)) {
+                try await redis.xlen(streams.opportunities) >= total / 5
+            }
+            #expect(started)
+            let before = try await redis.xlen(streams.opportunities)
+            services[0].process.kill9()
+            _ = try await services[0].process.waitForExit()
+            #expect(before < total, "the run ended before the kill: nothing was taken over")
+        }
+        let survivor = services[killOne ? 1 : 0]
+        let got = try await output(redis, streams, count: total, process: survivor.process)
+        if killOne {
+            // The survivor took the killed replica's shards.
+            #expect(await survivor.metric("te_shards_owned") == Double(shards))
+            #expect((await survivor.metric("te_shard_changes_total", labels: ["change=\"acquired\""]) ?? 0) >= 4)
+        }
+        for (i, service) in services.enumerated() where !(killOne && i == 0) {
+            #expect(try await service.stop() == 0)
+        }
+        return (got, expected)
+    }
+
+    /// Two replicas on 4 shards give each symbol exactly the opportunities of one replica (the state machine
+    /// over its signals), in order, none twice; so does a run where one of the two is SIGKILLed in the
+    /// middle (the other takes its shards, claims what it left pending and rebuilds the state from Redis).
+    @Test func twoReplicasOnShardsGiveOneReplicasOpportunitiesEvenWhenOneIsKilled() async throws {
+        async let oneRun = shardedRun(replicas: 1, killOne: false)
+        async let twoRun = shardedRun(replicas: 2, killOne: false)
+        async let killedRun = shardedRun(replicas: 2, killOne: true)
+        let (one, two, killed) = try await (oneRun, twoRun, killedRun)
+        for run in [one, two, killed] {
+            #expect(run.got.count == run.expected.values.map(\.count).reduce(0, +))
+            for (symbol, opportunities) in run.expected {
+                #expect(run.got.filter { $0.symbol == symbol } == opportunities, "\(symbol)")
             }
         }
-        _ = try? await redis.del([streams.opportunities])
+        for symbol in one.expected.keys {
+            #expect(two.got.filter { $0.symbol == symbol } == one.got.filter { $0.symbol == symbol })
+            #expect(killed.got.filter { $0.symbol == symbol } == one.got.filter { $0.symbol == symbol })
+        }
     }
 }

@@ -53,7 +53,8 @@ struct RecordingPipelineTests {
     /// state reloaded from Redis, on the path).
     ///
     /// `shards`: `STREAM_SHARDS` of every stage; the recording's one symbol then lives in shard `k` of each
-    /// stream (`te:ticks:{k}` …), owned under a lease by feature-pipeline and strategy-engine.
+    /// stream (`te:ticks:{k}` …), owned under a lease by feature-pipeline, strategy-engine and the aggregator,
+    /// which then runs as two replicas (one owns the shard, the other stands by).
     func run(tickCount: Int, symbol: String, shards: Int = 1) async throws -> Outcome {
         let pipeline = try await LivePipeline("e2e")
         defer { Task { await pipeline.close() } }
@@ -64,16 +65,21 @@ struct RecordingPipelineTests {
         let features = StreamKey.sharded(StreamKey.features, shard: k, of: shards)
         let signals = StreamKey.sharded(StreamKey.signals, shard: k, of: shards)
         let state = shards == 1 ? "te:agg:state" : "te:agg:{\(k)}:state"
+        let outbox = shards == 1 ? "te:agg:outbox" : "te:agg:{\(k)}:outbox"
         let upstream = [
             try await pipeline.startIngest(nil, sharding),
             try pipeline.start("feature-pipeline", sharding),
             try pipeline.start("strategy-engine", sharding.merging(["STRATEGIES_FILE": strategies]) { $1 })
         ]
-        let aggregator = try pipeline.start(
-            "opportunity-aggregator", sharding.merging(["IDLE_CLOSE_MS": "3600000"]) { $1 })
+        let replicas = shards > 1 ? 2 : 1
+        let aggregators = try (0..<replicas).map { i in
+            try pipeline.start(
+                "opportunity-aggregator",
+                sharding.merging(["IDLE_CLOSE_MS": "3600000", "CONSUMER_NAME": "\(pipeline.consumer)-agg-\(i)"]) { $1 })
+        }
         try await pipeline.replay(Self.recording)
         func logs() -> String {
-            (upstream + [aggregator]).map { "\($0.name):\n\($0.output().suffix(1500))" }.joined(separator: "\n")
+            (upstream + aggregators).map { "\($0.name):\n\($0.output().suffix(1500))" }.joined(separator: "\n")
         }
         let drained = try await TestEnv.eventually(timeout: .seconds(300), every: .milliseconds(250)) {
             guard (try? await pipeline.redis.xlen(ticks)) ?? 0 >= tickCount else { return false }
@@ -85,13 +91,17 @@ struct RecordingPipelineTests {
         if !drained { throw TestFailure("pipeline did not drain:\n\(logs())") }
         #expect(try await pipeline.redis.xlen(ticks) == tickCount)
         #expect(try await pipeline.redis.xlen(StreamKey.dlq) == 0)
-        aggregator.terminate()
-        #expect(try await aggregator.waitForExit(timeout: .seconds(20)) == 0)
+        for aggregator in aggregators {
+            aggregator.terminate()
+            #expect(try await aggregator.waitForExit(timeout: .seconds(20)) == 0)
+        }
 
         let closer = try pipeline.start("opportunity-aggregator", sharding.merging(["IDLE_CLOSE_MS": "200"]) { $1 })
         let closed = try await TestEnv.eventually(timeout: .seconds(60), every: .milliseconds(200)) {
             let state = try await pipeline.redis.hgetall(state)
-            return !state.isEmpty && !state.keys.contains { $0.hasPrefix("w:") }
+            guard !state.isEmpty && !state.keys.contains(where: { $0.hasPrefix("w:") }) else { return false }
+            // Closed, relayed from the shard's outbox to te:opportunities, and the outbox trimmed.
+            return try await pipeline.redis.xlen(outbox) == 0
         }
         if !closed { throw TestFailure("windows not closed:\n\(closer.output().suffix(2000))") }
         for process in upstream + [closer] {

@@ -57,8 +57,9 @@ public enum StoreUsers {
     /// This checkout's deploy/redis/users.acl rendered by scripts/redis-acl.sh as the strict file (real key
     /// names only, default user on), with the users' passwords from `.dev/env` (`REDIS_URL_<SERVICE>`), so a
     /// test on a private server checks the grants as they are in the tree, not as they were when the dev
-    /// servers started. Returns the file's path.
-    public static func renderStrictACL() async throws -> String {
+    /// servers started. `testKeys`: every key pattern also allows `test:*` (per-test names). Returns the file's
+    /// path.
+    public static func renderStrictACL(testKeys: Bool = false) async throws -> String {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent()
         let source = root.appendingPathComponent("deploy/redis/users.acl")
@@ -77,7 +78,8 @@ public enum StoreUsers {
         ).path
         let render = try ChildProcess(
             root.appendingPathComponent("scripts/redis-acl.sh").path,
-            arguments: ["--default", "on", source.path, "-", output], environment: environment)
+            arguments: ["--default", "on"] + (testKeys ? ["--test-keys"] : []) + [source.path, "-", output],
+            environment: environment)
         guard try await render.waitForExit() == 0 else {
             throw ChildProcessError(description: "redis-acl.sh failed: \(render.output())")
         }

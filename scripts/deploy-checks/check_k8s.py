@@ -31,10 +31,9 @@ import yaml
 # quotes from its te:ticks group in one process.
 SINGLE_REPLICA = {
     "outcome-tracker": "its te:ticks quotes and held decisions are per process",
-    "opportunity-aggregator": "one process reads every te:signals shard; no shard ownership across replicas yet",
 }
 # Stages whose replicas own symbol shards (DESIGN.md "Shards"): more replicas than shards own nothing.
-SHARD_OWNED = {"feature-pipeline", "strategy-engine"}
+SHARD_OWNED = {"feature-pipeline", "strategy-engine", "opportunity-aggregator"}
 METRICS_TXT = Path(__file__).resolve().parents[2] / "deploy" / "metrics.txt"
 
 
