@@ -118,7 +118,7 @@ if [ -n "$PROFILE_DIR" ]; then
     # Thread, dispatch and task-runner frames hold everything; they are left out.
     perf report -i "$f" --stdio --children --sort symbol -g none --percent-limit 3 2>/dev/null \
       | grep -E '^ +[0-9]' | swift demangle --simplified \
-      | grep -vE '\] (start_thread|_dispatch_|swift_job_run|swift::runJob|partial apply|thunk |__libc_start|main$|_start$|clone3?$)' \
+      | grep -vE '\] (start_thread|_dispatch_|swift_job_run|swift::runJob|partial apply|thunk |__libc_start|main$|_start$|clone3?$|0x[0-9a-f]+ |0+ )' \
       | head -n 12 >"${f%.perf.data}.top.txt" || true
   done
 fi
@@ -189,7 +189,7 @@ md = ["## stages", "",
       "acknowledges only after its output is written). References in the same run: "
       f"`redis-benchmark -P 16` XADD of a top-of-book Tick **{redis_rps:,.0f}/s**; `psql \\copy` of audit-writer's own "
       f"rows into an identical table **{f(copy_rps)} rows/s**. Allocations: libc malloc + calloc + realloc per input "
-      "entry (perf uprobes, a drain minus an idle run of the same binary).", "",
+      "entry (perf uprobes; a drain of the input's last 20,000 entries, ingest's of the whole topic, minus an idle run of the same binary).", "",
       f"Paced: {E['RATE']} entries/s open loop for {bench['paced_seconds']} s (first second not recorded), from the "
       "entry's scheduled send time to its output being readable (XREAD of the output stream; audit-writer: the row "
       "visible in `decisions`); ingest: Kafka produce → tick on te:ticks (ingest-bench).", "",
@@ -203,7 +203,7 @@ for s in stages:
               f"{f(s.get('ratio_to_redis_xadd'), '.3f')} | {f(s.get('ratio_to_psql_copy'), '.2f')} | "
               f"{f(s.get('mallocs_per_entry'), '.1f')} | {paced} |")
 if profiles:
-    md += ["", "### Profiles (perf record -g at 499 Hz of a separate drain; inclusive / self share of the stage's samples, ≥ 4 %)"]
+    md += ["", "### Profiles (perf record -g at 499 Hz of a separate drain; inclusive / self share of the stage's samples, ≥ 3 %; unresolved addresses left out)"]
     for s in stages:
         rows = s.get("profile_top") or []
         if not rows:
