@@ -29,6 +29,7 @@ let package = Package(
         .library(name: "TritonClient", targets: ["TritonClient"]),
         .library(name: "MarketData", targets: ["MarketData"]),
         .library(name: "TEKafka", targets: ["TEKafka"]),
+        .library(name: "TEPostgres", targets: ["TEPostgres"]),
         // The fuzz targets' entry points, for the libFuzzer binaries of fuzz/Package.swift.
         .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
         .library(name: "GatewayFuzzTargets", targets: ["GatewayFuzzTargets"])

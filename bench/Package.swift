@@ -20,7 +20,8 @@ let package = Package(
         .executable(name: "gateway-bench", targets: ["GatewayBench"]),
         .executable(name: "pipeline-bench", targets: ["PipelineBench"]),
         .executable(name: "ingest-bench", targets: ["IngestBench"]),
-        .executable(name: "codec-bench", targets: ["CodecBench"])
+        .executable(name: "codec-bench", targets: ["CodecBench"]),
+        .executable(name: "stage-bench", targets: ["StageBench"])
     ],
     dependencies: [
         .package(path: ".."),
@@ -108,6 +109,17 @@ let package = Package(
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer")
             ],
             path: "Sources/CodecBench", swiftSettings: [.swiftLanguageMode(.v6)]),
+        // Per-stage drain of a preloaded input, paced entry → output latency, and the Redis / PostgreSQL
+        // references in the same run (bench/run-stages.sh starts the servers and hands over the binaries).
+        .executableTarget(
+            name: "StageBench",
+            dependencies: [
+                .product(name: "TEModels", package: root),
+                .product(name: "TERedis", package: root),
+                .product(name: "TEPostgres", package: root),
+                .product(name: "Histogram", package: "hdrhistogram-swift")
+            ],
+            path: "Sources/StageBench", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
             name: "GatewayBench",
             dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")],
