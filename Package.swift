@@ -24,6 +24,7 @@ let package = Package(
         .executable(name: "dev-broker", targets: ["DevBroker"]),
         .library(name: "TERedis", targets: ["TERedis"]),
         .library(name: "ServiceKit", targets: ["ServiceKit"]),
+        .library(name: "TECore", targets: ["TECore"]),
         .library(name: "TEModels", targets: ["TEModels"]),
         .library(name: "FeatureEngine", targets: ["FeatureEngine"]),
         .library(name: "TritonClient", targets: ["TritonClient"]),
@@ -100,7 +101,7 @@ let package = Package(
         // MARK: Shared Swift libraries
         // Dependency-free building blocks every module may use (the retry policy).
         .target(name: "TECore", path: "Shared/TECore", swiftSettings: swiftSettings),
-        .target(name: "TEModels", path: "Shared/TEModels", swiftSettings: swiftSettings),
+        .target(name: "TEModels", dependencies: ["TECore"], path: "Shared/TEModels", swiftSettings: swiftSettings),
         .target(
             name: "MarketData", dependencies: ["TEModels"], path: "Shared/MarketData",
             swiftSettings: swiftSettings),
@@ -229,7 +230,7 @@ let package = Package(
             name: "TECoreTests", dependencies: ["TECore"], path: "Tests/TECoreTests",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "ModelsTests", dependencies: ["TEModels"], path: "Tests/ModelsTests",
+            name: "ModelsTests", dependencies: ["TECore", "TEModels"], path: "Tests/ModelsTests",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "RedisTests", dependencies: ["TECore", "TERedis", "ServiceKit", "TestSupport"],
@@ -282,7 +283,7 @@ let package = Package(
             path: "Tests/FuzzRegressionTests",
             swiftSettings: swiftSettings),
         .target(
-            name: "FuzzTargets", dependencies: ["MarketData", "TEModels"], path: "Tests/FuzzTargets",
+            name: "FuzzTargets", dependencies: ["MarketData", "TECore", "TEModels"], path: "Tests/FuzzTargets",
             swiftSettings: swiftSettings),
         .target(
             name: "GatewayFuzzTargets",

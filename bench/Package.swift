@@ -102,6 +102,7 @@ let package = Package(
         .executableTarget(
             name: "CodecBench",
             dependencies: [
+                .product(name: "TECore", package: root),
                 .product(name: "TEModels", package: root),
                 .product(name: "TERedis", package: root),
                 .product(name: "MarketData", package: root),

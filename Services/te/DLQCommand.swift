@@ -159,7 +159,7 @@ struct DLQCommand: AsyncParsableCommand {
                     timestampMs: letter.tsNs / 1_000_000,
                     headers: [KafkaHeader(key: "ts_ns", string: String(letter.tsNs))]))
         } catch {
-            let restored = try await redis.xadd(stream, fields: entry.fields)
+            let restored = try await redis.xadd(stream, fields: Array(entry.fields))
             throw CLIError("\(id): producing to \(topic) failed (\(error)); the dead letter is back as \(restored)")
         }
         print("\(id) → kafka topic \(topic)")

@@ -145,7 +145,6 @@ struct StreamWorkerCore<Input: StreamMessage> {
         var startedAt: Instant
         var fromPending: Bool
         var entries: [StreamEntry]
-        var byID: [String: StreamEntry] = [:]
         var deliveries: [StreamDelivery<Input>] = []
         var dead: [DeadEntry] = []
         var ackOnly: [String] = []
@@ -328,7 +327,6 @@ struct StreamWorkerCore<Input: StreamMessage> {
                 b.ackOnly.append(entry.id)
                 continue
             }
-            b.byID[entry.id] = entry
             let n = counts[entry.id] ?? 1
             let message: Input
             do {
@@ -346,7 +344,9 @@ struct StreamWorkerCore<Input: StreamMessage> {
                 continue
             }
             // `tp` (trace context) is written last: one comparison, no scan of the fields.
-            let tp = entry.fields.last.flatMap { $0.0 == StreamTrace.field ? $0.1 : nil }
+            let tp = entry.fields.withView { f in
+                f.count > 0 && f.name(f.count - 1).equals(StreamTrace.field) ? f.value(f.count - 1).string : nil
+            }
             b.deliveries.append(StreamDelivery(id: entry.id, message: message, deliveries: n, traceParent: tp))
         }
         batch = b
@@ -435,8 +435,13 @@ struct StreamWorkerCore<Input: StreamMessage> {
         var c = Commit(
             outside: output.outside, outputs: output.commands, acks: acks.filter { !output.keepPending.contains($0) },
             processed: processed)
+        // Looked up only for a batch with dead letters: no dictionary per batch on the hot path.
+        var byID: [String: StreamEntry] = [:]
+        if !output.deadLetters.isEmpty, let entries = batch?.entries {
+            for entry in entries where !entry.isDeleted { byID[entry.id] = entry }
+        }
         for (id, reason) in output.deadLetters {
-            guard let entry = batch?.byID[id] else {
+            guard let entry = byID[id] else {
                 notes.append(.unknownDeadLetterID(id))
                 continue
             }
@@ -447,7 +452,9 @@ struct StreamWorkerCore<Input: StreamMessage> {
     }
 
     private mutating func failedEntry(_ delivery: StreamDelivery<Input>, error: String) {
-        if delivery.deliveries >= configuration.maxDeliveries, let entry = batch?.byID[delivery.id] {
+        if delivery.deliveries >= configuration.maxDeliveries,
+            let entry = batch?.entries.first(where: { $0.id == delivery.id && !$0.isDeleted })
+        {
             notes.append(.entryFailed(id: delivery.id, deliveries: delivery.deliveries, error: error, final: true))
             batch?.dead.append(
                 DeadEntry(
@@ -558,7 +565,7 @@ extension StreamWorkerCore.Commit {
     {
         deadLetters.map { d in
             let letter = DeadLetter(
-                stage: group, reason: d.reason, payload: JSONText.object(d.entry.fields), source: stream,
+                stage: group, reason: d.reason, payload: JSONText.object(Array(d.entry.fields)), source: stream,
                 sourceId: d.entry.id, deliveries: d.deliveries, tsNs: tsNs)
             // Encoding a DeadLetter cannot fail: strings and integers only.
             let fields =

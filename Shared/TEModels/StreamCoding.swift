@@ -1,4 +1,5 @@
 import Foundation
+import TECore
 
 /// A message carried on a Redis stream: its fields are `v` (schema version) plus the model's own
 /// fields as text — scalars as they read, nested values as JSON text — so `redis-cli XRANGE` shows it.
@@ -202,16 +203,24 @@ public enum StreamFieldDecoder {
         }
     }
 
-    /// Stream entries as read: a `StreamFieldDecodable` type's hand-written reader first (the hot path),
-    /// the Codable decoder when it declines.
-    public static func decode<M: StreamMessage>(_ type: M.Type, from fields: [(String, String)])
-        throws(MessageDecodingError)
-        -> M
+    /// Stream entries as read: a `StreamFieldDecodable` type's hand-written reader over the entry's bytes
+    /// first (the hot path), the Codable decoder when it declines.
+    public static func decode<M: StreamMessage>(_ type: M.Type, from fields: StreamFields)
+        throws(MessageDecodingError) -> M
     {
-        if let fast = M.self as? any StreamFieldDecodable.Type, let message = fast.decodeFast(fields) as? M {
+        if let fast = M.self as? any StreamFieldDecodable.Type,
+            let message = fields.withView({ fast.decodeFast($0) }) as? M
+        {
             return message
         }
-        return try decodeCodable(type, from: fields)
+        return try decode(type, from: fields.dictionary)
+    }
+
+    /// Fields as text pairs (tools and tests), read as `decode(_:from:)` reads stream entries.
+    public static func decode<M: StreamMessage>(_ type: M.Type, from fields: [(String, String)])
+        throws(MessageDecodingError) -> M
+    {
+        try decode(type, from: StreamFields(fields))
     }
 
     /// The Codable decoder alone (the reference the fast readers are tested against).

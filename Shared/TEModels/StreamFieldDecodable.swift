@@ -1,3 +1,5 @@
+import TECore
+
 /// A message with a hand-written reader for the hot path (a service reads one per stream entry).
 ///
 /// The reader accepts only what it can decide exactly as the Codable decoder would, and answers nil for
@@ -5,38 +7,51 @@
 /// so `StreamFieldDecoder` then runs the Codable decoder, which decides and names the field and the reason
 /// of any error. Bad input therefore gets the same error either way; good input the same value.
 public protocol StreamFieldDecodable: StreamMessage {
-    /// The message, or nil when the Codable decoder must decide. `fields` as read from the stream, in order;
-    /// a repeated field name counts with its last value (as in the dictionary the Codable decoder reads).
-    static func decodeFast(_ fields: [(String, String)]) -> Self?
+    /// The message, or nil when the Codable decoder must decide. `fields` as read from the stream, in order,
+    /// as bytes; a repeated field name counts with its last value (as in the dictionary the Codable decoder
+    /// reads).
+    static func decodeFast(_ fields: StreamFieldsView) -> Self?
+}
+
+extension StreamFieldDecodable {
+    /// The hand-written reader over text pairs (tests and tools; the services read entries' bytes).
+    public static func decodeFast(_ pairs: [(String, String)]) -> Self? {
+        StreamFields(pairs).withView { decodeFast($0) }
+    }
 }
 
 /// The field readers of the fast paths: each mirrors a `FieldsKeyedDecoder` rule, nil where that rule
 /// would throw.
 enum FastField {
     /// `v`: an integer no newer than `schemaVersion`.
-    static func version(_ text: String, schemaVersion: Int) -> Bool {
-        guard let v = Int(text) else { return false }
+    static func version(_ text: FieldBytes, schemaVersion: Int) -> Bool {
+        guard let v = FastNumber.int64(text) else { return false }
         return v <= schemaVersion
     }
 
-    static func int64(_ text: String) -> Int64? { Int64(text) }
+    static func int64(_ text: FieldBytes) -> Int64? { FastNumber.int64(text) }
 
-    static func int(_ text: String) -> Int? { Int64(text).map { Int($0) } }
+    static func int(_ text: FieldBytes) -> Int? { FastNumber.int64(text).map { Int($0) } }
 
-    static func double(_ text: String) -> Double? {
-        guard let value = Double(text), value.isFinite else { return nil }
+    static func double(_ text: FieldBytes) -> Double? {
+        guard let value = FastNumber.double(text.buffer), value.isFinite else { return nil }
         return value
     }
 
+    /// Text of a field; nil for `null` (an optional string field's absent value).
+    static func text(_ text: FieldBytes) -> String? { isNull(text) ? nil : text.string }
+
+    static func isNull(_ text: FieldBytes) -> Bool { text.equals("null") }
+
     /// An optional field: `.some(nil)` for `null` (decodeIfPresent reads it as absent), nil when `read`
     /// declines.
-    static func optional<T>(_ text: String, _ read: (String) -> T?) -> T?? {
-        if text == "null" { return .some(nil) }
+    static func optional<T>(_ text: FieldBytes, _ read: (FieldBytes) -> T?) -> T?? {
+        if isNull(text) { return .some(nil) }
         guard let value = read(text) else { return nil }
         return .some(value)
     }
 
-    static func bool(_ text: String) -> Bool? {
+    static func bool(_ text: FieldBytes) -> Bool? {
         switch text {
         case "true", "1": return true
         case "false", "0": return false
@@ -44,26 +59,29 @@ enum FastField {
         }
     }
 
+    /// A raw value of a string enum.
+    static func raw<T: RawRepresentable<String>>(_ text: FieldBytes) -> T? { T(rawValue: text.string) }
+
     /// `[[p, s], …]` exactly as JSONEncoder writes it (no white space, JSON number grammar); nil for
     /// anything else, including numbers JSONDecoder might read differently from `Double(_:)` (out of range,
     /// underflowing to zero).
-    static func levels(_ text: String) -> [[Double]]? {
+    static func levels(_ text: FieldBytes) -> [[Double]]? {
         FastJSON.read(text) { (p: inout FastJSON) in p.levels() }
     }
 
     /// A feature vector as `JSONTextWriter.features` writes it (keys sorted, no white space).
-    static func features(_ text: String) -> FeatureVector? {
+    static func features(_ text: FieldBytes) -> FeatureVector? {
         FastJSON.read(text) { (p: inout FastJSON) in p.features() }
     }
 
     /// `["a","b",…]` of strings without escapes.
-    static func strings(_ text: String) -> [String]? {
+    static func strings(_ text: FieldBytes) -> [String]? {
         FastJSON.read(text) { (p: inout FastJSON) in p.strings() }
     }
 
     /// A canary result as the audit codec writes it: `{"mode":…,"score":…,"version":…}`, mode and
     /// score optional.
-    static func canary(_ text: String) -> CanaryResult? {
+    static func canary(_ text: FieldBytes) -> CanaryResult? {
         FastJSON.read(text) { (p: inout FastJSON) -> CanaryResult? in
             guard p.eat(UInt8(ascii: "{")) else { return nil }
             var mode: String?
@@ -91,13 +109,10 @@ struct FastJSON {
     init(bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
 
     /// `body` over the whole text; nil unless it consumed all of it.
-    static func read<T>(_ text: String, _ body: (inout FastJSON) -> T?) -> T? {
-        var text = text
-        return text.withUTF8 { bytes -> T? in
-            var p = FastJSON(bytes: bytes)
-            guard let value = body(&p), p.i == bytes.count else { return nil }
-            return value
-        }
+    static func read<T>(_ text: FieldBytes, _ body: (inout FastJSON) -> T?) -> T? {
+        var p = FastJSON(bytes: text.buffer)
+        guard let value = body(&p), p.i == text.count else { return nil }
+        return value
     }
 
     mutating func levels() -> [[Double]]? {
@@ -223,33 +238,34 @@ struct FastJSON {
             guard digit(i) else { return nil }
             while digit(i) { i += 1 }
         }
-        // Short numbers fit a small string: no allocation.
-        let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)
-        guard let value = Double(text), value.isFinite else { return nil }
+        guard let value = FastNumber.double(UnsafeBufferPointer(rebasing: bytes[start..<i])), value.isFinite else {
+            return nil
+        }
         if nonZeroDigit && !value.isNormal { return nil }  // underflow: leave it to JSONDecoder
         return value
     }
 }
 
 extension Tick: StreamFieldDecodable {
-    public static func decodeFast(_ fields: [(String, String)]) -> Tick? {
+    public static func decodeFast(_ fields: StreamFieldsView) -> Tick? {
         var versioned = false
         var symbol: String?
         var tsNs: Int64?
         var kind: Kind?
         var tick = Tick(symbol: "", tsNs: 0, kind: .quote)
         // An optional field reads as absent when its text is `null` (decodeIfPresent's rule).
-        for (name, text) in fields {
+        for f in 0..<fields.count {
+            let (name, text) = (fields.name(f), fields.value(f))
             switch name {
             case "v":
                 guard FastField.version(text, schemaVersion: schemaVersion) else { return nil }
                 versioned = true
-            case "symbol": symbol = text
+            case "symbol": symbol = text.string
             case "ts_ns":
                 guard let v = FastField.int64(text) else { return nil }
                 tsNs = v
             case "kind":
-                guard let v = Kind(rawValue: text) else { return nil }
+                guard let v = FastField.raw(text) as Kind? else { return nil }
                 kind = v
             case "bid":
                 guard let v = FastField.optional(text, FastField.double) else { return nil }
@@ -276,9 +292,9 @@ extension Tick: StreamFieldDecodable {
                 guard let v = FastField.optional(text, FastField.levels) else { return nil }
                 tick.asks = v
             case "side":
-                guard let v = FastField.optional(text, Side.init(rawValue:)) else { return nil }
+                guard let v = FastField.optional(text, { FastField.raw($0) as Side? }) else { return nil }
                 tick.side = v
-            case "venue": tick.venue = text == "null" ? nil : text
+            case "venue": tick.venue = FastField.text(text)
             case "seq":
                 guard let v = FastField.optional(text, FastField.int64) else { return nil }
                 tick.seq = v
@@ -297,7 +313,7 @@ extension Tick: StreamFieldDecodable {
 }
 
 extension FeatureSnapshot: StreamFieldDecodable {
-    public static func decodeFast(_ fields: [(String, String)]) -> FeatureSnapshot? {
+    public static func decodeFast(_ fields: StreamFieldsView) -> FeatureSnapshot? {
         var versioned = false
         var symbol: String?
         var tsNs: Int64?
@@ -312,12 +328,13 @@ extension FeatureSnapshot: StreamFieldDecodable {
         var features = FeatureVector(
             spreadBps: 0, imbalance: 0, depthImbalance: 0, ofiNorm: 0, realizedVolBps: 0, midReturnBps: 0,
             tickRate: 0, micropriceOffsetBps: 0)
-        for (name, text) in fields {
+        for f in 0..<fields.count {
+            let (name, text) = (fields.name(f), fields.value(f))
             switch name {
             case "v":
                 guard FastField.version(text, schemaVersion: schemaVersion) else { return nil }
                 versioned = true
-            case "symbol": symbol = text
+            case "symbol": symbol = text.string
             case "ts_ns":
                 guard let v = FastField.int64(text) else { return nil }
                 tsNs = v
@@ -385,7 +402,7 @@ extension FeatureSnapshot: StreamFieldDecodable {
 }
 
 extension Signal: StreamFieldDecodable {
-    public static func decodeFast(_ fields: [(String, String)]) -> Signal? {
+    public static func decodeFast(_ fields: StreamFieldsView) -> Signal? {
         var versioned = false
         var id: String?
         var symbol: String?
@@ -394,16 +411,17 @@ extension Signal: StreamFieldDecodable {
         var confidence: Double?
         var features: FeatureVector?
         var tsNs: Int64?
-        for (name, text) in fields {
+        for f in 0..<fields.count {
+            let (name, text) = (fields.name(f), fields.value(f))
             switch name {
             case "v":
                 guard FastField.version(text, schemaVersion: schemaVersion) else { return nil }
                 versioned = true
-            case "id": id = text
-            case "symbol": symbol = text
-            case "strategy": strategy = text
+            case "id": id = text.string
+            case "symbol": symbol = text.string
+            case "strategy": strategy = text.string
             case "direction":
-                guard let v = Direction(rawValue: text) else { return nil }
+                guard let v = FastField.raw(text) as Direction? else { return nil }
                 direction = v
             case "confidence":
                 guard let v = FastField.double(text) else { return nil }
@@ -427,7 +445,7 @@ extension Signal: StreamFieldDecodable {
 }
 
 extension Opportunity: StreamFieldDecodable {
-    public static func decodeFast(_ fields: [(String, String)]) -> Opportunity? {
+    public static func decodeFast(_ fields: StreamFieldsView) -> Opportunity? {
         var versioned = false
         var id: String?
         var symbol: String?
@@ -440,15 +458,16 @@ extension Opportunity: StreamFieldDecodable {
         var count: Int?
         var emitReason: String?
         var conflict: Bool?
-        for (name, text) in fields {
+        for f in 0..<fields.count {
+            let (name, text) = (fields.name(f), fields.value(f))
             switch name {
             case "v":
                 guard FastField.version(text, schemaVersion: schemaVersion) else { return nil }
                 versioned = true
-            case "id": id = text
-            case "symbol": symbol = text
+            case "id": id = text.string
+            case "symbol": symbol = text.string
             case "direction":
-                guard let v = Direction(rawValue: text) else { return nil }
+                guard let v = FastField.raw(text) as Direction? else { return nil }
                 direction = v
             case "confidence":
                 guard let v = FastField.double(text) else { return nil }
@@ -468,7 +487,7 @@ extension Opportunity: StreamFieldDecodable {
             case "count":
                 guard let v = FastField.int(text) else { return nil }
                 count = v
-            case "emit_reason": emitReason = text == "null" ? nil : text
+            case "emit_reason": emitReason = FastField.text(text)
             case "conflict":
                 guard let v = FastField.optional(text, FastField.bool) else { return nil }
                 conflict = v
@@ -486,7 +505,7 @@ extension Opportunity: StreamFieldDecodable {
 }
 
 extension AuditRecord: StreamFieldDecodable {
-    public static func decodeFast(_ fields: [(String, String)]) -> AuditRecord? {
+    public static func decodeFast(_ fields: StreamFieldsView) -> AuditRecord? {
         var versioned = false
         var requestId: String?
         var decisionId: String?
@@ -499,26 +518,27 @@ extension AuditRecord: StreamFieldDecodable {
             decisionId: "", requestId: "", tsNs: 0, symbol: "", decision: .abstain, score: nil, source: .abstain,
             modelName: nil, modelVersion: nil, modelHash: nil, features: nil, featureAgeMs: nil, latencyUs: 0)
         // An optional field reads as absent when its text is `null` (decodeIfPresent's rule).
-        func optionalText(_ text: String) -> String? { text == "null" ? nil : text }
-        for (name, text) in fields {
+        let optionalText = FastField.text
+        for f in 0..<fields.count {
+            let (name, text) = (fields.name(f), fields.value(f))
             switch name {
             case "v":
                 guard FastField.version(text, schemaVersion: schemaVersion) else { return nil }
                 versioned = true
-            case "request_id": requestId = text
+            case "request_id": requestId = text.string
             case "decision_id": decisionId = optionalText(text)
             case "ts_ns":
                 guard let v = FastField.int64(text) else { return nil }
                 tsNs = v
-            case "symbol": symbol = text
+            case "symbol": symbol = text.string
             case "decision":
-                guard let v = Decision(rawValue: text) else { return nil }
+                guard let v = FastField.raw(text) as Decision? else { return nil }
                 decision = v
             case "score":
                 guard let v = FastField.optional(text, FastField.double) else { return nil }
                 r.score = v
             case "source":
-                guard let v = ScoreSource(rawValue: text) else { return nil }
+                guard let v = FastField.raw(text) as ScoreSource? else { return nil }
                 source = v
             case "model_name": r.modelName = optionalText(text)
             case "model_version": r.modelVersion = optionalText(text)

@@ -20,7 +20,7 @@ extension RedisClient {
     {
         var args = ["XRANGE", stream, start, end]
         if let count { args += ["COUNT", String(count)] }
-        return try Self.entries(try await send(RedisCommand(args)))
+        return try Self.entries(try await send(RedisCommand(args).replying(.entries)))
     }
 
     /// XREVRANGE stream end start [COUNT n], newest first.
@@ -29,14 +29,14 @@ extension RedisClient {
     {
         var args = ["XREVRANGE", stream, end, start]
         if let count { args += ["COUNT", String(count)] }
-        return try Self.entries(try await send(RedisCommand(args)))
+        return try Self.entries(try await send(RedisCommand(args).replying(.entries)))
     }
 
     /// XREAD [COUNT n] [BLOCK ms] STREAMS key… id…; empty when BLOCK timed out.
     public func xread(streams: [(String, String)], count: Int? = nil, block: Duration? = nil) async throws(RedisError)
         -> [StreamReadResult]
     {
-        var c = RedisCommand(name: "XREAD")
+        var c = RedisCommand(name: "XREAD").replying(.streams)
         if let count {
             c.append("COUNT")
             c.append(count)
@@ -73,7 +73,7 @@ extension RedisClient {
         group: String, consumer: String, streams: [(String, String)], count: Int? = nil, block: Duration? = nil,
         noAck: Bool = false
     ) async throws(RedisError) -> [StreamReadResult] {
-        var c = RedisCommand(name: "XREADGROUP")
+        var c = RedisCommand(name: "XREADGROUP").replying(.streams)
         c.append("GROUP")
         c.append(group)
         c.append(consumer)
@@ -106,7 +106,7 @@ extension RedisClient {
     ) async throws(RedisError) -> AutoClaimResult {
         var args = ["XAUTOCLAIM", stream, group, consumer, String(Self.milliseconds(minIdle)), start]
         if let count { args += ["COUNT", String(count)] }
-        let reply = try await send(RedisCommand(args))
+        let reply = try await send(RedisCommand(args).replying(.autoclaim))
         guard let parts = reply.array, parts.count >= 2, let next = parts[0].string else {
             throw RedisError(.unexpectedReply, "XAUTOCLAIM replied \(reply)")
         }
@@ -124,7 +124,7 @@ extension RedisClient {
         if ids.isEmpty { return [] }
         var args = ["XCLAIM", stream, group, consumer, String(Self.milliseconds(minIdle))] + ids
         if justID { args.append("JUSTID") }
-        let reply = try await send(RedisCommand(args))
+        let reply = try await send(justID ? RedisCommand(args) : RedisCommand(args).replying(.entries))
         if justID {
             return (reply.array ?? []).compactMap(\.string).map { StreamEntry(id: $0, fields: []) }
         }
@@ -216,32 +216,11 @@ extension RedisClient {
         return out
     }
 
-    /// `[[id, [f, v, …]], …]`; an entry whose fields are nil was deleted.
+    /// The entries `RedisConnection` read for a command's `StreamReplyShape`; nil is none.
     static func entries(_ reply: RedisReply) throws(RedisError) -> [StreamEntry] {
-        guard let items = reply.array else {
-            if reply.isNull { return [] }
-            throw RedisError(.unexpectedReply, "expected stream entries, got \(reply)")
-        }
-        var out: [StreamEntry] = []
-        out.reserveCapacity(items.count)
-        for item in items {
-            guard let parts = item.array, parts.count == 2, let id = parts[0].string else {
-                throw RedisError(.unexpectedReply, "malformed stream entry \(item)")
-            }
-            guard let flat = parts[1].array else {
-                out.append(StreamEntry(id: id, fields: [], isDeleted: true))
-                continue
-            }
-            var fields: [(String, String)] = []
-            fields.reserveCapacity(flat.count / 2)
-            var i = 0
-            while i + 1 < flat.count {
-                fields.append((flat[i].string ?? "", flat[i + 1].string ?? ""))
-                i += 2
-            }
-            out.append(StreamEntry(id: id, fields: fields))
-        }
-        return out
+        if let entries = reply.entries { return entries }
+        if reply.isNull { return [] }
+        throw RedisError(.unexpectedReply, "expected stream entries, got \(reply)")
     }
 
     /// `[[stream, entries], …]` or nil (BLOCK timed out).

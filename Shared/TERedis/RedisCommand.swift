@@ -3,6 +3,8 @@
 public struct RedisCommand: Sendable, CustomStringConvertible {
     @usableFromInline var buffer: [UInt8]
     @usableFromInline var lengths: [Int]
+    /// Where the reply holds stream entries, read as `RedisReply.entries`; nil for any other reply.
+    var replyShape: StreamReplyShape?
 
     public init(_ args: [String]) {
         buffer = []
@@ -71,6 +73,13 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
             let text = String(decoding: arg.prefix(64), as: UTF8.self)
             return arg.count > 64 ? text + "…" : text
         }.joined(separator: " ")
+    }
+
+    /// The command with its reply's stream entries read as `RedisReply.entries`.
+    func replying(_ shape: StreamReplyShape) -> RedisCommand {
+        var c = self
+        c.replyShape = shape
+        return c
     }
 
     // MARK: Commands a pipeline or transaction writes
@@ -145,4 +154,14 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     }
 
     public static func del(_ keys: [String]) -> RedisCommand { RedisCommand(["DEL"] + keys) }
+}
+
+/// Where a stream command's reply holds its entry lists.
+enum StreamReplyShape: Sendable {
+    /// The reply is the list (XRANGE, XREVRANGE, XCLAIM).
+    case entries
+    /// `[[stream, list], …]` (XREAD, XREADGROUP).
+    case streams
+    /// `[next, list, deleted ids]` (XAUTOCLAIM).
+    case autoclaim
 }

@@ -70,14 +70,108 @@ final class RedisConnection: @unchecked Sendable {
         }
         var replies: [RedisReply] = []
         replies.reserveCapacity(commands.count)
-        for _ in commands {
+        for command in commands {
             var raw: UnsafeMutableRawPointer?
             if redisGetReply(context, &raw) != REDIS_OK || raw == nil { throw fail(context, during: "read") }
             let reply = raw!.assumingMemoryBound(to: redisReply.self)
-            replies.append(Self.parse(reply))
+            replies.append(Self.parse(reply, shape: command.replyShape))
             freeReplyObject(raw)
         }
         return replies
+    }
+
+    /// A stream command's reply, its entry lists read as `.entries`; anything not of the shape (an
+    /// error, nil, a malformed list) is parsed as any reply.
+    private static func parse(_ reply: UnsafePointer<redisReply>, shape: StreamReplyShape?) -> RedisReply {
+        guard let shape, reply.pointee.type == REDIS_REPLY_ARRAY else { return parse(reply) }
+        let r = reply.pointee
+        switch shape {
+        case .entries:
+            return entries(reply) ?? parse(reply)
+        case .streams:
+            var streams: [RedisReply] = []
+            streams.reserveCapacity(r.elements)
+            for i in 0..<r.elements {
+                guard let s = r.element[i], s.pointee.type == REDIS_REPLY_ARRAY, s.pointee.elements == 2,
+                    let key = s.pointee.element[0], let list = s.pointee.element[1]
+                else {
+                    streams.append(r.element[i].map { parse($0) } ?? .null)
+                    continue
+                }
+                streams.append(.array([parse(key), entries(list) ?? parse(list)]))
+            }
+            return .array(streams)
+        case .autoclaim:
+            var parts: [RedisReply] = []
+            parts.reserveCapacity(r.elements)
+            for i in 0..<r.elements {
+                guard let part = r.element[i] else {
+                    parts.append(.null)
+                    continue
+                }
+                parts.append(i == 1 ? entries(part) ?? parse(part) : parse(part))
+            }
+            return .array(parts)
+        }
+    }
+
+    /// `[[id, [field, value, …] or nil], …]` as entries sharing one buffer: every name and value is
+    /// copied once, into it. nil when the reply is not of that shape.
+    private static func entries(_ list: UnsafePointer<redisReply>) -> RedisReply? {
+        let r = list.pointee
+        guard r.type == REDIS_REPLY_ARRAY else { return nil }
+        // First pass: check the shape and size the buffers.
+        var byteCount = 0
+        var stringCount = 0
+        for i in 0..<r.elements {
+            guard let item = r.element[i], item.pointee.type == REDIS_REPLY_ARRAY, item.pointee.elements == 2,
+                let id = item.pointee.element[0], id.pointee.type == REDIS_REPLY_STRING,
+                let fields = item.pointee.element[1]
+            else { return nil }
+            if fields.pointee.type == REDIS_REPLY_NIL { continue }
+            guard fields.pointee.type == REDIS_REPLY_ARRAY, fields.pointee.elements % 2 == 0 else { return nil }
+            for k in 0..<fields.pointee.elements {
+                guard let f = fields.pointee.element[k], f.pointee.type == REDIS_REPLY_STRING else { return nil }
+                byteCount += f.pointee.len
+            }
+            stringCount += fields.pointee.elements
+        }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(byteCount)
+        var ends: [Int] = []
+        ends.reserveCapacity(stringCount)
+        // Entries are made once the buffers are complete: a copy taken earlier would copy them on the next append.
+        var spans: [(id: String, first: Int, count: Int)] = []
+        spans.reserveCapacity(r.elements)
+        for i in 0..<r.elements {
+            let item = r.element[i]!.pointee
+            let id = text(item.element[0]!.pointee.str, item.element[0]!.pointee.len)
+            let fields = item.element[1]!.pointee
+            guard fields.type == REDIS_REPLY_ARRAY else {
+                spans.append((id, 0, -1))  // deleted
+                continue
+            }
+            let first = ends.count
+            for k in 0..<fields.elements {
+                let f = fields.element[k]!.pointee
+                if let str = f.str, f.len > 0 {
+                    bytes.append(contentsOf: UnsafeRawBufferPointer(start: str, count: f.len))
+                }
+                ends.append(bytes.count)
+            }
+            spans.append((id, first, fields.elements / 2))
+        }
+        var out: [StreamEntry] = []
+        out.reserveCapacity(spans.count)
+        for (id, first, count) in spans {
+            if count < 0 {
+                out.append(StreamEntry(id: id, fields: StreamFields([]), isDeleted: true))
+            } else {
+                out.append(
+                    StreamEntry(id: id, fields: StreamFields(bytes: bytes, ends: ends, first: first, count: count)))
+            }
+        }
+        return .entries(out)
     }
 
     private static func parse(_ reply: UnsafePointer<redisReply>) -> RedisReply {

@@ -6,6 +6,9 @@ public enum RedisReply: Sendable, Equatable {
     case bulk([UInt8])
     case null
     case array([RedisReply])
+    /// A list of stream entries (`[[id, [field, value, …]], …]`), read straight into `StreamEntry`s that
+    /// share one buffer, in the place the command's `StreamReplyShape` names.
+    case entries([StreamEntry])
 
     /// Text of a status, error or bulk reply (bulk bytes decoded as UTF-8).
     public var string: String? {
@@ -13,7 +16,7 @@ public enum RedisReply: Sendable, Equatable {
         case .status(let s), .error(let s): return s
         case .bulk(let bytes): return String(decoding: bytes, as: UTF8.self)
         case .integer(let n): return String(n)
-        case .null, .array: return nil
+        case .null, .array, .entries: return nil
         }
     }
 
@@ -27,12 +30,17 @@ public enum RedisReply: Sendable, Equatable {
         switch self {
         case .integer(let n): return n
         case .bulk, .status: return string.flatMap { Int64($0) }
-        case .error, .null, .array: return nil
+        case .error, .null, .array, .entries: return nil
         }
     }
 
     public var array: [RedisReply]? {
         if case .array(let items) = self { return items }
+        return nil
+    }
+
+    public var entries: [StreamEntry]? {
+        if case .entries(let entries) = self { return entries }
         return nil
     }
 

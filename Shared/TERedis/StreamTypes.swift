@@ -1,33 +1,28 @@
-/// One stream entry. Field values are text (DESIGN.md: stream entries carry text fields only).
+import TECore
+
+/// One stream entry. Field values are text (DESIGN.md: stream entries carry text fields only); the
+/// entries of one reply share one byte buffer (`StreamFields`), so reading them copies no field apart.
 public struct StreamEntry: Sendable, Equatable {
     public let id: String
-    public let fields: [(String, String)]
+    public let fields: StreamFields
     /// True when the entry id is still pending but the entry itself was trimmed or deleted
     /// (`XREADGROUP … 0` and `XCLAIM` report such entries without fields).
     public let isDeleted: Bool
 
     public init(id: String, fields: [(String, String)], isDeleted: Bool = false) {
+        self.init(id: id, fields: StreamFields(fields), isDeleted: isDeleted)
+    }
+
+    public init(id: String, fields: StreamFields, isDeleted: Bool = false) {
         self.id = id
         self.fields = fields
         self.isDeleted = isDeleted
     }
 
-    public func field(_ name: String) -> String? {
-        for (k, v) in fields where k == name { return v }
-        return nil
-    }
+    /// The value of the last field named `name`.
+    public func field(_ name: String) -> String? { fields.value(name) }
 
-    public var fieldDictionary: [String: String] {
-        var out: [String: String] = [:]
-        out.reserveCapacity(fields.count)
-        for (k, v) in fields { out[k] = v }
-        return out
-    }
-
-    public static func == (a: StreamEntry, b: StreamEntry) -> Bool {
-        a.id == b.id && a.isDeleted == b.isDeleted && a.fields.count == b.fields.count
-            && zip(a.fields, b.fields).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
-    }
+    public var fieldDictionary: [String: String] { fields.dictionary }
 }
 
 /// Entries read from one stream by XREAD / XREADGROUP.

@@ -1,5 +1,6 @@
 import Foundation
 import MarketData
+import TECore
 import TEModels
 
 /// An invariant that did not hold for a fuzz input. The libFuzzer binaries (fuzz/) crash on it, so
@@ -127,11 +128,18 @@ public enum StreamCodecFuzz {
         var lines = bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
         guard !lines.isEmpty else { return }
         let name = String(decoding: lines.removeFirst(), as: UTF8.self)
-        let fields = lines.map { line -> (String, String) in
+        // The fields as the Redis client hands them over: every name and value's bytes, as they are, in one
+        // buffer (invalid UTF-8 included); the Codable reference reads their text.
+        var buffer: [UInt8] = []
+        var ends: [Int] = []
+        for line in lines {
             let equals = line.firstIndex(of: UInt8(ascii: "=")) ?? line.endIndex
-            let value = equals < line.endIndex ? line[(equals + 1)...] : []
-            return (String(decoding: line[..<equals], as: UTF8.self), String(decoding: value, as: UTF8.self))
+            buffer.append(contentsOf: line[..<equals])
+            ends.append(buffer.count)
+            if equals < line.endIndex { buffer.append(contentsOf: line[(equals + 1)...]) }
+            ends.append(buffer.count)
         }
+        let fields = StreamFields(bytes: buffer, ends: ends, first: 0, count: lines.count)
         let index = typeNames.firstIndex(of: name) ?? Int(bytes.first ?? 0) % typeNames.count
         switch typeNames[index] {
         case "Tick": try check(Tick.self, fields)
@@ -143,15 +151,22 @@ public enum StreamCodecFuzz {
         }
     }
 
-    static func check<M: StreamMessage & Equatable>(_ type: M.Type, _ fields: [(String, String)]) throws(FuzzViolation)
-    {
+    static func check<M: StreamMessage & Equatable>(_ type: M.Type, _ fields: StreamFields) throws(FuzzViolation) {
         let decoded = Result { () throws(MessageDecodingError) in
-            try StreamFieldDecoder.decodeCodable(M.self, from: fields)
+            try StreamFieldDecoder.decodeCodable(M.self, from: Array(fields))
         }
-        if let fast = M.self as? any StreamFieldDecodable.Type, let value = fast.decodeFast(fields) {
+        if let fast = M.self as? any StreamFieldDecodable.Type, let value = fields.withView({ fast.decodeFast($0) }) {
             guard case .success(let reference) = decoded, let value = value as? M, value == reference else {
                 throw FuzzViolation("the fast reader accepted \(value); the Codable decoder gives \(decoded)")
             }
+        }
+        // The stages' entry point gives the Codable decoder's answer, value or error.
+        switch (
+            decoded, Result { () throws(MessageDecodingError) in try StreamFieldDecoder.decode(M.self, from: fields) }
+        ) {
+        case (.success(let a), .success(let b)) where a == b: break
+        case (.failure(let a), .failure(let b)) where a == b: break
+        case (let a, let b): throw FuzzViolation("decode gives \(b); the Codable decoder \(a)")
         }
         guard case .success(let message) = decoded else { return }
         try roundTrip(message)

@@ -1,3 +1,4 @@
+import TECore
 import TEModels
 import Testing
 
@@ -148,6 +149,89 @@ func with(_ fields: [(String, String)], _ name: String, _ text: String?) -> [(St
         }
         #expect(throws: MessageDecodingError(field: "n_quotes", reason: "missing")) {
             try StreamFieldDecoder.decode(FeatureSnapshot.self, from: with(snapshot, "n_quotes", nil))
+        }
+    }
+}
+
+/// The readers over bytes against the Codable decoder on seeded random input: numbers of every shape the
+/// byte-level number reader takes or declines, and whole messages with random values.
+@Suite struct FastNumberTests {
+    /// A decimal text: sign, 1–20 integer digits (leading zeros too), an optional fraction of 1–20 digits,
+    /// an optional exponent of either case and sign.
+    static func decimal(_ random: inout SeededGenerator) -> String {
+        func digits(_ n: Int) -> String {
+            String((0..<n).map { _ in Character(String(Int.random(in: 0...9, using: &random))) })
+        }
+        var text = Bool.random(using: &random) ? "-" : ""
+        text += digits(Int.random(in: 1...(Bool.random(using: &random) ? 3 : 20), using: &random))
+        if Bool.random(using: &random) { text += "." + digits(Int.random(in: 1...20, using: &random)) }
+        if Int.random(in: 0..<4, using: &random) == 0 {
+            text += ["e", "E", "e-", "e+", "E-"].randomElement(using: &random)!
+            text += String(Int.random(in: 0...(Bool.random(using: &random) ? 30 : 400), using: &random))
+        }
+        return text
+    }
+
+    @Test func numbersReadAsDoubleReadsThem() throws {
+        var random = SeededGenerator(seed: 1515)
+        let quote = try StreamFieldEncoder.encode(FastDecoderTests.quote)
+        var taken = 0
+        for _ in 0..<20_000 {
+            let text = Self.decimal(&random)
+            let fields = with(quote, "bid", text)
+            if agree(Tick.self, fields, bits: bits) { taken += 1 }
+            if let value = Tick.decodeFast(fields)?.bid {
+                #expect(value.bitPattern == Double(text)?.bitPattern, "\(text)")
+            }
+            // Prices as the venues send them: up to 15 significant digits, the exact path.
+            let price = String(Double(Int.random(in: 1...999_999_999, using: &random)) / 1e4)
+            #expect(Tick.decodeFast(with(quote, "ask", price))?.ask?.bitPattern == Double(price)?.bitPattern)
+        }
+        // Nearly every finite decimal is taken (those overflowing to infinity are not).
+        #expect(taken > 15_000)
+        // Integers: Int64's range, exactly; outside it the Codable decoder decides.
+        for text in ["0", "-0", "9223372036854775807", "-9223372036854775808", "007"] {
+            #expect(Tick.decodeFast(with(quote, "ts_ns", text))?.tsNs == Int64(text))
+        }
+        for text in ["9223372036854775808", "-9223372036854775809", "+1", "1_0", "１"] {
+            #expect(Tick.decodeFast(with(quote, "ts_ns", text)) == nil)
+            agree(Tick.self, with(quote, "ts_ns", text), bits: bits)
+        }
+    }
+
+    @Test func randomMessagesReadAsTheCodableDecoderReadsThem() throws {
+        var random = SeededGenerator(seed: 1516)
+        func number() -> Double {
+            switch Int.random(in: 0..<4, using: &random) {
+            case 0: Double(Int.random(in: -1_000_000...1_000_000, using: &random)) / 100
+            case 1: Double.random(in: -1...1, using: &random)
+            case 2: Double.random(in: -1e12...1e12, using: &random)
+            default: Double(bitPattern: UInt64.random(in: 0...UInt64.max, using: &random) & 0x7FEF_FFFF_FFFF_FFFF)
+            }
+        }
+        for i in 0..<2_000 {
+            let levels = (0..<Int.random(in: 0...10, using: &random)).map { _ in [number(), abs(number())] }
+            let tick =
+                i % 3 == 0
+                ? Tick(
+                    symbol: "S\(i)", tsNs: Int64.random(in: 0...Int64.max, using: &random), kind: .trade,
+                    price: number(), size: abs(number()), side: i % 2 == 0 ? .buy : .sell, venue: "binance",
+                    seq: Int64(i), exchangeTsNs: Int64(i))
+                : Tick.quote(
+                    symbol: "SYMBOL-\(i)-PERP", tsNs: Int64(i), bid: number(), bidSize: abs(number()), ask: number(),
+                    askSize: abs(number()), bids: levels, asks: levels.reversed(), venue: i % 5 == 0 ? nil : "kraken")
+            let took = agree(Tick.self, try StreamFieldEncoder.encode(tick), bits: bits)
+            // The one canonical text the reader leaves to JSONDecoder: a subnormal number inside `bids`/`asks`.
+            let subnormal = levels.joined().contains { $0 != 0 && !$0.isNormal }
+            #expect(took || subnormal)
+            let snapshot = FeatureSnapshot(
+                symbol: "S\(i)", tsNs: Int64(i), windowMs: 5000, nQuotes: i, nTrades: i / 2, tradeVolume: abs(number()),
+                lastPrice: number(), warm: i % 4 != 0,
+                features: FeatureVector(
+                    spreadBps: number(), imbalance: number(), depthImbalance: number(), ofiNorm: number(),
+                    realizedVolBps: number(), midReturnBps: number(), tickRate: number(), micropriceOffsetBps: number())
+            )
+            #expect(agree(FeatureSnapshot.self, try StreamFieldEncoder.encode(snapshot), bits: bits))
         }
     }
 }

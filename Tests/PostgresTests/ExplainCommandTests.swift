@@ -265,12 +265,12 @@ struct ExplainCommandTests {
                 let page = try await pipeline.redis.xrange(StreamKey.ticks, start: start, end: "+", count: 2000)
                 guard let last = page.last else { break }
                 _ = try await pipeline.redis.pipeline(
-                    page.map { .xadd(shardTicks, id: $0.id, maxLen: nil, fields: $0.fields) })
+                    page.map { .xadd(shardTicks, id: $0.id, maxLen: nil, fields: Array($0.fields)) })
                 start = "(" + last.id
             }
             let featuresEntry = try #require(
                 try await pipeline.redis.xrange(StreamKey.features, start: shardedEntry, end: shardedEntry).first)
-            _ = try await pipeline.redis.xadd(shardFeatures, id: featuresEntry.id, fields: featuresEntry.fields)
+            _ = try await pipeline.redis.xadd(shardFeatures, id: featuresEntry.id, fields: Array(featuresEntry.fields))
             var shardedEnvironment = environment
             shardedEnvironment["STREAM_SHARDS"] = String(shards)
             let sharded = try await runTe(["explain", shardedDecision, "-o", "json"], environment: shardedEnvironment)
