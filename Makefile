@@ -22,7 +22,7 @@ build: deps
 	$(SWIFT) build
 
 release: deps
-	$(SWIFT) build -c release
+	scripts/build-release.sh
 
 dev-up: deps
 	@scripts/dev-up.sh

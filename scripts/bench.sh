@@ -18,7 +18,7 @@ set -a; source .dev/env; set +a
 mkdir -p bench/results
 # Release builds first, once, so each part's timing is its run rather than the compiler.
 echo "bench: building (release)…" >&2
-swift build -c release >&2
+scripts/build-release.sh >&2
 swift build -c release --package-path bench >&2
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 t_all=$SECONDS

@@ -23,7 +23,7 @@ if [ $SHORT = 1 ]; then
   [ -x "$BIN/gateway" ] || swift build
 else
   say "building (release)…"
-  swift build -c release 2>&1 | tail -n 3
+  scripts/build-release.sh 2>&1 | tail -n 3
   BIN=$(swift build -c release --show-bin-path)
 fi
 
