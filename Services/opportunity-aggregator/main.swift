@@ -9,7 +9,7 @@ import TEModels
 // deploy/strategies/README.md for the rules.
 await ServiceRunner.run(service: "opportunity-aggregator", defaultMetricsPort: 9104) { resources in
     let settings = try AggregatorSettings.fromEnvironment(resources.env)
-    let shards = try resources.env.streamShards()
+    let shards = try resources.env.stageShards()
     let redis = try resources.env.redis()
     let worker = try StreamWorkerConfiguration.fromEnvironment(resources.env)
     var services: [any Service] = []
