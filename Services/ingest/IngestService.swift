@@ -369,7 +369,9 @@ struct IngestService: Service {
     private func write(_ batch: BuiltBatch) -> Task<[FencedBatch.Outcome]?, Never> {
         Task {
             do {
-                let replies = try await redis.pipeline(batch.commands)
+                // Replicated: the Kafka offsets are committed once this returns, so on a cluster the batch must be on
+                // its masters' replicas first, or a failover right after could take back ticks nobody re-reads.
+                let replies = try await redis.pipeline(batch.commands, replicated: true)
                 var outcomes: [FencedBatch.Outcome] = []
                 for reply in replies.prefix(batch.scripts) {
                     let outcome = try FencedBatch.outcome(reply)

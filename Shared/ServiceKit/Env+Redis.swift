@@ -20,3 +20,21 @@ extension Env {
         try Env().redis(name)
     }
 }
+
+extension Env {
+    /// `STREAM_SHARDS` for a stage whose one atomic step acknowledges its input and writes its output (or
+    /// state). On a Redis Cluster (`REDIS_URL=redis+cluster://…`) that step must stay in one slot, which
+    /// only the tagged shard names (`te:ticks:{k}`, `te:features:{k}`, …) give: S = 1, the unsharded names in
+    /// different slots, stops the stage at start with one line naming the variable.
+    public func stageShards() throws(ConfigurationError) -> Int {
+        let shards = try streamShards()
+        if shards == 1, (try? redis())?.cluster != nil {
+            throw ConfigurationError(
+                variable: "STREAM_SHARDS",
+                problem:
+                    "is 1 on a Redis Cluster (REDIS_URL=redis+cluster://…): the unsharded streams lie in different slots, so a stage's output and acknowledgement would cross slots; set STREAM_SHARDS to 2 or more (every stage the same)"
+            )
+        }
+        return shards
+    }
+}

@@ -64,7 +64,7 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
             guard lease >= .milliseconds(600) else {
                 throw ConfigurationError(variable: "SHARD_LEASE_MS", problem: "must be at least 600")
             }
-            return Settings(shards: try env.streamShards(), lease: lease)
+            return Settings(shards: try env.stageShards(), lease: lease)
         }
     }
 

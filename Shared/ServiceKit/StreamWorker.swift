@@ -245,14 +245,16 @@ struct WorkerLoop<Stage: StreamStage> {
         let steps = commit.fencedSteps(stream: stream, group: group, configuration: configuration, tsNs: tsNs)
         do {
             if !steps.before.isEmpty {
-                let replies = try await writer.pipeline(steps.before)
+                let replies = try await writer.pipeline(steps.before, replicated: true)
                 if let error = replies.first(where: { if case .error = $0 { true } else { false } }) {
                     return .redisFailed("write before the shard's step failed: \(error)", noGroup: false)
                 }
             }
             if steps.atomic.isEmpty { return .committed(failedCommands: 0) }
+            // Replicated: once acknowledged the entries are not read again, so on a cluster the step must be on
+            // the replicas before a failover could take it back (output lost, entries pending out of order).
             let reply = try await writer.send(
-                fence.leases.commit(fence.shard, token: fence.token, commands: steps.atomic))
+                fence.leases.commit(fence.shard, token: fence.token, commands: steps.atomic), replicated: true)
             switch try ShardLeases.parseCommit(reply) {
             case .written(let failed):
                 if failed > 0 {

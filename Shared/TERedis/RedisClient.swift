@@ -75,6 +75,23 @@ public final class RedisClient: Sendable {
         return try await run { connection throws(RedisError) in try connection.execute(commands) }
     }
 
+    /// `pipeline`, and on a Redis Cluster its writes have reached every online replica of the masters they
+    /// ran on when it returns (each node's share is followed by `WAIT`, replicas counted from the slot map),
+    /// so a failover cannot take back what the caller goes on to treat as written (ingest's Kafka commit, a
+    /// stage's next read). Fewer acknowledgements within `RedisClusterSettings.replicaWait` throw the
+    /// retriable error: resend only writes that are idempotent. On a single node, `pipeline`.
+    public func pipeline(_ commands: [RedisCommand], replicated: Bool) async throws(RedisError) -> [RedisReply] {
+        if commands.isEmpty { return [] }
+        if let cluster { return try await cluster.pipeline(commands, replicated: replicated) }
+        return try await pipeline(commands)
+    }
+
+    /// One command as `pipeline(_:replicated:)` sends it; an error reply throws.
+    @discardableResult
+    public func send(_ command: RedisCommand, replicated: Bool) async throws(RedisError) -> RedisReply {
+        try await pipeline([command], replicated: replicated)[0].throwingError()
+    }
+
     /// Runs `commands` atomically as MULTI … EXEC in one round trip and returns their replies
     /// (error replies of individual commands in place). Throws if Redis rejected the transaction.
     public func transaction(_ commands: [RedisCommand]) async throws(RedisError) -> [RedisReply] {

@@ -47,7 +47,12 @@ final class RedisClusterClient: Sendable {
 
     /// A pipeline: one write per node holding its share, replies in the caller's order, error replies
     /// (also CROSSSLOT of one command) in place. Keyspace-wide commands (`allMasters`) run first.
-    func pipeline(_ commands: [RedisCommand], extraTimeout: Duration? = nil) async throws(RedisError) -> [RedisReply] {
+    /// `replicated`: each node's share is followed by `WAIT n` for that master's n online replicas (from
+    /// the slot map), so what returns has reached them and survives a failover; a shortfall throws the
+    /// retriable error (the writes may be on the master only: the caller resends idempotent writes).
+    func pipeline(
+        _ commands: [RedisCommand], extraTimeout: Duration? = nil, replicated: Bool = false
+    ) async throws(RedisError) -> [RedisReply] {
         var replies = [RedisReply?](repeating: nil, count: commands.count)
         var units: [Unit] = []
         var commandOfUnit: [Int] = []
@@ -66,7 +71,7 @@ final class RedisClusterClient: Sendable {
                 commandOfUnit.append(i)
             }
         }
-        let unitReplies = try await execute(units, extraTimeout: extraTimeout)
+        let unitReplies = try await execute(units, extraTimeout: extraTimeout, replicated: replicated)
         for (unit, unitReply) in unitReplies.enumerated() { replies[commandOfUnit[unit]] = unitReply[0] }
         return replies.map { $0 ?? .null }
     }
@@ -78,7 +83,7 @@ final class RedisClusterClient: Sendable {
         let unit = Unit(
             commands: [RedisCommand("MULTI")] + commands + [RedisCommand("EXEC")],
             target: slot.map { .slot($0) } ?? .anyNode)
-        return try await execute([unit], extraTimeout: nil)[0]
+        return try await execute([unit], extraTimeout: nil, replicated: false)[0]
     }
 
     /// The masters of the current slot map (re-read first when stale).
@@ -118,7 +123,9 @@ final class RedisClusterClient: Sendable {
         var target: RedisClusterTarget
     }
 
-    private func execute(_ units: [Unit], extraTimeout: Duration?) async throws(RedisError) -> [[RedisReply]] {
+    private func execute(
+        _ units: [Unit], extraTimeout: Duration?, replicated: Bool
+    ) async throws(RedisError) -> [[RedisReply]] {
         var results = [[RedisReply]?](repeating: nil, count: units.count)
         var pending = Array(units.indices)
         var askingAt: [Int: RedisNodeAddress] = [:]
@@ -143,9 +150,26 @@ final class RedisClusterClient: Sendable {
             }
             askingAt = [:]
             let batches = RedisClusterRouting.batches(placed)
-            let outcomes = await run(batches, units, extraTimeout: extraTimeout)
+            let waits = batches.map { replicated ? routing.map.replicas(of: $0.node) : 0 }
+            let outcomes = await run(batches, units, waits: waits, extraTimeout: extraTimeout)
             var mustWait = !retry.isEmpty
-            for (batch, outcome) in zip(batches, outcomes) {
+            for (b, (batch, outcome)) in zip(batches, outcomes).enumerated() {
+                var outcome = outcome
+                if waits[b] > 0, case .replies(var flat) = outcome {
+                    let waited = flat.removeLast()
+                    if case .error(let message) = waited {
+                        throw RedisError(.server, "WAIT after the writes on \(batch.node) refused: \(message)")
+                    }
+                    let acknowledged = waited.int ?? 0
+                    if acknowledged < Int64(waits[b]) {
+                        markStale()
+                        throw RedisError(
+                            .connection,
+                            "written on \(batch.node) but acknowledged by \(acknowledged) of its \(waits[b]) replicas within \(settings.replicaWait): not yet failover-safe"
+                        )
+                    }
+                    outcome = .replies(flat)
+                }
                 switch outcome {
                 case .notSent(let error):
                     lastError = error
@@ -213,21 +237,28 @@ final class RedisClusterClient: Sendable {
         case failed(RedisError)
     }
 
+    /// Runs each batch on its node; `waits[i]` > 0 appends `WAIT waits[i] replicaWait` to batch i (its reply last).
     private func run(
-        _ batches: [RedisClusterRouting.Batch], _ units: [Unit], extraTimeout: Duration?
+        _ batches: [RedisClusterRouting.Batch], _ units: [Unit], waits: [Int], extraTimeout: Duration?
     ) async -> [Outcome] {
-        func commands(of batch: RedisClusterRouting.Batch) -> [RedisCommand] {
+        let waitMs =
+            Int(settings.replicaWait.components.seconds * 1000)
+            + Int(settings.replicaWait.components.attoseconds / 1_000_000_000_000_000)
+        func commands(of b: Int) -> [RedisCommand] {
+            let batch = batches[b]
             var out: [RedisCommand] = []
             for unit in batch.units {
                 if batch.asking.contains(unit) { out.append(RedisCommand("ASKING")) }
                 out.append(contentsOf: units[unit].commands)
             }
+            if waits[b] > 0 { out.append(RedisCommand("WAIT", String(waits[b]), String(waitMs))) }
             return out
         }
+        let extraTimeout = waits.contains { $0 > 0 } ? (extraTimeout ?? .zero) + settings.replicaWait : extraTimeout
         if batches.count == 1 {
-            return [await run(commands(of: batches[0]), on: batches[0].node, extraTimeout: extraTimeout)]
+            return [await run(commands(of: 0), on: batches[0].node, extraTimeout: extraTimeout)]
         }
-        let work = batches.map { (node: $0.node, commands: commands(of: $0)) }
+        let work = batches.indices.map { (node: batches[$0].node, commands: commands(of: $0)) }
         return await withTaskGroup(of: (Int, Outcome).self) { group in
             for (i, batch) in work.enumerated() {
                 group.addTask { (i, await self.run(batch.commands, on: batch.node, extraTimeout: extraTimeout)) }

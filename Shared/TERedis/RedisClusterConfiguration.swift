@@ -31,11 +31,18 @@ public struct RedisClusterSettings: Sendable {
     public var retryWindow: Duration
     /// MOVED/ASK redirections followed for one command before its error reply is returned. Default: 16.
     public var maxRedirects: Int
+    /// How long a replicated write (`RedisClient.pipeline(_:replicated:)`) waits for its master's online
+    /// replicas to acknowledge it before the write counts as failed. Default: 2 s.
+    public var replicaWait: Duration
 
-    public init(seeds: [RedisNodeAddress], retryWindow: Duration = .seconds(10), maxRedirects: Int = 16) {
+    public init(
+        seeds: [RedisNodeAddress], retryWindow: Duration = .seconds(10), maxRedirects: Int = 16,
+        replicaWait: Duration = .seconds(2)
+    ) {
         self.seeds = seeds
         self.retryWindow = retryWindow
         self.maxRedirects = maxRedirects
+        self.replicaWait = replicaWait
     }
 }
 

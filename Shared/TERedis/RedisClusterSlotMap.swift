@@ -4,6 +4,9 @@ public struct RedisClusterSlotMap: Sendable, Equatable {
     public private(set) var masters: [RedisNodeAddress] = []
     /// Per slot, an index into `masters`; `unassigned` when no master serves it.
     private var owners: [UInt16]
+    /// Per master, how many of its replicas the map names as online: what a write must reach before it
+    /// survives a failover (`RedisClient.pipeline(_:replicated:)` waits for them with WAIT).
+    public private(set) var onlineReplicas: [RedisNodeAddress: Int] = [:]
     private static let unassigned = UInt16.max
 
     public init() {
@@ -24,6 +27,11 @@ public struct RedisClusterSlotMap: Sendable, Equatable {
         let owner = owners[slot]
         return owner == Self.unassigned ? nil : masters[Int(owner)]
     }
+
+    /// The online replicas of `master` (0 when the map names none, or does not know the node).
+    public func replicas(of master: RedisNodeAddress) -> Int { onlineReplicas[master] ?? 0 }
+
+    public mutating func setReplicas(_ count: Int, of master: RedisNodeAddress) { onlineReplicas[master] = count }
 
     public mutating func assign(_ slots: ClosedRange<Int>, to master: RedisNodeAddress) {
         let index: Int
@@ -49,6 +57,7 @@ public struct RedisClusterSlotMap: Sendable, Equatable {
             kept.append(master)
         }
         masters = kept
+        onlineReplicas = onlineReplicas.filter { kept.contains($0.key) }
         for slot in owners.indices where owners[slot] != Self.unassigned { owners[slot] = remap[Int(owners[slot])] }
     }
 
@@ -74,6 +83,9 @@ public struct RedisClusterSlotMap: Sendable, Equatable {
             var host = master["endpoint"]?.string ?? ""
             if host.isEmpty || host == "?" { host = master["ip"]?.string ?? "" }
             if host.isEmpty { host = replied.host }
+            let replicas = nodes.map(pairs).filter {
+                $0["role"]?.string == "replica" && $0["health"]?.string == "online"
+            }
             var i = 0
             while i + 1 < slots.count {
                 guard let start = slots[i].int, let end = slots[i + 1].int, start <= end else {
@@ -82,6 +94,7 @@ public struct RedisClusterSlotMap: Sendable, Equatable {
                 map.assign(Int(start)...Int(end), to: RedisNodeAddress(host: host, port: Int(port)))
                 i += 2
             }
+            if !slots.isEmpty { map.setReplicas(replicas.count, of: RedisNodeAddress(host: host, port: Int(port))) }
         }
         return map
     }
@@ -98,7 +111,10 @@ public struct RedisClusterSlotMap: Sendable, Equatable {
             else { throw RedisError(.unexpectedReply, "CLUSTER SLOTS entry \(range)") }
             var host = node[0].string ?? ""
             if host.isEmpty || host == "?" { host = replied.host }
-            map.assign(Int(start)...Int(end), to: RedisNodeAddress(host: host, port: Int(port)))
+            let master = RedisNodeAddress(host: host, port: Int(port))
+            map.assign(Int(start)...Int(end), to: master)
+            // The nodes after the master are its replicas (Redis leaves out the ones it holds failed).
+            map.setReplicas(parts.count - 3, of: master)
         }
         return map
     }

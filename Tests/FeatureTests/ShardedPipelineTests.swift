@@ -26,7 +26,7 @@ struct ShardedPipelineTests {
         var total: Int { rows.values.map(\.count).reduce(0, +) }
     }
 
-    static func expected() async throws -> Expected {
+    static func expected(_ recordings: [String] = recordings) async throws -> Expected {
         var e = Expected()
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
             TestEnv.uniqueName("sharded").replacingOccurrences(of: ":", with: "-"))
@@ -110,12 +110,6 @@ struct ShardedPipelineTests {
             return try await redis.send("HGET", key, "holder").string
         }
 
-        func features(_ k: Int) async throws -> [FeatureSnapshot] {
-            try await redis.pagedMessages(
-                FeatureSnapshot.self,
-                in: StreamKey.sharded(StreamKey.features, shard: k, of: ShardedPipelineTests.shards))
-        }
-
         /// Every shard's input written in full has been read and acknowledged.
         func drained(_ expectedTicks: Int) async throws -> Bool {
             var total = 0
@@ -135,44 +129,49 @@ struct ShardedPipelineTests {
         /// The union of the shards equals `te features`, symbol by symbol, bit for bit; each symbol only in
         /// its own shard; nothing twice.
         func verify(_ expected: Expected) async throws {
-            var seen = 0
-            for k in 0..<ShardedPipelineTests.shards {
-                let snapshots = try await features(k)
-                seen += snapshots.count
-                var bySymbol: [String: [FeatureSnapshot]] = [:]
-                for s in snapshots { bySymbol[s.symbol, default: []].append(s) }
-                for (symbol, streamed) in bySymbol {
-                    #expect(
-                        StreamKey.shard(of: symbol, shards: ShardedPipelineTests.shards) == k, "\(symbol) in shard \(k)"
-                    )
-                    let rows = expected.rows[symbol] ?? []
-                    #expect(
-                        streamed.count == rows.count, "\(symbol): \(streamed.count) streamed, \(rows.count) offline")
-                    var mismatches = 0
-                    for (i, (s, row)) in zip(streamed, rows).enumerated() {
-                        let same =
-                            FeatureCSV.Row(s) == row
-                            && s.features.values.map(\.bitPattern) == row.features.map(\.bitPattern)
-                            && s.tradeVolume.bitPattern == row.tradeVolume.bitPattern
-                        if !same {
-                            mismatches += 1
-                            if mismatches <= 3 { Issue.record("\(symbol) row \(i): streamed \(s) vs offline \(row)") }
-                        }
-                    }
-                    #expect(mismatches == 0, "\(symbol)")
-                }
-            }
-            #expect(seen == expected.total)
-            // The online store holds each symbol's latest snapshot (never an older one).
-            for (symbol, rows) in expected.rows {
-                let online = try await redis.hgetall(StreamKey.online(symbol))
-                #expect(online["ts_ns"] == rows.last.map { String($0.tsNs) }, "\(symbol)")
-            }
+            try await ShardedPipelineTests.verifyFeatures(on: redis, expected, shards: ShardedPipelineTests.shards)
         }
 
         func close() async {
             redis.close()
             try? await server.kill()
+        }
+    }
+
+    /// The union of `te:features:{k}` equals `te features`, symbol by symbol, bit for bit; each symbol only in
+    /// its own shard; nothing twice; `te:online:SYMBOL` holds each symbol's last snapshot.
+    static func verifyFeatures(on redis: RedisClient, _ expected: Expected, shards: Int) async throws {
+        var seen = 0
+        for k in 0..<shards {
+            let snapshots = try await redis.pagedMessages(
+                FeatureSnapshot.self, in: StreamKey.sharded(StreamKey.features, shard: k, of: shards))
+            seen += snapshots.count
+            var bySymbol: [String: [FeatureSnapshot]] = [:]
+            for s in snapshots { bySymbol[s.symbol, default: []].append(s) }
+            for (symbol, streamed) in bySymbol {
+                #expect(StreamKey.shard(of: symbol, shards: shards) == k, "\(symbol) in shard \(k)")
+                let rows = expected.rows[symbol] ?? []
+                #expect(
+                    streamed.count == rows.count, "\(symbol): \(streamed.count) streamed, \(rows.count) offline")
+                var mismatches = 0
+                for (i, (s, row)) in zip(streamed, rows).enumerated() {
+                    let same =
+                        FeatureCSV.Row(s) == row
+                        && s.features.values.map(\.bitPattern) == row.features.map(\.bitPattern)
+                        && s.tradeVolume.bitPattern == row.tradeVolume.bitPattern
+                    if !same {
+                        mismatches += 1
+                        if mismatches <= 3 { Issue.record("\(symbol) row \(i): streamed \(s) vs offline \(row)") }
+                    }
+                }
+                #expect(mismatches == 0, "\(symbol)")
+            }
+        }
+        #expect(seen == expected.total)
+        // The online store holds each symbol's latest snapshot (never an older one).
+        for (symbol, rows) in expected.rows {
+            let online = try await redis.hgetall(StreamKey.online(symbol))
+            #expect(online["ts_ns"] == rows.last.map { String($0.tsNs) }, "\(symbol)")
         }
     }
 

@@ -124,7 +124,7 @@ struct ExplainCommandTests {
             }
             #expect(stored, "\(logs())")
             let environment = [
-                "REDIS_URL": pipeline.redisServer.url, "POSTGRES_URL": readerURL, "TRITON_URL": triton,
+                "REDIS_URL": pipeline.redisURL, "POSTGRES_URL": readerURL, "TRITON_URL": triton,
                 "SCORE_TIMEOUT_MS": "1000"
             ]
 

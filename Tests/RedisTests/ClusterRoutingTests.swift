@@ -114,7 +114,7 @@ import Testing
         }
         let seed = RedisNodeAddress(host: "127.0.0.1", port: 1)
         let shards = RedisReply.array([
-            shard([0, 5460], [node(7000, "master"), node(7003, "replica")]),
+            shard([0, 5460], [node(7000, "master"), node(7003, "replica"), node(7005, "replica", health: "loading")]),
             // A failed master still listed next to the replica that took over: the live one wins.
             shard([5461, 10922], [node(7001, "master", health: "fail"), node(7004, "master")]),
             // An unknown endpoint ("?") falls back to the ip.
@@ -124,6 +124,8 @@ import Testing
         #expect(map.coversAllSlots)
         #expect(map.masters.map(\.port) == [7000, 7004, 7002])
         #expect(map.master(forSlot: 12001)?.port == 7002)
+        // Only online replicas count: a write waits for them before it survives a failover.
+        #expect(map.masters.map { map.replicas(of: $0) } == [1, 0, 0])
 
         func range(_ start: Int, _ end: Int, _ host: String, _ port: Int) -> RedisReply {
             .array([
@@ -137,6 +139,7 @@ import Testing
         // empty host: the replier's
         #expect(fromSlots.master(forSlot: 0) == RedisNodeAddress(host: "127.0.0.1", port: 7000))
         #expect(fromSlots.master(forSlot: 9000) == RedisNodeAddress(host: "10.0.0.9", port: 7001))
+        #expect(fromSlots.masters.map { fromSlots.replicas(of: $0) } == [1, 1])
         #expect(throws: RedisError.self) { try RedisClusterSlotMap.fromShards(.integer(1), repliedBy: seed) }
     }
 
@@ -236,5 +239,19 @@ import Testing
             #expect(error.description.contains("REDIS_URL is malformed"))
             #expect(error.description.contains("only database 0"))
         }
+    }
+
+    /// A stage on a cluster with the unsharded names would write and acknowledge across slots: refused at start.
+    @Test func stageShardsRefusesOneShardOnACluster() throws {
+        let cluster = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/0"
+        do {
+            _ = try Env(["REDIS_URL": cluster]).stageShards()
+            Issue.record("STREAM_SHARDS=1 on a cluster must be refused")
+        } catch {
+            #expect(error.variable == "STREAM_SHARDS")
+            #expect(error.description.contains("redis+cluster://"))
+        }
+        #expect(try Env(["REDIS_URL": cluster, "STREAM_SHARDS": "2"]).stageShards() == 2)
+        #expect(try Env(["REDIS_URL": "redis://127.0.0.1:6379/0"]).stageShards() == 1)
     }
 }

@@ -39,7 +39,7 @@ struct TopCommandTests {
         ].joined(separator: ",")
         let session = "te-top-\(UInt32.random(in: 0...UInt32.max))"
         let te = TestEnv.binDirectory.appendingPathComponent("te").path
-        let command = "REDIS_URL=\(pipeline.redisServer.url) \(te) top --interval 0.3 --targets \(targets)"
+        let command = "REDIS_URL=\(pipeline.redisURL) \(te) top --interval 0.3 --targets \(targets)"
         // The first tmux command forks the server, which keeps the client's inherited descriptors open, so
         // Foundation never sees that client end: start it without waiting and ask the server instead.
         // (A ChildProcess kills its process when released: keep the starter to the end of the test.)

@@ -7,15 +7,28 @@ import TERedis
 /// and a redis-server of its own (the services write DESIGN.md's fixed stream names `te:ticks`,
 /// `te:features`, …, so a private server is what keeps two runs, or two tests, apart). The service
 /// binaries come from `TE_BIN_DIR`.
+///
+/// On a cluster (`cluster: true`, or by default when `REDIS_URL` names one: `make test`'s cluster pass) the
+/// private server is a 3-master Redis Cluster with replicas (`PrivateRedisCluster`) and the services get
+/// its `redis+cluster://` URL.
 public final class LivePipeline: Sendable {
-    public let redisServer: PrivateRedisServer
+    public let redisServer: PrivateRedisServer?
+    public let redisCluster: PrivateRedisCluster?
     public let redis: RedisClient
+    /// The private server's URL (`redis://` or `redis+cluster://`).
+    public let redisURL: String
     public let brokers: String
     public let topic: String
     public let group: String
     public let consumer: String
 
-    public init(_ name: String) async throws {
+    /// True when the tests run against a Redis Cluster (`REDIS_URL=redis+cluster://…`, the cluster pass of
+    /// `make test`): suites that run on both pick their settings by it (`STREAM_SHARDS` ≥ 2 on a cluster).
+    public static var onCluster: Bool {
+        (try? RedisConfiguration(url: TestEnv.redisURL()))?.cluster != nil
+    }
+
+    public init(_ name: String, cluster: Bool = LivePipeline.onCluster) async throws {
         guard let brokers = ProcessInfo.processInfo.environment["KAFKA_BROKERS"], !brokers.isEmpty else {
             throw MissingServerError(variable: "KAFKA_BROKERS")
         }
@@ -25,14 +38,21 @@ public final class LivePipeline: Sendable {
         group = unique
         consumer = unique
         // This checkout's ACL users (deploy/redis/users.acl), not the file rendered when the dev servers started.
-        redisServer = try await PrivateRedisServer(aclFile: try await StoreUsers.renderStrictACL())
-        redis = RedisClient(configuration: try RedisConfiguration(url: redisServer.url), name: name)
+        let acl = try await StoreUsers.renderStrictACL()
+        if cluster {
+            let nodes = try await PrivateRedisCluster(aclFile: acl)
+            (redisServer, redisCluster, redisURL) = (nil, nodes, nodes.url)
+        } else {
+            let server = try await PrivateRedisServer(aclFile: acl)
+            (redisServer, redisCluster, redisURL) = (server, nil, server.url)
+        }
+        redis = RedisClient(configuration: try RedisConfiguration(url: redisURL), name: name)
     }
 
     /// What every service of the pipeline is started with, plus `extra`.
     public func environment(_ extra: [String: String] = [:]) throws -> [String: String] {
         var env = [
-            "REDIS_URL": redisServer.url, "KAFKA_BROKERS": brokers, "KAFKA_TOPIC": topic, "KAFKA_GROUP": group,
+            "REDIS_URL": redisURL, "KAFKA_BROKERS": brokers, "KAFKA_TOPIC": topic, "KAFKA_GROUP": group,
             "CONSUMER_NAME": consumer, "METRICS_PORT": String(try TestEnv.freePort()), "STREAM_BLOCK_MS": "100",
             "LOG_LEVEL": "info", "KAFKA_CONF_session_timeout_ms": "6000"
         ]
@@ -63,10 +83,11 @@ public final class LivePipeline: Sendable {
         return ingest
     }
 
-    /// `te replay FILE --speed max` into the pipeline's topic; returns when every message is delivered.
-    public func replay(_ file: String) async throws {
+    /// `te replay FILE --speed SPEED` (default max) into the pipeline's topic; returns when every message is
+    /// delivered.
+    public func replay(_ file: String, speed: String = "max") async throws {
         let replay = try ChildProcess.built(
-            "te", arguments: ["replay", "--topic", topic, "--speed", "max", "--quiet", file], environment: environment()
+            "te", arguments: ["replay", "--topic", topic, "--speed", speed, "--quiet", file], environment: environment()
         )
         let status = try await replay.waitForExit(timeout: .seconds(120))
         guard status == 0 else {
@@ -87,10 +108,11 @@ public final class LivePipeline: Sendable {
         try await redis.pagedMessages(type, in: stream)
     }
 
-    /// Stops the private redis-server (the client first).
+    /// Stops the private redis-server or cluster (the client first).
     public func close() async {
         redis.close()
-        try? await redisServer.kill()
+        try? await redisServer?.kill()
+        await redisCluster?.shutdown()
     }
 }
 

@@ -64,13 +64,13 @@ public enum TestEnv {
         return port
     }
 
-    /// A TCP socket bound to 127.0.0.1 on a free port, and that port; the caller closes it.
-    static func boundLoopbackSocket() throws -> (fd: Int32, port: Int) {
+    /// A TCP socket bound to 127.0.0.1 on `port` (0: a free one), and that port; the caller closes it.
+    static func boundLoopbackSocket(port: Int = 0) throws -> (fd: Int32, port: Int) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw POSIXError(.EMFILE) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
+        address.sin_port = UInt16(port).bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafePointer(to: &address) {
