@@ -35,7 +35,7 @@ public final class PrivateRedisCluster: Sendable {
         self.ports = ports
         self.nodes = nodes
         for port in ports {
-            let up = await TestEnv.eventually(timeout: .seconds(10)) { PrivateRedisServer.accepts(port: port) }
+            let up = await TestEnv.eventually(timeout: .seconds(10)) { TestEnv.accepts(port: port) }
             guard up else { throw ChildProcessError(description: "cluster node \(port) did not start") }
         }
         let create = try ChildProcess(
