@@ -53,6 +53,8 @@ public enum ServiceBootstrap {
                 .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
                 .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10)
             ]
+            factory.durationHistogramBuckets = MetricHelp.durationBuckets
+            factory.valueHistogramBuckets = MetricHelp.valueBuckets
             MetricsSystem.bootstrap(HelpTextMetricsFactory(inner: factory))
         }
         return registry
