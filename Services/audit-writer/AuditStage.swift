@@ -1,7 +1,7 @@
 import AuditStorage
 import Foundation
 import Logging
-import Prometheus
+import Metrics
 import ServiceKit
 import ServiceLifecycle
 import TECore
@@ -55,7 +55,7 @@ struct AuditStage: StreamStage {
             if let chain { head = chain } else { head = try await store.chainHead(writer: writerID) }
             let (outcome, rejected) = try await store.insertIsolatingBadRecords(records, chain: &head)
             chain = head
-            metrics.commitDuration.record(ContinuousClock.now - start)
+            metrics.commitDuration.record(duration: ContinuousClock.now - start)
             if crashAfterCommit {
                 logger.critical("AUDIT_TEST_CRASH_AFTER_COMMIT: killing myself between COMMIT and XACK")
                 kill(getpid(), SIGKILL)
@@ -74,45 +74,12 @@ struct AuditStage: StreamStage {
     }
 }
 
-/// The te_audit_* metrics of COMMON.md.
+/// The te_audit_* metrics of deploy/metrics.txt, through swift-metrics (HELP text and buckets in `MetricHelp`).
 struct AuditMetrics: Sendable {
-    let inserted: Counter
-    let duplicates: Counter
-    let rejected: Counter
-    let retries: Counter
-    let batchRows: ValueHistogram
-    let commitDuration: DurationHistogram
-
-    init(registry: PrometheusCollectorRegistry) {
-        inserted = registry.makeCounter(
-            descriptor: .init(
-                metricName: "te_audit_rows_inserted", unitName: "total", helpText: "Rows inserted into decisions."))
-        duplicates = registry.makeCounter(
-            descriptor: .init(
-                metricName: "te_audit_duplicates_skipped", unitName: "total",
-                helpText: "Records already in decisions (redeliveries), skipped."))
-        rejected = registry.makeCounter(
-            descriptor: .init(
-                metricName: "te_audit_rows_rejected", unitName: "total",
-                helpText: "Records PostgreSQL rejected for their data, dead-lettered."))
-        retries = registry.makeCounter(
-            descriptor: .init(
-                metricName: "te_audit_retries", unitName: "total",
-                helpText: "Batch writes retried because PostgreSQL was unavailable."))
-        batchRows = registry.makeValueHistogram(
-            descriptor: .init(
-                metricName: "te_audit_batch", unitName: "rows", helpText: "Records per batch transaction."),
-            buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000])
-        commitDuration = registry.makeDurationHistogram(
-            descriptor: .init(
-                metricName: "te_audit_commit_duration", unitName: "seconds",
-                helpText:
-                    "Time to write one batch into decisions: its COPY (and, for a redelivery, the read of stored ids and chain head), COMMIT."
-            ),
-            buckets: [
-                .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
-                .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
-                .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10)
-            ])
-    }
+    let inserted = Counter(label: "te_audit_rows_inserted_total")
+    let duplicates = Counter(label: "te_audit_duplicates_skipped_total")
+    let rejected = Counter(label: "te_audit_rows_rejected_total")
+    let retries = Counter(label: "te_audit_retries_total")
+    let batchRows = Recorder(label: "te_audit_batch_rows")
+    let commitDuration = Metrics.Timer(label: "te_audit_commit_duration_seconds")
 }

@@ -21,10 +21,20 @@ struct RowStage<Store: StreamRowStore>: StreamStage {
     let table: String
     let logger: Logger
     let retry: RetryPolicy
+    /// Made at start, so the table's series exists (at 0) before its first row.
+    let inserted: Counter
+
+    init(inputStream: String, store: Store, table: String, logger: Logger, retry: RetryPolicy) {
+        self.inputStream = inputStream
+        self.store = store
+        self.table = table
+        self.logger = logger
+        self.retry = retry
+        inserted = Counter(label: "te_audit_table_rows_inserted_total", dimensions: [("table", table)])
+    }
 
     mutating func handle(_ batch: [StreamDelivery<Store.Row>]) async throws -> StageOutput {
         let rows = batch.map(\.message)
-        let inserted = Counter(label: "te_audit_table_rows_inserted_total", dimensions: [("table", table)])
         return try await retryingUntilShutdown(
             retry, isRetryable: { ($0 as? PostgresError)?.isRetriable == true },
             onRetry: { _, error, _ in

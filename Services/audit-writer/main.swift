@@ -61,7 +61,7 @@ await ServiceRunner.run(service: "audit-writer", defaultMetricsPort: 9106) { res
 
     let stage = AuditStage(
         inputStream: inputStream, store: AuditStore(connection: connection),
-        metrics: AuditMetrics(registry: resources.registry), logger: resources.logger,
+        metrics: AuditMetrics(), logger: resources.logger,
         retry: worker.retry, crashAfterCommit: crashAfterCommit,
         chain: nil,
         writerID: AuditWriterID.from(environment: env.values, hostName: StreamWorkerConfiguration.hostName))

@@ -39,11 +39,13 @@ public struct AuditChain: Sendable, Equatable {
         public var rowHash: String
     }
 
-    /// Appends `record` to the chain: the next seq, and its hash over the current head.
-    public mutating func append(_ record: AuditRecord) -> Link {
+    /// Appends `record` to the chain: the next seq, and its hash over the current head. `line` is scratch
+    /// space for the canonical line, kept by the caller so a batch reuses one buffer.
+    public mutating func append(_ record: AuditRecord, line: inout CopyTextEncoder) -> Link {
         let next = seq + 1
-        let line = Self.canonicalLine(writer: writer, seq: next, record: record)
-        let link = Link(seq: next, prevHash: hash, rowHash: Self.rowHash(prevHash: hash, canonicalLine: line))
+        line.removeAll()
+        Self.writeCanonicalLine(writer: writer, seq: next, record: record, to: &line)
+        let link = Link(seq: next, prevHash: hash, rowHash: Self.rowHash(prevHash: hash, canonicalLine: line.bytes))
         seq = next
         hash = link.rowHash
         return link
@@ -51,7 +53,8 @@ public struct AuditChain: Sendable, Equatable {
 
     public static func rowHash(prevHash: String, canonicalLine: [UInt8]) -> String {
         var sha = SHA256()
-        sha.update(data: Array(prevHash.utf8))
+        var prev = prevHash
+        prev.withUTF8 { sha.update(bufferPointer: UnsafeRawBufferPointer($0)) }
         sha.update(data: canonicalLine)
         return hex(sha.finalize())
     }
@@ -107,14 +110,15 @@ public struct AuditChain: Sendable, Equatable {
     /// the stored row).
     public static func canonicalLine(writer: String, seq: Int64, record: AuditRecord) -> [UInt8] {
         var encoder = CopyTextEncoder(reservingCapacity: 512)
-        encoder.append(writer)
-        encoder.append(String(seq))
-        // PostgreSQL prints a uuid in lower case; jsonb keeps numbers as numeric, which has no negative zero.
-        AuditStore.appendRecordColumns(
-            record, to: &encoder, decisionID: record.decisionId.lowercased(), number: bits,
-            features: { $0.values.map { bits($0 == 0 ? 0 : $0) }.joined(separator: ",") })
-        encoder.endRow()
+        writeCanonicalLine(writer: writer, seq: seq, record: record, to: &encoder)
         return encoder.bytes
+    }
+
+    static func writeCanonicalLine(writer: String, seq: Int64, record: AuditRecord, to encoder: inout CopyTextEncoder) {
+        encoder.append(writer)
+        encoder.appendVerbatim { StreamFieldWriter.appendInteger(seq, to: &$0) }
+        AuditStore.appendRecordColumns(record, to: &encoder, as: .canonical)
+        encoder.endRow()
     }
 
     /// The canonical line of a row read with `canonicalSelect` (each column's text, nil for NULL).
@@ -122,12 +126,6 @@ public struct AuditChain: Sendable, Equatable {
         var encoder = CopyTextEncoder(reservingCapacity: 512)
         encoder.appendRow(columns)
         return encoder.bytes
-    }
-
-    /// `float8send` as hex: the big-endian IEEE-754 bits, 16 lower-case digits.
-    static func bits(_ value: Double) -> String {
-        let text = String(value.bitPattern, radix: 16)
-        return String(repeating: "0", count: 16 - text.count) + text
     }
 }
 

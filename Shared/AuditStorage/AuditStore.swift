@@ -114,12 +114,10 @@ public struct AuditStore: Sendable {
         guard !records.isEmpty else { return InsertOutcome(inserted: 0, duplicates: 0) }
         var ids = Set<String>(minimumCapacity: records.count)
         if records.allSatisfy({ ids.insert($0.decisionId.lowercased()).inserted }) {
-            var next = chain
-            let links = records.map { next.append($0) }
             do {
-                let inserted = try await connection.copyFrom(
-                    Self.directCopySQL, data: Self.copyPayload(records, writer: chain.writer, links: links))
-                chain = next
+                let (inserted, rows) = try await connection.copyFrom(
+                    Self.directCopySQL, producer: DecisionRows(records: records, chain: chain))
+                chain = rows.chain
                 return InsertOutcome(inserted: inserted, duplicates: records.count - inserted)
             } catch {
                 guard error.sqlState == Self.uniqueViolation else { throw error }
@@ -137,10 +135,10 @@ public struct AuditStore: Sendable {
                         "SELECT decision_id::text AS id FROM decisions WHERE decision_id = ANY($1::uuid[])", [idArray])
                     var seen = Set(stored.rows.compactMap { $0["id"] })
                     let fresh = records.filter { seen.insert($0.decisionId.lowercased()).inserted }
-                    let links = fresh.map { next.append($0) }
                     if !fresh.isEmpty {
-                        _ = try await tx.copyFrom(
-                            Self.directCopySQL, data: Self.copyPayload(fresh, writer: writer, links: links))
+                        next = try await tx.copyFrom(
+                            Self.directCopySQL, producer: DecisionRows(records: fresh, chain: next)
+                        ).producer.chain
                     }
                     return (InsertOutcome(inserted: fresh.count, duplicates: records.count - fresh.count), next)
                 }
@@ -252,62 +250,144 @@ public struct AuditStore: Sendable {
         return true
     }
 
-    /// The columns an AuditRecord fills, in COPY order (`copyPayload`); `decided_at` is derived from ts_ns.
+    /// The columns an AuditRecord fills, in COPY order (`DecisionRows`); `decided_at` is derived from ts_ns.
     static let recordColumns =
         "decision_id, request_id, ts_ns, symbol, decision, score, source, model_name, model_version, model_hash, features, feature_age_ms, latency_us, canary_version, canary_score, canary_mode, reason, feature_snapshot_id, feature_ts_ns, trace_id, client"
 
     static let directCopySQL =
         "COPY decisions (decided_at, \(recordColumns), chain_writer, chain_seq, prev_hash, row_hash) FROM STDIN"
 
-    /// The COPY text payload of `records`: `decided_at`, the `recordColumns`, then each row's chain link.
-    public static func copyPayload(_ records: [AuditRecord], writer: String, links: [AuditChain.Link]) -> [UInt8] {
-        precondition(records.count == links.count, "one chain link per record")
-        var encoder = CopyTextEncoder(reservingCapacity: records.count * 700)
-        for (record, link) in zip(records, links) {
-            encoder.append(decidedAtText(tsNs: record.tsNs))
-            appendRecordColumns(
-                record, to: &encoder, decisionID: record.decisionId, number: text, features: featuresJSON)
-            encoder.append(writer)
-            encoder.append(String(link.seq))
-            encoder.append(link.prevHash)
-            encoder.append(link.rowHash)
-            encoder.endRow()
+    /// The COPY payload of a batch, made on the connection's thread while it is sent: each record's chain
+    /// link (`AuditChain`: its SHA-256 over the head), then its row — `decided_at`, the `recordColumns`, the
+    /// link — `rowsPerPiece` rows a piece, so PostgreSQL inserts a piece while the next is hashed and written.
+    /// `chain` ends as the head after the last record.
+    struct DecisionRows: CopyProducer {
+        let records: [AuditRecord]
+        var chain: AuditChain
+        var index = 0
+        var row = CopyTextEncoder(reservingCapacity: 1024)
+        var line = CopyTextEncoder(reservingCapacity: 1024)
+        static let rowsPerPiece = 64
+
+        init(records: [AuditRecord], chain: AuditChain) {
+            self.records = records
+            self.chain = chain
         }
-        return encoder.bytes
+
+        mutating func next(into buffer: inout [UInt8]) -> Bool {
+            guard index < records.count else { return false }
+            row.removeAll()
+            for record in records[index..<min(index + Self.rowsPerPiece, records.count)] {
+                let link = chain.append(record, line: &line)
+                row.appendVerbatim { AuditStore.appendDecidedAt(tsNs: record.tsNs, to: &$0) }
+                AuditStore.appendRecordColumns(record, to: &row, as: .copy)
+                row.append(chain.writer)
+                row.appendVerbatim { StreamFieldWriter.appendInteger(link.seq, to: &$0) }
+                row.append(link.prevHash)
+                row.append(link.rowHash)
+                row.endRow()
+                index += 1
+            }
+            buffer.append(contentsOf: row.bytes)
+            return true
+        }
     }
 
-    /// `record`'s columns in `recordColumns` order. `number` and `features` say how doubles and the feature
-    /// vector are written: decimal and JSON for COPY, IEEE-754 bits for the hash chain's canonical line.
-    static func appendRecordColumns(
-        _ record: AuditRecord, to encoder: inout CopyTextEncoder, decisionID: String, number: (Double) -> String,
-        features: (FeatureVector) -> String
-    ) {
-        encoder.append(decisionID)
+    /// How `appendRecordColumns` writes doubles, the feature vector and the id.
+    enum ColumnText {
+        /// For COPY: shortest round-trip decimal, the features as JSON.
+        case copy
+        /// For the hash chain's canonical line: IEEE-754 bits as 16 hex digits (the features as 8 of them,
+        /// comma-separated, negative zero as zero: jsonb keeps numbers as numeric, which has none), the
+        /// decision id in lower case (as PostgreSQL prints a uuid).
+        case canonical
+    }
+
+    /// `record`'s columns in `recordColumns` order, numbers written straight into the buffer.
+    static func appendRecordColumns(_ record: AuditRecord, to encoder: inout CopyTextEncoder, as mode: ColumnText) {
+        func number(_ value: Double?) {
+            guard let value else { return encoder.append(nil) }
+            switch mode {
+            case .copy: encoder.appendVerbatim { StreamFieldWriter.appendDescription(value, to: &$0) }
+            case .canonical: encoder.appendVerbatim { appendBits(value, to: &$0) }
+            }
+        }
+        func integer(_ value: Int64?) {
+            guard let value else { return encoder.append(nil) }
+            encoder.appendVerbatim { StreamFieldWriter.appendInteger(value, to: &$0) }
+        }
+        switch mode {
+        case .copy: encoder.append(record.decisionId)
+        case .canonical: encoder.appendLowercasedASCII(record.decisionId)
+        }
         encoder.append(record.requestId)
-        encoder.append(String(record.tsNs))
+        integer(record.tsNs)
         encoder.append(record.symbol)
         encoder.append(record.decision.rawValue)
-        encoder.append(record.score.map(number))
+        number(record.score)
         encoder.append(record.source.rawValue)
         encoder.append(record.modelName)
         encoder.append(record.modelVersion)
         encoder.append(record.modelHash)
-        encoder.append(record.features.map(features))
-        encoder.append(record.featureAgeMs.map(number))
-        encoder.append(String(record.latencyUs))
+        if let features = record.features {
+            switch mode {
+            case .copy: encoder.appendVerbatim { appendFeaturesJSON(features, to: &$0) }
+            case .canonical:
+                encoder.appendVerbatim { bytes in
+                    for (i, value) in features.values.enumerated() {
+                        if i > 0 { bytes.append(UInt8(ascii: ",")) }
+                        appendBits(value == 0 ? 0 : value, to: &bytes)
+                    }
+                }
+            }
+        } else {
+            encoder.append(nil)
+        }
+        number(record.featureAgeMs)
+        integer(record.latencyUs)
         encoder.append(record.canary?.version)
-        encoder.append(record.canary?.score.map(number))
+        number(record.canary?.score)
         encoder.append(record.canary?.mode)
         encoder.append(record.reason)
         encoder.append(record.featureSnapshotId)
-        encoder.append(record.featureTsNs.map { String($0) })
+        integer(record.featureTsNs)
         encoder.append(record.traceId)
         encoder.append(record.client)
+    }
+
+    /// `float8send` as hex: the big-endian IEEE-754 bits, 16 lower-case digits.
+    static func appendBits(_ value: Double, to bytes: inout [UInt8]) {
+        let bits = value.bitPattern
+        for shift in stride(from: 60, through: 0, by: -4) {
+            bytes.append(hexDigits[Int((bits >> UInt64(shift)) & 0xF)])
+        }
+    }
+
+    static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    /// The feature vector as a JSON object by feature name (the stream codec's text; `{}` for a vector
+    /// with a non-finite value, which the gateway never records).
+    static func appendFeaturesJSON(_ features: FeatureVector, to bytes: inout [UInt8]) {
+        let start = bytes.count
+        var json = JSONTextWriter(bytes: bytes)
+        bytes = []  // `json` now holds the only reference: its appends do not copy the buffer
+        let finite = (try? json.features(features)) != nil
+        bytes = json.bytes
+        if !finite {
+            bytes.removeSubrange(start...)
+            bytes.append(contentsOf: "{}".utf8)
+        }
     }
 
     /// `decided_at` of a record as timestamptz text in UTC, `YYYY-MM-DD HH:MM:SS.ffffff+00`: ts_ns
     /// truncated to the microsecond (integer arithmetic, no float rounding).
     static func decidedAtText(tsNs: Int64) -> String {
+        var bytes: [UInt8] = []
+        appendDecidedAt(tsNs: tsNs, to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    static func appendDecidedAt(tsNs: Int64, to out: inout [UInt8]) {
         let micros = tsNs / 1000  // truncates toward zero, as PostgreSQL's bigint division
         let (seconds, fraction) = floorDivide(micros, 1_000_000)
         let (days, secondOfDay) = floorDivide(seconds, 86_400)
@@ -321,28 +401,31 @@ public struct AuditStore: Sendable {
         let day = dayOfYear - (153 * mp + 2) / 5 + 1
         let month = mp < 10 ? mp + 3 : mp - 9
         let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
-        var out = ""
-        out.reserveCapacity(32)
         func pad(_ value: Int64, _ width: Int) {
-            let digits = String(value)
-            for _ in digits.count..<width { out.append("0") }
-            out.append(digits)
+            if value < 0 { return StreamFieldWriter.appendInteger(value, to: &out) }
+            var digits = 1
+            var limit: Int64 = 10
+            while value >= limit, digits < 19 {
+                digits += 1
+                limit = limit &* 10
+            }
+            for _ in digits..<max(width, digits) { out.append(UInt8(ascii: "0")) }
+            StreamFieldWriter.appendInteger(value, to: &out)
         }
         pad(year, 4)
-        out.append("-")
+        out.append(UInt8(ascii: "-"))
         pad(month, 2)
-        out.append("-")
+        out.append(UInt8(ascii: "-"))
         pad(day, 2)
-        out.append(" ")
+        out.append(UInt8(ascii: " "))
         pad(secondOfDay / 3600, 2)
-        out.append(":")
+        out.append(UInt8(ascii: ":"))
         pad(secondOfDay / 60 % 60, 2)
-        out.append(":")
+        out.append(UInt8(ascii: ":"))
         pad(secondOfDay % 60, 2)
-        out.append(".")
+        out.append(UInt8(ascii: "."))
         pad(fraction, 6)
-        out.append("+00")
-        return out
+        out.append(contentsOf: "+00".utf8)
     }
 
     private static func floorDivide(_ a: Int64, _ b: Int64) -> (quotient: Int64, remainder: Int64) {
@@ -350,13 +433,6 @@ public struct AuditStore: Sendable {
         let r = a % b
         return r < 0 ? (q - 1, r + b) : (q, r)
     }
-
-    /// Shortest text that reads back as the same double (PostgreSQL's float8 input is exact).
-    static func text(_ value: Double) -> String { "\(value)" }
-
-    /// The feature vector as a JSON object by feature name (the stream codec's text; `{}` for a vector
-    /// with a non-finite value, which the gateway never records).
-    static func featuresJSON(_ features: FeatureVector) -> String { features.jsonText ?? "{}" }
 
     // MARK: Reading
 

@@ -58,6 +58,13 @@ public enum MetricHelp {
             "Mean squared error of the score against the outcome, over the rolling window, per model version.",
         "te_model_ece": "Expected calibration error (10 equal-width bins), over the rolling window, per model version.",
         "te_feature_psi": "Population stability index of a feature against the version's training reference.",
+        "te_audit_rows_inserted_total": "Rows inserted into decisions.",
+        "te_audit_duplicates_skipped_total": "Records already in decisions (redeliveries), skipped.",
+        "te_audit_rows_rejected_total": "Records PostgreSQL rejected for their data, dead-lettered.",
+        "te_audit_retries_total": "Batch writes retried because PostgreSQL was unavailable.",
+        "te_audit_batch_rows": "Records per batch transaction.",
+        "te_audit_commit_duration_seconds":
+            "Time to write one batch into decisions: its COPY (and, for a redelivery, the read of stored ids and chain head), COMMIT.",
         "te_audit_table_rows_inserted_total": "Rows audit-writer inserted, by table (outcomes, rollout_events).",
         "te_canary_brier_delta":
             "Canary Brier minus the primary's on the judged window (positive: the canary is worse).",
@@ -93,6 +100,19 @@ public enum MetricHelp {
         "te_gateway_push_events_total": "Events queued to push clients, by stream.",
         "te_gateway_push_dropped_total": "Push clients dropped by the gateway, by stream, transport and reason.",
         "te_gateway_push_refused_total": "Push connections refused at the client limit, by stream and transport."
+    ]
+
+    /// Histogram buckets of the families whose range the shared defaults (100 µs … 10 s; swift-prometheus's
+    /// value buckets) do not fit.
+    public static let durationBuckets: [String: [Duration]] = [
+        "te_audit_commit_duration_seconds": [
+            .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+            .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+            .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10)
+        ]
+    ]
+    public static let valueBuckets: [String: [Double]] = [
+        "te_audit_batch_rows": [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
     ]
 }
 

@@ -46,7 +46,12 @@ public enum ServiceBootstrap {
             defer { s.metrics = true }
             return !s.metrics
         }
-        if first { MetricsSystem.bootstrap(metricsFactory(registry: registry)) }
+        if first {
+            MetricsSystem.bootstrap(
+                metricsFactory(
+                    registry: registry, durationBuckets: MetricHelp.durationBuckets,
+                    valueBuckets: MetricHelp.valueBuckets))
+        }
         return registry
     }
 

@@ -116,6 +116,16 @@ struct WorkerLoop<Stage: StreamStage> {
 
     mutating func run() async throws {
         logger.info("stream worker starting", metadata: ["stream": "\(stream)", "batch": "\(configuration.batchSize)"])
+        // The one child task: a read-ahead, from the `.handle` that starts it to the `.awaitReadAhead` that
+        // reports it (or to the end of the run).
+        try await withThrowingTaskGroup(of: StreamWorkerCore<Stage.Input>.Event.self) { readAhead in
+            try await run(readAhead: &readAhead)
+        }
+    }
+
+    private mutating func run(
+        readAhead: inout ThrowingTaskGroup<StreamWorkerCore<Stage.Input>.Event, any Error>
+    ) async throws {
         var action = core.event(.started, now: .now)
         while true {
             report()
@@ -162,34 +172,22 @@ struct WorkerLoop<Stage: StreamStage> {
                 } catch {
                     event = Self.failure(error)
                 }
-            case .handle(let batch):
+            case .handle(let batch, let next):
+                if let next {
+                    // The next batch is read while the stage handles this one.
+                    let (reader, group, consumer, stream) = (reader, group, consumer, stream)
+                    let readable = fence?.allowsRead(for: next.block ?? .zero) ?? true
+                    readAhead.addTask {
+                        guard readable else { return .read([]) }
+                        return await Self.read(next, reader: reader, group: group, consumer: consumer, stream: stream)
+                    }
+                }
                 do {
                     event = .handled(.success(try await stage.handle(batch)))
                 } catch {
                     event = .handled(.failure(error))
                 }
-            case .commit(let commit, let readAhead?):
-                // The next batch is read while this one is written and acknowledged.
-                let (reader, group, consumer, stream) = (reader, group, consumer, stream)
-                let readable = fence?.allowsRead(for: readAhead.block ?? .zero) ?? true
-                async let next: StreamWorkerCore<Stage.Input>.Event =
-                    readable
-                    ? Self.read(readAhead, reader: reader, group: group, consumer: consumer, stream: stream) : .read([])
-                let committed = await self.commit(commit)
-                if case .fenced = committed {
-                    // The shard is lost: the read-ahead's entries stay pending for the next owner.
-                    _ = await next
-                    event = committed
-                    break
-                }
-                if case .committed = committed { await stage.committed() }
-                report()
-                if Self.shuttingDown { core.shutdownRequested() }
-                let wait = core.event(committed, now: .now)
-                precondition(
-                    wait.kind == "awaitReadAhead", "a commit with a read-ahead is followed by the read's outcome")
-                event = await next
-            case .commit(let commit, nil):
+            case .commit(let commit):
                 event = await self.commit(commit)
                 if case .committed = event { await stage.committed() }
             case .idle:
@@ -199,7 +197,7 @@ struct WorkerLoop<Stage: StreamStage> {
                     event = .idled(.failure(error))
                 }
             case .awaitReadAhead:
-                preconditionFailure("a read-ahead is awaited only inside its commit")
+                event = try await readAhead.next() ?? .read([])
             case .backOff(let delay):
                 try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
                 event = .backedOff

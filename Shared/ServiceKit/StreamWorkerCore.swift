@@ -10,11 +10,13 @@ import TERedis
 /// The driver performs each `Action` and reports its outcome as the next `Event`; `event` returns what to do
 /// next. Everything the driver should log or count is queued in `notes` (`takeNotes()`).
 ///
-/// Pipelining: a commit of a batch read from new entries may carry a read-ahead of the next batch. The
-/// driver performs both at once and reports the commit's outcome first, answered by `.awaitReadAhead`, then
-/// the read's. The next batch is handled only after the previous one is written and acknowledged, so a
-/// stage sees its entries in stream order, and a failed commit discards the read-ahead: its entries are
-/// this consumer's pending entries and are re-read from the start with the failed batch.
+/// Pipelining: handing a batch read from new entries to the stage may carry a read-ahead of the next batch.
+/// The driver starts the read, and meanwhile has the stage handle the batch and performs the commits that
+/// follow; once the batch is written and acknowledged the core answers `.awaitReadAhead` and the driver
+/// reports the read's outcome. So a stage's slow `handle` (audit-writer's PostgreSQL transaction) hides the
+/// next read; the next batch is handled only after the previous one is written and acknowledged, so a stage
+/// sees its entries in stream order; and a failed commit discards the read-ahead: its entries are this
+/// consumer's pending entries and are re-read from the start with the failed batch.
 struct StreamWorkerCore<Input: StreamMessage> {
     typealias Instant = ContinuousClock.Instant
 
@@ -64,10 +66,11 @@ struct StreamWorkerCore<Input: StreamMessage> {
         case read(ReadRequest)
         /// XPENDING of the re-read pending entries, for their delivery counts.
         case lookUpDeliveries(start: String, end: String, count: Int)
-        case handle([StreamDelivery<Input>])
-        /// Write `Commit` in one MULTI/EXEC; with a read-ahead, read the next batch meanwhile.
-        case commit(Commit, readAhead: ReadRequest?)
-        /// Report the read-ahead's outcome next.
+        /// Have the stage handle the batch; with a read-ahead, start reading the next batch first.
+        case handle([StreamDelivery<Input>], readAhead: ReadRequest?)
+        /// Write `Commit` in one MULTI/EXEC.
+        case commit(Commit)
+        /// Report the read-ahead's outcome next (once the batch it was started with is acknowledged).
         case awaitReadAhead
         /// Sleep (cut short by shutdown), then report `.backedOff`.
         case backOff(Duration)
@@ -351,7 +354,14 @@ struct StreamWorkerCore<Input: StreamMessage> {
         }
         batch = b
         if b.deliveries.isEmpty { return commitRest() }
-        return .handle(b.deliveries)
+        // Pipelining only while reading new entries with no retry due: pending entries come first then.
+        guard !shuttingDown, !b.fromPending, !readingPending, pendingRetryAt == nil, !readAheadInFlight else {
+            return .handle(b.deliveries, readAhead: nil)
+        }
+        readAheadInFlight = true
+        return .handle(
+            b.deliveries,
+            readAhead: ReadRequest(cursor: ">", count: configuration.batchSize, block: configuration.block))
     }
 
     private mutating func handled(_ result: Result<StageOutput, any Error>) -> Action {
@@ -362,7 +372,7 @@ struct StreamWorkerCore<Input: StreamMessage> {
             batch = b
             switch result {
             case .success(let output):
-                return issue(commit(output, acks: [current.id], processed: 1), readAhead: nil)
+                return issue(commit(output, acks: [current.id], processed: 1))
             case .failure(let error):
                 failedEntry(current, error: "\(error)")
                 return nextAlone()
@@ -375,12 +385,7 @@ struct StreamWorkerCore<Input: StreamMessage> {
             b.dead = []
             b.ackOnly = []
             batch = b
-            // Pipelining only while reading new entries with no retry due: pending entries come first then.
-            let ahead = !shuttingDown && !b.fromPending && !readingPending && pendingRetryAt == nil
-            return issue(
-                c,
-                readAhead: ahead
-                    ? ReadRequest(cursor: ">", count: configuration.batchSize, block: configuration.block) : nil)
+            return issue(c)
         case .failure(let error):
             if b.deliveries.count == 1 {
                 failedEntry(b.deliveries[0], error: "\(error)")
@@ -404,7 +409,7 @@ struct StreamWorkerCore<Input: StreamMessage> {
         b.current = queue.removeFirst()
         b.oneByOne = queue
         batch = b
-        return .handle([b.current!])
+        return .handle([b.current!], readAhead: nil)
     }
 
     /// The batch's remaining dead letters and bare acknowledgements, or the end of the batch.
@@ -415,18 +420,16 @@ struct StreamWorkerCore<Input: StreamMessage> {
         b.ackOnly = []
         batch = b
         if c.isEmpty { return finishBatch() }
-        return issue(c, readAhead: nil)
+        return issue(c)
     }
 
-    private mutating func issue(_ c: Commit, readAhead: ReadRequest?) -> Action {
-        if c.isEmpty && readAhead == nil {
+    private mutating func issue(_ c: Commit) -> Action {
+        commitInFlight = c
+        if c.isEmpty {
             // Nothing to write (a stage that output nothing for a batch of nothing).
-            commitInFlight = c
             return committed()
         }
-        commitInFlight = c
-        readAheadInFlight = readAhead != nil
-        return .commit(c, readAhead: readAhead)
+        return .commit(c)
     }
 
     /// The stage's output, its dead letters (ids of this batch only) and the acknowledgements.

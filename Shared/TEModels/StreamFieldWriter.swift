@@ -119,7 +119,7 @@ public struct StreamFieldWriter: Sendable {
 
     // MARK: Number text
 
-    static func appendInteger(_ value: Int64, to bytes: inout [UInt8]) {
+    public static func appendInteger(_ value: Int64, to bytes: inout [UInt8]) {
         if value < 0 { bytes.append(UInt8(ascii: "-")) }
         var magnitude = value.magnitude
         let start = bytes.count
@@ -146,7 +146,7 @@ public struct StreamFieldWriter: Sendable {
 
     /// `value.description` without making a String: `Double.write(to:)` hands its stack buffer to
     /// `_writeASCII`.
-    static func appendDescription(_ value: Double, to bytes: inout [UInt8]) {
+    public static func appendDescription(_ value: Double, to bytes: inout [UInt8]) {
         var sink = ASCIISink()
         swap(&sink.bytes, &bytes)
         value.write(to: &sink)

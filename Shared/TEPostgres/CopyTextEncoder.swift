@@ -14,45 +14,65 @@ public struct CopyTextEncoder: Sendable {
 
     /// Appends one field of the current row; nil is SQL NULL.
     public mutating func append(_ value: String?) {
-        if columnInRow > 0 { bytes.append(UInt8(ascii: "\t")) }
-        columnInRow += 1
+        startField()
         guard let value else {
             bytes.append(UInt8(ascii: "\\"))
             bytes.append(UInt8(ascii: "N"))
             return
         }
+        for byte in value.utf8 { appendEscaped(byte) }
+    }
+
+    /// Appends one field, its ASCII letters in lower case (PostgreSQL prints a uuid so).
+    public mutating func appendLowercasedASCII(_ value: String) {
+        startField()
         for byte in value.utf8 {
-            switch byte {
-            case UInt8(ascii: "\\"):
-                bytes.append(UInt8(ascii: "\\"))
-                bytes.append(UInt8(ascii: "\\"))
-            case UInt8(ascii: "\t"):
-                bytes.append(UInt8(ascii: "\\"))
-                bytes.append(UInt8(ascii: "t"))
-            case UInt8(ascii: "\n"):
-                bytes.append(UInt8(ascii: "\\"))
-                bytes.append(UInt8(ascii: "n"))
-            case UInt8(ascii: "\r"):
-                bytes.append(UInt8(ascii: "\\"))
-                bytes.append(UInt8(ascii: "r"))
-            case 0x08:
-                bytes.append(UInt8(ascii: "\\"))
-                bytes.append(UInt8(ascii: "b"))
-            case 0x0C:
-                bytes.append(UInt8(ascii: "\\"))
-                bytes.append(UInt8(ascii: "f"))
-            case 0x0B:
-                bytes.append(UInt8(ascii: "\\"))
-                bytes.append(UInt8(ascii: "v"))
-            default: bytes.append(byte)
-            }
+            appendEscaped(byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte)
         }
+    }
+
+    private mutating func startField() {
+        if columnInRow > 0 { bytes.append(UInt8(ascii: "\t")) }
+        columnInRow += 1
+    }
+
+    private mutating func appendEscaped(_ byte: UInt8) {
+        let letter: UInt8
+        switch byte {
+        case UInt8(ascii: "\\"): letter = UInt8(ascii: "\\")
+        case UInt8(ascii: "\t"): letter = UInt8(ascii: "t")
+        case UInt8(ascii: "\n"): letter = UInt8(ascii: "n")
+        case UInt8(ascii: "\r"): letter = UInt8(ascii: "r")
+        case 0x08: letter = UInt8(ascii: "b")
+        case 0x0C: letter = UInt8(ascii: "f")
+        case 0x0B: letter = UInt8(ascii: "v")
+        default:
+            bytes.append(byte)
+            return
+        }
+        bytes.append(UInt8(ascii: "\\"))
+        bytes.append(letter)
+    }
+
+    /// Appends one field whose text `write` appends to the buffer as it is: only for text with none of the
+    /// characters the format escapes (digits, hex, timestamps, JSON of numbers), which is then written with
+    /// no intermediate String.
+    public mutating func appendVerbatim(_ write: (inout [UInt8]) -> Void) {
+        startField()
+        write(&bytes)
     }
 
     /// Ends the current row.
     public mutating func endRow() {
         bytes.append(UInt8(ascii: "\n"))
         rowCount += 1
+        columnInRow = 0
+    }
+
+    /// Empties the payload, keeping its capacity.
+    public mutating func removeAll() {
+        bytes.removeAll(keepingCapacity: true)
+        rowCount = 0
         columnInRow = 0
     }
 

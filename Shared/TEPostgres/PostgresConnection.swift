@@ -18,6 +18,27 @@ public struct PostgresRow: Sendable {
     public subscript(_ index: Int) -> String? { values[index] }
 }
 
+/// The payload of a `COPY … FROM STDIN`, written piece by piece on the connection's thread while the
+/// pieces before it are on their way: the server parses and inserts one piece while the next is made.
+public protocol CopyProducer: Sendable {
+    /// Appends the next piece of the payload to `buffer` (empty on each call); false when there is none.
+    mutating func next(into buffer: inout [UInt8]) -> Bool
+}
+
+/// A payload made already, sent in 1 MiB pieces.
+struct CopyBytes: CopyProducer {
+    let data: [UInt8]
+    var offset = 0
+
+    mutating func next(into buffer: inout [UInt8]) -> Bool {
+        guard offset < data.count else { return false }
+        let end = min(offset + (1 << 20), data.count)
+        buffer.append(contentsOf: data[offset..<end])
+        offset = end
+        return true
+    }
+}
+
 public struct PostgresQueryResult: Sendable {
     public let columns: [String]
     public let rows: [PostgresRow]
@@ -77,7 +98,15 @@ public final class PostgresConnection: Sendable {
     /// `COPY … FROM STDIN` (text format) with `data` as the payload (see `CopyTextEncoder`);
     /// returns the rows copied.
     public func copyFrom(_ sql: String, data: [UInt8]) async throws(PostgresError) -> Int {
-        try await copyFrom(sql, data: data, pin: nil)
+        try await copyFrom(sql, producer: CopyBytes(data: data), pin: nil).rows
+    }
+
+    /// `COPY … FROM STDIN` with the payload `producer` writes as it is sent; returns the rows copied and the
+    /// producer as it ended (what it computed on the way).
+    public func copyFrom<P: CopyProducer>(_ sql: String, producer: P) async throws(PostgresError) -> (
+        rows: Int, producer: P
+    ) {
+        try await copyFrom(sql, producer: producer, pin: nil)
     }
 
     /// Runs `body` inside BEGIN … COMMIT; any error thrown by `body` (or by COMMIT) rolls back and
@@ -142,9 +171,13 @@ public final class PostgresConnection: Sendable {
         }
     }
 
-    func copyFrom(_ sql: String, data: [UInt8], pin: UInt64?) async throws(PostgresError) -> Int {
+    func copyFrom<P: CopyProducer>(_ sql: String, producer: P, pin: UInt64?) async throws(PostgresError) -> (
+        rows: Int, producer: P
+    ) {
         try await run(pin: pin) { (conn, _) throws(PostgresError) in
-            try self.session.copy(conn, sql, data)
+            var producer = producer
+            let rows = try self.session.copy(conn, sql, &producer)
+            return (rows, producer)
         }
     }
 
@@ -194,7 +227,13 @@ public struct PostgresTransaction: Sendable {
     }
 
     public func copyFrom(_ sql: String, data: [UInt8]) async throws(PostgresError) -> Int {
-        try await connection.copyFrom(sql, data: data, pin: generation)
+        try await connection.copyFrom(sql, producer: CopyBytes(data: data), pin: generation).rows
+    }
+
+    public func copyFrom<P: CopyProducer>(_ sql: String, producer: P) async throws(PostgresError) -> (
+        rows: Int, producer: P
+    ) {
+        try await connection.copyFrom(sql, producer: producer, pin: generation)
     }
 }
 
@@ -351,8 +390,8 @@ final class Session: @unchecked Sendable {
         return PostgresQueryResult(columns: columns, rows: rows, affectedRows: affected)
     }
 
-    /// COPY … FROM STDIN: start, stream `data` in 1 MiB pieces, end, collect the final result.
-    func copy(_ conn: OpaquePointer, _ sql: String, _ data: [UInt8]) throws(PostgresError) -> Int {
+    /// COPY … FROM STDIN: start, send each piece `producer` makes, end, collect the final result.
+    func copy<P: CopyProducer>(_ conn: OpaquePointer, _ sql: String, _ producer: inout P) throws(PostgresError) -> Int {
         guard let start = PQexecParams(conn, sql, 0, nil, nil, nil, nil, 0) else { throw failure(nil, conn: conn) }
         guard PQresultStatus(start) == PGRES_COPY_IN else {
             defer { PQclear(start) }
@@ -363,21 +402,13 @@ final class Session: @unchecked Sendable {
         }
         PQclear(start)
         var sendError: String?
-        data.withUnsafeBufferPointer { buffer in
-            let chunk = 1 << 20
-            var offset = 0
-            while offset < buffer.count {
-                let length = min(chunk, buffer.count - offset)
-                let sent = buffer.baseAddress!.advanced(by: offset).withMemoryRebound(to: CChar.self, capacity: length)
-                {
-                    PQputCopyData(conn, $0, Int32(length))
-                }
-                if sent != 1 {
-                    sendError = connectionMessage(conn)
-                    return
-                }
-                offset += length
+        var piece: [UInt8] = []
+        while sendError == nil, producer.next(into: &piece) {
+            let sent = piece.withUnsafeBufferPointer { buffer in
+                buffer.withMemoryRebound(to: CChar.self) { PQputCopyData(conn, $0.baseAddress, Int32($0.count)) }
             }
+            if sent != 1 { sendError = connectionMessage(conn) }
+            piece.removeAll(keepingCapacity: true)
         }
         if PQputCopyEnd(conn, sendError) != 1, sendError == nil { sendError = connectionMessage(conn) }
         // Drain every result so the connection is ready for the next statement.

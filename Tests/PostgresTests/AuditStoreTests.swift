@@ -58,6 +58,42 @@ struct AuditStoreTests {
         }
     }
 
+    @Test("a batch that meets stored or repeated ids falls back and stores every other record once, in one whole chain")
+    func conflictsFallBackAndKeepTheChainWhole() async throws {
+        try await PostgresTestServer.withDatabase { db, _ in
+            let store = AuditStore(connection: db)
+            try await store.migrate(logger: PostgresTestServer.logger)
+            let records = AuditRecords.make(300)
+            var chain = AuditChain(writer: "w")
+            #expect(
+                try await store.insert(Array(records[..<100]), chain: &chain) == .init(inserted: 100, duplicates: 0))
+            // New records around one stored already: the direct COPY meets the unique violation and the
+            // fallback stores the other 200, chained after the head.
+            let mixed = Array(records[100..<200]) + [records[42]] + Array(records[200...])
+            #expect(try await store.insert(mixed, chain: &chain) == .init(inserted: 200, duplicates: 1))
+            #expect(chain.seq == 300)
+            // Repeats inside one batch (of a new and of a stored record): each stored once.
+            let more = AuditRecords.make(2, startTsNs: 7)
+            #expect(
+                try await store.insert([more[0], more[0], records[7], more[1], more[1]], chain: &chain)
+                    == .init(inserted: 2, duplicates: 3))
+            // A replay of everything adds nothing and leaves the chain's head where it was.
+            let head = chain
+            #expect(try await store.insert(records + more, chain: &chain) == .init(inserted: 0, duplicates: 302))
+            #expect(chain == head)
+            // A stale head (another process with this writer id went on): the COPY meets the chain's unique
+            // index, the fallback re-reads the head and continues after it.
+            var stale = AuditChain(writer: "w", seq: 100, hash: head.hash)
+            let late = AuditRecords.make(3, startTsNs: 9)
+            #expect(try await store.insert(late, chain: &stale) == .init(inserted: 3, duplicates: 0))
+            #expect(stale.seq == 305)
+
+            let stored = try await store.all()
+            #expect(stored == (records + more + late).sorted { ($0.tsNs, $0.decisionId) < ($1.tsNs, $1.decisionId) })
+            #expect(try await checkedChain(db, writer: "w") == .success(305))
+        }
+    }
+
     @Test func badRecordsAreIsolatedWithTheirReasonAndTheRestGoesIn() async throws {
         try await PostgresTestServer.withDatabase { db, _ in
             let store = AuditStore(connection: db)

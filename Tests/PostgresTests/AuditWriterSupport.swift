@@ -1,3 +1,4 @@
+import AuditStorage
 import Foundation
 import TEModels
 import TEPostgres
@@ -52,13 +53,18 @@ struct AuditWriterHarness {
 
     /// The value of an unlabelled metric from `/metrics`, nil when unreachable or absent.
     func metric(_ name: String) async -> Double? {
-        guard let url = URL(string: "http://127.0.0.1:\(metricsPort)/metrics"),
-            let (data, _) = try? await URLSession.shared.data(from: url)
-        else { return nil }
-        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") where line.hasPrefix(name + " ") {
+        for line in await metricsText().split(separator: "\n") where line.hasPrefix(name + " ") {
             return Double(line.dropFirst(name.count + 1))
         }
         return nil
+    }
+
+    /// The whole `/metrics` text, empty when unreachable.
+    func metricsText() async -> String {
+        guard let url = URL(string: "http://127.0.0.1:\(metricsPort)/metrics"),
+            let (data, _) = try? await URLSession.shared.data(from: url)
+        else { return "" }
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// GET /readyz: status and body.
@@ -86,6 +92,31 @@ extension PostgresConfiguration {
 
 func rowCount(_ db: PostgresConnection) async throws -> Int {
     Int(try await db.query("SELECT count(*) AS n FROM decisions").rows.first?["n"] ?? "") ?? -1
+}
+
+/// `writer`'s chain as stored, checked row by row the way `te audit verify --chain` does: seq 1, 2, … without
+/// a gap, each prev_hash the row before's row_hash, each row_hash recomputed from the row's canonical line.
+/// Returns the number of rows, or the first row that does not fit.
+func checkedChain(_ db: PostgresConnection, writer: String) async throws -> Result<Int, ChainBreak> {
+    let rows = try await db.query(
+        "SELECT chain_seq, prev_hash, row_hash, " + AuditChain.canonicalColumns.joined(separator: ", ")
+            + " FROM decisions WHERE chain_writer = $1 ORDER BY chain_seq", [writer]
+    ).rows
+    var previous = AuditChain.genesis
+    for (i, row) in rows.enumerated() {
+        let line = AuditChain.canonicalLine(columns: Array(row.values.dropFirst(3)))
+        guard row["chain_seq"] == String(i + 1), row["prev_hash"] == previous,
+            row["row_hash"] == AuditChain.rowHash(prevHash: previous, canonicalLine: line)
+        else { return .failure(ChainBreak(writer: writer, position: i + 1, row: row.values)) }
+        previous = row["row_hash"] ?? ""
+    }
+    return .success(rows.count)
+}
+
+struct ChainBreak: Error, Equatable {
+    var writer: String
+    var position: Int
+    var row: [String?]
 }
 
 /// Counts rows, treating a missing table (writer not migrated yet) or an unreachable server as -1.

@@ -45,20 +45,23 @@ struct StreamWorkerCoreTests {
         #expect(!c.readingPending)
     }
 
-    @Test func aBatchIsCommittedWithItsAcksAndTheNextBatchIsReadMeanwhile() {
+    @Test func theNextBatchIsReadWhileTheStageHandlesOneAndHandedOverOnlyAfterItsCommit() {
         var c = running()
-        let batch = handled(c.event(.read([entry(1, 1), entry(2, 2)]), now: t0))
-        #expect(batch?.map(\.message.n) == [1, 2])
-        #expect(batch?.map(\.deliveries) == [1, 1])
+        guard case .handle(let batch, let ahead?) = c.event(.read([entry(1, 1), entry(2, 2)]), now: t0) else {
+            Issue.record("expected the batch handed over with a read-ahead")
+            return
+        }
+        #expect(batch.map(\.message.n) == [1, 2])
+        #expect(batch.map(\.deliveries) == [1, 1])
+        #expect(ahead == Core.ReadRequest(cursor: ">", count: 10, block: .seconds(1)))
         var out = StageOutput()
         out.append(.xadd("out", maxLen: nil, fields: [("n", "1")]))
-        guard case .commit(let commit, let ahead?) = c.event(.handled(.success(out)), now: t0) else {
-            Issue.record("expected a commit with a read-ahead")
+        guard case .commit(let commit) = c.event(.handled(.success(out)), now: t0) else {
+            Issue.record("expected the batch's commit")
             return
         }
         #expect(commit.acks == ["1-0", "2-0"])
         #expect(commit.outputs.count == 1)
-        #expect(ahead.cursor == ">")
         // The commit's outcome first, then the read-ahead's: its batch goes to the stage at once.
         #expect(c.event(.committed(failedCommands: 0), now: t0).kind == "awaitReadAhead")
         #expect(c.takeNotes().contains(.processed(2)))
@@ -85,7 +88,7 @@ struct StreamWorkerCoreTests {
             return
         }
         #expect((start, end, count) == ("1-0", "2-0", 2))
-        guard case .commit(let commit, nil) = c.event(.deliveries(["1-0": 2]), now: t0) else {
+        guard case .commit(let commit) = c.event(.deliveries(["1-0": 2]), now: t0) else {
             Issue.record("expected the dead letter's commit")
             return
         }
@@ -102,10 +105,12 @@ struct StreamWorkerCoreTests {
 
     @Test func aPoisonEntryIsFoundAloneRetriedAfterBackoffAndDeadLetteredOnItsLastDelivery() {
         var c = running()
-        _ = c.event(.read([entry(1, 1), entry(2, 2, tag: "poison"), entry(3, 3)]), now: t0)
-        // The batch fails: each entry alone.
-        #expect(handled(c.event(.handled(.failure(PoisonError(n: 2))), now: t0))?.map(\.message.n) == [1])
-        guard case .commit(let first, nil) = c.event(.handled(.success(.none)), now: t0) else {
+        #expect(c.event(.read([entry(1, 1), entry(2, 2, tag: "poison"), entry(3, 3)]), now: t0).readAhead != nil)
+        // The batch fails: each entry alone, while the read-ahead goes on.
+        let alone = c.event(.handled(.failure(PoisonError(n: 2))), now: t0)
+        #expect(handled(alone)?.map(\.message.n) == [1])
+        #expect(alone.readAhead == nil)
+        guard case .commit(let first) = c.event(.handled(.success(.none)), now: t0) else {
             Issue.record("expected the first entry's commit")
             return
         }
@@ -113,15 +118,16 @@ struct StreamWorkerCoreTests {
         #expect(handled(c.event(.committed(failedCommands: 0), now: t0))?.map(\.message.n) == [2])
         #expect(handled(c.event(.handled(.failure(PoisonError(n: 2))), now: t0))?.map(\.message.n) == [3])
         #expect(c.pendingRetryAt == at(100))
-        guard case .commit(let third, nil) = c.event(.handled(.success(.none)), now: t0) else {
+        guard case .commit(let third) = c.event(.handled(.success(.none)), now: t0) else {
             Issue.record("expected the third entry's commit")
             return
         }
         #expect(third.acks == ["3-0"])
+        // The read-ahead started with the batch comes next: nothing new was there.
+        #expect(c.event(.committed(failedCommands: 0), now: at(20)).kind == "awaitReadAhead")
         // Until the retry is due, new entries are read, blocking no longer than until then.
         #expect(
-            read(c.event(.committed(failedCommands: 0), now: at(20)))
-                == Core.ReadRequest(cursor: ">", count: 10, block: .milliseconds(80)))
+            read(c.event(.read([]), now: at(20))) == Core.ReadRequest(cursor: ">", count: 10, block: .milliseconds(80)))
         #expect(c.event(.read([]), now: at(100)).isRead(cursor: "0"))
 
         // Deliveries 2 and 3: it fails again, then it is dead-lettered with the stage's last error.
@@ -137,7 +143,7 @@ struct StreamWorkerCoreTests {
                 now += 1000
                 #expect(c.event(.read([]), now: at(now)).isRead(cursor: "0"))
             } else {
-                guard case .commit(let dead, nil) = next else {
+                guard case .commit(let dead) = next else {
                     Issue.record("expected the dead letter")
                     return
                 }
@@ -154,7 +160,7 @@ struct StreamWorkerCoreTests {
         var c = core(maxDeliveries: 3)
         _ = started(&c)
         _ = c.event(.read([entry(1, 1)]), now: t0)
-        guard case .commit(let commit, nil) = c.event(.deliveries(["1-0": 4]), now: t0) else {
+        guard case .commit(let commit) = c.event(.deliveries(["1-0": 4]), now: t0) else {
             Issue.record("expected the dead letter")
             return
         }
@@ -165,9 +171,9 @@ struct StreamWorkerCoreTests {
 
     @Test func aFailedCommitDropsTheReadAheadBacksOffAndReReadsPendingFromTheStart() {
         var c = running()
-        _ = c.event(.read([entry(1, 1)]), now: t0)
-        guard case .commit(_, _?) = c.event(.handled(.success(.none)), now: t0) else {
-            Issue.record("expected a commit with a read-ahead")
+        #expect(c.event(.read([entry(1, 1)]), now: t0).readAhead != nil)
+        guard case .commit = c.event(.handled(.success(.none)), now: t0) else {
+            Issue.record("expected a commit")
             return
         }
         #expect(c.event(.redisFailed("connection lost", noGroup: false), now: t0).kind == "awaitReadAhead")
@@ -202,10 +208,12 @@ struct StreamWorkerCoreTests {
 
     @Test func shutdownFinishesTheBatchInHandWithoutReadingAhead() {
         var c = running()
-        _ = c.event(.read([entry(1, 1)]), now: t0)
         c.shutdownRequested()
-        guard case .commit(let commit, nil) = c.event(.handled(.success(.none)), now: t0) else {
-            Issue.record("expected a commit without a read-ahead")
+        let handOver = c.event(.read([entry(1, 1)]), now: t0)
+        #expect(handled(handOver)?.count == 1)
+        #expect(handOver.readAhead == nil)
+        guard case .commit(let commit) = c.event(.handled(.success(.none)), now: t0) else {
+            Issue.record("expected the batch's commit")
             return
         }
         #expect(commit.acks == ["1-0"])
@@ -232,11 +240,12 @@ struct StreamWorkerCoreTests {
 
     @Test func aFencedCommitStopsTheWorkerAndDropsItsBatchAndReadAhead() throws {
         var c = running()
-        guard case .commit(_, let ahead) = c.event(.read([entry(1, 1)]), now: t0).handledBy(&c, t0) else {
+        let handOver = c.event(.read([entry(1, 1)]), now: t0)
+        #expect(handOver.readAhead != nil)
+        guard case .commit = handOver.handledBy(&c, t0) else {
             Issue.record("expected a commit")
             return
         }
-        #expect(ahead != nil)
         #expect(c.event(.fenced("lease of shard 0 is b's under token 2"), now: t0).kind == "stop")
         #expect(c.takeNotes().contains(.fenced("lease of shard 0 is b's under token 2")))
         #expect(c.shuttingDown && c.readingPending)
@@ -249,7 +258,7 @@ struct StreamWorkerCoreTests {
         out.append(.xadd("out:{0}", maxLen: nil, fields: [("n", "1")]))
         out.outside.append(RedisCommand("HSET", "latest", "ts_ns", "1"))
         out.deadLetter(id: "2-0", reason: "rejected by stage")
-        guard case .commit(let commit, _) = c.event(.handled(.success(out)), now: t0) else {
+        guard case .commit(let commit) = c.event(.handled(.success(out)), now: t0) else {
             Issue.record("expected a commit")
             return
         }
@@ -269,7 +278,7 @@ struct StreamWorkerCoreTests {
         out.append(.xadd("out", maxLen: nil, fields: [("n", "1")]))
         out.deadLetter(id: "2-0", reason: "rejected by stage")
         out.deadLetter(id: "9-0", reason: "not in the batch")
-        guard case .commit(let commit, _) = c.event(.handled(.success(out)), now: t0) else {
+        guard case .commit(let commit) = c.event(.handled(.success(out)), now: t0) else {
             Issue.record("expected a commit")
             return
         }
@@ -321,6 +330,12 @@ extension StreamWorkerCore.Action {
         return core.event(.handled(.success(.none)), now: now)
     }
 
+    /// The read-ahead a `.handle` starts.
+    var readAhead: StreamWorkerCore<Input>.ReadRequest? {
+        if case .handle(_, let next) = self { return next }
+        return nil
+    }
+
     func isRead(cursor: String) -> Bool {
         if case .read(let r) = self { return r.cursor == cursor }
         return false
@@ -338,7 +353,7 @@ func read<I>(_ a: StreamWorkerCore<I>.Action) -> StreamWorkerCore<I>.ReadRequest
     return nil
 }
 func handled<I>(_ a: StreamWorkerCore<I>.Action) -> [StreamDelivery<I>]? {
-    if case .handle(let b) = a { return b }
+    if case .handle(let b, _) = a { return b }
     return nil
 }
 

@@ -56,6 +56,37 @@ struct CopyStage: StreamStage {
     }
 }
 
+/// Holds its first batch until the worker has read the next one (the group's pending entries outnumber the
+/// batch), then copies like `CopyStage`: it sees the read-ahead run while `handle` does.
+struct ReadAheadProbeStage: StreamStage {
+    typealias Input = Job
+    let stage: String
+    let inputStream: String
+    let output: String
+    let redis: RedisClient
+    let probe = PendingProbe()
+
+    mutating func handle(_ batch: [StreamDelivery<Job>]) async throws -> StageOutput {
+        if probe.pendingSeen.withLock({ $0 == nil }) {
+            var pending = 0
+            for _ in 0..<500 {
+                pending = try await redis.xpending(inputStream, group: stage).count
+                if pending > batch.count { break }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            probe.pendingSeen.withLock { $0 = pending }
+        }
+        var out = StageOutput()
+        for d in batch { out.append(.xadd(output, maxLen: nil, fields: [("n", String(d.message.n))])) }
+        return out
+    }
+}
+
+final class PendingProbe: Sendable {
+    /// The pending count the first `handle` saw when it stopped waiting.
+    let pendingSeen = Mutex<Int?>(nil)
+}
+
 @Suite("StreamWorker against a real redis-server", .timeLimit(.minutes(2)))
 struct StreamWorkerTests {
     let redis: RedisClient
@@ -126,6 +157,22 @@ struct StreamWorkerTests {
         #expect(try await redis.xpending(input, group: group).count == 0)
         #expect(try await redis.xlen(dlq) == 0)
         #expect(log.handled.allSatisfy { $0.count <= 10 })
+        await cleanup()
+    }
+
+    @Test func theNextBatchIsReadWhileTheStageHandlesOne() async throws {
+        for i in 0..<25 { _ = try await add(i) }
+        let stage = ReadAheadProbeStage(stage: group, inputStream: input, output: output, redis: redis)
+        let worker = StreamWorker(
+            stage: stage, redis: try TestEnv.redisConfiguration(), configuration: configuration(), logger: logger)
+        try await withRunning([worker]) {
+            let done = await TestEnv.eventually { (try? await outputs().count) == 25 }
+            #expect(done)
+        }
+        // While the first batch of 10 was in hand, the next 10 were delivered to the worker already.
+        #expect(stage.probe.pendingSeen.withLock { $0 } == 20)
+        #expect(try await outputs() == Array(0..<25))
+        #expect(try await redis.xpending(input, group: group).count == 0)
         await cleanup()
     }
 
