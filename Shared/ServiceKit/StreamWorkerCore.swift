@@ -223,7 +223,7 @@ struct StreamWorkerCore<Input: StreamMessage> {
             return handled(result)
         case .idled(.success(let output)):
             // Output without input: nothing to acknowledge; written (fenced under a lease) like a batch's.
-            return issue(Commit(outside: output.outside, outputs: output.commands), readAhead: nil)
+            return issue(Commit(outside: output.outside, outputs: output.commands))
         case .idled(.failure(let error)):
             notes.append(.batchFailed("idle output: \(error)"))
             return backOff()
