@@ -357,7 +357,8 @@ struct AggregatorServiceTests {
         let survivor = services[disrupt == .none ? 0 : 1]
         let got = try await output(redis, streams, count: total, process: survivor.process)
         if disrupt == .pause {
-            // The resumed replica dropped its shards (it learnt from the store, its round or a refused step);
+            // The resumed replica dropped its shards (it learnt from its round or a refused step; it may take
+            // some back for balance afterwards);
             // what it still tried to read, claim or write was refused by Redis (reported: how much it had in
             // flight when paused depends on the moment).
             let paused = services[0]
@@ -365,7 +366,6 @@ struct AggregatorServiceTests {
                 (await paused.metric("te_shard_changes_total", labels: ["change=\"lost\""]) ?? 0) >= 1
             }
             #expect(lost, "\(paused.process.output().suffix(3000))")
-            #expect(await paused.metric("te_shards_owned") == 0)
             let reads = await paused.metric("te_stream_fenced_reads_total") ?? -1
             let writes = await paused.metric("te_stream_fenced_writes_total") ?? -1
             #expect(reads >= 0 && writes >= 0, "the refusal counters are exported")
