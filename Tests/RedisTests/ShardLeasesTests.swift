@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import Metrics
 import TEModels
 import TERedis
 import TestSupport
@@ -158,6 +160,58 @@ struct ShardLeasesTests {
         #expect(try await claim(b, 1, token: tokenA + 1, stream) == .fenced(holder: "b", token: tokenA + 2))
         #expect(try await redis.xpending(stream, group: "g").count == 3)
         await cleanUp(a, streams: [stream])
+    }
+
+    /// A shard worker whose own clock still trusts its lease — as one paused between that check and its read,
+    /// then woken — while Redis gave the lease to b: its claim and its read are refused by the store, no entry
+    /// is delivered to it (none pending, none handled, nothing written) and the worker stops by itself.
+    @Test func aWorkerWhoseLeaseMovedTakesNoEntryThoughItsClockTrustsTheLease() async throws {
+        let a = leases("a", ttlMs: 300)
+        let b = leases("b")
+        let stream = StreamKey.sharded(input + ":in", shard: 2, of: 4)
+        let output = StreamKey.sharded(input + ":out", shard: 2, of: 4)
+        try await redis.xgroupCreate(stream: stream, group: "g", startID: "0")
+        for n in 1...3 { try await redis.xadd(stream, fields: StreamFieldEncoder.encode(Job(n: n, tag: "ok"))) }
+        let tokenA = try await acquire(a, 2).token
+        let expired = try await TestEnv.eventually(timeout: .seconds(10)) {
+            !(try ShardLeases.parseLease(try await redis.send(a.read(2))).live)
+        }
+        #expect(expired)
+        #expect(try await acquire(b, 2) == Held(true, tokenA + 1))
+
+        let dims = [("stage", TestEnv.uniqueName("fenced-worker"))]
+        let fence = ShardFence(
+            shard: 2, token: tokenA, leases: a, validUntil: .now + .seconds(60),
+            fenced: Counter(label: "te_stream_fenced_writes_total", dimensions: dims),
+            refusedReads: Counter(label: "te_stream_fenced_reads_total", dimensions: dims))
+        let configuration = StreamWorkerConfiguration(
+            consumerName: "a", batchSize: 10, block: .milliseconds(100), groupStartID: "0",
+            deadLetterStream: input + ":dlq")
+        let log = StageLog()
+        let server = try TestEnv.redisConfiguration()
+        let reader = RedisClient(configuration: server, name: "fenced-reader")
+        let writer = RedisClient(configuration: server, name: "fenced-writer")
+        defer {
+            reader.close()
+            writer.close()
+        }
+        var loop = WorkerLoop(
+            stage: CopyStage(stage: "g", inputStream: stream, output: output, log: log), reader: reader,
+            writer: writer, configuration: configuration, fence: fence, logger: Logger(label: "fenced-worker"))
+        try await loop.run()
+        // The read itself, as the worker sends it (new entries, with its wait): refused too.
+        let read = await WorkerLoop<CopyStage>.fencedRead(
+            .init(cursor: ">", count: 10, block: .milliseconds(100)), reader: reader, group: "g", consumer: "a",
+            stream: stream, fence: fence)
+        guard case .fenced(let reason) = read else {
+            Issue.record("the read was not refused: \(read)")
+            return
+        }
+        #expect(reason.hasPrefix("read refused: the lease of shard 2 is b's under token \(tokenA + 1)"))
+        #expect(log.handled.isEmpty)
+        #expect(try await redis.xpending(stream, group: "g").count == 0)
+        #expect(try await redis.xlen(output) == 0)
+        await cleanUp(a, streams: [stream, output])
     }
 
     /// On the shared Redis Cluster (`REDIS_CLUSTER_URL`): the lease, the shard's input and output share shard
