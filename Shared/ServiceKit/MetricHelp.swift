@@ -14,6 +14,8 @@ public enum MetricHelp {
         "te_stream_claimed_total": "Pending entries of a dead or stalled consumer claimed by this one.",
         "te_stream_fenced_writes_total":
             "Shard commits refused by Redis because this replica's lease of the shard was gone (docs/sharding.md).",
+        "te_stream_fenced_reads_total":
+            "Shard reads and claims refused by Redis because this replica's lease of the shard was gone (docs/sharding.md).",
         "te_shards_owned": "Shards of the stage whose lease this replica holds.",
         "te_shard_changes_total": "Shard leases acquired, released for balance, or lost, by change.",
         "te_ingest_messages_consumed_total": "Kafka messages read by ingest.",

@@ -86,11 +86,7 @@ public struct ShardLeases: Sendable {
     /// error replies of single commands are counted (Redis has no rollback, like MULTI/EXEC).
     /// Reply: {1, failed commands} written, or {0, holder, token} refused.
     static let commitScript =
-        now + """
-            local h = redis.call('HMGET', KEYS[1], 'holder', 'token', 'until_ms')
-            if h[1] ~= ARGV[1] or tonumber(h[2] or '0') ~= tonumber(ARGV[2]) or tonumber(h[3] or '0') <= now then
-              return {0, h[1] or '', tonumber(h[2] or '0')}
-            end
+        fence + """
             local i, failed = 4, 0
             for _ = 1, tonumber(ARGV[3]) do
               local argc = tonumber(ARGV[i])
@@ -99,6 +95,55 @@ public struct ShardLeases: Sendable {
               i = i + 1 + argc
             end
             return {1, failed}
+            """
+
+    /// The lease check every fenced step starts with (ARGV[1] me, ARGV[2] my token): refused, the step
+    /// replies {0, holder, token} and does nothing else.
+    static let fence =
+        now + """
+            local h = redis.call('HMGET', KEYS[1], 'holder', 'token', 'until_ms')
+            if h[1] ~= ARGV[1] or tonumber(h[2] or '0') ~= tonumber(ARGV[2]) or tonumber(h[3] or '0') <= now then
+              return {0, h[1] or '', tonumber(h[2] or '0')}
+            end
+
+            """
+
+    /// The fenced read. KEYS: lease. ARGV: me, my token, stream, group, consumer, count, cursor. The stream
+    /// is not a declared key (it shares the lease's slot): the ACL checks EVAL against the lease's selector
+    /// and each command inside against the stream's. XREADGROUP without BLOCK: a refused holder gets no
+    /// entry delivered (none becomes pending on it). Reply: {1, XREADGROUP's reply}; {1, nil, id of the
+    /// stream's last entry} when a read of new entries found none (wait for more with XREAD from that id,
+    /// which delivers nothing); or {0, holder, token} refused.
+    static let readGroupScript =
+        fence + """
+            local r = redis.call('XREADGROUP', 'GROUP', ARGV[4], ARGV[5], 'COUNT', ARGV[6], 'STREAMS', ARGV[3], ARGV[7])
+            if not r and ARGV[7] == '>' then
+              local last = redis.call('XREVRANGE', ARGV[3], '+', '-', 'COUNT', 1)
+              return {1, false, last[1] and last[1][1] or '0-0'}
+            end
+            return {1, r}
+            """
+
+    /// The fenced claim. KEYS: lease. ARGV: me, my token, stream, group, consumer, min idle ms. Claims
+    /// (XCLAIM JUSTID: delivery counts kept) every entry pending on other consumers idle at least min idle.
+    /// Reply: {1, entries claimed} or {0, holder, token} refused.
+    static let claimScript =
+        fence + """
+            local total, start = 0, '-'
+            while true do
+              local rows = redis.call('XPENDING', ARGV[3], ARGV[4], 'IDLE', ARGV[6], start, '+', 100)
+              local claim = {'XCLAIM', ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
+              for _, row in ipairs(rows) do
+                if row[2] ~= ARGV[5] then claim[#claim + 1] = row[1] end
+              end
+              if #claim > 5 then
+                claim[#claim + 1] = 'JUSTID'
+                total = total + #redis.call(unpack(claim))
+              end
+              if #rows < 100 then break end
+              start = '(' .. rows[#rows][1]
+            end
+            return {1, total}
             """
 
     /// Per-symbol latest-value hash written outside the shard's step: KEYS: the hash. ARGV: ts_ns (decimal),
@@ -139,6 +184,26 @@ public struct ShardLeases: Sendable {
             for argument in command.arguments { eval.append(bytes: argument) }
         }
         return eval
+    }
+
+    /// Shard `k`'s XREADGROUP (no BLOCK) of `stream` under `token`: new entries (`cursor` `>`) or this
+    /// consumer's pending ones after `cursor`.
+    public func readGroup(
+        _ k: Int, token: Int64, stream: String, group: String, consumer: String, count: Int, cursor: String
+    ) -> RedisCommand {
+        RedisCommand([
+            "EVAL", Self.readGroupScript, "1", key(k), me, String(token), stream, group, consumer, String(count),
+            cursor
+        ])
+    }
+
+    /// Claims shard `k`'s entries pending on other consumers of `group` for `minIdleMs` or longer, under `token`.
+    public func claim(_ k: Int, token: Int64, stream: String, group: String, consumer: String, minIdleMs: Int)
+        -> RedisCommand
+    {
+        RedisCommand([
+            "EVAL", Self.claimScript, "1", key(k), me, String(token), stream, group, consumer, String(minIdleMs)
+        ])
     }
 
     /// HSET of `fields` into `key` (with EXPIRE `ttlSeconds`) unless the hash holds a newer `ts_ns`.
@@ -182,13 +247,63 @@ public struct ShardLeases: Sendable {
     }
 
     public static func parseCommit(_ reply: RedisReply) throws(RedisError) -> CommitOutcome {
+        switch try fencedStep(reply, "fenced commit") {
+        case .refused(let holder, let token): return .fenced(holder: holder, token: token)
+        case .done(let items):
+            guard items.count == 2, let failed = items[1].int else {
+                throw RedisError(.unexpectedReply, "fenced commit replied \(reply)")
+            }
+            return .written(failedCommands: Int(failed))
+        }
+    }
+
+    public enum ReadOutcome: Equatable, Sendable {
+        case entries([StreamEntry])
+        /// A read of new entries found none; the stream's last entry is `last` (`0-0`: empty stream).
+        case caughtUp(last: String)
+        case fenced(holder: String, token: Int64)
+    }
+
+    public static func parseReadGroup(_ reply: RedisReply) throws(RedisError) -> ReadOutcome {
+        switch try fencedStep(reply, "fenced read") {
+        case .refused(let holder, let token): return .fenced(holder: holder, token: token)
+        case .done(let items):
+            if items.count == 3, items[1].isNull, let last = items[2].string { return .caughtUp(last: last) }
+            guard items.count == 2 else { throw RedisError(.unexpectedReply, "fenced read replied \(reply)") }
+            return .entries(try RedisClient.streamReads(items[1]).first?.entries ?? [])
+        }
+    }
+
+    public enum ClaimOutcome: Equatable, Sendable {
+        case claimed(Int)
+        case fenced(holder: String, token: Int64)
+    }
+
+    public static func parseClaim(_ reply: RedisReply) throws(RedisError) -> ClaimOutcome {
+        switch try fencedStep(reply, "fenced claim") {
+        case .refused(let holder, let token): return .fenced(holder: holder, token: token)
+        case .done(let items):
+            guard items.count == 2, let claimed = items[1].int else {
+                throw RedisError(.unexpectedReply, "fenced claim replied \(reply)")
+            }
+            return .claimed(Int(claimed))
+        }
+    }
+
+    private enum FencedStep {
+        case done([RedisReply])
+        case refused(holder: String, token: Int64)
+    }
+
+    /// A fenced script's reply: {1, …} ran, {0, holder, token} refused.
+    private static func fencedStep(_ reply: RedisReply, _ what: String) throws(RedisError) -> FencedStep {
         guard let items = try reply.throwingError().array, let ok = items.first?.int else {
-            throw RedisError(.unexpectedReply, "fenced commit replied \(reply)")
+            throw RedisError(.unexpectedReply, "\(what) replied \(reply)")
         }
-        if ok == 1, items.count == 2, let failed = items[1].int { return .written(failedCommands: Int(failed)) }
+        if ok == 1 { return .done(items) }
         if ok == 0, items.count == 3, let token = items[2].int {
-            return .fenced(holder: items[1].string ?? "", token: token)
+            return .refused(holder: items[1].string ?? "", token: token)
         }
-        throw RedisError(.unexpectedReply, "fenced commit replied \(reply)")
+        throw RedisError(.unexpectedReply, "\(what) replied \(reply)")
     }
 }

@@ -4,13 +4,15 @@ import ServiceLifecycle
 import Synchronization
 import TERedis
 
-/// The lease one shard's `WorkerLoop` writes under: its fenced commit sends `token`, and it reads only
-/// while the lease is confirmed for longer than the read can take (`allowsRead`).
+/// The lease one shard's `WorkerLoop` reads, claims and writes under: each of its fenced scripts sends
+/// `token`, and the store refuses them once the lease is gone. `allowsRead` only spares refused reads while a
+/// renewal is late.
 final class ShardFence: Sendable {
     let shard: Int
     let token: Int64
     let leases: ShardLeases
     let fenced: Counter
+    let refusedReads: Counter
     private struct State {
         var validUntil: ContinuousClock.Instant
         var revoked = false
@@ -18,11 +20,15 @@ final class ShardFence: Sendable {
     }
     private let state: Mutex<State>
 
-    init(shard: Int, token: Int64, leases: ShardLeases, validUntil: ContinuousClock.Instant, fenced: Counter) {
+    init(
+        shard: Int, token: Int64, leases: ShardLeases, validUntil: ContinuousClock.Instant, fenced: Counter,
+        refusedReads: Counter
+    ) {
         self.shard = shard
         self.token = token
         self.leases = leases
         self.fenced = fenced
+        self.refusedReads = refusedReads
         state = Mutex(State(validUntil: validUntil))
     }
 
@@ -32,12 +38,18 @@ final class ShardFence: Sendable {
     func markStopped() { state.withLock { $0.stopped = true } }
     var isStopped: Bool { state.withLock { $0.stopped } }
 
-    /// True while the lease is surely ours for `duration` more, plus a margin for the round trip.
-    func allowsRead(for duration: Duration) -> Bool {
-        state.withLock { !$0.revoked && ContinuousClock.now + duration + Self.margin < $0.validUntil }
+    /// True while the last renewal keeps the lease ours for a round trip more (the store decides; this
+    /// only avoids sending reads it would refuse).
+    func allowsRead() -> Bool {
+        state.withLock { !$0.revoked && ContinuousClock.now + Self.margin < $0.validUntil }
     }
 
     static let margin = Duration.milliseconds(250)
+
+    /// Why the store refused a `step` (read, claim, commit).
+    func refusal(_ step: String, holder: String, token: Int64) -> String {
+        "\(step) refused: the lease of shard \(shard) is \(holder.isEmpty ? "free" : holder)'s under token \(token), ours was \(self.token)"
+    }
 }
 
 /// Runs a `StreamStage` over S shard streams (`STREAM_SHARDS`), each shard by exactly one live replica
@@ -142,6 +154,7 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
         var logger: Logger
         let owned: Gauge
         let fenced: Counter
+        let refusedReads: Counter
         let changes: [String: Counter]
 
         init(worker: ShardedStreamWorker, control: RedisClient, leases: ShardLeases, ownership: ShardOwnership) {
@@ -156,6 +169,7 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
             let dims = [("stage", worker.stageName)]
             owned = Gauge(label: "te_shards_owned", dimensions: dims)
             fenced = Counter(label: "te_stream_fenced_writes_total", dimensions: dims)
+            refusedReads = Counter(label: "te_stream_fenced_reads_total", dimensions: dims)
             var changes: [String: Counter] = [:]
             for change in ["acquired", "released", "lost"] {
                 changes[change] = Counter(label: "te_shard_changes_total", dimensions: dims + [("change", change)])
@@ -246,7 +260,9 @@ public struct ShardedStreamWorker<Stage: StreamStage>: Service {
         mutating func start(
             _ k: Int, token: Int64, validUntil: ContinuousClock.Instant, in group: inout DiscardingTaskGroup
         ) {
-            let fence = ShardFence(shard: k, token: token, leases: leases, validUntil: validUntil, fenced: fenced)
+            let fence = ShardFence(
+                shard: k, token: token, leases: leases, validUntil: validUntil, fenced: fenced,
+                refusedReads: refusedReads)
             var shardConfiguration = worker.configuration
             // The shard is this replica's alone now: whatever the previous owner left pending is claimed
             // at once (before any new entry), so the shard's entries are handled in order.

@@ -143,17 +143,19 @@ struct WorkerLoop<Stage: StreamStage> {
                 } catch {
                     event = .prepareFailed("\(error)")
                 }
-            case .claim where fence?.allowsRead(for: .zero) == false:
-                // A lease not confirmed: claiming could take entries from the shard's next owner.
+            case .claim where fence?.allowsRead() == false:
+                // A lease not confirmed by a renewal: wait for the round rather than be refused by the store.
                 event = .claimed(0)
-            case .read(let request) where fence?.allowsRead(for: request.block ?? .zero) == false:
-                // The read (and its BLOCK, on the server) must end while the lease is surely ours: entries
-                // it delivers to this consumer are then pending before a next owner exists, who claims them.
+            case .read where fence?.allowsRead() == false:
                 try? await Task.sleep(for: .milliseconds(20))
                 event = .backedOff
             case .claim:
                 do {
-                    event = .claimed(try await claimIdleEntries())
+                    if let fence {
+                        event = try await fencedClaim(fence)
+                    } else {
+                        event = .claimed(try await claimIdleEntries())
+                    }
                 } catch {
                     event = .claimFailed("\(error)")
                 }
@@ -161,7 +163,8 @@ struct WorkerLoop<Stage: StreamStage> {
                 await refreshGauges()
                 event = .gaugesRefreshed
             case .read(let request):
-                event = await Self.read(request, reader: reader, group: group, consumer: consumer, stream: stream)
+                event = await Self.read(
+                    request, reader: reader, group: group, consumer: consumer, stream: stream, fence: fence)
             case .lookUpDeliveries(let start, let end, let count):
                 do {
                     let rows = try await writer.xpending(
@@ -175,11 +178,12 @@ struct WorkerLoop<Stage: StreamStage> {
             case .handle(let batch, let next):
                 if let next {
                     // The next batch is read while the stage handles this one.
-                    let (reader, group, consumer, stream) = (reader, group, consumer, stream)
-                    let readable = fence?.allowsRead(for: next.block ?? .zero) ?? true
+                    let (reader, group, consumer, stream, fence) = (reader, group, consumer, stream, fence)
+                    let readable = fence?.allowsRead() ?? true
                     readAhead.addTask {
                         guard readable else { return .read([]) }
-                        return await Self.read(next, reader: reader, group: group, consumer: consumer, stream: stream)
+                        return await Self.read(
+                            next, reader: reader, group: group, consumer: consumer, stream: stream, fence: fence)
                     }
                 }
                 do {
@@ -212,8 +216,12 @@ struct WorkerLoop<Stage: StreamStage> {
 
     static func read(
         _ request: StreamWorkerCore<Stage.Input>.ReadRequest, reader: RedisClient, group: String, consumer: String,
-        stream: String
+        stream: String, fence: ShardFence?
     ) async -> StreamWorkerCore<Stage.Input>.Event {
+        if let fence {
+            return await fencedRead(
+                request, reader: reader, group: group, consumer: consumer, stream: stream, fence: fence)
+        }
         do {
             let reads = try await reader.xreadgroup(
                 group: group, consumer: consumer, streams: [(stream, request.cursor)], count: request.count,
@@ -221,6 +229,52 @@ struct WorkerLoop<Stage: StreamStage> {
             return .read(reads.first?.entries ?? [])
         } catch {
             return Self.failure(error)
+        }
+    }
+
+    /// A shard's read: XREADGROUP inside the lease's script, so a replica that lost the lease (even one paused
+    /// between deciding to read and sending) gets no entry delivered. Waiting for new entries is a plain
+    /// XREAD BLOCK from the stream's last entry, which delivers nothing; then the fenced read again.
+    static func fencedRead(
+        _ request: StreamWorkerCore<Stage.Input>.ReadRequest, reader: RedisClient, group: String, consumer: String,
+        stream: String, fence: ShardFence
+    ) async -> StreamWorkerCore<Stage.Input>.Event {
+        let command = fence.leases.readGroup(
+            fence.shard, token: fence.token, stream: stream, group: group, consumer: consumer, count: request.count,
+            cursor: request.cursor)
+        do {
+            var waited = false
+            while true {
+                switch try ShardLeases.parseReadGroup(try await reader.send(command)) {
+                case .entries(let entries):
+                    return .read(entries)
+                case .fenced(let holder, let token):
+                    fence.refusedReads.increment()
+                    return .fenced(fence.refusal("read", holder: holder, token: token))
+                case .caughtUp(let last):
+                    guard let block = request.block, !waited else { return .read([]) }
+                    waited = true
+                    let woke = try await reader.xread(streams: [(stream, last)], count: 1, block: block)
+                    if woke.allSatisfy(\.entries.isEmpty) { return .read([]) }
+                }
+            }
+        } catch {
+            return Self.failure(error)
+        }
+    }
+
+    /// `claimIdleEntries` inside the lease's script: a replica that lost the lease takes nothing.
+    func fencedClaim(_ fence: ShardFence) async throws(RedisError) -> StreamWorkerCore<Stage.Input>.Event {
+        let c = configuration.claimMinIdle.components
+        let command = fence.leases.claim(
+            fence.shard, token: fence.token, stream: stream, group: group, consumer: consumer,
+            minIdleMs: Int(c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000))
+        switch try ShardLeases.parseClaim(try await writer.send(command)) {
+        case .claimed(let count):
+            return .claimed(count)
+        case .fenced(let holder, let token):
+            fence.refusedReads.increment()
+            return .fenced(fence.refusal("claim", holder: holder, token: token))
         }
     }
 
@@ -261,9 +315,7 @@ struct WorkerLoop<Stage: StreamStage> {
                 return .committed(failedCommands: failed)
             case .fenced(let holder, let token):
                 fence.fenced.increment()
-                return .fenced(
-                    "lease of shard \(fence.shard) is \(holder.isEmpty ? "free" : holder)'s under token \(token), ours was \(fence.token)"
-                )
+                return .fenced(fence.refusal("commit", holder: holder, token: token))
             }
         } catch {
             return Self.failure(error)
@@ -324,7 +376,7 @@ struct WorkerLoop<Stage: StreamStage> {
                 failed.increment(by: count)
             case .fenced(let reason):
                 logger.warning(
-                    "write refused by the store: the shard's lease is gone; dropping the shard",
+                    "refused by the store: the shard's lease is gone; dropping the shard",
                     metadata: ["reason": "\(reason)"])
             case .batchFinished(let elapsed):
                 let c = elapsed.components

@@ -98,8 +98,9 @@ struct StreamWorkerCore<Input: StreamMessage> {
         case backedOff
         /// The stage's idle output (nothing: `.none`), or its error.
         case idled(Result<StageOutput, any Error>)
-        /// The commit was refused by the store: this worker's shard lease is gone (see `ShardLeases`).
-        /// Nothing of it was written or acknowledged; the worker stops and its state is dropped.
+        /// A commit, read or claim was refused by the store: this worker's shard lease is gone (see
+        /// `ShardLeases`). Nothing of it was written, delivered or acknowledged; the worker stops and its state
+        /// is dropped.
         case fenced(String)
     }
 

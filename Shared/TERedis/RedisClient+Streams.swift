@@ -223,8 +223,9 @@ extension RedisClient {
         throw RedisError(.unexpectedReply, "expected stream entries, got \(reply)")
     }
 
-    /// `[[stream, entries], …]` or nil (BLOCK timed out).
-    static func streamReads(_ reply: RedisReply) throws(RedisError) -> [StreamReadResult] {
+    /// `[[stream, entries], …]` or nil (BLOCK timed out); public for replies that carry an XREADGROUP's
+    /// reply inside (ServiceKit's fenced read script).
+    public static func streamReads(_ reply: RedisReply) throws(RedisError) -> [StreamReadResult] {
         if reply.isNull { return [] }
         guard let streams = reply.array else { throw RedisError(.unexpectedReply, "expected streams, got \(reply)") }
         var out: [StreamReadResult] = []

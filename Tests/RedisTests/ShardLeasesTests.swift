@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import Metrics
 import TEModels
 import TERedis
 import TestSupport
@@ -97,6 +99,121 @@ struct ShardLeasesTests {
         await cleanUp(a, streams: [input, output])
     }
 
+    func read(_ l: ShardLeases, _ k: Int, token: Int64, _ stream: String, count: Int = 10, cursor: String = ">")
+        async throws -> ShardLeases.ReadOutcome
+    {
+        try ShardLeases.parseReadGroup(
+            try await redis.send(
+                l.readGroup(k, token: token, stream: stream, group: "g", consumer: l.me, count: count, cursor: cursor)))
+    }
+
+    func claim(_ l: ShardLeases, _ k: Int, token: Int64, _ stream: String) async throws -> ShardLeases.ClaimOutcome {
+        try ShardLeases.parseClaim(
+            try await redis.send(l.claim(k, token: token, stream: stream, group: "g", consumer: l.me, minIdleMs: 0)))
+    }
+
+    /// The fenced read and claim: what XREADGROUP gives the holder of the live lease, nothing (no entry
+    /// delivered, none claimed) to a holder whose lease expired or whose token is stale.
+    @Test func theFencedReadAndClaimDeliverOnlyUnderTheLiveLease() async throws {
+        let a = leases("a", ttlMs: 300)
+        let b = leases("b")
+        let stream = StreamKey.sharded(input + ":in", shard: 1, of: 4)
+        try await redis.xgroupCreate(stream: stream, group: "g", startID: "0")
+        for n in 1...3 { try await redis.xadd(stream, fields: [("n", "\(n)")]) }
+        let all = try await redis.xrange(stream)
+        let tokenA = try await acquire(a, 1).token
+
+        // New entries, COUNT respected, then this consumer's pending ones from a cursor: XREADGROUP's entries.
+        #expect(try await read(a, 1, token: tokenA, stream, count: 2) == .entries(Array(all[0..<2])))
+        #expect(try await read(a, 1, token: tokenA, stream) == .entries([all[2]]))
+        #expect(try await read(a, 1, token: tokenA, stream, cursor: all[0].id) == .entries(Array(all[1...])))
+        // Caught up: no entry, and the id to wait after (a plain XREAD from it delivers nothing).
+        #expect(try await read(a, 1, token: tokenA, stream) == .caughtUp(last: all[2].id))
+        // A pending entry deleted meanwhile comes back as XREADGROUP reports it: id without fields.
+        _ = try await redis.send("XDEL", stream, all[1].id)
+        #expect(
+            try await read(a, 1, token: tokenA, stream, cursor: "0")
+                == .entries([all[0], StreamEntry(id: all[1].id, fields: [], isDeleted: true), all[2]]))
+        #expect(try await claim(a, 1, token: tokenA, stream) == .claimed(0))
+        let fresh = try await redis.xadd(stream, fields: [("n", "4")])
+
+        // Expired (nobody took it): refused, nothing delivered.
+        let expired = try await TestEnv.eventually(timeout: .seconds(10)) {
+            !(try ShardLeases.parseLease(try await redis.send(a.read(1))).live)
+        }
+        #expect(expired)
+        #expect(try await read(a, 1, token: tokenA, stream) == .fenced(holder: "a", token: tokenA))
+        // Taken by b: a's read and claim are refused; the new entry was delivered to nobody.
+        #expect(try await acquire(b, 1) == Held(true, tokenA + 1))
+        #expect(try await read(a, 1, token: tokenA, stream) == .fenced(holder: "b", token: tokenA + 1))
+        #expect(try await claim(a, 1, token: tokenA, stream) == .fenced(holder: "b", token: tokenA + 1))
+        #expect(try await redis.xpending(stream, group: "g").consumers == ["a": 3])
+        // b claims what a left pending (first; the deleted entry leaves the pending list, as XCLAIM does on
+        // Redis 7), then reads the new entry.
+        #expect(try await claim(b, 1, token: tokenA + 1, stream) == .claimed(2))
+        #expect(try await redis.xpending(stream, group: "g").consumers == ["b": 2])
+        #expect(
+            try await read(b, 1, token: tokenA + 1, stream) == .entries([StreamEntry(id: fresh, fields: [("n", "4")])]))
+        // b restarted under its name: the old run's token is stale, refused.
+        #expect(try await acquire(b, 1) == Held(true, tokenA + 2))
+        #expect(try await read(b, 1, token: tokenA + 1, stream, cursor: "0") == .fenced(holder: "b", token: tokenA + 2))
+        #expect(try await claim(b, 1, token: tokenA + 1, stream) == .fenced(holder: "b", token: tokenA + 2))
+        #expect(try await redis.xpending(stream, group: "g").count == 3)
+        await cleanUp(a, streams: [stream])
+    }
+
+    /// A shard worker whose own clock still trusts its lease — as one paused between that check and its read,
+    /// then woken — while Redis gave the lease to b: its claim and its read are refused by the store, no entry
+    /// is delivered to it (none pending, none handled, nothing written) and the worker stops by itself.
+    @Test func aWorkerWhoseLeaseMovedTakesNoEntryThoughItsClockTrustsTheLease() async throws {
+        let a = leases("a", ttlMs: 300)
+        let b = leases("b")
+        let stream = StreamKey.sharded(input + ":in", shard: 2, of: 4)
+        let output = StreamKey.sharded(input + ":out", shard: 2, of: 4)
+        try await redis.xgroupCreate(stream: stream, group: "g", startID: "0")
+        for n in 1...3 { try await redis.xadd(stream, fields: StreamFieldEncoder.encode(Job(n: n, tag: "ok"))) }
+        let tokenA = try await acquire(a, 2).token
+        let expired = try await TestEnv.eventually(timeout: .seconds(10)) {
+            !(try ShardLeases.parseLease(try await redis.send(a.read(2))).live)
+        }
+        #expect(expired)
+        #expect(try await acquire(b, 2) == Held(true, tokenA + 1))
+
+        let dims = [("stage", TestEnv.uniqueName("fenced-worker"))]
+        let fence = ShardFence(
+            shard: 2, token: tokenA, leases: a, validUntil: .now + .seconds(60),
+            fenced: Counter(label: "te_stream_fenced_writes_total", dimensions: dims),
+            refusedReads: Counter(label: "te_stream_fenced_reads_total", dimensions: dims))
+        let configuration = StreamWorkerConfiguration(
+            consumerName: "a", batchSize: 10, block: .milliseconds(100), groupStartID: "0",
+            deadLetterStream: input + ":dlq")
+        let log = StageLog()
+        let server = try TestEnv.redisConfiguration()
+        let reader = RedisClient(configuration: server, name: "fenced-reader")
+        let writer = RedisClient(configuration: server, name: "fenced-writer")
+        defer {
+            reader.close()
+            writer.close()
+        }
+        var loop = WorkerLoop(
+            stage: CopyStage(stage: "g", inputStream: stream, output: output, log: log), reader: reader,
+            writer: writer, configuration: configuration, fence: fence, logger: Logger(label: "fenced-worker"))
+        try await loop.run()
+        // The read itself, as the worker sends it (new entries, with its wait): refused too.
+        let read = await WorkerLoop<CopyStage>.fencedRead(
+            .init(cursor: ">", count: 10, block: .milliseconds(100)), reader: reader, group: "g", consumer: "a",
+            stream: stream, fence: fence)
+        guard case .fenced(let reason) = read else {
+            Issue.record("the read was not refused: \(read)")
+            return
+        }
+        #expect(reason.hasPrefix("read refused: the lease of shard 2 is b's under token \(tokenA + 1)"))
+        #expect(log.handled.isEmpty)
+        #expect(try await redis.xpending(stream, group: "g").count == 0)
+        #expect(try await redis.xlen(output) == 0)
+        await cleanUp(a, streams: [stream, output])
+    }
+
     /// On the shared Redis Cluster (`REDIS_CLUSTER_URL`): the lease, the shard's input and output share shard
     /// k's hash tag, so the fenced step is one script on one node; a late holder is refused there too.
     @Test func onAClusterTheFencedStepIsOneSlot() async throws {
@@ -120,6 +237,20 @@ struct ShardLeasesTests {
             try ShardLeases.parseCommit(try await cluster.send(a.commit(3, token: tokenA, commands: [write])))
                 == .fenced(holder: "b", token: tokenA + 1))
         #expect(try await cluster.xlen(output) == 1)
+        // The fenced read runs in the lease's slot too: refused for a, b's delivers.
+        try await cluster.xgroupCreate(stream: output, group: "g", startID: "0")
+        let readA = a.readGroup(3, token: tokenA, stream: output, group: "g", consumer: "a", count: 10, cursor: ">")
+        #expect(
+            try ShardLeases.parseReadGroup(try await cluster.send(readA)) == .fenced(holder: "b", token: tokenA + 1))
+        let readB = b.readGroup(
+            3, token: tokenA + 1, stream: output, group: "g", consumer: "b", count: 10, cursor: ">")
+        #expect(
+            try ShardLeases.parseReadGroup(try await cluster.send(readB)) == .entries(try await cluster.xrange(output)))
+        #expect(
+            try ShardLeases.parseClaim(
+                try await cluster.send(
+                    a.claim(3, token: tokenA, stream: output, group: "g", consumer: "a", minIdleMs: 0)))
+                == .fenced(holder: "b", token: tokenA + 1))
         // The heartbeat and the latest-value writes are single-key scripts, routed by their key.
         #expect(try await cluster.send(a.heartbeat()).array?.compactMap(\.string) == ["a"])
         let latest = TestEnv.uniqueName("online")

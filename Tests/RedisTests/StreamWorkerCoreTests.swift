@@ -251,6 +251,32 @@ struct StreamWorkerCoreTests {
         #expect(c.shuttingDown && c.readingPending)
     }
 
+    /// A shard's fenced read-ahead refused while its commit went through: the commit counts, then the worker
+    /// stops (the read delivered nothing, so nothing of the next batch is in hand).
+    @Test func aFencedReadAheadAfterACommittedBatchStopsTheWorker() throws {
+        var c = running()
+        guard case .commit(_, let ahead?) = c.event(.read([entry(1, 1)]), now: t0).handledBy(&c, t0) else {
+            Issue.record("expected a commit with a read-ahead")
+            return
+        }
+        #expect(ahead.cursor == ">")
+        #expect(c.event(.committed(failedCommands: 0), now: t0).kind == "awaitReadAhead")
+        let refusal = "read refused: the lease of shard 0 is b's under token 2, ours was 1"
+        #expect(c.event(.fenced(refusal), now: t0).kind == "stop")
+        let notes = c.takeNotes()
+        #expect(notes.contains(.processed(1)) && notes.contains(.fenced(refusal)))
+        #expect(c.shuttingDown)
+    }
+
+    /// A refused read or claim (no batch in hand) stops the worker at once.
+    @Test func aFencedReadOrClaimWithNothingInHandStopsTheWorker() throws {
+        for refusal in ["read refused", "claim refused"] {
+            var c = running()
+            #expect(c.event(.fenced(refusal), now: t0).kind == "stop")
+            #expect(c.takeNotes().contains(.fenced(refusal)))
+        }
+    }
+
     @Test func aShardCommitWritesOutsideValuesAndDeadLettersBeforeTheFencedStep() throws {
         var c = running()
         _ = c.event(.read([entry(1, 1), entry(2, 2)]), now: t0)
