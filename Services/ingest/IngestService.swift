@@ -72,6 +72,17 @@ struct IngestService: Service {
                 "shards": "\(settings.shards)"
             ])
         defer { redis.close() }
+        // The batch in flight is written by a child of this group while the next one is polled and built, so
+        // no write outlives the service (IngestCycle awaits it before closing or failing).
+        try await withThrowingTaskGroup(of: [FencedBatch.Outcome]?.self) { writes in
+            try await consume(consumer, writes: &writes)
+        }
+    }
+
+    /// Performs `IngestCycle`'s actions; `writes` holds the write in flight (at most one).
+    private func consume(
+        _ consumer: KafkaConsumer, writes: inout ThrowingTaskGroup<[FencedBatch.Outcome]?, any Error>
+    ) async throws {
         let groups = settings.groups
         var books = IngestBooks(
             normalizer: MarketNormalizer(
@@ -79,7 +90,7 @@ struct IngestService: Service {
         var cycle = IngestCycle(topic: settings.topic, groups: groups.count)
         var batch: [KafkaConsumerMessage] = []
         var built: BuiltBatch?
-        var flight: (batch: BuiltBatch, write: Task<[FencedBatch.Outcome]?, Never>)?
+        var flight: BuiltBatch?
         var pollError: (any Error)?
         var lastLagUpdate = ContinuousClock.now
         var action = cycle.event(.started)
@@ -129,16 +140,20 @@ struct IngestService: Service {
             case .send:
                 guard let next = built else { preconditionFailure("ingest: send without a built batch") }
                 built = nil
-                flight = (next, write(next))
+                flight = next
+                writes.addTask { await write(next) }
                 action = cycle.event(.sent)
             case .resend:
                 guard let pending = flight else { preconditionFailure("ingest: resend without a write in flight") }
-                flight = (pending.batch, write(pending.batch))
+                writes.addTask { await write(pending) }
                 action = cycle.event(.sent)
             case .awaitWrite:
                 guard let pending = flight else { preconditionFailure("ingest: await without a write in flight") }
-                if let outcomes = await pending.write.value {
-                    record(pending.batch, outcomes: outcomes)
+                guard let result = try await writes.next() else {
+                    preconditionFailure("ingest: no write task for the write in flight")
+                }
+                if let outcomes = result {
+                    record(pending, outcomes: outcomes)
                     flight = nil
                     action = cycle.event(.landed)
                 } else {
@@ -366,30 +381,28 @@ struct IngestService: Service {
     /// One attempt at the batch's pipeline (the fenced scripts, then the spreads); nil when it failed
     /// (`IngestCycle` backs off and re-sends: safe even when a lost reply hides that Redis ran it, since the
     /// scripts skip what is already written and a spread never goes back in time).
-    private func write(_ batch: BuiltBatch) -> Task<[FencedBatch.Outcome]?, Never> {
-        Task {
-            do {
-                let replies = try await redis.pipeline(batch.commands)
-                var outcomes: [FencedBatch.Outcome] = []
-                for reply in replies.prefix(batch.scripts) {
-                    let outcome = try FencedBatch.outcome(reply)
-                    for error in outcome.errors {
-                        // Retrying cannot fix a refused command; log it and go on rather than stall the topic.
-                        logger.error("redis refused a command", metadata: ["error": "\(error)"])
-                    }
-                    outcomes.append(outcome)
+    private func write(_ batch: BuiltBatch) async -> [FencedBatch.Outcome]? {
+        do {
+            let replies = try await redis.pipeline(batch.commands)
+            var outcomes: [FencedBatch.Outcome] = []
+            for reply in replies.prefix(batch.scripts) {
+                let outcome = try FencedBatch.outcome(reply)
+                for error in outcome.errors {
+                    // Retrying cannot fix a refused command; log it and go on rather than stall the topic.
+                    logger.error("redis refused a command", metadata: ["error": "\(error)"])
                 }
-                for reply in replies.dropFirst(batch.scripts) {
-                    if case .error(let message) = reply {
-                        logger.error("redis refused a spread update", metadata: ["error": "\(message)"])
-                    }
-                }
-                return outcomes
-            } catch {
-                metrics.redisRetries.increment()
-                logger.warning("redis write failed; retrying (offsets not committed)", metadata: ["error": "\(error)"])
-                return nil
+                outcomes.append(outcome)
             }
+            for reply in replies.dropFirst(batch.scripts) {
+                if case .error(let message) = reply {
+                    logger.error("redis refused a spread update", metadata: ["error": "\(message)"])
+                }
+            }
+            return outcomes
+        } catch {
+            metrics.redisRetries.increment()
+            logger.warning("redis write failed; retrying (offsets not committed)", metadata: ["error": "\(error)"])
+            return nil
         }
     }
 
