@@ -2,7 +2,6 @@ import FeatureEngine
 import Foundation
 import Logging
 import Metrics
-import Prometheus
 import ServiceKit
 import TEModels
 import TERedis
@@ -67,15 +66,14 @@ struct FeatureStage: StreamStage {
 
     /// Shard `shard` of `shards` (`te:ticks` → `te:features` when unsharded).
     init(
-        settings: FeatureSettings, shard: Int = 0, of shards: Int = 1, registry: PrometheusCollectorRegistry,
-        logger: Logger
+        settings: FeatureSettings, shard: Int = 0, of shards: Int = 1, logger: Logger
     ) {
         inputStream = StreamKey.sharded(StreamKey.ticks, shard: shard, of: shards)
         outputStream = StreamKey.sharded(StreamKey.features, shard: shard, of: shards)
         self.settings = settings
         self.logger = logger
         self.engine = FeatureEngine(windowMs: settings.windowMs)
-        self.metrics = FeatureMetrics(registry: registry)
+        self.metrics = FeatureMetrics()
     }
 
     mutating func prepare(redis: RedisClient) async throws {
@@ -193,22 +191,11 @@ struct FeatureMetrics: Sendable {
     private var quotes: [String: Metrics.Counter] = [:]
     private var outOfOrders: [String: Metrics.Counter] = [:]
     private var windows: [String: Metrics.Gauge] = [:]
-    private let compute: DurationHistogram
-
-    init(registry: PrometheusCollectorRegistry) {
-        // Per-quote compute is around a microsecond: the shared duration buckets start at 100 µs.
-        compute = registry.makeDurationHistogram(
-            descriptor: MetricNameDescriptor(
-                namespace: "te", subsystem: "features", metricName: "compute", unitName: "seconds",
-                helpText: "Feature computation time per quote"),
-            buckets: [
-                .nanoseconds(250), .nanoseconds(500), .microseconds(1), .microseconds(2), .microseconds(5),
-                .microseconds(10), .microseconds(25), .microseconds(50), .microseconds(100), .microseconds(1000)
-            ])
-    }
+    /// Buckets from `MetricHelp.durationBuckets` (per-quote compute is around a microsecond).
+    private let compute = Metrics.Timer(label: "te_features_compute_seconds")
 
     mutating func computed(symbol: String, elapsed: Duration) {
-        compute.record(elapsed)
+        compute.record(duration: elapsed)
         if let c = quotes[symbol] {
             c.increment()
         } else {

@@ -10,13 +10,13 @@ await ServiceRunner.run(service: "feature-pipeline", defaultMetricsPort: 9102) {
     var logger = resources.logger
     logger[metadataKey: "window_ms"] = "\(settings.windowMs)"
     let sharding = try ShardedStreamWorker<FeatureStage>.Settings.fromEnvironment(resources.env)
-    let (registry, stageLogger) = (resources.registry, logger)
+    let stageLogger = logger
     return [
         ShardedStreamWorker(
             stage: "feature-pipeline", input: StreamKey.ticks, settings: sharding, redis: redis, configuration: worker,
             readiness: resources.readiness, logger: logger
         ) { k in
-            FeatureStage(settings: settings, shard: k, of: sharding.shards, registry: registry, logger: stageLogger)
+            FeatureStage(settings: settings, shard: k, of: sharding.shards, logger: stageLogger)
         }
     ]
 }

@@ -2,7 +2,6 @@ import Foundation
 import Logging
 import MarketData
 import Metrics
-import Prometheus
 import ServiceKit
 import ServiceLifecycle
 import TEKafka
@@ -72,6 +71,17 @@ struct IngestService: Service {
                 "shards": "\(settings.shards)"
             ])
         defer { redis.close() }
+        // The batch in flight is written by a child of this group while the next one is polled and built, so
+        // no write outlives the service (IngestCycle awaits it before closing or failing).
+        try await withThrowingTaskGroup(of: [FencedBatch.Outcome]?.self) { writes in
+            try await consume(consumer, writes: &writes)
+        }
+    }
+
+    /// Performs `IngestCycle`'s actions; `writes` holds the write in flight (at most one).
+    private func consume(
+        _ consumer: KafkaConsumer, writes: inout ThrowingTaskGroup<[FencedBatch.Outcome]?, any Error>
+    ) async throws {
         let groups = settings.groups
         var books = IngestBooks(
             normalizer: MarketNormalizer(
@@ -79,7 +89,7 @@ struct IngestService: Service {
         var cycle = IngestCycle(topic: settings.topic, groups: groups.count)
         var batch: [KafkaConsumerMessage] = []
         var built: BuiltBatch?
-        var flight: (batch: BuiltBatch, write: Task<[FencedBatch.Outcome]?, Never>)?
+        var flight: BuiltBatch?
         var pollError: (any Error)?
         var lastLagUpdate = ContinuousClock.now
         var action = cycle.event(.started)
@@ -129,16 +139,20 @@ struct IngestService: Service {
             case .send:
                 guard let next = built else { preconditionFailure("ingest: send without a built batch") }
                 built = nil
-                flight = (next, write(next))
+                flight = next
+                writes.addTask { await write(next) }
                 action = cycle.event(.sent)
             case .resend:
                 guard let pending = flight else { preconditionFailure("ingest: resend without a write in flight") }
-                flight = (pending.batch, write(pending.batch))
+                writes.addTask { await write(pending) }
                 action = cycle.event(.sent)
             case .awaitWrite:
                 guard let pending = flight else { preconditionFailure("ingest: await without a write in flight") }
-                if let outcomes = await pending.write.value {
-                    record(pending.batch, outcomes: outcomes)
+                guard let result = try await writes.next() else {
+                    preconditionFailure("ingest: no write task for the write in flight")
+                }
+                if let outcomes = result {
+                    record(pending, outcomes: outcomes)
                     flight = nil
                     action = cycle.event(.landed)
                 } else {
@@ -209,8 +223,12 @@ struct IngestService: Service {
     {
         let groups = settings.groups
         let dlq = groups.count - 1
-        var scripts = groups.map {
-            FencedBatch(offsetsKey: $0.fenceKey, booksKey: $0.booksKey, capacity: batch.count * 256 / groups.count)
+        // Reserved so a batch's script buffer is not copied as it grows: a quote with 10-level depth takes
+        // ~530 bytes of script arguments; dead letters are rare.
+        var scripts = groups.indices.map { k in
+            FencedBatch(
+                offsetsKey: groups[k].fenceKey, booksKey: groups[k].booksKey,
+                capacity: k == dlq ? 4096 : batch.count * 640 / max(1, groups.count - 1))
         }
         var out = BuiltBatch()
         // A symbol's last fresh spread of the batch (a latest-value key) and the messages by position.
@@ -243,7 +261,7 @@ struct IngestService: Service {
                         fenced = true
                         continue
                     }
-                    guard var fields = try? tick.streamFields() else { continue }
+                    guard var fields = try? tick.streamFields(capacity: Self.fieldsCapacity(of: tick)) else { continue }
                     fields.field("src", source)
                     // The head of the pipeline: a sampled tick starts a trace and carries it in `tp` (last).
                     if let trace = StreamTrace.head("ingest tick") {
@@ -351,6 +369,10 @@ struct IngestService: Service {
         metrics.trades.increment(by: Int64(batch.trades))
     }
 
+    /// Bytes reserved for a tick's fields (with `src` and a trace's `tp`), so its depth levels do not make
+    /// the writer copy itself as it grows: ~24 bytes per level beside ~210 for the rest.
+    static func fieldsCapacity(of tick: Tick) -> Int { 224 + 24 * ((tick.bids?.count ?? 0) + (tick.asks?.count ?? 0)) }
+
     /// A tick's lineage, its field `src`: `"<partition>:<offset>"` of the Kafka message it came from.
     static func lineage(_ message: KafkaConsumerMessage) -> String { "\(message.partition):\(message.offset)" }
 
@@ -366,32 +388,30 @@ struct IngestService: Service {
     /// One attempt at the batch's pipeline (the fenced scripts, then the spreads); nil when it failed
     /// (`IngestCycle` backs off and re-sends: safe even when a lost reply hides that Redis ran it, since the
     /// scripts skip what is already written and a spread never goes back in time).
-    private func write(_ batch: BuiltBatch) -> Task<[FencedBatch.Outcome]?, Never> {
-        Task {
-            do {
-                // Replicated: the Kafka offsets are committed once this returns, so on a cluster the batch must be on
-                // its masters' replicas first, or a failover right after could take back ticks nobody re-reads.
-                let replies = try await redis.pipeline(batch.commands, replicated: true)
-                var outcomes: [FencedBatch.Outcome] = []
-                for reply in replies.prefix(batch.scripts) {
-                    let outcome = try FencedBatch.outcome(reply)
-                    for error in outcome.errors {
-                        // Retrying cannot fix a refused command; log it and go on rather than stall the topic.
-                        logger.error("redis refused a command", metadata: ["error": "\(error)"])
-                    }
-                    outcomes.append(outcome)
+    private func write(_ batch: BuiltBatch) async -> [FencedBatch.Outcome]? {
+        do {
+            // Replicated: the Kafka offsets are committed once this returns, so on a cluster the batch must be on
+            // its masters' replicas first, or a failover right after could take back ticks nobody re-reads.
+            let replies = try await redis.pipeline(batch.commands, replicated: true)
+            var outcomes: [FencedBatch.Outcome] = []
+            for reply in replies.prefix(batch.scripts) {
+                let outcome = try FencedBatch.outcome(reply)
+                for error in outcome.errors {
+                    // Retrying cannot fix a refused command; log it and go on rather than stall the topic.
+                    logger.error("redis refused a command", metadata: ["error": "\(error)"])
                 }
-                for reply in replies.dropFirst(batch.scripts) {
-                    if case .error(let message) = reply {
-                        logger.error("redis refused a spread update", metadata: ["error": "\(message)"])
-                    }
-                }
-                return outcomes
-            } catch {
-                metrics.redisRetries.increment()
-                logger.warning("redis write failed; retrying (offsets not committed)", metadata: ["error": "\(error)"])
-                return nil
+                outcomes.append(outcome)
             }
+            for reply in replies.dropFirst(batch.scripts) {
+                if case .error(let message) = reply {
+                    logger.error("redis refused a spread update", metadata: ["error": "\(message)"])
+                }
+            }
+            return outcomes
+        } catch {
+            metrics.redisRetries.increment()
+            logger.warning("redis write failed; retrying (offsets not committed)", metadata: ["error": "\(error)"])
+            return nil
         }
     }
 
@@ -614,19 +634,10 @@ final class IngestMetrics: Sendable {
     let offsetResets = Counter(label: "te_ingest_offset_resets_total")
     /// Messages deleted from the log before ingest read them, found at those resets.
     let lostMessages = Counter(label: "te_ingest_lost_messages_total")
-    let latency: DurationHistogram
+    /// Buckets from `MetricHelp.durationBuckets`.
+    let latency = Metrics.Timer(label: "te_ingest_latency_seconds")
 
-    init(registry: PrometheusCollectorRegistry) {
-        latency = registry.makeDurationHistogram(
-            descriptor: MetricNameDescriptor(
-                namespace: "te", subsystem: "ingest", metricName: "latency", unitName: "seconds",
-                helpText: "Kafka timestamp (or the replay's produced_ns header) to Redis write"),
-            buckets: [
-                .microseconds(100), .microseconds(250), .microseconds(500), .microseconds(750), .milliseconds(1),
-                .microseconds(1500), .milliseconds(2), .milliseconds(3), .milliseconds(5), .microseconds(7500),
-                .milliseconds(10), .milliseconds(15), .milliseconds(25), .milliseconds(50), .milliseconds(100),
-                .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10)
-            ])
+    init() {
         // Registered at 0 so alerts on rate() have a series before the first dead letter.
         for reason in NormalizeRejection.codes {
             _ = Counter(label: "te_ingest_dlq_total", dimensions: [("reason", reason)])
@@ -667,6 +678,6 @@ final class IngestMetrics: Sendable {
         let elapsedNs = Int64(writtenAt * 1e9) - startNs
         // A recorded timestamp from another day says nothing about this pipeline's latency.
         guard elapsedNs >= 0, elapsedNs < 3_600 * 1_000_000_000 else { return }
-        latency.record(.nanoseconds(elapsedNs))
+        latency.recordNanoseconds(elapsedNs)
     }
 }

@@ -13,7 +13,7 @@ await ServiceRunner.run(service: "ingest", defaultMetricsPort: 9101) { resources
     return [
         IngestService(
             settings: settings, redis: client, logger: resources.logger,
-            metrics: IngestMetrics(registry: resources.registry),
+            metrics: IngestMetrics(),
             kafka: kafka)
     ]
 }

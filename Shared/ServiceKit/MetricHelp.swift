@@ -107,6 +107,17 @@ public enum MetricHelp {
     /// Histogram buckets of the families whose range the shared defaults (100 µs … 10 s; swift-prometheus's
     /// value buckets) do not fit.
     public static let durationBuckets: [String: [Duration]] = [
+        // Per-quote compute is around a microsecond.
+        "te_features_compute_seconds": [
+            .nanoseconds(250), .nanoseconds(500), .microseconds(1), .microseconds(2), .microseconds(5),
+            .microseconds(10), .microseconds(25), .microseconds(50), .microseconds(100), .microseconds(1000)
+        ],
+        "te_ingest_latency_seconds": [
+            .microseconds(100), .microseconds(250), .microseconds(500), .microseconds(750), .milliseconds(1),
+            .microseconds(1500), .milliseconds(2), .milliseconds(3), .milliseconds(5), .microseconds(7500),
+            .milliseconds(10), .milliseconds(15), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+            .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10)
+        ],
         "te_audit_commit_duration_seconds": [
             .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
             .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),

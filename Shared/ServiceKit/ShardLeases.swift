@@ -194,7 +194,7 @@ public struct ShardLeases: Sendable {
         RedisCommand([
             "EVAL", Self.readGroupScript, "1", key(k), me, String(token), stream, group, consumer, String(count),
             cursor
-        ])
+        ]).replyingStreamReadSecond()
     }
 
     /// Claims shard `k`'s entries pending on other consumers of `group` for `minIdleMs` or longer, under `token`.

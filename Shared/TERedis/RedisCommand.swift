@@ -82,6 +82,10 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         return c
     }
 
+    /// This command (a script) replies `[status, XREAD/XREADGROUP reply, …]`: its entries are read into one
+    /// buffer, as XREADGROUP's own (ServiceKit's fenced read).
+    public func replyingStreamReadSecond() -> RedisCommand { replying(.scriptStreams) }
+
     // MARK: Commands a pipeline or transaction writes
 
     /// `XADD stream [MAXLEN ~ n] id field value …`.
@@ -164,4 +168,6 @@ enum StreamReplyShape: Sendable {
     case streams
     /// `[next, list, deleted ids]` (XAUTOCLAIM).
     case autoclaim
+    /// A script's `[status, [[stream, list], …], …]`: an XREAD/XREADGROUP reply as its second element.
+    case scriptStreams
 }

@@ -112,6 +112,17 @@ final class RedisConnection: @unchecked Sendable {
                 parts.append(i == 1 ? entries(part) ?? parse(part) : parse(part))
             }
             return .array(parts)
+        case .scriptStreams:
+            var parts: [RedisReply] = []
+            parts.reserveCapacity(r.elements)
+            for i in 0..<r.elements {
+                guard let part = r.element[i] else {
+                    parts.append(.null)
+                    continue
+                }
+                parts.append(i == 1 ? parse(part, shape: .streams) : parse(part))
+            }
+            return .array(parts)
         }
     }
 
