@@ -621,7 +621,9 @@ for (index, stage) in stages.enumerated() where options.stages.contains(stage.na
     case "feature-pipeline":
         // The recording's own ticks; a quote's snapshot carries its ts_ns.
         let ticks = try await saved.xrange(StreamKey.ticks, count: pacedCount)
-        let entries = ticks.map { (key: "\($0.field("symbol") ?? "")|\($0.field("ts_ns") ?? "")", fields: $0.fields) }
+        let entries = ticks.map {
+            (key: "\($0.field("symbol") ?? "")|\($0.field("ts_ns") ?? "")", fields: Array($0.fields))
+        }
         result.paced = try await pacedRedis(stage, entries) { "\($0.field("symbol") ?? "")|\($0.field("ts_ns") ?? "")" }
     case "strategy-engine":
         result.paced = try await pacedRedis(stage, try firingSnapshots()) { $0.field("ts_ns") }
