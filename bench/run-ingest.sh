@@ -12,12 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-if [ -z "${REDIS_URL:-}" ]; then
-  [ -f .dev/env ] || scripts/dev-up.sh
-  set -a; source .dev/env; set +a
-fi
-DATA=${TE_DATA_DIR:-$ROOT/../shared/data}
-[ -f "$DATA/binance/usdm_btcusdt_20240808.gz" ] || DATA=/work/shared/data
+source bench/lib.sh
+bench_env REDIS_URL
+DATA=$(bench_data_dir)
 FILE=$DATA/binance/usdm_btcusdt_20240808.gz
 for p in ingest te dev-broker; do swift build -c release --product $p >&2; done
 BIN=$(swift build -c release --show-bin-path)

@@ -12,8 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-DATA=${TE_DATA_DIR:-$ROOT/../shared/data}
-[ -f "$DATA/binance/usdm_btcusdt_20240808.gz" ] || DATA=/work/shared/data
+source bench/lib.sh
+DATA=$(bench_data_dir)
 FILE=$DATA/binance/usdm_btcusdt_20240808.gz
 RATES=${BENCH_PIPELINE_RATES:-1000 5000}
 SECS=${BENCH_PIPELINE_SECONDS:-15}

@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-DATA=${TE_DATA_DIR:-$ROOT/../shared/data}
-[ -f "$DATA/binance/usdm_btcusdt_20240808.gz" ] || DATA=/work/shared/data
+source bench/lib.sh
+DATA=$(bench_data_dir)
 mkdir -p bench/results
 if [ -z "${TE_BIN_DIR:-}" ]; then
   for p in ingest feature-pipeline strategy-engine opportunity-aggregator te dev-broker; do

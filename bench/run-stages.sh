@@ -16,12 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-if [ -z "${POSTGRES_URL:-}" ]; then
-  [ -f .dev/env ] || scripts/dev-up.sh
-  set -a; source .dev/env; set +a
-fi
-DATA=${TE_DATA_DIR:-$ROOT/../shared/data}
-[ -f "$DATA/binance/usdm_btcusdt_20240808.gz" ] || DATA=/work/shared/data
+source bench/lib.sh
+bench_env POSTGRES_URL
+DATA=$(bench_data_dir)
 FILE=$DATA/binance/usdm_btcusdt_20240808.gz
 RATE=${BENCH_RATE:-5000}
 PACED_SECONDS=${BENCH_PACED_SECONDS:-10}
