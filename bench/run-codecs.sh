@@ -4,8 +4,8 @@
 # from it. Writes bench/results/codecs.json and codecs.md. Release build; allocations via malloc-interposer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=${TE_DATA_DIR:-$(cd .. && pwd)/shared/data}
-[ -d "$data/binance" ] || data=/work/shared/data
+source bench/lib.sh
+data=$(bench_data_dir)
 mkdir -p bench/results
 swift build -c release --package-path bench --product codec-bench >&2
 bench_bin=$(swift build -c release --package-path bench --show-bin-path)

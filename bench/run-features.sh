@@ -4,8 +4,8 @@
 # Writes bench/results/features.json and features.md. Release builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=${TE_DATA_DIR:-$(cd .. && pwd)/shared/data}
-[ -d "$data/binance" ] || data=/work/shared/data
+source bench/lib.sh
+data=$(bench_data_dir)
 usdm="$data/binance/usdm_btcusdt_20240808.gz"
 mkdir -p bench/results
 
